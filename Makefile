@@ -1,0 +1,47 @@
+# dbatch -- convenience targets around CMake. `make test` and `make demo` work on a fresh Debian machine.
+BUILD ?= build
+SANBUILD ?= build-sanitize
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps build test test-sanitize demo install bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh build
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test:
+	@scripts/install-deps.sh test
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-sanitize:
+	@scripts/install-deps.sh test
+	@cmake -S . -B $(SANBUILD) -DCMAKE_BUILD_TYPE=Debug -DDBX_SANITIZE=ON >/dev/null
+	@cmake --build $(SANBUILD) -j $(JOBS)
+	@cd $(SANBUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+demo:
+	@scripts/install-deps.sh demo
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@scripts/demo.sh $(BUILD)/dbatch
+
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
+
+bench:
+	@scripts/install-deps.sh bench
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@for b in bench/*/run; do echo "== $$b"; $$b $(BUILD)/dbatch || exit 1; done
+
+clean:
+	rm -rf $(BUILD) $(SANBUILD)

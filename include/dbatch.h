@@ -1,0 +1,153 @@
+/* dbatch.h -- the public C API of dbatch: error codes, batches, buffers and the operator ABI.
+ * This is the only public header; everything under src/ is private to dbatch. */
+#ifndef DBATCH_H
+#define DBATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define DBX_EXTERN __attribute__((visibility("default")))
+#else
+#define DBX_EXTERN
+#endif
+
+#define DBX_ABI_VERSION 1
+
+/* Error codes: one list generates the enum and dbx_strerror(). Codes are negative. */
+#define DBX_ERRNO_MAP(XX)                                                     \
+  XX(EINVAL,   -1, "invalid argument")                                        \
+  XX(ENOMEM,   -2, "out of memory")                                           \
+  XX(EIO,      -3, "input/output error")                                      \
+  XX(ENOENT,   -4, "no such file or directory")                               \
+  XX(EISDIR,   -5, "is a directory")                                          \
+  XX(ECORRUPT, -6, "corrupt input")                                           \
+  XX(ENOSPC,   -7, "no space left on device")                                 \
+  XX(EACCES,   -8, "permission denied")                                       \
+  XX(EUSAGE,   -9, "usage error")                                             \
+  XX(EBADREC, -10, "bad record")                                              \
+  XX(EPROTO,  -11, "protocol error")                                          \
+  XX(EVERSION,-12, "protocol version mismatch")                               \
+  XX(EDB,     -13, "database error")                                          \
+  XX(ETASK,   -14, "task failed")                                             \
+  XX(ETIMEDOUT,-15, "timed out")                                              \
+  XX(EMODEL,  -16, "bad model file")                                          \
+  XX(ECHANGED,-17, "inputs changed")                                          \
+  XX(EINTR,   -18, "interrupted")
+
+typedef enum {
+  DBX_OK = 0,
+#define XX(name, val, msg) DBX_##name = (val),
+  DBX_ERRNO_MAP(XX)
+#undef XX
+} dbx_errno;
+
+/* Static message for a code; never NULL. */
+DBX_EXTERN const char *dbx_strerror(int code);
+
+/* Human detail of a failure, filled by the callee. Messages name the file, offset, worker, task. */
+#define DBX_ERR_LEN 1024
+typedef struct dbx_err {
+  int code;
+  char msg[DBX_ERR_LEN];
+} dbx_err;
+
+/* Set err (may be NULL) and return code, so callers can write `return dbx_seterr(...)`. */
+DBX_EXTERN int dbx_seterr(dbx_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A growable byte buffer. Zero-initialise it; free with dbx_buf_free(). */
+typedef struct dbx_buf {
+  char *data;
+  size_t len, cap;
+} dbx_buf;
+
+DBX_EXTERN int dbx_buf_reserve(dbx_buf *b, size_t extra);
+DBX_EXTERN int dbx_buf_append(dbx_buf *b, const void *p, size_t n);
+DBX_EXTERN void dbx_buf_free(dbx_buf *b);
+
+/* One contiguous piece of one input that belongs to a batch. */
+typedef struct dbx_segment {
+  const char *path;     /* input file, "-" for standard input */
+  uint64_t off, len;    /* byte range in the (decompressed) input */
+  uint64_t rec_first;   /* index of the first record, or DBX_UNKNOWN when cut by bytes */
+  uint64_t rec_count;   /* records in the range, or DBX_UNKNOWN */
+  size_t data_off;      /* where this segment starts in dbx_batch.data */
+  size_t data_len;      /* its length there, including a final newline */
+} dbx_segment;
+
+#define DBX_UNKNOWN UINT64_MAX
+
+/* A batch as an operator sees it: the bytes of whole records, newline-terminated,
+ * and where they came from. The batch and its data belong to the engine. */
+typedef struct dbx_batch {
+  uint32_t index;       /* position in the stage's plan; merge order follows it */
+  uint32_t nseg;
+  const dbx_segment *seg;
+  const char *data;
+  size_t size;
+} dbx_batch;
+
+/* Counters an operator reports for one batch. */
+typedef struct dbx_stats {
+  uint64_t records;
+  uint64_t bad_records;
+} dbx_stats;
+
+/* A result row handed to a sink: ncol values of the kinds given by the sink schema. */
+typedef enum { DBX_COL_TEXT, DBX_COL_INT, DBX_COL_REAL } dbx_coltype;
+typedef struct dbx_value {
+  const char *s;  size_t n;   /* DBX_COL_TEXT */
+  int64_t i;                  /* DBX_COL_INT */
+  double d;                   /* DBX_COL_REAL */
+} dbx_value;
+
+typedef struct dbx_schema {
+  uint32_t ncol;
+  const char *const *names;
+  const dbx_coltype *types;
+} dbx_schema;
+
+/* Where finish() writes rows. */
+typedef int (*dbx_emit_fn)(void *ctx, const dbx_value *row, dbx_err *err);
+
+/* The operator ABI. A partial is the operator's own object; the engine only moves it
+ * around, encodes it to cross a process boundary, and merges partials in a fixed tree
+ * over batch indices: merge(left, right) always has the lower indices on the left,
+ * so merge needs to be associative, not commutative. */
+typedef struct dbx_op {
+  const char *name;
+  /* New empty partial, owned by the caller (free with partial_free). NULL on ENOMEM. */
+  void *(*partial_new)(const void *cfg);
+  void (*partial_free)(void *partial);
+  /* Add one batch to partial. bcast is the previous stage's broadcast (may be NULL). */
+  int (*map)(const void *cfg, const void *bcast, const dbx_batch *b, void *partial,
+             dbx_stats *st, dbx_err *err);
+  /* left += right. right stays owned by the caller. */
+  int (*merge)(const void *cfg, void *left, const void *right, dbx_err *err);
+  /* Append a self-contained encoding of partial to out. */
+  int (*encode)(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err);
+  /* Decode bytes made by encode into a new partial (OUT, owned by the caller). Must reject
+   * malformed input with DBX_ECORRUPT, never read out of bounds. */
+  int (*decode)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);
+  /* Turn the merged result into rows (through emit) and, for a next stage, a broadcast
+   * blob appended to bcast_out (may be NULL when the stage is the last). */
+  int (*finish)(const void *cfg, void *partial, dbx_emit_fn emit, void *emit_ctx,
+                dbx_buf *bcast_out, dbx_err *err);
+  /* Turn a previous stage's broadcast blob into the object map() receives as bcast
+   * (OUT *out, freed with bcast_free). NULL when the operator takes no broadcast. */
+  int (*bcast_load)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);
+  void (*bcast_free)(void *bcast);
+  const dbx_schema *schema;
+} dbx_op;
+
+DBX_EXTERN const char *dbx_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DBATCH_H */

@@ -1,0 +1,61 @@
+/* cli.h -- shared pieces of the command-line interface (private). */
+#ifndef DBX_CLI_H
+#define DBX_CLI_H
+#include <getopt.h>
+#include <stdint.h>
+#include "engine/job.h"
+
+/* Exit statuses: documented in --help and the man page. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+/* Options every job command takes. */
+typedef struct cli_job {
+  int workers;
+  uint64_t batch_bytes, batch_records;
+  sink_opts out;
+  const char *summary_json;
+  int quiet, verbose;
+} cli_job;
+
+/* Long options of cli_job, ids >= 1000; append them to a command's own table. */
+#define CLI_JOB_OPTIONS                                       \
+  {"workers", required_argument, NULL, 1000},                 \
+  {"batch-bytes", required_argument, NULL, 1001},             \
+  {"batch-records", required_argument, NULL, 1002},           \
+  {"out", required_argument, NULL, 'o'},                      \
+  {"format", required_argument, NULL, 1003},                  \
+  {"table", required_argument, NULL, 1004},                   \
+  {"append", no_argument, NULL, 1005},                        \
+  {"summary-json", required_argument, NULL, 1006},            \
+  {"quiet", no_argument, NULL, 'q'},                          \
+  {"verbose", no_argument, NULL, 'v'},                        \
+  {"help", no_argument, NULL, 'h'}
+
+#define CLI_JOB_HELP                                                                        \
+  "Batching and execution:\n"                                                               \
+  "      --workers N         worker processes (default: 0 = run tasks in this process)\n"   \
+  "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
+  "                          (default 8M; units K, M, G)\n"                                 \
+  "      --batch-records N   cut inputs into batches of N lines instead\n"                  \
+  "Output:\n"                                                                               \
+  "  -o, --out DEST          - (standard output, default), FILE.tsv, FILE.csv, FILE.jsonl,\n" \
+  "                          or sqlite:PATH; files are replaced atomically\n"               \
+  "      --format F          tsv, csv or jsonl, when the file name does not say\n"          \
+  "      --table NAME        SQLite table (default: the job's name)\n"                      \
+  "      --append            SQLite: add rows instead of replacing the table\n"             \
+  "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
+  "  -q, --quiet             only errors on standard error\n"                               \
+  "  -v, --verbose           more detail on standard error\n"                               \
+  "  -h, --help              this help\n"                                                   \
+  "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error.\n"
+
+void cli_job_defaults(cli_job *o, const char *job_name);
+/* Handle one common option. 1 if handled, 0 if not ours, EXIT_USAGE-worthy error < 0
+ * (message already printed). */
+int cli_job_option(cli_job *o, int c, const char *arg);
+/* Print "dbatch: error: msg" (and a usage hint for usage errors); return the exit status. */
+int cli_fail(const char *cmd, const dbx_err *err);
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int cmd_wordcount(int argc, char **argv);
+#endif

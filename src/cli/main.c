@@ -1,0 +1,55 @@
+/* main.c -- the dbatch command: dispatch to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const char usage[] =
+    "Usage: dbatch COMMAND [OPTIONS] ...\n"
+    "dbatch cuts a data set into batches, runs them as tasks on workers, and merges the\n"
+    "partial results into one answer.\n"
+    "\n"
+    "Commands:\n"
+    "  wordcount INPUT...   count words (Unicode-aware) in text files, directories, globs, -\n"
+    "  help [COMMAND]       help for a command\n"
+    "  version              print the version\n"
+    "\n"
+    "Run 'dbatch COMMAND --help' for a command's options.\n";
+
+typedef struct command {
+  const char *name;
+  int (*run)(int argc, char **argv);
+} command;
+
+static const command commands[] = {
+    {"wordcount", cmd_wordcount},
+};
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_USAGE : EXIT_OK;
+  }
+  if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+    printf("dbatch %s\n", DBX_VERSION);
+    return EXIT_OK;
+  }
+  const char *name = argv[1];
+  int help = 0;
+  if (strcmp(name, "help") == 0) {
+    if (argc < 3) { fputs(usage, stdout); return EXIT_OK; }
+    name = argv[2];
+    help = 1;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+    if (strcmp(commands[i].name, name) == 0) {
+      if (help) {
+        char *hargv[] = {(char *)name, "--help", NULL};
+        return commands[i].run(2, hargv);
+      }
+      return commands[i].run(argc - 1, argv + 1);
+    }
+  }
+  fprintf(stderr, "dbatch: unknown command '%s'\nRun 'dbatch --help' for the list.\n", name);
+  return EXIT_USAGE;
+}

@@ -1,0 +1,24 @@
+/* agg.h -- the aggregator: merges partials in a fixed binary tree over batch indices (private).
+ *
+ * Node (s, L) covers indices [s, s + 2^L). A partial is merged into its sibling as soon as
+ * both are complete, always as merge(left, right); the right edge of the tree is folded when
+ * the number of batches is known. The result depends only on the partials and their indices,
+ * never on arrival order, so floating-point sums are bit-identical across runs. Memory holds
+ * only the partials whose subtree is not yet complete. */
+#ifndef DBX_ENGINE_AGG_H
+#define DBX_ENGINE_AGG_H
+#include <stdint.h>
+#include "dbatch.h"
+
+typedef struct agg agg;
+
+agg *agg_new(const dbx_op *op, const void *cfg);
+/* Give the partial of batch index (ownership passes to the aggregator). A second partial for
+ * the same index is an engine bug and fails with DBX_EINVAL. */
+int agg_add(agg *a, uint32_t index, void *partial, dbx_err *err);
+/* Fold everything given n batches (all of 0..n-1 must have been added). OUT *result is owned
+ * by the caller (op->partial_free); an empty partial when n is 0. */
+int agg_finish(agg *a, uint32_t n, void **result, dbx_err *err);
+/* Frees held partials; accepts NULL. */
+void agg_free(agg *a);
+#endif

@@ -1,0 +1,97 @@
+/* run.c -- running a stage's tasks. With workers = 0 every task runs in this process: the
+ * reference path every distributed run must equal. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/agg.h"
+#include "engine/job.h"
+#include "util/timeutil.h"
+
+stage_stats *job_add_stage(job *j, const char *name) {
+  if (j->nstages == STAGE_MAX) return NULL;
+  stage_stats *s = &j->stages[j->nstages++];
+  memset(s, 0, sizeof *s);
+  snprintf(s->name, sizeof s->name, "%s", name);
+  return s;
+}
+
+/* Prefix err's message with where the batch came from. */
+static int locate(int rc, const batchdesc *b, const inputs *in, dbx_err *err) {
+  if (!err) return rc;
+  char where[512], msg[DBX_ERR_LEN];
+  batchdesc_describe(b, in, where, sizeof where);
+  snprintf(msg, sizeof msg, "%s", err->msg);
+  return dbx_seterr(err, rc, "task %u (%s): %s", b->index, where, msg);
+}
+
+static int run_local(job *j, stage *s, dbx_err *err) {
+  stage_stats *st = s->st;
+  const dbx_op *op = s->op;
+  splitter *sp = NULL;
+  loader *ld = loader_new();
+  agg *ag = agg_new(op, s->cfg);
+  const char **paths = calloc(s->in->n ? s->in->n : 1, sizeof *paths);
+  void *bcast = NULL, *result = NULL;
+  batchdesc b = {0};
+  int rc = 0;
+  if (!ld || !ag || !paths) { rc = DBX_ENOMEM; goto done; }
+  for (size_t i = 0; i < s->in->n; i++) paths[i] = s->in->v[i].path;
+  if (op->bcast_load && s->bcast_in &&
+      (rc = op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
+    goto done;
+  if ((rc = splitter_new(s->in, &s->split, &sp, err))) goto done;
+  for (;;) {
+    double t0 = time_mono();
+    rc = splitter_next(sp, &b, err);
+    double t1 = time_mono();
+    st->t_read += t1 - t0;
+    if (rc <= 0) break;
+    dbx_batch view;
+    dbx_stats bs = {0, 0};
+    void *part = op->partial_new(s->cfg);
+    if (!part) { rc = DBX_ENOMEM; break; }
+    st->tasks++;
+    st->attempts++;
+    rc = loader_load(ld, &b, paths, &view, err);
+    if (!rc) rc = op->map(s->cfg, bcast, &view, part, &bs, err);
+    double t2 = time_mono();
+    st->t_map += t2 - t1;
+    if (rc) {
+      op->partial_free(part);
+      rc = locate(rc, &b, s->in, err);
+      break;
+    }
+    st->batches++;
+    st->bytes += view.size;
+    st->records += bs.records;
+    st->bad_records += bs.bad_records;
+    rc = agg_add(ag, b.index, part, err);
+    st->t_merge += time_mono() - t2;
+    if (rc) break;
+    batchdesc_free(&b);
+  }
+  batchdesc_free(&b);
+  if (rc < 0) goto done;
+  double t3 = time_mono();
+  if ((rc = agg_finish(ag, (uint32_t)st->batches, &result, err))) goto done;
+  double t4 = time_mono();
+  st->t_merge += t4 - t3;
+  rc = op->finish(s->cfg, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
+  st->t_finish += time_mono() - t4;
+done:
+  if (result) op->partial_free(result);
+  if (bcast) op->bcast_free(bcast);
+  splitter_free(sp);
+  loader_free(ld);
+  agg_free(ag);
+  free(paths);
+  return rc < 0 ? rc : 0;
+}
+
+int engine_run_stage(job *j, stage *s, dbx_err *err) {
+  double t0 = time_mono();
+  int rc = run_local(j, s, err);
+  s->st->seconds = time_mono() - t0;
+  return rc;
+}

@@ -1,0 +1,374 @@
+/* batch.c -- the splitter (inputs -> batches) and the loader (batch -> bytes of whole lines). */
+#include "io/batch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io/reader.h"
+#include "util/err.h"
+
+#define SCAN_CHUNK (1u << 20)
+
+void batchdesc_free(batchdesc *b) {
+  if (!b) return;
+  free(b->seg);
+  dbx_buf_free(&b->data);
+  memset(b, 0, sizeof *b);
+}
+
+int batchdesc_copy(batchdesc *dst, const batchdesc *src) {
+  memset(dst, 0, sizeof *dst);
+  dst->index = src->index;
+  dst->nseg = src->nseg;
+  dst->shipped = src->shipped;
+  if (src->nseg) {
+    dst->seg = malloc(src->nseg * sizeof *dst->seg);
+    if (!dst->seg) return DBX_ENOMEM;
+    memcpy(dst->seg, src->seg, src->nseg * sizeof *dst->seg);
+  }
+  if (src->shipped && dbx_buf_append(&dst->data, src->data.data, src->data.len)) {
+    batchdesc_free(dst);
+    return DBX_ENOMEM;
+  }
+  return 0;
+}
+
+uint64_t batchdesc_bytes(const batchdesc *b) {
+  uint64_t t = 0;
+  for (uint32_t i = 0; i < b->nseg; i++) t += b->seg[i].len;
+  return t;
+}
+
+void batchdesc_describe(const batchdesc *b, const inputs *in, char *out, size_t cap) {
+  size_t k = 0;
+  out[0] = 0;
+  for (uint32_t i = 0; i < b->nseg && k + 1 < cap; i++) {
+    const bseg *s = &b->seg[i];
+    const char *p = s->input < in->n ? in->v[s->input].path : "?";
+    int w;
+    if (s->rec_first != DBX_UNKNOWN)
+      w = snprintf(out + k, cap - k, "%s%s lines %llu-%llu (bytes %llu-%llu)", i ? ", " : "", p,
+                   (unsigned long long)s->rec_first + 1,
+                   (unsigned long long)(s->rec_first + s->rec_count),
+                   (unsigned long long)s->off, (unsigned long long)(s->off + s->len));
+    else
+      w = snprintf(out + k, cap - k, "%s%s bytes %llu-%llu", i ? ", " : "", p,
+                   (unsigned long long)s->off, (unsigned long long)(s->off + s->len));
+    if (w < 0) break;
+    k += (size_t)w;
+  }
+}
+
+/* ---- splitter ---- */
+
+struct splitter {
+  const inputs *in;
+  split_opts o;
+  uint32_t next_index;
+  size_t cur;        /* current input */
+  uint64_t pos;      /* decompressed bytes of the current input consumed */
+  uint64_t rec;      /* records of the current input consumed */
+  reader *rd;        /* open while scanning the current input by lines */
+  char *chunk;
+  size_t clen, cpos;
+  int rd_eof;
+  uint64_t stream_bytes;
+};
+
+int splitter_new(const inputs *in, const split_opts *o, splitter **out, dbx_err *err) {
+  if (o->batch_records == 0 && o->batch_bytes == 0)
+    return dbx_seterr(err, DBX_EINVAL, "batch size must be positive");
+  splitter *s = calloc(1, sizeof *s);
+  if (!s) return DBX_ENOMEM;
+  s->in = in;
+  s->o = *o;
+  *out = s;
+  return 0;
+}
+
+void splitter_free(splitter *s) {
+  if (!s) return;
+  reader_close(s->rd);
+  free(s->chunk);
+  free(s);
+}
+
+uint64_t splitter_stream_bytes(const splitter *s) { return s->stream_bytes; }
+
+static void next_input(splitter *s) {
+  reader_close(s->rd);
+  s->rd = NULL;
+  s->clen = s->cpos = 0;
+  s->rd_eof = 0;
+  s->cur++;
+  s->pos = s->rec = 0;
+}
+
+static int add_seg(batchdesc *b, size_t *cap, bseg seg) {
+  if (b->nseg == *cap) {
+    size_t nc = *cap ? *cap * 2 : 4;
+    bseg *ns = realloc(b->seg, nc * sizeof *ns);
+    if (!ns) return DBX_ENOMEM;
+    b->seg = ns;
+    *cap = nc;
+  }
+  b->seg[b->nseg++] = seg;
+  return 0;
+}
+
+/* Consume whole lines of the current input until want_recs records (when > 0) or until at
+ * least want_bytes bytes. Appends the bytes to copy (when not NULL), adding a final newline
+ * to an unterminated last line. OUT: bytes and records consumed, *eof at the end of input. */
+static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_buf *copy,
+                      uint64_t *nbytes, uint64_t *nrecs, int *eof, dbx_err *err) {
+  uint64_t bytes = 0, recs = 0;
+  int in_line = 0;  /* consumed bytes of a line not yet ended */
+  *eof = 0;
+  if (!s->rd) {
+    int rc = reader_open(&s->in->v[s->cur], &s->rd, err);
+    if (rc) return rc;
+    if (!s->chunk && !(s->chunk = malloc(SCAN_CHUNK))) return DBX_ENOMEM;
+    s->clen = s->cpos = 0;
+  }
+  for (;;) {
+    if (want_recs ? recs >= want_recs : (bytes >= want_bytes && !in_line)) break;
+    if (s->cpos == s->clen) {
+      size_t got;
+      int rc = reader_read(s->rd, s->chunk, SCAN_CHUNK, &got, err);
+      if (rc) return rc;
+      s->clen = got;
+      s->cpos = 0;
+      if (got == 0) {
+        if (in_line) {
+          recs++;
+          if (copy && dbx_buf_append(copy, "\n", 1)) return DBX_ENOMEM;
+        }
+        *eof = 1;
+        break;
+      }
+    }
+    const char *p = s->chunk + s->cpos;
+    size_t avail = s->clen - s->cpos, take;
+    const char *nl = memchr(p, '\n', avail);
+    if (nl) {
+      take = (size_t)(nl - p) + 1;
+      recs++;
+      in_line = 0;
+    } else {
+      take = avail;
+      in_line = 1;
+    }
+    /* In record mode with many short lines, take several lines at once. */
+    if (nl && want_recs) {
+      const char *q = nl + 1, *end = p + avail;
+      while (recs < want_recs && q < end && (nl = memchr(q, '\n', (size_t)(end - q)))) {
+        recs++;
+        q = nl + 1;
+      }
+      take = (size_t)(q - p);
+    }
+    if (copy && dbx_buf_append(copy, p, take)) return DBX_ENOMEM;
+    s->cpos += take;
+    bytes += take;
+  }
+  *nbytes = bytes;
+  *nrecs = recs;
+  return 0;
+}
+
+int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
+  memset(out, 0, sizeof *out);
+  size_t cap = 0;
+  uint64_t left_bytes = s->o.batch_bytes, left_recs = s->o.batch_records;
+  int rc = 0;
+  while (s->cur < s->in->n) {
+    const input *x = &s->in->v[s->cur];
+    int streamed = x->kind != IN_PLAIN;
+    if (out->nseg && out->shipped != streamed) break;  /* never mix shipped and referenced */
+    out->shipped = streamed;
+    if (!streamed && !s->o.batch_records) {
+      if (s->pos >= x->size) { next_input(s); continue; }
+      uint64_t take = x->size - s->pos < left_bytes ? x->size - s->pos : left_bytes;
+      bseg g = {(uint32_t)s->cur, s->pos, take, DBX_UNKNOWN, DBX_UNKNOWN};
+      if ((rc = add_seg(out, &cap, g))) goto fail;
+      s->pos += take;
+      left_bytes -= take;
+      if (left_bytes == 0) break;
+      continue;
+    }
+    uint64_t nb, nr;
+    int eof;
+    uint64_t start_len = out->data.len;
+    rc = scan_lines(s, s->o.batch_records ? left_recs : 0, left_bytes, streamed ? &out->data : NULL,
+                    &nb, &nr, &eof, err);
+    if (rc) goto fail;
+    if (nb) {
+      bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, nr};
+      if ((rc = add_seg(out, &cap, g))) goto fail;
+    }
+    s->pos += nb;
+    s->rec += nr;
+    if (streamed) s->stream_bytes += out->data.len - start_len;
+    if (s->o.batch_records) left_recs -= nr;
+    else left_bytes = nb >= left_bytes ? 0 : left_bytes - nb;
+    if (eof) next_input(s);
+    if (s->o.batch_records ? left_recs == 0 : left_bytes == 0) break;
+  }
+  if (out->nseg == 0) {
+    batchdesc_free(out);
+    return 0;
+  }
+  out->index = s->next_index++;
+  return 1;
+fail:
+  batchdesc_free(out);
+  return rc;
+}
+
+/* ---- loader ---- */
+
+struct loader {
+  dbx_buf buf;
+  dbx_segment *vseg;
+  size_t vcap;
+  int fd;
+  const char *fd_path;
+  char *fd_path_own;
+};
+
+loader *loader_new(void) {
+  loader *l = calloc(1, sizeof *l);
+  if (l) l->fd = -1;
+  return l;
+}
+
+void loader_free(loader *l) {
+  if (!l) return;
+  if (l->fd >= 0) close(l->fd);
+  free(l->fd_path_own);
+  dbx_buf_free(&l->buf);
+  free(l->vseg);
+  free(l);
+}
+
+static int open_cached(loader *l, const char *path, dbx_err *err) {
+  if (l->fd >= 0 && l->fd_path_own && strcmp(l->fd_path_own, path) == 0) return 0;
+  if (l->fd >= 0) close(l->fd);
+  free(l->fd_path_own);
+  l->fd_path_own = NULL;
+  l->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (l->fd < 0) {
+    int e = errno;
+    return dbx_seterr(err, err_from_errno(e), "%s: cannot open: %s", path, strerror(e));
+  }
+  l->fd_path_own = strdup(path);
+  return l->fd_path_own ? 0 : DBX_ENOMEM;
+}
+
+/* pread that retries short reads; OUT *got < n only at the end of the file. */
+static int pread_full(int fd, char *p, size_t n, uint64_t off, size_t *got, const char *path,
+                      dbx_err *err) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t k = pread(fd, p + done, n - done, (off_t)(off + done));
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      return dbx_seterr(err, err_from_errno(e), "%s: read error at byte %llu: %s", path,
+                        (unsigned long long)(off + done), strerror(e));
+    }
+    if (k == 0) break;
+    done += (size_t)k;
+  }
+  *got = done;
+  return 0;
+}
+
+/* Append the lines starting in [off, off+len) of the open file to l->buf. */
+static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, dbx_err *err) {
+  char tmp[65536];
+  size_t got;
+  uint64_t start = off, end = off + len;
+  int rc;
+  if (off > 0) {
+    /* Find the first line start at or after off: just after a newline at >= off-1. */
+    uint64_t p = off - 1;
+    for (;;) {
+      if (p >= end) return 0;  /* no line starts inside the range */
+      if ((rc = pread_full(l->fd, tmp, sizeof tmp, p, &got, path, err))) return rc;
+      if (got == 0) return 0;
+      char *nl = memchr(tmp, '\n', got);
+      if (nl) { start = p + (uint64_t)(nl - tmp) + 1; break; }
+      p += got;
+    }
+    if (start >= end) return 0;
+  }
+  size_t n = (size_t)(end - start);
+  if ((rc = dbx_buf_reserve(&l->buf, n + 1))) return rc;
+  if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, n, start, &got, path, err))) return rc;
+  if (got < n)
+    return dbx_seterr(err, DBX_EIO, "%s: file shrank while being read (expected bytes up to %llu, "
+                      "it ends at %llu)", path, (unsigned long long)end,
+                      (unsigned long long)(start + got));
+  l->buf.len += got;
+  /* Finish the line the range ends in. */
+  uint64_t p = end;
+  while (l->buf.data[l->buf.len - 1] != '\n') {
+    if ((rc = pread_full(l->fd, tmp, sizeof tmp, p, &got, path, err))) return rc;
+    if (got == 0) return dbx_buf_append(&l->buf, "\n", 1);
+    char *nl = memchr(tmp, '\n', got);
+    size_t take = nl ? (size_t)(nl - tmp) + 1 : got;
+    if ((rc = dbx_buf_append(&l->buf, tmp, take))) return rc;
+    p += take;
+  }
+  return 0;
+}
+
+int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_batch *view,
+                dbx_err *err) {
+  if (l->vcap < b->nseg) {
+    dbx_segment *nv = realloc(l->vseg, b->nseg * sizeof *nv);
+    if (!nv) return DBX_ENOMEM;
+    l->vseg = nv;
+    l->vcap = b->nseg;
+  }
+  l->buf.len = 0;
+  size_t shipped_off = 0;
+  for (uint32_t i = 0; i < b->nseg; i++) {
+    const bseg *s = &b->seg[i];
+    dbx_segment *v = &l->vseg[i];
+    v->path = paths[s->input];
+    v->off = s->off;
+    v->len = s->len;
+    v->rec_first = s->rec_first;
+    v->rec_count = s->rec_count;
+    if (b->shipped) {
+      /* Shipped segments are stored back to back; each was newline-completed, so its
+       * length in data is its range length, plus one for an added final newline. */
+      v->data_off = shipped_off;
+      size_t dl = (size_t)s->len;
+      if (shipped_off + dl < b->data.len && b->data.data[shipped_off + dl - 1] != '\n') dl++;
+      if (i + 1 == b->nseg) dl = b->data.len - shipped_off;
+      v->data_len = dl;
+      shipped_off += dl;
+      continue;
+    }
+    int rc = open_cached(l, v->path, err);
+    if (rc) return rc;
+    v->data_off = l->buf.len;
+    rc = load_range(l, v->path, s->off, s->len, err);
+    if (rc) return rc;
+    v->data_len = l->buf.len - v->data_off;
+  }
+  view->index = b->index;
+  view->nseg = b->nseg;
+  view->seg = l->vseg;
+  view->data = b->shipped ? b->data.data : l->buf.data;
+  view->size = b->shipped ? b->data.len : l->buf.len;
+  if (!view->data) view->data = "";
+  return 0;
+}

@@ -1,0 +1,64 @@
+/* batch.h -- batches: what the splitter cuts, what a task carries, and loading the bytes of
+ * a batch for an operator (private).
+ *
+ * A batch of plain files travels by reference: segments (input, byte range). A byte range
+ * owns exactly the lines that START inside it: a range beginning mid-line skips to the next
+ * line start, and the line in which it ends is read to its end. So every line of a file is
+ * in exactly one batch whatever the cut points. Streamed inputs (standard input, pipes,
+ * .gz, .zst) are cut at line ends by the splitter and carry their bytes ("shipped"). */
+#ifndef DBX_IO_BATCH_H
+#define DBX_IO_BATCH_H
+#include <stdint.h>
+#include "dbatch.h"
+#include "io/input.h"
+
+typedef struct bseg {
+  uint32_t input;        /* index into the job's inputs */
+  uint64_t off, len;     /* byte range in the decompressed input */
+  uint64_t rec_first;    /* first record (0-based line number) or DBX_UNKNOWN */
+  uint64_t rec_count;    /* records, or DBX_UNKNOWN */
+} bseg;
+
+typedef struct batchdesc {
+  uint32_t index;
+  uint32_t nseg;
+  bseg *seg;             /* owned */
+  int shipped;           /* data holds the bytes (newline-terminated lines) */
+  dbx_buf data;          /* owned, only when shipped */
+} batchdesc;
+
+void batchdesc_free(batchdesc *b);
+/* Deep copy (OUT dst, owned by the caller). */
+int batchdesc_copy(batchdesc *dst, const batchdesc *src);
+/* Total bytes the batch covers (range lengths). */
+uint64_t batchdesc_bytes(const batchdesc *b);
+
+/* "path bytes A-B" or "path lines A-B" for each segment, into out (NUL-terminated). */
+void batchdesc_describe(const batchdesc *b, const inputs *in, char *out, size_t cap);
+
+/* How the splitter cuts. */
+typedef struct split_opts {
+  uint64_t batch_bytes;    /* target bytes per batch when batch_records is 0 */
+  uint64_t batch_records;  /* records per batch, or 0 */
+} split_opts;
+
+typedef struct splitter splitter;
+
+/* The splitter reads inputs lazily: memory stays bounded by one batch for streams.
+ * in must outlive the splitter. */
+int splitter_new(const inputs *in, const split_opts *o, splitter **out, dbx_err *err);
+/* Next batch into *out (owned by the caller). 1 = a batch, 0 = no more, < 0 = error. */
+int splitter_next(splitter *s, batchdesc *out, dbx_err *err);
+/* Bytes consumed so far from streamed inputs (decompressed). */
+uint64_t splitter_stream_bytes(const splitter *s);
+void splitter_free(splitter *s);
+
+/* Loads the bytes of a batch into a reusable buffer. */
+typedef struct loader loader;
+loader *loader_new(void);
+void loader_free(loader *l);
+/* Fill *view with the batch's lines, newline-terminated. view and its data stay valid until
+ * the next loader_load() or loader_free(). paths[i] is the path of input i. */
+int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_batch *view,
+                dbx_err *err);
+#endif

@@ -1,0 +1,19 @@
+/* ops.h -- the built-in operators and their configurations (private). */
+#ifndef DBX_OPS_OPS_H
+#define DBX_OPS_OPS_H
+#include <stdint.h>
+#include "dbatch.h"
+
+/* Word count: rows (word TEXT, count INT), by count descending then word. */
+typedef struct wc_cfg {
+  int case_sensitive;
+  uint64_t top;          /* 0 = all */
+} wc_cfg;
+extern const dbx_op op_wordcount;
+
+/* No-op: for scheduler benchmarks; partial = number of batches seen. */
+extern const dbx_op op_noop;
+
+/* Look an operator up by name (NULL if unknown). */
+const dbx_op *ops_find(const char *name);
+#endif

@@ -1,0 +1,135 @@
+/* tokenize.c -- Unicode word tokenizer with an ASCII fast path.
+ * ASCII bytes are classified and lowercased by table; other code points go through utf8proc
+ * (category and case mapping). Text that is mostly ASCII never leaves the fast loop. */
+#include "ops/tokenize.h"
+
+#include <string.h>
+#include <utf8proc.h>
+
+/* 1 = ASCII word character, 0 = ASCII separator, 2 = start of a multi-byte sequence. */
+static unsigned char cls[256];
+static unsigned char lower_ascii[256];
+static int tables_ready;
+
+static void init_tables(void) {
+  for (int c = 0; c < 256; c++) {
+    cls[c] = c >= 0x80 ? 2 : 0;
+    lower_ascii[c] = (unsigned char)c;
+  }
+  for (int c = '0'; c <= '9'; c++) cls[c] = 1;
+  for (int c = 'a'; c <= 'z'; c++) cls[c] = 1;
+  for (int c = 'A'; c <= 'Z'; c++) {
+    cls[c] = 1;
+    lower_ascii[c] = (unsigned char)(c + 32);
+  }
+  cls['_'] = 1;
+  tables_ready = 1;
+}
+
+void tok_init(tok *t, const char *data, size_t n, int lowercase, size_t min_cp) {
+  if (!tables_ready) init_tables();  /* idempotent: racing threads write the same bytes */
+  memset(t, 0, sizeof *t);
+  t->lower = lowercase;
+  t->min_cp = min_cp ? min_cp : 1;
+  tok_reset(t, data, n);
+}
+
+void tok_reset(tok *t, const char *data, size_t n) {
+  t->p = (const unsigned char *)data;
+  t->end = t->p + n;
+}
+
+void tok_free(tok *t) { dbx_buf_free(&t->word); }
+
+static int is_word_cp(utf8proc_int32_t c) {
+  switch (utf8proc_category(c)) {
+  case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+  case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+  case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+    return 1;
+  default:
+    return c == '_';
+  }
+}
+
+static int is_cased(utf8proc_int32_t c) {
+  utf8proc_category_t k = utf8proc_category(c);
+  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+
+/* Decode one code point at p; -1 for an invalid byte (then one byte is consumed). */
+static utf8proc_int32_t decode(const unsigned char *p, const unsigned char *end, size_t *len) {
+  utf8proc_int32_t c;
+  utf8proc_ssize_t k = utf8proc_iterate(p, end - p, &c);
+  if (k <= 0) { *len = 1; return -1; }
+  *len = (size_t)k;
+  return c;
+}
+
+int tok_next(tok *t, const char **w, size_t *n) {
+  const unsigned char *p = t->p, *end = t->end;
+  for (;;) {
+    /* Skip separators. */
+    while (p < end && cls[*p] == 0) p++;
+    if (p == end) { t->p = p; return 0; }
+    t->word.len = 0;
+    size_t ncp = 0;
+    int prev_cased = 0, stop_after = 0;
+    while (p < end && !stop_after) {
+      unsigned char b = *p;
+      if (cls[b] == 1) {
+        /* ASCII run: copy (lowercased) until something else. */
+        const unsigned char *q = p;
+        while (q < end && cls[*q] == 1) q++;
+        size_t k = (size_t)(q - p);
+        if (dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
+        unsigned char *o = (unsigned char *)t->word.data + t->word.len;
+        if (t->lower) for (size_t i = 0; i < k; i++) o[i] = lower_ascii[p[i]];
+        else memcpy(o, p, k);
+        t->word.len += k;
+        ncp += k;
+        unsigned char last = q[-1];
+        prev_cased = (last | 32) >= 'a' && (last | 32) <= 'z';
+        p = q;
+        continue;
+      }
+      if (cls[b] == 0) break;
+      size_t len;
+      utf8proc_int32_t c = decode(p, end, &len);
+      if (c < 0) break;
+      utf8proc_int32_t lc = c;
+      if (t->lower) {
+        if (c == 0x130) {
+          lc = 'i';
+          stop_after = 1;  /* "i" + U+0307, and U+0307 is not a word character */
+        } else if (c == 0x3a3) {
+          /* Final sigma: after a cased letter and not before one. */
+          size_t nlen;
+          utf8proc_int32_t nx = p + len < end ? decode(p + len, end, &nlen) : -1;
+          lc = prev_cased && !(nx >= 0 && is_cased(nx)) ? 0x3c2 : 0x3c3;
+        } else {
+          lc = utf8proc_tolower(c);
+        }
+      }
+      if (!is_word_cp(lc)) break;
+      prev_cased = is_cased(c);
+      unsigned char enc[4];
+      utf8proc_ssize_t el = utf8proc_encode_char(lc, enc);
+      if (dbx_buf_append(&t->word, enc, (size_t)el)) return DBX_ENOMEM;
+      ncp++;
+      p += len;
+    }
+    if (t->word.len == 0) {
+      /* A non-ASCII separator (or invalid byte): step over it. */
+      size_t len;
+      decode(p, end, &len);
+      p += len;
+      continue;
+    }
+    if (ncp < t->min_cp) continue;
+    t->p = p;
+    *w = t->word.data;
+    *n = t->word.len;
+    return 1;
+  }
+}

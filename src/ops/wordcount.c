@@ -1,0 +1,152 @@
+/* wordcount.c -- the word count operator: batch -> word counts, merged by addition. */
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/ops.h"
+#include "ops/tokenize.h"
+#include "util/strmap.h"
+
+static void *wc_new(const void *cfg) { return strmap_new(); }
+static void wc_free(void *p) { strmap_free(p); }
+
+static uint64_t count_lines(const char *p, size_t n) {
+  uint64_t k = 0;
+  const char *end = p + n;
+  while (p < end && (p = memchr(p, '\n', (size_t)(end - p)))) { k++; p++; }
+  return k;
+}
+
+static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void *partial,
+                  dbx_stats *st, dbx_err *err) {
+  const wc_cfg *cfg = cfgv;
+  strmap *m = partial;
+  tok t;
+  tok_init(&t, b->data, b->size, !cfg->case_sensitive, 1);
+  const char *w;
+  size_t n;
+  int rc;
+  while ((rc = tok_next(&t, &w, &n)) == 1)
+    if ((rc = strmap_add(m, w, n, 1, NULL))) break;
+  tok_free(&t);
+  if (rc < 0) return dbx_seterr(err, rc, "word count: out of memory");
+  st->records += count_lines(b->data, b->size);
+  return 0;
+}
+
+static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
+  strmap *l = left;
+  const strmap *r = right;
+  size_t n = strmap_count(r);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t len;
+    const char *k = strmap_key(r, i, &len);
+    if (strmap_add(l, k, len, strmap_val(r, i), NULL)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
+  }
+  return 0;
+}
+
+static int sbuf_write(void *data, const char *buf, size_t len) {
+  return dbx_buf_append(data, buf, len) ? -1 : 0;
+}
+
+/* Encoding: a msgpack array [word, count, word, count, ...]. */
+static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err) {
+  const strmap *m = partial;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, out, sbuf_write);
+  size_t n = strmap_count(m);
+  int rc = msgpack_pack_array(&pk, (uint32_t)(n * 2));
+  for (uint32_t i = 0; i < n && !rc; i++) {
+    size_t len;
+    const char *k = strmap_key(m, i, &len);
+    rc = msgpack_pack_str_with_body(&pk, k, len);
+    if (!rc) rc = msgpack_pack_uint64(&pk, strmap_val(m, i));
+  }
+  return rc ? dbx_seterr(err, DBX_ENOMEM, "word count: cannot encode partial") : 0;
+}
+
+static int wc_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  int rc = 0;
+  strmap *m = NULL;
+  if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
+      u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size % 2) {
+    rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result");
+    goto done;
+  }
+  if (!(m = strmap_new())) { rc = DBX_ENOMEM; goto done; }
+  const msgpack_object *o = u.data.via.array.ptr;
+  for (uint32_t i = 0; i < u.data.via.array.size; i += 2) {
+    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        o[i].via.str.size == 0) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result (entry %u)", i / 2);
+      goto done;
+    }
+    if (strmap_add(m, o[i].via.str.ptr, o[i].via.str.size, o[i + 1].via.u64, NULL)) {
+      rc = DBX_ENOMEM;
+      goto done;
+    }
+  }
+done:
+  msgpack_unpacked_destroy(&u);
+  if (rc) strmap_free(m);
+  else *out = m;
+  return rc;
+}
+
+typedef struct {
+  const char *w;
+  size_t n;
+  uint64_t count;
+} row_ref;
+
+static int cmp_rows(const void *a, const void *b) {
+  const row_ref *x = a, *y = b;
+  if (x->count != y->count) return x->count > y->count ? -1 : 1;
+  int c = memcmp(x->w, y->w, x->n < y->n ? x->n : y->n);  /* UTF-8 byte order = code-point order */
+  if (c) return c;
+  return x->n < y->n ? -1 : x->n > y->n;
+}
+
+static int wc_finish(const void *cfgv, void *partial, dbx_emit_fn emit, void *ctx,
+                     dbx_buf *bcast, dbx_err *err) {
+  const wc_cfg *cfg = cfgv;
+  strmap *m = partial;
+  size_t n = strmap_count(m);
+  row_ref *rows = malloc((n ? n : 1) * sizeof *rows);
+  if (!rows) return DBX_ENOMEM;
+  for (uint32_t i = 0; i < n; i++) {
+    rows[i].w = strmap_key(m, i, &rows[i].n);
+    rows[i].count = strmap_val(m, i);
+  }
+  qsort(rows, n, sizeof *rows, cmp_rows);
+  size_t lim = cfg->top && cfg->top < n ? (size_t)cfg->top : n;
+  int rc = 0;
+  for (size_t i = 0; i < lim && !rc && emit; i++) {
+    dbx_value row[2];
+    memset(row, 0, sizeof row);
+    row[0].s = rows[i].w;
+    row[0].n = rows[i].n;
+    row[1].i = (int64_t)rows[i].count;
+    rc = emit(ctx, row, err);
+  }
+  free(rows);
+  return rc;
+}
+
+static const char *const wc_names[] = {"word", "count"};
+static const dbx_coltype wc_types[] = {DBX_COL_TEXT, DBX_COL_INT};
+static const dbx_schema wc_schema = {2, wc_names, wc_types};
+
+const dbx_op op_wordcount = {
+    "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema,
+};
+
+const dbx_op *ops_find(const char *name) {
+  if (strcmp(name, "wordcount") == 0) return &op_wordcount;
+  if (strcmp(name, "noop") == 0) return &op_noop;
+  return NULL;
+}

@@ -1,0 +1,31 @@
+/* sink.h -- where result rows go: standard output, TSV/CSV/JSONL files, SQLite (private).
+ * Every sink is transactional: rows become visible only at sink_commit(); sink_abort()
+ * leaves the destination as it was. */
+#ifndef DBX_SINK_SINK_H
+#define DBX_SINK_SINK_H
+#include "dbatch.h"
+
+typedef struct sink sink;
+
+typedef struct sink_opts {
+  const char *dest;     /* "-", FILE.tsv|.csv|.jsonl, sqlite:PATH */
+  const char *format;   /* "tsv", "csv", "jsonl", or NULL to infer from the name */
+  const char *table;    /* SQLite table name */
+  int append;           /* SQLite: keep existing rows */
+} sink_opts;
+
+/* Open a sink for rows of schema (which must outlive the sink). *out is owned by the caller
+ * and released by sink_commit or sink_abort. */
+int sink_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_err *err);
+int sink_row(sink *s, const dbx_value *row, dbx_err *err);
+/* An emit function for dbx_op.finish; ctx is the sink. */
+int sink_emit(void *ctx, const dbx_value *row, dbx_err *err);
+/* Make everything visible atomically, then free the sink. */
+int sink_commit(sink *s, dbx_err *err);
+/* Discard and free; accepts NULL. */
+void sink_abort(sink *s);
+/* Rows written so far. */
+uint64_t sink_rows(const sink *s);
+/* Check a destination before any work is done (bad format, bad table name). */
+int sink_check(const sink_opts *o, dbx_err *err);
+#endif

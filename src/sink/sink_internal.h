@@ -1,0 +1,19 @@
+/* sink_internal.h -- the vtable behind sink.h; one implementation per file (private). */
+#ifndef DBX_SINK_INTERNAL_H
+#define DBX_SINK_INTERNAL_H
+#include "sink/sink.h"
+
+struct sink {
+  int (*row)(sink *s, const dbx_value *row, dbx_err *err);
+  int (*commit)(sink *s, dbx_err *err);
+  void (*abort)(sink *s);
+  const dbx_schema *schema;
+  uint64_t rows;
+};
+
+int sink_file_open(const sink_opts *o, const char *format, const dbx_schema *schema, sink **out,
+                   dbx_err *err);
+int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *schema, sink **out,
+                     dbx_err *err);
+int sink_sqlite_check_table(const char *table, dbx_err *err);
+#endif

@@ -1,0 +1,17 @@
+/* json.h -- appending JSON text to a dbx_buf (private). Used by the JSONL sink and summaries. */
+#ifndef DBX_UTIL_JSON_H
+#define DBX_UTIL_JSON_H
+#include <stddef.h>
+#include <stdint.h>
+#include "dbatch.h"
+
+/* Append s (n bytes) as a JSON string literal. Invalid UTF-8 becomes U+FFFD. */
+int json_str(dbx_buf *b, const char *s, size_t n);
+int json_cstr(dbx_buf *b, const char *s);
+int json_int(dbx_buf *b, int64_t v);
+/* Shortest text that reads back as the same double; non-finite values become null. */
+int json_real(dbx_buf *b, double v);
+int json_raw(dbx_buf *b, const char *s);
+/* "key": -- with a leading comma when not first. */
+int json_key(dbx_buf *b, const char *key, int first);
+#endif
