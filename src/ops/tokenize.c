@@ -11,6 +11,28 @@ static unsigned char cls[256];
 static unsigned char lower_ascii[256];
 static int tables_ready;
 
+/* Code points below U+0800 (two-byte UTF-8: Latin, Greek, Cyrillic, Hebrew, Arabic, ...)
+ * are classified by table too: bit 0 = word character, bit 1 = cased; and their lowercase. */
+#define SMALL_CP 0x800
+static unsigned char small_cls[SMALL_CP];
+static int32_t small_lower[SMALL_CP];
+
+static int is_word_cp(utf8proc_int32_t c) {
+  switch (utf8proc_category(c)) {
+  case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+  case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+  case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+    return 1;
+  default:
+    return c == '_';
+  }
+}
+
+static int is_cased(utf8proc_int32_t c) {
+  utf8proc_category_t k = utf8proc_category(c);
+  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+
 static void init_tables(void) {
   for (int c = 0; c < 256; c++) {
     cls[c] = c >= 0x80 ? 2 : 0;
@@ -23,6 +45,10 @@ static void init_tables(void) {
     lower_ascii[c] = (unsigned char)(c + 32);
   }
   cls['_'] = 1;
+  for (int32_t c = 0; c < SMALL_CP; c++) {
+    small_cls[c] = (unsigned char)(is_word_cp(c) | is_cased(c) << 1);
+    small_lower[c] = utf8proc_tolower(c);
+  }
   tables_ready = 1;
 }
 
@@ -41,22 +67,6 @@ void tok_reset(tok *t, const char *data, size_t n) {
 
 void tok_free(tok *t) { dbx_buf_free(&t->word); }
 
-static int is_word_cp(utf8proc_int32_t c) {
-  switch (utf8proc_category(c)) {
-  case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-  case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
-  case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
-    return 1;
-  default:
-    return c == '_';
-  }
-}
-
-static int is_cased(utf8proc_int32_t c) {
-  utf8proc_category_t k = utf8proc_category(c);
-  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
-}
-
 /* Decode one code point at p; -1 for an invalid byte (then one byte is consumed). */
 static utf8proc_int32_t decode(const unsigned char *p, const unsigned char *end, size_t *len) {
   utf8proc_int32_t c;
@@ -72,6 +82,25 @@ int tok_next(tok *t, const char **w, size_t *n) {
     /* Skip separators. */
     while (p < end && cls[*p] == 0) p++;
     if (p == end) { t->p = p; return 0; }
+    if (cls[*p] == 1) {
+      /* Fast path: an all-ASCII word ending at an ASCII separator or the end is returned
+       * in place when it has nothing to lowercase, else lowercased into the scratch. */
+      const unsigned char *q = p;
+      unsigned upper = 0;
+      while (q < end && cls[*q] == 1) { upper |= (unsigned)(*q - 'A') < 26u; q++; }
+      if (q == end || cls[*q] == 0) {
+        size_t k = (size_t)(q - p);
+        if (k < t->min_cp) { p = q; continue; }
+        t->p = q;
+        *n = k;
+        if (!upper || !t->lower) { *w = (const char *)p; return 1; }
+        if (t->word.cap < k && dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
+        for (size_t i = 0; i < k; i++) t->word.data[i] = (char)lower_ascii[p[i]];
+        t->word.len = k;
+        *w = t->word.data;
+        return 1;
+      }
+    }
     t->word.len = 0;
     size_t ncp = 0;
     int prev_cased = 0, stop_after = 0;
@@ -82,7 +111,7 @@ int tok_next(tok *t, const char **w, size_t *n) {
         const unsigned char *q = p;
         while (q < end && cls[*q] == 1) q++;
         size_t k = (size_t)(q - p);
-        if (dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
+        if (t->word.cap - t->word.len < k && dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
         unsigned char *o = (unsigned char *)t->word.data + t->word.len;
         if (t->lower) for (size_t i = 0; i < k; i++) o[i] = lower_ascii[p[i]];
         else memcpy(o, p, k);
@@ -95,7 +124,25 @@ int tok_next(tok *t, const char **w, size_t *n) {
       }
       if (cls[b] == 0) break;
       size_t len;
-      utf8proc_int32_t c = decode(p, end, &len);
+      utf8proc_int32_t c;
+      if ((b & 0xe0) == 0xc0 && b >= 0xc2 && p + 1 < end && (p[1] & 0xc0) == 0x80) {
+        c = (utf8proc_int32_t)((b & 0x1f) << 6 | (p[1] & 0x3f));
+        len = 2;
+        if (c != 0x3a3 && c != 0x130 && small_lower[c] < SMALL_CP) {
+          utf8proc_int32_t lc = t->lower ? small_lower[c] : c;
+          if (!(small_cls[lc] & 1)) break;
+          prev_cased = small_cls[c] >> 1;
+          unsigned char *o;
+          if (t->word.cap - t->word.len < 4 && dbx_buf_reserve(&t->word, 4)) return DBX_ENOMEM;
+          o = (unsigned char *)t->word.data + t->word.len;
+          t->word.len += (size_t)utf8proc_encode_char(lc, o);
+          ncp++;
+          p += 2;
+          continue;
+        }
+      } else {
+        c = decode(p, end, &len);
+      }
       if (c < 0) break;
       utf8proc_int32_t lc = c;
       if (t->lower) {

@@ -20,7 +20,7 @@ typedef struct tok {
 void tok_init(tok *t, const char *data, size_t n, int lowercase, size_t min_cp);
 /* Restart on new data, keeping the scratch buffer. */
 void tok_reset(tok *t, const char *data, size_t n);
-/* Next word: 1 with *w (valid until the next call) and *n bytes of UTF-8; 0 at the end;
+/* Next word: 1 with *w (valid until the next call; it may point into data) and *n bytes of UTF-8; 0 at the end;
  * DBX_ENOMEM. */
 int tok_next(tok *t, const char **w, size_t *n);
 void tok_free(tok *t);

@@ -1,25 +1,34 @@
 /* strmap.c -- open-addressing hash table of byte strings (xxHash3, linear probing).
- * Slots hold a 32-bit hash tag and the entry index, so a probe touches one cache line
- * and compares keys only when tags agree. Keys live in one arena. */
+ *
+ * Word counting is bound by cache misses, so a slot is the whole entry (32 bytes, two per
+ * cache line): the full hash, the value, and keys of up to 8 bytes stored inline. A lookup
+ * of a short word touches one cache line; longer keys add one read of the key arena.
+ * Dense ids (insertion order) map to slots through a separate array used only by callers
+ * that walk the map. */
 #include "util/strmap.h"
 
 #include <stdlib.h>
 #include <string.h>
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "dbatch.h"
 
-typedef struct {
-  uint64_t off;   /* key position in the arena */
+#define INLINE_MAX 8
+
+typedef struct slot {
+  uint64_t hash;
   uint64_t val;
-  uint32_t len;
-} entry;
+  uint64_t key;    /* the key bytes when len <= INLINE_MAX, else its arena offset */
+  uint32_t len;    /* 0 = empty slot (keys are never empty) */
+  uint32_t id;
+} slot;
 
 struct strmap {
-  uint64_t *slots;  /* 0 = empty, else (tag << 32) | (index + 1) */
+  slot *t;
   size_t mask;
-  entry *ent;
-  size_t n, ncap;
+  uint32_t *order; /* id -> slot index */
+  size_t n, ocap;
   dbx_buf arena;
 };
 
@@ -27,67 +36,104 @@ strmap *strmap_new(void) {
   strmap *m = calloc(1, sizeof *m);
   if (!m) return NULL;
   m->mask = 1023;
-  m->slots = calloc(m->mask + 1, sizeof *m->slots);
-  if (!m->slots) { free(m); return NULL; }
+  m->t = calloc(m->mask + 1, sizeof *m->t);
+  if (!m->t) { free(m); return NULL; }
   return m;
 }
 
 void strmap_free(strmap *m) {
   if (!m) return;
-  free(m->slots);
-  free(m->ent);
+  free(m->t);
+  free(m->order);
   dbx_buf_free(&m->arena);
   free(m);
 }
 
 static int grow(strmap *m) {
   size_t nmask = m->mask * 2 + 1;
-  uint64_t *ns = calloc(nmask + 1, sizeof *ns);
-  if (!ns) return DBX_ENOMEM;
+  slot *nt = calloc(nmask + 1, sizeof *nt);
+  if (!nt) return DBX_ENOMEM;
   for (size_t i = 0; i < m->n; i++) {
-    const entry *e = &m->ent[i];
-    uint64_t h = XXH3_64bits(m->arena.data + e->off, e->len);
-    size_t j = (size_t)h & nmask;
-    while (ns[j]) j = (j + 1) & nmask;
-    ns[j] = ((h >> 32) << 32) | (uint64_t)(i + 1);
+    const slot *s = &m->t[m->order[i]];
+    size_t j = (size_t)s->hash & nmask;
+    while (nt[j].len) j = (j + 1) & nmask;
+    nt[j] = *s;
+    m->order[i] = (uint32_t)j;
   }
-  free(m->slots);
-  m->slots = ns;
+  free(m->t);
+  m->t = nt;
   m->mask = nmask;
   return 0;
 }
 
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "strmap packs short keys assuming a little-endian machine"
+#endif
+
+/* The key's bytes (len <= 8) in memory order, zero-padded, without a byte-wise copy: a
+ * memcpy of variable length followed by a 64-bit load stalls store forwarding. */
+static inline uint64_t inline_key(const char *key, size_t len) {
+  const unsigned char *p = (const unsigned char *)key;
+  if (len >= 4) {
+    uint32_t lo, hi;
+    memcpy(&lo, p, 4);
+    memcpy(&hi, p + len - 4, 4);
+    return (uint64_t)lo | (uint64_t)hi << (8 * (len - 4));
+  }
+  return (uint64_t)p[0] | (uint64_t)p[len >> 1] << (8 * (len >> 1)) |
+         (uint64_t)p[len - 1] << (8 * (len - 1));
+}
+
+static inline int same_key(const strmap *m, const slot *s, const char *key, size_t len, uint64_t ik) {
+  if (s->len != len) return 0;
+  if (len <= INLINE_MAX) return s->key == ik;
+  return memcmp(m->arena.data + s->key, key, len) == 0;
+}
+
+uint64_t strmap_hash(const char *key, size_t len) { return XXH3_64bits(key, len); }
+
+void strmap_prefetch(const strmap *m, uint64_t hash) {
+  __builtin_prefetch(&m->t[(size_t)hash & m->mask]);
+}
+
 int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t *id) {
-  uint64_t h = XXH3_64bits(key, len);
-  uint64_t tag = (h >> 32) << 32;
+  return strmap_add_hashed(m, key, len, XXH3_64bits(key, len), delta, id);
+}
+
+int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t h, uint64_t delta,
+                      uint32_t *id) {
+  if (len == 0 || len > UINT32_MAX) return DBX_EINVAL;
+  uint64_t ik = len <= INLINE_MAX ? inline_key(key, len) : 0;
   size_t j = (size_t)h & m->mask;
   for (;;) {
-    uint64_t s = m->slots[j];
-    if (!s) break;
-    if ((s & 0xffffffff00000000ull) == tag) {
-      entry *e = &m->ent[(uint32_t)s - 1];
-      if (e->len == len && memcmp(m->arena.data + e->off, key, len) == 0) {
-        e->val += delta;
-        if (id) *id = (uint32_t)s - 1;
-        return 0;
-      }
+    slot *s = &m->t[j];
+    if (!s->len) break;
+    if (s->hash == h && same_key(m, s, key, len, ik)) {
+      s->val += delta;
+      if (id) *id = s->id;
+      return 0;
     }
     j = (j + 1) & m->mask;
   }
-  if (m->n == m->ncap) {
-    size_t nc = m->ncap ? m->ncap * 2 : 512;
-    entry *ne = realloc(m->ent, nc * sizeof *ne);
-    if (!ne) return DBX_ENOMEM;
-    m->ent = ne;
-    m->ncap = nc;
+  if (m->n == m->ocap) {
+    size_t nc = m->ocap ? m->ocap * 2 : 512;
+    uint32_t *no = realloc(m->order, nc * sizeof *no);
+    if (!no) return DBX_ENOMEM;
+    m->order = no;
+    m->ocap = nc;
   }
-  if (len > UINT32_MAX) return DBX_EINVAL;
-  entry *e = &m->ent[m->n];
-  e->off = m->arena.len;
-  e->len = (uint32_t)len;
-  e->val = delta;
-  if (dbx_buf_append(&m->arena, key, len)) return DBX_ENOMEM;
-  m->slots[j] = tag | (uint64_t)(m->n + 1);
+  slot *s = &m->t[j];
+  if (len <= INLINE_MAX) {
+    s->key = ik;
+  } else {
+    s->key = m->arena.len;
+    if (dbx_buf_append(&m->arena, key, len)) return DBX_ENOMEM;
+  }
+  s->hash = h;
+  s->val = delta;
+  s->len = (uint32_t)len;
+  s->id = (uint32_t)m->n;
+  m->order[m->n] = (uint32_t)j;
   if (id) *id = (uint32_t)m->n;
   m->n++;
   /* Keep the load factor under 1/2: probes stay short for the skewed key sets of text. */
@@ -96,17 +142,14 @@ int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t 
 }
 
 int64_t strmap_find(const strmap *m, const char *key, size_t len) {
+  if (len == 0) return -1;
   uint64_t h = XXH3_64bits(key, len);
-  uint64_t tag = (h >> 32) << 32;
+  uint64_t ik = len <= INLINE_MAX ? inline_key(key, len) : 0;
   size_t j = (size_t)h & m->mask;
   for (;;) {
-    uint64_t s = m->slots[j];
-    if (!s) return -1;
-    if ((s & 0xffffffff00000000ull) == tag) {
-      const entry *e = &m->ent[(uint32_t)s - 1];
-      if (e->len == len && memcmp(m->arena.data + e->off, key, len) == 0)
-        return (int64_t)((uint32_t)s - 1);
-    }
+    const slot *s = &m->t[j];
+    if (!s->len) return -1;
+    if (s->hash == h && same_key(m, s, key, len, ik)) return s->id;
     j = (j + 1) & m->mask;
   }
 }
@@ -114,13 +157,14 @@ int64_t strmap_find(const strmap *m, const char *key, size_t len) {
 size_t strmap_count(const strmap *m) { return m->n; }
 
 const char *strmap_key(const strmap *m, uint32_t id, size_t *len) {
-  *len = m->ent[id].len;
-  return m->arena.data + m->ent[id].off;
+  const slot *s = &m->t[m->order[id]];
+  *len = s->len;
+  return s->len <= INLINE_MAX ? (const char *)&s->key : m->arena.data + s->key;
 }
 
-uint64_t strmap_val(const strmap *m, uint32_t id) { return m->ent[id].val; }
-void strmap_setval(strmap *m, uint32_t id, uint64_t v) { m->ent[id].val = v; }
+uint64_t strmap_val(const strmap *m, uint32_t id) { return m->t[m->order[id]].val; }
+void strmap_setval(strmap *m, uint32_t id, uint64_t v) { m->t[m->order[id]].val = v; }
 
 size_t strmap_bytes(const strmap *m) {
-  return (m->mask + 1) * sizeof *m->slots + m->ncap * sizeof *m->ent + m->arena.cap;
+  return (m->mask + 1) * sizeof *m->t + m->ocap * sizeof *m->order + m->arena.cap;
 }

@@ -15,6 +15,12 @@ void strmap_free(strmap *m);
 /* Find key, inserting it with value 0 if absent, then add delta to its value.
  * OUT *id: the key's dense id (ids are 0..count-1 in insertion order). 0 or DBX_ENOMEM. */
 int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t *id);
+/* The same with the key's hash already computed by strmap_hash(): callers that look up many
+ * keys hash them ahead and strmap_prefetch() their slots, so cache misses overlap. */
+uint64_t strmap_hash(const char *key, size_t len);
+void strmap_prefetch(const strmap *m, uint64_t hash);
+int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t hash, uint64_t delta,
+                      uint32_t *id);
 /* Id of key, or -1 when absent. */
 int64_t strmap_find(const strmap *m, const char *key, size_t len);
 
