@@ -63,7 +63,7 @@ static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err
   for (uint32_t i = 0; i < n; i++) {
     size_t len;
     const char *k = strmap_key(r, i, &len);
-    if (strmap_add(l, k, len, strmap_val(r, i), NULL)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
+    if (strmap_add_hashed(l, k, len, strmap_hash_of(r, i), strmap_val(r, i), NULL)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
   }
   return 0;
 }

@@ -163,6 +163,7 @@ const char *strmap_key(const strmap *m, uint32_t id, size_t *len) {
 }
 
 uint64_t strmap_val(const strmap *m, uint32_t id) { return m->t[m->order[id]].val; }
+uint64_t strmap_hash_of(const strmap *m, uint32_t id) { return m->t[m->order[id]].hash; }
 void strmap_setval(strmap *m, uint32_t id, uint64_t v) { m->t[m->order[id]].val = v; }
 
 size_t strmap_bytes(const strmap *m) {

@@ -28,6 +28,8 @@ size_t strmap_count(const strmap *m);
 /* The key of id; the pointer is valid until the next insertion. */
 const char *strmap_key(const strmap *m, uint32_t id, size_t *len);
 uint64_t strmap_val(const strmap *m, uint32_t id);
+/* The stored hash of id's key, for re-inserting it elsewhere without hashing again. */
+uint64_t strmap_hash_of(const strmap *m, uint32_t id);
 void strmap_setval(strmap *m, uint32_t id, uint64_t v);
 /* Bytes of memory held (for the summary and the memory benchmark). */
 size_t strmap_bytes(const strmap *m);
