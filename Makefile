@@ -35,7 +35,9 @@ demo:
 	@scripts/demo.sh $(BUILD)/dbatch
 
 install: build
-	@cmake --install $(BUILD) --prefix $(PREFIX)
+	@cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --install $(BUILD)
 
 bench:
 	@scripts/install-deps.sh bench
