@@ -3,6 +3,7 @@
 #define DBX_CLI_H
 #include <getopt.h>
 #include <stdint.h>
+#include "coord/coord.h"
 #include "engine/job.h"
 
 /* Exit statuses: documented in --help and the man page. */
@@ -11,6 +12,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 /* Options every job command takes. */
 typedef struct cli_job {
   int workers;
+  coord_opts co;
   uint64_t batch_bytes, batch_records;
   sink_opts out;
   const char *summary_json;
@@ -29,11 +31,31 @@ typedef struct cli_job {
   {"summary-json", required_argument, NULL, 1006},            \
   {"quiet", no_argument, NULL, 'q'},                          \
   {"verbose", no_argument, NULL, 'v'},                        \
-  {"help", no_argument, NULL, 'h'}
+  {"help", no_argument, NULL, 'h'},                          \
+  {"listen", required_argument, NULL, 1007},                  \
+  {"policy", required_argument, NULL, 1008},                  \
+  {"seed", required_argument, NULL, 1009},                    \
+  {"ship", no_argument, NULL, 1010},                          \
+  {"prefetch", required_argument, NULL, 1011},                \
+  {"heartbeat", required_argument, NULL, 1012},               \
+  {"worker-timeout", required_argument, NULL, 1013},          \
+  {"max-attempts", required_argument, NULL, 1014},            \
+  {"max-message", required_argument, NULL, 1015}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
-  "      --workers N         worker processes (default: 0 = run tasks in this process)\n"   \
+  "      --workers N         local worker processes (default: the number of cores;\n"      \
+  "                          0 = run every task in this process)\n"                        \
+  "      --listen tcp://HOST:PORT  also accept workers started elsewhere with\n"           \
+  "                          'dbatch worker --connect tcp://HOST:PORT'\n"                  \
+  "      --policy P          least-loaded (default), round-robin or random\n"             \
+  "      --seed N            seed of the random policy (reproducible placement)\n"        \
+  "      --ship              send batch bytes to workers instead of file references\n"    \
+  "      --prefetch N        tasks a worker may hold beyond its slots (default 2)\n"      \
+  "      --heartbeat SECS    heartbeat interval (default 1)\n"                            \
+  "      --worker-timeout SECS  silence before a remote worker is dead (default 10)\n"    \
+  "      --max-attempts N    attempts per task before the job fails (default 4)\n"        \
+  "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
   "                          (default 8M; units K, M, G)\n"                                 \
   "      --batch-records N   cut inputs into batches of N lines instead\n"                  \
@@ -57,5 +79,13 @@ int cli_job_option(cli_job *o, int c, const char *arg);
 int cli_fail(const char *cmd, const dbx_err *err);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Start the job's coordinator (and its local workers). */
+int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err);
+/* Finish: commit or abort out, stop the coordinator, write the summary, report.
+ * rc is the job's status so far; returns the exit status. */
+int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err);
+
 int cmd_wordcount(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
+int cmd_bench_tasks(int argc, char **argv);
 #endif

@@ -6,10 +6,21 @@
 #include "cli/cli.h"
 #include "util/log.h"
 #include "util/parse.h"
+#include "util/timeutil.h"
+
+#include <stdlib.h>
+#include <unistd.h>
 
 void cli_job_defaults(cli_job *o, const char *job_name) {
   memset(o, 0, sizeof *o);
-  o->workers = 0;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  o->workers = n > 0 ? (int)n : 1;
+  o->co.policy = POLICY_LEAST_LOADED;
+  o->co.prefetch = 2;
+  o->co.heartbeat = 1.0;
+  o->co.worker_timeout = 10.0;
+  o->co.max_attempts = 4;
+  o->co.max_msg = 1ull << 30;
   o->batch_bytes = 8u << 20;
   o->out.dest = "-";
   o->out.table = job_name;
@@ -52,8 +63,69 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 1004: o->out.table = arg; return 1;
   case 1005: o->out.append = 1; return 1;
   case 1006: o->summary_json = arg; return 1;
+  case 1007: o->co.listen = arg; return 1;
+  case 1008: {
+    int p = sched_parse(arg);
+    if (p < 0) return -1;
+    o->co.policy = (sched_policy)p;
+    return 1;
+  }
+  case 1009:
+    if (parse_u64(arg, 0, UINT64_MAX, &o->co.seed)) return -1;
+    return 1;
+  case 1010: o->co.ship = 1; return 1;
+  case 1011:
+    if (parse_u64(arg, 0, 1024, &v)) return -1;
+    o->co.prefetch = (uint32_t)v;
+    return 1;
+  case 1012: case 1013: {
+    char *end;
+    double d = strtod(arg, &end);
+    if (*end || !(d > 0) || d > 86400) return -1;
+    if (c == 1012) o->co.heartbeat = d; else o->co.worker_timeout = d;
+    return 1;
+  }
+  case 1014:
+    if (parse_u64(arg, 1, 1000, &v)) return -1;
+    o->co.max_attempts = (uint32_t)v;
+    return 1;
+  case 1015:
+    if (parse_size(arg, &v) || v < 4096) return -1;
+    o->co.max_msg = v;
+    return 1;
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;
   }
+}
+
+int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
+  o->co.workers = o->workers;
+  j->workers = o->workers;
+  return coord_new(&o->co, c, err);
+}
+
+int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err) {
+  if (!rc && out) {
+    j->rows_out = sink_rows(out);
+    rc = sink_commit(out, err);
+  } else {
+    sink_abort(out);
+  }
+  coord_free(c, j);
+  j->elapsed = time_mono() - j->t_start;
+  if (o->summary_json) {
+    dbx_err serr = {0, ""};
+    int src = job_write_summary(j, o->summary_json, rc == 0, err, &serr);
+    if (src && !rc) { *err = serr; rc = src; }
+  }
+  if (!rc)
+    for (int i = 0; i < j->nstages; i++)
+      log_info("%s: %llu records, %llu bytes, %llu batches in %.3f s", j->stages[i].name,
+               (unsigned long long)j->stages[i].records, (unsigned long long)j->stages[i].bytes,
+               (unsigned long long)j->stages[i].batches, j->stages[i].seconds);
+  inputs_free(&j->in);
+  free(j->winfo);
+  j->winfo = NULL;
+  return rc ? cli_fail(cmd, err) : EXIT_OK;
 }

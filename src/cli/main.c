@@ -11,6 +11,8 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  wordcount INPUT...   count words (Unicode-aware) in text files, directories, globs, -\n"
+    "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
+    "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  help [COMMAND]       help for a command\n"
     "  version              print the version\n"
     "\n"
@@ -23,6 +25,8 @@ typedef struct command {
 
 static const command commands[] = {
     {"wordcount", cmd_wordcount},
+    {"worker", cmd_worker},
+    {"bench-tasks", cmd_bench_tasks},
 };
 
 int main(int argc, char **argv) {

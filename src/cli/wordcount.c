@@ -4,7 +4,6 @@
 
 #include "cli/cli.h"
 #include "ops/ops.h"
-#include "util/log.h"
 #include "util/parse.h"
 #include "util/timeutil.h"
 
@@ -48,9 +47,6 @@ int cmd_wordcount(int argc, char **argv) {
     }
   }
   if (optind >= argc) return cli_usage_error("wordcount", "no INPUT given (use - for standard input)");
-  if (o.workers > 0)
-    return cli_usage_error("wordcount", "--workers %d: worker processes are not available yet; use --workers 0", o.workers);
-
   dbx_err err = {0, ""};
   job j;
   memset(&j, 0, sizeof j);
@@ -58,8 +54,10 @@ int cmd_wordcount(int argc, char **argv) {
   j.workers = o.workers;
   j.t_start = time_mono();
   sink *out = NULL;
+  coord *co = NULL;
   int rc = sink_check(&o.out, &err);
   if (!rc) rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
+  if (!rc) rc = cli_job_start(&o, &j, &co, &err);
   if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
   if (!rc) {
     stage s;
@@ -73,26 +71,8 @@ int cmd_wordcount(int argc, char **argv) {
     s.split.batch_records = o.batch_records;
     s.out = out;
     s.st = job_add_stage(&j, "wordcount");
-    rc = engine_run_stage(&j, &s, &err);
+    rc = coord_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
-    if (!rc) {
-      j.rows_out = sink_rows(out);
-      rc = sink_commit(out, &err);
-    } else {
-      sink_abort(out);
-    }
-    out = NULL;
   }
-  j.elapsed = time_mono() - j.t_start;
-  if (o.summary_json) {
-    dbx_err serr = {0, ""};
-    int src = job_write_summary(&j, o.summary_json, rc == 0, &err, &serr);
-    if (src && !rc) { err = serr; rc = src; }
-  }
-  if (!rc && j.nstages)
-    log_info("wordcount: %llu records, %llu bytes, %llu batches in %.3f s",
-             (unsigned long long)j.stages[0].records, (unsigned long long)j.stages[0].bytes,
-             (unsigned long long)j.stages[0].batches, j.elapsed);
-  inputs_free(&j.in);
-  return rc ? cli_fail("wordcount", &err) : EXIT_OK;
+  return cli_job_end("wordcount", &o, &j, co, out, rc, &err);
 }

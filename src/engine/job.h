@@ -25,7 +25,8 @@ typedef struct stage {
   const dbx_op *op;
   const void *cfg;         /* plain data, no pointers: it is shipped to workers as bytes */
   size_t cfg_size;
-  const inputs *in;
+  const inputs *in;        /* NULL with virtual_tasks */
+  uint32_t virtual_tasks;  /* tasks without input (scheduler benchmark) */
   split_opts split;
   const char *bcast_in;    /* the previous stage's broadcast blob (may be NULL) */
   size_t bcast_in_len;
@@ -33,6 +34,15 @@ typedef struct stage {
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;
+
+typedef struct worker_info {
+  char host[64];
+  uint32_t id, slots;
+  int64_t pid;
+  int local;
+  uint64_t tasks, bytes, failures;
+  double busy_seconds;
+} worker_info;
 
 typedef struct job {
   const char *name;
@@ -43,11 +53,28 @@ typedef struct job {
   double t_start, elapsed;
   uint64_t rows_out;
   const char *out_dest;
+  const char *policy;      /* NULL when tasks ran in this process */
+  worker_info *winfo;      /* filled by the coordinator; owned by the job */
+  size_t nwinfo;
+  uint64_t discarded;      /* late duplicate results thrown away */
 } job;
 
-/* Run one stage: split, map every batch, merge in tree order, finish into st->out.
- * Errors name the batch (file and byte/line range) that failed. */
+/* Run one stage in this process: split, map every batch, merge in tree order, finish into
+ * st->out. Errors name the batch (file and byte/line range) that failed. */
 int engine_run_stage(job *j, stage *st, dbx_err *err);
+
+/* One task: load b's bytes, map them into a new partial (OUT *partial, owned by the caller).
+ * OUT *bytes: the bytes mapped. Used by the in-process runner and by workers alike. */
+int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
+                    const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
+                    uint64_t *bytes, dbx_err *err);
+
+/* The next batch of a stage: from the splitter, or an empty one while virtual tasks remain
+ * (st->virtual_tasks, used by bench-tasks). 1, 0 at the end, or an error. */
+int stage_next_batch(stage *st, splitter *sp, uint32_t *made, batchdesc *b, dbx_err *err);
+
+/* "task 12 (file bytes 0-100)": where a batch came from, into out. */
+void engine_describe_task(const batchdesc *b, const inputs *in, char *out, size_t cap);
 
 /* A new stage_stats slot in j for a stage called name (NULL when full). */
 stage_stats *job_add_stage(job *j, const char *name);

@@ -16,13 +16,48 @@ stage_stats *job_add_stage(job *j, const char *name) {
   return s;
 }
 
+void engine_describe_task(const batchdesc *b, const inputs *in, char *out, size_t cap) {
+  char where[512];
+  if (!in || b->nseg == 0) snprintf(where, sizeof where, "no input");
+  else batchdesc_describe(b, in, where, sizeof where);
+  snprintf(out, cap, "task %u (%s)", b->index, where);
+}
+
 /* Prefix err's message with where the batch came from. */
 static int locate(int rc, const batchdesc *b, const inputs *in, dbx_err *err) {
   if (!err) return rc;
-  char where[512], msg[DBX_ERR_LEN];
-  batchdesc_describe(b, in, where, sizeof where);
+  char where[640], msg[DBX_ERR_LEN];
+  engine_describe_task(b, in, where, sizeof where);
   snprintf(msg, sizeof msg, "%s", err->msg);
-  return dbx_seterr(err, rc, "task %u (%s): %s", b->index, where, msg);
+  return dbx_seterr(err, rc, "%s: %s", where, msg);
+}
+
+int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
+                    const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
+                    uint64_t *bytes, dbx_err *err) {
+  dbx_batch view;
+  void *part = op->partial_new(cfg);
+  if (!part) return DBX_ENOMEM;
+  int rc = loader_load(ld, b, paths, &view, err);
+  if (!rc) rc = op->map(cfg, bcast, &view, part, st, err);
+  if (rc) {
+    op->partial_free(part);
+    return rc;
+  }
+  *bytes = view.size;
+  *partial = part;
+  return 0;
+}
+
+int stage_next_batch(stage *s, splitter *sp, uint32_t *made, batchdesc *b, dbx_err *err) {
+  if (!sp) {
+    memset(b, 0, sizeof *b);
+    if (*made >= s->virtual_tasks) return 0;
+    b->index = (*made)++;
+    b->shipped = 1;
+    return 1;
+  }
+  return splitter_next(sp, b, err);
 }
 
 static int run_local(job *j, stage *s, dbx_err *err) {
@@ -31,39 +66,38 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   splitter *sp = NULL;
   loader *ld = loader_new();
   agg *ag = agg_new(op, s->cfg);
-  const char **paths = calloc(s->in->n ? s->in->n : 1, sizeof *paths);
+  size_t npaths = s->in ? s->in->n : 0;
+  const char **paths = calloc(npaths ? npaths : 1, sizeof *paths);
   void *bcast = NULL, *result = NULL;
   batchdesc b = {0};
   int rc = 0;
   if (!ld || !ag || !paths) { rc = DBX_ENOMEM; goto done; }
-  for (size_t i = 0; i < s->in->n; i++) paths[i] = s->in->v[i].path;
+  for (size_t i = 0; i < npaths; i++) paths[i] = s->in->v[i].path;
   if (op->bcast_load && s->bcast_in &&
       (rc = op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
     goto done;
-  if ((rc = splitter_new(s->in, &s->split, &sp, err))) goto done;
+  if (s->in && (rc = splitter_new(s->in, &s->split, &sp, err))) goto done;
+  uint32_t made = 0;
   for (;;) {
     double t0 = time_mono();
-    rc = splitter_next(sp, &b, err);
+    rc = stage_next_batch(s, sp, &made, &b, err);
     double t1 = time_mono();
     st->t_read += t1 - t0;
     if (rc <= 0) break;
-    dbx_batch view;
     dbx_stats bs = {0, 0};
-    void *part = op->partial_new(s->cfg);
-    if (!part) { rc = DBX_ENOMEM; break; }
+    void *part = NULL;
+    uint64_t bytes = 0;
     st->tasks++;
     st->attempts++;
-    rc = loader_load(ld, &b, paths, &view, err);
-    if (!rc) rc = op->map(s->cfg, bcast, &view, part, &bs, err);
+    rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
     double t2 = time_mono();
     st->t_map += t2 - t1;
     if (rc) {
-      op->partial_free(part);
       rc = locate(rc, &b, s->in, err);
       break;
     }
     st->batches++;
-    st->bytes += view.size;
+    st->bytes += bytes;
     st->records += bs.records;
     st->bad_records += bs.bad_records;
     rc = agg_add(ag, b.index, part, err);

@@ -16,7 +16,7 @@
 void batchdesc_free(batchdesc *b) {
   if (!b) return;
   free(b->seg);
-  dbx_buf_free(&b->data);
+  if (b->data.cap) dbx_buf_free(&b->data);  /* cap 0: bytes borrowed from a message */
   memset(b, 0, sizeof *b);
 }
 
@@ -31,6 +31,18 @@ int batchdesc_copy(batchdesc *dst, const batchdesc *src) {
     memcpy(dst->seg, src->seg, src->nseg * sizeof *dst->seg);
   }
   if (src->shipped && dbx_buf_append(&dst->data, src->data.data, src->data.len)) {
+    batchdesc_free(dst);
+    return DBX_ENOMEM;
+  }
+  return 0;
+}
+
+int batchdesc_ship(batchdesc *dst, const batchdesc *src, const dbx_batch *view) {
+  int rc = batchdesc_copy(dst, src);
+  if (rc) return rc;
+  for (uint32_t i = 0; i < dst->nseg; i++) dst->seg[i].dlen = view->seg[i].data_len;
+  dst->shipped = 1;
+  if (dbx_buf_append(&dst->data, view->data, view->size)) {
     batchdesc_free(dst);
     return DBX_ENOMEM;
   }
@@ -193,7 +205,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     if (!streamed && !s->o.batch_records) {
       if (s->pos >= x->size) { next_input(s); continue; }
       uint64_t take = x->size - s->pos < left_bytes ? x->size - s->pos : left_bytes;
-      bseg g = {(uint32_t)s->cur, s->pos, take, DBX_UNKNOWN, DBX_UNKNOWN};
+      bseg g = {(uint32_t)s->cur, s->pos, take, DBX_UNKNOWN, DBX_UNKNOWN, 0};
       if ((rc = add_seg(out, &cap, g))) goto fail;
       s->pos += take;
       left_bytes -= take;
@@ -207,7 +219,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
                     &nb, &nr, &eof, err);
     if (rc) goto fail;
     if (nb) {
-      bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, nr};
+      bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, nr, out->data.len - start_len};
       if ((rc = add_seg(out, &cap, g))) goto fail;
     }
     s->pos += nb;
@@ -347,14 +359,9 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
     v->rec_first = s->rec_first;
     v->rec_count = s->rec_count;
     if (b->shipped) {
-      /* Shipped segments are stored back to back; each was newline-completed, so its
-       * length in data is its range length, plus one for an added final newline. */
       v->data_off = shipped_off;
-      size_t dl = (size_t)s->len;
-      if (shipped_off + dl < b->data.len && b->data.data[shipped_off + dl - 1] != '\n') dl++;
-      if (i + 1 == b->nseg) dl = b->data.len - shipped_off;
-      v->data_len = dl;
-      shipped_off += dl;
+      v->data_len = (size_t)s->dlen;
+      shipped_off += v->data_len;
       continue;
     }
     int rc = open_cached(l, v->path, err);

@@ -17,6 +17,7 @@ typedef struct bseg {
   uint64_t off, len;     /* byte range in the decompressed input */
   uint64_t rec_first;    /* first record (0-based line number) or DBX_UNKNOWN */
   uint64_t rec_count;    /* records, or DBX_UNKNOWN */
+  uint64_t dlen;         /* shipped batches: this segment's bytes in data (lines completed) */
 } bseg;
 
 typedef struct batchdesc {
@@ -30,6 +31,8 @@ typedef struct batchdesc {
 void batchdesc_free(batchdesc *b);
 /* Deep copy (OUT dst, owned by the caller). */
 int batchdesc_copy(batchdesc *dst, const batchdesc *src);
+/* Make a shipped copy of a loaded batch (OUT dst): the bytes of view travel with it. */
+int batchdesc_ship(batchdesc *dst, const batchdesc *src, const dbx_batch *view);
 /* Total bytes the batch covers (range lengths). */
 uint64_t batchdesc_bytes(const batchdesc *b);
 

@@ -1,0 +1,30 @@
+/* coord.h -- the coordinator role: local and remote workers over ZeroMQ, the task table,
+ * placement by policy, retries, and the deterministic merge of results (private). */
+#ifndef DBX_COORD_H
+#define DBX_COORD_H
+#include <stdint.h>
+#include "engine/job.h"
+#include "engine/sched.h"
+
+typedef struct coord_opts {
+  int workers;              /* local worker processes to start */
+  const char *listen;       /* tcp://HOST:PORT for remote workers, or NULL */
+  sched_policy policy;
+  uint64_t seed;
+  int ship;                 /* send batch bytes even to workers sharing the file system */
+  uint32_t prefetch;        /* tasks a worker may hold beyond its slots */
+  double heartbeat;         /* seconds */
+  double worker_timeout;    /* seconds of silence before a remote worker is dead */
+  uint32_t max_attempts;
+  uint64_t max_msg;         /* largest message accepted from a peer */
+} coord_opts;
+
+typedef struct coord coord;
+
+/* Start the coordinator: bind, spawn local workers. *out is owned by the caller. */
+int coord_new(const coord_opts *o, coord **out, dbx_err *err);
+/* Run one stage on the workers (or in this process when there are none and none can join). */
+int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err);
+/* Tell workers the job is over, reap local workers, fill j's per-worker summary. NULL ok. */
+void coord_free(coord *c, job *j);
+#endif

@@ -1,0 +1,309 @@
+/* proto.c -- encoding and bounds-checked decoding of protocol messages with msgpack-c. */
+#include "net/proto.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int buf_write(void *data, const char *p, size_t n) {
+  return dbx_buf_append(data, p, n) ? -1 : 0;
+}
+
+static void head(msgpack_packer *pk, dbx_buf *out, msg_type t, uint32_t nfields) {
+  out->len = 0;
+  msgpack_packer_init(pk, out, buf_write);
+  msgpack_pack_array(pk, 3 + nfields);
+  msgpack_pack_str_with_body(pk, "DBX", 3);
+  msgpack_pack_uint64(pk, PROTO_VERSION);
+  msgpack_pack_uint64(pk, (uint64_t)t);
+}
+
+/* msgpack-c packers report allocation failure through their return values; a packer over a
+ * dbx_buf only fails on ENOMEM, so the encoders check the buffer once at the end. */
+static int done(const dbx_buf *out) { return out->data ? 0 : DBX_ENOMEM; }
+
+static void pack_str(msgpack_packer *pk, const char *s) {
+  size_t n = s ? strlen(s) : 0;
+  msgpack_pack_str_with_body(pk, s ? s : "", n);
+}
+
+int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int shared_fs) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_HELLO, 4);
+  msgpack_pack_uint64(&pk, slots);
+  pack_str(&pk, host);
+  msgpack_pack_uint64(&pk, pid);
+  if (shared_fs) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
+  return done(out);
+}
+
+int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_WELCOME, 2);
+  msgpack_pack_uint64(&pk, worker_id);
+  msgpack_pack_uint64(&pk, heartbeat_ms);
+  return done(out);
+}
+
+int msg_refuse(dbx_buf *out, const char *reason) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_REFUSE, 1);
+  pack_str(&pk, reason);
+  return done(out);
+}
+
+int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
+              const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_STAGE, 5);
+  msgpack_pack_uint64(&pk, stage);
+  pack_str(&pk, op);
+  msgpack_pack_bin_with_body(&pk, cfg_len ? cfg : "", cfg_len);
+  msgpack_pack_bin_with_body(&pk, bcast_len ? bcast : "", bcast_len);
+  msgpack_pack_array(&pk, npaths);
+  for (uint32_t i = 0; i < npaths; i++) pack_str(&pk, paths[i]);
+  return done(out);
+}
+
+int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_TASK, 6);
+  msgpack_pack_uint64(&pk, stage);
+  msgpack_pack_uint64(&pk, b->index);
+  msgpack_pack_uint64(&pk, attempt);
+  msgpack_pack_array(&pk, b->nseg);
+  for (uint32_t i = 0; i < b->nseg; i++) {
+    const bseg *s = &b->seg[i];
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_uint64(&pk, s->input);
+    msgpack_pack_uint64(&pk, s->off);
+    msgpack_pack_uint64(&pk, s->len);
+    msgpack_pack_uint64(&pk, s->rec_first);
+    msgpack_pack_uint64(&pk, s->rec_count);
+    msgpack_pack_uint64(&pk, s->dlen);
+  }
+  if (b->shipped) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
+  msgpack_pack_bin_with_body(&pk, b->shipped && b->data.len ? b->data.data : "", b->shipped ? b->data.len : 0);
+  return done(out);
+}
+
+int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
+               uint64_t records, uint64_t bad, uint64_t bytes, double map_seconds,
+               const char *partial, size_t partial_len) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_RESULT, 8);
+  msgpack_pack_uint64(&pk, stage);
+  msgpack_pack_uint64(&pk, index);
+  msgpack_pack_uint64(&pk, attempt);
+  msgpack_pack_uint64(&pk, records);
+  msgpack_pack_uint64(&pk, bad);
+  msgpack_pack_uint64(&pk, bytes);
+  msgpack_pack_double(&pk, map_seconds);
+  msgpack_pack_bin_with_body(&pk, partial_len ? partial : "", partial_len);
+  return done(out);
+}
+
+int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
+                const char *text) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_FAILURE, 5);
+  msgpack_pack_uint64(&pk, stage);
+  msgpack_pack_uint64(&pk, index);
+  msgpack_pack_uint64(&pk, attempt);
+  msgpack_pack_int64(&pk, code);
+  pack_str(&pk, text);
+  return done(out);
+}
+
+int msg_simple(dbx_buf *out, msg_type type) {
+  msgpack_packer pk;
+  head(&pk, out, type, 0);
+  return done(out);
+}
+
+int msg_cancel(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt) {
+  msgpack_packer pk;
+  head(&pk, out, MSG_CANCEL, 3);
+  msgpack_pack_uint64(&pk, stage);
+  msgpack_pack_uint64(&pk, index);
+  msgpack_pack_uint64(&pk, attempt);
+  return done(out);
+}
+
+/* ---- decoding ---- */
+
+static const char *const type_names[] = {
+    "?", "hello", "welcome", "refuse", "stage", "task", "result", "failure", "heartbeat",
+    "cancel", "bye", "rehello",
+};
+
+const char *msg_type_name(int t) { return t > 0 && t < MSG_TYPE_MAX ? type_names[t] : "unknown"; }
+
+/* Field readers: each checks the object's type. */
+static int get_u64(const msgpack_object *o, uint64_t *v) {
+  if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return -1;
+  *v = o->via.u64;
+  return 0;
+}
+
+static int get_i64(const msgpack_object *o, int64_t *v) {
+  if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) { *v = (int64_t)o->via.u64; return 0; }
+  if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) { *v = o->via.i64; return 0; }
+  return -1;
+}
+
+static int get_str(const msgpack_object *o, const char **p, size_t *n) {
+  if (o->type != MSGPACK_OBJECT_STR) return -1;
+  *p = o->via.str.ptr;
+  *n = o->via.str.size;
+  return 0;
+}
+
+static int get_bin(const msgpack_object *o, const char **p, size_t *n) {
+  if (o->type != MSGPACK_OBJECT_BIN) return -1;
+  *p = o->via.bin.ptr;
+  *n = o->via.bin.size;
+  return 0;
+}
+
+static int get_bool(const msgpack_object *o, int *v) {
+  if (o->type != MSGPACK_OBJECT_BOOLEAN) return -1;
+  *v = o->via.boolean;
+  return 0;
+}
+
+static int get_double(const msgpack_object *o, double *v) {
+  if (o->type != MSGPACK_OBJECT_FLOAT64 && o->type != MSGPACK_OBJECT_FLOAT32) return -1;
+  *v = o->via.f64;
+  return 0;
+}
+
+static const uint32_t nfields[MSG_TYPE_MAX] = {
+    [MSG_HELLO] = 4, [MSG_WELCOME] = 2, [MSG_REFUSE] = 1, [MSG_STAGE] = 5, [MSG_TASK] = 6,
+    [MSG_RESULT] = 8, [MSG_FAILURE] = 5, [MSG_HEARTBEAT] = 0, [MSG_CANCEL] = 3, [MSG_BYE] = 0,
+    [MSG_REHELLO] = 0,
+};
+
+static int decode_task(const msgpack_object *f, msg *m) {
+  if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) return -1;
+  if (m->index > UINT32_MAX || f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size > PROTO_MAX_SEGS)
+    return -1;
+  uint32_t n = f[3].via.array.size;
+  batchdesc *b = &m->batch;
+  b->index = (uint32_t)m->index;
+  b->nseg = n;
+  b->seg = n ? calloc(n, sizeof *b->seg) : NULL;
+  if (n && !b->seg) return -1;
+  for (uint32_t i = 0; i < n; i++) {
+    const msgpack_object *s = &f[3].via.array.ptr[i];
+    if (s->type != MSGPACK_OBJECT_ARRAY || s->via.array.size != 6) return -1;
+    const msgpack_object *v = s->via.array.ptr;
+    uint64_t in_idx;
+    bseg *g = &b->seg[i];
+    if (get_u64(&v[0], &in_idx) || in_idx > UINT32_MAX || get_u64(&v[1], &g->off) ||
+        get_u64(&v[2], &g->len) || get_u64(&v[3], &g->rec_first) || get_u64(&v[4], &g->rec_count) ||
+        get_u64(&v[5], &g->dlen))
+      return -1;
+    if (g->off + g->len < g->off) return -1;
+    g->input = (uint32_t)in_idx;
+  }
+  const char *data;
+  size_t dn;
+  if (get_bool(&f[4], &b->shipped) || get_bin(&f[5], &data, &dn)) return -1;
+  if (b->shipped) {
+    /* The shipped bytes are borrowed from the frame: data.cap = 0 marks them not owned. */
+    b->data.data = (char *)data;
+    b->data.len = dn;
+    b->data.cap = 0;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) total += b->seg[i].dlen;
+    if (total != dn) return -1;
+  }
+  return 0;
+}
+
+int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
+  memset(m, 0, sizeof *m);
+  msgpack_unpacked_init(&m->u);
+  size_t off = 0;
+  const char *why = "not a msgpack message";
+  if (msgpack_unpack_next(&m->u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n) goto bad;
+  const msgpack_object *o = &m->u.data;
+  why = "not a dbatch message";
+  if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 3) goto bad;
+  const msgpack_object *a = o->via.array.ptr;
+  const char *magic;
+  size_t ml;
+  uint64_t type;
+  if (get_str(&a[0], &magic, &ml) || ml != 3 || memcmp(magic, "DBX", 3)) goto bad;
+  if (get_u64(&a[1], &m->version) || get_u64(&a[2], &type)) goto bad;
+  if (m->version != PROTO_VERSION) {
+    /* Keep the type: a HELLO of another version gets a clear refusal. */
+    m->type = type < MSG_TYPE_MAX ? (msg_type)type : 0;
+    msgpack_unpacked_destroy(&m->u);
+    msgpack_unpacked_init(&m->u);
+    return dbx_seterr(err, DBX_EVERSION, "protocol version %llu, this dbatch speaks version %d",
+                      (unsigned long long)m->version, PROTO_VERSION);
+  }
+  why = "unknown message type";
+  if (type == 0 || type >= MSG_TYPE_MAX) goto bad;
+  m->type = (msg_type)type;
+  why = "wrong number of fields";
+  if (o->via.array.size != 3 + nfields[type]) goto bad;
+  const msgpack_object *f = a + 3;
+  why = "a field has the wrong type or is out of range";
+  switch (m->type) {
+  case MSG_HELLO:
+    if (get_u64(&f[0], &m->slots) || m->slots == 0 || m->slots > 4096 ||
+        get_str(&f[1], &m->host, &m->host_len) || m->host_len > 255 ||
+        get_u64(&f[2], &m->pid) || get_bool(&f[3], &m->shared_fs))
+      goto bad;
+    break;
+  case MSG_WELCOME:
+    if (get_u64(&f[0], &m->worker_id) || get_u64(&f[1], &m->heartbeat_ms)) goto bad;
+    break;
+  case MSG_REFUSE:
+    if (get_str(&f[0], &m->text, &m->text_len)) goto bad;
+    break;
+  case MSG_STAGE:
+    if (get_u64(&f[0], &m->stage) || get_str(&f[1], &m->op, &m->op_len) ||
+        get_bin(&f[2], &m->cfg, &m->cfg_len) || get_bin(&f[3], &m->bcast, &m->bcast_len) ||
+        f[4].type != MSGPACK_OBJECT_ARRAY || f[4].via.array.size > PROTO_MAX_PATHS)
+      goto bad;
+    m->npaths = f[4].via.array.size;
+    m->paths = f[4].via.array.ptr;
+    for (uint32_t i = 0; i < m->npaths; i++)
+      if (m->paths[i].type != MSGPACK_OBJECT_STR) goto bad;
+    break;
+  case MSG_TASK:
+    if (decode_task(f, m)) goto bad;
+    break;
+  case MSG_RESULT:
+    if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||
+        get_u64(&f[3], &m->records) || get_u64(&f[4], &m->bad_records) ||
+        get_u64(&f[5], &m->bytes) || get_double(&f[6], &m->map_seconds) ||
+        get_bin(&f[7], &m->partial, &m->partial_len) || m->index > UINT32_MAX)
+      goto bad;
+    break;
+  case MSG_FAILURE:
+    if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||
+        get_i64(&f[3], &m->code) || get_str(&f[4], &m->text, &m->text_len) || m->index > UINT32_MAX)
+      goto bad;
+    break;
+  case MSG_CANCEL:
+    if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) goto bad;
+    break;
+  default:
+    break;
+  }
+  return 0;
+bad:
+  msg_free(m);
+  return dbx_seterr(err, DBX_EPROTO, "malformed message (%zu bytes): %s", n, why);
+}
+
+void msg_free(msg *m) {
+  free(m->batch.seg);
+  m->batch.seg = NULL;
+  msgpack_unpacked_destroy(&m->u);
+  msgpack_unpacked_init(&m->u);
+}

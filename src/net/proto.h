@@ -1,0 +1,82 @@
+/* proto.h -- the coordinator/worker wire protocol: versioned msgpack messages (private).
+ * Every message is one ZeroMQ frame holding a msgpack array
+ *   ["DBX", version, type, fields...]
+ * documented in docs/protocol.md. The decoder checks every type and bound and fails with
+ * DBX_EPROTO (malformed) or DBX_EVERSION (another protocol version), never crashes. */
+#ifndef DBX_NET_PROTO_H
+#define DBX_NET_PROTO_H
+#include <msgpack.h>
+#include <stdint.h>
+#include "dbatch.h"
+#include "io/batch.h"
+
+#define PROTO_VERSION 1
+#define PROTO_MAX_SEGS 65536
+#define PROTO_MAX_PATHS (1u << 24)
+
+typedef enum {
+  MSG_HELLO = 1,     /* worker -> coordinator: slots, host, pid, shared_fs */
+  MSG_WELCOME,       /* coordinator -> worker: worker id, heartbeat ms */
+  MSG_REFUSE,        /* coordinator -> worker: reason; the worker exits */
+  MSG_STAGE,         /* coordinator -> worker: stage id, operator, cfg, broadcast, paths */
+  MSG_TASK,          /* coordinator -> worker: stage, index, attempt, batch */
+  MSG_RESULT,        /* worker -> coordinator: stage, index, attempt, stats, partial */
+  MSG_FAILURE,       /* worker -> coordinator: stage, index, attempt, code, message */
+  MSG_HEARTBEAT,     /* both ways */
+  MSG_CANCEL,        /* coordinator -> worker: stage, index, attempt */
+  MSG_BYE,           /* coordinator -> worker: job over */
+  MSG_REHELLO,       /* coordinator -> unknown peer: introduce yourself again */
+  MSG_TYPE_MAX
+} msg_type;
+
+/* A decoded message. Strings and blobs point into the received frame: valid while the
+ * frame and the msg are alive. */
+typedef struct msg {
+  msg_type type;
+  uint64_t version;
+  /* HELLO */
+  uint64_t slots, pid;
+  int shared_fs;
+  const char *host; size_t host_len;
+  /* WELCOME */
+  uint64_t worker_id, heartbeat_ms;
+  /* REFUSE, FAILURE */
+  const char *text; size_t text_len;
+  int64_t code;
+  /* STAGE, TASK, RESULT, FAILURE, CANCEL */
+  uint64_t stage, index, attempt;
+  /* STAGE */
+  const char *op; size_t op_len;
+  const char *cfg; size_t cfg_len;
+  const char *bcast; size_t bcast_len;
+  uint32_t npaths;
+  const msgpack_object *paths;  /* npaths STR objects */
+  /* TASK */
+  batchdesc batch;              /* seg owned by msg; data.data points into the frame */
+  /* RESULT */
+  uint64_t records, bad_records, bytes;
+  double map_seconds;
+  const char *partial; size_t partial_len;
+  msgpack_unpacked u;
+} msg;
+
+/* Decode n bytes. On success *m must be released with msg_free(). */
+int msg_decode(const char *p, size_t n, msg *m, dbx_err *err);
+void msg_free(msg *m);
+const char *msg_type_name(int type);
+
+/* Encoders append one message to out (cleared first). */
+int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int shared_fs);
+int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms);
+int msg_refuse(dbx_buf *out, const char *reason);
+int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
+              const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths);
+int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b);
+int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
+               uint64_t records, uint64_t bad, uint64_t bytes, double map_seconds,
+               const char *partial, size_t partial_len);
+int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
+                const char *text);
+int msg_simple(dbx_buf *out, msg_type type);  /* HEARTBEAT, BYE, REHELLO */
+int msg_cancel(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt);
+#endif

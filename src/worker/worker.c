@@ -1,0 +1,339 @@
+/* worker.c -- a worker: one ZeroMQ DEALER to the coordinator, S task threads.
+ * The main thread only moves messages and heartbeats, so a worker deep in a long task still
+ * answers; task threads hand results back over inproc PUSH/PULL sockets (ZeroMQ sockets are
+ * not shared between threads). */
+#include "worker/worker.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "engine/job.h"
+#include "net/proto.h"
+#include "ops/ops.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+/* What a stage needs on this worker; shared by its tasks, freed with the last of them. */
+typedef struct wstage {
+  uint64_t id;
+  const dbx_op *op;
+  char *cfg;
+  void *bcast;
+  char **paths;
+  uint32_t npaths;
+  int refs;
+} wstage;
+
+typedef struct witem {
+  struct witem *next;
+  char *frame;      /* the TASK message bytes, which msg borrows from */
+  msg m;
+  wstage *st;
+} witem;
+
+typedef struct wctx {
+  void *zctx;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  witem *head, *tail;
+  int quit;
+  uint64_t cancelled[64][3];  /* recent cancels: (stage, index, attempt) ring */
+  unsigned ncancel;
+} wctx;
+
+static void stage_release(wctx *w, wstage *s) {
+  if (!s) return;
+  pthread_mutex_lock(&w->mu);
+  int last = --s->refs == 0;
+  pthread_mutex_unlock(&w->mu);
+  if (!last) return;
+  if (s->bcast) s->op->bcast_free(s->bcast);
+  for (uint32_t i = 0; i < s->npaths; i++) free(s->paths[i]);
+  free(s->paths);
+  free(s->cfg);
+  free(s);
+}
+
+static int is_cancelled(wctx *w, const msg *m) {
+  for (unsigned i = 0; i < 64 && i < w->ncancel; i++)
+    if (w->cancelled[i][0] == m->stage && w->cancelled[i][1] == m->index && w->cancelled[i][2] == m->attempt)
+      return 1;
+  return 0;
+}
+
+static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
+  msg *m = &it->m;
+  wstage *st = it->st;
+  dbx_err err = {0, ""};
+  void *part = NULL;
+  dbx_stats bs = {0, 0};
+  uint64_t bytes = 0;
+  int rc = 0;
+  for (uint32_t i = 0; i < m->batch.nseg && !rc; i++)
+    if (!m->batch.shipped && m->batch.seg[i].input >= st->npaths)
+      rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
+  double t0 = time_mono();
+  if (!rc) rc = engine_map_task(st->op, st->cfg, st->bcast, ld, &m->batch, (const char *const *)st->paths,
+                                &part, &bs, &bytes, &err);
+  double dt = time_mono() - t0;
+  enc->len = 0;
+  if (!rc) rc = st->op->encode(st->cfg, part, enc, &err);
+  if (part) st->op->partial_free(part);
+  if (!rc)
+    rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bytes, dt,
+                    enc->data, enc->len);
+  else
+    msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc));
+  zmq_send(push, out->data, out->len, 0);
+}
+
+static void *task_thread(void *arg) {
+  wctx *w = arg;
+  void *push = zmq_socket(w->zctx, ZMQ_PUSH);
+  zmq_connect(push, "inproc://results");
+  loader *ld = loader_new();
+  dbx_buf out = {0}, enc = {0};
+  for (;;) {
+    pthread_mutex_lock(&w->mu);
+    while (!w->head && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+    witem *it = w->head;
+    if (it) {
+      w->head = it->next;
+      if (!w->head) w->tail = NULL;
+    }
+    int skip = it && is_cancelled(w, &it->m);
+    pthread_mutex_unlock(&w->mu);
+    if (!it) break;
+    if (!skip) run_item(w, it, ld, push, &out, &enc);
+    msg_free(&it->m);
+    free(it->frame);
+    stage_release(w, it->st);
+    free(it);
+  }
+  dbx_buf_free(&out);
+  dbx_buf_free(&enc);
+  loader_free(ld);
+  zmq_close(push);
+  return NULL;
+}
+
+static int send_buf(void *sock, const dbx_buf *b) {
+  return zmq_send(sock, b->data, b->len, 0) < 0 ? -1 : 0;
+}
+
+static wstage *make_stage(const msg *m, dbx_err *err) {
+  char name[64];
+  snprintf(name, sizeof name, "%.*s", (int)(m->op_len < 63 ? m->op_len : 63), m->op);
+  const dbx_op *op = ops_find(name);
+  if (!op) { dbx_seterr(err, DBX_EPROTO, "unknown operator '%s' (is this worker the same dbatch version?)", name); return NULL; }
+  wstage *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->id = m->stage;
+  s->op = op;
+  s->refs = 1;
+  s->cfg = malloc(m->cfg_len + 1);
+  s->npaths = m->npaths;
+  s->paths = calloc(m->npaths ? m->npaths : 1, sizeof *s->paths);
+  if (!s->cfg || !s->paths) goto fail;
+  if (m->cfg_len) memcpy(s->cfg, m->cfg, m->cfg_len);
+  for (uint32_t i = 0; i < m->npaths; i++) {
+    const msgpack_object_str *p = &m->paths[i].via.str;
+    if (!(s->paths[i] = malloc(p->size + 1))) goto fail;
+    memcpy(s->paths[i], p->ptr, p->size);
+    s->paths[i][p->size] = 0;
+  }
+  if (op->bcast_load && m->bcast_len && op->bcast_load(s->cfg, m->bcast, m->bcast_len, &s->bcast, err))
+    goto fail;
+  return s;
+fail:
+  for (uint32_t i = 0; s->paths && i < s->npaths; i++) free(s->paths[i]);
+  free(s->paths);
+  free(s->cfg);
+  free(s);
+  return NULL;
+}
+
+int worker_main(const worker_opts *o, dbx_err *err) {
+  if (o->local) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  /* never outlive the coordinator that started us */
+  }
+  pid_t parent = getppid();
+  wctx w;
+  memset(&w, 0, sizeof w);
+  pthread_mutex_init(&w.mu, NULL);
+  pthread_cond_init(&w.cv, NULL);
+  w.zctx = zmq_ctx_new();
+  void *dealer = zmq_socket(w.zctx, ZMQ_DEALER);
+  void *pull = zmq_socket(w.zctx, ZMQ_PULL);
+  int zero = 0, rc = 0;
+  zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+  int ivl = 100;
+  zmq_setsockopt(dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+  zmq_bind(pull, "inproc://results");
+  if (zmq_connect(dealer, o->connect) != 0) {
+    rc = dbx_seterr(err, DBX_EUSAGE, "cannot connect to %s: %s", o->connect, zmq_strerror(zmq_errno()));
+    zmq_close(dealer);
+    zmq_close(pull);
+    zmq_ctx_term(w.zctx);
+    return rc;
+  }
+  uint32_t nthreads = o->slots ? o->slots : 1;
+  pthread_t *th = calloc(nthreads, sizeof *th);
+  for (uint32_t i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, task_thread, &w);
+
+  char host[64];
+  if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
+  host[sizeof host - 1] = 0;
+  dbx_buf out = {0};
+  wstage *cur = NULL;
+  double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
+  double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
+  int welcomed = 0, running = 1;
+  zmq_msg_t zm;
+  zmq_msg_init(&zm);
+  while (running) {
+    now = time_mono();
+    if (!welcomed && now - last_hello >= hb) {
+      msg_hello(&out, nthreads, host, (uint64_t)getpid(), o->shared_fs);
+      send_buf(dealer, &out);
+      last_hello = last_sent = now;
+    }
+    if (welcomed && now - last_sent >= hb) {
+      msg_simple(&out, MSG_HEARTBEAT);
+      send_buf(dealer, &out);
+      last_sent = now;
+    }
+    if (o->local && getppid() != parent) break;
+    if (now - last_heard > o->timeout) {
+      if (o->local) { log_warn("worker: coordinator silent for %.0f s; exiting", o->timeout); break; }
+      if (welcomed) log_warn("worker: coordinator silent for %.0f s; waiting for it to come back", o->timeout);
+      welcomed = 0;  /* say hello again when it returns */
+      last_heard = now;
+    }
+    zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
+    int n = zmq_poll(items, 2, (long)(hb * 1000 / 4));
+    if (n < 0) break;
+    while (items[1].revents & ZMQ_POLLIN) {  /* results from task threads */
+      if (zmq_msg_recv(&zm, pull, ZMQ_DONTWAIT) < 0) break;
+      zmq_send(dealer, zmq_msg_data(&zm), zmq_msg_size(&zm), 0);
+      last_sent = time_mono();
+    }
+    if (!(items[0].revents & ZMQ_POLLIN)) continue;
+    while (zmq_msg_recv(&zm, dealer, ZMQ_DONTWAIT) >= 0) {
+      last_heard = time_mono();
+      size_t len = zmq_msg_size(&zm);
+      char *frame = malloc(len ? len : 1);
+      if (!frame) { rc = DBX_ENOMEM; running = 0; break; }
+      memcpy(frame, zmq_msg_data(&zm), len);
+      msg m;
+      dbx_err merr = {0, ""};
+      if (msg_decode(frame, len, &m, &merr)) {
+        log_warn("worker: from coordinator: %s", merr.msg);
+        free(frame);
+        if (merr.code == DBX_EVERSION) { rc = dbx_seterr(err, DBX_EVERSION, "coordinator speaks another %s", merr.msg); running = 0; }
+        continue;
+      }
+      int keep = 0;
+      switch (m.type) {
+      case MSG_WELCOME:
+        welcomed = 1;
+        if (m.heartbeat_ms) hb = (double)m.heartbeat_ms / 1000.0;
+        break;
+      case MSG_REFUSE:
+        rc = dbx_seterr(err, DBX_EVERSION, "coordinator refused this worker: %.*s", (int)m.text_len, m.text);
+        running = 0;
+        break;
+      case MSG_REHELLO:
+        welcomed = 0;
+        last_hello = 0;
+        break;
+      case MSG_STAGE: {
+        wstage *s = make_stage(&m, &merr);
+        if (!s) {
+          log_error("worker: stage %llu: %s", (unsigned long long)m.stage, merr.msg);
+          break;
+        }
+        stage_release(&w, cur);
+        cur = s;
+        break;
+      }
+      case MSG_TASK: {
+        if (!cur || cur->id != m.stage) {
+          msg_failure(&out, m.stage, m.index, m.attempt, DBX_EPROTO, "task for a stage this worker was not given");
+          send_buf(dealer, &out);
+          break;
+        }
+        witem *it = calloc(1, sizeof *it);
+        if (!it) break;
+        it->frame = frame;
+        it->m = m;
+        it->st = cur;
+        pthread_mutex_lock(&w.mu);
+        cur->refs++;
+        if (w.tail) w.tail->next = it; else w.head = it;
+        w.tail = it;
+        pthread_cond_signal(&w.cv);
+        pthread_mutex_unlock(&w.mu);
+        keep = 1;
+        break;
+      }
+      case MSG_CANCEL:
+        pthread_mutex_lock(&w.mu);
+        w.cancelled[w.ncancel % 64][0] = m.stage;
+        w.cancelled[w.ncancel % 64][1] = m.index;
+        w.cancelled[w.ncancel % 64][2] = m.attempt;
+        w.ncancel++;
+        pthread_mutex_unlock(&w.mu);
+        break;
+      case MSG_BYE:
+        if (o->persist && !o->local) {
+          log_info("worker: job finished; waiting for the next one");
+          welcomed = 0;
+          last_hello = time_mono();
+        } else {
+          running = 0;
+        }
+        break;
+      default:
+        break;
+      }
+      if (!keep) {
+        msg_free(&m);
+        free(frame);
+      }
+      if (!running) break;
+    }
+  }
+  zmq_msg_close(&zm);
+  pthread_mutex_lock(&w.mu);
+  w.quit = 1;
+  /* Drop queued tasks: the coordinator reassigns whatever it did not get back. */
+  witem *drop = w.head;
+  w.head = w.tail = NULL;
+  pthread_cond_broadcast(&w.cv);
+  pthread_mutex_unlock(&w.mu);
+  while (drop) {
+    witem *it = drop;
+    drop = it->next;
+    msg_free(&it->m);
+    free(it->frame);
+    stage_release(&w, it->st);
+    free(it);
+  }
+  for (uint32_t i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+  free(th);
+  stage_release(&w, cur);
+  dbx_buf_free(&out);
+  zmq_close(dealer);
+  zmq_close(pull);
+  zmq_ctx_term(w.zctx);
+  pthread_mutex_destroy(&w.mu);
+  pthread_cond_destroy(&w.cv);
+  return rc;
+}
