@@ -40,7 +40,8 @@ typedef struct cli_job {
   {"heartbeat", required_argument, NULL, 1012},               \
   {"worker-timeout", required_argument, NULL, 1013},          \
   {"max-attempts", required_argument, NULL, 1014},            \
-  {"max-message", required_argument, NULL, 1015}
+  {"max-message", required_argument, NULL, 1015},             \
+  {"wait-workers", required_argument, NULL, 1016}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
@@ -56,6 +57,7 @@ typedef struct cli_job {
   "      --worker-timeout SECS  silence before a remote worker is dead (default 10)\n"    \
   "      --max-attempts N    attempts per task before the job fails (default 4)\n"        \
   "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \
+  "      --wait-workers N    start the first task once N workers have joined\n"           \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
   "                          (default 8M; units K, M, G)\n"                                 \
   "      --batch-records N   cut inputs into batches of N lines instead\n"                  \

@@ -93,6 +93,10 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     if (parse_size(arg, &v) || v < 4096) return -1;
     o->co.max_msg = v;
     return 1;
+  case 1016:
+    if (parse_u64(arg, 0, 100000, &v)) return -1;
+    o->co.wait_workers = (uint32_t)v;
+    return 1;
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;

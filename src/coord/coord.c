@@ -595,9 +595,10 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if ((rc = top_up(&r, err))) goto done;
     s->st->t_read += time_mono() - t0;
     if (r.split_eof && r.done == r.nt) break;
-    if ((rc = assign(&r, err))) goto done;
     int nalive = 0;
     for (size_t i = 0; i < c->nw; i++) nalive += c->w[i].alive && c->w[i].welcomed;
+    if (nalive >= (int)c->o.wait_workers) c->o.wait_workers = 0;  /* once per job */
+    if (!c->o.wait_workers && (rc = assign(&r, err))) goto done;
     if (!nalive && c->o.listen && !c->waiting_logged && c->local_alive == 0) {
       log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", c->o.listen);
       c->waiting_logged = 1;
@@ -669,8 +670,10 @@ void coord_free(coord *c, job *j) {
   if (!c) return;
   if (c->router) {
     msg_simple(&c->out, MSG_BYE);
-    for (size_t i = 0; i < c->nw; i++)
+    for (size_t i = 0; i < c->nw; i++) {
       if (c->w[i].alive && c->w[i].welcomed) send_to(c, &c->w[i], &c->out);
+      else if (c->w[i].child) kill(c->w[i].child, SIGKILL);  /* ours, and never needed */
+    }
     /* Local workers leave on BYE; give them a moment, then make sure. */
     double t0 = time_mono();
     for (;;) {

@@ -17,6 +17,7 @@ typedef struct coord_opts {
   double worker_timeout;    /* seconds of silence before a remote worker is dead */
   uint32_t max_attempts;
   uint64_t max_msg;         /* largest message accepted from a peer */
+  uint32_t wait_workers;    /* hold the first task until this many workers joined */
 } coord_opts;
 
 typedef struct coord coord;

@@ -58,6 +58,29 @@ int job_write_summary(const job *j, const char *path, int ok, const dbx_err *fai
   kv_int(&b, "attempts", attempts);
   kv_int(&b, "rows_out", j->rows_out);
   kv_real(&b, "elapsed_seconds", j->elapsed);
+  kv_int(&b, "discarded_results", j->discarded);
+  json_key(&b, "policy", 0);
+  if (j->policy) json_cstr(&b, j->policy); else json_raw(&b, "null");
+  json_key(&b, "worker_stats", 0);
+  json_raw(&b, "[");
+  for (size_t i = 0; i < j->nwinfo; i++) {
+    const worker_info *w = &j->winfo[i];
+    json_raw(&b, i ? ",{" : "{");
+    json_key(&b, "id", 1);
+    json_int(&b, w->id);
+    json_key(&b, "host", 0);
+    json_cstr(&b, w->host);
+    kv_int(&b, "pid", (uint64_t)w->pid);
+    json_key(&b, "local", 0);
+    json_raw(&b, w->local ? "true" : "false");
+    kv_int(&b, "slots", w->slots);
+    kv_int(&b, "tasks", w->tasks);
+    kv_int(&b, "bytes", w->bytes);
+    kv_int(&b, "failures", w->failures);
+    kv_real(&b, "busy_seconds", w->busy_seconds);
+    json_raw(&b, "}");
+  }
+  json_raw(&b, "]");
   json_key(&b, "stages", 0);
   json_raw(&b, "[");
   for (int i = 0; i < j->nstages; i++) {

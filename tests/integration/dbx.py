@@ -56,3 +56,43 @@ def slurp(path, text=False):
     """The whole file, as bytes (or str with text=True)."""
     with open(path, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})) as f:
         return f.read()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that is free right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args, **kw):
+    """Start dbatch in the background (stdout, stderr piped)."""
+    return subprocess.Popen([DBATCH, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def wait_for_line(stream, needle, timeout=30):
+    """Read lines from stream until one contains needle; returns the lines read."""
+    import select
+    import time
+    seen = []
+    end = time.time() + timeout
+    while time.time() < end:
+        r, _, _ = select.select([stream], [], [], 0.2)
+        if r:
+            line = stream.readline()
+            if not line:
+                break
+            seen.append(line.decode(errors="replace"))
+            if needle in seen[-1]:
+                return seen
+    raise AssertionError("never saw %r; got:\n%s" % (needle, "".join(seen)))
+
+
+def lines_file(path, n):
+    """A text file of n short lines with a known word count."""
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write("line %d alpha beta w%d\n" % (i, i % 97))
+    return path

@@ -1,0 +1,92 @@
+"""Hostile peers on the coordinator's port: garbage, truncated, oversized, wrong version,
+silent. The coordinator logs and drops them, and the job still finishes with the right answer.
+A worker facing a coordinator of another protocol version says so and exits."""
+import os
+import time
+import unittest
+
+import msgpack
+import zmq
+
+from dbx import DATA, TmpTest, free_port, lines_file, run, start, wait_for_line
+
+MULTI = os.path.join(DATA, "multilingual.txt")
+
+
+class HostilePeers(TmpTest):
+    def test_coordinator_survives_bad_peers(self):
+        data = lines_file(self.path("lines.txt"), 3000)
+        want = run("wordcount", "--workers", "0", data).stdout
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        coord = start("wordcount", "--workers", "0", "--listen", ep, "--batch-records", "10",
+                      "--max-message", "64K", "-v", data)
+        ctx = zmq.Context()
+        peers = []
+        try:
+            wait_for_line(coord.stderr, "waiting for workers")
+
+            def peer():
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(ep)
+                peers.append(s)
+                return s
+
+            peer()  # connects and says nothing
+            peer().send(b"\x00\xffthis is not msgpack")
+            good_hello = msgpack.packb(["DBX", 1, 1, 1, "evil", 1, True])
+            peer().send(good_hello[:-3])  # truncated
+            peer().send(msgpack.packb(["DBX", 1, 6, 0, 0, 1]))  # a result with missing fields
+            peer().send(msgpack.packb(["NOPE", 1, 1]))
+            peer().send(b"x" * 200000)  # over --max-message: the connection is cut
+            old = peer()
+            old.send(msgpack.packb(["DBX", 99, 1, 1, "old-host", 1, True]))
+            self.assertTrue(old.poll(5000), "no answer to a wrong-version hello")
+            refuse = msgpack.unpackb(old.recv(), raw=False)
+            self.assertEqual(refuse[:3], ["DBX", 1, 3])
+            self.assertIn("protocol version 99", refuse[3])
+            # Now a real worker: the job completes exactly.
+            w = start("worker", "--connect", ep, "--slots", "2")
+            out, err = coord.communicate(timeout=120)
+            err = err.decode(errors="replace")
+            self.assertEqual(coord.returncode, 0, err)
+            self.assertEqual(out, want)
+            self.assertIn("dropped a peer", err)
+            self.assertIn("refused a worker", err)
+            self.assertEqual(w.wait(timeout=10), 0)
+        finally:
+            for s in peers:
+                s.close()
+            ctx.term()
+            if coord.poll() is None:
+                coord.kill()
+
+    def test_worker_refuses_other_version(self):
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        w = start("worker", "--connect", "tcp://127.0.0.1:%d" % port, "--slots", "1")
+        try:
+            self.assertTrue(router.poll(10000))
+            ident, hello = router.recv_multipart()
+            h = msgpack.unpackb(hello, raw=False)
+            self.assertEqual(h[:3], ["DBX", 1, 1])
+            router.send_multipart([ident, msgpack.packb(["DBX", 7, 2, 1, 1000])])
+            _, err = w.communicate(timeout=20)
+            self.assertEqual(w.returncode, 1)
+            self.assertIn(b"protocol version 7", err)
+        finally:
+            if w.poll() is None:
+                w.kill()
+            router.close()
+            ctx.term()
+
+    def test_worker_cannot_connect_bad_endpoint(self):
+        p = run("worker", "--connect", "nonsense://x", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"nonsense://x", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
