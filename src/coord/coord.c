@@ -498,7 +498,7 @@ static int handle_message(srun *r, dbx_err *err) {
   if (msg_decode(zmq_msg_data(&body), zmq_msg_size(&body), &m, &merr)) {
     if (merr.code == DBX_EVERSION) {
       char why[300];
-      snprintf(why, sizeof why, "%s; upgrade the worker or the coordinator to the same dbatch version", merr.msg);
+      snprintf(why, sizeof why, "%.200s; upgrade the worker or the coordinator to the same dbatch version", merr.msg);
       log_warn("refused a worker: %s", why);
       msg_refuse(&c->out, why);
       send_rid(c, rid, rn, &c->out);
