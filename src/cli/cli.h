@@ -52,7 +52,8 @@ typedef struct cli_job {
   "      --policy P          least-loaded (default), round-robin or random\n"             \
   "      --seed N            seed of the random policy (reproducible placement)\n"        \
   "      --ship              send batch bytes to workers instead of file references\n"    \
-  "      --prefetch N        tasks a worker may hold beyond its slots (default 2)\n"      \
+  "      --prefetch N        most tasks a worker may hold beyond its slots (default 16;\n" \
+  "                          used only while its tasks are shorter than a few ms)\n"     \
   "      --heartbeat SECS    heartbeat interval (default 1)\n"                            \
   "      --worker-timeout SECS  silence before a remote worker is dead (default 10)\n"    \
   "      --max-attempts N    attempts per task before the job fails (default 4)\n"        \

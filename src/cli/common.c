@@ -16,7 +16,7 @@ void cli_job_defaults(cli_job *o, const char *job_name) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   o->workers = n > 0 ? (int)n : 1;
   o->co.policy = POLICY_LEAST_LOADED;
-  o->co.prefetch = 2;
+  o->co.prefetch = 16;
   o->co.heartbeat = 1.0;
   o->co.worker_timeout = 10.0;
   o->co.max_attempts = 4;

@@ -231,10 +231,22 @@ static uint32_t q_pop(srun *r) {
   return v;
 }
 
+/* Tasks a worker may hold beyond its slots: enough to cover about 5 ms of its work per
+ * slot, so short tasks are not bound by message latency, and at most --prefetch; a worker
+ * whose tasks are long gets one extra, which keeps placement close to its load. */
+static uint32_t prefetch_of(const coord *c, const cworker *w) {
+  uint32_t max = c->o.prefetch;
+  if (max <= 1) return max;
+  if (w->mean_task <= 0) return 2 < max ? 2 : max;
+  double want = 0.005 / w->mean_task;
+  if (want < 1) return 1;
+  return want > max ? max : (uint32_t)want;
+}
+
 static uint32_t total_cap(coord *c) {
   uint32_t t = 0;
   for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].alive && c->w[i].welcomed) t += c->w[i].slots + c->o.prefetch;
+    if (c->w[i].alive && c->w[i].welcomed) t += c->w[i].slots + prefetch_of(c, &c->w[i]);
   return t;
 }
 
@@ -350,7 +362,7 @@ static int assign(srun *r, dbx_err *err) {
       cworker *w = &c->w[i];
       sw[i].usable = w->alive && w->welcomed;
       sw[i].slots = w->slots ? w->slots : 1;
-      sw[i].cap = sw[i].slots + c->o.prefetch;
+      sw[i].cap = sw[i].slots + prefetch_of(c, w);
       sw[i].inflight = w->inflight;
       sw[i].mean_task = w->mean_task;
     }
