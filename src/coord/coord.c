@@ -303,6 +303,8 @@ static int worker_lost(srun *r, size_t wi, const char *why, dbx_err *err) {
   w->alive = 0;
   w->welcomed = 0;
   if (w->local) r->c->local_alive--;
+  /* A local worker given up on is ended for sure; reaping it starts a replacement. */
+  if (w->child) kill(w->child, SIGKILL);
   log_warn("worker %u (%s pid %lld) %s", w->id, w->host, (long long)w->pid, why);
   int rc = 0;
   for (size_t i = 0; i < r->nt && !rc; i++)
@@ -374,7 +376,19 @@ static int assign(srun *r, dbx_err *err) {
     if (rc) {
       q_push(r, idx, 1);
       r->t[idx].attempts--;
-      if ((rc = worker_lost(r, (size_t)wi, "cannot be reached", err))) return rc;
+      /* Usually a local worker that just died: report how it died when we can tell. */
+      char why[96] = "cannot be reached";
+      int st;
+      pid_t child = c->w[wi].child;
+      if (child && waitpid(child, &st, WNOHANG) == child) {
+        if (WIFSIGNALED(st)) snprintf(why, sizeof why, "was killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+        else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(st));
+        c->w[wi].child = 0;
+      }
+      if ((rc = worker_lost(r, (size_t)wi, why, err))) return rc;
+      if (!child || !c->w[wi].child) {
+        if (c->local_alive < c->o.workers && !g_interrupted) spawn_local(c);
+      }
     }
   }
   return 0;
@@ -551,14 +565,15 @@ static int reap_children(srun *r, dbx_err *err) {
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     for (size_t i = 0; i < c->nw; i++) {
-      if (c->w[i].child != pid || !c->w[i].alive) continue;
+      if (c->w[i].child != pid) continue;
       char why[96];
       if (WIFSIGNALED(status)) snprintf(why, sizeof why, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
       else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(status));
       c->w[i].child = 0;
-      if ((rc = worker_lost(r, i, why, err))) return rc;
+      if (c->w[i].alive && (rc = worker_lost(r, i, why, err))) return rc;
       /* Replace it, so the job keeps its parallelism. */
       if (c->local_alive < c->o.workers && !g_interrupted) spawn_local(c);
+      break;
     }
   }
   return rc;
