@@ -17,6 +17,7 @@ typedef struct cli_job {
   sink_opts out;
   const char *summary_json;
   int quiet, verbose;
+  int batch_set;          /* the user chose a batch size */
 } cli_job;
 
 /* Long options of cli_job, ids >= 1000; append them to a command's own table. */
@@ -60,7 +61,8 @@ typedef struct cli_job {
   "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \
   "      --wait-workers N    start the first task once N workers have joined\n"           \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
-  "                          (default 8M; units K, M, G)\n"                                 \
+  "                          (default: the input size / (4 x workers), within 8M..64M;\n"  \
+  "                          units K, M, G)\n"                                               \
   "      --batch-records N   cut inputs into batches of N lines instead\n"                  \
   "Output:\n"                                                                               \
   "  -o, --out DEST          - (standard output, default), FILE.tsv, FILE.csv, FILE.jsonl,\n" \
@@ -75,6 +77,9 @@ typedef struct cli_job {
   "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error.\n"
 
 void cli_job_defaults(cli_job *o, const char *job_name);
+/* Without --batch-bytes/--batch-records: about four batches per worker, 8M..64M each, so
+ * there are enough tasks to balance and few partials to merge. */
+void cli_job_size_batches(cli_job *o, const inputs *in);
 /* Handle one common option. 1 if handled, 0 if not ours, EXIT_USAGE-worthy error < 0
  * (message already printed). */
 int cli_job_option(cli_job *o, int c, const char *arg);

@@ -51,11 +51,13 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     return 1;
   case 1001:
     if (parse_size(arg, &v) || v == 0) return -1;
+    o->batch_set = 1;
     o->batch_bytes = v;
     o->batch_records = 0;
     return 1;
   case 1002:
     if (parse_u64(arg, 1, UINT64_MAX, &v)) return -1;
+    o->batch_set = 1;
     o->batch_records = v;
     return 1;
   case 'o': o->out.dest = arg; return 1;
@@ -101,6 +103,15 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;
   }
+}
+
+void cli_job_size_batches(cli_job *o, const inputs *in) {
+  if (o->batch_set) return;
+  uint64_t total = 0;
+  for (size_t i = 0; i < in->n; i++) total += in->v[i].size;
+  uint64_t per = total / (4 * (uint64_t)(o->workers > 0 ? o->workers : 1));
+  uint64_t lo = 8u << 20, hi = 64u << 20;
+  o->batch_bytes = per < lo ? lo : per > hi ? hi : per;
 }
 
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {

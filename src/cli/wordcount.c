@@ -57,6 +57,7 @@ int cmd_wordcount(int argc, char **argv) {
   coord *co = NULL;
   int rc = sink_check(&o.out, &err);
   if (!rc) rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
+  if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
   if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
   if (!rc) {
