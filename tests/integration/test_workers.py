@@ -94,5 +94,22 @@ class Workers(TmpTest):
         self.assertIn(b"2000 tasks", run("bench-tasks", "--tasks", "2000", "--workers", "0").stdout)
 
 
+class PersistentWorker(TmpTest):
+    def test_worker_serves_consecutive_jobs(self):
+        data = lines_file(self.path("l.txt"), 500)
+        want = run("wordcount", "--workers", "0", data).stdout
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        w = start("worker", "--connect", ep, "--slots", "1", "--persist")
+        try:
+            for _ in range(2):
+                out = run("wordcount", "--workers", "0", "--listen", ep, "--wait-workers", "1",
+                          "--batch-records", "50", data, timeout=60).stdout
+                self.assertEqual(out, want)
+                self.assertIsNone(w.poll(), "a --persist worker left after the job")
+        finally:
+            w.kill()
+            w.wait()
+
+
 if __name__ == "__main__":
     unittest.main()
