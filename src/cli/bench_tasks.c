@@ -1,5 +1,6 @@
 /* bench_tasks.c -- `dbatch bench-tasks`: no-op tasks through the scheduler, for its rate. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -12,16 +13,19 @@ static const char help[] =
     "Run N no-op tasks through the coordinator and its workers; print the rate.\n"
     "\n"
     "      --tasks N           number of tasks (default 100000)\n"
+    "      --task-ms MS        each task sleeps MS milliseconds (default 0)\n"
     CLI_JOB_HELP;
 
 int cmd_bench_tasks(int argc, char **argv) {
   static const struct option longopts[] = {
       {"tasks", required_argument, NULL, 1},
+      {"task-ms", required_argument, NULL, 2},
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   cli_job o;
   uint64_t ntasks = 100000;
+  noop_cfg cfg = {0};
   cli_job_defaults(&o, "bench_tasks");
   o.out.dest = "/dev/null";
   optind = 1;
@@ -34,6 +38,13 @@ int cmd_bench_tasks(int argc, char **argv) {
     case 1:
       if (parse_u64(optarg, 1, UINT32_MAX, &ntasks)) return cli_usage_error("bench-tasks", "--tasks needs a positive count");
       break;
+    case 2: {
+      char *end;
+      cfg.task_ms = strtod(optarg, &end);
+      if (*end || !(cfg.task_ms >= 0) || cfg.task_ms > 3600e3)
+        return cli_usage_error("bench-tasks", "--task-ms needs milliseconds, not '%s'", optarg);
+      break;
+    }
     case 'h': fputs(help, stdout); return EXIT_OK;
     default: return cli_usage_error("bench-tasks", "unknown option");
     }
@@ -53,6 +64,8 @@ int cmd_bench_tasks(int argc, char **argv) {
   if (!rc) {
     s.name = "noop";
     s.op = &op_noop;
+    s.cfg = &cfg;
+    s.cfg_size = sizeof cfg;
     s.virtual_tasks = (uint32_t)ntasks;
     s.split.batch_bytes = 1;
     s.out = out;

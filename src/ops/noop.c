@@ -1,6 +1,7 @@
 /* noop.c -- an operator that does nothing but count batches: it measures the engine. */
 #include <msgpack.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "ops/ops.h"
 
@@ -9,6 +10,11 @@ static void noop_free(void *p) { free(p); }
 
 static int noop_map(const void *cfg, const void *bcast, const dbx_batch *b, void *partial,
                     dbx_stats *st, dbx_err *err) {
+  const noop_cfg *c = cfg;
+  if (c && c->task_ms > 0) {
+    struct timespec ts = {(time_t)(c->task_ms / 1000), (long)((c->task_ms - (double)(time_t)(c->task_ms / 1000) * 1000) * 1e6)};
+    nanosleep(&ts, NULL);
+  }
   *(uint64_t *)partial += 1;
   return 0;
 }

@@ -11,7 +11,11 @@ typedef struct wc_cfg {
 } wc_cfg;
 extern const dbx_op op_wordcount;
 
-/* No-op: for scheduler benchmarks; partial = number of batches seen. */
+/* No-op: for scheduler benchmarks and tests; partial = number of batches seen. Each task
+ * sleeps task_ms milliseconds (0: returns at once), like a task waiting on I/O. */
+typedef struct noop_cfg {
+  double task_ms;
+} noop_cfg;
 extern const dbx_op op_noop;
 
 /* Look an operator up by name (NULL if unknown). */
