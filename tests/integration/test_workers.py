@@ -70,9 +70,10 @@ class Workers(TmpTest):
         return {w["slots"] * 1000 + w["id"]: w["tasks"] for w in self.summary("s.json")["worker_stats"]}
 
     def test_round_robin_spreads_evenly(self):
-        counts = sorted(self.run_remote("round-robin", [1, 1], 400, 0).values())
+        counts = sorted(self.run_remote("round-robin", [1, 1], 400, 2).values())
         self.assertEqual(sum(counts), 400)
-        # Equal workers, both there from the start, one task each at a time: turns alternate.
+        # Equal workers (tasks wait 2 ms), both there from the start, one task each at a
+        # time: turns alternate.
         self.assertLessEqual(counts[1] - counts[0], 400 * 0.1, counts)
 
     def test_least_loaded_follows_slots(self):
