@@ -12,7 +12,7 @@ bench_pkgs="python3-sklearn python3-distributed parallel bc"
 
 case "$what" in
   build) want="$build_pkgs" ;;
-  test)  want="$build_pkgs $test_pkgs python3-sklearn" ;;
+  test)  want="$build_pkgs $test_pkgs" ;;
   demo)  want="$build_pkgs $demo_pkgs" ;;
   bench) want="$build_pkgs $test_pkgs $bench_pkgs" ;;
   *) echo "install-deps.sh: unknown set '$what' (build, test, demo, bench)" >&2; exit 2 ;;
