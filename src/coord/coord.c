@@ -200,7 +200,6 @@ typedef struct srun {
   const char **paths;     /* absolute, for remote workers */
   char **abs;
   size_t npaths;
-  dbx_buf enc;
 } srun;
 
 static int q_push(srun *r, uint32_t idx, int front) {
@@ -676,7 +675,6 @@ done:
   for (size_t i = 0; i < r.npaths; i++) free(r.abs[i]);
   free(r.abs);
   free(r.paths);
-  dbx_buf_free(&r.enc);
   return rc;
 }
 

@@ -3,13 +3,14 @@
  * (category and case mapping). Text that is mostly ASCII never leaves the fast loop. */
 #include "ops/tokenize.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <utf8proc.h>
 
 /* 1 = ASCII word character, 0 = ASCII separator, 2 = start of a multi-byte sequence. */
 static unsigned char cls[256];
 static unsigned char lower_ascii[256];
-static int tables_ready;
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 /* Code points below U+0800 (two-byte UTF-8: Latin, Greek, Cyrillic, Hebrew, Arabic, ...)
  * are classified by table too: bit 0 = word character, bit 1 = cased; and their lowercase. */
@@ -49,11 +50,10 @@ static void init_tables(void) {
     small_cls[c] = (unsigned char)(is_word_cp(c) | is_cased(c) << 1);
     small_lower[c] = utf8proc_tolower(c);
   }
-  tables_ready = 1;
 }
 
 void tok_init(tok *t, const char *data, size_t n, int lowercase, size_t min_cp) {
-  if (!tables_ready) init_tables();  /* idempotent: racing threads write the same bytes */
+  pthread_once(&tables_once, init_tables);  /* worker threads tokenize concurrently */
   memset(t, 0, sizeof *t);
   t->lower = lowercase;
   t->min_cp = min_cp ? min_cp : 1;

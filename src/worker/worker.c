@@ -76,7 +76,7 @@ static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, d
   uint64_t bytes = 0;
   int rc = 0;
   for (uint32_t i = 0; i < m->batch.nseg && !rc; i++)
-    if (!m->batch.shipped && m->batch.seg[i].input >= st->npaths)
+    if (m->batch.seg[i].input >= st->npaths)
       rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
   double t0 = time_mono();
   if (!rc) rc = engine_map_task(st->op, st->cfg, st->bcast, ld, &m->batch, (const char *const *)st->paths,

@@ -82,6 +82,41 @@ class HostilePeers(TmpTest):
             router.close()
             ctx.term()
 
+    def test_worker_rejects_bad_tasks_and_survives(self):
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        w = start("worker", "--connect", "tcp://127.0.0.1:%d" % port, "--slots", "1")
+        try:
+            self.assertTrue(router.poll(10000))
+            ident, _ = router.recv_multipart()
+            send = lambda *f: router.send_multipart([ident, msgpack.packb(["DBX", 1, *f])])
+            send(2, 1, 1000)                                     # welcome
+            send(4, 1, "wordcount", b"\0" * 16, b"", ["/nonexistent"])  # stage, one path
+            # A segment naming input 5 of 1, and a shipped length that does not add up.
+            send(5, 1, 0, 1, [[5, 0, 4, 0, 1, 4]], True, b"abc\n")
+            send(5, 1, 1, 1, [[0, 0, 4, 0, 1, 9]], True, b"abc\n")
+            send(5, 1, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n")  # a good one
+            got = {}
+            deadline = time.time() + 20
+            while len(got) < 2 and time.time() < deadline:
+                if router.poll(500):
+                    m = msgpack.unpackb(router.recv_multipart()[1], raw=False)
+                    if m[2] in (6, 7):
+                        got[m[4]] = m
+            self.assertEqual(got[0][2], 7, got)            # failure, naming the input
+            self.assertIn("input 5 of 1", got[0][7])
+            self.assertEqual(got[2][2], 6, got)            # the good task still runs
+            self.assertIsNone(w.poll(), "the worker died on a bad task")
+            send(10)                                       # bye
+            self.assertEqual(w.wait(timeout=10), 0)
+        finally:
+            if w.poll() is None:
+                w.kill()
+            router.close()
+            ctx.term()
+
     def test_worker_cannot_connect_bad_endpoint(self):
         p = run("worker", "--connect", "nonsense://x", check=False)
         self.assertEqual(p.returncode, 2)
