@@ -73,6 +73,7 @@ DBX_EXTERN void dbx_buf_free(dbx_buf *b);
 /* One contiguous piece of one input that belongs to a batch. */
 typedef struct dbx_segment {
   const char *path;     /* input file, "-" for standard input */
+  uint32_t input;       /* index of the input in the stage's input list */
   uint64_t off, len;    /* byte range in the (decompressed) input */
   uint64_t rec_first;   /* index of the first record, or DBX_UNKNOWN when cut by bytes */
   uint64_t rec_count;   /* records in the range, or DBX_UNKNOWN */
@@ -136,8 +137,8 @@ typedef struct dbx_op {
   int (*decode)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);
   /* Turn the merged result into rows (through emit) and, for a next stage, a broadcast
    * blob appended to bcast_out (may be NULL when the stage is the last). */
-  int (*finish)(const void *cfg, void *partial, dbx_emit_fn emit, void *emit_ctx,
-                dbx_buf *bcast_out, dbx_err *err);
+  int (*finish)(const void *cfg, const void *bcast, void *partial, dbx_emit_fn emit,
+                void *emit_ctx, dbx_buf *bcast_out, dbx_err *err);
   /* Turn a previous stage's broadcast blob into the object map() receives as bcast
    * (OUT *out, freed with bcast_free). NULL when the operator takes no broadcast. */
   int (*bcast_load)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);

@@ -602,7 +602,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   r.s = s;
   r.id = ++c->stage_seq;
   int rc = 0;
-  void *result = NULL;
+  void *result = NULL, *bcast = NULL;
   r.ag = agg_new(s->op, s->cfg);
   r.ld = loader_new();
   r.npaths = s->in ? s->in->n : 0;
@@ -662,10 +662,15 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   if ((rc = agg_finish(r.ag, (uint32_t)r.nt, &result, err))) goto done;
   double t4 = time_mono();
   s->st->t_merge += t4 - t3;
-  rc = s->op->finish(s->cfg, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
+  /* finish() may need the stage's broadcast (the vocabulary to name model columns...). */
+  if (s->op->bcast_load && s->bcast_in &&
+      (rc = s->op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
+    goto done;
+  rc = s->op->finish(s->cfg, bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
   s->st->t_finish += time_mono() - t4;
 done:
   if (result) s->op->partial_free(result);
+  if (bcast) s->op->bcast_free(bcast);
   for (size_t i = 0; i < r.nt; i++) batchdesc_free(&r.t[i].b);
   free(r.t);
   free(r.queue);

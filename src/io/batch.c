@@ -25,6 +25,7 @@ int batchdesc_copy(batchdesc *dst, const batchdesc *src) {
   dst->index = src->index;
   dst->nseg = src->nseg;
   dst->shipped = src->shipped;
+  dst->whole = src->whole;
   if (src->nseg) {
     dst->seg = malloc(src->nseg * sizeof *dst->seg);
     if (!dst->seg) return DBX_ENOMEM;
@@ -197,6 +198,22 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
   size_t cap = 0;
   uint64_t left_bytes = s->o.batch_bytes, left_recs = s->o.batch_records;
   int rc = 0;
+  if (s->o.whole_files) {
+    /* One segment per file, empty files included: an empty document is still a document. */
+    out->whole = 1;
+    uint64_t bytes = 0;
+    while (s->cur < s->in->n) {
+      const input *x = &s->in->v[s->cur];
+      if (out->nseg && (s->o.batch_records ? out->nseg >= s->o.batch_records : bytes >= s->o.batch_bytes)) break;
+      bseg g = {(uint32_t)s->cur, 0, x->size, s->cur, 1, 0};
+      if ((rc = add_seg(out, &cap, g))) goto fail;
+      bytes += x->size;
+      s->cur++;
+    }
+    if (out->nseg == 0) { batchdesc_free(out); return 0; }
+    out->index = s->next_index++;
+    return 1;
+  }
   while (s->cur < s->in->n) {
     const input *x = &s->in->v[s->cur];
     int streamed = x->kind != IN_PLAIN;
@@ -354,6 +371,7 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
     const bseg *s = &b->seg[i];
     dbx_segment *v = &l->vseg[i];
     v->path = paths[s->input];
+    v->input = s->input;
     v->off = s->off;
     v->len = s->len;
     v->rec_first = s->rec_first;
@@ -367,6 +385,18 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
     int rc = open_cached(l, v->path, err);
     if (rc) return rc;
     v->data_off = l->buf.len;
+    if (b->whole) {
+      size_t got;
+      if ((rc = dbx_buf_reserve(&l->buf, (size_t)s->len + 1))) return rc;
+      if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, (size_t)s->len, s->off, &got, v->path, err)))
+        return rc;
+      if (got < s->len)
+        return dbx_seterr(err, DBX_EIO, "%s: file shrank while being read (%llu of %llu bytes)", v->path,
+                          (unsigned long long)got, (unsigned long long)s->len);
+      l->buf.len += got;
+      v->data_len = got;
+      continue;
+    }
     rc = load_range(l, v->path, s->off, s->len, err);
     if (rc) return rc;
     v->data_len = l->buf.len - v->data_off;

@@ -25,6 +25,7 @@ typedef struct batchdesc {
   uint32_t nseg;
   bseg *seg;             /* owned */
   int shipped;           /* data holds the bytes (newline-terminated lines) */
+  int whole;             /* each segment is one whole file (a document), read as is */
   dbx_buf data;          /* owned, only when shipped */
 } batchdesc;
 
@@ -43,6 +44,8 @@ void batchdesc_describe(const batchdesc *b, const inputs *in, char *out, size_t 
 typedef struct split_opts {
   uint64_t batch_bytes;    /* target bytes per batch when batch_records is 0 */
   uint64_t batch_records;  /* records per batch, or 0 */
+  int whole_files;         /* documents: every input is one record, never split; batches
+                              hold batch_records files (or about batch_bytes) */
 } split_opts;
 
 typedef struct splitter splitter;

@@ -66,7 +66,7 @@ int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, siz
 
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
   msgpack_packer pk;
-  head(&pk, out, MSG_TASK, 6);
+  head(&pk, out, MSG_TASK, 7);
   msgpack_pack_uint64(&pk, stage);
   msgpack_pack_uint64(&pk, b->index);
   msgpack_pack_uint64(&pk, attempt);
@@ -83,6 +83,7 @@ int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b)
   }
   if (b->shipped) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
   msgpack_pack_bin_with_body(&pk, b->shipped && b->data.len ? b->data.data : "", b->shipped ? b->data.len : 0);
+  if (b->whole) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
   return done(out);
 }
 
@@ -178,7 +179,7 @@ static int get_double(const msgpack_object *o, double *v) {
 }
 
 static const uint32_t nfields[MSG_TYPE_MAX] = {
-    [MSG_HELLO] = 4, [MSG_WELCOME] = 2, [MSG_REFUSE] = 1, [MSG_STAGE] = 5, [MSG_TASK] = 6,
+    [MSG_HELLO] = 4, [MSG_WELCOME] = 2, [MSG_REFUSE] = 1, [MSG_STAGE] = 5, [MSG_TASK] = 7,
     [MSG_RESULT] = 8, [MSG_FAILURE] = 5, [MSG_HEARTBEAT] = 0, [MSG_CANCEL] = 3, [MSG_BYE] = 0,
     [MSG_REHELLO] = 0,
 };
@@ -208,7 +209,7 @@ static int decode_task(const msgpack_object *f, msg *m) {
   }
   const char *data;
   size_t dn;
-  if (get_bool(&f[4], &b->shipped) || get_bin(&f[5], &data, &dn)) return -1;
+  if (get_bool(&f[4], &b->shipped) || get_bin(&f[5], &data, &dn) || get_bool(&f[6], &b->whole)) return -1;
   if (b->shipped) {
     /* The shipped bytes are borrowed from the frame: data.cap = 0 marks them not owned. */
     b->data.data = (char *)data;

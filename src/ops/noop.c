@@ -50,7 +50,7 @@ static int noop_decode(const void *cfg, const char *p, size_t n, void **out, dbx
   return 0;
 }
 
-static int noop_finish(const void *cfg, void *partial, dbx_emit_fn emit, void *ctx,
+static int noop_finish(const void *cfg, const void *bc, void *partial, dbx_emit_fn emit, void *ctx,
                        dbx_buf *bcast, dbx_err *err) {
   if (!emit) return 0;
   dbx_value row[1] = {{0}};

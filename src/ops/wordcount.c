@@ -133,7 +133,7 @@ static int cmp_rows(const void *a, const void *b) {
   return x->n < y->n ? -1 : x->n > y->n;
 }
 
-static int wc_finish(const void *cfgv, void *partial, dbx_emit_fn emit, void *ctx,
+static int wc_finish(const void *cfgv, const void *bc, void *partial, dbx_emit_fn emit, void *ctx,
                      dbx_buf *bcast, dbx_err *err) {
   const wc_cfg *cfg = cfgv;
   strmap *m = partial;

@@ -95,9 +95,9 @@ class HostilePeers(TmpTest):
             send(2, 1, 1000)                                     # welcome
             send(4, 1, "wordcount", b"\0" * 16, b"", ["/nonexistent"])  # stage, one path
             # A segment naming input 5 of 1, and a shipped length that does not add up.
-            send(5, 1, 0, 1, [[5, 0, 4, 0, 1, 4]], True, b"abc\n")
-            send(5, 1, 1, 1, [[0, 0, 4, 0, 1, 9]], True, b"abc\n")
-            send(5, 1, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n")  # a good one
+            send(5, 1, 0, 1, [[5, 0, 4, 0, 1, 4]], True, b"abc\n", False)
+            send(5, 1, 1, 1, [[0, 0, 4, 0, 1, 9]], True, b"abc\n", False)
+            send(5, 1, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n", False)  # a good one
             got = {}
             deadline = time.time() + 20
             while len(got) < 2 and time.time() < deadline:

@@ -31,7 +31,7 @@ static void test_roundtrip_and_merge(void **state) {
   assert_int_equal(op_wordcount.decode(&cfg, enc.data, enc.len, &b2, &err), 0);
   assert_int_equal(op_wordcount.merge(&cfg, a, b2, &err), 0);
   collect c = {{0}, 0};
-  assert_int_equal(op_wordcount.finish(&cfg, a, emit, &c, NULL, &err), 0);
+  assert_int_equal(op_wordcount.finish(&cfg, NULL, a, emit, &c, NULL, &err), 0);
   assert_string_equal(c.out, "a=3 b=2 c=1 d=1 ");
   /* Every truncation of a valid encoding is rejected, never read past. */
   for (size_t n = 0; n < enc.len; n++) {
@@ -52,7 +52,7 @@ static void test_top_and_case(void **state) {
   void *a = map_text(&cfg, "Zed zed zed Alpha alpha\n");
   collect c = {{0}, 0};
   dbx_err err;
-  assert_int_equal(op_wordcount.finish(&cfg, a, emit, &c, NULL, &err), 0);
+  assert_int_equal(op_wordcount.finish(&cfg, NULL, a, emit, &c, NULL, &err), 0);
   assert_string_equal(c.out, "zed=2 Alpha=1 ");
   op_wordcount.partial_free(a);
 }
