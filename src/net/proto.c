@@ -1,16 +1,13 @@
 /* proto.c -- encoding and bounds-checked decoding of protocol messages with msgpack-c. */
 #include "net/proto.h"
+#include "util/mpk.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static int buf_write(void *data, const char *p, size_t n) {
-  return dbx_buf_append(data, p, n) ? -1 : 0;
-}
-
 static void head(msgpack_packer *pk, dbx_buf *out, msg_type t, uint32_t nfields) {
   out->len = 0;
-  msgpack_packer_init(pk, out, buf_write);
+  mpk_init(pk, out);
   msgpack_pack_array(pk, 3 + nfields);
   msgpack_pack_str_with_body(pk, "DBX", 3);
   msgpack_pack_uint64(pk, PROTO_VERSION);

@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "ops/ops.h"
+#include "util/mpk.h"
 
 static void *noop_new(const void *cfg) { return calloc(1, sizeof(uint64_t)); }
 static void noop_free(void *p) { free(p); }
@@ -24,13 +25,9 @@ static int noop_merge(const void *cfg, void *left, const void *right, dbx_err *e
   return 0;
 }
 
-static int noop_write(void *data, const char *buf, size_t len) {
-  return dbx_buf_append(data, buf, len) ? -1 : 0;
-}
-
 static int noop_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, noop_write);
+  mpk_init(&pk, out);
   return msgpack_pack_uint64(&pk, *(const uint64_t *)partial) ? DBX_ENOMEM : 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include "ops/ops.h"
 #include "ops/tokenize.h"
+#include "util/mpk.h"
 #include "util/strmap.h"
 
 static void *wc_new(const void *cfg) { return strmap_new(); }
@@ -68,15 +69,11 @@ static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err
   return 0;
 }
 
-static int sbuf_write(void *data, const char *buf, size_t len) {
-  return dbx_buf_append(data, buf, len) ? -1 : 0;
-}
-
 /* Encoding: a msgpack array [word, count, word, count, ...]. */
 static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err) {
   const strmap *m = partial;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sbuf_write);
+  mpk_init(&pk, out);
   size_t n = strmap_count(m);
   int rc = msgpack_pack_array(&pk, (uint32_t)(n * 2));
   for (uint32_t i = 0; i < n && !rc; i++) {
