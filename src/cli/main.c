@@ -11,6 +11,7 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  wordcount INPUT...   count words (Unicode-aware) in text files, directories, globs, -\n"
+    "  nb train|test|run    text classification: TF-IDF + naive Bayes (as scikit-learn)\n"
     "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  help [COMMAND]       help for a command\n"
@@ -27,6 +28,7 @@ static const command commands[] = {
     {"wordcount", cmd_wordcount},
     {"worker", cmd_worker},
     {"bench-tasks", cmd_bench_tasks},
+    {"nb", cmd_nb},
 };
 
 int main(int argc, char **argv) {

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/nbayes.h"
 #include "ops/ops.h"
 #include "ops/tokenize.h"
 #include "util/mpk.h"
@@ -167,5 +168,8 @@ const dbx_op op_wordcount = {
 const dbx_op *ops_find(const char *name) {
   if (strcmp(name, "wordcount") == 0) return &op_wordcount;
   if (strcmp(name, "noop") == 0) return &op_noop;
+  if (strcmp(name, "nb_vocab") == 0) return &op_nb_vocab;
+  if (strcmp(name, "nb_fit") == 0) return &op_nb_fit;
+  if (strcmp(name, "nb_predict") == 0) return &op_nb_predict;
   return NULL;
 }

@@ -1,0 +1,342 @@
+/* nb.c -- `dbatch nb train|test|run`: the distributed TF-IDF + naive Bayes text classifier. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "ops/nbayes.h"
+#include "util/parse.h"
+#include "util/timeutil.h"
+
+static const char help[] =
+    "Usage: dbatch nb train --corpus CORPUS --model FILE [OPTIONS]\n"
+    "       dbatch nb test  --model FILE --corpus CORPUS [OPTIONS]\n"
+    "       dbatch nb run   --train CORPUS --test CORPUS [OPTIONS]\n"
+    "Text classification with scikit-learn's CountVectorizer -> TfidfTransformer ->\n"
+    "MultinomialNB defaults, trained and evaluated as dbatch stages on workers.\n"
+    "CORPUS is a directory ROOT/<label>/<document> (as load_files reads it) or a .tsv file\n"
+    "of label<TAB>text lines. Documents are UTF-8; invalid bytes act as separators.\n"
+    "\n"
+    "Classifier options:\n"
+    "      --corpus CORPUS     the documents to train on (train) or to classify (test)\n"
+    "      --train CORPUS / --test CORPUS   both, for run\n"
+    "  -m, --model FILE        model file to write (train, run) or read (test); also\n"
+    "                          sqlite:PATH (table nb_model)\n"
+    "      --predictions DEST  one row per test document: path, predicted label\n"
+    "                          (TSV, CSV, JSONL by name, or sqlite:PATH, table 'predictions')\n"
+    "      --proba             add the probability of each class, in class order\n"
+    "      --metrics DEST      per-label precision, recall, f1 and support (table 'metrics')\n"
+    "      --digits N          digits in the report (default 2)\n"
+    "      --batch-docs N      documents per batch (default: about 4 batches per worker)\n"
+    CLI_JOB_HELP;
+
+typedef struct nb_opts {
+  const char *corpus, *train, *test, *model, *metrics;
+  int proba, digits;
+  uint64_t batch_docs;
+} nb_opts;
+
+/* One stage of the classifier over corpus c. */
+static int run_nb_stage(job *j, coord *co, cli_job *o, const nb_opts *no, const dbx_op *op, const nb_cfg *cfg,
+                        const corpus *c, const dbx_buf *payload, sink *out, const char *name, dbx_buf *result,
+                        dbx_err *err) {
+  dbx_buf env = {0};
+  int rc = nb_envelope(c, payload ? payload->data : NULL, payload ? payload->len : 0, &env);
+  if (rc) return rc;
+  stage s;
+  memset(&s, 0, sizeof s);
+  s.name = name;
+  s.op = op;
+  s.cfg = cfg;
+  s.cfg_size = sizeof *cfg;
+  s.in = &c->in;
+  uint64_t per = no->batch_docs;
+  if (!per) {
+    per = c->in.n / (4 * (uint64_t)(o->workers > 0 ? o->workers : 1));
+    if (c->format == CORPUS_TSV) per = 1000;
+    per = per < 1 ? 1 : per > 2000 ? 2000 : per;
+  }
+  s.split.whole_files = c->format == CORPUS_DIR;
+  s.split.batch_records = per;
+  s.bcast_in = env.data;
+  s.bcast_in_len = env.len;
+  s.out = out;
+  s.st = job_add_stage(j, name);
+  rc = coord_run_stage(co, j, &s, err);
+  dbx_buf_free(&env);
+  if (!rc && result) {
+    result->len = 0;
+    rc = dbx_buf_append(result, s.bcast_out.data, s.bcast_out.len);
+  }
+  dbx_buf_free(&s.bcast_out);
+  return rc;
+}
+
+/* Code points in a UTF-8 string (for Python's len() in the report layout). */
+static size_t ncp(const char *s) {
+  size_t n = 0;
+  for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
+  return n;
+}
+
+static void pad_right_align(dbx_buf *b, const char *s, size_t width) {
+  for (size_t k = ncp(s); k < width; k++) dbx_buf_append(b, " ", 1);
+  dbx_buf_append(b, s, strlen(s));
+}
+
+static void put(dbx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(dbx_buf *b, const char *fmt, ...) {
+  char t[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(t, sizeof t, fmt, ap);
+  va_end(ap);
+  if (n > 0) dbx_buf_append(b, t, (size_t)n < sizeof t ? (size_t)n : sizeof t - 1);
+}
+
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* scikit-learn's classification_report, character for character, from confusion counts.
+ * Labels are the sorted union of true and predicted labels; 0/0 counts as 0. */
+static int report(const nb_confusion *cf, size_t ncf, int digits, sink *metrics, dbx_buf *out, dbx_err *err) {
+  char **labels = calloc(2 * ncf + 1, sizeof *labels);
+  size_t nl = 0;
+  if (!labels) return DBX_ENOMEM;
+  for (size_t i = 0; i < ncf; i++) {
+    labels[nl++] = cf[i].truth;
+    labels[nl++] = cf[i].pred;
+  }
+  qsort(labels, nl, sizeof *labels, cmp_cstr);
+  size_t u = 0;
+  for (size_t i = 0; i < nl; i++)
+    if (!u || strcmp(labels[u - 1], labels[i])) labels[u++] = labels[i];
+  nl = u;
+  double *p = calloc(nl + 1, sizeof *p), *r = calloc(nl + 1, sizeof *r), *f = calloc(nl + 1, sizeof *f);
+  uint64_t *sup = calloc(nl + 1, sizeof *sup), total = 0, correct = 0;
+  int rc = 0;
+  if (!p || !r || !f || !sup) { rc = DBX_ENOMEM; goto done; }
+  for (size_t k = 0; k < nl; k++) {
+    uint64_t tp = 0, pred = 0, truth = 0;
+    for (size_t i = 0; i < ncf; i++) {
+      int t = !strcmp(cf[i].truth, labels[k]), q = !strcmp(cf[i].pred, labels[k]);
+      if (t) truth += cf[i].count;
+      if (q) pred += cf[i].count;
+      if (t && q) tp += cf[i].count;
+    }
+    p[k] = pred ? (double)tp / (double)pred : 0.0;
+    r[k] = truth ? (double)tp / (double)truth : 0.0;
+    double denom = p[k] + r[k];
+    f[k] = denom == 0.0 ? 0.0 : 2 * p[k] * r[k] / denom;
+    sup[k] = truth;
+  }
+  for (size_t i = 0; i < ncf; i++) {
+    total += cf[i].count;
+    if (!strcmp(cf[i].truth, cf[i].pred)) correct += cf[i].count;
+  }
+  size_t width = 12;  /* len("weighted avg") */
+  for (size_t k = 0; k < nl; k++) width = ncp(labels[k]) > width ? ncp(labels[k]) : width;
+  if ((size_t)digits > width) width = (size_t)digits;
+  pad_right_align(out, "", width);
+  put(out, "  precision    recall  f1-score   support\n\n");
+  for (size_t k = 0; k < nl; k++) {
+    pad_right_align(out, labels[k], width);
+    put(out, "  %9.*f %9.*f %9.*f %9llu\n", digits, p[k], digits, r[k], digits, f[k], (unsigned long long)sup[k]);
+    if (metrics) {
+      dbx_value row[5] = {{labels[k], strlen(labels[k]), 0, 0}, {NULL, 0, 0, p[k]}, {NULL, 0, 0, r[k]},
+                          {NULL, 0, 0, f[k]}, {NULL, 0, (int64_t)sup[k], 0}};
+      if ((rc = sink_row(metrics, row, err))) goto done;
+    }
+  }
+  put(out, "\n");
+  double acc = total ? (double)correct / (double)total : 0.0;
+  pad_right_align(out, "accuracy", width);
+  put(out, "  %9s %9s %9.*f %9llu\n", "", "", digits, acc, (unsigned long long)total);
+  double mp = 0, mr = 0, mf = 0, wp = 0, wr = 0, wf = 0;
+  for (size_t k = 0; k < nl; k++) {
+    mp += p[k];
+    mr += r[k];
+    mf += f[k];
+    wp += p[k] * (double)sup[k];
+    wr += r[k] * (double)sup[k];
+    wf += f[k] * (double)sup[k];
+  }
+  if (nl) { mp /= (double)nl; mr /= (double)nl; mf /= (double)nl; }
+  if (total) { wp /= (double)total; wr /= (double)total; wf /= (double)total; }
+  pad_right_align(out, "macro avg", width);
+  put(out, "  %9.*f %9.*f %9.*f %9llu\n", digits, mp, digits, mr, digits, mf, (unsigned long long)total);
+  pad_right_align(out, "weighted avg", width);
+  put(out, "  %9.*f %9.*f %9.*f %9llu\n", digits, wp, digits, wr, digits, wf, (unsigned long long)total);
+  if (!out->data) rc = DBX_ENOMEM;
+done:
+  free(labels);
+  free(p);
+  free(r);
+  free(f);
+  free(sup);
+  return rc;
+}
+
+static const char *const metric_names[] = {"label", "precision", "recall", "f1", "support"};
+static const dbx_coltype metric_types[] = {DBX_COL_TEXT, DBX_COL_REAL, DBX_COL_REAL, DBX_COL_REAL, DBX_COL_INT};
+static const dbx_schema metric_schema = {5, metric_names, metric_types};
+
+int cmd_nb(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"corpus", required_argument, NULL, 1}, {"train", required_argument, NULL, 2},
+      {"test", required_argument, NULL, 3},   {"model", required_argument, NULL, 'm'},
+      {"predictions", required_argument, NULL, 4}, {"proba", no_argument, NULL, 5},
+      {"digits", required_argument, NULL, 6}, {"batch-docs", required_argument, NULL, 7},
+      {"metrics", required_argument, NULL, 8},
+      CLI_JOB_OPTIONS,
+      {NULL, 0, NULL, 0},
+  };
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fputs(help, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_USAGE : EXIT_OK;
+  }
+  const char *mode = argv[1];
+  if (strcmp(mode, "train") && strcmp(mode, "test") && strcmp(mode, "run"))
+    return cli_usage_error("nb", "unknown mode '%s' (train, test or run)", mode);
+  cli_job o;
+  nb_opts no;
+  memset(&no, 0, sizeof no);
+  no.digits = 2;
+  cli_job_defaults(&o, "predictions");
+  o.out.dest = NULL;
+  argc--;
+  argv++;
+  optind = 1;
+  int c;
+  uint64_t v;
+  while ((c = getopt_long(argc, argv, "o:m:qvh", longopts, NULL)) != -1) {
+    int r = cli_job_option(&o, c, optarg);
+    if (r < 0) return cli_usage_error("nb", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r) continue;
+    switch (c) {
+    case 1: no.corpus = optarg; break;
+    case 2: no.train = optarg; break;
+    case 3: no.test = optarg; break;
+    case 'm': no.model = optarg; break;
+    case 4: o.out.dest = optarg; break;
+    case 5: no.proba = 1; break;
+    case 6:
+      if (parse_u64(optarg, 0, 17, &v)) return cli_usage_error("nb", "--digits needs 0..17");
+      no.digits = (int)v;
+      break;
+    case 7:
+      if (parse_u64(optarg, 1, UINT32_MAX, &no.batch_docs)) return cli_usage_error("nb", "--batch-docs needs a positive count");
+      break;
+    case 8: no.metrics = optarg; break;
+    case 'h': fputs(help, stdout); return EXIT_OK;
+    default: return cli_usage_error("nb", "unknown option");
+    }
+  }
+  if (optind < argc) return cli_usage_error("nb", "unexpected argument '%s'", argv[optind]);
+  int train = strcmp(mode, "test") != 0, test = strcmp(mode, "train") != 0;
+  const char *train_path = !strcmp(mode, "run") ? no.train : no.corpus;
+  const char *test_path = !strcmp(mode, "run") ? no.test : no.corpus;
+  if (!strcmp(mode, "run") && (!no.train || !no.test)) return cli_usage_error("nb", "run needs --train CORPUS and --test CORPUS");
+  if (strcmp(mode, "run") && !no.corpus) return cli_usage_error("nb", "%s needs --corpus CORPUS", mode);
+  if (strcmp(mode, "run") && !no.model) return cli_usage_error("nb", "%s needs --model FILE", mode);
+  if (!test && (o.out.dest || no.metrics || no.proba)) return cli_usage_error("nb", "--predictions, --proba and --metrics belong to test and run");
+
+  dbx_err err = {0, ""};
+  job j;
+  memset(&j, 0, sizeof j);
+  j.name = "nb";
+  j.t_start = time_mono();
+  corpus ctr, cte;
+  memset(&ctr, 0, sizeof ctr);
+  memset(&cte, 0, sizeof cte);
+  coord *co = NULL;
+  sink *pred = NULL, *met = NULL;
+  dbx_buf vocab = {0}, model = {0}, summary = {0}, rep = {0};
+  char **classes = NULL;
+  uint32_t C = 0, V = 0;
+  nb_cfg cfg = {0, no.proba};
+  int rc = 0;
+  if (o.out.dest) rc = sink_check(&o.out, &err);
+  if (!rc && train) rc = corpus_open(train_path, &ctr, &err);
+  if (!rc && test) rc = corpus_open(test_path, &cte, &err);
+  if (!rc && !train) rc = nb_model_load(no.model, &model, &err);
+  if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  double t_train = 0, t_test = 0;
+  if (!rc && train) {
+    double t0 = time_mono();
+    cfg.format = ctr.format;
+    rc = run_nb_stage(&j, co, &o, &no, &op_nb_vocab, &cfg, &ctr, NULL, NULL, "vocabulary", &vocab, &err);
+    if (!rc) rc = run_nb_stage(&j, co, &o, &no, &op_nb_fit, &cfg, &ctr, &vocab, NULL, "fit", &model, &err);
+    if (!rc && no.model) rc = nb_model_save(no.model, model.data, model.len, &err);
+    t_train = time_mono() - t0;
+  }
+  if (!rc) rc = nb_model_classes(model.data, model.len, &classes, &C, &V, &err);
+  if (!rc && train)
+    printf("trained on %zu documents, %u classes, vocabulary of %u terms in %.3f s\n", ctr.in.n > 0 && ctr.format == CORPUS_DIR ? ctr.in.n : (size_t)j.stages[0].records - (size_t)j.stages[0].bad_records, C, V, t_train);
+  if (!rc && test) {
+    double t0 = time_mono();
+    const char **names = calloc(2 + C, sizeof *names);
+    dbx_coltype *types = calloc(2 + C, sizeof *types);
+    char **pnames = calloc(C + 1, sizeof *pnames);
+    dbx_schema sch = {no.proba ? 2 + C : 2, names, types};
+    if (!names || !types || !pnames) rc = DBX_ENOMEM;
+    if (!rc) {
+      names[0] = "path";
+      names[1] = "predicted";
+      types[0] = types[1] = DBX_COL_TEXT;
+      for (uint32_t k = 0; k < C; k++) {
+        size_t n = strlen(classes[k]) + 3;
+        pnames[k] = malloc(n);
+        if (pnames[k]) snprintf(pnames[k], n, "p_%s", classes[k]);
+        names[2 + k] = pnames[k] ? pnames[k] : "p";
+        types[2 + k] = DBX_COL_REAL;
+      }
+      if (o.out.dest) rc = sink_open(&o.out, &sch, &pred, &err);
+    }
+    if (!rc && no.metrics) {
+      sink_opts mo = {no.metrics, NULL, "metrics", 0};
+      rc = sink_open(&mo, &metric_schema, &met, &err);
+    }
+    cfg.format = cte.format;
+    if (!rc) rc = run_nb_stage(&j, co, &o, &no, &op_nb_predict, &cfg, &cte, &model, pred, "predict", &summary, &err);
+    t_test = time_mono() - t0;
+    nb_confusion *cf = NULL;
+    size_t ncf = 0;
+    uint64_t ndocs = 0;
+    if (!rc) rc = nb_read_confusion(summary.data, summary.len, &cf, &ncf, &ndocs, &err);
+    if (!rc) rc = report(cf, ncf, no.digits, met, &rep, &err);
+    if (!rc) fwrite(rep.data, 1, rep.len, stdout);
+    if (!rc && pred) { j.rows_out = sink_rows(pred); rc = sink_commit(pred, &err); pred = NULL; }
+    if (!rc && met) { rc = sink_commit(met, &err); met = NULL; }
+    if (!rc) {
+      uint64_t bytes = 0;
+      for (int k = 0; k < j.nstages; k++) bytes += j.stages[k].bytes;
+      printf("\n");
+      for (int k = 0; k < j.nstages; k++)
+        printf("%-10s %6llu batches %9llu documents %8.3f s\n", j.stages[k].name, (unsigned long long)j.stages[k].batches,
+               (unsigned long long)(j.stages[k].records - j.stages[k].bad_records), j.stages[k].seconds);
+      printf("classified %llu documents in %.3f s (%.0f documents/s); total %.3f s, %.1f MB read, %d workers\n",
+             (unsigned long long)ndocs, t_test, t_test > 0 ? (double)ndocs / t_test : 0.0, time_mono() - j.t_start,
+             (double)bytes / 1048576.0, o.workers);
+    }
+    for (size_t k = 0; k < ncf; k++) { free(cf[k].truth); free(cf[k].pred); }
+    free(cf);
+    for (uint32_t k = 0; k < C; k++) free(pnames ? pnames[k] : NULL);
+    free(pnames);
+    free(names);
+    free(types);
+  }
+  sink_abort(met);
+  for (uint32_t k = 0; classes && k < C; k++) free(classes[k]);
+  free(classes);
+  dbx_buf_free(&vocab);
+  dbx_buf_free(&model);
+  dbx_buf_free(&summary);
+  dbx_buf_free(&rep);
+  /* The job summary lists the training corpus' inputs (or the test corpus' for test). */
+  j.in = train ? ctr.in : cte.in;
+  if (train) { ctr.in.v = NULL; ctr.in.n = 0; } else { cte.in.v = NULL; cte.in.n = 0; }
+  corpus_free(&ctr);
+  corpus_free(&cte);
+  return cli_job_end("nb", &o, &j, co, pred, rc, &err);
+}

@@ -1,0 +1,1094 @@
+/* nbayes.c -- TF-IDF + multinomial naive Bayes as three dbatch operators, with the exact
+ * default semantics of scikit-learn's CountVectorizer -> TfidfTransformer -> MultinomialNB:
+ * lowercase, tokens of two or more word characters, vocabulary of every training term in
+ * sorted order, smooth idf, L2-normalised rows, alpha = 1, fitted class priors. */
+#include "ops/nbayes.h"
+
+#include <errno.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "ops/tokenize.h"
+#include "util/afile.h"
+#include "util/mpk.h"
+#include "util/strmap.h"
+
+#define MODEL_TAG "dbatch-nb-model"
+#define MODEL_VERSION 1
+#define VOCAB_TAG "dbatch-nb-vocab"
+#define FILE_MAGIC "DBXNBM01"
+
+/* ---- the broadcast: envelope + payload ---- */
+
+typedef struct nb_bc {
+  char *blob;                    /* own copy: parsed objects point into it */
+  msgpack_unpacked u;
+  uint32_t ninputs;
+  const msgpack_object *inputs;  /* [label|nil, name] */
+  int has_payload;
+  uint64_t ndocs;
+  uint32_t C, V;
+  const msgpack_object *classes; /* C str */
+  uint64_t *class_count;
+  strmap *class_ix;              /* label -> class index */
+  strmap *vocab;                 /* term -> index in sorted order (ids are the indices) */
+  double *idf, *flp, *prior;     /* V, C*V, C (flp/prior only in a model) */
+} nb_bc;
+
+static void bc_free(void *p) {
+  nb_bc *b = p;
+  if (!b) return;
+  msgpack_unpacked_destroy(&b->u);
+  strmap_free(b->class_ix);
+  strmap_free(b->vocab);
+  free(b->class_count);
+  free(b->idf);
+  free(b->flp);
+  free(b->prior);
+  free(b->blob);
+  free(b);
+}
+
+static int get_doubles(const msgpack_object *o, size_t n, double **out) {
+  if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n * sizeof(double)) return -1;
+  *out = malloc(n ? n * sizeof(double) : 1);
+  if (!*out) return -1;
+  if (n) memcpy(*out, o->via.bin.ptr, n * sizeof(double));
+  return 0;
+}
+
+/* Parse a vocabulary or model payload object into b. Checks every size and that the
+ * vocabulary is strictly sorted, so a damaged model cannot pass as a good one. */
+static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_err *err) {
+  const char *what = want_model ? "model" : "vocabulary";
+  if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 1) goto bad;
+  const msgpack_object *a = o->via.array.ptr;
+  uint32_t n = o->via.array.size;
+  size_t k = 0;
+  const char *tag = want_model ? MODEL_TAG : VOCAB_TAG;
+  if (a[0].type != MSGPACK_OBJECT_STR || a[0].via.str.size != strlen(tag) ||
+      memcmp(a[0].via.str.ptr, tag, strlen(tag)))
+    return dbx_seterr(err, DBX_EMODEL, "not a dbatch naive Bayes %s", what);
+  k = 1;
+  if (want_model) {
+    if (n != 9 || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) goto bad;
+    if (a[1].via.u64 != MODEL_VERSION)
+      return dbx_seterr(err, DBX_EMODEL, "model format version %llu; this dbatch reads version %d",
+                        (unsigned long long)a[1].via.u64, MODEL_VERSION);
+    k = 2;
+  } else if (n != 6) {
+    goto bad;
+  }
+  if (a[k].type != MSGPACK_OBJECT_POSITIVE_INTEGER) goto bad;
+  b->ndocs = a[k].via.u64;
+  const msgpack_object *cl = &a[k + 1], *cc = &a[k + 2], *vo = &a[k + 3];
+  if (cl->type != MSGPACK_OBJECT_ARRAY || cc->type != MSGPACK_OBJECT_ARRAY || vo->type != MSGPACK_OBJECT_ARRAY ||
+      cl->via.array.size == 0 || cc->via.array.size != cl->via.array.size)
+    goto bad;
+  b->C = cl->via.array.size;
+  b->V = vo->via.array.size;
+  b->classes = cl->via.array.ptr;
+  if (!(b->class_count = calloc(b->C, sizeof *b->class_count)) || !(b->class_ix = strmap_new()) ||
+      !(b->vocab = strmap_new()))
+    return DBX_ENOMEM;
+  for (uint32_t c = 0; c < b->C; c++) {
+    const msgpack_object *s = &b->classes[c];
+    if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0 || cc->via.array.ptr[c].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+      goto bad;
+    b->class_count[c] = cc->via.array.ptr[c].via.u64;
+    uint32_t id;
+    if (strmap_add(b->class_ix, s->via.str.ptr, s->via.str.size, 0, &id)) return DBX_ENOMEM;
+    if (id != c) goto bad;  /* duplicate class */
+  }
+  const msgpack_object *prev = NULL;
+  for (uint32_t j = 0; j < b->V; j++) {
+    const msgpack_object *t = &vo->via.array.ptr[j];
+    if (t->type != MSGPACK_OBJECT_STR || t->via.str.size == 0) goto bad;
+    if (prev) {
+      size_t m = prev->via.str.size < t->via.str.size ? prev->via.str.size : t->via.str.size;
+      int d = memcmp(prev->via.str.ptr, t->via.str.ptr, m);
+      if (d > 0 || (d == 0 && prev->via.str.size >= t->via.str.size)) goto bad;  /* sorted, unique */
+    }
+    prev = t;
+    if (strmap_add(b->vocab, t->via.str.ptr, t->via.str.size, 0, NULL)) return DBX_ENOMEM;
+  }
+  if (get_doubles(&a[k + 4], b->V, &b->idf)) goto bad;
+  if (want_model) {
+    if (get_doubles(&a[k + 5], (size_t)b->C * b->V, &b->flp) || get_doubles(&a[k + 6], b->C, &b->prior)) goto bad;
+  }
+  b->has_payload = 1;
+  return 0;
+bad:
+  return dbx_seterr(err, DBX_EMODEL, "malformed naive Bayes %s", what);
+}
+
+static int bc_load(int want_model, const char *p, size_t n, void **out, dbx_err *err) {
+  nb_bc *b = calloc(1, sizeof *b);
+  if (!b) return DBX_ENOMEM;
+  msgpack_unpacked_init(&b->u);
+  b->blob = malloc(n ? n : 1);
+  if (!b->blob) { bc_free(b); return DBX_ENOMEM; }
+  memcpy(b->blob, p, n);
+  size_t off = 0;
+  int rc = 0;
+  if (msgpack_unpack_next(&b->u, b->blob, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
+      b->u.data.type != MSGPACK_OBJECT_ARRAY || b->u.data.via.array.size != 2 ||
+      b->u.data.via.array.ptr[0].type != MSGPACK_OBJECT_ARRAY ||
+      b->u.data.via.array.ptr[1].type != MSGPACK_OBJECT_BIN) {
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed stage broadcast");
+    goto done;
+  }
+  const msgpack_object *tab = &b->u.data.via.array.ptr[0];
+  b->ninputs = tab->via.array.size;
+  b->inputs = tab->via.array.ptr;
+  for (uint32_t i = 0; i < b->ninputs; i++) {
+    const msgpack_object *e = &b->inputs[i];
+    if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+        (e->via.array.ptr[0].type != MSGPACK_OBJECT_STR && e->via.array.ptr[0].type != MSGPACK_OBJECT_NIL) ||
+        e->via.array.ptr[1].type != MSGPACK_OBJECT_STR) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed input table");
+      goto done;
+    }
+  }
+  const msgpack_object *pl = &b->u.data.via.array.ptr[1];
+  if (want_model >= 0 && pl->via.bin.size) {
+    /* The payload is a msgpack document of its own, inside the bin. */
+    msgpack_unpacked pu;
+    msgpack_unpacked_init(&pu);
+    size_t po = 0;
+    if (msgpack_unpack_next(&pu, pl->via.bin.ptr, pl->via.bin.size, &po) != MSGPACK_UNPACK_SUCCESS ||
+        po != pl->via.bin.size)
+      rc = dbx_seterr(err, DBX_EMODEL, "malformed naive Bayes %s", want_model ? "model" : "vocabulary");
+    else
+      rc = parse_payload(b, &pu.data, want_model, err);
+    msgpack_unpacked_destroy(&pu);  /* parse_payload copied what it keeps; classes are re-pointed below */
+    if (!rc) {
+      /* Class names must outlive pu: keep them through class_ix keys instead. */
+      b->classes = NULL;
+    }
+  }
+done:
+  if (rc) bc_free(b);
+  else *out = b;
+  return rc;
+}
+
+static int bc_load_none(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  return bc_load(-1, p, n, out, err);
+}
+static int bc_load_vocab(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  return bc_load(0, p, n, out, err);
+}
+static int bc_load_model(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  return bc_load(1, p, n, out, err);
+}
+
+static const char *class_name(const nb_bc *b, uint32_t c, size_t *len) { return strmap_key(b->class_ix, c, len); }
+
+int nb_envelope(const corpus *c, const char *payload, size_t n, dbx_buf *out) {
+  msgpack_packer pk;
+  mpk_init(&pk, out);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_array(&pk, (uint32_t)c->in.n);
+  for (size_t i = 0; i < c->in.n; i++) {
+    msgpack_pack_array(&pk, 2);
+    if (c->label) msgpack_pack_str_with_body(&pk, c->label[i], strlen(c->label[i]));
+    else msgpack_pack_nil(&pk);
+    msgpack_pack_str_with_body(&pk, c->in.v[i].path, strlen(c->in.v[i].path));
+  }
+  msgpack_pack_bin_with_body(&pk, n ? payload : "", n);
+  return out->data ? 0 : DBX_ENOMEM;
+}
+
+/* ---- documents of a batch ---- */
+
+typedef struct nb_doc {
+  const char *text, *label;
+  size_t len, label_len;
+  uint32_t input;
+  int64_t line;    /* 1-based line of a TSV document, -1 for a file document */
+} nb_doc;
+
+typedef struct doc_iter {
+  const nb_cfg *cfg;
+  const nb_bc *bc;
+  const dbx_batch *b;
+  uint32_t seg;
+  size_t pos;
+  uint64_t line;
+} doc_iter;
+
+/* 1 = a document, 0 = done, < 0 = error. Lines of a TSV corpus without a tab are bad records:
+ * counted and skipped. */
+static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
+  const dbx_batch *b = it->b;
+  while (it->seg < b->nseg) {
+    const dbx_segment *s = &b->seg[it->seg];
+    if (s->input >= it->bc->ninputs)
+      return dbx_seterr(err, DBX_EPROTO, "%s: input %u not in the stage's input table", s->path, s->input);
+    const msgpack_object *e = it->bc->inputs[s->input].via.array.ptr;
+    if (it->cfg->format == CORPUS_DIR) {
+      d->text = b->data + s->data_off;
+      d->len = s->data_len;
+      if (e[0].type != MSGPACK_OBJECT_STR) return dbx_seterr(err, DBX_EPROTO, "%s: no label", s->path);
+      d->label = e[0].via.str.ptr;
+      d->label_len = e[0].via.str.size;
+      d->input = s->input;
+      d->line = -1;
+      it->seg++;
+      st->records++;
+      return 1;
+    }
+    const char *p = b->data + s->data_off, *end = p + s->data_len;
+    if (it->pos == 0) it->line = s->rec_first != DBX_UNKNOWN ? s->rec_first : 0;
+    while (p + it->pos < end) {
+      const char *ls = p + it->pos;
+      const char *nl = memchr(ls, '\n', (size_t)(end - ls));
+      const char *le = nl ? nl : end;
+      it->pos = (size_t)(le - p) + (nl ? 1 : 0);
+      it->line++;
+      st->records++;
+      const char *tab = memchr(ls, '\t', (size_t)(le - ls));
+      if (!tab || tab == ls) {
+        st->bad_records++;
+        continue;
+      }
+      d->label = ls;
+      d->label_len = (size_t)(tab - ls);
+      d->text = tab + 1;
+      d->len = (size_t)(le - tab - 1);
+      d->input = s->input;
+      d->line = (int64_t)it->line;
+      return 1;
+    }
+    it->seg++;
+    it->pos = 0;
+  }
+  return 0;
+}
+
+/* ---- stage 1: document frequencies ---- */
+
+typedef struct vpart {
+  strmap *terms;    /* term -> df */
+  uint32_t *stamp;  /* last document that counted each term */
+  size_t scap;
+  strmap *labels;   /* label -> documents */
+  uint64_t ndocs;
+} vpart;
+
+static void *v_new(const void *cfg) {
+  vpart *v = calloc(1, sizeof *v);
+  if (!v) return NULL;
+  v->terms = strmap_new();
+  v->labels = strmap_new();
+  if (!v->terms || !v->labels) {
+    strmap_free(v->terms);
+    strmap_free(v->labels);
+    free(v);
+    return NULL;
+  }
+  return v;
+}
+
+static void v_free(void *p) {
+  vpart *v = p;
+  if (!v) return;
+  strmap_free(v->terms);
+  strmap_free(v->labels);
+  free(v->stamp);
+  free(v);
+}
+
+static int v_map(const void *cfg, const void *bc, const dbx_batch *b, void *part, dbx_stats *st, dbx_err *err) {
+  vpart *v = part;
+  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  nb_doc d;
+  tok t;
+  tok_init(&t, "", 0, 1, 2);
+  int rc;
+  while ((rc = doc_next(&it, &d, st, err)) == 1) {
+    v->ndocs++;
+    uint32_t stamp = (uint32_t)v->ndocs;
+    if ((rc = strmap_add(v->labels, d.label, d.label_len, 1, NULL))) break;
+    tok_reset(&t, d.text, d.len);
+    const char *w;
+    size_t n;
+    while ((rc = tok_next(&t, &w, &n)) == 1) {
+      uint32_t id;
+      if ((rc = strmap_add(v->terms, w, n, 0, &id))) break;
+      if (id >= v->scap) {
+        size_t nc = v->scap ? v->scap * 2 : 4096;
+        while (nc <= id) nc *= 2;
+        uint32_t *ns = realloc(v->stamp, nc * sizeof *ns);
+        if (!ns) { rc = DBX_ENOMEM; break; }
+        memset(ns + v->scap, 0, (nc - v->scap) * sizeof *ns);
+        v->stamp = ns;
+        v->scap = nc;
+      }
+      if (v->stamp[id] != stamp) {  /* df counts documents, not occurrences */
+        v->stamp[id] = stamp;
+        strmap_setval(v->terms, id, strmap_val(v->terms, id) + 1);
+      }
+    }
+    if (rc < 0) break;
+  }
+  tok_free(&t);
+  return rc < 0 ? (err && err->code == rc ? rc : dbx_seterr(err, rc, "naive Bayes: %s", dbx_strerror(rc))) : 0;
+}
+
+static int add_map(strmap *l, const strmap *r) {
+  size_t n = strmap_count(r);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t len;
+    const char *k = strmap_key(r, i, &len);
+    if (strmap_add_hashed(l, k, len, strmap_hash_of(r, i), strmap_val(r, i), NULL)) return DBX_ENOMEM;
+  }
+  return 0;
+}
+
+static int v_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
+  vpart *l = left;
+  const vpart *r = right;
+  l->ndocs += r->ndocs;
+  if (add_map(l->terms, r->terms) || add_map(l->labels, r->labels)) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  return 0;
+}
+
+static void pack_map(msgpack_packer *pk, const strmap *m) {
+  size_t n = strmap_count(m);
+  msgpack_pack_array(pk, (uint32_t)(2 * n));
+  for (uint32_t i = 0; i < n; i++) {
+    size_t len;
+    const char *k = strmap_key(m, i, &len);
+    msgpack_pack_str_with_body(pk, k, len);
+    msgpack_pack_uint64(pk, strmap_val(m, i));
+  }
+}
+
+static int v_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
+  const vpart *v = part;
+  msgpack_packer pk;
+  mpk_init(&pk, out);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint64(&pk, v->ndocs);
+  pack_map(&pk, v->labels);
+  pack_map(&pk, v->terms);
+  return out->data ? 0 : DBX_ENOMEM;
+}
+
+static int unpack_map(const msgpack_object *o, strmap *m) {
+  if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 2) return -1;
+  for (uint32_t i = 0; i < o->via.array.size; i += 2) {
+    const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
+    if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return -1;
+    if (strmap_add(m, k->via.str.ptr, k->via.str.size, v->via.u64, NULL)) return -1;
+  }
+  return 0;
+}
+
+static int v_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  vpart *v = v_new(cfg);
+  int ok = v && msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
+           u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 3 &&
+           u.data.via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+           !unpack_map(&u.data.via.array.ptr[1], v->labels) && !unpack_map(&u.data.via.array.ptr[2], v->terms);
+  if (ok) v->ndocs = u.data.via.array.ptr[0].via.u64;
+  msgpack_unpacked_destroy(&u);
+  if (!ok) {
+    v_free(v);
+    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
+  }
+  *out = v;
+  return 0;
+}
+
+typedef struct kref {
+  const char *k;
+  size_t n;
+  uint64_t v;
+} kref;
+
+static int cmp_kref(const void *a, const void *b) {
+  const kref *x = a, *y = b;
+  int c = memcmp(x->k, y->k, x->n < y->n ? x->n : y->n);
+  return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* The keys of m in byte (= code point) order: the order of sorted() on str. */
+static kref *sorted_keys(const strmap *m) {
+  size_t n = strmap_count(m);
+  kref *r = malloc((n ? n : 1) * sizeof *r);
+  if (!r) return NULL;
+  for (uint32_t i = 0; i < n; i++) {
+    r[i].k = strmap_key(m, i, &r[i].n);
+    r[i].v = strmap_val(m, i);
+  }
+  qsort(r, n, sizeof *r, cmp_kref);
+  return r;
+}
+
+static int v_finish(const void *cfg, const void *bc, void *part, dbx_emit_fn emit, void *ctx,
+                    dbx_buf *bcast, dbx_err *err) {
+  vpart *v = part;
+  if (v->ndocs == 0) return dbx_seterr(err, DBX_EINVAL, "no training documents");
+  size_t C = strmap_count(v->labels), V = strmap_count(v->terms);
+  kref *cl = sorted_keys(v->labels), *vo = sorted_keys(v->terms);
+  double *idf = malloc((V ? V : 1) * sizeof *idf);
+  int rc = 0;
+  if (!cl || !vo || !idf) { rc = DBX_ENOMEM; goto done; }
+  /* smooth_idf: as if one more document contained every term once. */
+  for (size_t j = 0; j < V; j++) idf[j] = log((double)(1 + v->ndocs) / (double)(1 + vo[j].v)) + 1.0;
+  dbx_buf payload = {0};
+  msgpack_packer pk;
+  mpk_init(&pk, &payload);
+  msgpack_pack_array(&pk, 6);
+  msgpack_pack_str_with_body(&pk, VOCAB_TAG, strlen(VOCAB_TAG));
+  msgpack_pack_uint64(&pk, v->ndocs);
+  msgpack_pack_array(&pk, (uint32_t)C);
+  for (size_t c = 0; c < C; c++) msgpack_pack_str_with_body(&pk, cl[c].k, cl[c].n);
+  msgpack_pack_array(&pk, (uint32_t)C);
+  for (size_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, cl[c].v);
+  msgpack_pack_array(&pk, (uint32_t)V);
+  for (size_t j = 0; j < V; j++) msgpack_pack_str_with_body(&pk, vo[j].k, vo[j].n);
+  msgpack_pack_bin_with_body(&pk, V ? (const char *)idf : "", V * sizeof *idf);
+  if (!payload.data || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
+  dbx_buf_free(&payload);
+done:
+  free(cl);
+  free(vo);
+  free(idf);
+  return rc;
+}
+
+/* ---- tf-idf of one document ---- */
+
+typedef struct tfidf {
+  uint32_t *cnt;    /* V counts, zero between documents */
+  uint32_t *touch;  /* terms of the current document */
+  double *w;
+  size_t nt, cap;
+  tok t;
+} tfidf;
+
+static int tfidf_init(tfidf *x, uint32_t V) {
+  memset(x, 0, sizeof *x);
+  x->cnt = calloc(V ? V : 1, sizeof *x->cnt);
+  tok_init(&x->t, "", 0, 1, 2);
+  return x->cnt ? 0 : DBX_ENOMEM;
+}
+
+static void tfidf_free(tfidf *x) {
+  free(x->cnt);
+  free(x->touch);
+  free(x->w);
+  tok_free(&x->t);
+}
+
+/* Count the known terms of d, then weights w[k] for terms touch[k]: count * idf, divided by
+ * the row's L2 norm (a document with no known term stays all zero). Unknown terms are
+ * ignored, as the vectorizer drops them. */
+static int tfidf_doc(tfidf *x, const nb_bc *b, const nb_doc *d) {
+  tok_reset(&x->t, d->text, d->len);
+  x->nt = 0;
+  const char *w;
+  size_t n;
+  int rc;
+  while ((rc = tok_next(&x->t, &w, &n)) == 1) {
+    int64_t j = strmap_find(b->vocab, w, n);
+    if (j < 0) continue;
+    if (x->cnt[j]++ == 0) {
+      if (x->nt == x->cap) {
+        size_t nc = x->cap ? x->cap * 2 : 256;
+        uint32_t *nt = realloc(x->touch, nc * sizeof *nt);
+        double *nw = realloc(x->w, nc * sizeof *nw);
+        if (nt) x->touch = nt;
+        if (nw) x->w = nw;
+        if (!nt || !nw) return DBX_ENOMEM;
+        x->cap = nc;
+      }
+      x->touch[x->nt++] = (uint32_t)j;
+    }
+  }
+  if (rc < 0) return rc;
+  double ss = 0;
+  for (size_t k = 0; k < x->nt; k++) {
+    uint32_t j = x->touch[k];
+    x->w[k] = (double)x->cnt[j] * b->idf[j];
+    ss += x->w[k] * x->w[k];
+    x->cnt[j] = 0;
+  }
+  double norm = sqrt(ss);
+  if (norm > 0)
+    for (size_t k = 0; k < x->nt; k++) x->w[k] /= norm;
+  return 0;
+}
+
+static int doc_class(const nb_bc *b, const nb_doc *d, uint32_t *c, dbx_err *err) {
+  int64_t k = strmap_find(b->class_ix, d->label, d->label_len);
+  if (k < 0)
+    return dbx_seterr(err, DBX_ECHANGED, "label '%.*s' was not seen by the vocabulary stage (input changed?)",
+                      (int)d->label_len, d->label);
+  *c = (uint32_t)k;
+  return 0;
+}
+
+/* ---- stage 2: per-class feature sums ---- */
+
+typedef struct fpart {
+  uint32_t C, V;
+  double *fc;      /* C*V sums of normalised tf-idf */
+  uint64_t *cc;    /* documents per class */
+} fpart;
+
+static void *f_new(const void *cfg) { return calloc(1, sizeof(fpart)); }
+
+static void f_free(void *p) {
+  fpart *f = p;
+  if (!f) return;
+  free(f->fc);
+  free(f->cc);
+  free(f);
+}
+
+static int f_alloc(fpart *f, uint32_t C, uint32_t V) {
+  f->C = C;
+  f->V = V;
+  f->fc = calloc((C && V) ? (size_t)C * V : 1, sizeof *f->fc);
+  f->cc = calloc(C ? C : 1, sizeof *f->cc);
+  return f->fc && f->cc ? 0 : DBX_ENOMEM;
+}
+
+static int f_map(const void *cfg, const void *bcv, const dbx_batch *b, void *part, dbx_stats *st, dbx_err *err) {
+  const nb_bc *bc = bcv;
+  fpart *f = part;
+  if (!bc || !bc->has_payload) return dbx_seterr(err, DBX_EPROTO, "naive Bayes fit: no vocabulary");
+  if (!f->fc && f_alloc(f, bc->C, bc->V)) return DBX_ENOMEM;
+  tfidf x;
+  if (tfidf_init(&x, bc->V)) return DBX_ENOMEM;
+  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  nb_doc d;
+  int rc;
+  while ((rc = doc_next(&it, &d, st, err)) == 1) {
+    uint32_t c = 0;
+    if ((rc = doc_class(bc, &d, &c, err))) break;
+    if ((rc = tfidf_doc(&x, bc, &d))) break;
+    f->cc[c]++;
+    double *row = f->fc + (size_t)c * f->V;
+    for (size_t k = 0; k < x.nt; k++) row[x.touch[k]] += x.w[k];
+  }
+  tfidf_free(&x);
+  return rc < 0 ? rc : 0;
+}
+
+static int f_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
+  fpart *l = left;
+  const fpart *r = right;
+  if (!r->fc) return 0;
+  if (!l->fc && f_alloc(l, r->C, r->V)) return DBX_ENOMEM;
+  if (l->C != r->C || l->V != r->V) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: partials of different shapes");
+  size_t n = (size_t)l->C * l->V;
+  for (size_t i = 0; i < n; i++) l->fc[i] += r->fc[i];
+  for (uint32_t c = 0; c < l->C; c++) l->cc[c] += r->cc[c];
+  return 0;
+}
+
+static int f_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
+  const fpart *f = part;
+  msgpack_packer pk;
+  mpk_init(&pk, out);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint32(&pk, f->fc ? f->C : 0);
+  msgpack_pack_uint32(&pk, f->fc ? f->V : 0);
+  uint32_t C = f->fc ? f->C : 0;
+  msgpack_pack_array(&pk, C);
+  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, f->cc[c]);
+  size_t n = f->fc ? (size_t)f->C * f->V * sizeof(double) : 0;
+  msgpack_pack_bin_with_body(&pk, n ? (const char *)f->fc : "", n);
+  return out->data ? 0 : DBX_ENOMEM;
+}
+
+static int f_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  fpart *f = f_new(cfg);
+  int ok = f && msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
+           u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 4;
+  const msgpack_object *a = ok ? u.data.via.array.ptr : NULL;
+  ok = ok && a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+       a[0].via.u64 <= UINT32_MAX && a[1].via.u64 <= UINT32_MAX && a[2].type == MSGPACK_OBJECT_ARRAY &&
+       a[2].via.array.size == a[0].via.u64 && a[3].type == MSGPACK_OBJECT_BIN &&
+       a[3].via.bin.size == a[0].via.u64 * a[1].via.u64 * sizeof(double);
+  if (ok && a[0].via.u64) {
+    ok = !f_alloc(f, (uint32_t)a[0].via.u64, (uint32_t)a[1].via.u64);
+    for (uint32_t c = 0; ok && c < f->C; c++) {
+      ok = a[2].via.array.ptr[c].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+      if (ok) f->cc[c] = a[2].via.array.ptr[c].via.u64;
+    }
+    if (ok) memcpy(f->fc, a[3].via.bin.ptr, a[3].via.bin.size);
+  }
+  msgpack_unpacked_destroy(&u);
+  if (!ok) {
+    f_free(f);
+    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (class sums)");
+  }
+  *out = f;
+  return 0;
+}
+
+static int f_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn emit, void *ctx,
+                    dbx_buf *bcast, dbx_err *err) {
+  const nb_bc *bc = bcv;
+  fpart *f = part;
+  if (!bc || !f->fc) return dbx_seterr(err, DBX_EINVAL, "no training documents");
+  uint32_t C = f->C, V = f->V;
+  double *flp = malloc(((C && V) ? (size_t)C * V : 1) * sizeof *flp), *prior = malloc(C * sizeof *prior);
+  int rc = 0;
+  if (!flp || !prior) { rc = DBX_ENOMEM; goto done; }
+  uint64_t total = 0;
+  for (uint32_t c = 0; c < C; c++) total += f->cc[c];
+  for (uint32_t c = 0; c < C; c++) {
+    /* MultinomialNB, alpha = 1: log((fc + 1) / sum_j(fc + 1)); prior = log(cc / n). */
+    const double *row = f->fc + (size_t)c * V;
+    double sum = 0;
+    for (uint32_t j = 0; j < V; j++) sum += row[j] + 1.0;
+    double ls = log(sum);
+    for (uint32_t j = 0; j < V; j++) flp[(size_t)c * V + j] = log(row[j] + 1.0) - ls;
+    prior[c] = log((double)f->cc[c]) - log((double)total);
+  }
+  dbx_buf payload = {0};
+  msgpack_packer pk;
+  mpk_init(&pk, &payload);
+  msgpack_pack_array(&pk, 9);
+  msgpack_pack_str_with_body(&pk, MODEL_TAG, strlen(MODEL_TAG));
+  msgpack_pack_uint32(&pk, MODEL_VERSION);
+  msgpack_pack_uint64(&pk, total);
+  msgpack_pack_array(&pk, C);
+  for (uint32_t c = 0; c < C; c++) {
+    size_t n;
+    const char *k = class_name(bc, c, &n);
+    msgpack_pack_str_with_body(&pk, k, n);
+  }
+  msgpack_pack_array(&pk, C);
+  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, f->cc[c]);
+  msgpack_pack_array(&pk, V);
+  for (uint32_t j = 0; j < V; j++) {
+    size_t n;
+    const char *k = strmap_key(bc->vocab, j, &n);
+    msgpack_pack_str_with_body(&pk, k, n);
+  }
+  msgpack_pack_bin_with_body(&pk, V ? (const char *)bc->idf : "", (size_t)V * sizeof(double));
+  msgpack_pack_bin_with_body(&pk, (C && V) ? (const char *)flp : "", (size_t)C * V * sizeof(double));
+  msgpack_pack_bin_with_body(&pk, (const char *)prior, C * sizeof(double));
+  if (!payload.data || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
+  dbx_buf_free(&payload);
+done:
+  free(flp);
+  free(prior);
+  return rc;
+}
+
+/* ---- stage 3: predictions ---- */
+
+typedef struct ppart {
+  dbx_buf rows;     /* msgpack rows [input, line, class, proba bin|nil], batch order */
+  uint64_t nrows;
+  strmap *conf;     /* "truth\0" + class index (4 bytes) -> documents */
+} ppart;
+
+static void *p_new(const void *cfg) {
+  ppart *p = calloc(1, sizeof *p);
+  if (p && !(p->conf = strmap_new())) { free(p); p = NULL; }
+  return p;
+}
+
+static void p_free(void *v) {
+  ppart *p = v;
+  if (!p) return;
+  dbx_buf_free(&p->rows);
+  strmap_free(p->conf);
+  free(p);
+}
+
+static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *part, dbx_stats *st, dbx_err *err) {
+  const nb_cfg *cf = cfg;
+  const nb_bc *bc = bcv;
+  ppart *p = part;
+  if (!bc || !bc->flp) return dbx_seterr(err, DBX_EPROTO, "naive Bayes predict: no model");
+  uint32_t C = bc->C, V = bc->V;
+  tfidf x;
+  double *jll = malloc(C * sizeof *jll);
+  dbx_buf key = {0};
+  if (!jll || tfidf_init(&x, V)) { free(jll); return DBX_ENOMEM; }
+  msgpack_packer pk;
+  mpk_init(&pk, &p->rows);
+  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  nb_doc d;
+  int rc;
+  while ((rc = doc_next(&it, &d, st, err)) == 1) {
+    if ((rc = tfidf_doc(&x, bc, &d))) break;
+    /* jll = X . feature_log_prob_^T + class_log_prior_, summed in that order as sklearn does. */
+    uint32_t best = 0;
+    for (uint32_t c = 0; c < C; c++) {
+      const double *row = bc->flp + (size_t)c * V;
+      double s = 0;
+      for (size_t k = 0; k < x.nt; k++) s += x.w[k] * row[x.touch[k]];
+      jll[c] = s + bc->prior[c];
+      if (jll[c] > jll[best]) best = c;  /* ties: the first class */
+    }
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint32(&pk, d.input);
+    msgpack_pack_int64(&pk, d.line);
+    msgpack_pack_uint32(&pk, best);
+    if (cf->proba) {
+      /* predict_proba: exp(jll - logsumexp(jll)), logsumexp as scipy computes it. */
+      double amax = jll[best], s = 0;
+      for (uint32_t c = 0; c < C; c++) s += exp(jll[c] - amax);
+      double lse = log(s) + amax;
+      for (uint32_t c = 0; c < C; c++) jll[c] = exp(jll[c] - lse);
+      msgpack_pack_bin_with_body(&pk, (const char *)jll, C * sizeof *jll);
+    } else {
+      msgpack_pack_nil(&pk);
+    }
+    p->nrows++;
+    key.len = 0;
+    if (dbx_buf_append(&key, d.label, d.label_len) || dbx_buf_append(&key, "", 1) ||
+        dbx_buf_append(&key, &best, sizeof best) || strmap_add(p->conf, key.data, key.len, 1, NULL)) {
+      rc = DBX_ENOMEM;
+      break;
+    }
+  }
+  if (!rc && !p->rows.data && p->nrows) rc = DBX_ENOMEM;
+  tfidf_free(&x);
+  free(jll);
+  dbx_buf_free(&key);
+  return rc < 0 ? rc : 0;
+}
+
+static int p_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
+  ppart *l = left;
+  const ppart *r = right;
+  if (dbx_buf_append(&l->rows, r->rows.data, r->rows.len) || add_map(l->conf, r->conf))
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  l->nrows += r->nrows;
+  return 0;
+}
+
+static int p_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
+  const ppart *p = part;
+  msgpack_packer pk;
+  mpk_init(&pk, out);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint64(&pk, p->nrows);
+  msgpack_pack_bin_with_body(&pk, p->rows.len ? p->rows.data : "", p->rows.len);
+  size_t n = strmap_count(p->conf);
+  msgpack_pack_array(&pk, (uint32_t)(2 * n));
+  for (uint32_t i = 0; i < n; i++) {
+    size_t len;
+    const char *k = strmap_key(p->conf, i, &len);
+    msgpack_pack_bin_with_body(&pk, k, len);
+    msgpack_pack_uint64(&pk, strmap_val(p->conf, i));
+  }
+  return out->data ? 0 : DBX_ENOMEM;
+}
+
+static int p_decode(const void *cfg, const char *buf, size_t n, void **out, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  ppart *p = p_new(cfg);
+  int ok = p && msgpack_unpack_next(&u, buf, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
+           u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 3;
+  const msgpack_object *a = ok ? u.data.via.array.ptr : NULL;
+  ok = ok && a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type == MSGPACK_OBJECT_BIN &&
+       a[2].type == MSGPACK_OBJECT_ARRAY && a[2].via.array.size % 2 == 0;
+  for (uint32_t i = 0; ok && i < a[2].via.array.size; i += 2) {
+    const msgpack_object *k = &a[2].via.array.ptr[i], *v = &a[2].via.array.ptr[i + 1];
+    ok = k->type == MSGPACK_OBJECT_BIN && k->via.bin.size > 4 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+         !strmap_add(p->conf, k->via.bin.ptr, k->via.bin.size, v->via.u64, NULL);
+  }
+  if (ok) {
+    p->nrows = a[0].via.u64;
+    ok = !dbx_buf_append(&p->rows, a[1].via.bin.ptr, a[1].via.bin.size);
+  }
+  msgpack_unpacked_destroy(&u);
+  if (!ok) {
+    p_free(p);
+    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (predictions)");
+  }
+  *out = p;
+  return 0;
+}
+
+static int p_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn emit, void *ctx,
+                    dbx_buf *bcast, dbx_err *err) {
+  const nb_cfg *cf = cfg;
+  const nb_bc *bc = bcv;
+  ppart *p = part;
+  if (!bc || !bc->flp) return dbx_seterr(err, DBX_EPROTO, "naive Bayes predict: no model");
+  uint32_t C = bc->C;
+  int rc = 0;
+  dbx_value *row = calloc(2 + C, sizeof *row);
+  char *name = NULL;
+  size_t name_cap = 0;
+  if (!row) return DBX_ENOMEM;
+  size_t off = 0;
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  for (uint64_t i = 0; emit && i < p->nrows && !rc; i++) {
+    if (msgpack_unpack_next(&u, p->rows.data, p->rows.len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size != 4) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
+      break;
+    }
+    const msgpack_object *a = u.data.via.array.ptr;
+    uint64_t in = a[0].via.u64, cls = a[2].via.u64;
+    if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || in >= bc->ninputs || a[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        cls >= C || (a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
+      break;
+    }
+    const msgpack_object *nm = &bc->inputs[in].via.array.ptr[1];
+    int64_t line = a[1].via.i64;
+    size_t need = nm->via.str.size + 32;
+    if (need > name_cap) {
+      char *nn = realloc(name, need);
+      if (!nn) { rc = DBX_ENOMEM; break; }
+      name = nn;
+      name_cap = need;
+    }
+    int k = line >= 0 ? snprintf(name, need, "%.*s:%lld", (int)nm->via.str.size, nm->via.str.ptr, (long long)line)
+                      : snprintf(name, need, "%.*s", (int)nm->via.str.size, nm->via.str.ptr);
+    row[0].s = name;
+    row[0].n = (size_t)k;
+    row[1].s = class_name(bc, (uint32_t)cls, &row[1].n);
+    if (cf->proba) {
+      if (a[3].type != MSGPACK_OBJECT_BIN || a[3].via.bin.size != C * sizeof(double)) {
+        rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
+        break;
+      }
+      for (uint32_t c = 0; c < C; c++) memcpy(&row[2 + c].d, a[3].via.bin.ptr + c * sizeof(double), sizeof(double));
+    }
+    rc = emit(ctx, row, err);
+  }
+  msgpack_unpacked_destroy(&u);
+  free(row);
+  free(name);
+  if (rc) return rc;
+  /* The stage's output for the report: [documents, [truth, predicted, count]...]. */
+  msgpack_packer pk;
+  mpk_init(&pk, bcast);
+  size_t n = strmap_count(p->conf);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_uint64(&pk, p->nrows);
+  msgpack_pack_array(&pk, (uint32_t)n);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t len;
+    const char *k = strmap_key(p->conf, i, &len);
+    size_t tl = strlen(k);  /* the truth label ends at its NUL */
+    uint32_t cls;
+    memcpy(&cls, k + tl + 1, sizeof cls);
+    size_t pl;
+    const char *pn = class_name(bc, cls, &pl);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_str_with_body(&pk, k, tl);
+    msgpack_pack_str_with_body(&pk, pn, pl);
+    msgpack_pack_uint64(&pk, strmap_val(p->conf, i));
+  }
+  return bcast->data ? 0 : DBX_ENOMEM;
+}
+
+int nb_read_confusion(const char *p, size_t n, nb_confusion **out, size_t *nout, uint64_t *ndocs, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  int rc = 0;
+  *out = NULL;
+  *nout = 0;
+  if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_ARRAY ||
+      u.data.via.array.size != 2 || u.data.via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY) {
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction summary");
+    goto done;
+  }
+  *ndocs = u.data.via.array.ptr[0].via.u64;
+  const msgpack_object *l = &u.data.via.array.ptr[1];
+  nb_confusion *v = calloc(l->via.array.size + 1, sizeof *v);
+  if (!v) { rc = DBX_ENOMEM; goto done; }
+  for (uint32_t i = 0; i < l->via.array.size; i++) {
+    const msgpack_object *e = l->via.array.ptr[i].via.array.ptr;
+    v[i].truth = strndup(e[0].via.str.ptr, e[0].via.str.size);
+    v[i].pred = strndup(e[1].via.str.ptr, e[1].via.str.size);
+    v[i].count = e[2].via.u64;
+  }
+  *out = v;
+  *nout = l->via.array.size;
+done:
+  msgpack_unpacked_destroy(&u);
+  return rc;
+}
+
+/* ---- model files ---- */
+
+int nb_model_classes(const char *model, size_t n, char ***names, uint32_t *nclass, uint32_t *nvocab, dbx_err *err) {
+  nb_bc b;
+  memset(&b, 0, sizeof b);
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  int rc;
+  if (msgpack_unpack_next(&u, model, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n)
+    rc = dbx_seterr(err, DBX_EMODEL, "malformed naive Bayes model");
+  else
+    rc = parse_payload(&b, &u.data, 1, err);
+  if (!rc) {
+    *names = calloc(b.C, sizeof **names);
+    for (uint32_t c = 0; *names && c < b.C; c++) {
+      size_t len;
+      const char *k = strmap_key(b.class_ix, c, &len);
+      (*names)[c] = strndup(k, len);
+    }
+    *nclass = b.C;
+    *nvocab = b.V;
+    if (!*names) rc = DBX_ENOMEM;
+  }
+  msgpack_unpacked_destroy(&u);
+  strmap_free(b.class_ix);
+  strmap_free(b.vocab);
+  free(b.class_count);
+  free(b.idf);
+  free(b.flp);
+  free(b.prior);
+  return rc;
+}
+
+static void put_u64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64le(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+static int sqlite_model(const char *path, int save, const char *model, size_t n, dbx_buf *out, dbx_err *err) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  int flags = save ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY;
+  if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    rc = dbx_seterr(err, save ? DBX_EDB : DBX_ENOENT, "sqlite:%s: %s", path, sqlite3_errmsg(db));
+    goto done;
+  }
+  if (save) {
+    const char *ddl = "CREATE TABLE IF NOT EXISTS nb_model (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                      "format TEXT, version INTEGER, model BLOB)";
+    if (sqlite3_exec(db, ddl, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO nb_model VALUES (1, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK) {
+      rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: %s", path, sqlite3_errmsg(db));
+      goto done;
+    }
+    sqlite3_bind_text(st, 1, MODEL_TAG, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, MODEL_VERSION);
+    sqlite3_bind_blob64(st, 3, model, n, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: %s", path, sqlite3_errmsg(db));
+  } else {
+    if (sqlite3_prepare_v2(db, "SELECT model FROM nb_model WHERE id = 1", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+      rc = dbx_seterr(err, DBX_EMODEL, "sqlite:%s: no naive Bayes model stored there (%s)", path, sqlite3_errmsg(db));
+      goto done;
+    }
+    const void *p = sqlite3_column_blob(st, 0);
+    int len = sqlite3_column_bytes(st, 0);
+    if (dbx_buf_append(out, p, (size_t)len)) rc = DBX_ENOMEM;
+  }
+done:
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return rc;
+}
+
+int nb_model_save(const char *dest, const char *model, size_t n, dbx_err *err) {
+  if (strncmp(dest, "sqlite:", 7) == 0) return sqlite_model(dest + 7, 1, model, n, NULL, err);
+  afile f;
+  int rc = afile_open(&f, dest, err);
+  if (rc) return rc;
+  unsigned char head[16], tail[8];
+  memcpy(head, FILE_MAGIC, 8);
+  put_u64(head + 8, n);
+  put_u64(tail, XXH64(model, n, 0));
+  if (fwrite(head, 1, 16, f.fp) != 16 || fwrite(model, 1, n, f.fp) != n || fwrite(tail, 1, 8, f.fp) != 8) {
+    afile_abort(&f);
+    return dbx_seterr(err, DBX_EIO, "%s: cannot write the model", dest);
+  }
+  return afile_commit(&f, err);
+}
+
+int nb_model_load(const char *src, dbx_buf *model, dbx_err *err) {
+  model->len = 0;
+  int rc;
+  if (strncmp(src, "sqlite:", 7) == 0) {
+    rc = sqlite_model(src + 7, 0, NULL, 0, model, err);
+  } else {
+    FILE *fp = fopen(src, "rb");
+    if (!fp) {
+      int e = errno;
+      return dbx_seterr(err, e == ENOENT ? DBX_ENOENT : DBX_EIO, "%s: cannot open the model: %s", src, strerror(e));
+    }
+    unsigned char head[16];
+    size_t got = fread(head, 1, 16, fp);
+    rc = 0;
+    if (got < 16 || memcmp(head, FILE_MAGIC, 8) != 0) {
+      rc = dbx_seterr(err, DBX_EMODEL, "%s: not a dbatch model file (it must start with %s)", src, FILE_MAGIC);
+    } else {
+      uint64_t n = get_u64le(head + 8);
+      if (n > (1ull << 40) || dbx_buf_reserve(model, (size_t)n + 8)) {
+        rc = dbx_seterr(err, DBX_EMODEL, "%s: model length %llu is not plausible; the file is damaged", src, (unsigned long long)n);
+      } else {
+        got = fread(model->data, 1, (size_t)n + 8, fp);
+        int extra = fgetc(fp) != EOF;
+        if (got < n + 8) {
+          rc = dbx_seterr(err, DBX_EMODEL, "%s: truncated model file (%zu of %llu bytes after the header)", src, got,
+                          (unsigned long long)(n + 8));
+        } else if (extra) {
+          rc = dbx_seterr(err, DBX_EMODEL, "%s: trailing bytes after the model; the file is damaged", src);
+        } else if (get_u64le((unsigned char *)model->data + n) != XXH64(model->data, (size_t)n, 0)) {
+          rc = dbx_seterr(err, DBX_EMODEL, "%s: model checksum mismatch; the file is corrupt", src);
+        } else {
+          model->len = (size_t)n;
+        }
+      }
+    }
+    fclose(fp);
+  }
+  if (rc) return rc;
+  char **names = NULL;
+  uint32_t C = 0, V = 0;
+  dbx_err perr = {0, ""};
+  if ((rc = nb_model_classes(model->data, model->len, &names, &C, &V, &perr)))
+    return dbx_seterr(err, rc, "%s: %s", src, perr.msg);
+  for (uint32_t c = 0; c < C; c++) free(names[c]);
+  free(names);
+  return 0;
+}
+
+/* ---- the operators ---- */
+
+static const char *const no_names[] = {"none"};
+static const dbx_coltype no_types[] = {DBX_COL_TEXT};
+static const dbx_schema no_schema = {0, no_names, no_types};
+
+const dbx_op op_nb_vocab = {"nb_vocab", v_new, v_free, v_map, v_merge, v_encode, v_decode, v_finish,
+                            bc_load_none, bc_free, &no_schema};
+const dbx_op op_nb_fit = {"nb_fit", f_new, f_free, f_map, f_merge, f_encode, f_decode, f_finish,
+                          bc_load_vocab, bc_free, &no_schema};
+const dbx_op op_nb_predict = {"nb_predict", p_new, p_free, p_map, p_merge, p_encode, p_decode, p_finish,
+                              bc_load_model, bc_free, &no_schema};
