@@ -272,7 +272,9 @@ int cmd_nb(int argc, char **argv) {
   }
   if (!rc) rc = nb_model_classes(model.data, model.len, &classes, &C, &V, &err);
   if (!rc && train)
-    printf("trained on %zu documents, %u classes, vocabulary of %u terms in %.3f s\n", ctr.in.n > 0 && ctr.format == CORPUS_DIR ? ctr.in.n : (size_t)j.stages[0].records - (size_t)j.stages[0].bad_records, C, V, t_train);
+    printf("trained on %llu documents, %u classes, vocabulary of %u terms\n",
+           (unsigned long long)(j.stages[0].records - j.stages[0].bad_records), C, V);
+  if (!rc && train && !test) printf("trained in %.3f s\n", t_train);
   if (!rc && test) {
     double t0 = time_mono();
     const char **names = calloc(2 + C, sizeof *names);
@@ -315,6 +317,7 @@ int cmd_nb(int argc, char **argv) {
       for (int k = 0; k < j.nstages; k++)
         printf("%-10s %6llu batches %9llu documents %8.3f s\n", j.stages[k].name, (unsigned long long)j.stages[k].batches,
                (unsigned long long)(j.stages[k].records - j.stages[k].bad_records), j.stages[k].seconds);
+      if (train) printf("trained in %.3f s\n", t_train);
       printf("classified %llu documents in %.3f s (%.0f documents/s); total %.3f s, %.1f MB read, %d workers\n",
              (unsigned long long)ndocs, t_test, t_test > 0 ? (double)ndocs / t_test : 0.0, time_mono() - j.t_start,
              (double)bytes / 1048576.0, o.workers);
