@@ -295,10 +295,6 @@ int cmd_nb(int argc, char **argv) {
       }
       if (o.out.dest) rc = sink_open(&o.out, &sch, &pred, &err);
     }
-    if (!rc && no.metrics) {
-      sink_opts mo = {no.metrics, NULL, "metrics", 0};
-      rc = sink_open(&mo, &metric_schema, &met, &err);
-    }
     cfg.format = cte.format;
     if (!rc) rc = run_nb_stage(&j, co, &o, &no, &op_nb_predict, &cfg, &cte, &model, pred, "predict", &summary, &err);
     t_test = time_mono() - t0;
@@ -306,9 +302,14 @@ int cmd_nb(int argc, char **argv) {
     size_t ncf = 0;
     uint64_t ndocs = 0;
     if (!rc) rc = nb_read_confusion(summary.data, summary.len, &cf, &ncf, &ndocs, &err);
+    if (!rc && pred) { j.rows_out = sink_rows(pred); rc = sink_commit(pred, &err); pred = NULL; }
+    /* Opened only now: predictions and metrics may share one SQLite file. */
+    if (!rc && no.metrics) {
+      sink_opts mo = {no.metrics, NULL, "metrics", 0};
+      rc = sink_open(&mo, &metric_schema, &met, &err);
+    }
     if (!rc) rc = report(cf, ncf, no.digits, met, &rep, &err);
     if (!rc) fwrite(rep.data, 1, rep.len, stdout);
-    if (!rc && pred) { j.rows_out = sink_rows(pred); rc = sink_commit(pred, &err); pred = NULL; }
     if (!rc && met) { rc = sink_commit(met, &err); met = NULL; }
     if (!rc) {
       uint64_t bytes = 0;

@@ -96,9 +96,11 @@ class ModelFiles(TmpTest):
         both = run("nb", "run", "--train", train, "--test", test, "--predictions", "-").stdout
         for model in (self.path("m.dbnb"), "sqlite:" + self.path("m.db")):
             run("nb", "train", "--corpus", train, "--model", model)
-            db = self.path("out.db")
-            p = run("nb", "test", "--model", model, "--corpus", test, "--predictions", "-",
+            db = self.path("out.db")  # predictions and metrics share one database, as in the demo
+            p = run("nb", "test", "--model", model, "--corpus", test, "--predictions", "sqlite:" + db,
                     "--metrics", "sqlite:" + db)
+            n = sqlite3.connect(db).execute("select count(*) from predictions").fetchone()[0]
+            self.assertEqual(n, 6)
             self.assertEqual(report_of(p.stdout), report_of(both))
             labels = [r[0] for r in sqlite3.connect(db).execute("select label from metrics order by label")]
             self.assertEqual(labels, ["alpha", "beta", "delta"])
