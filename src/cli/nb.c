@@ -16,7 +16,9 @@ static const char help[] =
     "Text classification with scikit-learn's CountVectorizer -> TfidfTransformer ->\n"
     "MultinomialNB defaults, trained and evaluated as dbatch stages on workers.\n"
     "CORPUS is a directory ROOT/<label>/<document> (as load_files reads it) or a .tsv file\n"
-    "of label<TAB>text lines. Documents are UTF-8; invalid bytes act as separators.\n"
+    "of label<TAB>text lines or a .jsonl file of {\"label\": ..., \"text\": ...} lines.\n"
+    "Documents are UTF-8; invalid bytes act as separators. Lines that are not a document\n"
+    "are counted as bad records and skipped.\n"
     "\n"
     "Classifier options:\n"
     "      --corpus CORPUS     the documents to train on (train) or to classify (test)\n"
@@ -54,7 +56,7 @@ static int run_nb_stage(job *j, coord *co, cli_job *o, const nb_opts *no, const 
   uint64_t per = no->batch_docs;
   if (!per) {
     per = c->in.n / (4 * (uint64_t)(o->workers > 0 ? o->workers : 1));
-    if (c->format == CORPUS_TSV) per = 1000;
+    if (c->format != CORPUS_DIR) per = 1000;  /* a line-per-document file */
     per = per < 1 ? 1 : per > 2000 ? 2000 : per;
   }
   s.split.whole_files = c->format == CORPUS_DIR;

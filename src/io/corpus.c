@@ -84,10 +84,11 @@ int corpus_open(const char *path, corpus *c, dbx_err *err) {
   }
   if (!S_ISDIR(st.st_mode)) {
     size_t n = strlen(path);
-    if (n < 4 || strcmp(path + n - 4, ".tsv") != 0)
-      return dbx_seterr(err, DBX_EUSAGE, "%s: a corpus is a directory ROOT/<label>/<document> or a .tsv file", path);
+    if (n >= 4 && strcmp(path + n - 4, ".tsv") == 0) c->format = CORPUS_TSV;
+    else if (n >= 6 && strcmp(path + n - 6, ".jsonl") == 0) c->format = CORPUS_JSONL;
+    else
+      return dbx_seterr(err, DBX_EUSAGE, "%s: a corpus is a directory ROOT/<label>/<document>, a .tsv or a .jsonl file", path);
     char *args[] = {(char *)path};
-    c->format = CORPUS_TSV;
     return inputs_expand(args, 1, &c->in, err);
   }
   c->format = CORPUS_DIR;

@@ -2,13 +2,13 @@
  * A directory ROOT/<label>/<document> lists documents in the order scikit-learn's
  * load_files(shuffle=False) gives: label folders sorted by name, then each folder's files
  * sorted by name (every regular file, hidden ones too). A .tsv file holds one document a
- * line, "label<TAB>text". */
+ * line, "label<TAB>text"; a .jsonl file one object a line, {"label": ..., "text": ...}. */
 #ifndef DBX_IO_CORPUS_H
 #define DBX_IO_CORPUS_H
 #include "dbatch.h"
 #include "io/input.h"
 
-typedef enum { CORPUS_DIR = 1, CORPUS_TSV = 2 } corpus_format;
+typedef enum { CORPUS_DIR = 1, CORPUS_TSV = 2, CORPUS_JSONL = 3 } corpus_format;
 
 typedef struct corpus {
   corpus_format format;

@@ -14,6 +14,7 @@
 
 #include "ops/tokenize.h"
 #include "util/afile.h"
+#include "util/json.h"
 #include "util/mpk.h"
 #include "util/strmap.h"
 
@@ -220,7 +221,10 @@ typedef struct doc_iter {
   uint32_t seg;
   size_t pos;
   uint64_t line;
+  dbx_buf json;     /* decoded label and text of a JSONL document */
 } doc_iter;
+
+static void doc_iter_free(doc_iter *it) { dbx_buf_free(&it->json); }
 
 /* 1 = a document, 0 = done, < 0 = error. Lines of a TSV corpus without a tab are bad records:
  * counted and skipped. */
@@ -252,15 +256,30 @@ static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
       it->pos = (size_t)(le - p) + (nl ? 1 : 0);
       it->line++;
       st->records++;
-      const char *tab = memchr(ls, '\t', (size_t)(le - ls));
-      if (!tab || tab == ls) {
-        st->bad_records++;
-        continue;
+      if (it->cfg->format == CORPUS_JSONL) {
+        static const char *const keys[] = {"label", "text"};
+        size_t off[2], len[2];
+        const char *why;
+        if (json_object_strings(ls, (size_t)(le - ls), keys, 2, &it->json, off, len, &why) ||
+            len[0] == SIZE_MAX || len[0] == 0 || len[1] == SIZE_MAX || memchr(it->json.data + off[0], 0, len[0])) {
+          st->bad_records++;
+          continue;
+        }
+        d->label = it->json.data + off[0];
+        d->label_len = len[0];
+        d->text = it->json.data + off[1];
+        d->len = len[1];
+      } else {
+        const char *tab = memchr(ls, '\t', (size_t)(le - ls));
+        if (!tab || tab == ls) {
+          st->bad_records++;
+          continue;
+        }
+        d->label = ls;
+        d->label_len = (size_t)(tab - ls);
+        d->text = tab + 1;
+        d->len = (size_t)(le - tab - 1);
       }
-      d->label = ls;
-      d->label_len = (size_t)(tab - ls);
-      d->text = tab + 1;
-      d->len = (size_t)(le - tab - 1);
       d->input = s->input;
       d->line = (int64_t)it->line;
       return 1;
@@ -306,7 +325,7 @@ static void v_free(void *p) {
 
 static int v_map(const void *cfg, const void *bc, const dbx_batch *b, void *part, dbx_stats *st, dbx_err *err) {
   vpart *v = part;
-  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
   nb_doc d;
   tok t;
   tok_init(&t, "", 0, 1, 2);
@@ -338,6 +357,7 @@ static int v_map(const void *cfg, const void *bc, const dbx_batch *b, void *part
     if (rc < 0) break;
   }
   tok_free(&t);
+  doc_iter_free(&it);
   return rc < 0 ? (err && err->code == rc ? rc : dbx_seterr(err, rc, "naive Bayes: %s", dbx_strerror(rc))) : 0;
 }
 
@@ -573,7 +593,7 @@ static int f_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   if (!f->fc && f_alloc(f, bc->C, bc->V)) return DBX_ENOMEM;
   tfidf x;
   if (tfidf_init(&x, bc->V)) return DBX_ENOMEM;
-  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
   nb_doc d;
   int rc;
   while ((rc = doc_next(&it, &d, st, err)) == 1) {
@@ -585,6 +605,7 @@ static int f_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
     for (size_t k = 0; k < x.nt; k++) row[x.touch[k]] += x.w[k];
   }
   tfidf_free(&x);
+  doc_iter_free(&it);
   return rc < 0 ? rc : 0;
 }
 
@@ -730,7 +751,7 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   if (!jll || tfidf_init(&x, V)) { free(jll); return DBX_ENOMEM; }
   msgpack_packer pk;
   mpk_init(&pk, &p->rows);
-  doc_iter it = {cfg, bc, b, 0, 0, 0};
+  doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
   nb_doc d;
   int rc;
   while ((rc = doc_next(&it, &d, st, err)) == 1) {
@@ -768,6 +789,7 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   }
   if (!rc && !p->rows.data && p->nrows) rc = DBX_ENOMEM;
   tfidf_free(&x);
+  doc_iter_free(&it);
   free(jll);
   dbx_buf_free(&key);
   return rc < 0 ? rc : 0;

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
 #include <utf8proc.h>
 
 int json_raw(dbx_buf *b, const char *s) { return dbx_buf_append(b, s, strlen(s)); }
@@ -66,4 +67,161 @@ int json_key(dbx_buf *b, const char *key, int first) {
   int rc = first ? 0 : dbx_buf_append(b, ",", 1);
   if (!rc) rc = json_cstr(b, key);
   return rc ? rc : dbx_buf_append(b, ":", 1);
+}
+
+/* ---- reading ---- */
+
+typedef struct jr {
+  const char *p, *end;
+  const char *why;
+} jr;
+
+static void ws(jr *r) {
+  while (r->p < r->end && (*r->p == ' ' || *r->p == '\t' || *r->p == '\r' || *r->p == '\n')) r->p++;
+}
+
+static int hex4(jr *r, uint32_t *v) {
+  if (r->end - r->p < 4) return -1;
+  *v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = r->p[i];
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (d < 0) return -1;
+    *v = *v << 4 | (uint32_t)d;
+  }
+  r->p += 4;
+  return 0;
+}
+
+/* A string at r->p (after the quote); appended decoded to out when out is not NULL. */
+static int jstring(jr *r, dbx_buf *out) {
+  for (;;) {
+    if (r->p >= r->end) { r->why = "unterminated string"; return -1; }
+    char c = *r->p++;
+    if (c == '"') return 0;
+    if ((unsigned char)c < 0x20) { r->why = "control character in a string"; return -1; }
+    if (c != '\\') {
+      if (out && dbx_buf_append(out, &c, 1)) return -1;
+      continue;
+    }
+    if (r->p >= r->end) { r->why = "unterminated escape"; return -1; }
+    char e = *r->p++, o;
+    switch (e) {
+    case '"': o = '"'; break;
+    case '\\': o = '\\'; break;
+    case '/': o = '/'; break;
+    case 'b': o = '\b'; break;
+    case 'f': o = '\f'; break;
+    case 'n': o = '\n'; break;
+    case 'r': o = '\r'; break;
+    case 't': o = '\t'; break;
+    case 'u': {
+      uint32_t cp, lo;
+      if (hex4(r, &cp)) { r->why = "bad \\u escape"; return -1; }
+      if (cp >= 0xd800 && cp < 0xdc00 && r->end - r->p >= 6 && r->p[0] == '\\' && r->p[1] == 'u') {
+        const char *save = r->p;
+        r->p += 2;
+        if (!hex4(r, &lo) && lo >= 0xdc00 && lo < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        else r->p = save;
+      }
+      if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;  /* a lone surrogate: as Python's 'replace' */
+      unsigned char enc[4];
+      utf8proc_ssize_t k = utf8proc_encode_char((utf8proc_int32_t)cp, enc);
+      if (out && dbx_buf_append(out, enc, (size_t)k)) return -1;
+      continue;
+    }
+    default: r->why = "bad escape"; return -1;
+    }
+    if (out && dbx_buf_append(out, &o, 1)) return -1;
+  }
+}
+
+static int jvalue(jr *r, int depth);
+
+static int jcontainer(jr *r, int depth, char close) {
+  ws(r);
+  if (r->p < r->end && *r->p == close) { r->p++; return 0; }
+  for (;;) {
+    ws(r);
+    if (close == '}') {
+      if (r->p >= r->end || *r->p != '"') { r->why = "expected a key"; return -1; }
+      r->p++;
+      if (jstring(r, NULL)) return -1;
+      ws(r);
+      if (r->p >= r->end || *r->p != ':') { r->why = "expected ':'"; return -1; }
+      r->p++;
+    }
+    if (jvalue(r, depth + 1)) return -1;
+    ws(r);
+    if (r->p < r->end && *r->p == ',') { r->p++; continue; }
+    if (r->p < r->end && *r->p == close) { r->p++; return 0; }
+    r->why = "expected ',' or a closing bracket";
+    return -1;
+  }
+}
+
+static int jvalue(jr *r, int depth) {
+  if (depth > 64) { r->why = "nested too deep"; return -1; }
+  ws(r);
+  if (r->p >= r->end) { r->why = "missing value"; return -1; }
+  char c = *r->p;
+  if (c == '"') { r->p++; return jstring(r, NULL); }
+  if (c == '{' || c == '[') { r->p++; return jcontainer(r, depth, c == '{' ? '}' : ']'); }
+  const char *lits[] = {"true", "false", "null"};
+  for (int i = 0; i < 3; i++) {
+    size_t n = strlen(lits[i]);
+    if ((size_t)(r->end - r->p) >= n && !memcmp(r->p, lits[i], n)) { r->p += n; return 0; }
+  }
+  const char *s = r->p;
+  while (r->p < r->end && strchr("+-0123456789.eE", *r->p)) r->p++;
+  if (r->p == s) { r->why = "unexpected character"; return -1; }
+  return 0;
+}
+
+int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,
+                        size_t *off, size_t *len, const char **why) {
+  jr r = {p, p + n, NULL};
+  out->len = 0;
+  for (size_t k = 0; k < nkeys; k++) len[k] = SIZE_MAX;
+  ws(&r);
+  if (r.p >= r.end || *r.p != '{') { *why = "not a JSON object"; return DBX_ECORRUPT; }
+  r.p++;
+  ws(&r);
+  if (r.p < r.end && *r.p == '}') { r.p++; goto tail; }
+  for (;;) {
+    ws(&r);
+    if (r.p >= r.end || *r.p != '"') { r.why = "expected a key"; goto bad; }
+    r.p++;
+    dbx_buf key = {0};
+    int krc = jstring(&r, &key);
+    long which = -1;
+    for (size_t k = 0; !krc && k < nkeys; k++)
+      if (key.len == strlen(keys[k]) && !memcmp(key.data, keys[k], key.len)) which = (long)k;
+    dbx_buf_free(&key);
+    if (krc) goto bad;
+    ws(&r);
+    if (r.p >= r.end || *r.p != ':') { r.why = "expected ':'"; goto bad; }
+    r.p++;
+    ws(&r);
+    if (which >= 0 && r.p < r.end && *r.p == '"') {
+      r.p++;
+      off[which] = out->len;
+      if (jstring(&r, out)) goto bad;
+      len[which] = out->len - off[which];
+    } else if (jvalue(&r, 1)) {
+      goto bad;
+    }
+    ws(&r);
+    if (r.p < r.end && *r.p == ',') { r.p++; continue; }
+    if (r.p < r.end && *r.p == '}') { r.p++; break; }
+    r.why = "expected ',' or '}'";
+    goto bad;
+  }
+tail:
+  ws(&r);
+  if (r.p != r.end) { *why = "trailing characters after the object"; return DBX_ECORRUPT; }
+  return 0;
+bad:
+  *why = r.why ? r.why : "out of memory";
+  return DBX_ECORRUPT;
 }

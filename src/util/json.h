@@ -14,4 +14,11 @@ int json_real(dbx_buf *b, double v);
 int json_raw(dbx_buf *b, const char *s);
 /* "key": -- with a leading comma when not first. */
 int json_key(dbx_buf *b, const char *key, int first);
+
+/* Read one JSON object (a JSONL line) and decode the string values of the given keys into
+ * out, back to back: value k is out->data[off[k] .. off[k]+len[k]), len[k] = SIZE_MAX when
+ * the key is absent or not a string. Other values are skipped. 0, or DBX_ECORRUPT with a
+ * short reason in *why for anything that is not one well-formed object (trailing spaces ok). */
+int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,
+                        size_t *off, size_t *len, const char **why);
 #endif

@@ -76,6 +76,26 @@ class MatchesScikitLearn(TmpTest):
         self.assertEqual(report_of(p.stdout), ref["report"])
 
 
+    def test_jsonl_corpus(self):
+        def jsonl(split):
+            lines = []
+            for label in sorted(os.listdir(os.path.join(FIX, split))):
+                for f in sorted(os.listdir(os.path.join(FIX, split, label))):
+                    t = slurp(os.path.join(FIX, split, label, f)).decode("utf-8", errors="replace")
+                    lines.append(json.dumps({"id": f, "label": label, "text": t}, ensure_ascii=True))
+            lines.insert(1, "{this is not json")  # a bad record: counted and skipped
+            return self.write(split + ".jsonl", "\n".join(lines) + "\n")
+        train, test = jsonl("train"), jsonl("test")
+        ref = sklearn_reference(os.path.join(FIX, "train"), os.path.join(FIX, "test"))
+        s = self.path("s.json")
+        p = run("nb", "run", "--train", train, "--test", test, "--predictions", "-", "--summary-json", s)
+        rows = [l.split(b"\t") for l in p.stdout.split(b"\n") if l.startswith(test.encode())]
+        self.assertEqual([r[1].decode() for r in rows], ref["pred"])
+        self.assertEqual(report_of(p.stdout), ref["report"])
+        self.assertIn(b"vocabulary of %d terms" % ref["vocabulary"], p.stdout)
+        self.assertEqual(json.loads(slurp(s, True))["bad_records"], 3)  # two training stages + test
+
+
 class Distributed(TmpTest):
     def test_same_predictions_any_workers_and_policy(self):
         train, test = os.path.join(FIX, "train"), os.path.join(FIX, "test")
