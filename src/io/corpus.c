@@ -72,6 +72,7 @@ static int push(corpus *c, size_t *cap, char *path, const char *label, const str
   x->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
   c->label[c->in.n] = strdup(label);
   c->in.n++;
+  c->nlabel = c->in.n;
   return c->label[c->in.n - 1] ? 0 : DBX_ENOMEM;
 }
 
@@ -134,7 +135,7 @@ int corpus_open(const char *path, corpus *c, dbx_err *err) {
 
 void corpus_free(corpus *c) {
   if (!c) return;
-  for (size_t i = 0; c->label && i < c->in.n; i++) free(c->label[i]);
+  for (size_t i = 0; c->label && i < c->nlabel; i++) free(c->label[i]);
   free(c->label);
   inputs_free(&c->in);
   c->label = NULL;

@@ -14,6 +14,7 @@ typedef struct corpus {
   corpus_format format;
   inputs in;          /* DIR: one input per document; TSV: the file */
   char **label;       /* DIR: label of each input (owned); NULL for TSV */
+  size_t nlabel;      /* entries of label (the inputs may be handed to a job apart) */
 } corpus;
 
 /* Open the corpus at path: a directory or a .tsv file. Errors name the path. */
