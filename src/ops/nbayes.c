@@ -271,7 +271,7 @@ static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
         d->len = len[1];
       } else {
         const char *tab = memchr(ls, '\t', (size_t)(le - ls));
-        if (!tab || tab == ls) {
+        if (!tab || tab == ls || memchr(ls, 0, (size_t)(tab - ls))) {  /* labels are text */
           st->bad_records++;
           continue;
         }
