@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +37,10 @@ typedef struct nb_bc {
   const msgpack_object *classes; /* C str */
   uint64_t *class_count;
   strmap *class_ix;              /* label -> class index */
-  strmap *vocab;                 /* term -> index in sorted order (ids are the indices) */
+  const msgpack_object *terms;   /* V str, sorted: the vocabulary as received */
+  strmap *vocab;                 /* term -> index, built on first use by a map (bc_vocab) */
+  pthread_mutex_t mu;            /* task threads of a worker share one broadcast */
+  msgpack_unpacked pu;           /* the payload, which terms and classes point into */
   double *idf, *flp, *prior;     /* V, C*V, C (flp/prior only in a model) */
 } nb_bc;
 
@@ -44,6 +48,8 @@ static void bc_free(void *p) {
   nb_bc *b = p;
   if (!b) return;
   msgpack_unpacked_destroy(&b->u);
+  msgpack_unpacked_destroy(&b->pu);
+  pthread_mutex_destroy(&b->mu);
   strmap_free(b->class_ix);
   strmap_free(b->vocab);
   free(b->class_count);
@@ -93,8 +99,7 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
   b->C = cl->via.array.size;
   b->V = vo->via.array.size;
   b->classes = cl->via.array.ptr;
-  if (!(b->class_count = calloc(b->C, sizeof *b->class_count)) || !(b->class_ix = strmap_new()) ||
-      !(b->vocab = strmap_new()))
+  if (!(b->class_count = calloc(b->C, sizeof *b->class_count)) || !(b->class_ix = strmap_new()))
     return DBX_ENOMEM;
   for (uint32_t c = 0; c < b->C; c++) {
     const msgpack_object *s = &b->classes[c];
@@ -115,8 +120,8 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
       if (d > 0 || (d == 0 && prev->via.str.size >= t->via.str.size)) goto bad;  /* sorted, unique */
     }
     prev = t;
-    if (strmap_add(b->vocab, t->via.str.ptr, t->via.str.size, 0, NULL)) return DBX_ENOMEM;
   }
+  b->terms = vo->via.array.ptr;
   if (get_doubles(&a[k + 4], b->V, &b->idf)) goto bad;
   if (want_model) {
     if (get_doubles(&a[k + 5], (size_t)b->C * b->V, &b->flp) || get_doubles(&a[k + 6], b->C, &b->prior)) goto bad;
@@ -131,6 +136,8 @@ static int bc_load(int want_model, const char *p, size_t n, void **out, dbx_err 
   nb_bc *b = calloc(1, sizeof *b);
   if (!b) return DBX_ENOMEM;
   msgpack_unpacked_init(&b->u);
+  msgpack_unpacked_init(&b->pu);
+  pthread_mutex_init(&b->mu, NULL);
   b->blob = malloc(n ? n : 1);
   if (!b->blob) { bc_free(b); return DBX_ENOMEM; }
   memcpy(b->blob, p, n);
@@ -158,19 +165,12 @@ static int bc_load(int want_model, const char *p, size_t n, void **out, dbx_err 
   const msgpack_object *pl = &b->u.data.via.array.ptr[1];
   if (want_model >= 0 && pl->via.bin.size) {
     /* The payload is a msgpack document of its own, inside the bin. */
-    msgpack_unpacked pu;
-    msgpack_unpacked_init(&pu);
     size_t po = 0;
-    if (msgpack_unpack_next(&pu, pl->via.bin.ptr, pl->via.bin.size, &po) != MSGPACK_UNPACK_SUCCESS ||
+    if (msgpack_unpack_next(&b->pu, pl->via.bin.ptr, pl->via.bin.size, &po) != MSGPACK_UNPACK_SUCCESS ||
         po != pl->via.bin.size)
       rc = dbx_seterr(err, DBX_EMODEL, "malformed naive Bayes %s", want_model ? "model" : "vocabulary");
     else
-      rc = parse_payload(b, &pu.data, want_model, err);
-    msgpack_unpacked_destroy(&pu);  /* parse_payload copied what it keeps; classes are re-pointed below */
-    if (!rc) {
-      /* Class names must outlive pu: keep them through class_ix keys instead. */
-      b->classes = NULL;
-    }
+      rc = parse_payload(b, &b->pu.data, want_model, err);
   }
 done:
   if (rc) bc_free(b);
@@ -186,6 +186,21 @@ static int bc_load_vocab(const void *cfg, const char *p, size_t n, void **out, d
 }
 static int bc_load_model(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
   return bc_load(1, p, n, out, err);
+}
+
+/* The term -> index map, built once per broadcast by whichever task needs it first: the
+ * coordinator, which only finishes stages, never pays for it. */
+static const strmap *bc_vocab(nb_bc *b) {
+  pthread_mutex_lock(&b->mu);
+  if (!b->vocab && (b->vocab = strmap_new()))
+    for (uint32_t j = 0; j < b->V; j++)
+      if (strmap_add(b->vocab, b->terms[j].via.str.ptr, b->terms[j].via.str.size, 0, NULL)) {
+        strmap_free(b->vocab);
+        b->vocab = NULL;
+        break;
+      }
+  pthread_mutex_unlock(&b->mu);
+  return b->vocab;
 }
 
 static const char *class_name(const nb_bc *b, uint32_t c, size_t *len) { return strmap_key(b->class_ix, c, len); }
@@ -515,14 +530,14 @@ static void tfidf_free(tfidf *x) {
 /* Count the known terms of d, then weights w[k] for terms touch[k]: count * idf, divided by
  * the row's L2 norm (a document with no known term stays all zero). Unknown terms are
  * ignored, as the vectorizer drops them. */
-static int tfidf_doc(tfidf *x, const nb_bc *b, const nb_doc *d) {
+static int tfidf_doc(tfidf *x, const nb_bc *b, const strmap *vocab, const nb_doc *d) {
   tok_reset(&x->t, d->text, d->len);
   x->nt = 0;
   const char *w;
   size_t n;
   int rc;
   while ((rc = tok_next(&x->t, &w, &n)) == 1) {
-    int64_t j = strmap_find(b->vocab, w, n);
+    int64_t j = strmap_find(vocab, w, n);
     if (j < 0) continue;
     if (x->cnt[j]++ == 0) {
       if (x->nt == x->cap) {
@@ -591,6 +606,8 @@ static int f_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   fpart *f = part;
   if (!bc || !bc->has_payload) return dbx_seterr(err, DBX_EPROTO, "naive Bayes fit: no vocabulary");
   if (!f->fc && f_alloc(f, bc->C, bc->V)) return DBX_ENOMEM;
+  const strmap *vocab = bc_vocab((nb_bc *)bc);
+  if (!vocab) return DBX_ENOMEM;
   tfidf x;
   if (tfidf_init(&x, bc->V)) return DBX_ENOMEM;
   doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
@@ -599,7 +616,7 @@ static int f_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   while ((rc = doc_next(&it, &d, st, err)) == 1) {
     uint32_t c = 0;
     if ((rc = doc_class(bc, &d, &c, err))) break;
-    if ((rc = tfidf_doc(&x, bc, &d))) break;
+    if ((rc = tfidf_doc(&x, bc, vocab, &d))) break;
     f->cc[c]++;
     double *row = f->fc + (size_t)c * f->V;
     for (size_t k = 0; k < x.nt; k++) row[x.touch[k]] += x.w[k];
@@ -702,9 +719,7 @@ static int f_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
   for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, f->cc[c]);
   msgpack_pack_array(&pk, V);
   for (uint32_t j = 0; j < V; j++) {
-    size_t n;
-    const char *k = strmap_key(bc->vocab, j, &n);
-    msgpack_pack_str_with_body(&pk, k, n);
+    msgpack_pack_str_with_body(&pk, bc->terms[j].via.str.ptr, bc->terms[j].via.str.size);
   }
   msgpack_pack_bin_with_body(&pk, V ? (const char *)bc->idf : "", (size_t)V * sizeof(double));
   msgpack_pack_bin_with_body(&pk, (C && V) ? (const char *)flp : "", (size_t)C * V * sizeof(double));
@@ -745,6 +760,8 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   ppart *p = part;
   if (!bc || !bc->flp) return dbx_seterr(err, DBX_EPROTO, "naive Bayes predict: no model");
   uint32_t C = bc->C, V = bc->V;
+  const strmap *vocab = bc_vocab((nb_bc *)bc);
+  if (!vocab) return DBX_ENOMEM;
   tfidf x;
   double *jll = malloc(C * sizeof *jll);
   dbx_buf key = {0};
@@ -755,7 +772,7 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   nb_doc d;
   int rc;
   while ((rc = doc_next(&it, &d, st, err)) == 1) {
-    if ((rc = tfidf_doc(&x, bc, &d))) break;
+    if ((rc = tfidf_doc(&x, bc, vocab, &d))) break;
     /* jll = X . feature_log_prob_^T + class_log_prior_, summed in that order as sklearn does. */
     uint32_t best = 0;
     for (uint32_t c = 0; c < C; c++) {
