@@ -7,7 +7,7 @@
 #include "engine/job.h"
 
 /* Exit statuses: documented in --help and the man page. */
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_PARTIAL = 3 };
 
 /* Options every job command takes. */
 typedef struct cli_job {
@@ -42,7 +42,12 @@ typedef struct cli_job {
   {"worker-timeout", required_argument, NULL, 1013},          \
   {"max-attempts", required_argument, NULL, 1014},            \
   {"max-message", required_argument, NULL, 1015},             \
-  {"wait-workers", required_argument, NULL, 1016}
+  {"wait-workers", required_argument, NULL, 1016},            \
+  {"task-timeout", required_argument, NULL, 1017},            \
+  {"exclude-after", required_argument, NULL, 1018},           \
+  {"speculation", no_argument, NULL, 1019},                   \
+  {"no-speculation", no_argument, NULL, 1020},                \
+  {"on-task-failure", required_argument, NULL, 1021}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
@@ -57,7 +62,15 @@ typedef struct cli_job {
   "                          used only while its tasks are shorter than a few ms)\n"     \
   "      --heartbeat SECS    heartbeat interval (default 1)\n"                            \
   "      --worker-timeout SECS  silence before a remote worker is dead (default 10)\n"    \
-  "      --max-attempts N    attempts per task before the job fails (default 4)\n"        \
+  "Failures:\n"                                                                               \
+  "      --max-attempts N    attempts per task, retried with backoff on another worker\n" \
+  "                          where one exists (default 4)\n"                                \
+  "      --on-task-failure fail|skip  a task whose attempts all failed stops the job\n"    \
+  "                          (fail, default) or is left out and reported (skip: exit 3)\n" \
+  "      --task-timeout SECS bound on one attempt (default: none)\n"                       \
+  "      --exclude-after N   a worker failing N different tasks gets no more (default 3)\n" \
+  "      --[no-]speculation  copy an attempt running 1.5x the median to a free worker\n"   \
+  "                          (default on)\n"                                                \
   "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \
   "      --wait-workers N    start the first task once N workers have joined\n"           \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
@@ -74,7 +87,8 @@ typedef struct cli_job {
   "  -q, --quiet             only errors on standard error\n"                               \
   "  -v, --verbose           more detail on standard error\n"                               \
   "  -h, --help              this help\n"                                                   \
-  "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error.\n"
+  "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error,\n"          \
+  "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary).\n"
 
 void cli_job_defaults(cli_job *o, const char *job_name);
 /* Without --batch-bytes/--batch-records: about four batches per worker, 8M..64M each, so

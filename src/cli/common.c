@@ -21,6 +21,8 @@ void cli_job_defaults(cli_job *o, const char *job_name) {
   o->co.worker_timeout = 10.0;
   o->co.max_attempts = 4;
   o->co.max_msg = 1ull << 30;
+  o->co.exclude_after = 3;
+  o->co.speculation = 1;
   o->batch_bytes = 8u << 20;
   o->out.dest = "-";
   o->out.table = job_name;
@@ -99,6 +101,24 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     if (parse_u64(arg, 0, 100000, &v)) return -1;
     o->co.wait_workers = (uint32_t)v;
     return 1;
+  case 1017: {
+    char *end;
+    double d = strtod(arg, &end);
+    if (*end || !(d > 0)) return -1;
+    o->co.task_timeout = d;
+    return 1;
+  }
+  case 1018:
+    if (parse_u64(arg, 0, 16, &v)) return -1;
+    o->co.exclude_after = (uint32_t)v;
+    return 1;
+  case 1019: o->co.speculation = 1; return 1;
+  case 1020: o->co.speculation = 0; return 1;
+  case 1021:
+    if (!strcmp(arg, "fail")) o->co.skip_failed = 0;
+    else if (!strcmp(arg, "skip")) o->co.skip_failed = 1;
+    else return -1;
+    return 1;
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;
@@ -142,5 +162,13 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
   inputs_free(&j->in);
   free(j->winfo);
   j->winfo = NULL;
-  return rc ? cli_fail(cmd, err) : EXIT_OK;
+  size_t missing = j->nmissing;
+  job_free_records(j);
+  if (rc) return cli_fail(cmd, err);
+  if (missing) {
+    fprintf(stderr, "dbatch %s: finished without %zu skipped task(s); their input is listed above%s\n", cmd,
+            missing, o->summary_json ? " and in the summary" : "");
+    return EXIT_PARTIAL;
+  }
+  return EXIT_OK;
 }

@@ -40,6 +40,8 @@ typedef struct cworker {
   double last_heard, mean_task;
   uint64_t tasks, bytes, failures;
   double busy;
+  int excluded;             /* --exclude-after reached: no more tasks */
+  uint32_t bad[16], nbad;   /* distinct tasks with a failed attempt here */
 } cworker;
 
 struct coord {
@@ -172,14 +174,21 @@ fail:
 
 /* ---- one stage ---- */
 
-enum { T_PENDING = 0, T_RUNNING, T_DONE };
+enum { T_PENDING = 0, T_RUNNING, T_DONE, T_SKIPPED };
 
+/* A task and its attempts. At most two attempts run at once: the first, and a speculative
+ * copy of a straggler. */
 typedef struct ctask {
   batchdesc b;
   int state;
-  uint32_t attempts;
-  long worker;            /* index in c->w while running */
-  double start;
+  uint32_t attempts;      /* attempts started */
+  uint32_t failures;      /* attempts that failed or were lost */
+  long run[2];            /* worker index of each running attempt, -1 = none */
+  uint32_t run_attempt[2];
+  double run_start[2];
+  double not_before;      /* retry backoff */
+  long avoid[4];          /* workers where an attempt failed: a retry goes elsewhere if it can */
+  uint32_t navoid;
 } ctask;
 
 typedef struct srun {
@@ -191,6 +200,8 @@ typedef struct srun {
   size_t nt, tcap;
   uint32_t *queue;        /* pending task indices, a ring */
   size_t qhead, qlen, qcap;
+  uint32_t *delayed;      /* tasks waiting out their retry backoff */
+  size_t ndelayed, delcap;
   size_t done, undone_materialized;
   int split_eof;
   splitter *sp;
@@ -200,6 +211,9 @@ typedef struct srun {
   const char **paths;     /* absolute, for remote workers */
   char **abs;
   size_t npaths;
+  double *durations;      /* of finished tasks, for the speculation threshold */
+  size_t ndur, durcap;
+  double median, median_at;
 } srun;
 
 static int q_push(srun *r, uint32_t idx, int front) {
@@ -242,10 +256,12 @@ static uint32_t prefetch_of(const coord *c, const cworker *w) {
   return want > max ? max : (uint32_t)want;
 }
 
+static int usable(const cworker *w) { return w->alive && w->welcomed && !w->excluded; }
+
 static uint32_t total_cap(coord *c) {
   uint32_t t = 0;
   for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].alive && c->w[i].welcomed) t += c->w[i].slots + prefetch_of(c, &c->w[i]);
+    if (usable(&c->w[i])) t += c->w[i].slots + prefetch_of(c, &c->w[i]);
   return t;
 }
 
@@ -268,7 +284,7 @@ static int top_up(srun *r, dbx_err *err) {
     ctask *t = &r->t[r->nt];
     memset(t, 0, sizeof *t);
     t->b = b;
-    t->worker = -1;
+    t->run[0] = t->run[1] = -1;
     if ((rc = q_push(r, (uint32_t)r->nt, 0))) return rc;
     r->nt++;
     r->undone_materialized++;
@@ -278,22 +294,102 @@ static int top_up(srun *r, dbx_err *err) {
 }
 
 static void describe(srun *r, const ctask *t, char *out, size_t cap) {
-  engine_describe_task(&t->b, r->s->in, out, cap);
+  if (!r->s->in || t->b.nseg == 0) snprintf(out, cap, "no input");
+  else batchdesc_describe(&t->b, r->s->in, out, cap);
 }
 
-/* A running attempt is over without a result: back to the queue, or the job fails. */
-static int lose_task(srun *r, uint32_t idx, const char *why, dbx_err *err) {
+static void cancel_attempt(srun *r, uint32_t idx, int k) {
   ctask *t = &r->t[idx];
-  if (t->state != T_RUNNING) return 0;
-  if (t->worker >= 0 && r->c->w[t->worker].inflight) r->c->w[t->worker].inflight--;
-  t->state = T_PENDING;
-  t->worker = -1;
-  char where[700];
+  long wi = t->run[k];
+  if (wi < 0) return;
+  cworker *w = &r->c->w[wi];
+  if (w->inflight) w->inflight--;
+  if (w->alive && w->welcomed) {
+    msg_cancel(&r->c->out, r->id, t->b.index, t->run_attempt[k]);
+    send_to(r->c, w, &r->c->out);
+  }
+  t->run[k] = -1;
+}
+
+/* A task whose attempts all failed: the job stops (--on-task-failure=fail), or the task is
+ * left out and reported (skip). */
+static int quarantine(srun *r, uint32_t idx, dbx_err *err) {
+  ctask *t = &r->t[idx];
+  char where[600];
   describe(r, t, where, sizeof where);
-  if (t->attempts >= r->c->o.max_attempts)
-    return dbx_seterr(err, DBX_ETASK, "%s failed %u times; last: %s", where, t->attempts, why);
-  log_warn("%s attempt %u lost: %s; retrying", where, t->attempts, why);
-  return q_push(r, idx, 1);
+  if (!r->c->o.skip_failed) {
+    /* The report of what failed where: every attempt of this task. */
+    char list[DBX_ERR_LEN / 2] = "";
+    size_t k = 0;
+    for (size_t i = 0; i < r->j->nfailures && k + 1 < sizeof list; i++) {
+      const job_failure *f = &r->j->failures[i];
+      if (f->task != idx || strcmp(f->stage, r->s->st->name)) continue;
+      int w = snprintf(list + k, sizeof list - k, "; attempt %u on worker %u (%s pid %lld): %s", f->attempt,
+                       f->worker, f->host, (long long)f->pid, f->cause);
+      if (w < 0) break;
+      k += (size_t)w < sizeof list - k ? (size_t)w : sizeof list - k - 1;
+    }
+    return dbx_seterr(err, DBX_ETASK, "%s task %u (%.300s) failed %u times%s", r->s->st->name, idx, where,
+                      t->failures, list);
+  }
+  t->state = T_SKIPPED;
+  batchdesc_free(&t->b);
+  r->done++;
+  r->undone_materialized--;
+  job_add_missing(r->j, r->s->st->name, idx, where);
+  void *empty = r->s->op->partial_new(r->s->cfg);
+  if (!empty) return DBX_ENOMEM;
+  return agg_add(r->ag, idx, empty, err);
+}
+
+/* Attempt k of task idx ended without a result. Records where and why; retries after a
+ * backoff, on another worker where one exists; excludes a worker that failed too many
+ * different tasks. */
+static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_err *err) {
+  coord *c = r->c;
+  ctask *t = &r->t[idx];
+  long wi = t->run[k];
+  if (wi < 0 || t->state != T_RUNNING) return 0;
+  cworker *w = &c->w[wi];
+  job_failure f;
+  memset(&f, 0, sizeof f);
+  snprintf(f.stage, sizeof f.stage, "%s", r->s->st->name);
+  f.task = idx;
+  f.attempt = t->run_attempt[k];
+  f.worker = w->id;
+  snprintf(f.host, sizeof f.host, "%s", w->host);
+  f.pid = w->pid;
+  describe(r, t, f.where, sizeof f.where);
+  snprintf(f.cause, sizeof f.cause, "%s", cause);
+  job_add_failure(r->j, &f);
+  w->failures++;
+  if (w->inflight) w->inflight--;
+  t->run[k] = -1;
+  t->failures++;
+  if (t->navoid < 4) t->avoid[t->navoid++] = wi;
+  /* Exclusion: a worker that failed attempts of --exclude-after different tasks. */
+  int seen = 0;
+  for (uint32_t i = 0; i < w->nbad; i++) seen |= w->bad[i] == idx;
+  if (!seen && w->nbad < 16) w->bad[w->nbad++] = idx;
+  if (!seen && c->o.exclude_after && w->nbad >= c->o.exclude_after && !w->excluded) {
+    w->excluded = 1;
+    log_warn("worker %u (%s pid %lld) failed %u different tasks: it gets no more tasks in this job", w->id,
+             w->host, (long long)w->pid, w->nbad);
+  }
+  if (t->run[1 - k] >= 0) return 0;  /* the other attempt may still succeed */
+  if (t->failures >= c->o.max_attempts) return quarantine(r, idx, err);
+  t->state = T_PENDING;
+  double backoff = 0.05 * (double)(1u << (t->failures < 7 ? t->failures - 1 : 6));
+  t->not_before = time_mono() + backoff;
+  if (r->ndelayed == r->delcap) {
+    size_t nc = r->delcap ? r->delcap * 2 : 16;
+    uint32_t *nd = realloc(r->delayed, nc * sizeof *nd);
+    if (!nd) return DBX_ENOMEM;
+    r->delayed = nd;
+    r->delcap = nc;
+  }
+  r->delayed[r->ndelayed++] = idx;
+  return 0;
 }
 
 static int worker_lost(srun *r, size_t wi, const char *why, dbx_err *err) {
@@ -306,18 +402,40 @@ static int worker_lost(srun *r, size_t wi, const char *why, dbx_err *err) {
   if (w->child) kill(w->child, SIGKILL);
   log_warn("worker %u (%s pid %lld) %s", w->id, w->host, (long long)w->pid, why);
   int rc = 0;
+  char cause[300];
+  snprintf(cause, sizeof cause, "worker %s", why);
+  /* A worker runs its oldest `slots` tasks and queues the rest (prefetch). Only those that
+   * were running count as failed attempts: a batch that kills its worker must not take the
+   * tasks queued behind it down too. The others go back to the queue unharmed. */
+  for (uint32_t n = 0; n < w->slots && !rc; n++) {
+    long bi = -1;
+    int bk = 0;
+    for (size_t i = 0; i < r->nt; i++)
+      for (int k = 0; k < 2; k++)
+        if (r->t[i].state == T_RUNNING && r->t[i].run[k] == (long)wi &&
+            (bi < 0 || r->t[i].run_start[k] < r->t[bi].run_start[bk])) {
+          bi = (long)i;
+          bk = k;
+        }
+    if (bi < 0) break;
+    rc = attempt_failed(r, (uint32_t)bi, bk, cause, err);
+  }
   for (size_t i = 0; i < r->nt && !rc; i++)
-    if (r->t[i].state == T_RUNNING && r->t[i].worker == (long)wi) {
-      char reason[300];
-      snprintf(reason, sizeof reason, "worker %u (%s pid %lld) %s", w->id, w->host, (long long)w->pid, why);
-      w->failures++;
-      rc = lose_task(r, (uint32_t)i, reason, err);
+    for (int k = 0; k < 2 && !rc; k++) {
+      ctask *t = &r->t[i];
+      if (t->state != T_RUNNING || t->run[k] != (long)wi) continue;
+      t->run[k] = -1;
+      if (t->run[1 - k] < 0) {
+        t->state = T_PENDING;
+        rc = q_push(r, (uint32_t)i, 1);
+      }
     }
   w->inflight = 0;
   return rc;
 }
 
-static int send_task(srun *r, size_t wi, uint32_t idx) {
+/* Start an attempt of task idx on worker wi, as attempt slot k (1 = speculative copy). */
+static int send_task(srun *r, size_t wi, uint32_t idx, int k) {
   coord *c = r->c;
   cworker *w = &c->w[wi];
   ctask *t = &r->t[idx];
@@ -328,8 +446,7 @@ static int send_task(srun *r, size_t wi, uint32_t idx) {
       return -1;
     w->stage_sent = r->id;
   }
-  t->attempts++;
-  r->s->st->attempts++;
+  uint32_t attempt = t->attempts + 1;
   int rc;
   if (!t->b.shipped && (c->o.ship || !w->shared_fs)) {
     /* The worker cannot read our files: send the bytes. */
@@ -341,40 +458,68 @@ static int send_task(srun *r, size_t wi, uint32_t idx) {
       return -2;
     }
     if (batchdesc_ship(&shipped, &t->b, &view)) return -1;
-    rc = msg_task(&c->out, r->id, t->attempts, &shipped);
+    rc = msg_task(&c->out, r->id, attempt, &shipped);
     batchdesc_free(&shipped);
   } else {
-    rc = msg_task(&c->out, r->id, t->attempts, &t->b);
+    rc = msg_task(&c->out, r->id, attempt, &t->b);
   }
   if (rc || send_to(c, w, &c->out)) return -1;
+  t->attempts = attempt;
+  r->s->st->attempts++;
   t->state = T_RUNNING;
-  t->worker = (long)wi;
-  t->start = time_mono();
+  t->run[k] = (long)wi;
+  t->run_attempt[k] = attempt;
+  t->run_start[k] = time_mono();
   w->inflight++;
   return 0;
+}
+
+/* Fill sw for the scheduler; workers in avoid[] count as full unless no other has room. */
+static size_t sched_view(srun *r, sched_worker *sw, const ctask *t) {
+  coord *c = r->c;
+  size_t n = c->nw < 256 ? c->nw : 256;
+  int other_room = 0;
+  for (size_t i = 0; i < n; i++) {
+    cworker *w = &c->w[i];
+    sw[i].usable = usable(w);
+    sw[i].slots = w->slots ? w->slots : 1;
+    sw[i].cap = sw[i].slots + prefetch_of(c, w);
+    sw[i].inflight = w->inflight;
+    sw[i].mean_task = w->mean_task;
+    int avoided = 0;
+    for (uint32_t a = 0; t && a < t->navoid; a++) avoided |= t->avoid[a] == (long)i;
+    if (sw[i].usable && !avoided && sw[i].inflight < sw[i].cap) other_room = 1;
+  }
+  if (t && other_room)
+    for (uint32_t a = 0; a < t->navoid; a++)
+      if (t->avoid[a] >= 0 && (size_t)t->avoid[a] < n) sw[t->avoid[a]].usable = 0;
+  return n;
 }
 
 static int assign(srun *r, dbx_err *err) {
   coord *c = r->c;
   sched_worker sw[256];
-  size_t n = c->nw < 256 ? c->nw : 256;
-  while (r->qlen) {
-    for (size_t i = 0; i < n; i++) {
-      cworker *w = &c->w[i];
-      sw[i].usable = w->alive && w->welcomed;
-      sw[i].slots = w->slots ? w->slots : 1;
-      sw[i].cap = sw[i].slots + prefetch_of(c, w);
-      sw[i].inflight = w->inflight;
-      sw[i].mean_task = w->mean_task;
+  double now = time_mono();
+  /* Retries whose backoff is over go first. */
+  for (size_t i = 0; i < r->ndelayed;) {
+    if (r->t[r->delayed[i]].not_before <= now) {
+      int rc = q_push(r, r->delayed[i], 1);
+      if (rc) return rc;
+      r->delayed[i] = r->delayed[--r->ndelayed];
+    } else {
+      i++;
     }
+  }
+  while (r->qlen) {
+    uint32_t idx = r->queue[r->qhead];
+    size_t n = sched_view(r, sw, &r->t[idx]);
     long wi = sched_pick(&c->sch, sw, n);
     if (wi < 0) return 0;
-    uint32_t idx = q_pop(r);
-    int rc = send_task(r, (size_t)wi, idx);
+    q_pop(r);
+    int rc = send_task(r, (size_t)wi, idx, 0);
     if (rc == -2) return dbx_seterr(err, DBX_EIO, "cannot read the input of task %u", r->t[idx].b.index);
     if (rc) {
       q_push(r, idx, 1);
-      r->t[idx].attempts--;
       /* Usually a local worker that just died: report how it died when we can tell. */
       char why[96] = "cannot be reached";
       int st;
@@ -390,6 +535,71 @@ static int assign(srun *r, dbx_err *err) {
       }
     }
   }
+  return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Speculation: with a free slot and nothing queued, copy the attempt that has run longest,
+ * once it runs longer than 1.5x the stage's median task time, to another worker. */
+static int speculate(srun *r, double now) {
+  coord *c = r->c;
+  if (!c->o.speculation || r->qlen || r->ndelayed || r->ndur < 3) return 0;
+  if (now - r->median_at > 0.2) {
+    double *tmp = malloc(r->ndur * sizeof *tmp);
+    if (!tmp) return DBX_ENOMEM;
+    memcpy(tmp, r->durations, r->ndur * sizeof *tmp);
+    qsort(tmp, r->ndur, sizeof *tmp, cmp_double);
+    r->median = tmp[r->ndur / 2];
+    r->median_at = now;
+    free(tmp);
+  }
+  double limit = 1.5 * r->median;
+  if (limit < 0.05) limit = 0.05;  /* not worth a copy: message latency dominates */
+  for (size_t i = 0; i < r->nt; i++) {
+    ctask *t = &r->t[i];
+    if (t->state != T_RUNNING || t->run[0] < 0 || t->run[1] >= 0 || now - t->run_start[0] < limit) continue;
+    sched_worker sw[256];
+    size_t n = sched_view(r, sw, NULL);
+    if ((size_t)t->run[0] < n) sw[t->run[0]].usable = 0;
+    /* Only a worker with a free slot: a copy must not queue behind other tasks. */
+    for (size_t k = 0; k < n; k++)
+      if (sw[k].inflight >= sw[k].slots) sw[k].usable = 0;
+    long wi = sched_pick(&c->sch, sw, n);
+    if (wi < 0) return 0;
+    if (send_task(r, (size_t)wi, (uint32_t)i, 1) == 0) {
+      r->j->speculated++;
+      log_info("task %zu runs long (%.2f s, median %.2f s): a copy starts on worker %u", i, now - t->run_start[0],
+               r->median, c->w[wi].id);
+    }
+  }
+  return 0;
+}
+
+/* --task-timeout: an attempt running too long is a failed attempt. */
+static int check_timeouts(srun *r, double now, dbx_err *err) {
+  coord *c = r->c;
+  if (c->o.task_timeout <= 0) return 0;
+  for (size_t i = 0; i < r->nt; i++)
+    for (int k = 0; k < 2; k++) {
+      ctask *t = &r->t[i];
+      if (t->state != T_RUNNING || t->run[k] < 0 || now - t->run_start[k] <= c->o.task_timeout) continue;
+      long wi = t->run[k];
+      char cause[128];
+      snprintf(cause, sizeof cause, "timed out after %.1f s (--task-timeout)", now - t->run_start[k]);
+      cworker *w = &c->w[wi];
+      if (w->alive && w->welcomed) {
+        msg_cancel(&c->out, r->id, t->b.index, t->run_attempt[k]);
+        send_to(c, w, &c->out);
+      }
+      int rc = attempt_failed(r, (uint32_t)i, k, cause, err);
+      if (rc) return rc;
+      /* A local worker's slot stays stuck in the task: replace the worker. */
+      if (w->local && w->child) kill(w->child, SIGKILL);
+    }
   return 0;
 }
 
@@ -445,12 +655,25 @@ static void on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m)
            w->local ? " (local)" : "");
 }
 
+/* Which running attempt of a task this message is about (-1: none, e.g. given up). */
+static int attempt_slot(const ctask *t, size_t wi, uint64_t attempt) {
+  for (int k = 0; k < 2; k++)
+    if (t->run[k] == (long)wi && t->run_attempt[k] == attempt) return k;
+  return -1;
+}
+
 static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   coord *c = r->c;
   cworker *w = &c->w[wi];
   if (m->stage != r->id || m->index >= r->nt) { r->j->discarded++; return 0; }
   ctask *t = &r->t[m->index];
-  if (t->state == T_DONE) { r->j->discarded++; return 0; }  /* first result won already */
+  int k = attempt_slot(t, wi, m->attempt);
+  /* The first successful attempt wins; a late one, or one given up for lost, is dropped. */
+  if (t->state != T_RUNNING || k < 0) {
+    r->j->discarded++;
+    if (k >= 0 && w->inflight) w->inflight--;
+    return 0;
+  }
   void *part = NULL;
   dbx_err derr = {0, ""};
   if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
@@ -458,14 +681,22 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
     snprintf(why, sizeof why, "sent a bad result: %s", derr.msg);
     return worker_lost(r, wi, why, err);
   }
-  if (t->state == T_RUNNING && t->worker >= 0 && c->w[t->worker].inflight) c->w[t->worker].inflight--;
+  if (w->inflight) w->inflight--;
+  t->run[k] = -1;
+  if (t->run[1 - k] >= 0) cancel_attempt(r, (uint32_t)m->index, 1 - k);  /* the other copy lost the race */
   double dt = m->map_seconds;
   w->tasks++;
   w->bytes += m->bytes;
   w->busy += dt;
   w->mean_task = w->mean_task ? 0.8 * w->mean_task + 0.2 * dt : dt;
+  double wall = time_mono() - t->run_start[k];
+  if (r->ndur == r->durcap) {
+    size_t nc = r->durcap ? r->durcap * 2 : 64;
+    double *nd = realloc(r->durations, nc * sizeof *nd);
+    if (nd) { r->durations = nd; r->durcap = nc; }
+  }
+  if (r->ndur < r->durcap) r->durations[r->ndur++] = wall;
   t->state = T_DONE;
-  t->worker = -1;
   batchdesc_free(&t->b);
   r->done++;
   r->undone_materialized--;
@@ -484,16 +715,11 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
 static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (m->stage != r->id || m->index >= r->nt) return 0;
   ctask *t = &r->t[m->index];
-  if (t->state != T_RUNNING || t->worker != (long)wi) return 0;
-  cworker *w = &r->c->w[wi];
-  w->failures++;
-  char where[700];
-  describe(r, t, where, sizeof where);
-  /* An operator error is about the data: the same batch fails the same way anywhere. */
-  if (t->worker >= 0 && w->inflight) w->inflight--;
-  t->state = T_PENDING;
-  return dbx_seterr(err, (int)m->code < 0 ? (int)m->code : DBX_ETASK, "%s on worker %u (%s pid %lld), attempt %u: %.*s",
-                    where, w->id, w->host, (long long)w->pid, t->attempts, (int)m->text_len, m->text);
+  int k = attempt_slot(t, wi, m->attempt);
+  if (t->state != T_RUNNING || k < 0) return 0;
+  char cause[600];
+  snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
+  return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 
 static int handle_message(srun *r, dbx_err *err) {
@@ -584,7 +810,7 @@ static void heartbeat(srun *r, double now, dbx_err *err) {
   for (size_t i = 0; i < c->nw; i++) {
     cworker *w = &c->w[i];
     if (!w->alive || !w->welcomed) continue;
-    if (!w->local && now - w->last_heard > c->o.worker_timeout) {
+    if (now - w->last_heard > c->o.worker_timeout) {
       char why[96];
       snprintf(why, sizeof why, "was silent for %.1f s (--worker-timeout)", now - w->last_heard);
       worker_lost(r, i, why, err);
@@ -621,8 +847,16 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if ((rc = top_up(&r, err))) goto done;
     s->st->t_read += time_mono() - t0;
     if (r.split_eof && r.done == r.nt) break;
-    int nalive = 0;
-    for (size_t i = 0; i < c->nw; i++) nalive += c->w[i].alive && c->w[i].welcomed;
+    int nalive = 0, nusable = 0;
+    for (size_t i = 0; i < c->nw; i++) {
+      nalive += c->w[i].alive && c->w[i].welcomed;
+      nusable += usable(&c->w[i]);
+    }
+    if (nalive && !nusable && !c->o.listen) {
+      rc = dbx_seterr(err, DBX_ETASK, "every worker is excluded after failing %u different tasks (--exclude-after)",
+                      c->o.exclude_after);
+      goto done;
+    }
     if (nalive >= (int)c->o.wait_workers) c->o.wait_workers = 0;  /* once per job */
     if (!c->o.wait_workers && (rc = assign(&r, err))) goto done;
     if (!nalive && c->o.listen && !c->waiting_logged && c->local_alive == 0) {
@@ -634,7 +868,9 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
       goto done;
     }
     zmq_pollitem_t items[2] = {{c->router, 0, ZMQ_POLLIN, 0}, {NULL, c->sigfd, ZMQ_POLLIN, 0}};
-    int n = zmq_poll(items, 2, (long)(c->o.heartbeat * 1000 / 2));
+    /* Short waits while retries back off or copies may be due; half a heartbeat otherwise. */
+    long wait_ms = (r.ndelayed || (c->o.speculation && r.ndur >= 3)) ? 20 : (long)(c->o.heartbeat * 1000 / 2);
+    int n = zmq_poll(items, 2, wait_ms);
     if (n < 0 && zmq_errno() != EINTR) { rc = dbx_seterr(err, DBX_EIO, "poll: %s", zmq_strerror(zmq_errno())); goto done; }
     if (items[1].revents & ZMQ_POLLIN && (rc = reap_children(&r, err))) goto done;
     if (items[0].revents & ZMQ_POLLIN) {
@@ -648,11 +884,10 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if (now - last_hb >= c->o.heartbeat) {
       heartbeat(&r, now, err);
       last_hb = now;
-      for (size_t i = 0; i < r.nt; i++)
-        if (r.t[i].state == T_RUNNING && r.t[i].worker >= 0 && !c->w[r.t[i].worker].alive &&
-            (rc = lose_task(&r, (uint32_t)i, "worker gone", err)))
-          goto done;
     }
+    if ((rc = check_timeouts(&r, now, err))) goto done;
+    if ((rc = speculate(&r, now))) goto done;
+
   }
   if (g_interrupted) {
     rc = dbx_seterr(err, DBX_EINTR, "interrupted by signal %d; no output was written", (int)g_interrupted);
@@ -674,6 +909,8 @@ done:
   for (size_t i = 0; i < r.nt; i++) batchdesc_free(&r.t[i].b);
   free(r.t);
   free(r.queue);
+  free(r.delayed);
+  free(r.durations);
   splitter_free(r.sp);
   agg_free(r.ag);
   loader_free(r.ld);
@@ -686,6 +923,7 @@ done:
 int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   double t0 = time_mono();
   int rc;
+  s->skip_failed = c->o.skip_failed;
   if (!c->router) {
     rc = engine_run_stage(j, s, err);
   } else {

@@ -18,6 +18,10 @@ typedef struct coord_opts {
   uint32_t max_attempts;
   uint64_t max_msg;         /* largest message accepted from a peer */
   uint32_t wait_workers;    /* hold the first task until this many workers joined */
+  double task_timeout;      /* seconds one attempt may run (0: no limit) */
+  uint32_t exclude_after;   /* exclude a worker after failures of this many different tasks (0: never) */
+  int speculation;          /* copy stragglers to free workers */
+  int skip_failed;          /* --on-task-failure=skip */
 } coord_opts;
 
 typedef struct coord coord;

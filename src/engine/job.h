@@ -31,6 +31,7 @@ typedef struct stage {
   const char *bcast_in;    /* the previous stage's broadcast blob (may be NULL) */
   size_t bcast_in_len;
   sink *out;               /* rows go here, or NULL to drop them */
+  int skip_failed;         /* a failed task is left out and reported instead of failing */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;
@@ -43,6 +44,23 @@ typedef struct worker_info {
   uint64_t tasks, bytes, failures;
   double busy_seconds;
 } worker_info;
+
+/* One failed attempt, where and why: printed when it happens, listed in the summary. */
+typedef struct job_failure {
+  char stage[32];
+  uint32_t task, attempt, worker;   /* worker 0: this process */
+  char host[64];
+  int64_t pid;
+  char where[512];                  /* input file(s) and byte/line range */
+  char cause[512];                  /* exit status or signal, operator error, timeout, lost connection */
+} job_failure;
+
+/* A task given up under --on-task-failure=skip: its input is missing from the result. */
+typedef struct job_missing {
+  char stage[32];
+  uint32_t task;
+  char where[512];
+} job_missing;
 
 typedef struct job {
   const char *name;
@@ -57,7 +75,17 @@ typedef struct job {
   worker_info *winfo;      /* filled by the coordinator; owned by the job */
   size_t nwinfo;
   uint64_t discarded;      /* late duplicate results thrown away */
+  job_failure *failures;   /* owned */
+  size_t nfailures;
+  job_missing *missing;    /* owned */
+  size_t nmissing;
+  uint64_t speculated;     /* speculative copies started */
 } job;
+
+/* Record (and print) a failed attempt. */
+void job_add_failure(job *j, const job_failure *f);
+void job_add_missing(job *j, const char *stage_name, uint32_t task, const char *where);
+void job_free_records(job *j);
 
 /* Run one stage in this process: split, map every batch, merge in tree order, finish into
  * st->out. Errors name the batch (file and byte/line range) that failed. */
@@ -68,6 +96,10 @@ int engine_run_stage(job *j, stage *st, dbx_err *err);
 int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err);
+
+/* Fault injection for tests (docs/faults.md): when set, called with every loaded batch just
+ * before map(). Set once at process start, by worker processes only. */
+extern void (*engine_fault_hook)(const dbx_batch *b);
 
 /* The next batch of a stage: from the splitter, or an empty one while virtual tasks remain
  * (st->virtual_tasks, used by bench-tasks). 1, 0 at the end, or an error. */

@@ -3,10 +3,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/agg.h"
 #include "engine/job.h"
+#include "util/log.h"
 #include "util/timeutil.h"
+
+void job_add_failure(job *j, const job_failure *f) {
+  log_warn("%s task %u attempt %u failed on worker %u (%s pid %lld): %s; input: %s", f->stage, f->task,
+           f->attempt, f->worker, f->host, (long long)f->pid, f->cause, f->where);
+  job_failure *n = realloc(j->failures, (j->nfailures + 1) * sizeof *n);
+  if (!n) return;
+  j->failures = n;
+  j->failures[j->nfailures++] = *f;
+}
+
+void job_add_missing(job *j, const char *stage_name, uint32_t task, const char *where) {
+  log_warn("%s task %u skipped (--on-task-failure=skip): missing from the result: %s", stage_name, task, where);
+  job_missing *n = realloc(j->missing, (j->nmissing + 1) * sizeof *n);
+  if (!n) return;
+  j->missing = n;
+  job_missing *m = &j->missing[j->nmissing++];
+  snprintf(m->stage, sizeof m->stage, "%s", stage_name);
+  m->task = task;
+  snprintf(m->where, sizeof m->where, "%s", where);
+}
+
+void job_free_records(job *j) {
+  free(j->failures);
+  free(j->missing);
+  j->failures = NULL;
+  j->missing = NULL;
+  j->nfailures = j->nmissing = 0;
+}
 
 stage_stats *job_add_stage(job *j, const char *name) {
   if (j->nstages == STAGE_MAX) return NULL;
@@ -32,6 +62,8 @@ static int locate(int rc, const batchdesc *b, const inputs *in, dbx_err *err) {
   return dbx_seterr(err, rc, "%s: %s", where, msg);
 }
 
+void (*engine_fault_hook)(const dbx_batch *b);
+
 int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err) {
@@ -39,6 +71,7 @@ int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader
   void *part = op->partial_new(cfg);
   if (!part) return DBX_ENOMEM;
   int rc = loader_load(ld, b, paths, &view, err);
+  if (!rc && engine_fault_hook) engine_fault_hook(&view);
   if (!rc) rc = op->map(cfg, bcast, &view, part, st, err);
   if (rc) {
     op->partial_free(part);
@@ -93,8 +126,29 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     double t2 = time_mono();
     st->t_map += t2 - t1;
     if (rc) {
-      rc = locate(rc, &b, s->in, err);
-      break;
+      job_failure f;
+      memset(&f, 0, sizeof f);
+      snprintf(f.stage, sizeof f.stage, "%s", st->name);
+      f.task = b.index;
+      f.attempt = 1;
+      snprintf(f.host, sizeof f.host, "this process");
+      f.pid = (int64_t)getpid();
+      if (s->in && b.nseg) batchdesc_describe(&b, s->in, f.where, sizeof f.where);
+      snprintf(f.cause, sizeof f.cause, "%.500s", err ? err->msg : dbx_strerror(rc));
+      job_add_failure(j, &f);
+      if (!s->skip_failed) {
+        rc = locate(rc, &b, s->in, err);
+        break;
+      }
+      /* Skipped: an empty partial keeps the merge tree whole. */
+      job_add_missing(j, st->name, b.index, f.where);
+      if (!(part = op->partial_new(s->cfg)) || (rc = agg_add(ag, b.index, part, err))) {
+        if (!rc) rc = DBX_ENOMEM;
+        break;
+      }
+      st->batches++;
+      batchdesc_free(&b);
+      continue;
     }
     st->batches++;
     st->bytes += bytes;

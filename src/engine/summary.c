@@ -81,6 +81,39 @@ int job_write_summary(const job *j, const char *path, int ok, const dbx_err *fai
     json_raw(&b, "}");
   }
   json_raw(&b, "]");
+  kv_int(&b, "speculative_attempts", j->speculated);
+  json_key(&b, "failures", 0);
+  json_raw(&b, "[");
+  for (size_t i = 0; i < j->nfailures; i++) {
+    const job_failure *f = &j->failures[i];
+    json_raw(&b, i ? ",{" : "{");
+    json_key(&b, "stage", 1);
+    json_cstr(&b, f->stage);
+    kv_int(&b, "task", f->task);
+    kv_int(&b, "attempt", f->attempt);
+    kv_int(&b, "worker", f->worker);
+    json_key(&b, "host", 0);
+    json_cstr(&b, f->host);
+    kv_int(&b, "pid", (uint64_t)f->pid);
+    json_key(&b, "input", 0);
+    json_cstr(&b, f->where);
+    json_key(&b, "cause", 0);
+    json_cstr(&b, f->cause);
+    json_raw(&b, "}");
+  }
+  json_raw(&b, "]");
+  json_key(&b, "missing", 0);
+  json_raw(&b, "[");
+  for (size_t i = 0; i < j->nmissing; i++) {
+    json_raw(&b, i ? ",{" : "{");
+    json_key(&b, "stage", 1);
+    json_cstr(&b, j->missing[i].stage);
+    kv_int(&b, "task", j->missing[i].task);
+    json_key(&b, "input", 0);
+    json_cstr(&b, j->missing[i].where);
+    json_raw(&b, "}");
+  }
+  json_raw(&b, "]");
   json_key(&b, "stages", 0);
   json_raw(&b, "[");
   for (int i = 0; i < j->nstages; i++) {

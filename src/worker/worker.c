@@ -2,6 +2,7 @@
  * The main thread only moves messages and heartbeats, so a worker deep in a long task still
  * answers; task threads hand results back over inproc PUSH/PULL sockets (ZeroMQ sockets are
  * not shared between threads). */
+#define _GNU_SOURCE 1  /* memmem */
 #include "worker/worker.h"
 
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -159,7 +161,38 @@ fail:
   return NULL;
 }
 
+/* DBATCH_FAULT="crash_on=TEXT,delay_ms=N": a worker kills itself (SIGKILL) on any batch
+ * containing TEXT, and sleeps N ms before each task. For fault-injection tests only. */
+static char fault_pattern[128];
+static long fault_delay_ms;
+
+static void fault_hook(const dbx_batch *b) {
+  if (fault_delay_ms > 0) {
+    struct timespec ts = {fault_delay_ms / 1000, (fault_delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  if (fault_pattern[0] && b->size && memmem(b->data, b->size, fault_pattern, strlen(fault_pattern)))
+    raise(SIGKILL);
+}
+
+static void fault_setup(void) {
+  const char *f = getenv("DBATCH_FAULT");
+  if (!f || !*f) return;
+  for (const char *p = f; *p;) {
+    const char *end = strchr(p, ',');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n > 9 && !strncmp(p, "crash_on=", 9))
+      snprintf(fault_pattern, sizeof fault_pattern, "%.*s", (int)(n - 9), p + 9);
+    else if (n > 9 && !strncmp(p, "delay_ms=", 9))
+      fault_delay_ms = strtol(p + 9, NULL, 10);
+    p += n + (end != NULL);
+  }
+  engine_fault_hook = fault_hook;
+  log_info("worker %d: fault injection on (DBATCH_FAULT=%s)", (int)getpid(), f);
+}
+
 int worker_main(const worker_opts *o, dbx_err *err) {
+  fault_setup();
   if (o->local) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  /* never outlive the coordinator that started us */
   }
