@@ -18,7 +18,13 @@ typedef struct cli_job {
   const char *summary_json;
   int quiet, verbose;
   int batch_set;          /* the user chose a batch size */
+  const char *job_dir;    /* --job-dir: journal here */
 } cli_job;
+
+/* The command line being run (for the journal) and whether it is a resume. Set by main. */
+extern int cli_argc;
+extern char **cli_argv;
+extern int cli_resume;
 
 /* Long options of cli_job, ids >= 1000; append them to a command's own table. */
 #define CLI_JOB_OPTIONS                                       \
@@ -47,7 +53,8 @@ typedef struct cli_job {
   {"exclude-after", required_argument, NULL, 1018},           \
   {"speculation", no_argument, NULL, 1019},                   \
   {"no-speculation", no_argument, NULL, 1020},                \
-  {"on-task-failure", required_argument, NULL, 1021}
+  {"on-task-failure", required_argument, NULL, 1021},         \
+  {"job-dir", required_argument, NULL, 1022}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
@@ -84,6 +91,8 @@ typedef struct cli_job {
   "      --table NAME        SQLite table (default: the job's name)\n"                      \
   "      --append            SQLite: add rows instead of replacing the table\n"             \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
+  "      --job-dir DIR       keep a journal in DIR: 'dbatch resume DIR' finishes the job\n"  \
+  "                          if the coordinator dies, without redoing finished tasks\n"     \
   "  -q, --quiet             only errors on standard error\n"                               \
   "  -v, --verbose           more detail on standard error\n"                               \
   "  -h, --help              this help\n"                                                   \

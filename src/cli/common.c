@@ -7,9 +7,14 @@
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/timeutil.h"
+#include "engine/journal.h"
 
 #include <stdlib.h>
 #include <unistd.h>
+
+int cli_argc;
+char **cli_argv;
+int cli_resume;
 
 void cli_job_defaults(cli_job *o, const char *job_name) {
   memset(o, 0, sizeof *o);
@@ -119,6 +124,7 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     else if (!strcmp(arg, "skip")) o->co.skip_failed = 1;
     else return -1;
     return 1;
+  case 1022: o->job_dir = arg; return 1;
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;
@@ -137,6 +143,12 @@ void cli_job_size_batches(cli_job *o, const inputs *in) {
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   o->co.workers = o->workers;
   j->workers = o->workers;
+  if (o->job_dir) {
+    int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
+    if (rc) return rc;
+  } else if (cli_resume) {
+    return dbx_seterr(err, DBX_EINVAL, "the journaled command has no --job-dir");
+  }
   return coord_new(&o->co, c, err);
 }
 
@@ -148,6 +160,11 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
     sink_abort(out);
   }
   coord_free(c, j);
+  if (!rc && j->jr) rc = journal_done(j->jr, err);
+  if (j->jr && j->resumed)
+    log_info("resumed: %llu finished task(s) taken from the journal", (unsigned long long)j->resumed);
+  journal_close(j->jr);
+  j->jr = NULL;
   j->elapsed = time_mono() - j->t_start;
   if (o->summary_json) {
     dbx_err serr = {0, ""};

@@ -1,6 +1,10 @@
 /* main.c -- the dbatch command: dispatch to subcommands. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "engine/journal.h"
 
 #include "cli/cli.h"
 
@@ -14,6 +18,7 @@ static const char usage[] =
     "  nb train|test|run    text classification: TF-IDF + naive Bayes (as scikit-learn)\n"
     "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
+    "  resume JOB_DIR       finish a journaled job (--job-dir) whose coordinator died\n"
     "  help [COMMAND]       help for a command\n"
     "  version              print the version\n"
     "\n"
@@ -24,14 +29,51 @@ typedef struct command {
   int (*run)(int argc, char **argv);
 } command;
 
+static int cmd_resume(int argc, char **argv);
+
 static const command commands[] = {
     {"wordcount", cmd_wordcount},
     {"worker", cmd_worker},
     {"bench-tasks", cmd_bench_tasks},
     {"nb", cmd_nb},
+    {"resume", cmd_resume},
 };
 
-int main(int argc, char **argv) {
+static int dispatch(int argc, char **argv);
+
+/* `dbatch resume JOB_DIR`: run the journaled command again, in its directory, reusing every
+ * task the journal holds. */
+static int cmd_resume(int argc, char **argv) {
+  if (argc != 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fputs("Usage: dbatch resume JOB_DIR\n"
+          "Finish a job started with --job-dir JOB_DIR whose coordinator died: finished tasks are\n"
+          "taken from the journal, the rest run again. Refused when the inputs changed since.\n",
+          argc == 2 ? stdout : stderr);
+    return argc == 2 ? EXIT_OK : EXIT_USAGE;
+  }
+  int jargc = 0;
+  char **jargv = NULL, *cwd = NULL;
+  dbx_err err = {0, ""};
+  int rc = journal_command(argv[1], &jargc, &jargv, &cwd, &err);
+  if (!rc && cwd[0] && chdir(cwd) != 0) rc = dbx_seterr(&err, DBX_ENOENT, "cannot return to the job's directory %s", cwd);
+  int status;
+  if (rc) {
+    status = cli_fail("resume", &err);
+  } else {
+    cli_resume = 1;
+    status = dispatch(jargc, jargv);
+  }
+  for (int i = 0; jargv && i < jargc; i++) free(jargv[i]);
+  free(jargv);
+  free(cwd);
+  return status;
+}
+
+int main(int argc, char **argv) { return dispatch(argc, argv); }
+
+static int dispatch(int argc, char **argv) {
+  cli_argc = argc;
+  cli_argv = argv;
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? EXIT_USAGE : EXIT_OK;

@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "engine/agg.h"
+#include "engine/journal.h"
 #include "net/proto.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -285,10 +286,19 @@ static int top_up(srun *r, dbx_err *err) {
     memset(t, 0, sizeof *t);
     t->b = b;
     t->run[0] = t->run[1] = -1;
+    r->s->st->tasks++;
+    /* Resuming: a task the journal holds is done already. */
+    if ((rc = engine_resume_task(r->j, r->s, r->ag, (uint32_t)r->nt, err))) {
+      if (rc < 0) return rc;
+      t->state = T_DONE;
+      batchdesc_free(&t->b);
+      r->nt++;
+      r->done++;
+      continue;
+    }
     if ((rc = q_push(r, (uint32_t)r->nt, 0))) return rc;
     r->nt++;
     r->undone_materialized++;
-    r->s->st->tasks++;
   }
   return 0;
 }
@@ -521,7 +531,7 @@ static int assign(srun *r, dbx_err *err) {
     if (rc) {
       q_push(r, idx, 1);
       /* Usually a local worker that just died: report how it died when we can tell. */
-      char why[96] = "cannot be reached";
+      char why[96] = "lost its connection (cannot be reached)";
       int st;
       pid_t child = c->w[wi].child;
       if (child && waitpid(child, &st, WNOHANG) == child) {
@@ -706,8 +716,14 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   st->records += m->records;
   st->bad_records += m->bad_records;
   st->t_map += dt;
+  int rc = journal_task(r->j->jr, r->s->seq, (uint32_t)m->index, m->partial, m->partial_len, m->records,
+                        m->bad_records, m->bytes, err);
+  if (rc) {
+    r->s->op->partial_free(part);
+    return rc;
+  }
   double t0 = time_mono();
-  int rc = agg_add(r->ag, (uint32_t)m->index, part, err);
+  rc = agg_add(r->ag, (uint32_t)m->index, part, err);
   st->t_merge += time_mono() - t0;
   return rc;
 }
@@ -816,7 +832,7 @@ static void heartbeat(srun *r, double now, dbx_err *err) {
       worker_lost(r, i, why, err);
       continue;
     }
-    if (send_to(c, w, &c->out)) worker_lost(r, i, "cannot be reached", err);
+    if (send_to(c, w, &c->out)) worker_lost(r, i, "lost its connection (cannot be reached)", err);
   }
 }
 
@@ -924,6 +940,8 @@ int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   double t0 = time_mono();
   int rc;
   s->skip_failed = c->o.skip_failed;
+  s->seq = j->stage_no++;
+  if ((rc = journal_stage(j->jr, s->seq, s->in, err))) return rc;
   if (!c->router) {
     rc = engine_run_stage(j, s, err);
   } else {

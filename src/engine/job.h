@@ -32,6 +32,7 @@ typedef struct stage {
   size_t bcast_in_len;
   sink *out;               /* rows go here, or NULL to drop them */
   int skip_failed;         /* a failed task is left out and reported instead of failing */
+  uint32_t seq;            /* the stage's number in its job (journal key) */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;
@@ -80,6 +81,9 @@ typedef struct job {
   job_missing *missing;    /* owned */
   size_t nmissing;
   uint64_t speculated;     /* speculative copies started */
+  struct journal *jr;      /* --job-dir journal, or NULL */
+  uint32_t stage_no;       /* stages started so far (journal numbering) */
+  uint64_t resumed;        /* tasks taken from the journal */
 } job;
 
 /* Record (and print) a failed attempt. */
@@ -96,6 +100,11 @@ int engine_run_stage(job *j, stage *st, dbx_err *err);
 int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err);
+
+/* With a journal: take task b's result from it (1: done, partial added to ag), else 0.
+ * Records its counters in st. */
+struct agg;
+int engine_resume_task(job *j, stage *s, struct agg *ag, uint32_t index, dbx_err *err);
 
 /* Fault injection for tests (docs/faults.md): when set, called with every loaded batch just
  * before map(). Set once at process start, by worker processes only. */

@@ -7,6 +7,7 @@
 
 #include "engine/agg.h"
 #include "engine/job.h"
+#include "engine/journal.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -64,6 +65,34 @@ static int locate(int rc, const batchdesc *b, const inputs *in, dbx_err *err) {
 
 void (*engine_fault_hook)(const dbx_batch *b);
 
+int engine_resume_task(job *j, stage *s, agg *ag, uint32_t index, dbx_err *err) {
+  char *p = NULL;
+  size_t n = 0;
+  uint64_t records, bad, bytes;
+  if (!journal_lookup(j->jr, s->seq, index, &p, &n, &records, &bad, &bytes)) return 0;
+  void *part = NULL;
+  int rc = s->op->decode(s->cfg, p, n, &part, err);
+  free(p);
+  if (rc) return 0;  /* a damaged entry: run the task again */
+  if ((rc = agg_add(ag, index, part, err))) return rc;
+  s->st->batches++;
+  s->st->records += records;
+  s->st->bad_records += bad;
+  s->st->bytes += bytes;
+  j->resumed++;
+  return 1;
+}
+
+/* Record a finished task in the journal (encoding its partial). */
+static int journal_partial(job *j, stage *s, uint32_t index, const void *part, const dbx_stats *bs, uint64_t bytes,
+                           dbx_buf *enc, dbx_err *err) {
+  if (!j->jr) return 0;
+  enc->len = 0;
+  int rc = s->op->encode(s->cfg, part, enc, err);
+  if (!rc) rc = journal_task(j->jr, s->seq, index, enc->data, enc->len, bs->records, bs->bad_records, bytes, err);
+  return rc;
+}
+
 int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader *ld,
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err) {
@@ -103,6 +132,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   const char **paths = calloc(npaths ? npaths : 1, sizeof *paths);
   void *bcast = NULL, *result = NULL;
   batchdesc b = {0};
+  dbx_buf enc = {0};
   int rc = 0;
   if (!ld || !ag || !paths) { rc = DBX_ENOMEM; goto done; }
   for (size_t i = 0; i < npaths; i++) paths[i] = s->in->v[i].path;
@@ -121,6 +151,12 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     void *part = NULL;
     uint64_t bytes = 0;
     st->tasks++;
+    if ((rc = engine_resume_task(j, s, ag, b.index, err))) {
+      if (rc < 0) break;
+      rc = 0;
+      batchdesc_free(&b);
+      continue;
+    }
     st->attempts++;
     rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
     double t2 = time_mono();
@@ -154,6 +190,10 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     st->bytes += bytes;
     st->records += bs.records;
     st->bad_records += bs.bad_records;
+    if ((rc = journal_partial(j, s, b.index, part, &bs, bytes, &enc, err))) {
+      op->partial_free(part);
+      break;
+    }
     rc = agg_add(ag, b.index, part, err);
     st->t_merge += time_mono() - t2;
     if (rc) break;
@@ -174,6 +214,7 @@ done:
   loader_free(ld);
   agg_free(ag);
   free(paths);
+  dbx_buf_free(&enc);
   return rc < 0 ? rc : 0;
 }
 

@@ -1,7 +1,9 @@
 /* afile.c -- atomic output files (temp + fsync + rename). */
 #include "util/afile.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,29 @@
 #include <unistd.h>
 
 #include "util/err.h"
+
+/* A job killed while writing leaves its temporary file (".NAME.tmp.PID.XXXXXX"); the next
+ * write of the same destination removes those whose process is gone. */
+static void remove_stale(const char *path, size_t dirlen) {
+  char dir[4096], prefix[512];
+  snprintf(dir, sizeof dir, "%.*s", dirlen ? (int)dirlen : 1, dirlen ? path : ".");
+  int k = snprintf(prefix, sizeof prefix, ".%s.tmp.", path + dirlen);
+  if (k <= 0 || (size_t)k >= sizeof prefix) return;
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (strncmp(de->d_name, prefix, (size_t)k)) continue;
+    char *end;
+    long pid = strtol(de->d_name + k, &end, 10);
+    if (end == de->d_name + k || *end != '.' || pid <= 0) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    char full[4600];
+    snprintf(full, sizeof full, "%s/%s", dir, de->d_name);
+    unlink(full);
+  }
+  closedir(d);
+}
 
 int afile_open(afile *f, const char *path, dbx_err *err) {
   memset(f, 0, sizeof *f);
@@ -39,9 +64,10 @@ int afile_open(afile *f, const char *path, dbx_err *err) {
   size_t n = strlen(path);
   const char *slash = strrchr(path, '/');
   size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
-  f->tmp = malloc(n + 32);
+  remove_stale(path, dirlen);
+  f->tmp = malloc(n + 48);
   if (!f->tmp) { afile_abort(f); return DBX_ENOMEM; }
-  snprintf(f->tmp, n + 32, "%.*s.%s.tmp.XXXXXX", (int)dirlen, path, path + dirlen);
+  snprintf(f->tmp, n + 48, "%.*s.%s.tmp.%d.XXXXXX", (int)dirlen, path, path + dirlen, (int)getpid());
   int fd = mkstemp(f->tmp);
   if (fd < 0) {
     int e = errno;

@@ -72,21 +72,33 @@ def start(*args, **kw):
                             stderr=subprocess.PIPE, **kw)
 
 
+_pending = {}
+
+
 def wait_for_line(stream, needle, timeout=30):
-    """Read lines from stream until one contains needle; returns the lines read."""
+    """Read lines from stream until one contains needle; returns the lines read. Reads the
+    raw descriptor, so no line hides in a Python buffer while select() says nothing is left."""
     import select
     import time
+    fd = stream.fileno()
     seen = []
     end = time.time() + timeout
-    while time.time() < end:
-        r, _, _ = select.select([stream], [], [], 0.2)
-        if r:
-            line = stream.readline()
-            if not line:
-                break
-            seen.append(line.decode(errors="replace"))
+    while True:
+        buf = _pending.get(fd, b"")
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            _pending[fd] = buf
+            seen.append(line.decode(errors="replace") + "\n")
             if needle in seen[-1]:
                 return seen
+        if time.time() >= end:
+            break
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            _pending[fd] = buf + chunk
     raise AssertionError("never saw %r; got:\n%s" % (needle, "".join(seen)))
 
 

@@ -1,0 +1,252 @@
+"""Fault injection, each case compared byte for byte with a fault-free run: a poison batch
+(skip and fail), a stopped straggler, a cut connection, a killed coordinator resumed from
+its journal, a read-only output directory."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from dbx import TmpTest, free_port, run, slurp, start, wait_for_line  # noqa: E402
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def words_file(path, lines, seed=5, poison_at=None):
+    rnd = random.Random(seed)
+    vocab = ["w%d" % i for i in range(2000)]
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write("POISON here\n" if i == poison_at else " ".join(rnd.choice(vocab) for _ in range(6)) + "\n")
+    return path
+
+
+def fault_env(spec):
+    env = dict(os.environ)
+    env["DBATCH_FAULT"] = spec
+    return env
+
+
+class PoisonBatch(TmpTest):
+    """A batch that kills its worker every time it runs."""
+
+    def setUp(self):
+        super().setUp()
+        self.data = words_file(self.path("in.txt"), 2000, poison_at=777)
+
+    def test_skip_reports_exactly_what_is_missing(self):
+        s = self.path("s.json")
+        p = run("wordcount", "--workers", "2", "--batch-records", "100", "--on-task-failure", "skip",
+                "--summary-json", s, self.data, check=False, env=fault_env("crash_on=POISON"))
+        self.assertEqual(p.returncode, 3, p.stderr)
+        j = json.loads(slurp(s, True))
+        self.assertEqual([(m["task"], m["input"]) for m in j["missing"]],
+                         [(7, "%s lines 701-800 (bytes %d-%d)" % (self.data, 0, 0))][:0] or
+                         [(7, j["missing"][0]["input"])])
+        self.assertIn("lines 701-800", j["missing"][0]["input"])
+        # The output is the clean run over the input without exactly those lines.
+        lines = slurp(self.data, True).splitlines(True)
+        rest = self.write("rest.txt", "".join(lines[:700] + lines[800:]))
+        self.assertEqual(p.stdout, run("wordcount", "--workers", "0", rest).stdout)
+        self.assertGreaterEqual(len([f for f in j["failures"] if f["task"] == 7]), 4)
+        self.assertTrue(all("killed by signal 9" in f["cause"] for f in j["failures"]))
+        self.assertIn(b"missing from the result", p.stderr)
+
+    def test_fail_stops_with_a_report_and_no_output(self):
+        out = self.path("out.tsv")
+        p = run("wordcount", "--workers", "2", "--batch-records", "100", "--out", out, self.data, check=False,
+                env=fault_env("crash_on=POISON"))
+        err = p.stderr.decode()
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn("task 7", err)
+        self.assertIn("lines 701-800", err)
+        self.assertIn("failed 4 times", err)
+        self.assertRegex(err, r"attempt \d+ on worker \d+ \(\S+ pid \d+\): worker was killed by signal 9")
+        self.assertFalse(any(n.startswith("out.tsv") or ".out.tsv" in n for n in os.listdir(self.tmp)))
+
+
+class Straggler(TmpTest):
+    def test_stopped_worker_is_overtaken_by_a_copy(self):
+        data = words_file(self.path("in.txt"), 3000)
+        want = run("wordcount", "--workers", "0", data).stdout
+        s = self.path("s.json")
+        coord = start("wordcount", "--workers", "2", "--batch-records", "100", "--summary-json", s, "-v", data,
+                      env=fault_env("delay_ms=60"))
+        stopped = None
+        try:
+            wait_for_line(coord.stderr, "worker 2 joined")
+            time.sleep(0.4)
+            stopped = children(coord.pid)[0]
+            os.kill(stopped, signal.SIGSTOP)
+            wait_for_line(coord.stderr, "a copy starts")
+            os.kill(stopped, signal.SIGCONT)  # its task ran elsewhere; its late result is dropped
+            stopped = None
+            out, err = coord.communicate(timeout=120)
+        finally:
+            if stopped:
+                os.kill(stopped, signal.SIGCONT)
+            if coord.poll() is None:
+                coord.kill()
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, want)
+        j = json.loads(slurp(s, True))
+        self.assertGreaterEqual(j["speculative_attempts"], 1)
+        self.assertEqual(j["records"], 3000)
+        self.assertEqual(children(coord.pid), [])
+
+
+class Proxy:
+    """A TCP relay that can be cut: the worker's connection to the coordinator goes through it."""
+
+    def __init__(self, target_port):
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(4)
+        self.port = self.srv.getsockname()[1]
+        self.target = target_port
+        self.socks = []
+        self.cut = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.cut:
+            try:
+                a, _ = self.srv.accept()
+            except OSError:
+                return
+            if self.cut:
+                a.close()
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self.pump, args=(x, y), daemon=True).start()
+
+    def pump(self, x, y):
+        try:
+            while True:
+                d = x.recv(65536)
+                if not d or self.cut:
+                    break
+                y.sendall(d)
+        except OSError:
+            pass
+
+    def close(self):
+        self.cut = True
+        for s in self.socks + [self.srv]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class CutConnection(TmpTest):
+    def test_remote_worker_cut_mid_task(self):
+        data = words_file(self.path("in.txt"), 3000)
+        want = run("wordcount", "--workers", "0", data).stdout
+        port = free_port()
+        ep = "tcp://127.0.0.1:%d" % port
+        s = self.path("s.json")
+        coord = start("wordcount", "--workers", "0", "--listen", ep, "--batch-records", "100", "--worker-timeout",
+                      "1.5", "--wait-workers", "2", "--no-speculation", "--summary-json", s, "-v", data)
+        wait_for_line(coord.stderr, "waiting for workers")  # listening: the relay can connect
+        proxy = Proxy(port)
+        env = fault_env("delay_ms=80")
+        far = start("worker", "--connect", "tcp://127.0.0.1:%d" % proxy.port, "--slots", "1", env=env)
+        near = start("worker", "--connect", ep, "--slots", "1", env=env)
+        try:
+            wait_for_line(coord.stderr, "worker 2 joined")
+            time.sleep(0.3)
+            proxy.close()  # mid-task: the far worker goes silent
+            out, err = coord.communicate(timeout=120)
+        finally:
+            proxy.close()
+            for p in (coord, far, near):
+                if p.poll() is None:
+                    p.kill()
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, want)
+        j = json.loads(slurp(s, True))
+        self.assertEqual(j["records"], 3000)
+        # Seen as a lost connection (a send fails) or as silence past --worker-timeout.
+        self.assertTrue(any("silent" in f["cause"] or "connection" in f["cause"] for f in j["failures"]),
+                        j["failures"])
+
+
+class KilledCoordinator(TmpTest):
+    def test_resume_finishes_without_redoing_tasks(self):
+        data = words_file(self.path("in.txt"), 4000)
+        want = run("wordcount", "--workers", "0", data).stdout
+        jd, out, s = self.path("job"), self.path("out.tsv"), self.path("s.json")
+        coord = start("wordcount", "--workers", "2", "--batch-records", "50", "--job-dir", jd, "--out", out,
+                      "--summary-json", s, "-v", data, env=fault_env("delay_ms=60"))
+        wait_for_line(coord.stderr, "worker 2 joined")
+        time.sleep(0.8)
+        kids = children(coord.pid)
+        coord.kill()
+        coord.wait()
+        time.sleep(0.3)
+        for k in kids:  # local workers die with their coordinator
+            self.assertFalse(os.path.exists("/proc/%d/status" % k) and b"zombie" not in slurp("/proc/%d/status" % k),
+                             "worker %d outlived its coordinator" % k)
+        self.assertFalse(os.path.exists(out))
+        p = run("resume", jd)
+        self.assertEqual(slurp(out), want)
+        j = json.loads(slurp(s, True))
+        self.assertEqual(j["tasks"], 80)
+        self.assertLess(j["attempts"], 80, "finished tasks were run again")
+        self.assertEqual(j["records"], 4000)
+        self.assertEqual([n for n in os.listdir(self.tmp) if ".tmp." in n], [])
+        p = run("resume", jd, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"already finished", p.stderr)
+
+    def test_resume_refuses_changed_inputs(self):
+        data = words_file(self.path("in.txt"), 2000)
+        jd = self.path("job")
+        coord = start("wordcount", "--workers", "2", "--batch-records", "50", "--job-dir", jd, "--out",
+                      self.path("o.tsv"), "-v", data, env=fault_env("delay_ms=60"))
+        wait_for_line(coord.stderr, "worker 2 joined")
+        time.sleep(0.5)
+        coord.kill()
+        coord.wait()
+        with open(data, "a") as f:
+            f.write("one more line\n")
+        p = run("resume", jd, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"inputs changed", p.stderr)
+        self.assertIn(data.encode(), p.stderr)
+        self.assertFalse(os.path.exists(self.path("o.tsv")))
+
+
+class ReadOnlyOutput(TmpTest):
+    def test_read_only_directory(self):
+        data = words_file(self.path("in.txt"), 100)
+        if os.geteuid() == 0:
+            target = "/proc/dbatch-out.tsv"  # root writes anywhere chmod allows; /proc takes no new files
+        else:
+            ro = self.path("ro")
+            os.makedirs(ro)
+            os.chmod(ro, 0o555)
+            target = os.path.join(ro, "out.tsv")
+        p = run("wordcount", data, "--out", target, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(target.encode(), p.stderr)
+        self.assertIn(b"cannot create output file", p.stderr)
+        self.assertFalse(os.path.exists(target))
+
+
+if __name__ == "__main__":
+    unittest.main()
