@@ -77,6 +77,7 @@ typedef struct dbx_segment {
   uint64_t off, len;    /* byte range in the (decompressed) input */
   uint64_t rec_first;   /* index of the first record, or DBX_UNKNOWN when cut by bytes */
   uint64_t rec_count;   /* records in the range, or DBX_UNKNOWN */
+  uint64_t start;       /* file offset of the segment's first byte in data (its first line) */
   size_t data_off;      /* where this segment starts in dbx_batch.data */
   size_t data_len;      /* its length there, including a final newline */
 } dbx_segment;
@@ -97,7 +98,12 @@ typedef struct dbx_batch {
 typedef struct dbx_stats {
   uint64_t records;
   uint64_t bad_records;
+  char bad_note[256];   /* where and why the batch's first bad record was, or "" */
 } dbx_stats;
+
+/* "FILE line N" (or "FILE byte N" when the batch does not know its line numbers) for the
+ * byte at data offset off of batch b, into out. */
+DBX_EXTERN void dbx_batch_where(const dbx_batch *b, size_t off, char *out, size_t cap);
 
 /* A result row handed to a sink: ncol values of the kinds given by the sink schema. */
 typedef enum { DBX_COL_TEXT, DBX_COL_INT, DBX_COL_REAL } dbx_coltype;

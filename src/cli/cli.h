@@ -19,6 +19,8 @@ typedef struct cli_job {
   int quiet, verbose;
   int batch_set;          /* the user chose a batch size */
   const char *job_dir;    /* --job-dir: journal here */
+  uint64_t max_record;    /* --max-record */
+  int bad_fail;           /* --on-bad-record=fail */
 } cli_job;
 
 /* The command line being run (for the journal) and whether it is a resume. Set by main. */
@@ -54,7 +56,9 @@ extern int cli_resume;
   {"speculation", no_argument, NULL, 1019},                   \
   {"no-speculation", no_argument, NULL, 1020},                \
   {"on-task-failure", required_argument, NULL, 1021},         \
-  {"job-dir", required_argument, NULL, 1022}
+  {"job-dir", required_argument, NULL, 1022},                 \
+  {"max-record", required_argument, NULL, 1023},              \
+  {"on-bad-record", required_argument, NULL, 1024}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
@@ -76,6 +80,9 @@ extern int cli_resume;
   "                          (fail, default) or is left out and reported (skip: exit 3)\n" \
   "      --task-timeout SECS bound on one attempt (default: none)\n"                       \
   "      --exclude-after N   a worker failing N different tasks gets no more (default 3)\n" \
+  "      --on-bad-record skip|fail  a bad record (a line over --max-record, an unreadable\n" \
+  "                          document line) is counted and skipped, or fails the job\n"    \
+  "      --max-record SIZE   longest line accepted (word count; default: no limit)\n"       \
   "      --[no-]speculation  copy an attempt running 1.5x the median to a free worker\n"   \
   "                          (default on)\n"                                                \
   "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \

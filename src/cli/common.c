@@ -125,6 +125,15 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     else return -1;
     return 1;
   case 1022: o->job_dir = arg; return 1;
+  case 1023:
+    if (parse_size(arg, &v) || v == 0) return -1;
+    o->max_record = v;
+    return 1;
+  case 1024:
+    if (!strcmp(arg, "skip")) o->bad_fail = 0;
+    else if (!strcmp(arg, "fail")) o->bad_fail = 1;
+    else return -1;
+    return 1;
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;

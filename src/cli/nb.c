@@ -256,7 +256,7 @@ int cmd_nb(int argc, char **argv) {
   dbx_buf vocab = {0}, model = {0}, summary = {0}, rep = {0};
   char **classes = NULL;
   uint32_t C = 0, V = 0;
-  nb_cfg cfg = {0, no.proba};
+  nb_cfg cfg = {0, no.proba, o.bad_fail};
   int rc = 0;
   if (o.out.dest) rc = sink_check(&o.out, &err);
   if (!rc && train) rc = corpus_open(train_path, &ctr, &err);

@@ -28,7 +28,7 @@ int cmd_wordcount(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   cli_job o;
-  wc_cfg cfg = {0, 0};
+  wc_cfg cfg = {0, 0, 0, 0};
   cli_job_defaults(&o, "wordcount");
   optind = 1;
   int c;
@@ -46,6 +46,8 @@ int cmd_wordcount(int argc, char **argv) {
     default: return cli_usage_error("wordcount", "unknown option");
     }
   }
+  cfg.max_record = o.max_record;
+  cfg.bad_fail = o.bad_fail;
   if (optind >= argc) return cli_usage_error("wordcount", "no INPUT given (use - for standard input)");
   dbx_err err = {0, ""};
   job j;

@@ -716,6 +716,7 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   st->records += m->records;
   st->bad_records += m->bad_records;
   st->t_map += dt;
+  if (m->bad_note_len) job_note_bad(r->j, m->bad_note, m->bad_note_len, m->bad_records);
   int rc = journal_task(r->j->jr, r->s->seq, (uint32_t)m->index, m->partial, m->partial_len, m->records,
                         m->bad_records, m->bytes, err);
   if (rc) {
@@ -735,6 +736,8 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (t->state != T_RUNNING || k < 0) return 0;
   char cause[600];
   snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
+  /* A bad record under --on-bad-record=fail is about the data: no retry can help. */
+  if (m->code == DBX_EBADREC) return dbx_seterr(err, DBX_EBADREC, "%s", cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 

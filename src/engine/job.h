@@ -84,12 +84,15 @@ typedef struct job {
   struct journal *jr;      /* --job-dir journal, or NULL */
   uint32_t stage_no;       /* stages started so far (journal numbering) */
   uint64_t resumed;        /* tasks taken from the journal */
+  unsigned bad_shown;      /* bad-record notes printed so far */
 } job;
 
 /* Record (and print) a failed attempt. */
 void job_add_failure(job *j, const job_failure *f);
 void job_add_missing(job *j, const char *stage_name, uint32_t task, const char *where);
 void job_free_records(job *j);
+/* A batch had bad records (skipped); the first few of the job are shown with where. */
+void job_note_bad(job *j, const char *note, size_t n, uint64_t count);
 
 /* Run one stage in this process: split, map every batch, merge in tree order, finish into
  * st->out. Errors name the batch (file and byte/line range) that failed. */

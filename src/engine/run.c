@@ -31,6 +31,14 @@ void job_add_missing(job *j, const char *stage_name, uint32_t task, const char *
   snprintf(m->where, sizeof m->where, "%s", where);
 }
 
+void job_note_bad(job *j, const char *note, size_t n, uint64_t count) {
+  if (j->bad_shown >= 5) return;
+  if (++j->bad_shown == 5)
+    log_warn("bad record skipped: %.*s (further bad records are only counted)", (int)n, note);
+  else
+    log_warn("bad record skipped: %.*s%s", (int)n, note, count > 1 ? " (and more in this batch)" : "");
+}
+
 void job_free_records(job *j) {
   free(j->failures);
   free(j->missing);
@@ -147,7 +155,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     double t1 = time_mono();
     st->t_read += t1 - t0;
     if (rc <= 0) break;
-    dbx_stats bs = {0, 0};
+    dbx_stats bs = {0, 0, ""};
     void *part = NULL;
     uint64_t bytes = 0;
     st->tasks++;
@@ -172,7 +180,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
       if (s->in && b.nseg) batchdesc_describe(&b, s->in, f.where, sizeof f.where);
       snprintf(f.cause, sizeof f.cause, "%.500s", err ? err->msg : dbx_strerror(rc));
       job_add_failure(j, &f);
-      if (!s->skip_failed) {
+      if (!s->skip_failed || rc == DBX_EBADREC) {
         rc = locate(rc, &b, s->in, err);
         break;
       }
@@ -190,6 +198,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     st->bytes += bytes;
     st->records += bs.records;
     st->bad_records += bs.bad_records;
+    if (bs.bad_note[0]) job_note_bad(j, bs.bad_note, strlen(bs.bad_note), bs.bad_records);
     if ((rc = journal_partial(j, s, b.index, part, &bs, bytes, &enc, err))) {
       op->partial_free(part);
       break;

@@ -205,7 +205,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     while (s->cur < s->in->n) {
       const input *x = &s->in->v[s->cur];
       if (out->nseg && (s->o.batch_records ? out->nseg >= s->o.batch_records : bytes >= s->o.batch_bytes)) break;
-      bseg g = {(uint32_t)s->cur, 0, x->size, s->cur, 1, 0};
+      bseg g = {(uint32_t)s->cur, 0, x->size, DBX_UNKNOWN, 1, 0};
       if ((rc = add_seg(out, &cap, g))) goto fail;
       bytes += x->size;
       s->cur++;
@@ -318,10 +318,11 @@ static int pread_full(int fd, char *p, size_t n, uint64_t off, size_t *got, cons
 }
 
 /* Append the lines starting in [off, off+len) of the open file to l->buf. */
-static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, dbx_err *err) {
+static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, uint64_t *startp, dbx_err *err) {
   char tmp[65536];
   size_t got;
   uint64_t start = off, end = off + len;
+  *startp = off;
   int rc;
   if (off > 0) {
     /* Find the first line start at or after off: just after a newline at >= off-1. */
@@ -336,6 +337,7 @@ static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, d
     }
     if (start >= end) return 0;
   }
+  *startp = start;
   size_t n = (size_t)(end - start);
   if ((rc = dbx_buf_reserve(&l->buf, n + 1))) return rc;
   if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, n, start, &got, path, err))) return rc;
@@ -372,6 +374,7 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
     dbx_segment *v = &l->vseg[i];
     v->path = paths[s->input];
     v->input = s->input;
+    v->start = s->off;
     v->off = s->off;
     v->len = s->len;
     v->rec_first = s->rec_first;
@@ -397,7 +400,7 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
       v->data_len = got;
       continue;
     }
-    rc = load_range(l, v->path, s->off, s->len, err);
+    rc = load_range(l, v->path, s->off, s->len, &v->start, err);
     if (rc) return rc;
     v->data_len = l->buf.len - v->data_off;
   }
@@ -408,4 +411,21 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
   view->size = b->shipped ? b->data.len : l->buf.len;
   if (!view->data) view->data = "";
   return 0;
+}
+
+void dbx_batch_where(const dbx_batch *b, size_t off, char *out, size_t cap) {
+  for (uint32_t i = 0; i < b->nseg; i++) {
+    const dbx_segment *s = &b->seg[i];
+    if (off < s->data_off || off >= s->data_off + s->data_len) continue;
+    if (s->rec_first != DBX_UNKNOWN) {
+      uint64_t line = s->rec_first + 1;
+      for (const char *p = b->data + s->data_off, *e = b->data + off; p < e && (p = memchr(p, '\n', (size_t)(e - p))); p++)
+        line++;
+      snprintf(out, cap, "%s line %llu", s->path, (unsigned long long)line);
+    } else {
+      snprintf(out, cap, "%s byte %llu", s->path, (unsigned long long)(s->start + (off - s->data_off)));
+    }
+    return;
+  }
+  snprintf(out, cap, "batch %u", b->index);
 }

@@ -85,10 +85,10 @@ int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b)
 }
 
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
-               uint64_t records, uint64_t bad, uint64_t bytes, double map_seconds,
-               const char *partial, size_t partial_len) {
+               uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
+               double map_seconds, const char *partial, size_t partial_len) {
   msgpack_packer pk;
-  head(&pk, out, MSG_RESULT, 8);
+  head(&pk, out, MSG_RESULT, 9);
   msgpack_pack_uint64(&pk, stage);
   msgpack_pack_uint64(&pk, index);
   msgpack_pack_uint64(&pk, attempt);
@@ -97,6 +97,7 @@ int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
   msgpack_pack_uint64(&pk, bytes);
   msgpack_pack_double(&pk, map_seconds);
   msgpack_pack_bin_with_body(&pk, partial_len ? partial : "", partial_len);
+  pack_str(&pk, bad_note);
   return done(out);
 }
 
@@ -177,7 +178,7 @@ static int get_double(const msgpack_object *o, double *v) {
 
 static const uint32_t nfields[MSG_TYPE_MAX] = {
     [MSG_HELLO] = 4, [MSG_WELCOME] = 2, [MSG_REFUSE] = 1, [MSG_STAGE] = 5, [MSG_TASK] = 7,
-    [MSG_RESULT] = 8, [MSG_FAILURE] = 5, [MSG_HEARTBEAT] = 0, [MSG_CANCEL] = 3, [MSG_BYE] = 0,
+    [MSG_RESULT] = 9, [MSG_FAILURE] = 5, [MSG_HEARTBEAT] = 0, [MSG_CANCEL] = 3, [MSG_BYE] = 0,
     [MSG_REHELLO] = 0,
 };
 
@@ -279,7 +280,8 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||
         get_u64(&f[3], &m->records) || get_u64(&f[4], &m->bad_records) ||
         get_u64(&f[5], &m->bytes) || get_double(&f[6], &m->map_seconds) ||
-        get_bin(&f[7], &m->partial, &m->partial_len) || m->index > UINT32_MAX)
+        get_bin(&f[7], &m->partial, &m->partial_len) || get_str(&f[8], &m->bad_note, &m->bad_note_len) ||
+        m->bad_note_len > 1024 || m->index > UINT32_MAX)
       goto bad;
     break;
   case MSG_FAILURE:

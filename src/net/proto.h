@@ -55,6 +55,7 @@ typedef struct msg {
   batchdesc batch;              /* seg owned by msg; data.data points into the frame */
   /* RESULT */
   uint64_t records, bad_records, bytes;
+  const char *bad_note; size_t bad_note_len;
   double map_seconds;
   const char *partial; size_t partial_len;
   msgpack_unpacked u;
@@ -73,8 +74,8 @@ int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, siz
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths);
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b);
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
-               uint64_t records, uint64_t bad, uint64_t bytes, double map_seconds,
-               const char *partial, size_t partial_len);
+               uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
+               double map_seconds, const char *partial, size_t partial_len);
 int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
                 const char *text);
 int msg_simple(dbx_buf *out, msg_type type);  /* HEARTBEAT, BYE, REHELLO */

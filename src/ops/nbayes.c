@@ -241,6 +241,15 @@ typedef struct doc_iter {
 
 static void doc_iter_free(doc_iter *it) { dbx_buf_free(&it->json); }
 
+/* A line that is not a document: noted and skipped, or DBX_EBADREC under --on-bad-record=fail. */
+static int bad_line(doc_iter *it, const char *line, const char *why, dbx_stats *st, dbx_err *err) {
+  char where[512];
+  dbx_batch_where(it->b, (size_t)(line - it->b->data), where, sizeof where);
+  if (it->cfg->bad_fail) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, why);
+  if (!st->bad_records++) snprintf(st->bad_note, sizeof st->bad_note, "%.200s: %s", where, why);
+  return 0;
+}
+
 /* 1 = a document, 0 = done, < 0 = error. Lines of a TSV corpus without a tab are bad records:
  * counted and skipped. */
 static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
@@ -277,7 +286,8 @@ static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
         const char *why;
         if (json_object_strings(ls, (size_t)(le - ls), keys, 2, &it->json, off, len, &why) ||
             len[0] == SIZE_MAX || len[0] == 0 || len[1] == SIZE_MAX || memchr(it->json.data + off[0], 0, len[0])) {
-          st->bad_records++;
+          int rc = bad_line(it, ls, "not a JSON object with string \"label\" and \"text\"", st, err);
+          if (rc) return rc;
           continue;
         }
         d->label = it->json.data + off[0];
@@ -287,7 +297,8 @@ static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
       } else {
         const char *tab = memchr(ls, '\t', (size_t)(le - ls));
         if (!tab || tab == ls || memchr(ls, 0, (size_t)(tab - ls))) {  /* labels are text */
-          st->bad_records++;
+          int rc = bad_line(it, ls, "not label<TAB>text", st, err);
+          if (rc) return rc;
           continue;
         }
         d->label = ls;

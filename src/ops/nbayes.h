@@ -20,6 +20,7 @@
 typedef struct nb_cfg {
   int format;   /* corpus_format */
   int proba;    /* nb_predict: keep per-class probabilities */
+  int bad_fail; /* a line that is not a document fails the task (DBX_EBADREC) */
 } nb_cfg;
 
 extern const dbx_op op_nb_vocab, op_nb_fit, op_nb_predict;

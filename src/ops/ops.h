@@ -8,6 +8,8 @@
 typedef struct wc_cfg {
   int case_sensitive;
   uint64_t top;          /* 0 = all */
+  uint64_t max_record;   /* longer lines are bad records (0 = no limit) */
+  int bad_fail;          /* a bad record fails the job instead of being skipped */
 } wc_cfg;
 extern const dbx_op op_wordcount;
 

@@ -74,7 +74,7 @@ static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, d
   wstage *st = it->st;
   dbx_err err = {0, ""};
   void *part = NULL;
-  dbx_stats bs = {0, 0};
+  dbx_stats bs = {0, 0, ""};
   uint64_t bytes = 0;
   int rc = 0;
   for (uint32_t i = 0; i < m->batch.nseg && !rc; i++)
@@ -88,7 +88,7 @@ static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, d
   if (!rc) rc = st->op->encode(st->cfg, part, enc, &err);
   if (part) st->op->partial_free(part);
   if (!rc)
-    rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bytes, dt,
+    rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bs.bad_note, bytes, dt,
                     enc->data, enc->len);
   else
     msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc));

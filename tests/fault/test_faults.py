@@ -231,6 +231,38 @@ class KilledCoordinator(TmpTest):
         self.assertFalse(os.path.exists(self.path("o.tsv")))
 
 
+class BadRecords(TmpTest):
+    def test_long_lines_skipped_or_fatal(self):
+        lines = ["alpha beta %d\n" % i for i in range(300)]
+        lines[123] = "x" * 5000 + " huge\n"
+        data = self.write("in.txt", "".join(lines))
+        rest = self.write("rest.txt", "".join(lines[:123] + lines[124:]))
+        want = run("wordcount", "--workers", "0", rest).stdout
+        for workers in ("0", "2"):
+            with self.subTest(workers=workers):
+                s = self.path("s%s.json" % workers)
+                p = run("wordcount", "--workers", workers, "--batch-records", "50", "--max-record", "1K",
+                        "--summary-json", s, data)
+                self.assertEqual(p.stdout, want)
+                self.assertIn(b"bad record skipped: %s line 124" % data.encode(), p.stderr)
+                j = json.loads(slurp(s, True))
+                self.assertEqual((j["records"], j["bad_records"]), (300, 1))
+                out = self.path("o.tsv")
+                p = run("wordcount", "--workers", workers, "--batch-records", "50", "--max-record", "1K",
+                        "--on-bad-record", "fail", "--out", out, data, check=False)
+                self.assertEqual(p.returncode, 1)
+                self.assertIn(b"bad record at %s line 124" % data.encode(), p.stderr)
+                self.assertFalse(os.path.exists(out))
+
+    def test_unreadable_document_lines(self):
+        train = self.write("train.jsonl", '{"label": "a", "text": "red apple"}\n{oops\n{"label": "b", "text": "blue sky"}\n')
+        p = run("nb", "run", "--train", train, "--test", train, "--workers", "2")
+        self.assertIn(b"bad record skipped: %s line 2" % train.encode(), p.stderr)
+        p = run("nb", "run", "--train", train, "--test", train, "--on-bad-record", "fail", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"%s line 2: not a JSON object" % train.encode(), p.stderr)
+
+
 class ReadOnlyOutput(TmpTest):
     def test_read_only_directory(self):
         data = words_file(self.path("in.txt"), 100)

@@ -6,7 +6,7 @@
 static void *map_text(const wc_cfg *cfg, const char *text) {
   void *p = op_wordcount.partial_new(cfg);
   dbx_batch b = {0, 0, NULL, text, strlen(text)};
-  dbx_stats st = {0, 0};
+  dbx_stats st = {0, 0, ""};
   dbx_err err;
   assert_int_equal(op_wordcount.map(cfg, NULL, &b, p, &st, &err), 0);
   return p;
@@ -21,7 +21,7 @@ static int emit(void *ctx, const dbx_value *row, dbx_err *err) {
 }
 
 static void test_roundtrip_and_merge(void **state) {
-  wc_cfg cfg = {0, 0};
+  wc_cfg cfg = {0, 0, 0, 0};
   void *a = map_text(&cfg, "b a B\nc a\n");
   void *b = map_text(&cfg, "A d\n");
   dbx_buf enc = {0};
@@ -48,7 +48,7 @@ static void test_roundtrip_and_merge(void **state) {
 }
 
 static void test_top_and_case(void **state) {
-  wc_cfg cfg = {1, 2};
+  wc_cfg cfg = {1, 2, 0, 0};
   void *a = map_text(&cfg, "Zed zed zed Alpha alpha\n");
   collect c = {{0}, 0};
   dbx_err err;
