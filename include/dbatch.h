@@ -150,6 +150,7 @@ typedef struct dbx_op {
   int (*bcast_load)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);
   void (*bcast_free)(void *bcast);
   const dbx_schema *schema;
+  size_t cfg_size;      /* bytes of the configuration struct (workers check what they get) */
 } dbx_op;
 
 DBX_EXTERN const char *dbx_version(void);

@@ -193,7 +193,7 @@ static const dbx_coltype wc_types[] = {DBX_COL_TEXT, DBX_COL_INT};
 static const dbx_schema wc_schema = {2, wc_names, wc_types};
 
 const dbx_op op_wordcount = {
-    "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema,
+    "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema, sizeof(wc_cfg),
 };
 
 const dbx_op *ops_find(const char *name) {

@@ -134,6 +134,11 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
   snprintf(name, sizeof name, "%.*s", (int)(m->op_len < 63 ? m->op_len : 63), m->op);
   const dbx_op *op = ops_find(name);
   if (!op) { dbx_seterr(err, DBX_EPROTO, "unknown operator '%s' (is this worker the same dbatch version?)", name); return NULL; }
+  if (m->cfg_len != op->cfg_size) {
+    dbx_seterr(err, DBX_EPROTO, "operator '%s': configuration of %zu bytes, expected %zu (another dbatch build?)",
+               name, m->cfg_len, op->cfg_size);
+    return NULL;
+  }
   wstage *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->id = m->stage;

@@ -93,18 +93,23 @@ class HostilePeers(TmpTest):
             ident, _ = router.recv_multipart()
             send = lambda *f: router.send_multipart([ident, msgpack.packb(["DBX", 1, *f])])
             send(2, 1, 1000)                                     # welcome
-            send(4, 1, "wordcount", b"\0" * 16, b"", ["/nonexistent"])  # stage, one path
+            # A stage whose configuration has the wrong size is refused: its tasks fail.
+            send(4, 1, "wordcount", b"\0" * 3, b"", ["/nonexistent"])
+            send(5, 1, 9, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n", False)
+            # The no-op operator's configuration is one double (milliseconds to wait).
+            send(4, 2, "noop", b"\0" * 8, b"", ["/nonexistent"])
             # A segment naming input 5 of 1, and a shipped length that does not add up.
-            send(5, 1, 0, 1, [[5, 0, 4, 0, 1, 4]], True, b"abc\n", False)
-            send(5, 1, 1, 1, [[0, 0, 4, 0, 1, 9]], True, b"abc\n", False)
-            send(5, 1, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n", False)  # a good one
+            send(5, 2, 0, 1, [[5, 0, 4, 0, 1, 4]], True, b"abc\n", False)
+            send(5, 2, 1, 1, [[0, 0, 4, 0, 1, 9]], True, b"abc\n", False)
+            send(5, 2, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n", False)  # a good one
             got = {}
             deadline = time.time() + 20
-            while len(got) < 2 and time.time() < deadline:
+            while len(got) < 3 and time.time() < deadline:
                 if router.poll(500):
                     m = msgpack.unpackb(router.recv_multipart()[1], raw=False)
                     if m[2] in (6, 7):
                         got[m[4]] = m
+            self.assertEqual(got[9][2], 7, got)            # no stage: the task fails
             self.assertEqual(got[0][2], 7, got)            # failure, naming the input
             self.assertIn("input 5 of 1", got[0][7])
             self.assertEqual(got[2][2], 6, got)            # the good task still runs

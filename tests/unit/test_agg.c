@@ -13,7 +13,7 @@ static int s_merge(const void *cfg, void *l, const void *r, dbx_err *err) {
   memcpy(l, tmp, strlen(tmp) + 1);
   return 0;
 }
-static const dbx_op strop = {"str", s_new, s_free, NULL, s_merge, NULL, NULL, NULL, NULL, NULL, NULL};
+static const dbx_op strop = {"str", s_new, s_free, NULL, s_merge, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 
 static char *run(uint32_t n, const uint32_t *order) {
   agg *a = agg_new(&strop, NULL);
