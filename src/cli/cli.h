@@ -20,6 +20,10 @@ typedef struct cli_job {
   int batch_set;          /* the user chose a batch size */
   const char *job_dir;    /* --job-dir: journal here */
   uint64_t max_record;    /* --max-record */
+  const char *dashboard;  /* --dashboard HOST:PORT */
+  int dashboard_public;
+  int no_job_dir;         /* --no-job-dir: no report, no status file */
+  char job_dir_buf[512];  /* the default job directory's name */
   int bad_fail;           /* --on-bad-record=fail */
 } cli_job;
 
@@ -58,7 +62,10 @@ extern int cli_resume;
   {"on-task-failure", required_argument, NULL, 1021},         \
   {"job-dir", required_argument, NULL, 1022},                 \
   {"max-record", required_argument, NULL, 1023},              \
-  {"on-bad-record", required_argument, NULL, 1024}
+  {"on-bad-record", required_argument, NULL, 1024},           \
+  {"dashboard", required_argument, NULL, 1025},               \
+  {"dashboard-public", no_argument, NULL, 1026},              \
+  {"no-job-dir", no_argument, NULL, 1027}
 
 #define CLI_JOB_HELP                                                                        \
   "Batching and execution:\n"                                                               \
@@ -98,8 +105,14 @@ extern int cli_resume;
   "      --table NAME        SQLite table (default: the job's name)\n"                      \
   "      --append            SQLite: add rows instead of replacing the table\n"             \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
-  "      --job-dir DIR       keep a journal in DIR: 'dbatch resume DIR' finishes the job\n"  \
-  "                          if the coordinator dies, without redoing finished tasks\n"     \
+  "Watching:\n"                                                                               \
+  "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n"    \
+  "                          (Prometheus); loopback only unless --dashboard-public\n"      \
+  "      --job-dir DIR       where report.html, summary.json and status.json go (default:\n" \
+  "                          ./dbatch-jobs/NAME-TIME-PID); a DIR given here also keeps a\n" \
+  "                          journal, so 'dbatch resume DIR' finishes the job if the\n"     \
+  "                          coordinator dies, without redoing finished tasks\n"            \
+  "      --no-job-dir        no job directory (no report)\n"                                \
   "  -q, --quiet             only errors on standard error\n"                               \
   "  -v, --verbose           more detail on standard error\n"                               \
   "  -h, --help              this help\n"                                                   \
@@ -127,4 +140,5 @@ int cmd_wordcount(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_bench_tasks(int argc, char **argv);
 int cmd_nb(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 #endif

@@ -8,6 +8,11 @@
 #include "util/parse.h"
 #include "util/timeutil.h"
 #include "engine/journal.h"
+#include "ui/ui.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -125,6 +130,9 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     else return -1;
     return 1;
   case 1022: o->job_dir = arg; return 1;
+  case 1025: o->dashboard = arg; return 1;
+  case 1026: o->dashboard_public = 1; return 1;
+  case 1027: o->no_job_dir = 1; return 1;
   case 1023:
     if (parse_size(arg, &v) || v == 0) return -1;
     o->max_record = v;
@@ -152,12 +160,30 @@ void cli_job_size_batches(cli_job *o, const inputs *in) {
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   o->co.workers = o->workers;
   j->workers = o->workers;
+  const char *dir = o->job_dir;
   if (o->job_dir) {
     int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
     if (rc) return rc;
   } else if (cli_resume) {
     return dbx_seterr(err, DBX_EINVAL, "the journaled command has no --job-dir");
+  } else if (!o->no_job_dir) {
+    /* The default job directory: ./dbatch-jobs/NAME-YYYYmmdd-HHMMSS-PID (report, summary). */
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+    if (mkdir("dbatch-jobs", 0755) != 0 && errno != EEXIST)
+      return dbx_seterr(err, DBX_EIO, "cannot create ./dbatch-jobs: %s (use --job-dir DIR or --no-job-dir)", strerror(errno));
+    snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "dbatch-jobs/%s-%s-%d", j->name, stamp, (int)getpid());
+    if (mkdir(o->job_dir_buf, 0755) != 0 && errno != EEXIST)
+      return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", o->job_dir_buf, strerror(errno));
+    dir = o->job_dir_buf;
   }
+  ui_opts uo = {o->dashboard, o->dashboard_public, o->quiet, dir};
+  int rc = ui_new(&uo, j->name, &j->ui, err);
+  if (rc) return rc;
+  j->job_dir = dir;
   return coord_new(&o->co, c, err);
 }
 
@@ -170,6 +196,19 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
   }
   coord_free(c, j);
   if (!rc && j->jr) rc = journal_done(j->jr, err);
+  j->elapsed = time_mono() - j->t_start;
+  if (j->ui) {
+    dbx_err uerr = {0, ""};
+    ui_finish(j->ui, j, rc == 0, err, &uerr);
+    if (j->job_dir) {
+      char path[600];
+      snprintf(path, sizeof path, "%s/summary.json", j->job_dir);
+      job_write_summary(j, path, rc == 0, err, &uerr);
+      if (!o->quiet) fprintf(stderr, "dbatch: report: %s/report.html\n", j->job_dir);
+    }
+    ui_free(j->ui);
+    j->ui = NULL;
+  }
   if (j->jr && j->resumed)
     log_info("resumed: %llu finished task(s) taken from the journal", (unsigned long long)j->resumed);
   journal_close(j->jr);

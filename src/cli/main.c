@@ -18,6 +18,7 @@ static const char usage[] =
     "  nb train|test|run    text classification: TF-IDF + naive Bayes (as scikit-learn)\n"
     "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
+    "  status JOB_DIR|URL   the live or final state of a job\n"
     "  resume JOB_DIR       finish a journaled job (--job-dir) whose coordinator died\n"
     "  help [COMMAND]       help for a command\n"
     "  version              print the version\n"
@@ -37,6 +38,7 @@ static const command commands[] = {
     {"bench-tasks", cmd_bench_tasks},
     {"nb", cmd_nb},
     {"resume", cmd_resume},
+    {"status", cmd_status},
 };
 
 static int dispatch(int argc, char **argv);

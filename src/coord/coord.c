@@ -22,6 +22,7 @@
 
 #include "engine/agg.h"
 #include "engine/journal.h"
+#include "ui/ui.h"
 #include "net/proto.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -318,6 +319,7 @@ static void cancel_attempt(srun *r, uint32_t idx, int k) {
     msg_cancel(&r->c->out, r->id, t->b.index, t->run_attempt[k]);
     send_to(r->c, w, &r->c->out);
   }
+  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
   t->run[k] = -1;
 }
 
@@ -372,6 +374,7 @@ static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_e
   describe(r, t, f.where, sizeof f.where);
   snprintf(f.cause, sizeof f.cause, "%s", cause);
   job_add_failure(r->j, &f);
+  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_FAILED);
   w->failures++;
   if (w->inflight) w->inflight--;
   t->run[k] = -1;
@@ -434,6 +437,7 @@ static int worker_lost(srun *r, size_t wi, const char *why, dbx_err *err) {
     for (int k = 0; k < 2 && !rc; k++) {
       ctask *t = &r->t[i];
       if (t->state != T_RUNNING || t->run[k] != (long)wi) continue;
+      ui_attempt_end(r->j->ui, r->s->seq, (uint32_t)i, t->run_attempt[k], w->id, UI_CANCELLED);
       t->run[k] = -1;
       if (t->run[1 - k] < 0) {
         t->state = T_PENDING;
@@ -481,6 +485,7 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k) {
   t->run_attempt[k] = attempt;
   t->run_start[k] = time_mono();
   w->inflight++;
+  ui_attempt_start(r->j->ui, r->s->seq, idx, attempt, w->id);
   return 0;
 }
 
@@ -692,6 +697,7 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
     return worker_lost(r, wi, why, err);
   }
   if (w->inflight) w->inflight--;
+  ui_attempt_end(r->j->ui, r->s->seq, (uint32_t)m->index, t->run_attempt[k], w->id, UI_OK);
   t->run[k] = -1;
   if (t->run[1 - k] >= 0) cancel_attempt(r, (uint32_t)m->index, 1 - k);  /* the other copy lost the race */
   double dt = m->map_seconds;
@@ -839,6 +845,30 @@ static void heartbeat(srun *r, double now, dbx_err *err) {
   }
 }
 
+/* The dashboard's view of the workers, a few times a second. */
+static void tick_ui(srun *r, double now) {
+  coord *c = r->c;
+  ui_worker w[256];
+  size_t n = 0;
+  uint64_t running = 0;
+  for (size_t i = 0; i < c->nw && n < 256; i++) {
+    const cworker *x = &c->w[i];
+    if (!x->id) continue;
+    ui_worker *u = &w[n++];
+    u->id = x->id;
+    u->slots = x->slots;
+    u->inflight = x->alive ? x->inflight : 0;
+    snprintf(u->host, sizeof u->host, "%s", x->host);
+    u->pid = x->pid;
+    u->state = !x->alive ? "dead" : x->excluded ? "excluded" : x->welcomed ? "alive" : "joining";
+    u->tasks = x->tasks;
+    u->failures = x->failures;
+    u->heartbeat_age = x->alive ? now - x->last_heard : 0;
+    running += u->inflight;
+  }
+  ui_tick(r->j->ui, r->j, w, n, r->s->st->name, running);
+}
+
 static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   srun r;
   memset(&r, 0, sizeof r);
@@ -905,6 +935,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
       last_hb = now;
     }
     if ((rc = check_timeouts(&r, now, err))) goto done;
+    if (ui_due(j->ui)) tick_ui(&r, now);
     if ((rc = speculate(&r, now))) goto done;
 
   }

@@ -85,6 +85,8 @@ typedef struct job {
   uint32_t stage_no;       /* stages started so far (journal numbering) */
   uint64_t resumed;        /* tasks taken from the journal */
   unsigned bad_shown;      /* bad-record notes printed so far */
+  struct ui *ui;           /* progress, dashboard, report (NULL: none) */
+  const char *job_dir;     /* where the report goes (NULL: none) */
 } job;
 
 /* Record (and print) a failed attempt. */

@@ -8,6 +8,7 @@
 #include "engine/agg.h"
 #include "engine/job.h"
 #include "engine/journal.h"
+#include "ui/ui.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -166,7 +167,13 @@ static int run_local(job *j, stage *s, dbx_err *err) {
       continue;
     }
     st->attempts++;
+    ui_attempt_start(j->ui, s->seq, b.index, 1, 0);
     rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
+    ui_attempt_end(j->ui, s->seq, b.index, 1, 0, rc ? UI_FAILED : UI_OK);
+    if (ui_due(j->ui)) {
+      ui_worker self = {0, 1, 0, "this process", (int64_t)getpid(), "alive", st->batches + 1, j->nfailures, 0};
+      ui_tick(j->ui, j, &self, 1, st->name, 0);
+    }
     double t2 = time_mono();
     st->t_map += t2 - t1;
     if (rc) {

@@ -1,0 +1,542 @@
+/* ui.c -- progress line, dashboard server (libmicrohttpd), status file and report.
+ * The coordinator stays single-threaded: it builds a snapshot of the job a few times a
+ * second (ui_tick); the HTTP thread only copies the latest snapshot under a mutex, so
+ * watching a job costs the scheduler one JSON rendering per tick, whatever the traffic. */
+#include "ui/ui.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/job.h"
+#include "util/afile.h"
+#include "util/json.h"
+#include "util/timeutil.h"
+
+extern const unsigned char ui_dashboard_html[];
+
+#define ATT_MAX 5000
+
+typedef struct ui_att {
+  uint32_t stage, task, attempt, worker;
+  double start, end;
+  int outcome;
+} ui_att;
+
+struct ui {
+  ui_opts o;
+  char *name, *job_dir;
+  double t0;
+  pthread_mutex_t mu;       /* guards status and metrics, read by the HTTP thread */
+  dbx_buf status, metrics, text;
+  struct MHD_Daemon *d;
+  char url[96];
+  ui_att *att;              /* ring of the latest attempts */
+  size_t att_head, natt;
+  double last_draw, last_snap, last_file, last_log;
+  int tty, drawn;
+};
+
+/* ---- HTTP ---- */
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                              const char *version, const char *data, size_t *size, void **state) {
+  ui *u = cls;
+  if (strcmp(method, "GET") && strcmp(method, "HEAD")) return MHD_NO;
+  struct MHD_Response *r;
+  const char *type = "text/plain; charset=utf-8";
+  unsigned code = MHD_HTTP_OK;
+  if (!strcmp(url, "/")) {
+    r = MHD_create_response_from_buffer(strlen((const char *)ui_dashboard_html), (void *)ui_dashboard_html,
+                                        MHD_RESPMEM_PERSISTENT);
+    type = "text/html; charset=utf-8";
+  } else if (!strcmp(url, "/api/status") || !strcmp(url, "/metrics") || !strcmp(url, "/status.txt")) {
+    int st = !strcmp(url, "/api/status"), txt = !strcmp(url, "/status.txt");
+    pthread_mutex_lock(&u->mu);
+    const dbx_buf *b = st ? &u->status : txt ? &u->text : &u->metrics;
+    r = MHD_create_response_from_buffer(b->len, b->data ? b->data : "", MHD_RESPMEM_MUST_COPY);
+    pthread_mutex_unlock(&u->mu);
+    type = st ? "application/json" : txt ? "text/plain; charset=utf-8" : "text/plain; version=0.0.4; charset=utf-8";
+  } else {
+    static const char nf[] = "not found: try /, /api/status or /metrics\n";
+    r = MHD_create_response_from_buffer(sizeof nf - 1, (void *)nf, MHD_RESPMEM_PERSISTENT);
+    code = MHD_HTTP_NOT_FOUND;
+  }
+  if (!r) return MHD_NO;
+  MHD_add_response_header(r, "Content-Type", type);
+  MHD_add_response_header(r, "Cache-Control", "no-store");
+  enum MHD_Result ret = MHD_queue_response(c, code, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static int start_http(ui *u, dbx_err *err) {
+  const char *spec = u->o.dashboard;
+  const char *colon = strrchr(spec, ':');
+  if (!colon) return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: give HOST:PORT, as in 127.0.0.1:8080", spec);
+  char host[64];
+  snprintf(host, sizeof host, "%.*s", (int)(colon - spec), spec);
+  if (!strcmp(host, "localhost") || !host[0]) snprintf(host, sizeof host, "127.0.0.1");
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: bad port", spec);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: '%s' is not an IPv4 address", spec, host);
+  int loopback = (ntohl(sa.sin_addr.s_addr) >> 24) == 127;
+  if (!loopback && !u->o.dashboard_public)
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: not a loopback address; the dashboard has no authentication, "
+                      "so add --dashboard-public to serve it on %s", spec, host);
+  u->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL, answer, u,
+                          MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                          MHD_OPTION_END);
+  if (!u->d) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot listen: %s", spec, strerror(errno));
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(u->d, MHD_DAEMON_INFO_BIND_PORT);
+  snprintf(u->url, sizeof u->url, "http://%s:%u/", host, info ? info->port : (unsigned)port);
+  if (!u->o.quiet) fprintf(stderr, "dbatch: dashboard at %s\n", u->url);
+  return 0;
+}
+
+/* ---- lifecycle ---- */
+
+static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *cur,
+                         uint64_t running, const char *state, const char *error);
+static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running);
+static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *state,
+                       const char *error);
+
+int ui_new(const ui_opts *o, const char *job_name, ui **out, dbx_err *err) {
+  ui *u = calloc(1, sizeof *u);
+  if (!u) return DBX_ENOMEM;
+  u->o = *o;
+  u->name = strdup(job_name);
+  u->job_dir = o->job_dir ? strdup(o->job_dir) : NULL;
+  u->t0 = time_mono();
+  u->last_log = u->t0;
+  u->tty = !o->quiet && isatty(STDERR_FILENO);
+  pthread_mutex_init(&u->mu, NULL);
+  u->att = calloc(ATT_MAX, sizeof *u->att);
+  if (!u->name || !u->att) { ui_free(u); return DBX_ENOMEM; }
+  /* Something valid to serve before the first tick. */
+  job none;
+  memset(&none, 0, sizeof none);
+  build_status(u, &u->status, &none, NULL, 0, NULL, 0, "starting", NULL);
+  build_metrics(u, &u->metrics, &none, NULL, 0, 0);
+  build_text(u, &u->text, &none, NULL, 0, "starting", NULL);
+  if (o->dashboard) {
+    int rc = start_http(u, err);
+    if (rc) { ui_free(u); return rc; }
+  }
+  *out = u;
+  return 0;
+}
+
+void ui_free(ui *u) {
+  if (!u) return;
+  if (u->d) MHD_stop_daemon(u->d);
+  if (u->drawn) fputs("\r\033[K", stderr);
+  pthread_mutex_destroy(&u->mu);
+  dbx_buf_free(&u->status);
+  dbx_buf_free(&u->metrics);
+  dbx_buf_free(&u->text);
+  free(u->att);
+  free(u->name);
+  free(u->job_dir);
+  free(u);
+}
+
+const char *ui_url(const ui *u) { return u && u->d ? u->url : NULL; }
+
+/* ---- attempts ---- */
+
+void ui_attempt_start(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker) {
+  if (!u) return;
+  size_t k = (u->att_head + u->natt) % ATT_MAX;
+  if (u->natt == ATT_MAX) u->att_head = (u->att_head + 1) % ATT_MAX;
+  else u->natt++;
+  u->att[k] = (ui_att){stg, task, attempt, worker, time_mono() - u->t0, -1, UI_RUNNING};
+}
+
+void ui_attempt_end(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker, int outcome) {
+  if (!u) return;
+  /* Most attempts end soon after they start: search from the newest. */
+  for (size_t i = u->natt; i-- > 0;) {
+    ui_att *a = &u->att[(u->att_head + i) % ATT_MAX];
+    if (a->stage == stg && a->task == task && a->attempt == attempt && a->worker == worker && a->outcome == UI_RUNNING) {
+      a->end = time_mono() - u->t0;
+      a->outcome = outcome;
+      return;
+    }
+  }
+}
+
+/* ---- snapshots ---- */
+
+static const char *outcome_name(int o) {
+  return o == UI_OK ? "ok" : o == UI_FAILED ? "failed" : o == UI_CANCELLED ? "cancelled" : "running";
+}
+
+static void kv_u(dbx_buf *b, const char *k, uint64_t v) { json_key(b, k, 0); json_int(b, (int64_t)v); }
+static void kv_d(dbx_buf *b, const char *k, double v) { json_key(b, k, 0); json_real(b, v); }
+static void kv_s(dbx_buf *b, const char *k, const char *v) { json_key(b, k, 0); json_cstr(b, v); }
+
+static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *cur,
+                         uint64_t running, const char *state, const char *error) {
+  double now = time_mono() - u->t0;
+  b->len = 0;
+  json_raw(b, "{");
+  json_key(b, "job", 1);
+  json_cstr(b, u->name);
+  kv_s(b, "state", state);
+  if (error) kv_s(b, "error", error);
+  kv_d(b, "elapsed_seconds", now);
+  kv_s(b, "stage", cur ? cur : "");
+  kv_s(b, "policy", j->policy ? j->policy : "in-process");
+  uint64_t tasks = 0, done = 0, attempts = 0, records = 0, bytes = 0, bad = 0;
+  json_key(b, "stages", 0);
+  json_raw(b, "[");
+  for (int i = 0; i < j->nstages; i++) {
+    const stage_stats *s = &j->stages[i];
+    json_raw(b, i ? ",{" : "{");
+    json_key(b, "name", 1);
+    json_cstr(b, s->name);
+    kv_u(b, "tasks", s->tasks);
+    kv_u(b, "done", s->batches);
+    kv_u(b, "attempts", s->attempts);
+    kv_u(b, "records", s->records);
+    kv_u(b, "bad_records", s->bad_records);
+    kv_u(b, "bytes", s->bytes);
+    kv_d(b, "seconds", s->seconds);
+    json_raw(b, "}");
+    tasks += s->tasks;
+    done += s->batches;
+    attempts += s->attempts;
+    records += s->records;
+    bytes += s->bytes;
+    bad += s->bad_records;
+  }
+  json_raw(b, "]");
+  json_key(b, "totals", 0);
+  json_raw(b, "{");
+  json_key(b, "tasks", 1);
+  json_int(b, (int64_t)tasks);
+  kv_u(b, "done", done);
+  kv_u(b, "running", running);
+  kv_u(b, "attempts", attempts);
+  kv_u(b, "failures", j->nfailures);
+  kv_u(b, "records", records);
+  kv_u(b, "bad_records", bad);
+  kv_u(b, "bytes", bytes);
+  kv_u(b, "speculative_attempts", j->speculated);
+  kv_u(b, "discarded_results", j->discarded);
+  json_raw(b, "}");
+  json_key(b, "workers", 0);
+  json_raw(b, "[");
+  for (size_t i = 0; i < nw; i++) {
+    json_raw(b, i ? ",{" : "{");
+    json_key(b, "id", 1);
+    json_int(b, w[i].id);
+    kv_s(b, "host", w[i].host);
+    kv_u(b, "pid", (uint64_t)w[i].pid);
+    kv_s(b, "state", w[i].state);
+    kv_u(b, "slots", w[i].slots);
+    kv_u(b, "inflight", w[i].inflight);
+    kv_u(b, "tasks", w[i].tasks);
+    kv_u(b, "failures", w[i].failures);
+    kv_d(b, "heartbeat_age", w[i].heartbeat_age);
+    json_raw(b, "}");
+  }
+  json_raw(b, "]");
+  json_key(b, "attempts", 0);
+  json_raw(b, "[");
+  for (size_t i = 0; i < u->natt; i++) {
+    const ui_att *a = &u->att[(u->att_head + i) % ATT_MAX];
+    json_raw(b, i ? ",{" : "{");
+    json_key(b, "worker", 1);
+    json_int(b, a->worker);
+    kv_u(b, "stage", a->stage);
+    kv_u(b, "task", a->task);
+    kv_u(b, "attempt", a->attempt);
+    kv_d(b, "start", a->start);
+    kv_d(b, "end", a->end < 0 ? now : a->end);
+    kv_s(b, "outcome", outcome_name(a->outcome));
+    json_raw(b, "}");
+  }
+  json_raw(b, "]");
+  json_key(b, "failures", 0);
+  json_raw(b, "[");
+  for (size_t i = 0; i < j->nfailures; i++) {
+    const job_failure *f = &j->failures[i];
+    json_raw(b, i ? ",{" : "{");
+    json_key(b, "stage", 1);
+    json_cstr(b, f->stage);
+    kv_u(b, "task", f->task);
+    kv_u(b, "attempt", f->attempt);
+    kv_u(b, "worker", f->worker);
+    kv_s(b, "host", f->host);
+    kv_s(b, "input", f->where);
+    kv_s(b, "cause", f->cause);
+    json_raw(b, "}");
+  }
+  json_raw(b, "]");
+  json_key(b, "missing", 0);
+  json_raw(b, "[");
+  for (size_t i = 0; i < j->nmissing; i++) {
+    json_raw(b, i ? "," : "");
+    json_cstr(b, j->missing[i].where);
+  }
+  json_raw(b, "]}\n");
+}
+
+static void pr(dbx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The same state as a few lines of text, for `dbatch status`. */
+static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *state,
+                       const char *error) {
+  b->len = 0;
+  pr(b, "job %s: %s after %.1f s (policy %s)\n", u->name, state, time_mono() - u->t0,
+     j->policy ? j->policy : "in-process");
+  if (error) pr(b, "error: %.400s\n", error);
+  for (int i = 0; i < j->nstages; i++) {
+    const stage_stats *s = &j->stages[i];
+    pr(b, "stage %-12s %6llu/%-6llu tasks done  %6llu attempts  %10llu records  %9.1f MB  %llu bad records\n", s->name,
+       (unsigned long long)s->batches, (unsigned long long)s->tasks, (unsigned long long)s->attempts,
+       (unsigned long long)s->records, (double)s->bytes / 1048576.0, (unsigned long long)s->bad_records);
+  }
+  if (nw) pr(b, "%-6s %-9s %-20s %8s %5s %7s %7s %8s %9s\n", "worker", "state", "host", "pid", "slots", "load",
+             "tasks", "failures", "heartbeat");
+  for (size_t i = 0; i < nw; i++)
+    pr(b, "%-6u %-9s %-20.20s %8lld %5u %3u/%-3u %7llu %8llu %8.1fs\n", w[i].id, w[i].state, w[i].host,
+       (long long)w[i].pid, w[i].slots, w[i].inflight, w[i].slots, (unsigned long long)w[i].tasks,
+       (unsigned long long)w[i].failures, w[i].heartbeat_age);
+  pr(b, "failures: %zu\n", j->nfailures);
+  for (size_t i = 0; i < j->nfailures && i < 10; i++) {
+    const job_failure *f = &j->failures[i];
+    pr(b, "  %s task %u attempt %u on worker %u (%s): %.150s; input: %.150s\n", f->stage, f->task, f->attempt,
+       f->worker, f->host, f->cause, f->where);
+  }
+  for (size_t i = 0; i < j->nmissing; i++) pr(b, "missing from the result: %.300s\n", j->missing[i].where);
+}
+
+static void prom_label(dbx_buf *b, const char *s) {
+  for (; *s; s++) {
+    if (*s == '\\' || *s == '"') dbx_buf_append(b, "\\", 1);
+    if (*s == '\n') { dbx_buf_append(b, "\\n", 2); continue; }
+    dbx_buf_append(b, s, 1);
+  }
+}
+
+static void pr(dbx_buf *b, const char *fmt, ...) {
+  char t[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(t, sizeof t, fmt, ap);
+  va_end(ap);
+  if (n > 0) dbx_buf_append(b, t, (size_t)n < sizeof t ? (size_t)n : sizeof t - 1);
+}
+
+/* Prometheus text exposition format 0.0.4. */
+static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running) {
+  b->len = 0;
+  pr(b, "# HELP dbatch_tasks Tasks of each stage by state.\n# TYPE dbatch_tasks gauge\n");
+  for (int i = 0; i < j->nstages; i++) {
+    const stage_stats *s = &j->stages[i];
+    uint64_t left = s->tasks > s->batches ? s->tasks - s->batches : 0;
+    dbx_buf_append(b, "dbatch_tasks{stage=\"", 20);
+    prom_label(b, s->name);
+    pr(b, "\",state=\"done\"} %llu\n", (unsigned long long)s->batches);
+    dbx_buf_append(b, "dbatch_tasks{stage=\"", 20);
+    prom_label(b, s->name);
+    pr(b, "\",state=\"planned\"} %llu\n", (unsigned long long)left);
+  }
+  uint64_t attempts = 0, records = 0, bytes = 0, bad = 0;
+  for (int i = 0; i < j->nstages; i++) {
+    attempts += j->stages[i].attempts;
+    records += j->stages[i].records;
+    bytes += j->stages[i].bytes;
+    bad += j->stages[i].bad_records;
+  }
+  pr(b, "# HELP dbatch_tasks_running Attempts running now.\n# TYPE dbatch_tasks_running gauge\ndbatch_tasks_running %llu\n",
+     (unsigned long long)running);
+  pr(b, "# HELP dbatch_attempts_total Task attempts started.\n# TYPE dbatch_attempts_total counter\ndbatch_attempts_total %llu\n",
+     (unsigned long long)attempts);
+  pr(b, "# HELP dbatch_failures_total Failed task attempts.\n# TYPE dbatch_failures_total counter\ndbatch_failures_total %zu\n",
+     j->nfailures);
+  pr(b, "# HELP dbatch_bytes_total Input bytes processed.\n# TYPE dbatch_bytes_total counter\ndbatch_bytes_total %llu\n",
+     (unsigned long long)bytes);
+  pr(b, "# HELP dbatch_records_total Input records processed.\n# TYPE dbatch_records_total counter\ndbatch_records_total %llu\n",
+     (unsigned long long)records);
+  pr(b, "# HELP dbatch_bad_records_total Bad records skipped.\n# TYPE dbatch_bad_records_total counter\ndbatch_bad_records_total %llu\n",
+     (unsigned long long)bad);
+  pr(b, "# HELP dbatch_elapsed_seconds Seconds since the job started.\n# TYPE dbatch_elapsed_seconds gauge\ndbatch_elapsed_seconds %.3f\n",
+     time_mono() - u->t0);
+  pr(b, "# HELP dbatch_worker_load Attempts in flight per slot, per worker.\n# TYPE dbatch_worker_load gauge\n");
+  for (size_t i = 0; i < nw; i++) {
+    pr(b, "dbatch_worker_load{worker=\"%u\",host=\"", w[i].id);
+    prom_label(b, w[i].host);
+    pr(b, "\"} %.3f\n", w[i].slots ? (double)w[i].inflight / w[i].slots : 0.0);
+  }
+  pr(b, "# HELP dbatch_worker_tasks_total Tasks finished per worker.\n# TYPE dbatch_worker_tasks_total counter\n");
+  for (size_t i = 0; i < nw; i++) {
+    pr(b, "dbatch_worker_tasks_total{worker=\"%u\",host=\"", w[i].id);
+    prom_label(b, w[i].host);
+    pr(b, "\"} %llu\n", (unsigned long long)w[i].tasks);
+  }
+  size_t alive = 0;
+  for (size_t i = 0; i < nw; i++) alive += !strcmp(w[i].state, "alive");
+  pr(b, "# HELP dbatch_workers_alive Workers taking tasks.\n# TYPE dbatch_workers_alive gauge\ndbatch_workers_alive %zu\n", alive);
+}
+
+static int write_file(const char *dir, const char *name, const char *data, size_t n, dbx_err *err) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  afile f;
+  int rc = afile_open(&f, path, err);
+  if (rc) return rc;
+  if (fwrite(data, 1, n, f.fp) != n) {
+    afile_abort(&f);
+    return dbx_seterr(err, DBX_EIO, "%s: write failed", path);
+  }
+  return afile_commit(&f, err);
+}
+
+int ui_due(ui *u) {
+  if (!u) return 0;
+  double now = time_mono();
+  return (u->tty && now - u->last_draw >= 0.2) || (u->d && now - u->last_snap >= 0.25) ||
+         (u->job_dir && now - u->last_file >= 1.0) || (!u->tty && !u->o.quiet && now - u->last_log >= 5.0);
+}
+
+static void progress(ui *u, const job *j, size_t nw_alive, const char *cur, int line) {
+  const stage_stats *s = NULL;
+  for (int i = 0; i < j->nstages; i++)
+    if (cur && !strcmp(j->stages[i].name, cur)) s = &j->stages[i];
+  if (!s) return;
+  double el = time_mono() - u->t0;
+  double mbs = el > 0 ? (double)s->bytes / 1048576.0 / el : 0;
+  char eta[32] = "?";
+  if (s->batches && s->tasks > s->batches) {
+    /* Elapsed time of this stage is not tracked apart; the job's rate is a fair guess. */
+    snprintf(eta, sizeof eta, "%.0fs", el * (double)(s->tasks - s->batches) / (double)s->batches);
+  } else if (s->tasks && s->batches == s->tasks) {
+    snprintf(eta, sizeof eta, "0s");
+  }
+  fprintf(stderr, "%s%s %llu/%llu batches  %.2fM records  %.1f MB/s  ETA %s  workers %zu  failures %zu%s",
+          line ? "dbatch: progress: " : "\r", s->name, (unsigned long long)s->batches, (unsigned long long)s->tasks,
+          (double)s->records / 1e6, mbs, eta, nw_alive, j->nfailures, line ? "\n" : "\033[K");
+  u->drawn = !line;
+}
+
+void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur, uint64_t running) {
+  if (!u) return;
+  double now = time_mono();
+  size_t alive = 0;
+  for (size_t i = 0; i < nw; i++) alive += !strcmp(w[i].state, "alive");
+  if (u->tty && now - u->last_draw >= 0.2) {
+    progress(u, j, alive, cur, 0);
+    u->last_draw = now;
+  } else if (!u->tty && !u->o.quiet && now - u->last_log >= 5.0) {
+    progress(u, j, alive, cur, 1);
+    u->last_log = now;
+  }
+  int snap = u->d && now - u->last_snap >= 0.25, file = u->job_dir && now - u->last_file >= 1.0;
+  if (!snap && !file) return;
+  dbx_buf s = {0}, m = {0}, x = {0};
+  build_status(u, &s, j, w, nw, cur, running, "running", NULL);
+  build_text(u, &x, j, w, nw, "running", NULL);
+  if (file) {
+    write_file(u->job_dir, "status.json", s.data, s.len, NULL);
+    write_file(u->job_dir, "status.txt", x.data, x.len, NULL);
+    u->last_file = now;
+  }
+  if (snap) {
+    build_metrics(u, &m, j, w, nw, running);
+    pthread_mutex_lock(&u->mu);
+    dbx_buf t = u->status;
+    u->status = s;
+    s = t;
+    t = u->metrics;
+    u->metrics = m;
+    m = t;
+    t = u->text;
+    u->text = x;
+    x = t;
+    pthread_mutex_unlock(&u->mu);
+    u->last_snap = now;
+  }
+  dbx_buf_free(&s);
+  dbx_buf_free(&m);
+  dbx_buf_free(&x);
+}
+
+int ui_finish(ui *u, const job *j, int ok, const dbx_err *failure, dbx_err *err) {
+  if (!u) return 0;
+  if (u->drawn) {
+    fputs("\r\033[K", stderr);
+    u->drawn = 0;
+  }
+  /* The final worker list comes from the job's per-worker summary. */
+  size_t nw = j->nwinfo;
+  ui_worker *w = calloc(nw + 1, sizeof *w);
+  if (!w) return DBX_ENOMEM;
+  for (size_t i = 0; i < nw; i++) {
+    w[i].id = j->winfo[i].id;
+    w[i].slots = j->winfo[i].slots;
+    snprintf(w[i].host, sizeof w[i].host, "%s", j->winfo[i].host);
+    w[i].pid = j->winfo[i].pid;
+    w[i].state = "finished";
+    w[i].tasks = j->winfo[i].tasks;
+    w[i].failures = j->winfo[i].failures;
+  }
+  dbx_buf s = {0}, m = {0}, x = {0};
+  build_status(u, &s, j, w, nw, NULL, 0, ok ? "done" : "failed", ok ? NULL : failure->msg);
+  build_metrics(u, &m, j, w, nw, 0);
+  build_text(u, &x, j, w, nw, ok ? "done" : "failed", ok ? NULL : failure->msg);
+  free(w);
+  int rc = 0;
+  if (u->job_dir) {
+    /* report.html: the dashboard page with the final data inside; '<' escaped so no string
+     * in the data can close the script element. */
+    dbx_buf html = {0};
+    const char *page = (const char *)ui_dashboard_html, *mark = strstr(page, "<!--DBX_DATA-->");
+    size_t head = mark ? (size_t)(mark - page) : 0;
+    dbx_buf_append(&html, page, head);
+    json_raw(&html, "<script>window.DBX_STATUS = ");
+    for (size_t i = 0; i < s.len; i++) {
+      if (s.data[i] == '<') json_raw(&html, "\\u003c");
+      else dbx_buf_append(&html, s.data + i, 1);
+    }
+    json_raw(&html, ";</script>");
+    json_raw(&html, page + head);
+    rc = write_file(u->job_dir, "report.html", html.data, html.len, err);
+    if (!rc) rc = write_file(u->job_dir, "status.json", s.data, s.len, err);
+    if (!rc) rc = write_file(u->job_dir, "status.txt", x.data, x.len, err);
+    dbx_buf_free(&html);
+  }
+  pthread_mutex_lock(&u->mu);
+  dbx_buf t = u->status;
+  u->status = s;
+  s = t;
+  t = u->metrics;
+  u->metrics = m;
+  m = t;
+  t = u->text;
+  u->text = x;
+  x = t;
+  pthread_mutex_unlock(&u->mu);
+  dbx_buf_free(&s);
+  dbx_buf_free(&m);
+  dbx_buf_free(&x);
+  return rc;
+}
