@@ -156,5 +156,20 @@ class Dashboard(TmpTest):
             self.assertIn('class="state done"', dom)
 
 
+class Progress(TmpTest):
+    def test_terminal_progress_line_and_quiet(self):
+        data = lines_file(self.path("l.txt"), 400)
+        env = fault_env("delay_ms=40")
+        cmd = "%s wordcount --workers 2 --batch-records 10 --no-job-dir --out /dev/null %s" % (os.environ.get("DBATCH", "dbatch"), data)
+        # `script` gives the job a terminal, as a user at a shell has.
+        p = subprocess.run(["script", "-qfec", cmd, "/dev/null"], capture_output=True, env=env, timeout=120)
+        out = p.stdout.decode(errors="replace")
+        self.assertEqual(p.returncode, 0, out)
+        self.assertRegex(out, r"\rwordcount \d+/\d+ batches .* MB/s  ETA \S+  workers 2  failures 0")
+        self.assertIn("\033[K", out)
+        q = subprocess.run(["script", "-qfec", cmd + " --quiet", "/dev/null"], capture_output=True, env=env, timeout=120)
+        self.assertNotIn("batches", q.stdout.decode(errors="replace"))
+
+
 if __name__ == "__main__":
     unittest.main()
