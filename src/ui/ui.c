@@ -24,6 +24,7 @@
 extern const unsigned char ui_dashboard_html[];
 
 #define ATT_MAX 5000
+#define ATT_SHOW 1500
 
 typedef struct ui_att {
   uint32_t stage, task, attempt, worker;
@@ -188,7 +189,7 @@ static const char *outcome_name(int o) {
 }
 
 static void kv_u(dbx_buf *b, const char *k, uint64_t v) { json_key(b, k, 0); json_int(b, (int64_t)v); }
-static void kv_d(dbx_buf *b, const char *k, double v) { json_key(b, k, 0); json_real(b, v); }
+static void kv_d(dbx_buf *b, const char *k, double v) { json_key(b, k, 0); json_ms(b, v); }
 static void kv_s(dbx_buf *b, const char *k, const char *v) { json_key(b, k, 0); json_cstr(b, v); }
 
 static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *cur,
@@ -258,11 +259,13 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
     json_raw(b, "}");
   }
   json_raw(b, "]");
+  /* The timeline: the latest attempts only, so a snapshot stays cheap on a long job. */
   json_key(b, "attempts", 0);
   json_raw(b, "[");
-  for (size_t i = 0; i < u->natt; i++) {
+  size_t first = u->natt > ATT_SHOW ? u->natt - ATT_SHOW : 0;
+  for (size_t i = first; i < u->natt; i++) {
     const ui_att *a = &u->att[(u->att_head + i) % ATT_MAX];
-    json_raw(b, i ? ",{" : "{");
+    json_raw(b, i > first ? ",{" : "{");
     json_key(b, "worker", 1);
     json_int(b, a->worker);
     kv_u(b, "stage", a->stage);

@@ -63,6 +63,13 @@ int json_real(dbx_buf *b, double v) {
   return json_raw(b, t);
 }
 
+int json_ms(dbx_buf *b, double v) {
+  if (!isfinite(v)) return json_raw(b, "null");
+  char t[40];
+  int k = snprintf(t, sizeof t, "%.3f", v);
+  return dbx_buf_append(b, t, (size_t)k);
+}
+
 int json_key(dbx_buf *b, const char *key, int first) {
   int rc = first ? 0 : dbx_buf_append(b, ",", 1);
   if (!rc) rc = json_cstr(b, key);

@@ -12,6 +12,8 @@ int json_int(dbx_buf *b, int64_t v);
 /* Shortest text that reads back as the same double; non-finite values become null. */
 int json_real(dbx_buf *b, double v);
 int json_raw(dbx_buf *b, const char *s);
+/* v with 3 decimals: for times, where shortest round-trip text costs more than it is worth. */
+int json_ms(dbx_buf *b, double v);
 /* "key": -- with a leading comma when not first. */
 int json_key(dbx_buf *b, const char *key, int first);
 
