@@ -151,6 +151,9 @@ typedef struct dbx_op {
   void (*bcast_free)(void *bcast);
   const dbx_schema *schema;
   size_t cfg_size;      /* bytes of the configuration struct (workers check what they get) */
+  /* Optional: left += decode(p, n) in one pass, without building the right partial. It must
+   * reject malformed bytes (DBX_ECORRUPT); left may then be partly merged (the job fails). */
+  int (*merge_encoded)(const void *cfg, void *left, const char *p, size_t n, dbx_err *err);
 } dbx_op;
 
 DBX_EXTERN const char *dbx_version(void);

@@ -689,12 +689,20 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
     if (k >= 0 && w->inflight) w->inflight--;
     return 0;
   }
+  /* The partial stays encoded until the merge tree needs it (agg_add_encoded). An operator
+   * without merge_encoded has it decoded here, where a bad one is blamed on its worker. */
   void *part = NULL;
-  dbx_err derr = {0, ""};
-  if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
-    char why[DBX_ERR_LEN + 32];
-    snprintf(why, sizeof why, "sent a bad result: %s", derr.msg);
-    return worker_lost(r, wi, why, err);
+  char *blob = NULL;
+  if (r->s->op->merge_encoded) {
+    if (!(blob = malloc(m->partial_len ? m->partial_len : 1))) return DBX_ENOMEM;
+    memcpy(blob, m->partial, m->partial_len);
+  } else {
+    dbx_err derr = {0, ""};
+    if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
+      char why[DBX_ERR_LEN + 32];
+      snprintf(why, sizeof why, "sent a bad result: %s", derr.msg);
+      return worker_lost(r, wi, why, err);
+    }
   }
   if (w->inflight) w->inflight--;
   ui_attempt_end(r->j->ui, r->s->seq, (uint32_t)m->index, t->run_attempt[k], w->id, UI_OK);
@@ -726,11 +734,13 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   int rc = journal_task(r->j->jr, r->s->seq, (uint32_t)m->index, m->partial, m->partial_len, m->records,
                         m->bad_records, m->bytes, err);
   if (rc) {
-    r->s->op->partial_free(part);
+    if (part) r->s->op->partial_free(part);
+    free(blob);
     return rc;
   }
   double t0 = time_mono();
-  rc = agg_add(r->ag, (uint32_t)m->index, part, err);
+  rc = blob ? agg_add_encoded(r->ag, (uint32_t)m->index, blob, m->partial_len, err)
+            : agg_add(r->ag, (uint32_t)m->index, part, err);
   st->t_merge += time_mono() - t0;
   return rc;
 }

@@ -16,6 +16,9 @@ agg *agg_new(const dbx_op *op, const void *cfg);
 /* Give the partial of batch index (ownership passes to the aggregator). A second partial for
  * the same index is an engine bug and fails with DBX_EINVAL. */
 int agg_add(agg *a, uint32_t index, void *partial, dbx_err *err);
+/* The same for an encoded partial (blob: malloc'd, ownership passes). It is decoded only if
+ * it must be; as the right side of a merge it goes straight in through op->merge_encoded. */
+int agg_add_encoded(agg *a, uint32_t index, char *blob, size_t n, dbx_err *err);
 /* Fold everything given n batches (all of 0..n-1 must have been added). OUT *result is owned
  * by the caller (op->partial_free); an empty partial when n is 0. */
 int agg_finish(agg *a, uint32_t n, void **result, dbx_err *err);

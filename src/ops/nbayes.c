@@ -1137,8 +1137,8 @@ static const dbx_coltype no_types[] = {DBX_COL_TEXT};
 static const dbx_schema no_schema = {0, no_names, no_types};
 
 const dbx_op op_nb_vocab = {"nb_vocab", v_new, v_free, v_map, v_merge, v_encode, v_decode, v_finish,
-                            bc_load_none, bc_free, &no_schema, sizeof(nb_cfg)};
+                            bc_load_none, bc_free, &no_schema, sizeof(nb_cfg), NULL};
 const dbx_op op_nb_fit = {"nb_fit", f_new, f_free, f_map, f_merge, f_encode, f_decode, f_finish,
-                          bc_load_vocab, bc_free, &no_schema, sizeof(nb_cfg)};
+                          bc_load_vocab, bc_free, &no_schema, sizeof(nb_cfg), NULL};
 const dbx_op op_nb_predict = {"nb_predict", p_new, p_free, p_map, p_merge, p_encode, p_decode, p_finish,
-                              bc_load_model, bc_free, &no_schema, sizeof(nb_cfg)};
+                              bc_load_model, bc_free, &no_schema, sizeof(nb_cfg), NULL};

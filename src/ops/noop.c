@@ -61,5 +61,5 @@ static const dbx_schema noop_schema = {1, noop_names, noop_types};
 
 const dbx_op op_noop = {
     "noop", noop_new, noop_free, noop_map, noop_merge, noop_encode, noop_decode, noop_finish,
-    NULL, NULL, &noop_schema, sizeof(noop_cfg),
+    NULL, NULL, &noop_schema, sizeof(noop_cfg), NULL,
 };

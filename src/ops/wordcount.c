@@ -93,6 +93,8 @@ static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err
   strmap *l = left;
   const strmap *r = right;
   size_t n = strmap_count(r);
+  /* The union has at least as many keys as the larger side: grow once, not step by step. */
+  if (strmap_reserve(l, n > strmap_count(l) ? n : strmap_count(l))) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
   for (uint32_t i = 0; i < n; i++) {
     size_t len;
     const char *k = strmap_key(r, i, &len);
@@ -117,32 +119,42 @@ static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err
   return rc ? dbx_seterr(err, DBX_ENOMEM, "word count: cannot encode partial") : 0;
 }
 
-static int wc_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+/* left += the entries of an encoding made by wc_encode. Checks every entry first, so a
+ * malformed encoding changes nothing. */
+static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   size_t off = 0;
   int rc = 0;
-  strmap *m = NULL;
+  strmap *m = left;
   if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
       u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size % 2) {
     rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result");
     goto done;
   }
-  if (!(m = strmap_new())) { rc = DBX_ENOMEM; goto done; }
   const msgpack_object *o = u.data.via.array.ptr;
-  for (uint32_t i = 0; i < u.data.via.array.size; i += 2) {
-    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-        o[i].via.str.size == 0) {
+  uint32_t k = u.data.via.array.size;
+  for (uint32_t i = 0; i < k; i += 2)
+    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[i].via.str.size == 0) {
       rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result (entry %u)", i / 2);
       goto done;
     }
+  size_t have = strmap_count(m);
+  if (strmap_reserve(m, k / 2 > have ? k / 2 : have)) { rc = DBX_ENOMEM; goto done; }
+  for (uint32_t i = 0; i < k; i += 2)
     if (strmap_add(m, o[i].via.str.ptr, o[i].via.str.size, o[i + 1].via.u64, NULL)) {
       rc = DBX_ENOMEM;
       goto done;
     }
-  }
 done:
   msgpack_unpacked_destroy(&u);
+  return rc;
+}
+
+static int wc_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  strmap *m = strmap_new();
+  if (!m) return DBX_ENOMEM;
+  int rc = wc_merge_encoded(cfg, m, p, n, err);
   if (rc) strmap_free(m);
   else *out = m;
   return rc;
@@ -193,7 +205,7 @@ static const dbx_coltype wc_types[] = {DBX_COL_TEXT, DBX_COL_INT};
 static const dbx_schema wc_schema = {2, wc_names, wc_types};
 
 const dbx_op op_wordcount = {
-    "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema, sizeof(wc_cfg),
+    "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema, sizeof(wc_cfg), wc_merge_encoded,
 };
 
 const dbx_op *ops_find(const char *name) {

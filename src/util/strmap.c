@@ -96,6 +96,18 @@ void strmap_prefetch(const strmap *m, uint64_t hash) {
   __builtin_prefetch(&m->t[(size_t)hash & m->mask]);
 }
 
+int strmap_reserve(strmap *m, size_t n) {
+  while (n * 2 > m->mask)
+    if (grow(m)) return DBX_ENOMEM;
+  if (n > m->ocap) {
+    uint32_t *no = realloc(m->order, n * sizeof *no);
+    if (!no) return DBX_ENOMEM;
+    m->order = no;
+    m->ocap = n;
+  }
+  return 0;
+}
+
 int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t *id) {
   return strmap_add_hashed(m, key, len, XXH3_64bits(key, len), delta, id);
 }

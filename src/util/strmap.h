@@ -9,6 +9,8 @@ typedef struct strmap strmap;
 
 /* New empty map, owned by the caller; NULL on ENOMEM. */
 strmap *strmap_new(void);
+/* Make room for n keys in all without growing (saves the rehashes of a known-size build). */
+int strmap_reserve(strmap *m, size_t n);
 /* Frees the map and every key; accepts NULL. */
 void strmap_free(strmap *m);
 
