@@ -263,6 +263,27 @@ class BadRecords(TmpTest):
         self.assertIn(b"%s line 2: not a JSON object" % train.encode(), p.stderr)
 
 
+class Heartbeats(TmpTest):
+    def test_long_task_keeps_its_worker_alive(self):
+        # Tasks of 2.5 s with a 1 s worker timeout: the worker's I/O thread heartbeats while
+        # its task thread is busy, so nothing is declared dead and nothing runs twice.
+        s = self.path("s.json")
+        p = run("bench-tasks", "--tasks", "2", "--task-ms", "2500", "--workers", "1", "--worker-timeout", "1",
+                "--heartbeat", "0.2", "--no-speculation", "--summary-json", s)
+        self.assertIn(b"2 tasks in", p.stdout)
+        j = json.loads(slurp(s, True))
+        self.assertEqual(j["failures"], [])
+        self.assertEqual(j["attempts"], 2)
+
+    def test_task_timeout_fails_the_attempt(self):
+        s = self.path("s.json")
+        p = run("bench-tasks", "--tasks", "1", "--task-ms", "3000", "--workers", "1", "--task-timeout", "0.5",
+                "--max-attempts", "2", "--no-speculation", "--summary-json", s, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"timed out after", p.stderr)
+        self.assertIn(b"failed 2 times", p.stderr)
+
+
 class ReadOnlyOutput(TmpTest):
     def test_read_only_directory(self):
         data = words_file(self.path("in.txt"), 100)
