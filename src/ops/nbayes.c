@@ -427,33 +427,52 @@ static int v_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *er
   return out->data ? 0 : DBX_ENOMEM;
 }
 
-static int unpack_map(const msgpack_object *o, strmap *m) {
+static int check_map(const msgpack_object *o) {
   if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 2) return -1;
   for (uint32_t i = 0; i < o->via.array.size; i += 2) {
     const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
     if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return -1;
+  }
+  return 0;
+}
+
+static int unpack_map(const msgpack_object *o, strmap *m) {
+  size_t have = strmap_count(m), n = o->via.array.size / 2;
+  if (strmap_reserve(m, n > have ? n : have)) return -1;
+  for (uint32_t i = 0; i < o->via.array.size; i += 2) {
+    const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
     if (strmap_add(m, k->via.str.ptr, k->via.str.size, v->via.u64, NULL)) return -1;
   }
   return 0;
 }
 
-static int v_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+/* left += an encoded partial, in one pass (checked whole before anything is added). */
+static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
+  vpart *v = left;
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   size_t off = 0;
-  vpart *v = v_new(cfg);
-  int ok = v && msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
-           u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 3 &&
-           u.data.via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-           !unpack_map(&u.data.via.array.ptr[1], v->labels) && !unpack_map(&u.data.via.array.ptr[2], v->terms);
-  if (ok) v->ndocs = u.data.via.array.ptr[0].via.u64;
+  int rc = 0;
+  if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
+      u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size != 3 ||
+      u.data.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || check_map(&u.data.via.array.ptr[1]) ||
+      check_map(&u.data.via.array.ptr[2]))
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
+  else if (unpack_map(&u.data.via.array.ptr[1], v->labels) || unpack_map(&u.data.via.array.ptr[2], v->terms))
+    rc = DBX_ENOMEM;
+  else
+    v->ndocs += u.data.via.array.ptr[0].via.u64;
   msgpack_unpacked_destroy(&u);
-  if (!ok) {
-    v_free(v);
-    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
-  }
-  *out = v;
-  return 0;
+  return rc;
+}
+
+static int v_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  vpart *v = v_new(cfg);
+  if (!v) return DBX_ENOMEM;
+  int rc = v_merge_encoded(cfg, v, p, n, err);
+  if (rc) v_free(v);
+  else *out = v;
+  return rc;
 }
 
 typedef struct kref {
@@ -1137,7 +1156,7 @@ static const dbx_coltype no_types[] = {DBX_COL_TEXT};
 static const dbx_schema no_schema = {0, no_names, no_types};
 
 const dbx_op op_nb_vocab = {"nb_vocab", v_new, v_free, v_map, v_merge, v_encode, v_decode, v_finish,
-                            bc_load_none, bc_free, &no_schema, sizeof(nb_cfg), NULL};
+                            bc_load_none, bc_free, &no_schema, sizeof(nb_cfg), v_merge_encoded};
 const dbx_op op_nb_fit = {"nb_fit", f_new, f_free, f_map, f_merge, f_encode, f_decode, f_finish,
                           bc_load_vocab, bc_free, &no_schema, sizeof(nb_cfg), NULL};
 const dbx_op op_nb_predict = {"nb_predict", p_new, p_free, p_map, p_merge, p_encode, p_decode, p_finish,
