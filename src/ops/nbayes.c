@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <xxhash.h>
 
 #include "ops/tokenize.h"
@@ -1107,6 +1108,9 @@ int nb_model_load(const char *src, dbx_buf *model, dbx_err *err) {
   if (strncmp(src, "sqlite:", 7) == 0) {
     rc = sqlite_model(src + 7, 0, NULL, 0, model, err);
   } else {
+    struct stat st;
+    if (stat(src, &st) == 0 && S_ISDIR(st.st_mode))
+      return dbx_seterr(err, DBX_EISDIR, "%s: is a directory, not a model file", src);
     FILE *fp = fopen(src, "rb");
     if (!fp) {
       int e = errno;
