@@ -67,56 +67,56 @@ extern int cli_resume;
   {"dashboard-public", no_argument, NULL, 1026},              \
   {"no-job-dir", no_argument, NULL, 1027}
 
-#define CLI_JOB_HELP                                                                        \
-  "Batching and execution:\n"                                                               \
-  "      --workers N         local worker processes (default: the number of cores;\n"      \
-  "                          0 = run every task in this process)\n"                        \
-  "      --listen tcp://HOST:PORT  also accept workers started elsewhere with\n"           \
-  "                          'dbatch worker --connect tcp://HOST:PORT'\n"                  \
-  "      --policy P          least-loaded (default), round-robin or random\n"             \
-  "      --seed N            seed of the random policy (reproducible placement)\n"        \
-  "      --ship              send batch bytes to workers instead of file references\n"    \
-  "      --prefetch N        most tasks a worker may hold beyond its slots (default 16;\n" \
-  "                          used only while its tasks are shorter than a few ms)\n"     \
-  "      --heartbeat SECS    heartbeat interval (default 1)\n"                            \
-  "      --worker-timeout SECS  silence before a remote worker is dead (default 10)\n"    \
-  "Failures:\n"                                                                               \
-  "      --max-attempts N    attempts per task, retried with backoff on another worker\n" \
-  "                          where one exists (default 4)\n"                                \
-  "      --on-task-failure fail|skip  a task whose attempts all failed stops the job\n"    \
-  "                          (fail, default) or is left out and reported (skip: exit 3)\n" \
-  "      --task-timeout SECS bound on one attempt (default: none)\n"                       \
-  "      --exclude-after N   a worker failing N different tasks gets no more (default 3)\n" \
-  "      --on-bad-record skip|fail  a bad record (a line over --max-record, an unreadable\n" \
-  "                          document line) is counted and skipped, or fails the job\n"    \
-  "      --max-record SIZE   longest line accepted (word count; default: no limit)\n"       \
-  "      --[no-]speculation  copy an attempt running 1.5x the median to a free worker\n"   \
-  "                          (default on)\n"                                                \
-  "      --max-message SIZE  largest message accepted from a worker (default 1G)\n"       \
-  "      --wait-workers N    start the first task once N workers have joined\n"           \
+#define CLI_JOB_HELP \
+  "Batching and execution:\n" \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
-  "                          (default: the input size / (4 x workers), within 8M..64M;\n"  \
-  "                          units K, M, G)\n"                                               \
-  "      --batch-records N   cut inputs into batches of N lines instead\n"                  \
-  "Output:\n"                                                                               \
+  "                          (default: the input size / (4 x workers), within 8M..64M;\n" \
+  "                          units K, M, G)\n" \
+  "      --batch-records N   cut inputs into batches of N lines instead\n" \
+  "      --workers N         local worker processes (default: the number of cores;\n" \
+  "                          0 = run every task in this process)\n" \
+  "      --listen tcp://HOST:PORT  also accept workers started elsewhere with\n" \
+  "                          'dbatch worker --connect tcp://HOST:PORT'\n" \
+  "      --wait-workers N    start the first task once N workers have joined\n" \
+  "      --policy P          least-loaded (default), round-robin or random\n" \
+  "      --seed N            seed of the random policy (reproducible placement)\n" \
+  "      --ship              send batch bytes to workers instead of file references\n" \
+  "      --prefetch N        most tasks a worker may hold beyond its slots (default 16;\n" \
+  "                          used only while its tasks are shorter than a few ms)\n" \
+  "      --heartbeat SECS    heartbeat interval (default 1)\n" \
+  "      --worker-timeout SECS  silence before a worker is dead (default 10)\n" \
+  "      --max-message SIZE  largest message accepted from a worker (default 1G)\n" \
+  "Failures:\n" \
+  "      --max-attempts N    attempts per task, retried with backoff on another worker\n" \
+  "                          where one exists (default 4)\n" \
+  "      --on-task-failure fail|skip  a task whose attempts all failed stops the job\n" \
+  "                          (fail, default) or is left out and reported (skip: exit 3)\n" \
+  "      --task-timeout SECS bound on one attempt (default: none)\n" \
+  "      --exclude-after N   a worker failing N different tasks gets no more (default 3)\n" \
+  "      --[no-]speculation  copy an attempt running 1.5x the median to a free worker\n" \
+  "                          (default on)\n" \
+  "      --on-bad-record skip|fail  a bad record (a line over --max-record, an unreadable\n" \
+  "                          document line) is counted and skipped, or fails the job\n" \
+  "      --max-record SIZE   longest line accepted (word count; default: no limit)\n" \
+  "Output:\n" \
   "  -o, --out DEST          - (standard output, default), FILE.tsv, FILE.csv, FILE.jsonl,\n" \
-  "                          or sqlite:PATH; files are replaced atomically\n"               \
-  "      --format F          tsv, csv or jsonl, when the file name does not say\n"          \
-  "      --table NAME        SQLite table (default: the job's name)\n"                      \
-  "      --append            SQLite: add rows instead of replacing the table\n"             \
+  "                          or sqlite:PATH; files are replaced atomically\n" \
+  "      --format F          tsv, csv or jsonl, when the file name does not say\n" \
+  "      --table NAME        SQLite table (default: the job's name)\n" \
+  "      --append            SQLite: add rows instead of replacing the table\n" \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
-  "Watching:\n"                                                                               \
-  "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n"    \
-  "                          (Prometheus); loopback only unless --dashboard-public\n"      \
+  "Watching:\n" \
+  "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n" \
+  "                          (Prometheus); loopback only unless --dashboard-public\n" \
   "      --job-dir DIR       where report.html, summary.json and status.json go (default:\n" \
   "                          ./dbatch-jobs/NAME-TIME-PID); a DIR given here also keeps a\n" \
-  "                          journal, so 'dbatch resume DIR' finishes the job if the\n"     \
-  "                          coordinator dies, without redoing finished tasks\n"            \
-  "      --no-job-dir        no job directory (no report)\n"                                \
-  "  -q, --quiet             only errors on standard error\n"                               \
-  "  -v, --verbose           more detail on standard error\n"                               \
-  "  -h, --help              this help\n"                                                   \
-  "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error,\n"          \
+  "                          journal, so 'dbatch resume DIR' finishes the job if the\n" \
+  "                          coordinator dies, without redoing finished tasks\n" \
+  "      --no-job-dir        no job directory (no report)\n" \
+  "  -q, --quiet             only errors on standard error\n" \
+  "  -v, --verbose           more detail on standard error\n" \
+  "  -h, --help              this help\n" \
+  "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error,\n" \
   "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary).\n"
 
 void cli_job_defaults(cli_job *o, const char *job_name);
