@@ -60,7 +60,8 @@ static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void 
 
 static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap *m, dbx_err *err) {
   tok t;
-  dbx_buf pend = {0};
+  dbx_buf pend = {0};      /* lowercased words, which live in the tokenizer's scratch */
+  const char *ptr[PIPE];   /* a word in place in data (stable), or NULL: at pend + off */
   size_t off[PIPE], len[PIPE];
   uint64_t hash[PIPE];
   int k = 0, rc;
@@ -70,15 +71,22 @@ static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap
     size_t n;
     rc = tok_next(&t, &w, &n);
     if (rc == 1) {
-      off[k] = pend.len;
       len[k] = n;
       hash[k] = strmap_hash(w, n);
       strmap_prefetch(m, hash[k]);
-      if ((rc = dbx_buf_append(&pend, w, n))) break;
+      if (w >= data && w < data + size) {
+        ptr[k] = w;
+      } else {
+        ptr[k] = NULL;
+        off[k] = pend.len;
+        if ((rc = dbx_buf_append(&pend, w, n))) break;
+      }
       if (++k < PIPE) continue;
     }
     if (rc < 0) break;
-    for (int i = 0; i < k && !rc; i++) rc = strmap_add_hashed(m, pend.data + off[i], len[i], hash[i], 1, NULL);
+    rc = 0;
+    for (int i = 0; i < k && !rc; i++)
+      rc = strmap_add_hashed(m, ptr[i] ? ptr[i] : pend.data + off[i], len[i], hash[i], 1, NULL);
     k = 0;
     pend.len = 0;
     if (rc || t.p == t.end) break;
