@@ -1,17 +1,18 @@
 /* coord.c -- the coordinator: a ZeroMQ ROUTER serving local (ipc://) and remote (tcp://)
  * workers. One thread; zmq_poll over the socket and a signalfd, so a local worker's exit
- * and every message are handled as they happen.
+ * and every message are handled as they happen. Worker records live in coord/workers.c,
+ * the task state machine in coord/tasks.c; this file moves messages between them.
  *
  * Results are merged by batch index through the aggregator, so the answer does not depend
  * on which worker ran what or in which order results came back. The first result of a task
- * wins; a later one (from an attempt given up for lost) is discarded. */
+ * wins; a later one (from an attempt given up for lost) is discarded. Every path that loses
+ * an attempt ends in a retry or a failed job: nothing waits for an answer that cannot come. */
 #define _GNU_SOURCE 1
 #include "coord/coord.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "coord/tasks.h"
+#include "coord/workers.h"
 #include "engine/agg.h"
 #include "engine/journal.h"
 #include "ui/ui.h"
@@ -27,36 +30,24 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-extern char **environ;
-
-typedef struct cworker {
-  unsigned char rid[256];
-  size_t rid_len;
-  uint32_t id;
-  char host[64];
-  int64_t pid;
-  pid_t child;              /* local worker process, or 0 */
-  int local, alive, welcomed, shared_fs;
-  uint32_t slots, inflight;
-  uint64_t stage_sent;      /* id of the last STAGE sent */
-  double last_heard, mean_task;
-  uint64_t tasks, bytes, failures;
-  double busy;
-  int excluded;             /* --exclude-after reached: no more tasks */
-  uint32_t bad[16], nbad;   /* distinct tasks with a failed attempt here */
-} cworker;
+/* Local workers in a row that may die before saying hello before the job gives up on
+ * starting them (a broken binary or environment, not bad luck). */
+#define EARLY_DEATHS_MAX 8
+/* Speculation before any task of the stage finished: copy an attempt after this long. */
+#define SPEC_FIRST_SECONDS 5.0
+/* The default task timeout never goes below this. */
+#define TASK_TIMEOUT_FLOOR 60.0
 
 struct coord {
   coord_opts o;
   void *zctx, *router;
-  char ipc_path[108], ipc_ep[128];
+  char ipc_ep[128];
   int sigfd;
   sigset_t oldmask;
-  cworker *w;
-  size_t nw, wcap;
-  uint32_t next_id;
-  int local_alive;
+  wtable wt;
   sched sch;
+  sched_worker *sw;         /* the scheduler's view, one per record */
+  size_t swcap;
   uint64_t stage_seq;
   dbx_buf out;
   unsigned char banned[16][256];
@@ -68,58 +59,15 @@ struct coord {
 static volatile sig_atomic_t g_interrupted;
 static void on_interrupt(int sig) { g_interrupted = sig; }
 
-/* ---- workers ---- */
-
-static int spawn_local(coord *c) {
-  char slots[] = "1", hb[32];
-  snprintf(hb, sizeof hb, "%g", c->o.heartbeat);
-  char *argv[] = {"dbatch", "worker", "--connect", c->ipc_ep, "--local", "--slots", slots,
-                  "--heartbeat", hb, NULL};
-  pid_t pid;
-  posix_spawnattr_t at;
-  posix_spawnattr_init(&at);
-  posix_spawnattr_setsigmask(&at, &c->oldmask);  /* the worker gets normal signals */
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
-  int rc = posix_spawn(&pid, c->exe, NULL, &at, argv, environ);
-  posix_spawnattr_destroy(&at);
-  if (rc != 0) {
-    log_error("cannot start a local worker (%s): %s", c->exe, strerror(rc));
-    return -1;
-  }
-  c->local_alive++;
-  /* Remember the child until it says hello: its record is made then, matched by pid. */
-  if (c->nw == c->wcap) {
-    size_t nc = c->wcap ? c->wcap * 2 : 8;
-    cworker *nw = realloc(c->w, nc * sizeof *nw);
-    if (!nw) return -1;
-    c->w = nw;
-    c->wcap = nc;
-  }
-  cworker *w = &c->w[c->nw++];
-  memset(w, 0, sizeof *w);
-  w->child = pid;
-  w->local = 1;
-  w->alive = 1;
-  w->pid = pid;
-  w->last_heard = time_mono();
-  snprintf(w->host, sizeof w->host, "localhost");
-  return 0;
-}
-
-static cworker *find_worker(coord *c, const unsigned char *rid, size_t n) {
-  for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].alive && c->w[i].rid_len == n && memcmp(c->w[i].rid, rid, n) == 0) return &c->w[i];
-  return NULL;
-}
-
-static int send_to(coord *c, cworker *w, const dbx_buf *b) {
-  if (zmq_send(c->router, w->rid, w->rid_len, ZMQ_SNDMORE) < 0) return -1;
-  return zmq_send(c->router, b->data, b->len, 0) < 0 ? -1 : 0;
-}
-
 static int send_rid(coord *c, const unsigned char *rid, size_t n, const dbx_buf *b) {
   if (zmq_send(c->router, rid, n, ZMQ_SNDMORE) < 0) return -1;
   return zmq_send(c->router, b->data, b->len, 0) < 0 ? -1 : 0;
+}
+
+static int send_to(coord *c, cworker *w, const dbx_buf *b) { return send_rid(c, w->rid, w->rid_len, b); }
+
+static int spawn_local(coord *c) {
+  return wt_spawn_local(&c->wt, c->exe, c->ipc_ep, c->o.heartbeat, &c->oldmask);
 }
 
 int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
@@ -127,35 +75,45 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
   if (!c) return DBX_ENOMEM;
   c->o = *o;
   c->sigfd = -1;
+  wt_init(&c->wt);
   if (c->o.heartbeat <= 0) c->o.heartbeat = 1.0;
   if (c->o.worker_timeout <= 0) c->o.worker_timeout = 10.0;
   if (c->o.max_attempts == 0) c->o.max_attempts = 4;
   sched_init(&c->sch, o->policy, o->seed);
   int rc = 0;
   if (o->workers == 0 && !o->listen) { *out = c; return 0; }
-  c->exe = realpath("/proc/self/exe", NULL);
-  c->zctx = zmq_ctx_new();
-  c->router = zmq_socket(c->zctx, ZMQ_ROUTER);
+  if (!(c->exe = realpath("/proc/self/exe", NULL))) {
+    rc = dbx_seterr(err, DBX_EIO, "cannot find this program to start workers (/proc/self/exe): %s", strerror(errno));
+    goto fail;
+  }
+  if (!(c->zctx = zmq_ctx_new()) || !(c->router = zmq_socket(c->zctx, ZMQ_ROUTER))) {
+    rc = dbx_seterr(err, DBX_EIO, "cannot start messaging: %s", zmq_strerror(zmq_errno()));
+    goto fail;
+  }
   int one = 1, zero = 0;
   int64_t maxmsg = (int64_t)(o->max_msg ? o->max_msg : (1ull << 30));
   zmq_setsockopt(c->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
   zmq_setsockopt(c->router, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(c->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-  /* Block SIGCHLD into a signalfd: a local worker's death wakes the poll at once. */
+  /* Block SIGCHLD into a signalfd: a local worker's death wakes the poll at once. Threads
+   * started before this point (the dashboard's) block every signal themselves. */
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &mask, &c->oldmask);
-  c->sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (sigprocmask(SIG_BLOCK, &mask, &c->oldmask) != 0 ||
+      (c->sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
+    rc = dbx_seterr(err, DBX_EIO, "cannot watch local workers (signalfd): %s", strerror(errno));
+    goto fail;
+  }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_interrupt;
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   if (o->workers > 0) {
-    snprintf(c->ipc_path, sizeof c->ipc_path, "/tmp/dbatch-%d-%lx.sock", (int)getpid(),
+    /* Linux's abstract socket namespace: no file to leave behind when we are killed. */
+    snprintf(c->ipc_ep, sizeof c->ipc_ep, "ipc://@dbatch-%d-%lx", (int)getpid(),
              (unsigned long)(time_wall() * 1000) & 0xffffff);
-    snprintf(c->ipc_ep, sizeof c->ipc_ep, "ipc://%s", c->ipc_path);
     if (zmq_bind(c->router, c->ipc_ep) != 0) {
       rc = dbx_seterr(err, DBX_EIO, "cannot listen on %s: %s", c->ipc_ep, zmq_strerror(zmq_errno()));
       goto fail;
@@ -176,35 +134,12 @@ fail:
 
 /* ---- one stage ---- */
 
-enum { T_PENDING = 0, T_RUNNING, T_DONE, T_SKIPPED };
-
-/* A task and its attempts. At most two attempts run at once: the first, and a speculative
- * copy of a straggler. */
-typedef struct ctask {
-  batchdesc b;
-  int state;
-  uint32_t attempts;      /* attempts started */
-  uint32_t failures;      /* attempts that failed or were lost */
-  long run[2];            /* worker index of each running attempt, -1 = none */
-  uint32_t run_attempt[2];
-  double run_start[2];
-  double not_before;      /* retry backoff */
-  long avoid[4];          /* workers where an attempt failed: a retry goes elsewhere if it can */
-  uint32_t navoid;
-} ctask;
-
 typedef struct srun {
   coord *c;
   job *j;
   stage *s;
   uint64_t id;
-  ctask *t;
-  size_t nt, tcap;
-  uint32_t *queue;        /* pending task indices, a ring */
-  size_t qhead, qlen, qcap;
-  uint32_t *delayed;      /* tasks waiting out their retry backoff */
-  size_t ndelayed, delcap;
-  size_t done, undone_materialized;
+  ttable tt;
   int split_eof;
   splitter *sp;
   uint32_t made;
@@ -213,38 +148,7 @@ typedef struct srun {
   const char **paths;     /* absolute, for remote workers */
   char **abs;
   size_t npaths;
-  double *durations;      /* of finished tasks, for the speculation threshold */
-  size_t ndur, durcap;
-  double median, median_at;
 } srun;
-
-static int q_push(srun *r, uint32_t idx, int front) {
-  if (r->qlen == r->qcap) {
-    size_t nc = r->qcap ? r->qcap * 2 : 64;
-    uint32_t *nq = malloc(nc * sizeof *nq);
-    if (!nq) return DBX_ENOMEM;
-    for (size_t i = 0; i < r->qlen; i++) nq[i] = r->queue[(r->qhead + i) % r->qcap];
-    free(r->queue);
-    r->queue = nq;
-    r->qcap = nc;
-    r->qhead = 0;
-  }
-  if (front) {
-    r->qhead = (r->qhead + r->qcap - 1) % r->qcap;
-    r->queue[r->qhead] = idx;
-  } else {
-    r->queue[(r->qhead + r->qlen) % r->qcap] = idx;
-  }
-  r->qlen++;
-  return 0;
-}
-
-static uint32_t q_pop(srun *r) {
-  uint32_t v = r->queue[r->qhead];
-  r->qhead = (r->qhead + 1) % r->qcap;
-  r->qlen--;
-  return v;
-}
 
 /* Tasks a worker may hold beyond its slots: enough to cover about 5 ms of its work per
  * slot, so short tasks are not bound by message latency, and at most --prefetch; a worker
@@ -262,8 +166,8 @@ static int usable(const cworker *w) { return w->alive && w->welcomed && !w->excl
 
 static uint32_t total_cap(coord *c) {
   uint32_t t = 0;
-  for (size_t i = 0; i < c->nw; i++)
-    if (usable(&c->w[i])) t += c->w[i].slots + prefetch_of(c, &c->w[i]);
+  for (size_t i = 0; i < c->wt.n; i++)
+    if (usable(&c->wt.w[i])) t += c->wt.w[i].slots + prefetch_of(c, &c->wt.w[i]);
   return t;
 }
 
@@ -271,35 +175,17 @@ static uint32_t total_cap(coord *c) {
  * workers take it. */
 static int top_up(srun *r, dbx_err *err) {
   size_t window = 4 * (size_t)total_cap(r->c) + 64;
-  while (!r->split_eof && r->undone_materialized < window) {
+  while (!r->split_eof && r->tt.undone < window) {
     batchdesc b;
     int rc = stage_next_batch(r->s, r->sp, &r->made, &b, err);
     if (rc < 0) return rc;
     if (rc == 0) { r->split_eof = 1; break; }
-    if (r->nt == r->tcap) {
-      size_t nc = r->tcap ? r->tcap * 2 : 256;
-      ctask *nt = realloc(r->t, nc * sizeof *nt);
-      if (!nt) { batchdesc_free(&b); return DBX_ENOMEM; }
-      r->t = nt;
-      r->tcap = nc;
-    }
-    ctask *t = &r->t[r->nt];
-    memset(t, 0, sizeof *t);
-    t->b = b;
-    t->run[0] = t->run[1] = -1;
     r->s->st->tasks++;
     /* Resuming: a task the journal holds is done already. */
-    if ((rc = engine_resume_task(r->j, r->s, r->ag, (uint32_t)r->nt, err))) {
-      if (rc < 0) return rc;
-      t->state = T_DONE;
-      batchdesc_free(&t->b);
-      r->nt++;
-      r->done++;
-      continue;
-    }
-    if ((rc = q_push(r, (uint32_t)r->nt, 0))) return rc;
-    r->nt++;
-    r->undone_materialized++;
+    int done = engine_resume_task(r->j, r->s, r->ag, (uint32_t)r->tt.n, err);
+    if (done < 0) { batchdesc_free(&b); return done; }
+    uint32_t idx;
+    if ((rc = tt_add(&r->tt, &b, done, &idx))) { batchdesc_free(&b); return rc; }
   }
   return 0;
 }
@@ -309,28 +195,30 @@ static void describe(srun *r, const ctask *t, char *out, size_t cap) {
   else batchdesc_describe(&t->b, r->s->in, out, cap);
 }
 
+/* Attempt k of task idx stops without an outcome: tell its worker, forget it. */
 static void cancel_attempt(srun *r, uint32_t idx, int k) {
-  ctask *t = &r->t[idx];
+  ctask *t = &r->tt.t[idx];
   long wi = t->run[k];
   if (wi < 0) return;
-  cworker *w = &r->c->w[wi];
+  cworker *w = &r->c->wt.w[wi];
   if (w->inflight) w->inflight--;
   if (w->alive && w->welcomed) {
     msg_cancel(&r->c->out, r->id, t->b.index, t->run_attempt[k]);
     send_to(r->c, w, &r->c->out);
   }
   ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
-  t->run[k] = -1;
+  tt_drop(&r->tt, idx, k);
 }
 
 /* A task whose attempts all failed: the job stops (--on-task-failure=fail), or the task is
  * left out and reported (skip). */
-static int quarantine(srun *r, uint32_t idx, dbx_err *err) {
-  ctask *t = &r->t[idx];
+static int give_up(srun *r, uint32_t idx, dbx_err *err) {
+  ctask *t = &r->tt.t[idx];
   char where[600];
   describe(r, t, where, sizeof where);
   if (!r->c->o.skip_failed) {
-    /* The report of what failed where: every attempt of this task. */
+    /* The report of what failed where: every failed attempt of this task, the same ones
+     * the count says. */
     char list[DBX_ERR_LEN / 2] = "";
     size_t k = 0;
     for (size_t i = 0; i < r->j->nfailures && k + 1 < sizeof list; i++) {
@@ -341,28 +229,29 @@ static int quarantine(srun *r, uint32_t idx, dbx_err *err) {
       if (w < 0) break;
       k += (size_t)w < sizeof list - k ? (size_t)w : sizeof list - k - 1;
     }
-    return dbx_seterr(err, DBX_ETASK, "%s task %u (%.300s) failed %u times%s", r->s->st->name, idx, where,
-                      t->failures, list);
+    char innocent[96] = "";
+    if (t->innocent)
+      snprintf(innocent, sizeof innocent, " (and %u attempt(s) lost with a worker that died running another task)",
+               t->innocent);
+    return dbx_seterr(err, DBX_ETASK, "%s task %u (%.300s): %u attempt(s) failed%s%s", r->s->st->name, idx, where,
+                      t->failures, innocent, list);
   }
-  t->state = T_SKIPPED;
-  batchdesc_free(&t->b);
-  r->done++;
-  r->undone_materialized--;
+  tt_skip(&r->tt, idx);
   job_add_missing(r->j, r->s->st->name, idx, where);
   void *empty = r->s->op->partial_new(r->s->cfg);
   if (!empty) return DBX_ENOMEM;
   return agg_add(r->ag, idx, empty, err);
 }
 
-/* Attempt k of task idx ended without a result. Records where and why; retries after a
- * backoff, on another worker where one exists; excludes a worker that failed too many
- * different tasks. */
+/* Attempt k of task idx ended without a result, by its fault (or its worker's). Records
+ * where and why; retries after a backoff, on another worker where one exists; excludes a
+ * worker that failed too many different tasks. */
 static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_err *err) {
   coord *c = r->c;
-  ctask *t = &r->t[idx];
+  ctask *t = &r->tt.t[idx];
   long wi = t->run[k];
   if (wi < 0 || t->state != T_RUNNING) return 0;
-  cworker *w = &c->w[wi];
+  cworker *w = &c->wt.w[wi];
   job_failure f;
   memset(&f, 0, sizeof f);
   snprintf(f.stage, sizeof f.stage, "%s", r->s->st->name);
@@ -377,9 +266,6 @@ static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_e
   ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_FAILED);
   w->failures++;
   if (w->inflight) w->inflight--;
-  t->run[k] = -1;
-  t->failures++;
-  if (t->navoid < 4) t->avoid[t->navoid++] = wi;
   /* Exclusion: a worker that failed attempts of --exclude-after different tasks. */
   int seen = 0;
   for (uint32_t i = 0; i < w->nbad; i++) seen |= w->bad[i] == idx;
@@ -389,70 +275,84 @@ static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_e
     log_warn("worker %u (%s pid %lld) failed %u different tasks: it gets no more tasks in this job", w->id,
              w->host, (long long)w->pid, w->nbad);
   }
-  if (t->run[1 - k] >= 0) return 0;  /* the other attempt may still succeed */
-  if (t->failures >= c->o.max_attempts) return quarantine(r, idx, err);
-  t->state = T_PENDING;
-  double backoff = 0.05 * (double)(1u << (t->failures < 7 ? t->failures - 1 : 6));
-  t->not_before = time_mono() + backoff;
-  if (r->ndelayed == r->delcap) {
-    size_t nc = r->delcap ? r->delcap * 2 : 16;
-    uint32_t *nd = realloc(r->delayed, nc * sizeof *nd);
-    if (!nd) return DBX_ENOMEM;
-    r->delayed = nd;
-    r->delcap = nc;
-  }
-  r->delayed[r->ndelayed++] = idx;
-  return 0;
+  tt_verdict v = tt_fail(&r->tt, idx, k, w->id, c->o.max_attempts, time_mono());
+  return v == TT_GIVE_UP ? give_up(r, idx, err) : 0;
 }
 
-static int worker_lost(srun *r, size_t wi, const char *why, dbx_err *err) {
-  cworker *w = &r->c->w[wi];
+/* Attempt k of idx was lost with its worker, which died running something else. */
+static int attempt_innocent(srun *r, uint32_t idx, int k) {
+  ctask *t = &r->tt.t[idx];
+  cworker *w = &r->c->wt.w[t->run[k]];
+  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
+  if (w->inflight) w->inflight--;
+  return tt_requeue(&r->tt, idx, k);
+}
+
+/* Worker wi is gone (end: "killed", "exited", "lost"; why: for people). Its attempts end:
+ * the ones it was running fail -- known exactly from a local worker's evidence page, and
+ * for a remote worker taken to be its oldest `slots` ones -- and the rest (queued behind
+ * them, or finished with results that died in its send queue) go back to the queue
+ * without counting against their tasks. Every attempt is settled even when giving one up
+ * fails the job: the first error is returned. */
+static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx_err *err) {
+  coord *c = r->c;
+  cworker *w = &c->wt.w[wi];
   if (!w->alive) return 0;
-  w->alive = 0;
-  w->welcomed = 0;
-  if (w->local) r->c->local_alive--;
   /* A local worker given up on is ended for sure; reaping it starts a replacement. */
   if (w->child) kill(w->child, SIGKILL);
   log_warn("worker %u (%s pid %lld) %s", w->id, w->host, (long long)w->pid, why);
-  int rc = 0;
   char cause[300];
   snprintf(cause, sizeof cause, "worker %s", why);
-  /* A worker runs its oldest `slots` tasks and queues the rest (prefetch). Only those that
-   * were running count as failed attempts: a batch that kills its worker must not take the
-   * tasks queued behind it down too. The others go back to the queue unharmed. */
-  for (uint32_t n = 0; n < w->slots && !rc; n++) {
-    long bi = -1;
-    int bk = 0;
-    for (size_t i = 0; i < r->nt; i++)
-      for (int k = 0; k < 2; k++)
-        if (r->t[i].state == T_RUNNING && r->t[i].run[k] == (long)wi &&
-            (bi < 0 || r->t[i].run_start[k] < r->t[bi].run_start[bk])) {
-          bi = (long)i;
-          bk = k;
-        }
-    if (bi < 0) break;
-    rc = attempt_failed(r, (uint32_t)bi, bk, cause, err);
-  }
-  for (size_t i = 0; i < r->nt && !rc; i++)
-    for (int k = 0; k < 2 && !rc; k++) {
-      ctask *t = &r->t[i];
+  uint32_t ev[EVIDENCE_MAX_SLOTS][2];
+  int nev = wt_evidence(w, r->id, ev, (int)EVIDENCE_MAX_SLOTS);
+  /* The attempts it held, oldest first. */
+  size_t nheld = 0, cap = 0;
+  struct held { uint32_t idx; int k; double start; } *h = NULL;
+  for (size_t i = 0; i < r->tt.n; i++)
+    for (int k = 0; k < 2; k++) {
+      const ctask *t = &r->tt.t[i];
       if (t->state != T_RUNNING || t->run[k] != (long)wi) continue;
-      ui_attempt_end(r->j->ui, r->s->seq, (uint32_t)i, t->run_attempt[k], w->id, UI_CANCELLED);
-      t->run[k] = -1;
-      if (t->run[1 - k] < 0) {
-        t->state = T_PENDING;
-        rc = q_push(r, (uint32_t)i, 1);
+      if (nheld == cap) {
+        size_t nc = cap ? cap * 2 : 16;
+        struct held *nh = realloc(h, nc * sizeof *nh);
+        if (!nh) { free(h); return DBX_ENOMEM; }
+        h = nh;
+        cap = nc;
       }
+      h[nheld++] = (struct held){(uint32_t)i, k, t->run_start[k]};
     }
+  for (size_t a = 1; a < nheld; a++)  /* insertion sort: a worker holds a few tasks */
+    for (size_t b = a; b > 0 && h[b].start < h[b - 1].start; b--) {
+      struct held x = h[b];
+      h[b] = h[b - 1];
+      h[b - 1] = x;
+    }
+  int rc = 0;
+  uint32_t guessed = 0;
+  for (size_t a = 0; a < nheld; a++) {
+    const ctask *t = &r->tt.t[h[a].idx];
+    int guilty = 0;
+    if (nev >= 0) {
+      for (int e = 0; e < nev; e++) guilty |= ev[e][0] == h[a].idx && ev[e][1] == t->run_attempt[h[a].k];
+    } else {
+      guilty = guessed < (w->slots ? w->slots : 1);
+      guessed += (uint32_t)guilty;
+    }
+    int x = guilty ? attempt_failed(r, h[a].idx, h[a].k, cause, err) : attempt_innocent(r, h[a].idx, h[a].k);
+    if (x && !rc) rc = x;
+  }
+  free(h);
   w->inflight = 0;
+  wt_gone(&c->wt, w, end);
   return rc;
 }
 
-/* Start an attempt of task idx on worker wi, as attempt slot k (1 = speculative copy). */
-static int send_task(srun *r, size_t wi, uint32_t idx, int k) {
+/* Start an attempt of task idx on worker wi, as attempt slot k (1 = speculative copy).
+ * 0, -1 when the worker cannot be reached, -2 when the input cannot be read (err set). */
+static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
   coord *c = r->c;
-  cworker *w = &c->w[wi];
-  ctask *t = &r->t[idx];
+  cworker *w = &c->wt.w[wi];
+  ctask *t = &r->tt.t[idx];
   if (w->stage_sent != r->id) {
     stage *s = r->s;
     if (msg_stage(&c->out, r->id, s->op->name, s->cfg, s->cfg_size, s->bcast_in, s->bcast_in_len,
@@ -468,7 +368,7 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k) {
     batchdesc shipped;
     dbx_err lerr = {0, ""};
     if (loader_load(r->ld, &t->b, r->paths, &view, &lerr)) {
-      log_error("cannot read task %u to ship it: %s", t->b.index, lerr.msg);
+      dbx_seterr(err, lerr.code ? lerr.code : DBX_EIO, "cannot read task %u to ship it: %s", idx, lerr.msg);
       return -2;
     }
     if (batchdesc_ship(&shipped, &t->b, &view)) return -1;
@@ -478,144 +378,142 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k) {
     rc = msg_task(&c->out, r->id, attempt, &t->b);
   }
   if (rc || send_to(c, w, &c->out)) return -1;
-  t->attempts = attempt;
+  tt_start(&r->tt, idx, k, (long)wi, time_mono());
   r->s->st->attempts++;
-  t->state = T_RUNNING;
-  t->run[k] = (long)wi;
-  t->run_attempt[k] = attempt;
-  t->run_start[k] = time_mono();
   w->inflight++;
   ui_attempt_start(r->j->ui, r->s->seq, idx, attempt, w->id);
   return 0;
 }
 
-/* Fill sw for the scheduler; workers in avoid[] count as full unless no other has room. */
-static size_t sched_view(srun *r, sched_worker *sw, const ctask *t) {
+/* Fill the scheduler's view, one entry per record; workers where t failed count as full
+ * unless no other has room. */
+static int sched_view(srun *r, const ctask *t, size_t *n) {
   coord *c = r->c;
-  size_t n = c->nw < 256 ? c->nw : 256;
+  if (c->wt.n > c->swcap) {
+    size_t nc = c->wt.cap;
+    sched_worker *ns = realloc(c->sw, nc * sizeof *ns);
+    if (!ns) return DBX_ENOMEM;
+    c->sw = ns;
+    c->swcap = nc;
+  }
+  sched_worker *sw = c->sw;
   int other_room = 0;
-  for (size_t i = 0; i < n; i++) {
-    cworker *w = &c->w[i];
+  for (size_t i = 0; i < c->wt.n; i++) {
+    cworker *w = &c->wt.w[i];
     sw[i].usable = usable(w);
     sw[i].slots = w->slots ? w->slots : 1;
     sw[i].cap = sw[i].slots + prefetch_of(c, w);
     sw[i].inflight = w->inflight;
     sw[i].mean_task = w->mean_task;
-    int avoided = 0;
-    for (uint32_t a = 0; t && a < t->navoid; a++) avoided |= t->avoid[a] == (long)i;
-    if (sw[i].usable && !avoided && sw[i].inflight < sw[i].cap) other_room = 1;
+    if (sw[i].usable && !(t && tt_avoids(t, w->id)) && sw[i].inflight < sw[i].cap) other_room = 1;
   }
   if (t && other_room)
-    for (uint32_t a = 0; a < t->navoid; a++)
-      if (t->avoid[a] >= 0 && (size_t)t->avoid[a] < n) sw[t->avoid[a]].usable = 0;
-  return n;
+    for (size_t i = 0; i < c->wt.n; i++)
+      if (tt_avoids(t, c->wt.w[i].id)) sw[i].usable = 0;
+  *n = c->wt.n;
+  return 0;
+}
+
+/* A send to worker wi failed: usually a local worker that just died. Reports how it died
+ * when we can tell. */
+static int send_failed(srun *r, size_t wi, dbx_err *err) {
+  coord *c = r->c;
+  cworker *w = &c->wt.w[wi];
+  char why[96] = "lost its connection (cannot be reached)";
+  const char *end = "lost";
+  int st;
+  pid_t child = w->child;
+  if (child && waitpid(child, &st, WNOHANG) == child) {
+    cworker *x = wt_reaped(&c->wt, child, st, why, sizeof why);
+    end = x ? x->end : end;
+    int rc = x ? worker_lost(r, wi, end, why, err) : 0;
+    if (c->wt.local_procs < c->o.workers && !g_interrupted) spawn_local(c);
+    return rc;
+  }
+  return worker_lost(r, wi, end, why, err);
 }
 
 static int assign(srun *r, dbx_err *err) {
   coord *c = r->c;
-  sched_worker sw[256];
-  double now = time_mono();
-  /* Retries whose backoff is over go first. */
-  for (size_t i = 0; i < r->ndelayed;) {
-    if (r->t[r->delayed[i]].not_before <= now) {
-      int rc = q_push(r, r->delayed[i], 1);
-      if (rc) return rc;
-      r->delayed[i] = r->delayed[--r->ndelayed];
-    } else {
-      i++;
-    }
-  }
-  while (r->qlen) {
-    uint32_t idx = r->queue[r->qhead];
-    size_t n = sched_view(r, sw, &r->t[idx]);
-    long wi = sched_pick(&c->sch, sw, n);
+  int rc = tt_release_due(&r->tt, time_mono());
+  if (rc) return rc;
+  while (r->tt.qlen) {
+    uint32_t idx = r->tt.queue[r->tt.qhead];
+    size_t n;
+    if ((rc = sched_view(r, &r->tt.t[idx], &n))) return rc;
+    long wi = sched_pick(&c->sch, c->sw, n);
     if (wi < 0) return 0;
-    q_pop(r);
-    int rc = send_task(r, (size_t)wi, idx, 0);
-    if (rc == -2) return dbx_seterr(err, DBX_EIO, "cannot read the input of task %u", r->t[idx].b.index);
+    tt_pop(&r->tt);
+    rc = send_task(r, (size_t)wi, idx, 0, err);
+    if (rc == -2) return err->code ? err->code : DBX_EIO;
     if (rc) {
-      q_push(r, idx, 1);
-      /* Usually a local worker that just died: report how it died when we can tell. */
-      char why[96] = "lost its connection (cannot be reached)";
-      int st;
-      pid_t child = c->w[wi].child;
-      if (child && waitpid(child, &st, WNOHANG) == child) {
-        if (WIFSIGNALED(st)) snprintf(why, sizeof why, "was killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
-        else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(st));
-        c->w[wi].child = 0;
-      }
-      if ((rc = worker_lost(r, (size_t)wi, why, err))) return rc;
-      if (!child || !c->w[wi].child) {
-        if (c->local_alive < c->o.workers && !g_interrupted) spawn_local(c);
-      }
+      if ((rc = tt_push(&r->tt, idx, 1))) return rc;
+      if ((rc = send_failed(r, (size_t)wi, err))) return rc;
     }
   }
   return 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-/* Speculation: with a free slot and nothing queued, copy the attempt that has run longest,
- * once it runs longer than 1.5x the stage's median task time, to another worker. */
-static int speculate(srun *r, double now) {
+/* Speculation: with a free slot and nothing queued, copy an attempt that runs longer than
+ * tt_spec_limit() to another worker. This also covers a worker that heartbeats but never
+ * answers: its tasks are copied, and the copies win. */
+static int speculate(srun *r, double now, dbx_err *err) {
   coord *c = r->c;
-  if (!c->o.speculation || r->qlen || r->ndelayed || r->ndur < 3) return 0;
-  if (now - r->median_at > 0.2) {
-    double *tmp = malloc(r->ndur * sizeof *tmp);
-    if (!tmp) return DBX_ENOMEM;
-    memcpy(tmp, r->durations, r->ndur * sizeof *tmp);
-    qsort(tmp, r->ndur, sizeof *tmp, cmp_double);
-    r->median = tmp[r->ndur / 2];
-    r->median_at = now;
-    free(tmp);
-  }
-  double limit = 1.5 * r->median;
-  if (limit < 0.05) limit = 0.05;  /* not worth a copy: message latency dominates */
-  for (size_t i = 0; i < r->nt; i++) {
-    ctask *t = &r->t[i];
+  if (!c->o.speculation || r->tt.qlen || r->tt.ndelayed || !r->tt.running) return 0;
+  double limit = tt_spec_limit(&r->tt, now, SPEC_FIRST_SECONDS);
+  for (size_t i = 0; i < r->tt.n; i++) {
+    ctask *t = &r->tt.t[i];
     if (t->state != T_RUNNING || t->run[0] < 0 || t->run[1] >= 0 || now - t->run_start[0] < limit) continue;
-    sched_worker sw[256];
-    size_t n = sched_view(r, sw, NULL);
-    if ((size_t)t->run[0] < n) sw[t->run[0]].usable = 0;
+    size_t n;
+    int rc = sched_view(r, NULL, &n);
+    if (rc) return rc;
+    sched_worker *sw = c->sw;
+    sw[t->run[0]].usable = 0;
     /* Only a worker with a free slot: a copy must not queue behind other tasks. */
     for (size_t k = 0; k < n; k++)
       if (sw[k].inflight >= sw[k].slots) sw[k].usable = 0;
     long wi = sched_pick(&c->sch, sw, n);
     if (wi < 0) return 0;
-    if (send_task(r, (size_t)wi, (uint32_t)i, 1) == 0) {
+    rc = send_task(r, (size_t)wi, (uint32_t)i, 1, err);
+    if (rc == -2) return err->code ? err->code : DBX_EIO;
+    if (rc == 0) {
       r->j->speculated++;
-      log_info("task %zu runs long (%.2f s, median %.2f s): a copy starts on worker %u", i, now - t->run_start[0],
-               r->median, c->w[wi].id);
+      log_info("task %zu runs long (%.2f s, limit %.2f s): a copy starts on worker %u", i, now - t->run_start[0],
+               limit, c->wt.w[wi].id);
+    } else if ((rc = send_failed(r, (size_t)wi, err))) {
+      return rc;
     }
   }
   return 0;
 }
 
-/* --task-timeout: an attempt running too long is a failed attempt. */
+/* --task-timeout, or by default 10x the stage's 90th percentile task time (at least a
+ * minute): an attempt running longer is a failed attempt. */
 static int check_timeouts(srun *r, double now, dbx_err *err) {
   coord *c = r->c;
-  if (c->o.task_timeout <= 0) return 0;
-  for (size_t i = 0; i < r->nt; i++)
+  double limit = c->o.task_timeout > 0 ? c->o.task_timeout : tt_default_timeout(&r->tt, now, TASK_TIMEOUT_FLOOR);
+  if (limit <= 0 || !r->tt.running) return 0;
+  int first = 0;
+  for (size_t i = 0; i < r->tt.n; i++)
     for (int k = 0; k < 2; k++) {
-      ctask *t = &r->t[i];
-      if (t->state != T_RUNNING || t->run[k] < 0 || now - t->run_start[k] <= c->o.task_timeout) continue;
+      ctask *t = &r->tt.t[i];
+      if (t->state != T_RUNNING || t->run[k] < 0 || now - t->run_start[k] <= limit) continue;
       long wi = t->run[k];
-      char cause[128];
-      snprintf(cause, sizeof cause, "timed out after %.1f s (--task-timeout)", now - t->run_start[k]);
-      cworker *w = &c->w[wi];
+      char cause[160];
+      snprintf(cause, sizeof cause, "timed out after %.1f s (%s %.1f s)", now - t->run_start[k],
+               c->o.task_timeout > 0 ? "--task-timeout" : "default task timeout: 10x the stage's p90 task time,",
+               limit);
+      cworker *w = &c->wt.w[wi];
       if (w->alive && w->welcomed) {
         msg_cancel(&c->out, r->id, t->b.index, t->run_attempt[k]);
         send_to(c, w, &c->out);
       }
       int rc = attempt_failed(r, (uint32_t)i, k, cause, err);
-      if (rc) return rc;
+      if (rc && !first) first = rc;
       /* A local worker's slot stays stuck in the task: replace the worker. */
       if (w->local && w->child) kill(w->child, SIGKILL);
     }
-  return 0;
+  return first;
 }
 
 static int is_banned(coord *c, const unsigned char *rid, size_t n) {
@@ -631,34 +529,22 @@ static void ban(coord *c, const unsigned char *rid, size_t n, const char *why) {
   log_warn("dropped a peer that sent %s", why);
 }
 
-static void on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m) {
+static int on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m) {
   coord *c = r->c;
-  cworker *w = NULL;
   /* A local child we started: match it by pid. */
-  for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].alive && c->w[i].child && !c->w[i].welcomed && (uint64_t)c->w[i].child == m->pid) w = &c->w[i];
+  cworker *w = wt_find_child(&c->wt, (int64_t)m->pid);
+  if (!w) w = wt_find_rid(&c->wt, rid, rn);  /* said hello again */
   if (!w) {
-    cworker *old = find_worker(c, rid, rn);
-    if (old) w = old;  /* said hello again */
-  }
-  if (!w) {
-    if (c->nw == c->wcap) {
-      size_t nc = c->wcap ? c->wcap * 2 : 8;
-      cworker *nw = realloc(c->w, nc * sizeof *nw);
-      if (!nw) return;
-      c->w = nw;
-      c->wcap = nc;
-    }
-    w = &c->w[c->nw++];
+    if (!(w = wt_add(&c->wt))) return DBX_ENOMEM;
     memset(w, 0, sizeof *w);
     w->alive = 1;
     w->pid = (int64_t)m->pid;
     snprintf(w->host, sizeof w->host, "%.*s", (int)m->host_len, m->host);
   }
-  if (!w->welcomed) w->id = ++c->next_id;
+  if (!w->welcomed) w->id = ++c->wt.next_id;
   memcpy(w->rid, rid, rn);
   w->rid_len = rn;
-  w->slots = (uint32_t)m->slots;
+  w->slots = m->slots ? (uint32_t)m->slots : 1;
   w->shared_fs = m->shared_fs;
   w->welcomed = 1;
   w->stage_sent = 0;
@@ -668,62 +554,37 @@ static void on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m)
   c->waiting_logged = 0;
   log_info("worker %u joined: %s pid %lld, %u slot(s)%s", w->id, w->host, (long long)w->pid, w->slots,
            w->local ? " (local)" : "");
-}
-
-/* Which running attempt of a task this message is about (-1: none, e.g. given up). */
-static int attempt_slot(const ctask *t, size_t wi, uint64_t attempt) {
-  for (int k = 0; k < 2; k++)
-    if (t->run[k] == (long)wi && t->run_attempt[k] == attempt) return k;
-  return -1;
+  return 0;
 }
 
 static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   coord *c = r->c;
-  cworker *w = &c->w[wi];
-  if (m->stage != r->id || m->index >= r->nt) { r->j->discarded++; return 0; }
-  ctask *t = &r->t[m->index];
-  int k = attempt_slot(t, wi, m->attempt);
+  cworker *w = &c->wt.w[wi];
+  if (m->stage != r->id || m->index >= r->tt.n) { r->j->discarded++; return 0; }
+  uint32_t idx = (uint32_t)m->index;
+  int k = tt_slot(&r->tt, idx, (long)wi, (uint32_t)m->attempt);
   /* The first successful attempt wins; a late one, or one given up for lost, is dropped. */
-  if (t->state != T_RUNNING || k < 0) {
-    r->j->discarded++;
-    if (k >= 0 && w->inflight) w->inflight--;
-    return 0;
-  }
-  /* The partial stays encoded until the merge tree needs it (agg_add_encoded). An operator
-   * without merge_encoded has it decoded here, where a bad one is blamed on its worker. */
+  if (k < 0) { r->j->discarded++; return 0; }
+  /* Decode (and so check) the partial now, while it is still this attempt's: a partial
+   * that does not decode is a failed attempt of this task on this worker, retried
+   * elsewhere, never a failure of the whole job. */
   void *part = NULL;
-  char *blob = NULL;
-  if (r->s->op->merge_encoded) {
-    if (!(blob = malloc(m->partial_len ? m->partial_len : 1))) return DBX_ENOMEM;
-    memcpy(blob, m->partial, m->partial_len);
-  } else {
-    dbx_err derr = {0, ""};
-    if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
-      char why[DBX_ERR_LEN + 32];
-      snprintf(why, sizeof why, "sent a bad result: %s", derr.msg);
-      return worker_lost(r, wi, why, err);
-    }
+  dbx_err derr = {0, ""};
+  if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
+    char why[DBX_ERR_LEN + 32];
+    snprintf(why, sizeof why, "sent a bad result: %s", derr.msg[0] ? derr.msg : dbx_strerror(derr.code));
+    return attempt_failed(r, idx, k, why, err);
   }
+  ctask *t = &r->tt.t[idx];
   if (w->inflight) w->inflight--;
-  ui_attempt_end(r->j->ui, r->s->seq, (uint32_t)m->index, t->run_attempt[k], w->id, UI_OK);
-  t->run[k] = -1;
-  if (t->run[1 - k] >= 0) cancel_attempt(r, (uint32_t)m->index, 1 - k);  /* the other copy lost the race */
+  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_OK);
+  int other = tt_succeed(&r->tt, idx, k, time_mono());
+  if (other >= 0) cancel_attempt(r, idx, other);  /* the other copy lost the race */
   double dt = m->map_seconds;
   w->tasks++;
   w->bytes += m->bytes;
   w->busy += dt;
   w->mean_task = w->mean_task ? 0.8 * w->mean_task + 0.2 * dt : dt;
-  double wall = time_mono() - t->run_start[k];
-  if (r->ndur == r->durcap) {
-    size_t nc = r->durcap ? r->durcap * 2 : 64;
-    double *nd = realloc(r->durations, nc * sizeof *nd);
-    if (nd) { r->durations = nd; r->durcap = nc; }
-  }
-  if (r->ndur < r->durcap) r->durations[r->ndur++] = wall;
-  t->state = T_DONE;
-  batchdesc_free(&t->b);
-  r->done++;
-  r->undone_materialized--;
   stage_stats *st = r->s->st;
   st->batches++;
   st->bytes += m->bytes;
@@ -731,25 +592,22 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   st->bad_records += m->bad_records;
   st->t_map += dt;
   if (m->bad_note_len) job_note_bad(r->j, m->bad_note, m->bad_note_len, m->bad_records);
-  int rc = journal_task(r->j->jr, r->s->seq, (uint32_t)m->index, m->partial, m->partial_len, m->records,
-                        m->bad_records, m->bytes, err);
+  int rc = journal_task(r->j->jr, r->s->seq, idx, m->partial, m->partial_len, m->records, m->bad_records, m->bytes,
+                        err);
   if (rc) {
-    if (part) r->s->op->partial_free(part);
-    free(blob);
+    r->s->op->partial_free(part);
     return rc;
   }
   double t0 = time_mono();
-  rc = blob ? agg_add_encoded(r->ag, (uint32_t)m->index, blob, m->partial_len, err)
-            : agg_add(r->ag, (uint32_t)m->index, part, err);
+  rc = agg_add(r->ag, idx, part, err);
   st->t_merge += time_mono() - t0;
   return rc;
 }
 
 static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
-  if (m->stage != r->id || m->index >= r->nt) return 0;
-  ctask *t = &r->t[m->index];
-  int k = attempt_slot(t, wi, m->attempt);
-  if (t->state != T_RUNNING || k < 0) return 0;
+  if (m->stage != r->id || m->index >= r->tt.n) return 0;
+  int k = tt_slot(&r->tt, (uint32_t)m->index, (long)wi, (uint32_t)m->attempt);
+  if (k < 0) return 0;
   char cause[600];
   snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
   /* A bad record under --on-bad-record=fail is about the data: no retry can help. */
@@ -764,23 +622,22 @@ static int handle_message(srun *r, dbx_err *err) {
   zmq_msg_init(&body);
   int rc = 0;
   if (zmq_msg_recv(&id, c->router, ZMQ_DONTWAIT) < 0) { rc = 1; goto out; }
-  int more = zmq_msg_more(&id);
-  if (!more) goto out;
+  if (!zmq_msg_more(&id)) goto out;
   zmq_msg_recv(&body, c->router, 0);
   if (zmq_msg_more(&body)) {  /* a DEALER of ours sends one frame: drain the rest */
     zmq_msg_t x;
     zmq_msg_init(&x);
     do zmq_msg_recv(&x, c->router, 0); while (zmq_msg_more(&x));
     zmq_msg_close(&x);
-    ban(c, zmq_msg_data(&id), zmq_msg_size(&id), "a multi-part message");
+    if (zmq_msg_size(&id) <= sizeof c->banned[0]) ban(c, zmq_msg_data(&id), zmq_msg_size(&id), "a multi-part message");
     goto out;
   }
   const unsigned char *rid = zmq_msg_data(&id);
   size_t rn = zmq_msg_size(&id);
-  if (rn > sizeof c->w[0].rid || is_banned(c, rid, rn)) goto out;
+  if (rn > sizeof c->wt.w[0].rid || is_banned(c, rid, rn)) goto out;
   msg m;
   dbx_err merr = {0, ""};
-  cworker *w = find_worker(c, rid, rn);
+  cworker *w = wt_find_rid(&c->wt, rid, rn);
   if (msg_decode(zmq_msg_data(&body), zmq_msg_size(&body), &m, &merr)) {
     if (merr.code == DBX_EVERSION) {
       char why[300];
@@ -793,19 +650,19 @@ static int handle_message(srun *r, dbx_err *err) {
     if (w) {
       char why[DBX_ERR_LEN + 16];
       snprintf(why, sizeof why, "sent a %s", merr.msg);
-      rc = worker_lost(r, (size_t)(w - c->w), why, err);
+      rc = worker_lost(r, (size_t)(w - c->wt.w), "lost", why, err);
     } else {
       ban(c, rid, rn, merr.msg);
     }
     goto out;
   }
   if (m.type == MSG_HELLO) {
-    on_hello(r, rid, rn, &m);
+    rc = on_hello(r, rid, rn, &m);
   } else if (!w) {
     msg_simple(&c->out, MSG_REHELLO);  /* e.g. a worker from before our restart */
     send_rid(c, rid, rn, &c->out);
   } else {
-    size_t wi = (size_t)(w - c->w);
+    size_t wi = (size_t)(w - c->wt.w);
     w->last_heard = time_mono();
     if (m.type == MSG_RESULT) rc = on_result(r, wi, &m, err);
     else if (m.type == MSG_FAILURE) rc = on_failure(r, wi, &m, err);
@@ -817,6 +674,8 @@ out:
   return rc;
 }
 
+/* Local workers that exited: their attempts end, and a replacement keeps the job's
+ * parallelism -- unless local workers keep dying before they even say hello. */
 static int reap_children(srun *r, dbx_err *err) {
   coord *c = r->c;
   struct signalfd_siginfo si;
@@ -824,45 +683,66 @@ static int reap_children(srun *r, dbx_err *err) {
   int status, rc = 0;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    for (size_t i = 0; i < c->nw; i++) {
-      if (c->w[i].child != pid) continue;
-      char why[96];
-      if (WIFSIGNALED(status)) snprintf(why, sizeof why, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
-      else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(status));
-      c->w[i].child = 0;
-      if (c->w[i].alive && (rc = worker_lost(r, i, why, err))) return rc;
-      /* Replace it, so the job keeps its parallelism. */
-      if (c->local_alive < c->o.workers && !g_interrupted) spawn_local(c);
-      break;
+    char why[96];
+    cworker *w = wt_reaped(&c->wt, pid, status, why, sizeof why);
+    if (w) {
+      int x = worker_lost(r, (size_t)(w - c->wt.w), w->end, why, err);
+      if (x && !rc) rc = x;
     }
+    if (c->wt.early_deaths >= EARLY_DEATHS_MAX) {
+      if (!rc)
+        rc = dbx_seterr(err, DBX_ETASK, "%u local workers in a row ended before joining (the last %s); see the lines above",
+                        c->wt.early_deaths, why);
+      continue;
+    }
+    if (c->wt.local_procs < c->o.workers && !g_interrupted) spawn_local(c);
   }
   return rc;
 }
 
-static void heartbeat(srun *r, double now, dbx_err *err) {
+static int heartbeat(srun *r, double now, dbx_err *err) {
   coord *c = r->c;
+  int rc = 0;
   msg_simple(&c->out, MSG_HEARTBEAT);
-  for (size_t i = 0; i < c->nw; i++) {
-    cworker *w = &c->w[i];
+  for (size_t i = 0; i < c->wt.n; i++) {
+    cworker *w = &c->wt.w[i];
     if (!w->alive || !w->welcomed) continue;
+    int x = 0;
     if (now - w->last_heard > c->o.worker_timeout) {
       char why[96];
       snprintf(why, sizeof why, "was silent for %.1f s (--worker-timeout)", now - w->last_heard);
-      worker_lost(r, i, why, err);
-      continue;
+      x = worker_lost(r, i, "lost", why, err);
+    } else if (send_to(c, w, &c->out)) {
+      x = send_failed(r, i, err);
     }
-    if (send_to(c, w, &c->out)) worker_lost(r, i, "lost its connection (cannot be reached)", err);
+    if (x && !rc) rc = x;
   }
+  return rc;
 }
 
-/* The dashboard's view of the workers, a few times a second. */
+/* The dashboard's view of the workers, a few times a second: the live ones, then the most
+ * recent of those that are gone. */
 static void tick_ui(srun *r, double now) {
   coord *c = r->c;
-  ui_worker w[256];
+  size_t cap = c->wt.n + (c->wt.ngone < 256 ? c->wt.ngone : 256);
+  ui_worker *w = calloc(cap + 1, sizeof *w);
+  if (!w) return;
   size_t n = 0;
   uint64_t running = 0;
-  for (size_t i = 0; i < c->nw && n < 256; i++) {
-    const cworker *x = &c->w[i];
+  size_t g0 = c->wt.ngone - (cap - c->wt.n);
+  for (size_t i = g0; i < c->wt.ngone; i++) {
+    const wgone *g = &c->wt.gone[i];
+    ui_worker *u = &w[n++];
+    u->id = g->info.id;
+    u->slots = g->info.slots;
+    snprintf(u->host, sizeof u->host, "%s", g->info.host);
+    u->pid = g->info.pid;
+    u->state = g->end ? g->end : "lost";
+    u->tasks = g->info.tasks;
+    u->failures = g->info.failures;
+  }
+  for (size_t i = 0; i < c->wt.n; i++) {
+    const cworker *x = &c->wt.w[i];
     if (!x->id) continue;
     ui_worker *u = &w[n++];
     u->id = x->id;
@@ -870,13 +750,14 @@ static void tick_ui(srun *r, double now) {
     u->inflight = x->alive ? x->inflight : 0;
     snprintf(u->host, sizeof u->host, "%s", x->host);
     u->pid = x->pid;
-    u->state = !x->alive ? "dead" : x->excluded ? "excluded" : x->welcomed ? "alive" : "joining";
+    u->state = !x->alive ? (x->end ? x->end : "lost") : x->excluded ? "excluded" : x->welcomed ? "alive" : "joining";
     u->tasks = x->tasks;
     u->failures = x->failures;
     u->heartbeat_age = x->alive ? now - x->last_heard : 0;
     running += u->inflight;
   }
   ui_tick(r->j->ui, r->j, w, n, r->s->st->name, running);
+  free(w);
 }
 
 static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
@@ -886,6 +767,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   r.j = j;
   r.s = s;
   r.id = ++c->stage_seq;
+  tt_init(&r.tt);
   int rc = 0;
   void *result = NULL, *bcast = NULL;
   r.ag = agg_new(s->op, s->cfg);
@@ -896,7 +778,10 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   if (!r.ag || !r.ld || !r.paths || !r.abs) { rc = DBX_ENOMEM; goto done; }
   for (size_t i = 0; i < r.npaths; i++) {
     const char *p = s->in->v[i].path;
-    r.abs[i] = strcmp(p, "-") ? realpath(p, NULL) : NULL;
+    if (strcmp(p, "-") && !(r.abs[i] = realpath(p, NULL))) {
+      rc = dbx_seterr(err, DBX_EIO, "%s: %s", p, strerror(errno));
+      goto done;
+    }
     r.paths[i] = r.abs[i] ? r.abs[i] : p;
   }
   if (s->in && (rc = splitter_new(s->in, &s->split, &r.sp, err))) goto done;
@@ -905,33 +790,33 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     double t0 = time_mono();
     if ((rc = top_up(&r, err))) goto done;
     s->st->t_read += time_mono() - t0;
-    if (r.split_eof && r.done == r.nt) break;
+    if (r.split_eof && r.tt.done == r.tt.n) break;
     int nalive = 0, nusable = 0;
-    for (size_t i = 0; i < c->nw; i++) {
-      nalive += c->w[i].alive && c->w[i].welcomed;
-      nusable += usable(&c->w[i]);
+    for (size_t i = 0; i < c->wt.n; i++) {
+      nalive += c->wt.w[i].alive && c->wt.w[i].welcomed;
+      nusable += usable(&c->wt.w[i]);
     }
-    if (nalive && !nusable && !c->o.listen) {
+    if (nalive && !nusable && !c->o.listen && c->wt.local_procs <= nalive) {
       rc = dbx_seterr(err, DBX_ETASK, "every worker is excluded after failing %u different tasks (--exclude-after)",
                       c->o.exclude_after);
       goto done;
     }
     if (nalive >= (int)c->o.wait_workers) c->o.wait_workers = 0;  /* once per job */
     if (!c->o.wait_workers && (rc = assign(&r, err))) goto done;
-    if (!nalive && c->o.listen && !c->waiting_logged && c->local_alive == 0) {
+    if (!nalive && c->o.listen && !c->waiting_logged && c->wt.local_procs == 0) {
       log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", c->o.listen);
       c->waiting_logged = 1;
     }
-    if (!nalive && !c->o.listen && c->local_alive == 0) {
-      rc = dbx_seterr(err, DBX_ETASK, "no workers left");
+    if (!nalive && !c->o.listen && c->wt.local_procs == 0) {
+      rc = dbx_seterr(err, DBX_ETASK, "no workers left: local workers could not be started (see above)");
       goto done;
     }
     zmq_pollitem_t items[2] = {{c->router, 0, ZMQ_POLLIN, 0}, {NULL, c->sigfd, ZMQ_POLLIN, 0}};
     /* Short waits while retries back off or copies may be due; half a heartbeat otherwise. */
-    long wait_ms = (r.ndelayed || (c->o.speculation && r.ndur >= 3)) ? 20 : (long)(c->o.heartbeat * 1000 / 2);
+    long wait_ms = (r.tt.ndelayed || (c->o.speculation && !r.tt.qlen && r.tt.running)) ? 20
+                                                                                      : (long)(c->o.heartbeat * 1000 / 2);
     int n = zmq_poll(items, 2, wait_ms);
     if (n < 0 && zmq_errno() != EINTR) { rc = dbx_seterr(err, DBX_EIO, "poll: %s", zmq_strerror(zmq_errno())); goto done; }
-    if (items[1].revents & ZMQ_POLLIN && (rc = reap_children(&r, err))) goto done;
     if (items[0].revents & ZMQ_POLLIN) {
       for (int k = 0; k < 1024; k++) {
         int h = handle_message(&r, err);
@@ -939,22 +824,23 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
         if (h == 1) break;
       }
     }
+    /* After the messages: a result sent just before its worker died still counts. */
+    if (items[1].revents & ZMQ_POLLIN && (rc = reap_children(&r, err))) goto done;
     double now = time_mono();
     if (now - last_hb >= c->o.heartbeat) {
-      heartbeat(&r, now, err);
+      if ((rc = heartbeat(&r, now, err))) goto done;
       last_hb = now;
     }
     if ((rc = check_timeouts(&r, now, err))) goto done;
     if (ui_due(j->ui)) tick_ui(&r, now);
-    if ((rc = speculate(&r, now))) goto done;
-
+    if ((rc = speculate(&r, now, err))) goto done;
   }
   if (g_interrupted) {
     rc = dbx_seterr(err, DBX_EINTR, "interrupted by signal %d; no output was written", (int)g_interrupted);
     goto done;
   }
   double t3 = time_mono();
-  if ((rc = agg_finish(r.ag, (uint32_t)r.nt, &result, err))) goto done;
+  if ((rc = agg_finish(r.ag, (uint32_t)r.tt.n, &result, err))) goto done;
   double t4 = time_mono();
   s->st->t_merge += t4 - t3;
   /* finish() may need the stage's broadcast (the vocabulary to name model columns...). */
@@ -966,11 +852,9 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
 done:
   if (result) s->op->partial_free(result);
   if (bcast) s->op->bcast_free(bcast);
-  for (size_t i = 0; i < r.nt; i++) batchdesc_free(&r.t[i].b);
-  free(r.t);
-  free(r.queue);
-  free(r.delayed);
-  free(r.durations);
+  /* Attempts still out belong to this stage only: forget them on their workers. */
+  for (size_t i = 0; i < c->wt.n; i++) c->wt.w[i].inflight = 0;
+  tt_free(&r.tt);
   splitter_free(r.sp);
   agg_free(r.ag);
   loader_free(r.ld);
@@ -998,57 +882,47 @@ int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err) {
 
 void coord_free(coord *c, job *j) {
   if (!c) return;
+  wtable *t = &c->wt;
   if (c->router) {
     msg_simple(&c->out, MSG_BYE);
-    for (size_t i = 0; i < c->nw; i++) {
-      if (c->w[i].alive && c->w[i].welcomed) send_to(c, &c->w[i], &c->out);
-      else if (c->w[i].child) kill(c->w[i].child, SIGKILL);  /* ours, and never needed */
+    for (size_t i = 0; i < t->n; i++) {
+      if (t->w[i].alive && t->w[i].welcomed) send_to(c, &t->w[i], &c->out);
+      else if (t->w[i].child) kill(t->w[i].child, SIGKILL);  /* ours, and never needed */
     }
     /* Local workers leave on BYE; give them a moment, then make sure. */
     double t0 = time_mono();
     for (;;) {
       int left = 0;
-      for (size_t i = 0; i < c->nw; i++) {
-        if (!c->w[i].child) continue;
+      for (size_t i = 0; i < t->n; i++) {
+        if (!t->w[i].child) continue;
         int st;
-        if (waitpid(c->w[i].child, &st, WNOHANG) == c->w[i].child) c->w[i].child = 0;
+        if (waitpid(t->w[i].child, &st, WNOHANG) == t->w[i].child) t->w[i].child = 0;
         else left++;
       }
       if (!left) break;
       if (time_mono() - t0 > 2.0) {
-        for (size_t i = 0; i < c->nw; i++)
-          if (c->w[i].child) { kill(c->w[i].child, SIGKILL); waitpid(c->w[i].child, NULL, 0); c->w[i].child = 0; }
+        for (size_t i = 0; i < t->n; i++)
+          if (t->w[i].child) { kill(t->w[i].child, SIGKILL); waitpid(t->w[i].child, NULL, 0); t->w[i].child = 0; }
         break;
       }
       usleep(2000);
     }
   }
-  if (j && c->nw) {
-    j->winfo = calloc(c->nw, sizeof *j->winfo);
-    for (size_t i = 0; j->winfo && i < c->nw; i++) {
-      const cworker *w = &c->w[i];
-      if (!w->id) continue;  /* a local worker that never said hello */
-      worker_info *x = &j->winfo[j->nwinfo++];
-      snprintf(x->host, sizeof x->host, "%s", w->host);
-      x->id = w->id;
-      x->slots = w->slots;
-      x->pid = w->pid;
-      x->local = w->local;
-      x->tasks = w->tasks;
-      x->bytes = w->bytes;
-      x->failures = w->failures;
-      x->busy_seconds = w->busy;
-    }
+  if (j && (t->n || t->ngone)) {
+    free(j->winfo);
+    j->winfo = NULL;
+    j->nwinfo = 0;
+    wt_summary(t, &j->winfo, &j->nwinfo);
   }
   if (c->router) zmq_close(c->router);
   if (c->zctx) zmq_ctx_term(c->zctx);
-  if (c->ipc_path[0]) unlink(c->ipc_path);
   if (c->sigfd >= 0) {
     close(c->sigfd);
     sigprocmask(SIG_SETMASK, &c->oldmask, NULL);
   }
   dbx_buf_free(&c->out);
-  free(c->w);
+  wt_free(t);
+  free(c->sw);
   free(c->exe);
   free(c);
 }

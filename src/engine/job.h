@@ -44,6 +44,7 @@ typedef struct worker_info {
   int local;
   uint64_t tasks, bytes, failures;
   double busy_seconds;
+  char state[16];          /* at the end: "finished", "killed", "exited", "lost", "excluded" */
 } worker_info;
 
 /* One failed attempt, where and why: printed when it happens, listed in the summary. */

@@ -11,11 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "engine/job.h"
+#include "net/evidence.h"
 #include "net/proto.h"
 #include "ops/ops.h"
 #include "util/log.h"
@@ -47,6 +49,8 @@ typedef struct wctx {
   int quit;
   uint64_t cancelled[64][3];  /* recent cancels: (stage, index, attempt) ring */
   unsigned ncancel;
+  evidence_page *ev;          /* local worker: what each thread runs, shared with the coordinator */
+  unsigned nthreads_started;
 } wctx;
 
 static void stage_release(wctx *w, wstage *s) {
@@ -69,7 +73,21 @@ static int is_cancelled(wctx *w, const msg *m) {
   return 0;
 }
 
-static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
+/* Evidence for the coordinator (net/evidence.h): this thread's slot says which attempt it
+ * maps, so a crash is blamed on that attempt alone. */
+static void evidence_set(wctx *w, unsigned slot, const msg *m, int running) {
+  if (!w->ev || slot >= EVIDENCE_MAX_SLOTS) return;
+  evidence_slot *e = &w->ev->slot[slot];
+  if (running) {
+    __atomic_store_n(&e->running, 0, __ATOMIC_RELEASE);
+    e->stage = m->stage;
+    e->index = (uint32_t)m->index;
+    e->attempt = (uint32_t)m->attempt;
+  }
+  __atomic_store_n(&e->running, (uint32_t)running, __ATOMIC_RELEASE);
+}
+
+static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
   msg *m = &it->m;
   wstage *st = it->st;
   dbx_err err = {0, ""};
@@ -81,6 +99,7 @@ static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, d
     if (m->batch.seg[i].input >= st->npaths)
       rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
   double t0 = time_mono();
+  evidence_set(w, slot, m, 1);
   if (!rc) rc = engine_map_task(st->op, st->cfg, st->bcast, ld, &m->batch, (const char *const *)st->paths,
                                 &part, &bs, &bytes, &err);
   double dt = time_mono() - t0;
@@ -92,11 +111,13 @@ static void run_item(wctx *w, witem *it, loader *ld, void *push, dbx_buf *out, d
                     enc->data, enc->len);
   else
     msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc));
+  evidence_set(w, slot, m, 0);
   zmq_send(push, out->data, out->len, 0);
 }
 
 static void *task_thread(void *arg) {
   wctx *w = arg;
+  unsigned slot = __atomic_fetch_add(&w->nthreads_started, 1, __ATOMIC_RELAXED);
   void *push = zmq_socket(w->zctx, ZMQ_PUSH);
   zmq_connect(push, "inproc://results");
   loader *ld = loader_new();
@@ -112,7 +133,7 @@ static void *task_thread(void *arg) {
     int skip = it && is_cancelled(w, &it->m);
     pthread_mutex_unlock(&w->mu);
     if (!it) break;
-    if (!skip) run_item(w, it, ld, push, &out, &enc);
+    if (!skip) run_item(w, slot, it, ld, push, &out, &enc);
     msg_free(&it->m);
     free(it->frame);
     stage_release(w, it->st);
@@ -196,6 +217,24 @@ static void fault_setup(void) {
   log_info("worker %d: fault injection on (DBATCH_FAULT=%s)", (int)getpid(), f);
 }
 
+/* A local worker started by its coordinator has its evidence page as descriptor
+ * EVIDENCE_FD (a memfd named dbatch-evidence); anything else there is left alone. */
+static evidence_page *evidence_map(uint32_t slots) {
+  char link[64], target[64];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", EVIDENCE_FD);
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n <= 0) return NULL;
+  target[n] = 0;
+  if (strncmp(target, "/memfd:dbatch-evidence", 22) != 0) return NULL;
+  void *p = mmap(NULL, EVIDENCE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, EVIDENCE_FD, 0);
+  close(EVIDENCE_FD);
+  if (p == MAP_FAILED) return NULL;
+  evidence_page *ev = p;
+  ev->nslots = slots < EVIDENCE_MAX_SLOTS ? slots : (uint32_t)EVIDENCE_MAX_SLOTS;
+  __atomic_store_n(&ev->magic, EVIDENCE_MAGIC, __ATOMIC_RELEASE);
+  return ev;
+}
+
 int worker_main(const worker_opts *o, dbx_err *err) {
   fault_setup();
   if (o->local) {
@@ -222,6 +261,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     return rc;
   }
   uint32_t nthreads = o->slots ? o->slots : 1;
+  if (o->local) w.ev = evidence_map(nthreads);
   pthread_t *th = calloc(nthreads, sizeof *th);
   for (uint32_t i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, task_thread, &w);
 
@@ -373,5 +413,6 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   zmq_ctx_term(w.zctx);
   pthread_mutex_destroy(&w.mu);
   pthread_cond_destroy(&w.cv);
+  if (w.ev) munmap(w.ev, EVIDENCE_SIZE);
   return rc;
 }

@@ -4,6 +4,7 @@ its journal, a read-only output directory."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -69,8 +70,15 @@ class PoisonBatch(TmpTest):
         self.assertEqual(p.returncode, 1, err)
         self.assertIn("task 7", err)
         self.assertIn("lines 701-800", err)
-        self.assertIn("failed 4 times", err)
-        self.assertRegex(err, r"attempt \d+ on worker \d+ \(\S+ pid \d+\): worker was killed by signal 9")
+        self.assertIn("task 7 (%s lines 701-800" % self.data, err)
+        self.assertIn("4 attempt(s) failed;", err)
+        # The blame goes only to the batch that kills its worker (the worker's evidence page
+        # says what it was running): attempts 1-4 of task 7, no other task, none innocent.
+        final = err.strip().splitlines()[-1]
+        self.assertEqual(re.findall(r"attempt (\d+) on worker \d+ \(\S+ pid \d+\): worker was killed by signal 9",
+                                    final), ["1", "2", "3", "4"])
+        self.assertNotIn("lost with a worker", final)
+        self.assertEqual(sorted(set(re.findall(r"wordcount task (\d+) attempt", err))), ["7"])
         self.assertFalse(any(n.startswith("out.tsv") or ".out.tsv" in n for n in os.listdir(self.tmp)))
 
 
@@ -281,7 +289,7 @@ class Heartbeats(TmpTest):
                 "--max-attempts", "2", "--no-speculation", "--summary-json", s, check=False)
         self.assertEqual(p.returncode, 1)
         self.assertIn(b"timed out after", p.stderr)
-        self.assertIn(b"failed 2 times", p.stderr)
+        self.assertIn(b"noop task 0 (no input): 2 attempt(s) failed;", p.stderr)
 
 
 class ReadOnlyOutput(TmpTest):
