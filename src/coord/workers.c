@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,8 +174,10 @@ cworker *wt_reaped(wtable *t, pid_t pid, int status, char *why, size_t cap) {
       end = "exited";
     }
     t->local_procs--;
-    if (!w->id) t->early_deaths++;
-    else t->early_deaths = 0;
+    /* A worker that dies by itself before saying hello, again and again, points at a broken
+     * installation; one killed from outside (SIGKILL) says nothing about that. */
+    if (w->id) t->early_deaths = 0;
+    else if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) t->early_deaths++;
     w->child = 0;
     /* An end seen before the exit (a timeout that killed it) keeps its name; otherwise the
      * exit is how it ended. */

@@ -78,6 +78,8 @@ int job_write_summary(const job *j, const char *path, int ok, const dbx_err *fai
     kv_int(&b, "bytes", w->bytes);
     kv_int(&b, "failures", w->failures);
     kv_real(&b, "busy_seconds", w->busy_seconds);
+    json_key(&b, "state", 0);
+    json_cstr(&b, w->state[0] ? w->state : "finished");
     json_raw(&b, "}");
   }
   json_raw(&b, "]");
