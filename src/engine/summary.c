@@ -55,6 +55,7 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   oom |= kv_int(&b, "batches", batches);
   oom |= kv_int(&b, "tasks", tasks);
   oom |= kv_int(&b, "attempts", attempts);
+  oom |= kv_int(&b, "resumed_tasks", j->resumed);
   oom |= kv_int(&b, "rows_out", j->rows_out);
   oom |= kv_real(&b, "elapsed_seconds", j->elapsed);
   oom |= kv_int(&b, "discarded_results", j->discarded);
