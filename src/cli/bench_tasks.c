@@ -70,7 +70,10 @@ int cmd_bench_tasks(int argc, char **argv) {
     s.split.batch_bytes = 1;
     s.out = out;
     s.st = job_add_stage(&j, "noop");
-    rc = coord_run_stage(co, &j, &s, &err);
+    char opts[64];
+    snprintf(opts, sizeof opts, "tasks=%llu", (unsigned long long)ntasks);
+    s.plan_opts = opts;
+    rc = cli_run_stage(co, &j, &s, &err);
     dt = time_mono() - t0;
   }
   if (!rc)

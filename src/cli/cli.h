@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include "coord/coord.h"
 #include "engine/job.h"
+#include "util/afile.h"
 
 /* Exit statuses: documented in --help and the man page. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_PARTIAL = 3 };
@@ -25,7 +26,19 @@ typedef struct cli_job {
   int no_job_dir;         /* --no-job-dir: no report, no status file */
   char job_dir_buf[512];  /* the default job directory's name */
   int bad_fail;           /* --on-bad-record=fail */
+  afile summary;          /* --summary-json, opened when the job starts, committed with its outputs */
+  int summary_open;
 } cli_job;
+
+/* Outputs of a job, committed together at its end (cli_job_finish). */
+typedef struct cli_outputs {
+  sink *sinks[4];         /* committed in order; owned until then */
+  size_t n;
+  /* Another output (a model file...), committed first, or NULL. It must leave nothing
+   * visible when it fails, and release what it holds when called with commit = 0. */
+  int (*save)(void *ctx, int commit, dbx_err *err);
+  void *save_ctx;
+} cli_outputs;
 
 /* The command line being run (for the journal) and whether it is a resume. Set by main. */
 extern int cli_argc;
@@ -70,8 +83,8 @@ extern int cli_resume;
 #define CLI_JOB_HELP \
   "Batching and execution:\n" \
   "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n" \
-  "                          (default: the input size / (4 x workers), within 8M..64M;\n" \
-  "                          units K, M, G)\n" \
+  "                          (default: the input size / 16, within 8M..64M, the same on\n" \
+  "                          any machine and for any --workers; units K, M, G)\n" \
   "      --batch-records N   cut inputs into batches of N lines instead\n" \
   "      --workers N         local worker processes (default: the number of cores;\n" \
   "                          0 = run every task in this process)\n" \
@@ -111,7 +124,8 @@ extern int cli_resume;
   "      --job-dir DIR       where report.html, summary.json and status.json go (default:\n" \
   "                          ./dbatch-jobs/NAME-TIME-PID); a DIR given here also keeps a\n" \
   "                          journal, so 'dbatch resume DIR' finishes the job if the\n" \
-  "                          coordinator dies, without redoing finished tasks\n" \
+  "                          coordinator dies, without redoing finished tasks (the\n" \
+  "                          journal keeps the batch plan; one job at a time per DIR)\n" \
   "      --no-job-dir        no job directory (no report)\n" \
   "  -q, --quiet             only errors on standard error\n" \
   "  -v, --verbose           more detail on standard error\n" \
@@ -120,9 +134,15 @@ extern int cli_resume;
   "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary).\n"
 
 void cli_job_defaults(cli_job *o, const char *job_name);
-/* Without --batch-bytes/--batch-records: about four batches per worker, 8M..64M each, so
- * there are enough tasks to balance and few partials to merge. */
+/* Without --batch-bytes/--batch-records: engine_default_batch_bytes of the input's size,
+ * never of the worker count or the machine (a resume takes the journal's plan anyway). */
 void cli_job_size_batches(cli_job *o, const inputs *in);
+/* Check before the job runs that dest (a file, sqlite:PATH or -) given to option opt can
+ * be written: its directory takes a new file (probed), an existing SQLite file opens for
+ * writing. A clear error naming opt and dest otherwise. */
+int cli_check_dest(const char *opt, const char *dest, dbx_err *err);
+/* Plan and run one stage (engine_plan_stage, then coord_run_stage). */
+int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err);
 /* Handle one common option. 1 if handled, 0 if not ours, EXIT_USAGE-worthy error < 0
  * (message already printed). */
 int cli_job_option(cli_job *o, int c, const char *arg);
@@ -132,8 +152,11 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 
 /* Start the job's coordinator (and its local workers). */
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err);
-/* Finish: commit or abort out, stop the coordinator, write the summary, report.
- * rc is the job's status so far; returns the exit status. */
+/* Finish: stop the coordinator; when rc is 0, write the summary and commit every output
+ * together (the summary synced first, then outs in order, the summary renamed last), else
+ * abort them all; report. rc is the job's status so far; returns the exit status. */
+int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outputs *outs, int rc, dbx_err *err);
+/* cli_job_finish with one sink (or none). */
 int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err);
 
 int cmd_wordcount(int argc, char **argv);

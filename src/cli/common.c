@@ -11,8 +11,12 @@
 #include "ui/ui.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#include "util/err.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -152,15 +156,80 @@ void cli_job_size_batches(cli_job *o, const inputs *in) {
   if (o->batch_set) return;
   uint64_t total = 0;
   for (size_t i = 0; i < in->n; i++) total += in->v[i].size;
-  uint64_t per = total / (4 * (uint64_t)(o->workers > 0 ? o->workers : 1));
-  uint64_t lo = 8u << 20, hi = 64u << 20;
-  o->batch_bytes = per < lo ? lo : per > hi ? hi : per;
+  o->batch_bytes = engine_default_batch_bytes(total);
+}
+
+int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err) {
+  int rc = engine_plan_stage(j, s, err);
+  return rc ? rc : coord_run_stage(co, j, s, err);
+}
+
+/* Can a new file be created in dir? (Creates and removes a probe: access() would say yes to
+ * root on a read-only directory, and nothing about a full or read-only file system.) */
+static int probe_dir(const char *opt, const char *dest, const char *dir, dbx_err *err) {
+  char tmp[PATH_MAX];
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s/.dbatch-probe.%d.XXXXXX", dir, (int)getpid()) >= sizeof tmp)
+    return dbx_seterr(err, DBX_EINVAL, "%s %s: the path is too long", opt, dest);
+  int fd = mkstemp(tmp);
+  if (fd < 0) {
+    int e = errno;
+    return dbx_seterr(err, err_from_errno(e), "%s %s: cannot create a file in %s: %s; nothing was run", opt, dest, dir,
+                      strerror(e));
+  }
+  close(fd);
+  unlink(tmp);
+  return 0;
+}
+
+int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
+  if (!dest || !strcmp(dest, "-")) return 0;
+  int db = !strncmp(dest, "sqlite:", 7);
+  const char *path = db ? dest + 7 : dest;
+  if (!path[0]) return dbx_seterr(err, DBX_EUSAGE, "%s needs a path", opt);
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    if (S_ISDIR(st.st_mode))
+      return dbx_seterr(err, DBX_EISDIR, "%s %s: is a directory; give a file name", opt, dest);
+    if (!S_ISREG(st.st_mode)) return 0;  /* a device or a pipe: written straight */
+    if (db) {
+      int fd = open(path, O_RDWR | O_CLOEXEC);
+      if (fd < 0) {
+        int e = errno;
+        return dbx_seterr(err, err_from_errno(e), "%s %s: cannot open for writing: %s; nothing was run", opt, dest,
+                          strerror(e));
+      }
+      close(fd);
+    }
+  } else if (errno != ENOENT) {
+    int e = errno;
+    return dbx_seterr(err, err_from_errno(e), "%s %s: %s; nothing was run", opt, dest, strerror(e));
+  }
+  /* Files are replaced by a rename, SQLite writes its journal beside the database: either
+   * way the directory must take a new file. */
+  char dir[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else if ((size_t)(slash - path) >= sizeof dir) return dbx_seterr(err, DBX_EINVAL, "%s %s: the path is too long", opt, dest);
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  return probe_dir(opt, dest, dir, err);
 }
 
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   o->co.workers = o->workers;
   j->workers = o->workers;
   const char *dir = o->job_dir;
+  /* Every destination is checked before any work: the summary is opened now (its temporary
+   * file proves the place), and committed with the job's outputs. */
+  if (o->summary_json && !o->summary_open) {
+    int rc = afile_open(&o->summary, o->summary_json, err);
+    if (rc) {
+      char msg[DBX_ERR_LEN];
+      snprintf(msg, sizeof msg, "%s", err->msg);
+      return dbx_seterr(err, rc, "--summary-json: %s; nothing was run", msg);
+    }
+    o->summary_open = 1;
+  }
   if (o->job_dir) {
     int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
     if (rc) return rc;
@@ -187,15 +256,62 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   return coord_new(&o->co, c, err);
 }
 
-int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err) {
-  if (!rc && out) {
-    j->rows_out = sink_rows(out);
-    rc = sink_commit(out, err);
-  } else {
-    sink_abort(out);
+/* Write the summary into its (still temporary) file and sync it, so that committing it
+ * later is a rename. Standard output gets it only at commit. */
+static int summary_write(cli_job *o, const job *j, int ok, const dbx_err *failure, dbx_err *err) {
+  afile *f = &o->summary;
+  if (f->is_stdout) return 0;
+  dbx_buf b = {0};
+  int rc = job_render_summary(j, ok, failure, &b);
+  if (rc) return dbx_seterr(err, rc, "--summary-json %s: out of memory", o->summary_json);
+  int fd = fileno(f->fp);
+  if (f->tmp && (fflush(f->fp) != 0 || ftruncate(fd, 0) != 0 || fseek(f->fp, 0, SEEK_SET) != 0)) rc = -1;
+  if (!rc && (fwrite(b.data, 1, b.len, f->fp) != b.len || fflush(f->fp) != 0)) rc = -1;
+  if (!rc && f->tmp && fsync(fd) != 0) rc = -1;
+  dbx_buf_free(&b);
+  if (rc) {
+    int e = errno ? errno : EIO;
+    return dbx_seterr(err, err_from_errno(e), "--summary-json %s: write failed: %s", o->summary_json, strerror(e));
   }
+  return 0;
+}
+
+static int summary_commit(cli_job *o, const job *j, int ok, const dbx_err *failure, dbx_err *err) {
+  o->summary_open = 0;
+  if (o->summary.is_stdout) {
+    dbx_buf b = {0};
+    int rc = job_render_summary(j, ok, failure, &b);
+    if (!rc && fwrite(b.data, 1, b.len, stdout) != b.len) rc = DBX_EIO;
+    dbx_buf_free(&b);
+    if (rc) {
+      afile_abort(&o->summary);
+      return dbx_seterr(err, rc, "--summary-json -: write failed");
+    }
+  }
+  return afile_commit(&o->summary, err);
+}
+
+int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outputs *outs, int rc, dbx_err *err) {
+  size_t nsink = outs ? outs->n : 0, k = 0;
+  if (!rc && nsink && outs->sinks[0]) j->rows_out = sink_rows(outs->sinks[0]);
   coord_free(c, j);
-  if (!rc && j->jr) rc = journal_done(j->jr, err);
+  j->elapsed = time_mono() - j->t_start;
+  /* All outputs commit together, or none: the summary is written first (the likeliest to
+   * meet a full disk it has not met yet), then each output is committed in turn; on the
+   * first failure the rest are discarded. */
+  if (!rc && o->summary_open) rc = summary_write(o, j, 1, NULL, err);
+  if (outs && outs->save) {
+    int src = outs->save(outs->save_ctx, !rc, err);
+    if (!rc) rc = src;
+  }
+  for (; !rc && k < nsink; k++)
+    if (outs->sinks[k]) rc = sink_commit(outs->sinks[k], err);
+  for (; k < nsink; k++) sink_abort(outs->sinks[k]);
+  if (!rc && j->jr) {
+    dbx_err jerr = {0, ""};
+    if (journal_done(j->jr, &jerr))
+      log_warn("the output is committed, but the journal could not be marked finished: %s", jerr.msg);
+  }
   j->elapsed = time_mono() - j->t_start;
   if (j->ui) {
     dbx_err uerr = {0, ""};
@@ -213,10 +329,12 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
     log_info("resumed: %llu finished task(s) taken from the journal", (unsigned long long)j->resumed);
   journal_close(j->jr);
   j->jr = NULL;
-  j->elapsed = time_mono() - j->t_start;
-  if (o->summary_json) {
+  if (o->summary_open) {
     dbx_err serr = {0, ""};
-    int src = job_write_summary(j, o->summary_json, rc == 0, err, &serr);
+    int src = rc ? summary_write(o, j, 0, err, &serr) : 0;
+    if (!src) src = summary_commit(o, j, rc == 0, err, &serr);
+    else afile_abort(&o->summary);
+    o->summary_open = 0;
     if (src && !rc) { *err = serr; rc = src; }
   }
   if (!rc)
@@ -236,4 +354,9 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
     return EXIT_PARTIAL;
   }
   return EXIT_OK;
+}
+
+int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err) {
+  cli_outputs outs = {{out}, out ? 1 : 0, NULL, NULL};
+  return cli_job_finish(cmd, o, j, c, &outs, rc, err);
 }

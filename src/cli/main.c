@@ -49,7 +49,10 @@ static int cmd_resume(int argc, char **argv) {
   if (argc != 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fputs("Usage: dbatch resume JOB_DIR\n"
           "Finish a job started with --job-dir JOB_DIR whose coordinator died: finished tasks are\n"
-          "taken from the journal, the rest run again. Refused when the inputs changed since.\n",
+          "taken from the journal, the rest run again, cut exactly as the journal's plan says\n"
+          "(whatever this machine would choose). Refused when the inputs changed since, when\n"
+          "the job or another resume of it is still running, and for a journal of another\n"
+          "dbatch version.\n",
           argc == 2 ? stdout : stderr);
     return argc == 2 ? EXIT_OK : EXIT_USAGE;
   }
@@ -57,6 +60,9 @@ static int cmd_resume(int argc, char **argv) {
   char **jargv = NULL, *cwd = NULL;
   dbx_err err = {0, ""};
   int rc = journal_command(argv[1], &jargc, &jargv, &cwd, &err);
+  /* At once, before any input is read: refused while the job or another resume runs. The
+   * lock is held for the whole job (the journaled command finds it taken by this process). */
+  if (!rc) rc = journal_lock(argv[1], &err);
   if (!rc && cwd[0] && chdir(cwd) != 0) rc = dbx_seterr(&err, DBX_ENOENT, "cannot return to the job's directory %s", cwd);
   int status;
   if (rc) {

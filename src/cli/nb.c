@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "ops/nbayes.h"
@@ -30,7 +31,9 @@ static const char help[] =
     "      --proba             add the probability of each class, in class order\n"
     "      --metrics DEST      per-label precision, recall, f1 and support (table 'metrics')\n"
     "      --digits N          digits in the report (default 2)\n"
-    "      --batch-docs N      documents per batch (default: about 4 batches per worker)\n"
+    "      --batch-docs N      documents per batch (default: a directory's documents / 16,\n"
+    "                          within 1..2000, or 1000 lines of a .tsv/.jsonl corpus; the\n"
+    "                          same for any --workers)\n"
     CLI_JOB_HELP;
 
 typedef struct nb_opts {
@@ -40,7 +43,7 @@ typedef struct nb_opts {
 } nb_opts;
 
 /* One stage of the classifier over corpus c. */
-static int run_nb_stage(job *j, coord *co, cli_job *o, const nb_opts *no, const dbx_op *op, const nb_cfg *cfg,
+static int run_nb_stage(job *j, coord *co, const nb_opts *no, const dbx_op *op, const nb_cfg *cfg,
                         const corpus *c, const dbx_buf *payload, sink *out, const char *name, dbx_buf *result,
                         dbx_err *err) {
   dbx_buf env = {0};
@@ -53,9 +56,11 @@ static int run_nb_stage(job *j, coord *co, cli_job *o, const nb_opts *no, const 
   s.cfg = cfg;
   s.cfg_size = sizeof *cfg;
   s.in = &c->in;
+  /* The default depends on the corpus alone, never on the workers: the same batches, so
+   * the same floating-point sums, for any worker count. */
   uint64_t per = no->batch_docs;
   if (!per) {
-    per = c->in.n / (4 * (uint64_t)(o->workers > 0 ? o->workers : 1));
+    per = c->in.n / 16;
     if (c->format != CORPUS_DIR) per = 1000;  /* a line-per-document file */
     per = per < 1 ? 1 : per > 2000 ? 2000 : per;
   }
@@ -65,7 +70,11 @@ static int run_nb_stage(job *j, coord *co, cli_job *o, const nb_opts *no, const 
   s.bcast_in_len = env.len;
   s.out = out;
   s.st = job_add_stage(j, name);
-  rc = coord_run_stage(co, j, &s, err);
+  char opts[96];
+  snprintf(opts, sizeof opts, "format=%d proba=%d on_bad_record=%s", cfg->format, cfg->proba,
+           cfg->bad_fail ? "fail" : "skip");
+  s.plan_opts = opts;
+  rc = cli_run_stage(co, j, &s, err);
   dbx_buf_free(&env);
   if (!rc && result) {
     result->len = 0;
@@ -183,6 +192,71 @@ static const char *const metric_names[] = {"label", "precision", "recall", "f1",
 static const dbx_coltype metric_types[] = {DBX_COL_TEXT, DBX_COL_REAL, DBX_COL_REAL, DBX_COL_REAL, DBX_COL_INT};
 static const dbx_schema metric_schema = {5, metric_names, metric_types};
 
+/* The outputs of an nb job, committed together by nb_commit. */
+typedef struct nb_outputs {
+  const char *model_dest;   /* the model to save (train, run), or NULL */
+  const dbx_buf *model;
+  sink *pred, *met;         /* owned until committed or aborted */
+  const char *metrics;      /* --metrics DEST */
+  const char *pred_dest;    /* --predictions DEST */
+  int metrics_late;         /* the metrics share the predictions' SQLite file */
+  dbx_schema sch;           /* the predictions' columns */
+  const nb_confusion *cf;   /* for late metrics */
+  size_t ncf;
+  int digits;
+} nb_outputs;
+
+/* Do a and b name the same SQLite database? */
+static int same_sqlite(const char *a, const char *b) {
+  if (strncmp(a, "sqlite:", 7) || strncmp(b, "sqlite:", 7)) return 0;
+  if (!strcmp(a + 7, b + 7)) return 1;
+  struct stat sa, sb;
+  return stat(a + 7, &sa) == 0 && stat(b + 7, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Is dest an existing file that is not a regular one (written straight, not renamed)? */
+static int straight(const char *dest) {
+  struct stat st;
+  return dest && strncmp(dest, "sqlite:", 7) && strcmp(dest, "-") && stat(dest, &st) == 0 && !S_ISREG(st.st_mode);
+}
+
+/* Commit the model, the predictions and the metrics (commit = 1), stopping at the first
+ * failure and discarding the rest; or discard them all (commit = 0). The destinations were
+ * checked when the job started, the rows are all written: what is left is to make them
+ * visible. */
+static int nb_commit(void *ctx, int commit, dbx_err *err) {
+  nb_outputs *x = ctx;
+  int rc = commit ? 0 : DBX_EINVAL;
+  if (!rc && x->model_dest) rc = nb_model_save(x->model_dest, x->model->data, x->model->len, err);
+  /* A destination that is a device or a pipe is written straight and shows its write
+   * errors (/dev/full) only when committed: commit such a one first, while nothing else is
+   * visible yet. */
+  sink **order[2] = {&x->met, &x->pred};
+  if (x->pred && straight(x->pred_dest) && !(x->met && straight(x->metrics))) {
+    order[0] = &x->pred;
+    order[1] = &x->met;
+  }
+  for (int k = 0; k < 2; k++) {
+    if (rc || !*order[k] || (order[k] == &x->met && x->metrics_late)) continue;
+    rc = sink_commit(*order[k], err);
+    *order[k] = NULL;
+  }
+  if (!rc && x->metrics_late) {
+    sink_opts mo = {x->metrics, NULL, "metrics", 0};
+    dbx_buf scratch = {0};
+    rc = sink_open(&mo, &metric_schema, &x->met, err);
+    if (!rc) rc = report(x->cf, x->ncf, x->digits, x->met, &scratch, err);
+    dbx_buf_free(&scratch);
+    if (!rc) rc = sink_commit(x->met, err);
+    else sink_abort(x->met);
+    x->met = NULL;
+  }
+  sink_abort(x->met);
+  sink_abort(x->pred);
+  x->met = x->pred = NULL;
+  return commit ? rc : 0;
+}
+
 int cmd_nb(int argc, char **argv) {
   static const struct option longopts[] = {
       {"corpus", required_argument, NULL, 1}, {"train", required_argument, NULL, 2},
@@ -252,24 +326,45 @@ int cmd_nb(int argc, char **argv) {
   memset(&ctr, 0, sizeof ctr);
   memset(&cte, 0, sizeof cte);
   coord *co = NULL;
-  sink *pred = NULL, *met = NULL;
   dbx_buf vocab = {0}, model = {0}, summary = {0}, rep = {0};
   char **classes = NULL;
   uint32_t C = 0, V = 0;
   nb_cfg cfg = {0, no.proba, o.bad_fail};
+  const char **names = NULL;
+  dbx_coltype *types = NULL;
+  char **pnames = NULL;
+  nb_confusion *cf = NULL;
+  size_t ncf = 0;
+  nb_outputs outs;
+  memset(&outs, 0, sizeof outs);
+  outs.digits = no.digits;
+  outs.metrics = no.metrics;
+  outs.pred_dest = o.out.dest;
+  outs.model_dest = train ? no.model : NULL;
+  outs.model = &model;
+  /* Every destination is checked before any work, and all are committed together at the
+   * end (nb_commit): the model, the predictions, the metrics. */
   int rc = 0;
   if (o.out.dest) rc = sink_check(&o.out, &err);
+  if (!rc && o.out.dest) rc = cli_check_dest("--predictions", o.out.dest, &err);
+  sink_opts mo = {no.metrics, NULL, "metrics", 0};
+  if (!rc && no.metrics) rc = sink_check(&mo, &err);
+  if (!rc && no.metrics) rc = cli_check_dest("--metrics", no.metrics, &err);
+  if (!rc && outs.model_dest) rc = cli_check_dest("--model", outs.model_dest, &err);
   if (!rc && train) rc = corpus_open(train_path, &ctr, &err);
   if (!rc && test) rc = corpus_open(test_path, &cte, &err);
   if (!rc && !train) rc = nb_model_load(no.model, &model, &err);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  /* Two SQLite sinks on one file cannot both hold its write transaction: then the metrics
+   * are opened once the predictions are committed. Otherwise they are opened now. */
+  outs.metrics_late = no.metrics && o.out.dest && same_sqlite(no.metrics, o.out.dest);
+  if (!rc && no.metrics && !outs.metrics_late) rc = sink_open(&mo, &metric_schema, &outs.met, &err);
   double t_train = 0, t_test = 0;
   if (!rc && train) {
     double t0 = time_mono();
     cfg.format = ctr.format;
-    rc = run_nb_stage(&j, co, &o, &no, &op_nb_vocab, &cfg, &ctr, NULL, NULL, "vocabulary", &vocab, &err);
-    if (!rc) rc = run_nb_stage(&j, co, &o, &no, &op_nb_fit, &cfg, &ctr, &vocab, NULL, "fit", &model, &err);
-    if (!rc && no.model) rc = nb_model_save(no.model, model.data, model.len, &err);
+    rc = run_nb_stage(&j, co, &no, &op_nb_vocab, &cfg, &ctr, NULL, NULL, "vocabulary", &vocab, &err);
+    if (!rc) rc = run_nb_stage(&j, co, &no, &op_nb_fit, &cfg, &ctr, &vocab, NULL, "fit", &model, &err);
     t_train = time_mono() - t0;
   }
   if (!rc) rc = nb_model_classes(model.data, model.len, &classes, &C, &V, &err);
@@ -279,10 +374,12 @@ int cmd_nb(int argc, char **argv) {
   if (!rc && train && !test) printf("trained in %.3f s\n", t_train);
   if (!rc && test) {
     double t0 = time_mono();
-    const char **names = calloc(2 + C, sizeof *names);
-    dbx_coltype *types = calloc(2 + C, sizeof *types);
-    char **pnames = calloc(C + 1, sizeof *pnames);
-    dbx_schema sch = {no.proba ? 2 + C : 2, names, types};
+    names = calloc(2 + C, sizeof *names);
+    types = calloc(2 + C, sizeof *types);
+    pnames = calloc(C + 1, sizeof *pnames);
+    outs.sch.ncol = no.proba ? 2 + C : 2;
+    outs.sch.names = names;
+    outs.sch.types = types;
     if (!names || !types || !pnames) rc = DBX_ENOMEM;
     if (!rc) {
       names[0] = "path";
@@ -295,24 +392,18 @@ int cmd_nb(int argc, char **argv) {
         names[2 + k] = pnames[k] ? pnames[k] : "p";
         types[2 + k] = DBX_COL_REAL;
       }
-      if (o.out.dest) rc = sink_open(&o.out, &sch, &pred, &err);
+      if (o.out.dest) rc = sink_open(&o.out, &outs.sch, &outs.pred, &err);
     }
     cfg.format = cte.format;
-    if (!rc) rc = run_nb_stage(&j, co, &o, &no, &op_nb_predict, &cfg, &cte, &model, pred, "predict", &summary, &err);
+    if (!rc) rc = run_nb_stage(&j, co, &no, &op_nb_predict, &cfg, &cte, &model, outs.pred, "predict", &summary, &err);
     t_test = time_mono() - t0;
-    nb_confusion *cf = NULL;
-    size_t ncf = 0;
     uint64_t ndocs = 0;
     if (!rc) rc = nb_read_confusion(summary.data, summary.len, &cf, &ncf, &ndocs, &err);
-    if (!rc && pred) { j.rows_out = sink_rows(pred); rc = sink_commit(pred, &err); pred = NULL; }
-    /* Opened only now: predictions and metrics may share one SQLite file. */
-    if (!rc && no.metrics) {
-      sink_opts mo = {no.metrics, NULL, "metrics", 0};
-      rc = sink_open(&mo, &metric_schema, &met, &err);
-    }
-    if (!rc) rc = report(cf, ncf, no.digits, met, &rep, &err);
+    outs.cf = cf;
+    outs.ncf = ncf;
+    if (!rc && outs.pred) j.rows_out = sink_rows(outs.pred);
+    if (!rc) rc = report(cf, ncf, no.digits, outs.met, &rep, &err);
     if (!rc) fwrite(rep.data, 1, rep.len, stdout);
-    if (!rc && met) { rc = sink_commit(met, &err); met = NULL; }
     if (!rc) {
       uint64_t bytes = 0;
       for (int k = 0; k < j.nstages; k++) bytes += j.stages[k].bytes;
@@ -325,24 +416,25 @@ int cmd_nb(int argc, char **argv) {
              (unsigned long long)ndocs, t_test, t_test > 0 ? (double)ndocs / t_test : 0.0, time_mono() - j.t_start,
              (double)bytes / 1048576.0, o.workers);
     }
-    for (size_t k = 0; k < ncf; k++) { free(cf[k].truth); free(cf[k].pred); }
-    free(cf);
-    for (uint32_t k = 0; k < C; k++) free(pnames ? pnames[k] : NULL);
-    free(pnames);
-    free(names);
-    free(types);
   }
-  sink_abort(met);
+  /* The job summary lists the training corpus' inputs (or the test corpus' for test). */
+  j.in = train ? ctr.in : cte.in;
+  if (train) { ctr.in.v = NULL; ctr.in.n = 0; } else { cte.in.v = NULL; cte.in.n = 0; }
+  cli_outputs co_outs = {{NULL}, 0, nb_commit, &outs};
+  int status = cli_job_finish("nb", &o, &j, co, &co_outs, rc, &err);
+  for (size_t k = 0; k < ncf; k++) { free(cf[k].truth); free(cf[k].pred); }
+  free(cf);
+  for (uint32_t k = 0; pnames && k < C; k++) free(pnames[k]);
+  free(pnames);
+  free(names);
+  free(types);
   for (uint32_t k = 0; classes && k < C; k++) free(classes[k]);
   free(classes);
   dbx_buf_free(&vocab);
   dbx_buf_free(&model);
   dbx_buf_free(&summary);
   dbx_buf_free(&rep);
-  /* The job summary lists the training corpus' inputs (or the test corpus' for test). */
-  j.in = train ? ctr.in : cte.in;
-  if (train) { ctr.in.v = NULL; ctr.in.n = 0; } else { cte.in.v = NULL; cte.in.n = 0; }
   corpus_free(&ctr);
   corpus_free(&cte);
-  return cli_job_end("nb", &o, &j, co, pred, rc, &err);
+  return status;
 }

@@ -74,7 +74,12 @@ int cmd_wordcount(int argc, char **argv) {
     s.split.batch_records = o.batch_records;
     s.out = out;
     s.st = job_add_stage(&j, "wordcount");
-    rc = coord_run_stage(co, &j, &s, &err);
+    /* What the partials depend on besides the cut (--top only trims the finished rows). */
+    char opts[160];
+    snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s", cfg.case_sensitive,
+             (unsigned long long)cfg.max_record, cfg.bad_fail ? "fail" : "skip");
+    s.plan_opts = opts;
+    rc = cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }
   return cli_job_end("wordcount", &o, &j, co, out, rc, &err);

@@ -18,6 +18,11 @@ typedef struct stage_stats {
   double t_map;       /* summed over tasks */
   double t_merge;     /* aggregator */
   double t_finish;    /* finish + sink */
+  /* The stage's plan, as run (engine_plan_stage): how its inputs were cut and the options
+   * its partials depend on. Reported in the summary; recorded in the journal. */
+  uint64_t plan_batch_bytes, plan_batch_records;
+  int plan_whole_files;
+  char plan_opts[256];
 } stage_stats;
 
 typedef struct stage {
@@ -33,6 +38,8 @@ typedef struct stage {
   sink *out;               /* rows go here, or NULL to drop them */
   int skip_failed;         /* a failed task is left out and reported instead of failing */
   uint32_t seq;            /* the stage's number in its job (journal key) */
+  const char *plan_opts;   /* every option the stage's partials depend on, as canonical text
+                              ("case_sensitive=0 max_record=0 ..."); see engine_plan_stage */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;
@@ -107,6 +114,17 @@ int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err);
 
+/* Fix the plan of the job's next stage s (call just before coord_run_stage): with a journal,
+ * a new job records s->split and s->plan_opts; a resumed one takes s->split from the journal
+ * (so the stage is cut exactly as when the job started, on any machine) and refuses
+ * (DBX_ECHANGED) options that differ from the record. Copies the plan into s->st. */
+int engine_plan_stage(job *j, stage *s, dbx_err *err);
+
+/* The default bytes per batch for inputs of total bytes: a function of the input alone
+ * (never of workers or the machine), so a job cuts the same batches, and so gives the
+ * same bytes, whatever runs it. */
+uint64_t engine_default_batch_bytes(uint64_t total);
+
 /* With a journal: take task b's result from it (1: done, partial added to ag), else 0.
  * Records its counters in st. */
 struct agg;
@@ -128,4 +146,6 @@ stage_stats *job_add_stage(job *j, const char *name);
 
 /* Write the machine-readable summary (atomically). */
 int job_write_summary(const job *j, const char *path, int ok, const dbx_err *failure, dbx_err *err);
+/* The summary as JSON text, appended to out. */
+int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *out);
 #endif

@@ -1,28 +1,56 @@
 /* journal.h -- the job journal: a SQLite file in the job directory that records the command,
- * the inputs each stage planned from, and every finished task's partial result, so that
- * `dbatch resume JOB_DIR` finishes a job whose coordinator died without redoing finished
- * tasks (private). */
+ * each stage's plan (how its inputs are cut, the options its partials depend on) and inputs,
+ * and every finished task's partial result, so that `dbatch resume JOB_DIR` finishes a job
+ * whose coordinator died without redoing finished tasks (private).
+ *
+ * The job directory is locked (flock on DIR/lock) for as long as a job or a resume runs in
+ * it: a second one is refused at once. */
 #ifndef DBX_ENGINE_JOURNAL_H
 #define DBX_ENGINE_JOURNAL_H
 #include <stddef.h>
 #include <stdint.h>
 #include "dbatch.h"
+#include "io/batch.h"
 #include "io/input.h"
 
 typedef struct journal journal;
 
-/* Open DIR/journal.db, creating DIR. resume = 0 starts a new journal for argv (the command
- * line, recorded with the working directory); resume = 1 reopens an unfinished one. */
+/* The schema of journal.db; a journal of another schema is refused by resume. */
+#define JOURNAL_SCHEMA "2"
+
+/* Open DIR/journal.db, creating DIR, and take the job directory's lock (journal_lock).
+ * resume = 0 starts a new journal for argv (the command line, recorded with the working
+ * directory); resume = 1 reopens an unfinished one, refusing a journal of another schema or
+ * dbatch version (its plan could not be reproduced). */
 int journal_open(const char *dir, int resume, int argc, char **argv, journal **out, dbx_err *err);
 void journal_close(journal *jr);
 
-/* The command line of the journal in dir (for resume). OUT: *argv (owned: free each string,
- * then the array), *cwd (owned). */
+/* Lock the job directory dir for this process (DIR/lock, flock, not inherited by workers):
+ * refused at once with a message naming the holder's pid when another process holds it.
+ * Taking it again for the same directory is a no-op; it is held until journal_unlock(),
+ * journal_close() or the process exits. */
+int journal_lock(const char *dir, dbx_err *err);
+void journal_unlock(void);
+
+/* The command line of the journal in dir (for resume), checking first that it can be
+ * resumed (unfinished, written by this schema and version). OUT: *argv (owned: free each
+ * string, then the array), *cwd (owned). */
 int journal_command(const char *dir, int *argc, char ***argv, char **cwd, dbx_err *err);
 
-/* Stage number `stage` plans from in: record the inputs, or, when resuming, check they are
- * unchanged (size and modification time) and fail with DBX_ECHANGED naming the first that is
- * not. Streams (standard input) cannot be resumed. */
+/* The plan of stage number `stage` (call before journal_stage): how its inputs are cut
+ * (*split, IN/OUT) and opts, a canonical text of every option its partials depend on (the
+ * operator, case folding, record limits, bad-record policy, ...). A new job records both.
+ * Resuming, a stage planned before has its recorded cut copied into *split, so its tasks
+ * are exactly those of the journal whatever this machine or command line would choose now;
+ * its opts must equal the record (else DBX_ECHANGED: the journal cannot be reproduced). A
+ * stage the job had not reached is planned afresh and recorded. */
+int journal_plan(journal *jr, uint32_t stage, const char *name, const char *opts, split_opts *split,
+                 dbx_err *err);
+
+/* Stage number `stage` plans from in: record the inputs (a new job, or a stage the resumed
+ * job had not reached), or, when resuming a stage planned before, check they are unchanged
+ * (size and modification time) and fail with DBX_ECHANGED naming the first that is not.
+ * Streams (standard input) cannot be resumed. */
 int journal_stage(journal *jr, uint32_t stage, const inputs *in, dbx_err *err);
 
 /* Record a finished task's encoded partial and counters. Written in batches of transactions:

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "engine/agg.h"
 #include "engine/job.h"
@@ -73,6 +74,33 @@ static int locate(int rc, const batchdesc *b, const inputs *in, dbx_err *err) {
 }
 
 void (*engine_fault_hook)(const dbx_batch *b);
+
+uint64_t engine_default_batch_bytes(uint64_t total) {
+  /* About 16 batches: enough to balance a few workers, few partials to merge; 8M..64M so
+   * a task is worth its overhead and its memory stays bounded. */
+  uint64_t per = total / 16, lo = 8u << 20, hi = 64u << 20;
+  return per < lo ? lo : per > hi ? hi : per;
+}
+
+int engine_plan_stage(job *j, stage *s, dbx_err *err) {
+  /* The partials also depend on the broadcast the stage gets (a vocabulary, a model read
+   * from a file): its hash is part of the plan, so a changed model is not mixed in. */
+  char opts[sizeof s->st->plan_opts];
+  int n = snprintf(opts, sizeof opts, "%s%sbroadcast=%016llx", s->plan_opts ? s->plan_opts : "",
+                   s->plan_opts && s->plan_opts[0] ? " " : "",
+                   (unsigned long long)(s->bcast_in_len ? XXH64(s->bcast_in, s->bcast_in_len, 0) : 0));
+  if (n < 0 || (size_t)n >= sizeof opts)
+    return dbx_seterr(err, DBX_EINVAL, "stage %s: its options are too long to record", s->name);
+  int rc = journal_plan(j->jr, j->stage_no, s->name, opts, &s->split, err);
+  if (rc) return rc;
+  if (s->st) {
+    s->st->plan_batch_bytes = s->split.batch_records ? 0 : s->split.batch_bytes;
+    s->st->plan_batch_records = s->split.batch_records;
+    s->st->plan_whole_files = s->split.whole_files;
+    snprintf(s->st->plan_opts, sizeof s->st->plan_opts, "%s", opts);
+  }
+  return 0;
+}
 
 int engine_resume_task(job *j, stage *s, agg *ag, uint32_t index, dbx_err *err) {
   char *p = NULL;
