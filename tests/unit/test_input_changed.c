@@ -170,28 +170,45 @@ static void test_record_scan_of_truncated_file_fails(void **state) {
   inputs_free(&in);
 }
 
-/* A file that grows while the record scan reads it fails too (it would add records). */
-static void test_record_scan_of_grown_file_fails(void **state) {
-  (void)state;
+/* Changed while the record scan is inside the file (it reads 1 MiB at a time): the scan
+ * must end exactly at the planned size. grow: append instead of truncating. */
+static void scan_changed_midway(int grow) {
   char a[512];
-  lines_file(a, sizeof a, "a.txt", 1000);
+  lines_file(a, sizeof a, "a.txt", 60000);  /* about 2 MiB */
   char *args[] = {a};
   inputs in;
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
-  FILE *f = fopen(a, "ab");
-  assert_non_null(f);
-  fputs("one more line\n", f);
-  fclose(f);
+  assert_true(in.v[0].size > (2u << 20) - (200u << 10));
   splitter *sp;
-  split_opts o = {0, 50, 0};
+  split_opts o = {0, 100, 0};
   assert_int_equal(splitter_new(&in, &o, &sp, &err), 0);
   batchdesc b;
+  assert_int_equal(splitter_next(sp, &b, &err), 1);  /* the reader is open now */
+  batchdesc_free(&b);
+  if (grow) {
+    FILE *f = fopen(a, "ab");
+    assert_non_null(f);
+    fputs("one more line\n", f);
+    fclose(f);
+  } else {
+    truncate_to(a, 1500000);
+  }
   int rc;
   while ((rc = splitter_next(sp, &b, &err)) == 1) batchdesc_free(&b);
   assert_changed(rc, &err, a);
   splitter_free(sp);
   inputs_free(&in);
+}
+
+static void test_record_scan_truncated_midway_fails(void **state) {
+  (void)state;
+  scan_changed_midway(0);
+}
+
+static void test_record_scan_grown_midway_fails(void **state) {
+  (void)state;
+  scan_changed_midway(1);
 }
 
 /* Whole-file documents (the classifier's corpora): a shrunk document fails naming it. */
@@ -339,7 +356,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_truncated_after_planning_fails_without_plan, setup, teardown),
     cmocka_unit_test_setup_teardown(test_changed_after_planning_fails_with_plan, setup, teardown),
     cmocka_unit_test_setup_teardown(test_record_scan_of_truncated_file_fails, setup, teardown),
-    cmocka_unit_test_setup_teardown(test_record_scan_of_grown_file_fails, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_record_scan_truncated_midway_fails, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_record_scan_grown_midway_fails, setup, teardown),
     cmocka_unit_test_setup_teardown(test_whole_document_truncated_fails, setup, teardown),
     cmocka_unit_test_setup_teardown(test_directory_skips_fifo_and_socket, setup, teardown),
     cmocka_unit_test_setup_teardown(test_explicit_fifo_is_refused, setup, teardown),
