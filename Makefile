@@ -17,13 +17,13 @@ build: deps
 
 test:
 	@scripts/install-deps.sh test
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 test-sanitize:
 	@scripts/install-deps.sh test
-	@cmake -S . -B $(SANBUILD) -DCMAKE_BUILD_TYPE=Debug -DDBX_SANITIZE=ON >/dev/null
+	@cmake -S . -B $(SANBUILD) -DCMAKE_BUILD_TYPE=Debug -DDBX_SANITIZE=ON -DBUILD_TESTING=ON >/dev/null
 	@cmake --build $(SANBUILD) -j $(JOBS)
 	@cd $(SANBUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
