@@ -264,15 +264,13 @@ static int summary_write(cli_job *o, const job *j, int ok, const dbx_err *failur
   dbx_buf b = {0};
   int rc = job_render_summary(j, ok, failure, &b);
   if (rc) return dbx_seterr(err, rc, "--summary-json %s: out of memory", o->summary_json);
-  int fd = fileno(f->fp);
-  if (f->tmp && (fflush(f->fp) != 0 || ftruncate(fd, 0) != 0 || fseek(f->fp, 0, SEEK_SET) != 0)) rc = -1;
-  if (!rc && (fwrite(b.data, 1, b.len, f->fp) != b.len || fflush(f->fp) != 0)) rc = -1;
-  if (!rc && f->tmp && fsync(fd) != 0) rc = -1;
-  dbx_buf_free(&b);
-  if (rc) {
-    int e = errno ? errno : EIO;
-    return dbx_seterr(err, err_from_errno(e), "--summary-json %s: write failed: %s", o->summary_json, strerror(e));
+  if (f->tmp) {
+    rc = afile_rewrite(f, b.data, b.len, err);
+  } else if ((rc = afile_write(f, b.data, b.len, err)) == 0) {
+    rc = afile_flush(f, err);
   }
+  dbx_buf_free(&b);
+  if (rc) return rc;
   return 0;
 }
 

@@ -610,8 +610,9 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (k < 0) return 0;
   char cause[600];
   snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
-  /* A bad record under --on-bad-record=fail is about the data: no retry can help. */
-  if (m->code == DBX_EBADREC) return dbx_seterr(err, DBX_EBADREC, "%s", cause);
+  /* A bad record under --on-bad-record=fail, or an input that changed under the job, is
+   * about the data: no retry can help. */
+  if (m->code == DBX_EBADREC || m->code == DBX_ECHANGED) return dbx_seterr(err, (int)m->code, "%s", cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 
@@ -772,6 +773,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   void *result = NULL, *bcast = NULL;
   r.ag = agg_new(s->op, s->cfg);
   r.ld = loader_new();
+  if (r.ld) loader_expect(r.ld, s->in);
   r.npaths = s->in ? s->in->n : 0;
   r.paths = calloc(r.npaths + 1, sizeof *r.paths);
   r.abs = calloc(r.npaths + 1, sizeof *r.abs);
@@ -839,6 +841,9 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     rc = dbx_seterr(err, DBX_EINTR, "interrupted by signal %d; no output was written", (int)g_interrupted);
     goto done;
   }
+  /* An input rewritten while the job ran must not give an answer (a worker reading past a
+   * new end would have seen an empty batch). */
+  if (s->in && (rc = inputs_check_unchanged(s->in, err))) goto done;
   double t3 = time_mono();
   if ((rc = agg_finish(r.ag, (uint32_t)r.tt.n, &result, err))) goto done;
   double t4 = time_mono();

@@ -74,6 +74,24 @@ static int io_errno(const afile *f, int e) {
   return e ? e : EIO;
 }
 
+int afile_flush(afile *f, dbx_err *err) {
+  errno = 0;
+  if (fflush(f->fp) == 0 && !ferror(f->fp) && !(f->io && f->io->err)) return 0;
+  int e = io_errno(f, errno);
+  return dbx_seterr(err, err_from_errno(e), "%s: write failed: %s", f->path, strerror(e));
+}
+
+int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err) {
+  int e = 0;
+  if (!f->tmp || !f->io || f->io->fd < 0) return dbx_seterr(err, DBX_EINVAL, "%s: cannot be rewritten", f->path);
+  if (fflush(f->fp) != 0 || f->io->err) e = io_errno(f, errno);
+  if (!e && (ftruncate(f->io->fd, 0) != 0 || lseek(f->io->fd, 0, SEEK_SET) != 0)) e = errno ? errno : EIO;
+  if (!e && (fwrite(p, 1, n, f->fp) != n || fflush(f->fp) != 0 || f->io->err)) e = io_errno(f, errno);
+  if (!e && afile_fsync_fn(f->io->fd) != 0) e = errno ? errno : EIO;
+  if (e) return dbx_seterr(err, err_from_errno(e), "%s: write failed: %s", f->path, strerror(e));
+  return 0;
+}
+
 /* A job killed while writing leaves its temporary file (".NAME.tmp.PID.XXXXXX"); the next
  * write of the same destination removes those whose process is gone. */
 static void remove_stale(const char *path, size_t dirlen) {

@@ -27,6 +27,11 @@ int afile_open(afile *f, const char *path, dbx_err *err);
 /* Write n bytes. A failure names the file and the cause ("%s: write failed: No space left on
  * device"); the caller then calls afile_abort. */
 int afile_write(afile *f, const void *p, size_t n, dbx_err *err);
+/* Push buffered bytes to the file now; an error (also an earlier one) names the file. */
+int afile_flush(afile *f, dbx_err *err);
+/* Replace everything written so far with p[0..n) and sync it (a file prepared early and
+ * rewritten at the end, like the summary). Only for a temporary file (f->tmp). */
+int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err);
 /* Flush, fsync, rename into place, then fsync the directory so the rename itself survives
  * a crash. Any error found now or earlier (a full disk) is reported with the file name and
  * the cause, and the temporary file is removed. The afile is closed either way. */

@@ -78,7 +78,6 @@ class TruncatedWhileRunning(TmpTest):
 
     # Needs the coordinator to stop at once on DBX_ECHANGED from a worker, as on DBX_EBADREC
     # (src/coord/coord.c on_failure); today the job ends with "every worker is excluded".
-    @unittest.expectedFailure
     def test_two_workers_error_names_file(self):
         data, err = self.run_cut(2)
         last = [l for l in err.splitlines() if "error" in l][-1]
@@ -86,7 +85,6 @@ class TruncatedWhileRunning(TmpTest):
 
     # Needs the in-process run (src/engine/run.c) to call loader_expect(ld, s->in) or
     # inputs_check_unchanged(s->in, err) before the stage's result is committed.
-    @unittest.expectedFailure
     def test_rewritten_same_size_in_process(self):
         """--workers 0: the same byte count, other words; only the planned mtime can tell.
         Standard input comes first and we hold it open, so the file is rewritten after
