@@ -63,12 +63,16 @@ struct ui {
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *data, size_t *size, void **state) {
   ui *u = cls;
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) return MHD_NO;
   struct MHD_Response *r;
   char jstate[16] = "";
   const char *type = "text/plain; charset=utf-8";
   unsigned code = MHD_HTTP_OK;
-  if (!strcmp(url, "/")) {
+  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+    static const char na[] = "the dashboard is read-only: GET /, /api/status, /status.txt or /metrics\n";
+    r = MHD_create_response_from_buffer(sizeof na - 1, (void *)na, MHD_RESPMEM_PERSISTENT);
+    code = MHD_HTTP_METHOD_NOT_ALLOWED;
+    if (r) MHD_add_response_header(r, "Allow", "GET, HEAD");
+  } else if (!strcmp(url, "/")) {
     r = MHD_create_response_from_buffer(strlen((const char *)ui_dashboard_html), (void *)ui_dashboard_html,
                                         MHD_RESPMEM_PERSISTENT);
     type = "text/html; charset=utf-8";
@@ -134,8 +138,9 @@ static int start_http(ui *u, dbx_err *err) {
   int prc = pthread_sigmask(SIG_BLOCK, &all, &old);
   if (prc) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot block signals: %s", spec, strerror(prc));
   u->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL, answer, u,
+                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)u,  /* first, or MHD warns on stderr */
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)u, MHD_OPTION_END);
+                          MHD_OPTION_END);
   int e = errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (!u->d) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot listen: %s", spec, strerror(e));
