@@ -208,7 +208,7 @@ static int http_get(const char *url, double timeout, dbx_buf *out, char *state, 
     goto done;
   }
   if (memcmp(raw.data + 9, "200", 3)) {
-    char code[4];
+    char code[16];
     log_escape(code, sizeof code, raw.data + 9, 3);
     rc = dbx_seterr(err, DBX_EIO, "%.200s: the server answered HTTP %s to /status.txt: is this a dbatch dashboard?", url,
                     code);

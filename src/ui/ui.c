@@ -642,12 +642,13 @@ static ui_worker *final_workers(const ui *u, const job *j, size_t *nout) {
   for (size_t k = 0; k < u->nwr; k++) {
     int known = 0;
     for (size_t i = 0; i < j->nwinfo && !known; i++) known = j->winfo[i].id == u->wr[k].w.id;
-    if (known) continue;
+    /* Worker 0 is this process (tasks run in the coordinator): its counters were only
+     * sampled, so it is left out, as the job's summary leaves it out. */
+    if (known || u->wr[k].w.id == 0) continue;
     ui_worker *o = &w[n++];
     *o = u->wr[k].w;
-    /* Worker 0 is this process (tasks run in the coordinator). Any other worker the
-     * coordinator dropped while it looked alive here went away unseen. */
-    o->state = !state_is_live(u->wr[k].state) ? u->wr[k].state : o->id == 0 ? "finished" : "lost";
+    /* Dropped by the coordinator while it looked alive here: it went away unseen. */
+    o->state = !state_is_live(u->wr[k].state) ? u->wr[k].state : "lost";
     o->inflight = 0;
     o->heartbeat_age = 0;
   }
