@@ -168,6 +168,26 @@ class Postmortem(TmpTest):
         self.assertEqual(st.stdout, text)
         self.assertRegex(st.stdout, rb"\nmissing from the result: /\S*/evil\\e\[31m\\e\]0;title\\x07.txt lines 51-60 ")
 
+    @unittest.skip("needs the coordinator to tick the UI when a worker ends (tick_ui in worker_lost) "
+                   "and to name killed workers 'killed': remove this line when it does")
+    def test_fast_crashes_are_killed_not_finished(self):
+        """A job over before the status is next refreshed still reports how each worker
+        ended: the coordinator passes every change of state as it happens."""
+        lines = ["line %d alpha beta\n" % i for i in range(200)]
+        lines[55] = "POISON here\n"
+        data = self.write("in.txt", "".join(lines))
+        jd = self.path("job")
+        p = run("wordcount", "--workers", "2", "--batch-records", "10", "--max-attempts", "2",
+                "--on-task-failure", "skip", "--job-dir", jd, "--out", "/dev/null", data,
+                env=fault_env("crash_on=POISON"), check=False)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        final = json.loads(slurp(os.path.join(jd, "status.json"), True))
+        states = sorted(w["state"] for w in final["workers"] if w["failures"])
+        self.assertEqual(states, ["killed", "killed"], final["workers"])
+        self.assertEqual({w["state"] for w in final["workers"] if not w["failures"]}, {"finished"})
+        text = slurp(os.path.join(jd, "status.txt"), True)
+        self.assertEqual(len(re.findall(r"\n\d+ +killed +localhost ", text)), 2, text)
+
     def test_failed_job_states_its_error(self):
         p = self.poison_job("fail")
         self.assertEqual(p.returncode, 1)
