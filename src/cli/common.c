@@ -48,13 +48,18 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "dbatch %s: %s\nTry 'dbatch %s --help'.\n", cmd, msg, cmd);
+  char safe[4 * sizeof msg];  /* file names and data in messages: never raw control bytes */
+  log_escape(safe, sizeof safe, msg, strlen(msg));
+  fprintf(stderr, "dbatch %s: %s\nTry 'dbatch %s --help'.\n", cmd, safe, cmd);
   return EXIT_USAGE;
 }
 
 int cli_fail(const char *cmd, const dbx_err *err) {
   if (err->code == DBX_EUSAGE) return cli_usage_error(cmd, "%s", err->msg);
-  fprintf(stderr, "dbatch %s: error: %s\n", cmd, err->msg[0] ? err->msg : dbx_strerror(err->code));
+  const char *m = err->msg[0] ? err->msg : dbx_strerror(err->code);
+  char safe[4 * DBX_ERR_LEN];
+  log_escape(safe, sizeof safe, m, strlen(m));
+  fprintf(stderr, "dbatch %s: error: %s\n", cmd, safe);
   return EXIT_FAIL;
 }
 
@@ -318,7 +323,11 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
       char path[600];
       snprintf(path, sizeof path, "%s/summary.json", j->job_dir);
       job_write_summary(j, path, rc == 0, err, &uerr);
-      if (!o->quiet) fprintf(stderr, "dbatch: report: %s/report.html\n", j->job_dir);
+      if (!o->quiet) {
+        fputs("dbatch: report: ", stderr);
+        log_fputs_escaped(j->job_dir, stderr);
+        fputs("/report.html\n", stderr);
+      }
     }
     ui_free(j->ui);
     j->ui = NULL;

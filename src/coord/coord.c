@@ -288,6 +288,8 @@ static int attempt_innocent(srun *r, uint32_t idx, int k) {
   return tt_requeue(&r->tt, idx, k);
 }
 
+static void tick_ui(srun *r, double now);
+
 /* Worker wi is gone (end: "killed", "exited", "lost"; why: for people). Its attempts end:
  * the ones it was running fail -- known exactly from a local worker's evidence page, and
  * for a remote worker taken to be its oldest `slots` ones -- and the rest (queued behind
@@ -344,6 +346,8 @@ static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx
   free(h);
   w->inflight = 0;
   wt_gone(&c->wt, w, end);
+  /* The report keeps how each worker ended, even one lost between two refreshes. */
+  tick_ui(r, time_mono());
   return rc;
 }
 

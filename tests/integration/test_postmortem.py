@@ -22,8 +22,7 @@ import zmq
 from dbx import TmpTest, free_port, lines_file, run, slurp, start, wait_for_line
 
 ESC = b"\x1b"
-# A worker of the coordinator's old vocabulary reports dead workers as "dead"; since the
-# coordinator tells killed/exited/lost apart, only these name a dead worker.
+# How a worker that is gone ended, as the coordinator names it.
 DEAD_STATES = {"killed", "exited", "lost"}
 
 
@@ -115,8 +114,6 @@ class KilledWorkers(TmpTest):
             self.assertNotEqual(pids[v]["state"], "finished", "killed worker %d shown as finished" % v)
         live = [w for w in final["workers"] if w["pid"] not in victims]
         self.assertEqual({w["state"] for w in live}, {"finished"})
-        if any(pids[v]["state"] == "dead" for v in victims):
-            self.skipTest("the coordinator does not tell killed workers apart yet (state 'dead')")
         self.assertEqual({pids[v]["state"] for v in victims}, {"killed"})
 
 
@@ -159,7 +156,7 @@ class Postmortem(TmpTest):
         crashed = [w for w in final["workers"] if w["failures"]]
         self.assertEqual(len(crashed), 2, final["workers"])
         for w in crashed:
-            self.assertIn(w["state"], DEAD_STATES | {"dead"}, w)
+            self.assertIn(w["state"], DEAD_STATES, w)
         text = slurp(os.path.join(self.jd, "status.txt"))
         self.assertTrue(text.startswith(b"job wordcount: partial after "), text)
         self.assertNotIn(ESC, text)
@@ -168,8 +165,6 @@ class Postmortem(TmpTest):
         self.assertEqual(st.stdout, text)
         self.assertRegex(st.stdout, rb"\nmissing from the result: /\S*/evil\\e\[31m\\e\]0;title\\x07.txt lines 51-60 ")
 
-    @unittest.skip("needs the coordinator to tick the UI when a worker ends (tick_ui in worker_lost) "
-                   "and to name killed workers 'killed': remove this line when it does")
     def test_fast_crashes_are_killed_not_finished(self):
         """A job over before the status is next refreshed still reports how each worker
         ended: the coordinator passes every change of state as it happens."""
@@ -371,7 +366,7 @@ class HostileNames(TmpTest):
         fake = [x for x in final["workers"] if x["pid"] == 4242]
         self.assertEqual(len(fake), 1)
         self.assertEqual(fake[0]["host"], host)
-        self.assertIn(fake[0]["state"], DEAD_STATES | {"dead"}, (final["workers"], err.decode()))
+        self.assertIn(fake[0]["state"], DEAD_STATES, (final["workers"], err.decode()))
 
     def test_quiet_dashboard_says_nothing(self):
         """libmicrohttpd's own complaints (a malformed request) go through our log: none
