@@ -1,9 +1,12 @@
 /* fuzz_model_file.c -- the naive Bayes model-file loader (nb_model_load) on hostile files,
  * and what the loaded model is then used for: its class names (nb_model_classes), the
  * prediction stage's broadcast built around it, and predictions of a few documents.
- * A model the loader accepts must be one the prediction stage loads and runs. */
+ * A model the loader accepts must be one the prediction stage loads and runs.
+ * The fuzz bytes are tried twice: as the file, and as the payload of a file with a valid
+ * header and checksum (else the checksum would stop nearly every mutation of the payload). */
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "fuzz_common.h"
 
@@ -16,8 +19,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static void load(const uint8_t *data, size_t size) {
   const char *path = fuzz_file(data, size);
   dbx_buf model = {0}, env = {0};
   dbx_err err = {0, ""};
@@ -57,5 +59,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   dbx_buf_free(&model);
   dbx_buf_free(&env);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  load(data, size);
+  dbx_buf file = {0};
+  unsigned char head[16], tail[8];
+  uint64_t h = XXH64(data, size, 0);
+  memcpy(head, "DBXNBM01", 8);
+  for (int i = 0; i < 8; i++) {
+    head[8 + i] = (unsigned char)((uint64_t)size >> (8 * i));
+    tail[i] = (unsigned char)(h >> (8 * i));
+  }
+  if (dbx_buf_append(&file, head, 16) || dbx_buf_append(&file, size ? (const char *)data : "", size) ||
+      dbx_buf_append(&file, tail, 8))
+    fuzz_fail("out of memory");
+  load((const uint8_t *)file.data, file.len);
+  dbx_buf_free(&file);
   return 0;
 }

@@ -223,6 +223,7 @@ static void model_seeds(const fuzz_nb *nb) {
   dbx_err err;
   snprintf(path, sizeof path, "%s/model_file/seed-train", root);
   if (nb_model_save(path, nb->model.data, nb->model.len, &err)) fuzz_fail("%s", err.msg);
+  put("model_file", "payload", nb->model.data, nb->model.len);
 }
 
 static const char *const tsv_seeds[] = {
