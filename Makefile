@@ -4,7 +4,7 @@ SANBUILD ?= build-sanitize
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test test-sanitize demo install bench clean
+.PHONY: all deps build test test-sanitize demo install bench clean fuzz
 
 all: build
 
@@ -44,6 +44,13 @@ bench:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@for b in bench/*/run; do echo "== $$b"; $$b $(BUILD)/dbatch || exit 1; done
+
+# libFuzzer targets (tests/fuzz/, built with clang into build-fuzz/): replay the saved crash
+# inputs, then FUZZ_SECONDS of fuzzing per target; fails on any finding. FUZZ_REPLAY=0 skips
+# the replay. See scripts/fuzz.sh.
+fuzz:
+	@scripts/install-deps.sh fuzz
+	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh
 
 clean:
 	rm -rf $(BUILD) $(SANBUILD)
