@@ -355,8 +355,13 @@ static int pread_full(int fd, char *p, size_t n, uint64_t off, size_t *got, cons
 static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, uint64_t *startp, dbx_err *err) {
   char tmp[65536];
   size_t got;
-  uint64_t start = off, end = off + len;
   *startp = off;
+  /* Ranges come from a peer: an empty one owns no line; one past 2^64 is malformed. */
+  if (len == 0) return 0;
+  if (off > UINT64_MAX - len)
+    return dbx_seterr(err, DBX_EPROTO, "%s: byte range %llu+%llu is out of bounds", path, (unsigned long long)off,
+                      (unsigned long long)len);
+  uint64_t start = off, end = off + len;
   int rc;
   if (off > 0) {
     /* Find the first line start at or after off: just after a newline at >= off-1. */
