@@ -193,8 +193,9 @@ static const uint32_t nfields[MSG_TYPE_MAX] = {
 
 static int decode_task(const msgpack_object *f, msg *m) {
   if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) return -1;
-  if (m->index > UINT32_MAX || f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size > PROTO_MAX_SEGS)
-    return -1;
+  if (m->index > UINT32_MAX) return -1;
+  m->ids_ok = 1;
+  if (f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size > PROTO_MAX_SEGS) return -1;
   uint32_t n = f[3].via.array.size;
   batchdesc *b = &m->batch;
   b->index = (uint32_t)m->index;
@@ -295,7 +296,9 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
         goto bad;
     break;
   case MSG_TASK:
+    why = "a task field has the wrong type or is out of range (segment lengths must add up to the shipped bytes)";
     if (decode_task(f, m)) goto bad;
+    m->ids_ok = 0;
     break;
   case MSG_RESULT:
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||

@@ -1049,8 +1049,10 @@ int nb_predict_check(const void *cfg, const void *bcv, const void *part, dbx_err
     size_t len, tl;
     uint32_t cls;
     const char *k = strmap_key(p->conf, i, &len);
-    if (conf_key(k, len, &tl, &cls) || cls >= bc->C)
+    if (conf_key(k, len, &tl, &cls))
       rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (confusion entry %u)", i);
+    else if (cls >= bc->C)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: confusion entry %u names class %u of %u", i, cls, bc->C);
   }
   return rc;
 }

@@ -301,6 +301,11 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       dbx_err merr = {0, ""};
       if (msg_decode(frame, len, &m, &merr)) {
         log_warn("worker: from coordinator: %s", merr.msg);
+        if (m.type == MSG_TASK && m.ids_ok && merr.code == DBX_EPROTO) {
+          char why[DBX_ERR_LEN + 32];
+          snprintf(why, sizeof why, "malformed task: %s", merr.msg);
+          if (!msg_failure(&out, m.stage, m.index, m.attempt, DBX_EPROTO, why)) send_buf(dealer, &out);
+        }
         free(frame);
         if (merr.code == DBX_EVERSION) { rc = dbx_seterr(err, DBX_EVERSION, "coordinator speaks another %s", merr.msg); running = 0; }
         continue;
