@@ -53,7 +53,6 @@ class DiskFull(TmpTest):
 
     # Needs the file sink to write through afile_write (src/sink/sink_file.c file_row): its
     # own "write failed" check on fwrite to standard output says no cause.
-    @unittest.expectedFailure
     def test_stdout_full(self):
         data = many_words(self.path("in.txt"))
         with open("/dev/full", "wb") as full:
