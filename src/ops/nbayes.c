@@ -146,6 +146,12 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
     return dbx_seterr(err, DBX_EMODEL, "naive Bayes %s has a NaN or infinite weight in %s; it is damaged, train it again",
                       what, field);
   if (g) goto bad;
+  /* idf = ln((1 + n) / (1 + df)) + 1 with df <= n: never below 1. A smaller one (negative
+   * weights) would make sums no honest worker can produce. */
+  for (uint32_t j = 0; j < b->V; j++)
+    if (!(b->idf[j] >= 1.0))
+      return dbx_seterr(err, DBX_EMODEL, "naive Bayes %s has an idf below 1 (term %u); it is damaged, train it again",
+                        what, j);
   b->has_payload = 1;
   return 0;
 bad:

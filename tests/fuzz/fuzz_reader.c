@@ -5,10 +5,12 @@
  * exactly those bytes (lines completed with a newline), each segment its own share.
  * Built per kind (-DFUZZ_KIND=IN_GZ|IN_ZST). */
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 
 #include "fuzz_common.h"
 #include "io/batch.h"
+#include "io/input.h"
 #include "io/reader.h"
 
 #ifndef FUZZ_KIND
@@ -51,7 +53,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memset(&in, 0, sizeof in);
   in.path = (char *)fuzz_file(data, size);
   in.kind = FUZZ_KIND;
-  in.size = size;
+  /* Planned as dbatch plans a file: size, modification time and identity, which every read
+   * checks. */
+  struct stat st;
+  if (stat(in.path, &st) != 0) fuzz_fail("cannot stat the scratch file");
+  input_set_stat(&in, &st);
   static const size_t caps[] = {65536, 1, 7};
   dbx_buf whole = {0}, other = {0}, got = {0};
   int rc0 = read_all(&in, caps[0], &whole);
