@@ -37,7 +37,9 @@ extern "C" {
   XX(ETIMEDOUT,-15, "timed out")                                              \
   XX(EMODEL,  -16, "bad model file")                                          \
   XX(ECHANGED,-17, "inputs changed")                                          \
-  XX(EINTR,   -18, "interrupted")
+  XX(EINTR,   -18, "interrupted")                                             \
+  XX(ETOOBIG, -19, "message too large")                                       \
+  XX(EBUSY,   -20, "in use by another process")
 
 typedef enum {
   DBX_OK = 0,

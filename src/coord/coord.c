@@ -555,7 +555,7 @@ static int on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m) 
   w->welcomed = 1;
   w->stage_sent = 0;
   w->last_heard = time_mono();
-  msg_welcome(&c->out, w->id, (uint64_t)(c->o.heartbeat * 1000));
+  msg_welcome(&c->out, w->id, (uint64_t)(c->o.heartbeat * 1000), c->o.max_msg ? c->o.max_msg : (1ull << 30));
   send_to(c, w, &c->out);
   c->waiting_logged = 0;
   log_info("worker %u joined: %s pid %lld, %u slot(s)%s", w->id, w->host, (long long)w->pid, w->slots,
@@ -621,6 +621,9 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   /* A bad record under --on-bad-record=fail, or an input that changed under the job, is
    * about the data: no retry can help. */
   if (m->code == DBX_EBADREC || m->code == DBX_ECHANGED) return dbx_seterr(err, (int)m->code, "%s", cause);
+  /* A result over --max-message would be over it on any worker. */
+  if (m->code == DBX_ETOOBIG)
+    return dbx_seterr(err, DBX_ETOOBIG, "%s task %u: %s", r->s->st->name, (uint32_t)m->index, cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 

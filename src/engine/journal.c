@@ -60,7 +60,7 @@ int journal_lock(const char *dir, dbx_err *err) {
     pid[strcspn(pid, "\n")] = 0;
     close(fd);
     if (e == EWOULDBLOCK)
-      return dbx_seterr(err, DBX_EINVAL,
+      return dbx_seterr(err, DBX_EBUSY,
                         "%s: the job directory is in use by another dbatch process (pid %s): the job or a resume "
                         "of it is still running; wait for it to end (or stop it) before resuming",
                         dir, pid[0] ? pid : "unknown");

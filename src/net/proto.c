@@ -39,11 +39,12 @@ int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int 
   return mpk_close(&m);
 }
 
-int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms) {
+int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms, uint64_t max_msg) {
   mpk m;
-  msgpack_packer *pk = head(&m, out, MSG_WELCOME, 2);
+  msgpack_packer *pk = head(&m, out, MSG_WELCOME, 3);
   msgpack_pack_uint64(pk, worker_id);
   msgpack_pack_uint64(pk, heartbeat_ms);
+  msgpack_pack_uint64(pk, max_msg);
   return mpk_close(&m);
 }
 
@@ -267,7 +268,8 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   if (type == 0 || type >= MSG_TYPE_MAX) goto bad;
   m->type = (msg_type)type;
   why = "wrong number of fields";
-  if (o->via.array.size != 3 + nfields[type]) goto bad;
+  /* A welcome may carry the coordinator's --max-message as a third field (0: unknown). */
+  if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3)) goto bad;
   const msgpack_object *f = a + 3;
   why = "a field has the wrong type or is out of range";
   switch (m->type) {
@@ -279,6 +281,8 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
     break;
   case MSG_WELCOME:
     if (get_u64(&f[0], &m->worker_id) || get_u64(&f[1], &m->heartbeat_ms)) goto bad;
+    m->max_msg = 0;
+    if (o->via.array.size == 6 && get_u64(&f[2], &m->max_msg)) goto bad;
     break;
   case MSG_REFUSE:
     if (get_str(&f[0], &m->text, &m->text_len)) goto bad;

@@ -39,7 +39,7 @@ typedef struct msg {
   int shared_fs;
   const char *host; size_t host_len;
   /* WELCOME */
-  uint64_t worker_id, heartbeat_ms;
+  uint64_t worker_id, heartbeat_ms, max_msg;  /* max_msg: 0 when the coordinator did not say */
   /* REFUSE, FAILURE */
   const char *text; size_t text_len;
   int64_t code;
@@ -71,7 +71,7 @@ const char *msg_type_name(int type);
 
 /* Encoders append one message to out (cleared first). */
 int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int shared_fs);
-int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms);
+int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms, uint64_t max_msg);
 int msg_refuse(dbx_buf *out, const char *reason);
 int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths);

@@ -51,6 +51,7 @@ typedef struct wctx {
   uint64_t cancelled[64][3];  /* recent cancels: (stage, index, attempt) ring */
   unsigned ncancel;
   evidence_page *ev;          /* local worker: what each thread runs, shared with the coordinator */
+  uint64_t max_msg;           /* the coordinator's --max-message (0: not told); atomic */
   unsigned nthreads_started;
 } wctx;
 
@@ -112,6 +113,14 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
                        enc->data, enc->len)))
     dbx_seterr(&err, rc, "cannot encode the result of task %llu (%zu bytes): %s", (unsigned long long)m->index,
                enc->len, dbx_strerror(rc));
+  /* The coordinator drops a connection that sends more than its --max-message: say so
+   * instead of vanishing. */
+  uint64_t max = __atomic_load_n(&w->max_msg, __ATOMIC_RELAXED);
+  if (!rc && max && out->len > max)
+    rc = dbx_seterr(&err, DBX_ETOOBIG,
+                    "its result is %zu bytes, over the coordinator's --max-message of %llu bytes: raise "
+                    "--max-message or use smaller batches (--batch-bytes, --batch-records)",
+                    out->len, (unsigned long long)max);
   if (rc) {
     /* Drop the scratch buffers first: the failure must get through even after ENOMEM. */
     dbx_buf_free(enc);
@@ -355,6 +364,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       switch (m.type) {
       case MSG_WELCOME:
         welcomed = 1;
+        __atomic_store_n(&w.max_msg, m.max_msg, __ATOMIC_RELAXED);
         /* Bounded: the poll timeout below is derived from it. */
         if (m.heartbeat_ms) hb = (double)(m.heartbeat_ms < 3600000 ? m.heartbeat_ms : 3600000) / 1000.0;
         break;

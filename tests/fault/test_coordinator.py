@@ -221,6 +221,21 @@ class Coordinator(TmpTest):
         killed = [w for w in j["worker_stats"] if w["state"] == "killed"]
         self.assertGreaterEqual(len(killed), 200)
 
+    def test_result_over_max_message_names_the_option(self):
+        data = self.write("uniq.txt", "".join("word%d\n" % i for i in range(20000)))
+        for args in (["--workers", "2"], ["--workers", "0", "--listen", "tcp://127.0.0.1:%d" % free_port()]):
+            with self.subTest(args=args):
+                c = self.coord(*args, "--max-message", "64K", "--no-job-dir", data)
+                if "--listen" in args:
+                    ep = args[-1]
+                    self.procs.append(start("worker", "--connect", ep))
+                out, err = c.communicate(timeout=60)
+                err = err.decode(errors="replace")
+                self.assertEqual(c.returncode, 1, err)
+                self.assertEqual(out, b"")
+                self.assertRegex(err, r"error: wordcount task \d+: its result is \d+ bytes, over the coordinator's "
+                                      r"--max-message of 65536 bytes: raise --max-message or use smaller batches")
+
     def test_killed_coordinator_leaves_no_socket_file(self):
         before = set(glob.glob("/tmp/dbatch-*.sock"))
         c = self.coord("--workers", "2", "--batch-records", "10", "-v", self.data, env=fault_env("delay_ms=50"))

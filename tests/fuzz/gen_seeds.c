@@ -81,7 +81,7 @@ static void wire_seeds(const fuzz_nb *nb) {
 
   msg_hello(&m, 4, "host-1", 1234, 1); put("wire", "hello", m.data, m.len);
   seq.len = 0; frame(&seq, &m); put("wire", "hello-framed", seq.data, seq.len);
-  msg_welcome(&m, 7, 500); seq.len = 0; frame(&seq, &m); put("wire", "welcome", seq.data, seq.len);
+  msg_welcome(&m, 7, 500, 1u << 30); seq.len = 0; frame(&seq, &m); put("wire", "welcome", seq.data, seq.len);
   msg_refuse(&m, "too many workers"); seq.len = 0; frame(&seq, &m); put("wire", "refuse", seq.data, seq.len);
   msg_failure(&m, 1, 2, 3, -14, "task failed: bad record"); seq.len = 0; frame(&seq, &m);
   put("wire", "failure", seq.data, seq.len);

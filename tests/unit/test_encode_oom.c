@@ -58,7 +58,7 @@ static int enc_msg(dbx_buf *out, int which) {
   b.data.len = 3000;
   switch (which) {
   case 0: return msg_hello(out, 4, "a-host-with-a-rather-long-name", 1234, 1);
-  case 1: return msg_welcome(out, 7, 1000);
+  case 1: return msg_welcome(out, 7, 1000, 1u << 30);
   case 2: return msg_refuse(out, big + 2900);
   case 3: return msg_stage(out, 1, "wordcount", big, 32, big, 2000, paths, 2);
   case 4: return msg_task(out, 1, 2, &b);
