@@ -307,6 +307,9 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     int src = outs->save(outs->save_ctx, !rc, err);
     if (!rc) rc = src;
   }
+  /* Every output written out and synced before any becomes visible. */
+  for (size_t p = 0; !rc && p < nsink; p++)
+    if (outs->sinks[p]) rc = sink_prepare(outs->sinks[p], err);
   for (; !rc && k < nsink; k++)
     if (outs->sinks[k]) rc = sink_commit(outs->sinks[k], err);
   for (; k < nsink; k++) sink_abort(outs->sinks[k]);

@@ -227,6 +227,10 @@ static int straight(const char *dest) {
 static int nb_commit(void *ctx, int commit, dbx_err *err) {
   nb_outputs *x = ctx;
   int rc = commit ? 0 : DBX_EINVAL;
+  /* Predictions and metrics written out and synced (their write errors show now) before
+   * the model or either of them becomes visible. */
+  if (!rc && x->pred) rc = sink_prepare(x->pred, err);
+  if (!rc && x->met && !x->metrics_late) rc = sink_prepare(x->met, err);
   if (!rc && x->model_dest) rc = nb_model_save(x->model_dest, x->model->data, x->model->len, err);
   /* A destination that is a device or a pipe is written straight and shows its write
    * errors (/dev/full) only when committed: commit such a one first, while nothing else is

@@ -53,6 +53,7 @@ int sink_row(sink *s, const dbx_value *row, dbx_err *err) {
 
 int sink_emit(void *ctx, const dbx_value *row, dbx_err *err) { return sink_row(ctx, row, err); }
 
+int sink_prepare(sink *s, dbx_err *err) { return s->prepare ? s->prepare(s, err) : 0; }
 int sink_commit(sink *s, dbx_err *err) { return s->commit(s, err); }
 
 void sink_abort(sink *s) {

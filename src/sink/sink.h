@@ -20,6 +20,10 @@ int sink_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_err 
 int sink_row(sink *s, const dbx_value *row, dbx_err *err);
 /* An emit function for dbx_op.finish; ctx is the sink. */
 int sink_emit(void *ctx, const dbx_value *row, dbx_err *err);
+/* Everything short of making it visible: write out and sync what is buffered, so every
+ * error a commit could meet (a full disk) shows now. A job with several outputs prepares
+ * them all before it commits any, so they appear together or not at all. */
+int sink_prepare(sink *s, dbx_err *err);
 /* Make everything visible atomically, then free the sink. */
 int sink_commit(sink *s, dbx_err *err);
 /* Discard and free; accepts NULL. */

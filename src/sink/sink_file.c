@@ -97,6 +97,11 @@ static int file_commit(sink *sb, dbx_err *err) {
   return rc;
 }
 
+static int file_prepare(sink *sb, dbx_err *err) {
+  file_sink *s = (file_sink *)sb;
+  return afile_prepare(&s->f, err);
+}
+
 static void file_abort(sink *sb) {
   file_sink *s = (file_sink *)sb;
   afile_abort(&s->f);
@@ -111,6 +116,7 @@ int sink_file_open(const sink_opts *o, const char *format, const dbx_schema *sch
   int rc = afile_open(&s->f, o->dest, err);
   if (rc) { free(s); return rc; }
   s->base.row = file_row;
+  s->base.prepare = file_prepare;
   s->base.commit = file_commit;
   s->base.abort = file_abort;
   if (s->fmt == 1) {

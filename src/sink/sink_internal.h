@@ -5,6 +5,7 @@
 
 struct sink {
   int (*row)(sink *s, const dbx_value *row, dbx_err *err);
+  int (*prepare)(sink *s, dbx_err *err);  /* optional: see sink_prepare */
   int (*commit)(sink *s, dbx_err *err);
   void (*abort)(sink *s);
   const dbx_schema *schema;

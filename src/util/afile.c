@@ -81,6 +81,16 @@ int afile_flush(afile *f, dbx_err *err) {
   return dbx_seterr(err, err_from_errno(e), "%s: write failed: %s", f->path, strerror(e));
 }
 
+int afile_prepare(afile *f, dbx_err *err) {
+  int rc = afile_flush(f, err);
+  if (rc || !f->tmp) return rc;
+  if (afile_fsync_fn(f->io->fd) != 0) {
+    int e = errno ? errno : EIO;
+    return dbx_seterr(err, err_from_errno(e), "%s: fsync failed: %s; no output was written", f->path, strerror(e));
+  }
+  return 0;
+}
+
 int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err) {
   int e = 0;
   if (!f->tmp || !f->io || f->io->fd < 0) return dbx_seterr(err, DBX_EINVAL, "%s: cannot be rewritten", f->path);

@@ -29,6 +29,9 @@ int afile_open(afile *f, const char *path, dbx_err *err);
 int afile_write(afile *f, const void *p, size_t n, dbx_err *err);
 /* Push buffered bytes to the file now; an error (also an earlier one) names the file. */
 int afile_flush(afile *f, dbx_err *err);
+/* Write out what is buffered and sync the temporary file, reporting any error (also an
+ * earlier one) with the file name: after this, afile_commit has only the rename left. */
+int afile_prepare(afile *f, dbx_err *err);
 /* Replace everything written so far with p[0..n) and sync it (a file prepared early and
  * rewritten at the end, like the summary). Only for a temporary file (f->tmp). */
 int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err);

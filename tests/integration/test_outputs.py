@@ -55,6 +55,27 @@ class OutputsCommitTogether(TmpTest):
                 self.assertIn(b"--metrics", p.stderr)
                 self.assertIn(b"nothing was run", p.stderr)
 
+    def test_predictions_on_a_full_disk_leave_no_metrics_or_model(self):
+        # A full file system shows only when the predictions are written out: every output
+        # is written out and synced before any is renamed into place.
+        full = self.path("full")
+        os.mkdir(full)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", full], capture_output=True).returncode:
+            self.skipTest("cannot mount a small tmpfs here (needs root)")
+        try:
+            with open(os.path.join(full, "filler"), "wb") as f:  # the one page there is
+                f.write(b"x" * 4096)
+            metrics, model = self.path("metrics.tsv"), self.path("model.bin")
+            p = self.nb("--predictions", os.path.join(full, "pred.tsv"), "--metrics", metrics, "--model", model,
+                        "--batch-docs", "1")
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(b"No space left on device", p.stderr)
+            self.assertFalse(os.path.exists(metrics))
+            self.assertFalse(os.path.exists(model))
+            self.assertEqual(os.listdir(full), ["filler"])
+        finally:
+            subprocess.run(["umount", full], capture_output=True)
+
     def test_metrics_failing_at_commit_discards_predictions(self):
         # /dev/full takes the open and fails only when written out: at the commit.
         pred = self.path("pred.tsv")
