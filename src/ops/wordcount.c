@@ -222,5 +222,6 @@ const dbx_op *ops_find(const char *name) {
   if (strcmp(name, "nb_vocab") == 0) return &op_nb_vocab;
   if (strcmp(name, "nb_fit") == 0) return &op_nb_fit;
   if (strcmp(name, "nb_predict") == 0) return &op_nb_predict;
+  if (strcmp(name, "exec") == 0) return &op_exec;
   return NULL;
 }
