@@ -160,7 +160,10 @@ static void supervise(const char *cmd, char **envp, pid_t parent, int in_r, int 
     dup2(st_w, 3);
   }
   close_range(4, ~0U, 0);
+  /* Nor the parent's standard streams: a job's reader waits for their end. */
   close(0);
+  close(1);
+  close(2);
   sigprocmask(SIG_SETMASK, &none, NULL);
   int st = 0;
   if (c < 0) _exit(125);
