@@ -273,6 +273,10 @@ static int exec_map(const void *cfgp, const void *bcast, const dbx_batch *b, voi
   close(p_in[0]); close(p_out[1]); close(p_err[1]); close(p_st[1]);
   p_in[0] = p_out[1] = p_err[1] = p_st[1] = -1;
   fcntl(p_in[1], F_SETFL, O_NONBLOCK);
+  /* Bigger pipes (up to /proc/sys/fs/pipe-max-size, 1 MiB by default): a 16 MB batch then
+   * crosses in a few dozen wake-ups instead of hundreds. Best effort. */
+  fcntl(p_in[1], F_SETPIPE_SZ, 1 << 20);
+  fcntl(p_out[0], F_SETPIPE_SZ, 1 << 20);
   if (b->size == 0) { close(p_in[1]); p_in[1] = -1; }
 
   double deadline = cfg->timeout > 0 ? time_mono() + cfg->timeout : 0;
@@ -315,7 +319,7 @@ static int exec_map(const void *cfgp, const void *bcast, const dbx_batch *b, voi
       }
     }
     if (iout >= 0 && pf[iout].revents) {
-      if (dbx_buf_reserve(out, 1 << 16)) { rc = DBX_ENOMEM; break; }
+      if (dbx_buf_reserve(out, 1 << 20)) { rc = DBX_ENOMEM; break; }
       ssize_t k = read(p_out[0], out->data + out->len, out->cap - out->len);
       if (k > 0) out->len += (size_t)k;
       else if (k == 0 || (errno != EAGAIN && errno != EINTR)) { close(p_out[0]); p_out[0] = -1; }
