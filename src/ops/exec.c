@@ -342,7 +342,7 @@ static int exec_map(const void *cfgp, const void *bcast, const dbx_batch *b, voi
       if (k == 0 || have_status || (k < 0 && errno != EAGAIN && errno != EINTR)) { close(p_st[0]); p_st[0] = -1; }
     }
   }
-  int sst;
+  int sst = 0;
   while (waitpid(sup, &sst, 0) < 0 && errno == EINTR) {}
   sup = -1;
   if (rc) goto done;
