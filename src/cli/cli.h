@@ -160,6 +160,7 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
 int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err);
 
 int cmd_wordcount(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_bench_tasks(int argc, char **argv);
 int cmd_nb(int argc, char **argv);

@@ -16,6 +16,7 @@ static const char usage[] =
     "Commands:\n"
     "  wordcount INPUT...   count words (Unicode-aware) in text files, directories, globs, -\n"
     "  nb train|test|run    text classification: TF-IDF + naive Bayes (as scikit-learn)\n"
+    "  run --map CMD INPUT...  your own command over every batch, outputs in input order\n"
     "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  status JOB_DIR|URL   the live or final state of a job\n"
@@ -34,6 +35,7 @@ static int cmd_resume(int argc, char **argv);
 
 static const command commands[] = {
     {"wordcount", cmd_wordcount},
+    {"run", cmd_run},
     {"worker", cmd_worker},
     {"bench-tasks", cmd_bench_tasks},
     {"nb", cmd_nb},

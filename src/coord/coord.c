@@ -782,7 +782,9 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   tt_init(&r.tt);
   int rc = 0;
   void *result = NULL;
-  r.ag = agg_new(s->op, s->cfg);
+  /* Map-only output (exec) streams out in batch order instead of being merged in memory. */
+  r.ag = ops_ordered_output(s->op) ? agg_new_ordered(s->op, s->cfg, s->out ? sink_emit : NULL, s->out)
+                                   : agg_new(s->op, s->cfg);
   r.ld = loader_new();
   if (r.ld) loader_expect(r.ld, s->in);
   r.npaths = s->in ? s->in->n : 0;

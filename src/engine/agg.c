@@ -16,6 +16,11 @@ struct agg {
   uint8_t *lvl;
   uint8_t *have;
   size_t cap;
+  /* Ordered streaming (agg_new_ordered): partials below next are written and freed. */
+  int ordered;
+  uint32_t next;
+  dbx_emit_fn emit;
+  void *emit_ctx;
 };
 
 agg *agg_new(const dbx_op *op, const void *cfg) {
@@ -23,6 +28,15 @@ agg *agg_new(const dbx_op *op, const void *cfg) {
   if (!a) return NULL;
   a->op = op;
   a->cfg = cfg;
+  return a;
+}
+
+agg *agg_new_ordered(const dbx_op *op, const void *cfg, dbx_emit_fn emit, void *emit_ctx) {
+  agg *a = agg_new(op, cfg);
+  if (!a) return NULL;
+  a->ordered = 1;
+  a->emit = emit;
+  a->emit_ctx = emit_ctx;
   return a;
 }
 
@@ -119,6 +133,20 @@ static int settle(agg *a, uint32_t index, dbx_err *err) {
   return 0;
 }
 
+/* Ordered mode: write out every partial that is next in batch order. */
+static int drain(agg *a, dbx_err *err) {
+  while (a->next < a->cap && a->have[a->next]) {
+    size_t s = a->next;
+    int rc = materialize(a, s, err);
+    if (!rc) rc = a->op->finish(a->cfg, NULL, a->p[s], a->emit, a->emit_ctx, NULL, err);
+    a->op->partial_free(a->p[s]);
+    a->p[s] = NULL;
+    if (rc) return rc;
+    a->next++;
+  }
+  return 0;
+}
+
 static int claim(agg *a, uint32_t index, dbx_err *err) {
   int rc = ensure(a, (size_t)index + 1);
   if (rc) return rc;
@@ -131,7 +159,7 @@ int agg_add(agg *a, uint32_t index, void *partial, dbx_err *err) {
   int rc = claim(a, index, err);
   if (rc) { a->op->partial_free(partial); return rc; }
   a->p[index] = partial;
-  return settle(a, index, err);
+  return a->ordered ? drain(a, err) : settle(a, index, err);
 }
 
 int agg_add_encoded(agg *a, uint32_t index, char *blob, size_t n, dbx_err *err) {
@@ -139,7 +167,7 @@ int agg_add_encoded(agg *a, uint32_t index, char *blob, size_t n, dbx_err *err) 
   if (rc) { free(blob); return rc; }
   a->blob[index] = blob;
   a->blen[index] = n;
-  return settle(a, index, err);
+  return a->ordered ? drain(a, err) : settle(a, index, err);
 }
 
 /* The value of node (s, L) for n batches, taking ownership of held partials. */
@@ -168,6 +196,12 @@ int agg_finish(agg *a, uint32_t n, void **result, dbx_err *err) {
   if (rc) return rc;
   for (uint32_t i = 0; i < n; i++)
     if (!a->have[i]) return dbx_seterr(err, DBX_EINVAL, "internal error: batch %u has no result", i);
+  if (a->ordered) {
+    /* Everything was written as it came (drain); the result is empty. */
+    if (a->next != n) return dbx_seterr(err, DBX_EINVAL, "internal error: batch %u was not written", a->next);
+    if (!(*result = a->op->partial_new(a->cfg))) return DBX_ENOMEM;
+    return 0;
+  }
   unsigned L = 0;
   while (((size_t)1 << L) < n) L++;
   void *x = n ? eval(a, 0, L, n, &rc, err) : NULL;

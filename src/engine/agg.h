@@ -13,6 +13,13 @@
 typedef struct agg agg;
 
 agg *agg_new(const dbx_op *op, const void *cfg);
+/* Ordered streaming, for operators whose result is their partials concatenated in batch
+ * order (ops_ordered_output: map-only `dbatch run`). Instead of a merge tree, a reorder
+ * buffer: the partial of batch i is handed to op->finish(cfg, NULL, partial, emit, emit_ctx,
+ * NULL) -- which writes it out -- as soon as batches 0..i-1 have been, and then freed. Memory
+ * holds only the partials that arrived ahead of a missing lower one, never the whole output.
+ * agg_finish then returns an empty partial (whose finish writes nothing). emit may be NULL. */
+agg *agg_new_ordered(const dbx_op *op, const void *cfg, dbx_emit_fn emit, void *emit_ctx);
 /* Give the partial of batch index (ownership passes to the aggregator). A second partial for
  * the same index is an engine bug and fails with DBX_EINVAL. */
 int agg_add(agg *a, uint32_t index, void *partial, dbx_err *err);

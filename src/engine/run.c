@@ -9,6 +9,7 @@
 #include "engine/agg.h"
 #include "engine/job.h"
 #include "engine/journal.h"
+#include "ops/ops.h"
 #include "ui/ui.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -164,7 +165,9 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   const dbx_op *op = s->op;
   splitter *sp = NULL;
   loader *ld = loader_new();
-  agg *ag = agg_new(op, s->cfg);
+  /* Map-only output (exec) streams out in batch order instead of being merged in memory. */
+  agg *ag = ops_ordered_output(op) ? agg_new_ordered(op, s->cfg, s->out ? sink_emit : NULL, s->out)
+                                   : agg_new(op, s->cfg);
   size_t npaths = s->in ? s->in->n : 0;
   const char **paths = calloc(npaths ? npaths : 1, sizeof *paths);
   void *bcast = NULL, *result = NULL;
@@ -197,6 +200,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     }
     st->attempts++;
     ui_attempt_start(j->ui, s->seq, b.index, 1, 0);
+    ops_task_attempt = 1;  /* tasks in this process are not retried */
     rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
     ui_attempt_end(j->ui, s->seq, b.index, 1, 0, rc ? UI_FAILED : UI_OK);
     if (ui_due(j->ui)) {

@@ -20,6 +20,25 @@ typedef struct noop_cfg {
 } noop_cfg;
 extern const dbx_op op_noop;
 
+/* Exec: `dbatch run --map CMD` runs `/bin/sh -c cmd` once per batch (records on its standard
+ * input); the partial is its standard output, and partials concatenate in batch order. A
+ * failed command (exit status, signal, timeout) fails the attempt with its stderr's tail. */
+#define EXEC_CMD_MAX 4096
+typedef struct exec_cfg {
+  char cmd[EXEC_CMD_MAX];   /* NUL-terminated (checked on the worker) */
+  double timeout;           /* seconds one run may take, then its process group is killed (0: none) */
+} exec_cfg;
+extern const dbx_op op_exec;
+
+/* 1 for operators whose result is their partials concatenated in batch order (exec): the
+ * engine writes each partial out as soon as all lower batches are written (agg_new_ordered)
+ * instead of merging them in memory. */
+int ops_ordered_output(const dbx_op *op);
+
+/* The attempt number of the task the calling thread maps (1-based; 0 when the runner did not
+ * say): exec hands it to the command as DBATCH_ATTEMPT. Set by the task runner before map(). */
+extern _Thread_local uint32_t ops_task_attempt;
+
 /* Look an operator up by name (NULL if unknown). */
 const dbx_op *ops_find(const char *name);
 

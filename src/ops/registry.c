@@ -7,14 +7,16 @@
 typedef struct op_entry {
   const dbx_op *op;
   int (*check)(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+  int ordered;  /* map-only output: written in batch order, never merged (see engine/agg.h) */
 } op_entry;
 
 static const op_entry builtin[] = {
-    {&op_wordcount, NULL},
-    {&op_noop, NULL},
-    {&op_nb_vocab, NULL},  /* its partials stand alone: merge_encoded/decode check them whole */
-    {&op_nb_fit, nb_fit_check},
-    {&op_nb_predict, nb_predict_check},
+    {&op_wordcount, NULL, 0},
+    {&op_noop, NULL, 0},
+    {&op_nb_vocab, NULL, 0},  /* its partials stand alone: merge_encoded/decode check them whole */
+    {&op_nb_fit, nb_fit_check, 0},
+    {&op_nb_predict, nb_predict_check, 0},
+    {&op_exec, NULL, 1},
 };
 
 const dbx_op *ops_find(const char *name) {
@@ -26,5 +28,11 @@ const dbx_op *ops_find(const char *name) {
 int ops_check_partial(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, dbx_err *err) {
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (builtin[i].op == op) return builtin[i].check ? builtin[i].check(cfg, bcast, partial, err) : 0;
+  return 0;
+}
+
+int ops_ordered_output(const dbx_op *op) {
+  for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+    if (builtin[i].op == op) return builtin[i].ordered;
   return 0;
 }

@@ -102,6 +102,7 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
       rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
   double t0 = time_mono();
   evidence_set(w, slot, m, 1);
+  ops_task_attempt = (uint32_t)m->attempt;  /* DBATCH_ATTEMPT for commands (ops/exec.c) */
   if (!rc) rc = engine_map_task(st->op, st->cfg, st->bcast, ld, &m->batch, (const char *const *)st->paths,
                                 &part, &bs, &bytes, &err);
   double dt = time_mono() - t0;

@@ -1,0 +1,150 @@
+/* run.c -- `dbatch run --map CMD`: the user's own command over every batch (Hadoop Streaming's
+ * map-only job). The output is the command's output over each batch, in batch order. */
+#include <stdio.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "cli/cli.h"
+#include "ops/ops.h"
+#include "sink/sink_raw.h"
+#include "util/timeutil.h"
+
+static const char help[] =
+    "Usage: dbatch run --map CMD [OPTIONS] INPUT...\n"
+    "Run your own command over the input, in parallel: INPUT is cut into batches of whole\n"
+    "lines and CMD runs once per batch as /bin/sh -c CMD, the batch's lines on its standard\n"
+    "input. The output is the outputs of the batches concatenated in input order, byte for\n"
+    "byte: a command that works line by line (grep, tr, awk, sed, cut, a script) gives exactly\n"
+    "what it gives on the whole input, whatever the workers, policy or retries. Each input\n"
+    "file's last line is ended with a newline if it lacks one (lines never join across files).\n"
+    "\n"
+    "The command's environment has DBATCH_TASK (the batch's number, from 0), DBATCH_ATTEMPT\n"
+    "and DBATCH_INPUT (the batch's first input file). A non-zero exit, a signal or\n"
+    "--task-timeout fails the attempt: the failure names the task, its input range, the exit\n"
+    "status or signal and the last lines of the command's standard error; it is retried like\n"
+    "any failed attempt. The command runs in a process group of its own, killed when it ends,\n"
+    "times out, or its worker dies (a command that leaves its group, e.g. with setsid, is\n"
+    "out of reach).\n"
+    "\n"
+    "Example:\n"
+    "  dbatch run --map \"grep -i error | cut -f1,3\" --workers 4 -o errors.txt logs/\n"
+    "\n"
+    "Run options:\n"
+    "      --map CMD           the command run over each batch (required)\n"
+    "      --reduce R, --reduce-cmd CMD  key-value reducers: not yet available\n"
+    "Batching and execution:\n"
+    "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
+    "                          (default: the input size / 16, within 8M..64M; units K, M, G)\n"
+    "      --batch-records N   cut inputs into batches of N lines instead\n"
+    "      --workers N         local worker processes (default: the number of cores;\n"
+    "                          0 = run every task in this process)\n"
+    "      --listen tcp://HOST:PORT  also accept workers started elsewhere with\n"
+    "                          'dbatch worker --connect tcp://HOST:PORT'\n"
+    "      --wait-workers N    start the first task once N workers have joined\n"
+    "      --policy P          least-loaded (default), round-robin or random\n"
+    "      --seed N            seed of the random policy\n"
+    "      --ship              send batch bytes to workers instead of file references\n"
+    "      --prefetch N        most tasks a worker may hold beyond its slots (default 16)\n"
+    "      --heartbeat SECS    heartbeat interval (default 1)\n"
+    "      --worker-timeout SECS  silence before a worker is dead (default 10)\n"
+    "      --max-message SIZE  largest message accepted from a worker, so the largest output\n"
+    "                          of one batch (default 1G)\n"
+    "Failures:\n"
+    "      --max-attempts N    attempts per task (default 4)\n"
+    "      --on-task-failure fail|skip  a task whose attempts all failed stops the job\n"
+    "                          (fail, default) or its output is left out and reported\n"
+    "                          (skip: exit 3)\n"
+    "      --task-timeout SECS bound on one run of the command (default: none)\n"
+    "      --exclude-after N   a worker failing N different tasks gets no more (default 3)\n"
+    "      --[no-]speculation  copy a straggling attempt to a free worker (default on)\n"
+    "Output:\n"
+    "  -o, --out FILE          - (standard output, default) or a file, replaced atomically\n"
+    "                          when the job succeeds. Standard output is written as the\n"
+    "                          batches finish, in order\n"
+    "      --summary-json FILE write a summary of the run\n"
+    "Watching:\n"
+    "      --dashboard HOST:PORT  serve a live dashboard, /api/status and /metrics\n"
+    "      --dashboard-public  allow a non-loopback dashboard address\n"
+    "      --job-dir DIR       report, summary and a journal: 'dbatch resume DIR' finishes\n"
+    "                          the job if the coordinator dies, reusing finished batches\n"
+    "      --no-job-dir        no job directory (no report)\n"
+    "  -q, --quiet             only errors on standard error\n"
+    "  -v, --verbose           more detail on standard error\n"
+    "  -h, --help              this help\n"
+    "Exit status: 0 success, 1 the job failed, 2 usage error, 3 finished without the output\n"
+    "of skipped tasks (--on-task-failure=skip).\n";
+
+int cmd_run(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"map", required_argument, NULL, 1},
+      {"reduce", required_argument, NULL, 2},
+      {"reduce-cmd", required_argument, NULL, 3},
+      CLI_JOB_OPTIONS,
+      {NULL, 0, NULL, 0},
+  };
+  cli_job o;
+  static exec_cfg cfg;  /* 4 KiB: not on the stack; plain bytes shipped to workers */
+  memset(&cfg, 0, sizeof cfg);
+  const char *map = NULL;
+  cli_job_defaults(&o, "run");
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+    /* Options of row outputs and record checks do not apply to raw command output. */
+    const char *na = c == 1003 ? "--format" : c == 1004 ? "--table" : c == 1005 ? "--append"
+                   : c == 1023 ? "--max-record" : c == 1024 ? "--on-bad-record" : NULL;
+    if (na) return cli_usage_error("run", "%s does not apply to dbatch run (its output is the command's own bytes)", na);
+    int r = cli_job_option(&o, c, optarg);
+    if (r < 0) return cli_usage_error("run", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r) continue;
+    switch (c) {
+    case 1: map = optarg; break;
+    case 2: case 3:
+      return cli_usage_error("run", "%s is not yet available: only map-only jobs (--map CMD) run today",
+                             c == 2 ? "--reduce" : "--reduce-cmd");
+    case 'h': fputs(help, stdout); return EXIT_OK;
+    default: return cli_usage_error("run", "unknown option");
+    }
+  }
+  if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch)");
+  if (!map[0]) return cli_usage_error("run", "--map needs a command");
+  if (strlen(map) >= sizeof cfg.cmd) return cli_usage_error("run", "--map: the command is longer than %zu bytes; put it in a script", sizeof cfg.cmd - 1);
+  if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
+  if (!strncmp(o.out.dest, "sqlite:", 7))
+    return cli_usage_error("run", "--out %s: a map-only job writes the command's bytes; SQLite output is not available for it",
+                           o.out.dest);
+  snprintf(cfg.cmd, sizeof cfg.cmd, "%s", map);
+  cfg.timeout = o.co.task_timeout;  /* also enforced by the worker itself, remote ones included */
+  dbx_err err = {0, ""};
+  job j;
+  memset(&j, 0, sizeof j);
+  j.name = "run";
+  j.workers = o.workers;
+  j.t_start = time_mono();
+  sink *out = NULL;
+  coord *co = NULL;
+  int rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
+  if (!rc) cli_job_size_batches(&o, &j.in);
+  if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  if (!rc) rc = sink_raw_open(o.out.dest, &out, &err);
+  if (!rc) {
+    stage s;
+    memset(&s, 0, sizeof s);
+    s.name = "map";
+    s.op = &op_exec;
+    s.cfg = &cfg;
+    s.cfg_size = sizeof cfg;
+    s.in = &j.in;
+    s.split.batch_bytes = o.batch_bytes;
+    s.split.batch_records = o.batch_records;
+    s.out = out;
+    s.st = job_add_stage(&j, "map");
+    /* The outputs depend on the command (the timeout only decides whether one comes). */
+    char opts[64];
+    snprintf(opts, sizeof opts, "map_cmd_xxh64=%016llx", (unsigned long long)XXH64(cfg.cmd, strlen(cfg.cmd), 0));
+    s.plan_opts = opts;
+    rc = cli_run_stage(co, &j, &s, &err);
+    dbx_buf_free(&s.bcast_out);
+  }
+  return cli_job_end("run", &o, &j, co, out, rc, &err);
+}
