@@ -4,7 +4,7 @@ SANBUILD ?= build-sanitize
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test test-sanitize demo install bench clean
+.PHONY: all deps build test test-sanitize demo install bench clean mutate
 
 all: build
 
@@ -44,6 +44,12 @@ bench:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@for b in bench/*/run; do echo "== $$b"; $$b $(BUILD)/dbatch || exit 1; done
+
+# The mutation score: each mutant in tests/mutation/ applied alone, rebuilt in build-mutate/,
+# tested; prints caught/survived and the score (goal >= 90%). MUTANTS=PATTERN picks some.
+mutate:
+	@scripts/install-deps.sh test
+	@BUILD=build-mutate JOBS=$(JOBS) scripts/mutate.sh $(MUTANTS)
 
 clean:
 	rm -rf $(BUILD) $(SANBUILD)
