@@ -4,7 +4,7 @@
 # A mutant no test catches is a hole in the suite (or an equivalent mutant, said so in its
 # file). The source is restored after every mutant, also on Ctrl-C. Format: tests/mutation/README.md.
 #
-#   scripts/mutate.sh [PATTERN]     only the mutants whose file name contains PATTERN
+#   scripts/mutate.sh [REGEX]       only the mutants whose file name matches REGEX (e.g. '^0[1-5]-')
 #   MUTATE_FULL=1                   ignore the mutants' "tests:" hints: run the whole suite
 #   MUTATE_NO_BASELINE=1            skip the unmutated baseline run
 #   MUTATE_CHECK=1                  only check that every mutant applies (no build, no tests)
@@ -75,7 +75,7 @@ EOF
 shopt -s nullglob
 MUTANTS_LIST=()
 for f in "$MUTDIR"/*.mut; do
-  [ -n "$PATTERN" ] && [[ "$(basename "$f")" != *"$PATTERN"* ]] && continue
+  [ -n "$PATTERN" ] && ! [[ "$(basename "$f")" =~ $PATTERN ]] && continue
   MUTANTS_LIST+=("$f")
 done
 [ ${#MUTANTS_LIST[@]} -gt 0 ] || { echo "mutate: no mutants in $MUTDIR matching '$PATTERN'" >&2; exit 2; }

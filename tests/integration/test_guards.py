@@ -40,9 +40,10 @@ def listeners(port):
 
 class DashboardAddress(TmpTest):
     def running_job(self, spec, *extra):
-        data = lines_file(self.path("l.txt"), 400)
-        p = start("wordcount", "--workers", "1", "--batch-records", "10", "--dashboard", spec, *extra,
-                  "--no-job-dir", "--out", "/dev/null", data, env=fault_env("delay_ms=100"))
+        # One in-process task of a minute (killed by the test): --workers 0 leaves no local
+        # worker to outlive its coordinator.
+        p = start("bench-tasks", "--tasks", "1", "--task-ms", "60000", "--workers", "0", "--dashboard", spec,
+                  *extra, "--no-job-dir")
         self.addCleanup(self.stop, p)
         wait_for_line(p.stderr, "dashboard at")
         return p
@@ -51,13 +52,14 @@ class DashboardAddress(TmpTest):
     def stop(p):
         if p.poll() is None:
             p.kill()
-        p.communicate()
+        p.communicate(timeout=30)
 
     def test_loopback_only(self):
         port = free_port()
         p = self.running_job("127.0.0.1:%d" % port)
         # Little-endian hex of 127.0.0.1, the only listener on the port: not 0.0.0.0, not ::.
         self.assertEqual(listeners(port), ["0100007F"])
+        self.assertIsNone(p.poll(), "the job ended before its listener was checked")
         ss = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], capture_output=True, text=True)
         if ss.returncode == 0:
             self.assertEqual([ln.split()[3] for ln in ss.stdout.splitlines()], ["127.0.0.1:%d" % port])
@@ -66,6 +68,7 @@ class DashboardAddress(TmpTest):
         port = free_port()
         p = self.running_job("localhost:%d" % port)
         self.assertEqual(listeners(port), ["0100007F"])
+        self.assertIsNone(p.poll())
 
     def test_other_address_needs_dashboard_public(self):
         port = free_port()
@@ -81,6 +84,7 @@ class DashboardAddress(TmpTest):
         # Asked for explicitly, it listens on exactly that address.
         p = self.running_job("0.0.0.0:%d" % port, "--dashboard-public")
         self.assertEqual(listeners(port), ["00000000"])
+        self.assertIsNone(p.poll())
 
 
 class MaxRecordBoundary(TmpTest):
