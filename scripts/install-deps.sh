@@ -1,6 +1,6 @@
 #!/bin/sh
 # install-deps.sh -- install the Debian packages dbatch needs, only those missing.
-# Usage: scripts/install-deps.sh [build|test|demo]   (default: test)
+# Usage: scripts/install-deps.sh [build|test|demo|bench|fuzz]   (default: test)
 # Idempotent: when everything is present it calls nothing and prints nothing.
 set -eu
 what=${1:-test}
@@ -9,13 +9,17 @@ build_pkgs="cmake make gcc pkg-config libzmq3-dev libmsgpack-dev libsqlite3-dev 
 test_pkgs="libcmocka-dev python3 python3-zmq python3-msgpack python3-sklearn python3-prometheus-client chromium sqlite3 gzip zstd procps npm"
 demo_pkgs="npm sqlite3"
 bench_pkgs="python3-sklearn python3-distributed parallel bc"
+# libFuzzer targets: clang, its runtimes (only recommended by clang, so named) and llvm-symbolizer
+# for readable stacks. Debian 12's clang is version 14.
+fuzz_pkgs="clang libclang-rt-14-dev llvm-14"
 
 case "$what" in
   build) want="$build_pkgs" ;;
-  test)  want="$build_pkgs $test_pkgs" ;;
+  test)  want="$build_pkgs $test_pkgs $fuzz_pkgs" ;;  # CI (.ci/run) also runs make fuzz
   demo)  want="$build_pkgs $demo_pkgs" ;;
   bench) want="$build_pkgs $test_pkgs $bench_pkgs" ;;
-  *) echo "install-deps.sh: unknown set '$what' (build, test, demo, bench)" >&2; exit 2 ;;
+  fuzz)  want="$build_pkgs $fuzz_pkgs" ;;
+  *) echo "install-deps.sh: unknown set '$what' (build, test, demo, bench, fuzz)" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -48,13 +48,18 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "dbatch %s: %s\nTry 'dbatch %s --help'.\n", cmd, msg, cmd);
+  char safe[4 * sizeof msg];  /* file names and data in messages: never raw control bytes */
+  log_escape(safe, sizeof safe, msg, strlen(msg));
+  fprintf(stderr, "dbatch %s: %s\nTry 'dbatch %s --help'.\n", cmd, safe, cmd);
   return EXIT_USAGE;
 }
 
 int cli_fail(const char *cmd, const dbx_err *err) {
   if (err->code == DBX_EUSAGE) return cli_usage_error(cmd, "%s", err->msg);
-  fprintf(stderr, "dbatch %s: error: %s\n", cmd, err->msg[0] ? err->msg : dbx_strerror(err->code));
+  const char *m = err->msg[0] ? err->msg : dbx_strerror(err->code);
+  char safe[4 * DBX_ERR_LEN];
+  log_escape(safe, sizeof safe, m, strlen(m));
+  fprintf(stderr, "dbatch %s: error: %s\n", cmd, safe);
   return EXIT_FAIL;
 }
 
@@ -264,15 +269,13 @@ static int summary_write(cli_job *o, const job *j, int ok, const dbx_err *failur
   dbx_buf b = {0};
   int rc = job_render_summary(j, ok, failure, &b);
   if (rc) return dbx_seterr(err, rc, "--summary-json %s: out of memory", o->summary_json);
-  int fd = fileno(f->fp);
-  if (f->tmp && (fflush(f->fp) != 0 || ftruncate(fd, 0) != 0 || fseek(f->fp, 0, SEEK_SET) != 0)) rc = -1;
-  if (!rc && (fwrite(b.data, 1, b.len, f->fp) != b.len || fflush(f->fp) != 0)) rc = -1;
-  if (!rc && f->tmp && fsync(fd) != 0) rc = -1;
-  dbx_buf_free(&b);
-  if (rc) {
-    int e = errno ? errno : EIO;
-    return dbx_seterr(err, err_from_errno(e), "--summary-json %s: write failed: %s", o->summary_json, strerror(e));
+  if (f->tmp) {
+    rc = afile_rewrite(f, b.data, b.len, err);
+  } else if ((rc = afile_write(f, b.data, b.len, err)) == 0) {
+    rc = afile_flush(f, err);
   }
+  dbx_buf_free(&b);
+  if (rc) return rc;
   return 0;
 }
 
@@ -320,7 +323,11 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
       char path[600];
       snprintf(path, sizeof path, "%s/summary.json", j->job_dir);
       job_write_summary(j, path, rc == 0, err, &uerr);
-      if (!o->quiet) fprintf(stderr, "dbatch: report: %s/report.html\n", j->job_dir);
+      if (!o->quiet) {
+        fputs("dbatch: report: ", stderr);
+        log_fputs_escaped(j->job_dir, stderr);
+        fputs("/report.html\n", stderr);
+      }
     }
     ui_free(j->ui);
     j->ui = NULL;

@@ -57,7 +57,8 @@ int cmd_worker(int argc, char **argv) {
     case 3: case 4: {
       char *end;
       double d = strtod(optarg, &end);
-      if (*end || !(d > 0)) return cli_usage_error("worker", "bad number of seconds '%s'", optarg);
+      if (end == optarg || *end || !(d > 0) || d > 86400)
+        return cli_usage_error("worker", "bad number of seconds '%s' (more than 0, at most 86400)", optarg);
       if (c == 3) o.heartbeat = d; else o.timeout = d;
       break;
     }

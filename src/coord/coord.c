@@ -27,6 +27,7 @@
 #include "engine/journal.h"
 #include "ui/ui.h"
 #include "net/proto.h"
+#include "ops/ops.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -148,6 +149,7 @@ typedef struct srun {
   const char **paths;     /* absolute, for remote workers */
   char **abs;
   size_t npaths;
+  void *bcast;            /* the stage's broadcast, loaded once: partials are checked against it */
 } srun;
 
 /* Tasks a worker may hold beyond its slots: enough to cover about 5 ms of its work per
@@ -288,6 +290,8 @@ static int attempt_innocent(srun *r, uint32_t idx, int k) {
   return tt_requeue(&r->tt, idx, k);
 }
 
+static void tick_ui(srun *r, double now);
+
 /* Worker wi is gone (end: "killed", "exited", "lost"; why: for people). Its attempts end:
  * the ones it was running fail -- known exactly from a local worker's evidence page, and
  * for a remote worker taken to be its oldest `slots` ones -- and the rest (queued behind
@@ -344,6 +348,8 @@ static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx
   free(h);
   w->inflight = 0;
   wt_gone(&c->wt, w, end);
+  /* The report keeps how each worker ended, even one lost between two refreshes. */
+  tick_ui(r, time_mono());
   return rc;
 }
 
@@ -570,7 +576,9 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
    * elsewhere, never a failure of the whole job. */
   void *part = NULL;
   dbx_err derr = {0, ""};
-  if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr)) {
+  if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr) ||
+      ops_check_partial(r->s->op, r->s->cfg, r->bcast, part, &derr)) {
+    if (part) r->s->op->partial_free(part);
     char why[DBX_ERR_LEN + 32];
     snprintf(why, sizeof why, "sent a bad result: %s", derr.msg[0] ? derr.msg : dbx_strerror(derr.code));
     return attempt_failed(r, idx, k, why, err);
@@ -610,8 +618,9 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (k < 0) return 0;
   char cause[600];
   snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
-  /* A bad record under --on-bad-record=fail is about the data: no retry can help. */
-  if (m->code == DBX_EBADREC) return dbx_seterr(err, DBX_EBADREC, "%s", cause);
+  /* A bad record under --on-bad-record=fail, or an input that changed under the job, is
+   * about the data: no retry can help. */
+  if (m->code == DBX_EBADREC || m->code == DBX_ECHANGED) return dbx_seterr(err, (int)m->code, "%s", cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 
@@ -769,9 +778,10 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   r.id = ++c->stage_seq;
   tt_init(&r.tt);
   int rc = 0;
-  void *result = NULL, *bcast = NULL;
+  void *result = NULL;
   r.ag = agg_new(s->op, s->cfg);
   r.ld = loader_new();
+  if (r.ld) loader_expect(r.ld, s->in);
   r.npaths = s->in ? s->in->n : 0;
   r.paths = calloc(r.npaths + 1, sizeof *r.paths);
   r.abs = calloc(r.npaths + 1, sizeof *r.abs);
@@ -784,6 +794,11 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     }
     r.paths[i] = r.abs[i] ? r.abs[i] : p;
   }
+  /* The broadcast checks partials as they arrive, and finish() needs it too (the
+   * vocabulary to name model columns...). */
+  if (s->op->bcast_load && s->bcast_in &&
+      (rc = s->op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &r.bcast, err)))
+    goto done;
   if (s->in && (rc = splitter_new(s->in, &s->split, &r.sp, err))) goto done;
   double last_hb = 0;
   while (!g_interrupted) {
@@ -839,19 +854,18 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     rc = dbx_seterr(err, DBX_EINTR, "interrupted by signal %d; no output was written", (int)g_interrupted);
     goto done;
   }
+  /* An input rewritten while the job ran must not give an answer (a worker reading past a
+   * new end would have seen an empty batch). */
+  if (s->in && (rc = inputs_check_unchanged(s->in, err))) goto done;
   double t3 = time_mono();
   if ((rc = agg_finish(r.ag, (uint32_t)r.tt.n, &result, err))) goto done;
   double t4 = time_mono();
   s->st->t_merge += t4 - t3;
-  /* finish() may need the stage's broadcast (the vocabulary to name model columns...). */
-  if (s->op->bcast_load && s->bcast_in &&
-      (rc = s->op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
-    goto done;
-  rc = s->op->finish(s->cfg, bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
+  rc = s->op->finish(s->cfg, r.bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
   s->st->t_finish += time_mono() - t4;
 done:
   if (result) s->op->partial_free(result);
-  if (bcast) s->op->bcast_free(bcast);
+  if (r.bcast) s->op->bcast_free(r.bcast);
   /* Attempts still out belong to this stage only: forget them on their workers. */
   for (size_t i = 0; i < c->wt.n; i++) c->wt.w[i].inflight = 0;
   tt_free(&r.tt);

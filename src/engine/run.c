@@ -172,6 +172,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   dbx_buf enc = {0};
   int rc = 0;
   if (!ld || !ag || !paths) { rc = DBX_ENOMEM; goto done; }
+  loader_expect(ld, s->in);
   for (size_t i = 0; i < npaths; i++) paths[i] = s->in->v[i].path;
   if (op->bcast_load && s->bcast_in &&
       (rc = op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
@@ -215,7 +216,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
       if (s->in && b.nseg) batchdesc_describe(&b, s->in, f.where, sizeof f.where);
       snprintf(f.cause, sizeof f.cause, "%.500s", err ? err->msg : dbx_strerror(rc));
       job_add_failure(j, &f);
-      if (!s->skip_failed || rc == DBX_EBADREC) {
+      if (!s->skip_failed || rc == DBX_EBADREC || rc == DBX_ECHANGED) {
         rc = locate(rc, &b, s->in, err);
         break;
       }
@@ -245,6 +246,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   }
   batchdesc_free(&b);
   if (rc < 0) goto done;
+  if (s->in && (rc = inputs_check_unchanged(s->in, err))) goto done;
   double t3 = time_mono();
   if ((rc = agg_finish(ag, (uint32_t)st->batches, &result, err))) goto done;
   double t4 = time_mono();

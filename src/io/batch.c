@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "io/reader.h"
@@ -265,9 +266,12 @@ struct loader {
   dbx_segment *vseg;
   size_t vcap;
   int fd;
-  const char *fd_path;
   char *fd_path_own;
+  uint64_t fd_dev, fd_ino;  /* identity of the file open as fd */
+  const inputs *plan;  /* borrowed (loader_expect); NULL: only ranges are checked */
 };
+
+void loader_expect(loader *l, const inputs *in) { l->plan = in; }
 
 loader *loader_new(void) {
   loader *l = calloc(1, sizeof *l);
@@ -284,18 +288,48 @@ void loader_free(loader *l) {
   free(l);
 }
 
-static int open_cached(loader *l, const char *path, dbx_err *err) {
-  if (l->fd >= 0 && l->fd_path_own && strcmp(l->fd_path_own, path) == 0) return 0;
-  if (l->fd >= 0) close(l->fd);
-  free(l->fd_path_own);
-  l->fd_path_own = NULL;
-  l->fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (l->fd < 0) {
-    int e = errno;
-    return dbx_seterr(err, err_from_errno(e), "%s: cannot open: %s", path, strerror(e));
+static int changed(const char *path, uint64_t want_end, uint64_t now_end, dbx_err *err) {
+  return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: it now ends at byte %llu, "
+                    "the batch needs bytes up to %llu; no result was committed: run the job again once "
+                    "the file is stable", path, (unsigned long long)now_end, (unsigned long long)want_end);
+}
+
+/* Open path (or keep the open descriptor of the last segment's file) and check it against
+ * the plan: the same regular file (identity, size, mtime when the plan is known), at least
+ * as long as the segment [off, end). A stat and an fstat per segment, so a file rewritten
+ * or replaced between two batches is noticed even when its descriptor is cached. */
+static int open_checked(loader *l, const char *path, uint32_t idx, uint64_t end, dbx_err *err) {
+  struct stat st;
+  int cached = l->fd >= 0 && l->fd_path_own && strcmp(l->fd_path_own, path) == 0;
+  /* The cached descriptor may hold a file since replaced under the same name. */
+  if (cached && (stat(path, &st) != 0 || (uint64_t)st.st_dev != l->fd_dev || (uint64_t)st.st_ino != l->fd_ino))
+    cached = 0;
+  if (!cached) {
+    if (l->fd >= 0) close(l->fd);
+    free(l->fd_path_own);
+    l->fd_path_own = NULL;
+    /* O_NONBLOCK: a FIFO in the file's place must not block the open (fstat refuses it). */
+    l->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (l->fd < 0) {
+      int e = errno;
+      return dbx_seterr(err, err_from_errno(e), "%s: cannot open: %s", path, strerror(e));
+    }
+    if (!(l->fd_path_own = strdup(path))) return DBX_ENOMEM;
   }
-  l->fd_path_own = strdup(path);
-  return l->fd_path_own ? 0 : DBX_ENOMEM;
+  if (fstat(l->fd, &st) != 0) {
+    int e = errno;
+    return dbx_seterr(err, err_from_errno(e), "%s: cannot stat: %s", path, strerror(e));
+  }
+  l->fd_dev = (uint64_t)st.st_dev;
+  l->fd_ino = (uint64_t)st.st_ino;
+  if (!S_ISREG(st.st_mode))
+    return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: it is no longer a regular file", path);
+  if (l->plan && idx < l->plan->n) {
+    int rc = input_check(&l->plan->v[idx], &st, err);
+    if (rc) return rc;
+  }
+  if ((uint64_t)st.st_size < end) return changed(path, end, (uint64_t)st.st_size, err);
+  return 0;
 }
 
 /* pread that retries short reads; OUT *got < n only at the end of the file. */
@@ -321,8 +355,13 @@ static int pread_full(int fd, char *p, size_t n, uint64_t off, size_t *got, cons
 static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, uint64_t *startp, dbx_err *err) {
   char tmp[65536];
   size_t got;
-  uint64_t start = off, end = off + len;
   *startp = off;
+  /* Ranges come from a peer: an empty one owns no line; one past 2^64 is malformed. */
+  if (len == 0) return 0;
+  if (off > UINT64_MAX - len)
+    return dbx_seterr(err, DBX_EPROTO, "%s: byte range %llu+%llu is out of bounds", path, (unsigned long long)off,
+                      (unsigned long long)len);
+  uint64_t start = off, end = off + len;
   int rc;
   if (off > 0) {
     /* Find the first line start at or after off: just after a newline at >= off-1. */
@@ -330,7 +369,7 @@ static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, u
     for (;;) {
       if (p >= end) return 0;  /* no line starts inside the range */
       if ((rc = pread_full(l->fd, tmp, sizeof tmp, p, &got, path, err))) return rc;
-      if (got == 0) return 0;
+      if (got == 0) return changed(path, end, p, err);  /* the plan had bytes up to end */
       char *nl = memchr(tmp, '\n', got);
       if (nl) { start = p + (uint64_t)(nl - tmp) + 1; break; }
       p += got;
@@ -341,10 +380,7 @@ static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, u
   size_t n = (size_t)(end - start);
   if ((rc = dbx_buf_reserve(&l->buf, n + 1))) return rc;
   if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, n, start, &got, path, err))) return rc;
-  if (got < n)
-    return dbx_seterr(err, DBX_EIO, "%s: file shrank while being read (expected bytes up to %llu, "
-                      "it ends at %llu)", path, (unsigned long long)end,
-                      (unsigned long long)(start + got));
+  if (got < n) return changed(path, end, start + got, err);
   l->buf.len += got;
   /* Finish the line the range ends in. */
   uint64_t p = end;
@@ -385,7 +421,9 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
       shipped_off += v->data_len;
       continue;
     }
-    int rc = open_cached(l, v->path, err);
+    if (s->len > UINT64_MAX - s->off)
+      return dbx_seterr(err, DBX_EPROTO, "%s: batch %u has an invalid byte range", v->path, b->index);
+    int rc = open_checked(l, v->path, s->input, s->off + s->len, err);
     if (rc) return rc;
     v->data_off = l->buf.len;
     if (b->whole) {
@@ -393,9 +431,7 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
       if ((rc = dbx_buf_reserve(&l->buf, (size_t)s->len + 1))) return rc;
       if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, (size_t)s->len, s->off, &got, v->path, err)))
         return rc;
-      if (got < s->len)
-        return dbx_seterr(err, DBX_EIO, "%s: file shrank while being read (%llu of %llu bytes)", v->path,
-                          (unsigned long long)got, (unsigned long long)s->len);
+      if (got < s->len) return changed(v->path, s->off + s->len, s->off + got, err);
       l->buf.len += got;
       v->data_len = got;
       continue;

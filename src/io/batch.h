@@ -63,6 +63,11 @@ void splitter_free(splitter *s);
 typedef struct loader loader;
 loader *loader_new(void);
 void loader_free(loader *l);
+/* Check every file read against in (borrowed; it must outlive the loader's loads, NULL
+ * turns it off): the same regular file as planned (device, inode, size, mtime), else
+ * DBX_ECHANGED naming the file. Without it (a worker that knows only paths) a load still
+ * fails with DBX_ECHANGED when a file is no longer regular or ends before a segment does. */
+void loader_expect(loader *l, const inputs *in);
 /* Fill *view with the batch's lines, newline-terminated. view and its data stay valid until
  * the next loader_load() or loader_free(). paths[i] is the path of input i. */
 int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_batch *view,

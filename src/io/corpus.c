@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "util/err.h"
+#include "util/log.h"
 
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
@@ -55,6 +56,7 @@ static char *join(const char *a, const char *b) {
   return p;
 }
 
+/* Takes ownership of path, also on failure. */
 static int push(corpus *c, size_t *cap, char *path, const char *label, const struct stat *st) {
   if (c->in.n == *cap) {
     size_t nc = *cap ? *cap * 2 : 256;
@@ -62,14 +64,13 @@ static int push(corpus *c, size_t *cap, char *path, const char *label, const str
     char **nl = realloc(c->label, nc * sizeof *nl);
     if (nv) c->in.v = nv;
     if (nl) c->label = nl;
-    if (!nv || !nl) return DBX_ENOMEM;
+    if (!nv || !nl) { free(path); return DBX_ENOMEM; }  /* path is ours either way */
     *cap = nc;
   }
   input *x = &c->in.v[c->in.n];
   x->path = path;
   x->kind = IN_PLAIN;
-  x->size = (uint64_t)st->st_size;
-  x->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+  input_set_stat(x, st);
   c->label[c->in.n] = strdup(label);
   c->in.n++;
   c->nlabel = c->in.n;
@@ -115,7 +116,10 @@ int corpus_open(const char *path, corpus *c, dbx_err *err) {
       }
       if (!rc && S_ISDIR(fs.st_mode))
         rc = dbx_seterr(err, DBX_EISDIR, "%s: a directory inside label folder '%s'; documents must be files", p, labels[i]);
-      if (!rc) {
+      if (!rc && !S_ISREG(fs.st_mode)) {
+        /* A FIFO would block the read forever, a device never end: not a document. */
+        log_warn("%s: skipped: not a regular file (a FIFO, socket or device), not a document", p);
+      } else if (!rc) {
         rc = push(c, &cap, p, labels[i], &fs);
         p = NULL;
       }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "util/err.h"
+#include "util/log.h"
 
 static int ends_with(const char *s, const char *suf) {
   size_t n = strlen(s), m = strlen(suf);
@@ -38,20 +39,69 @@ static int push(inputs *in, size_t *cap, const char *path, const struct stat *st
   x->kind = input_kind_of(path);
   x->size = 0;
   x->mtime_ns = 0;
-  if (st) {
-    if (!S_ISREG(st->st_mode)) x->kind = IN_STREAM;
-    else x->size = (uint64_t)st->st_size;
-    x->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-  }
+  x->dev = x->ino = 0;
+  if (st) input_set_stat(x, st);
   in->n++;
   return 0;
+}
+
+void input_set_stat(input *x, const struct stat *st) {
+  x->size = (uint64_t)st->st_size;
+  x->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+  x->dev = (uint64_t)st->st_dev;
+  x->ino = (uint64_t)st->st_ino;
+}
+
+int input_check(const input *x, const struct stat *st, dbx_err *err) {
+  if (x->kind == IN_STREAM) return 0;
+  int64_t mt = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+  const char *what = NULL;
+  char sz[96];
+  if ((uint64_t)st->st_dev != x->dev || (uint64_t)st->st_ino != x->ino) {
+    what = "was replaced by another file";
+  } else if ((uint64_t)st->st_size != x->size) {
+    snprintf(sz, sizeof sz, "is now %llu bytes, it was %llu when the job was planned",
+             (unsigned long long)st->st_size, (unsigned long long)x->size);
+    what = sz;
+  } else if (mt != x->mtime_ns) {
+    what = "was modified (its modification time changed)";
+  }
+  if (!what) return 0;
+  return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: it %s; "
+                    "no result was committed: run the job again once the file is stable", x->path, what);
+}
+
+int inputs_check_unchanged(const inputs *in, dbx_err *err) {
+  for (size_t i = 0; in && i < in->n; i++) {
+    const input *x = &in->v[i];
+    if (x->kind == IN_STREAM) continue;
+    struct stat st;
+    if (stat(x->path, &st) != 0) {
+      int e = errno;
+      return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: %s; "
+                        "no result was committed: run the job again once the file is stable",
+                        x->path, strerror(e));
+    }
+    int rc = input_check(x, &st, err);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static const char *kind_name(mode_t m) {
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "not a regular file";
 }
 
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int add_path(inputs *in, size_t *cap, const char *path, int depth, dbx_err *err);
+/* listed: path came from a directory walk or a pattern, not from the command line. */
+static int add_path(inputs *in, size_t *cap, const char *path, int depth, int listed, dbx_err *err);
 
 static int add_dir(inputs *in, size_t *cap, const char *path, int depth, dbx_err *err) {
   if (depth > 64) return dbx_seterr(err, DBX_EINVAL, "%s: directories nested too deep (symlink loop?)", path);
@@ -82,7 +132,7 @@ static int add_dir(inputs *in, size_t *cap, const char *path, int depth, dbx_err
     if (!child) { rc = DBX_ENOMEM; break; }
     int slash = path[strlen(path) - 1] == '/';
     snprintf(child, len, "%s%s%s", path, slash ? "" : "/", names[i]);
-    rc = add_path(in, cap, child, depth + 1, err);
+    rc = add_path(in, cap, child, depth + 1, 1, err);
     free(child);
   }
 done:
@@ -92,13 +142,24 @@ done:
   return rc;
 }
 
-static int add_path(inputs *in, size_t *cap, const char *path, int depth, dbx_err *err) {
+static int add_path(inputs *in, size_t *cap, const char *path, int depth, int listed, dbx_err *err) {
   struct stat st;
   if (stat(path, &st) != 0) {
     int e = errno;
     return dbx_seterr(err, err_from_errno(e), "%s: %s", path, strerror(e));
   }
   if (S_ISDIR(st.st_mode)) return add_dir(in, cap, path, depth, err);
+  /* Opening a FIFO blocks until a writer comes, a device may never end: only regular files
+   * are inputs (a stream comes in as '-'). Decided on stat, before any open. */
+  if (!S_ISREG(st.st_mode)) {
+    if (listed) {
+      log_warn("%s: skipped: %s, not a regular file", path, kind_name(st.st_mode));
+      return 0;
+    }
+    return dbx_seterr(err, DBX_EUSAGE, "%s: is %s; inputs are regular files or directories "
+                      "(to read a stream, give '-' and redirect it: ... - < %s)", path,
+                      kind_name(st.st_mode), path);
+  }
   if (access(path, R_OK) != 0) {
     int e = errno;
     return dbx_seterr(err, err_from_errno(e), "%s: cannot read: %s", path, strerror(e));
@@ -126,12 +187,12 @@ int inputs_expand(char *const *args, size_t nargs, inputs *out, dbx_err *err) {
       } else if (grc != 0) {
         rc = dbx_seterr(err, DBX_EIO, "%s: cannot expand pattern", a);
       } else {
-        for (size_t k = 0; k < g.gl_pathc && !rc; k++) rc = add_path(out, &cap, g.gl_pathv[k], 0, err);
+        for (size_t k = 0; k < g.gl_pathc && !rc; k++) rc = add_path(out, &cap, g.gl_pathv[k], 0, 1, err);
       }
       globfree(&g);
       continue;
     }
-    rc = add_path(out, &cap, a, 0, err);
+    rc = add_path(out, &cap, a, 0, 0, err);
   }
   if (rc) inputs_free(out);
   return rc;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -17,6 +18,9 @@ struct reader {
   const char *path;    /* borrowed from the input */
   in_kind kind;
   int fd, own_fd;
+  int planned;         /* a file with a planned size: reading must end exactly there */
+  uint64_t want;       /* its planned size on disk */
+  uint64_t raw_read;   /* bytes read from fd */
   unsigned char *raw;  /* compressed bytes */
   size_t raw_len, raw_pos;
   uint64_t raw_off;    /* compressed bytes consumed */
@@ -36,13 +40,36 @@ int reader_open(const input *in, reader **out, dbx_err *err) {
   if (strcmp(in->path, "-") == 0) {
     r->fd = STDIN_FILENO;
   } else {
-    r->fd = open(in->path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO put in the file's place must not block the open; fstat then
+     * refuses anything that is not the regular file that was planned. */
+    r->fd = open(in->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (r->fd < 0) {
       int e = errno;
       free(r);
       return dbx_seterr(err, err_from_errno(e), "%s: cannot open: %s", in->path, strerror(e));
     }
     r->own_fd = 1;
+    struct stat st;
+    int rc = 0;
+    if (fstat(r->fd, &st) != 0) {
+      int e = errno;
+      rc = dbx_seterr(err, err_from_errno(e), "%s: cannot stat: %s", in->path, strerror(e));
+    } else if (!S_ISREG(st.st_mode)) {
+      rc = dbx_seterr(err, DBX_EUSAGE, "%s: not a regular file; give a stream as '-'", in->path);
+    } else if (in->kind != IN_STREAM) {
+      rc = input_check(in, &st, err);
+      r->planned = 1;
+      r->want = in->size;
+    }
+    if (!rc && fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+      int e = errno;
+      rc = dbx_seterr(err, err_from_errno(e), "%s: cannot open: %s", in->path, strerror(e));
+    }
+    if (rc) {
+      close(r->fd);
+      free(r);
+      return rc;
+    }
   }
   /* A .gz or .zst name on standard input or a pipe still means compressed. */
   in_kind k = input_kind_of(in->path);
@@ -65,16 +92,37 @@ nomem:
   return DBX_ENOMEM;
 }
 
-static int fill_raw(reader *r, dbx_err *err) {
-  if (r->raw_pos < r->raw_len || r->raw_eof) return 0;
+/* The end of a planned file must come exactly at its planned size: earlier means it was
+ * truncated, later that it grew, both while the job ran. */
+static int check_end(reader *r, dbx_err *err) {
+  if (!r->planned || r->raw_read == r->want) return 0;
+  return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: reading it ended at byte %llu, "
+                    "it had %llu bytes when the job was planned; no result was committed: run the job "
+                    "again once the file is stable", r->path, (unsigned long long)r->raw_read,
+                    (unsigned long long)r->want);
+}
+
+/* read(2) that retries EINTR; counts bytes into raw_read and checks the planned end. */
+static int read_fd(reader *r, char *buf, size_t cap, size_t *got, dbx_err *err) {
   ssize_t k;
-  do k = read(r->fd, r->raw, RAW_CHUNK); while (k < 0 && errno == EINTR);
+  do k = read(r->fd, buf, cap); while (k < 0 && errno == EINTR);
   if (k < 0) {
     int e = errno;
     return dbx_seterr(err, err_from_errno(e), "%s: read error at byte %llu: %s", r->path,
-                      (unsigned long long)r->raw_off, strerror(e));
+                      (unsigned long long)r->raw_read, strerror(e));
   }
-  r->raw_len = (size_t)k;
+  r->raw_read += (uint64_t)k;
+  *got = (size_t)k;
+  if (k == 0 || (r->planned && r->raw_read > r->want)) return check_end(r, err);
+  return 0;
+}
+
+static int fill_raw(reader *r, dbx_err *err) {
+  if (r->raw_pos < r->raw_len || r->raw_eof) return 0;
+  size_t k;
+  int rc = read_fd(r, (char *)r->raw, RAW_CHUNK, &k, err);
+  if (rc) return rc;
+  r->raw_len = k;
   r->raw_pos = 0;
   if (k == 0) r->raw_eof = 1;
   return 0;
@@ -140,15 +188,9 @@ static int read_zst(reader *r, char *buf, size_t cap, size_t *got, dbx_err *err)
 int reader_read(reader *r, char *buf, size_t cap, size_t *got, dbx_err *err) {
   if (r->kind == IN_GZ) return read_gz(r, buf, cap, got, err);
   if (r->kind == IN_ZST) return read_zst(r, buf, cap, got, err);
-  ssize_t k;
-  do k = read(r->fd, buf, cap); while (k < 0 && errno == EINTR);
-  if (k < 0) {
-    int e = errno;
-    return dbx_seterr(err, err_from_errno(e), "%s: read error at byte %llu: %s", r->path,
-                      (unsigned long long)r->raw_off, strerror(e));
-  }
-  r->raw_off += (uint64_t)k;
-  *got = (size_t)k;
+  int rc = read_fd(r, buf, cap, got, err);
+  if (rc) return rc;
+  r->raw_off += *got;
   return 0;
 }
 

@@ -5,18 +5,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void head(msgpack_packer *pk, dbx_buf *out, msg_type t, uint32_t nfields) {
+/* Clear out and start a message; the encoders end with mpk_close(), which fails with
+ * DBX_ENOMEM (and leaves out empty) if any write failed: a caller never sends half a message. */
+static msgpack_packer *head(mpk *m, dbx_buf *out, msg_type t, uint32_t nfields) {
   out->len = 0;
-  mpk_init(pk, out);
+  msgpack_packer *pk = mpk_open(m, out);
   msgpack_pack_array(pk, 3 + nfields);
   msgpack_pack_str_with_body(pk, "DBX", 3);
   msgpack_pack_uint64(pk, PROTO_VERSION);
   msgpack_pack_uint64(pk, (uint64_t)t);
+  return pk;
 }
 
-/* msgpack-c packers report allocation failure through their return values; a packer over a
- * dbx_buf only fails on ENOMEM, so the encoders check the buffer once at the end. */
-static int done(const dbx_buf *out) { return out->data ? 0 : DBX_ENOMEM; }
+/* msgpack bin and str lengths are 32-bit: a longer one cannot be encoded (the frame limit,
+ * --max-message, is lower anyway). */
+static int too_big(dbx_buf *out, size_t n) {
+  out->len = 0;
+  return n > UINT32_MAX ? DBX_EINVAL : 0;
+}
 
 static void pack_str(msgpack_packer *pk, const char *s) {
   size_t n = s ? strlen(s) : 0;
@@ -24,108 +30,111 @@ static void pack_str(msgpack_packer *pk, const char *s) {
 }
 
 int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int shared_fs) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_HELLO, 4);
-  msgpack_pack_uint64(&pk, slots);
-  pack_str(&pk, host);
-  msgpack_pack_uint64(&pk, pid);
-  if (shared_fs) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
-  return done(out);
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_HELLO, 4);
+  msgpack_pack_uint64(pk, slots);
+  pack_str(pk, host);
+  msgpack_pack_uint64(pk, pid);
+  if (shared_fs) msgpack_pack_true(pk); else msgpack_pack_false(pk);
+  return mpk_close(&m);
 }
 
 int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_WELCOME, 2);
-  msgpack_pack_uint64(&pk, worker_id);
-  msgpack_pack_uint64(&pk, heartbeat_ms);
-  return done(out);
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_WELCOME, 2);
+  msgpack_pack_uint64(pk, worker_id);
+  msgpack_pack_uint64(pk, heartbeat_ms);
+  return mpk_close(&m);
 }
 
 int msg_refuse(dbx_buf *out, const char *reason) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_REFUSE, 1);
-  pack_str(&pk, reason);
-  return done(out);
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_REFUSE, 1);
+  pack_str(pk, reason);
+  return mpk_close(&m);
 }
 
 int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_STAGE, 5);
-  msgpack_pack_uint64(&pk, stage);
-  pack_str(&pk, op);
-  msgpack_pack_bin_with_body(&pk, cfg_len ? cfg : "", cfg_len);
-  msgpack_pack_bin_with_body(&pk, bcast_len ? bcast : "", bcast_len);
-  msgpack_pack_array(&pk, npaths);
-  for (uint32_t i = 0; i < npaths; i++) pack_str(&pk, paths[i]);
-  return done(out);
+  if (too_big(out, bcast_len) || too_big(out, cfg_len)) return DBX_EINVAL;
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_STAGE, 5);
+  msgpack_pack_uint64(pk, stage);
+  pack_str(pk, op);
+  msgpack_pack_bin_with_body(pk, cfg_len ? cfg : "", cfg_len);
+  msgpack_pack_bin_with_body(pk, bcast_len ? bcast : "", bcast_len);
+  msgpack_pack_array(pk, npaths);
+  for (uint32_t i = 0; i < npaths; i++) pack_str(pk, paths[i]);
+  return mpk_close(&m);
 }
 
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_TASK, 7);
-  msgpack_pack_uint64(&pk, stage);
-  msgpack_pack_uint64(&pk, b->index);
-  msgpack_pack_uint64(&pk, attempt);
-  msgpack_pack_array(&pk, b->nseg);
+  if (too_big(out, b->shipped ? b->data.len : 0)) return DBX_EINVAL;
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_TASK, 7);
+  msgpack_pack_uint64(pk, stage);
+  msgpack_pack_uint64(pk, b->index);
+  msgpack_pack_uint64(pk, attempt);
+  msgpack_pack_array(pk, b->nseg);
   for (uint32_t i = 0; i < b->nseg; i++) {
     const bseg *s = &b->seg[i];
-    msgpack_pack_array(&pk, 6);
-    msgpack_pack_uint64(&pk, s->input);
-    msgpack_pack_uint64(&pk, s->off);
-    msgpack_pack_uint64(&pk, s->len);
-    msgpack_pack_uint64(&pk, s->rec_first);
-    msgpack_pack_uint64(&pk, s->rec_count);
-    msgpack_pack_uint64(&pk, s->dlen);
+    msgpack_pack_array(pk, 6);
+    msgpack_pack_uint64(pk, s->input);
+    msgpack_pack_uint64(pk, s->off);
+    msgpack_pack_uint64(pk, s->len);
+    msgpack_pack_uint64(pk, s->rec_first);
+    msgpack_pack_uint64(pk, s->rec_count);
+    msgpack_pack_uint64(pk, s->dlen);
   }
-  if (b->shipped) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
-  msgpack_pack_bin_with_body(&pk, b->shipped && b->data.len ? b->data.data : "", b->shipped ? b->data.len : 0);
-  if (b->whole) msgpack_pack_true(&pk); else msgpack_pack_false(&pk);
-  return done(out);
+  if (b->shipped) msgpack_pack_true(pk); else msgpack_pack_false(pk);
+  msgpack_pack_bin_with_body(pk, b->shipped && b->data.len ? b->data.data : "", b->shipped ? b->data.len : 0);
+  if (b->whole) msgpack_pack_true(pk); else msgpack_pack_false(pk);
+  return mpk_close(&m);
 }
 
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
                uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
                double map_seconds, const char *partial, size_t partial_len) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_RESULT, 9);
-  msgpack_pack_uint64(&pk, stage);
-  msgpack_pack_uint64(&pk, index);
-  msgpack_pack_uint64(&pk, attempt);
-  msgpack_pack_uint64(&pk, records);
-  msgpack_pack_uint64(&pk, bad);
-  msgpack_pack_uint64(&pk, bytes);
-  msgpack_pack_double(&pk, map_seconds);
-  msgpack_pack_bin_with_body(&pk, partial_len ? partial : "", partial_len);
-  pack_str(&pk, bad_note);
-  return done(out);
+  if (too_big(out, partial_len)) return DBX_EINVAL;
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_RESULT, 9);
+  msgpack_pack_uint64(pk, stage);
+  msgpack_pack_uint64(pk, index);
+  msgpack_pack_uint64(pk, attempt);
+  msgpack_pack_uint64(pk, records);
+  msgpack_pack_uint64(pk, bad);
+  msgpack_pack_uint64(pk, bytes);
+  msgpack_pack_double(pk, map_seconds);
+  msgpack_pack_bin_with_body(pk, partial_len ? partial : "", partial_len);
+  pack_str(pk, bad_note);
+  return mpk_close(&m);
 }
 
 int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
                 const char *text) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_FAILURE, 5);
-  msgpack_pack_uint64(&pk, stage);
-  msgpack_pack_uint64(&pk, index);
-  msgpack_pack_uint64(&pk, attempt);
-  msgpack_pack_int64(&pk, code);
-  pack_str(&pk, text);
-  return done(out);
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_FAILURE, 5);
+  msgpack_pack_uint64(pk, stage);
+  msgpack_pack_uint64(pk, index);
+  msgpack_pack_uint64(pk, attempt);
+  msgpack_pack_int64(pk, code);
+  pack_str(pk, text);
+  return mpk_close(&m);
 }
 
 int msg_simple(dbx_buf *out, msg_type type) {
-  msgpack_packer pk;
-  head(&pk, out, type, 0);
-  return done(out);
+  mpk m;
+  head(&m, out, type, 0);
+  return mpk_close(&m);
 }
 
 int msg_cancel(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt) {
-  msgpack_packer pk;
-  head(&pk, out, MSG_CANCEL, 3);
-  msgpack_pack_uint64(&pk, stage);
-  msgpack_pack_uint64(&pk, index);
-  msgpack_pack_uint64(&pk, attempt);
-  return done(out);
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_CANCEL, 3);
+  msgpack_pack_uint64(pk, stage);
+  msgpack_pack_uint64(pk, index);
+  msgpack_pack_uint64(pk, attempt);
+  return mpk_close(&m);
 }
 
 /* ---- decoding ---- */
@@ -184,8 +193,9 @@ static const uint32_t nfields[MSG_TYPE_MAX] = {
 
 static int decode_task(const msgpack_object *f, msg *m) {
   if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) return -1;
-  if (m->index > UINT32_MAX || f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size > PROTO_MAX_SEGS)
-    return -1;
+  if (m->index > UINT32_MAX) return -1;
+  m->ids_ok = 1;
+  if (f[3].type != MSGPACK_OBJECT_ARRAY || f[3].via.array.size > PROTO_MAX_SEGS) return -1;
   uint32_t n = f[3].via.array.size;
   batchdesc *b = &m->batch;
   b->index = (uint32_t)m->index;
@@ -203,6 +213,9 @@ static int decode_task(const msgpack_object *f, msg *m) {
         get_u64(&v[5], &g->dlen))
       return -1;
     if (g->off + g->len < g->off) return -1;
+    /* A known record range must not wrap (line numbers are computed from it). */
+    if (g->rec_first != DBX_UNKNOWN && g->rec_count != DBX_UNKNOWN && g->rec_first + g->rec_count < g->rec_first)
+      return -1;
     g->input = (uint32_t)in_idx;
   }
   const char *data;
@@ -213,9 +226,16 @@ static int decode_task(const msgpack_object *f, msg *m) {
     b->data.data = (char *)data;
     b->data.len = dn;
     b->data.cap = 0;
-    uint64_t total = 0;
-    for (uint32_t i = 0; i < n; i++) total += b->seg[i].dlen;
-    if (total != dn) return -1;
+    /* Every length is checked against what is left, so a sum that wraps around 2^64 cannot
+     * pass as the length of data. */
+    uint64_t left = dn;
+    for (uint32_t i = 0; i < n; i++) {
+      if (b->seg[i].dlen > left) return -1;
+      left -= b->seg[i].dlen;
+    }
+    if (left) return -1;
+  } else {
+    if (dn) return -1;  /* a batch by reference carries no bytes: the worker reads each range */
   }
   return 0;
 }
@@ -270,11 +290,15 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
       goto bad;
     m->npaths = f[4].via.array.size;
     m->paths = f[4].via.array.ptr;
-    for (uint32_t i = 0; i < m->npaths; i++)
-      if (m->paths[i].type != MSGPACK_OBJECT_STR) goto bad;
+    for (uint32_t i = 0; i < m->npaths; i++)  /* paths become C strings: no NUL inside */
+      if (m->paths[i].type != MSGPACK_OBJECT_STR ||
+          (m->paths[i].via.str.size && memchr(m->paths[i].via.str.ptr, 0, m->paths[i].via.str.size)))
+        goto bad;
     break;
   case MSG_TASK:
+    why = "a task field has the wrong type or is out of range (segment lengths must add up to the shipped bytes)";
     if (decode_task(f, m)) goto bad;
+    m->ids_ok = 0;
     break;
   case MSG_RESULT:
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||

@@ -43,8 +43,11 @@ typedef struct msg {
   /* REFUSE, FAILURE */
   const char *text; size_t text_len;
   int64_t code;
-  /* STAGE, TASK, RESULT, FAILURE, CANCEL */
+  /* STAGE, TASK, RESULT, FAILURE, CANCEL. When msg_decode fails on a TASK whose stage, index
+   * and attempt were readable, it keeps them and sets ids_ok, so the worker can answer that
+   * attempt with a failure instead of leaving it to time out. */
   uint64_t stage, index, attempt;
+  int ids_ok;
   /* STAGE */
   const char *op; size_t op_len;
   const char *cfg; size_t cfg_len;

@@ -61,13 +61,21 @@ static void bc_free(void *p) {
   free(b);
 }
 
+/* n doubles from a bin of exactly n * 8 bytes; -1 if the size is wrong, -2 if one of them is
+ * NaN or infinite (a model with such a weight predicts nonsense, so it is refused). */
 static int get_doubles(const msgpack_object *o, size_t n, double **out) {
   if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n * sizeof(double)) return -1;
   *out = malloc(n ? n * sizeof(double) : 1);
   if (!*out) return -1;
   if (n) memcpy(*out, o->via.bin.ptr, n * sizeof(double));
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite((*out)[i])) return -2;
   return 0;
 }
+
+/* A name (class label, term) from a peer or a file: not empty, and no NUL, since names end
+ * up as C strings, column names and keys that end at a NUL. */
+static int good_name(const char *p, size_t n) { return n > 0 && !memchr(p, 0, n); }
 
 /* Parse a vocabulary or model payload object into b. Checks every size and that the
  * vocabulary is strictly sorted, so a damaged model cannot pass as a good one. */
@@ -104,7 +112,8 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
     return DBX_ENOMEM;
   for (uint32_t c = 0; c < b->C; c++) {
     const msgpack_object *s = &b->classes[c];
-    if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0 || cc->via.array.ptr[c].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    if (s->type != MSGPACK_OBJECT_STR || !good_name(s->via.str.ptr, s->via.str.size) ||
+        cc->via.array.ptr[c].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
       goto bad;
     b->class_count[c] = cc->via.array.ptr[c].via.u64;
     uint32_t id;
@@ -114,7 +123,7 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
   const msgpack_object *prev = NULL;
   for (uint32_t j = 0; j < b->V; j++) {
     const msgpack_object *t = &vo->via.array.ptr[j];
-    if (t->type != MSGPACK_OBJECT_STR || t->via.str.size == 0) goto bad;
+    if (t->type != MSGPACK_OBJECT_STR || !good_name(t->via.str.ptr, t->via.str.size)) goto bad;
     if (prev) {
       size_t m = prev->via.str.size < t->via.str.size ? prev->via.str.size : t->via.str.size;
       int d = memcmp(prev->via.str.ptr, t->via.str.ptr, m);
@@ -123,10 +132,20 @@ static int parse_payload(nb_bc *b, const msgpack_object *o, int want_model, dbx_
     prev = t;
   }
   b->terms = vo->via.array.ptr;
-  if (get_doubles(&a[k + 4], b->V, &b->idf)) goto bad;
-  if (want_model) {
-    if (get_doubles(&a[k + 5], (size_t)b->C * b->V, &b->flp) || get_doubles(&a[k + 6], b->C, &b->prior)) goto bad;
+  int g = get_doubles(&a[k + 4], b->V, &b->idf);
+  const char *field = "idf_";
+  if (!g && want_model) {
+    field = "feature_log_prob_";
+    g = get_doubles(&a[k + 5], (size_t)b->C * b->V, &b->flp);
+    if (!g) {
+      field = "class_log_prior_";
+      g = get_doubles(&a[k + 6], b->C, &b->prior);
+    }
   }
+  if (g == -2)
+    return dbx_seterr(err, DBX_EMODEL, "naive Bayes %s has a NaN or infinite weight in %s; it is damaged, train it again",
+                      what, field);
+  if (g) goto bad;
   b->has_payload = 1;
   return 0;
 bad:
@@ -158,6 +177,8 @@ static int bc_load(int want_model, const char *p, size_t n, void **out, dbx_err 
     const msgpack_object *e = &b->inputs[i];
     if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
         (e->via.array.ptr[0].type != MSGPACK_OBJECT_STR && e->via.array.ptr[0].type != MSGPACK_OBJECT_NIL) ||
+        (e->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
+         !good_name(e->via.array.ptr[0].via.str.ptr, e->via.array.ptr[0].via.str.size)) ||
         e->via.array.ptr[1].type != MSGPACK_OBJECT_STR) {
       rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed input table");
       goto done;
@@ -207,18 +228,19 @@ static const strmap *bc_vocab(nb_bc *b) {
 static const char *class_name(const nb_bc *b, uint32_t c, size_t *len) { return strmap_key(b->class_ix, c, len); }
 
 int nb_envelope(const corpus *c, const char *payload, size_t n, dbx_buf *out) {
-  msgpack_packer pk;
-  mpk_init(&pk, out);
-  msgpack_pack_array(&pk, 2);
-  msgpack_pack_array(&pk, (uint32_t)c->in.n);
+  if (n > UINT32_MAX || c->in.n > UINT32_MAX) return DBX_EINVAL;
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, out);
+  msgpack_pack_array(pk, 2);
+  msgpack_pack_array(pk, (uint32_t)c->in.n);
   for (size_t i = 0; i < c->in.n; i++) {
-    msgpack_pack_array(&pk, 2);
-    if (c->label) msgpack_pack_str_with_body(&pk, c->label[i], strlen(c->label[i]));
-    else msgpack_pack_nil(&pk);
-    msgpack_pack_str_with_body(&pk, c->in.v[i].path, strlen(c->in.v[i].path));
+    msgpack_pack_array(pk, 2);
+    if (c->label) msgpack_pack_str_with_body(pk, c->label[i], strlen(c->label[i]));
+    else msgpack_pack_nil(pk);
+    msgpack_pack_str_with_body(pk, c->in.v[i].path, strlen(c->in.v[i].path));
   }
-  msgpack_pack_bin_with_body(&pk, n ? payload : "", n);
-  return out->data ? 0 : DBX_ENOMEM;
+  msgpack_pack_bin_with_body(pk, n ? payload : "", n);
+  return mpk_close(&m);
 }
 
 /* ---- documents of a batch ---- */
@@ -255,6 +277,7 @@ static int bad_line(doc_iter *it, const char *line, const char *why, dbx_stats *
  * counted and skipped. */
 static int doc_next(doc_iter *it, nb_doc *d, dbx_stats *st, dbx_err *err) {
   const dbx_batch *b = it->b;
+  if (!it->bc) return dbx_seterr(err, DBX_EPROTO, "naive Bayes: the stage has no broadcast (input table)");
   while (it->seg < b->nseg) {
     const dbx_segment *s = &b->seg[it->seg];
     if (s->input >= it->bc->ninputs)
@@ -352,6 +375,7 @@ static void v_free(void *p) {
 
 static int v_map(const void *cfg, const void *bc, const dbx_batch *b, void *part, dbx_stats *st, dbx_err *err) {
   vpart *v = part;
+  if (!bc) return dbx_seterr(err, DBX_EPROTO, "naive Bayes vocabulary: the stage has no broadcast (input table)");
   doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
   nb_doc d;
   tok t;
@@ -401,6 +425,8 @@ static int add_map(strmap *l, const strmap *r) {
 static int v_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
   vpart *l = left;
   const vpart *r = right;
+  if (l->ndocs + r->ndocs < l->ndocs)
+    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: document count overflows (a malformed partial result?)");
   l->ndocs += r->ndocs;
   if (add_map(l->terms, r->terms) || add_map(l->labels, r->labels)) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   return 0;
@@ -419,21 +445,27 @@ static void pack_map(msgpack_packer *pk, const strmap *m) {
 
 static int v_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
   const vpart *v = part;
-  msgpack_packer pk;
-  mpk_init(&pk, out);
-  msgpack_pack_array(&pk, 3);
-  msgpack_pack_uint64(&pk, v->ndocs);
-  pack_map(&pk, v->labels);
-  pack_map(&pk, v->terms);
-  return out->data ? 0 : DBX_ENOMEM;
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, out);
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint64(pk, v->ndocs);
+  pack_map(pk, v->labels);
+  pack_map(pk, v->terms);
+  return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory encoding a partial result") : 0;
 }
 
-static int check_map(const msgpack_object *o) {
+/* [key, count, ...] with names and counts 1..max; *sum = the sum of the counts (no overflow). */
+static int check_map(const msgpack_object *o, uint64_t max, uint64_t *sum) {
   if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 2) return -1;
+  uint64_t t = 0;
   for (uint32_t i = 0; i < o->via.array.size; i += 2) {
     const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
-    if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return -1;
+    if (k->type != MSGPACK_OBJECT_STR || !good_name(k->via.str.ptr, k->via.str.size) ||
+        v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 == 0 || v->via.u64 > max || t + v->via.u64 < t)
+      return -1;
+    t += v->via.u64;
   }
+  if (sum) *sum = t;
   return 0;
 }
 
@@ -447,17 +479,23 @@ static int unpack_map(const msgpack_object *o, strmap *m) {
   return 0;
 }
 
-/* left += an encoded partial, in one pass (checked whole before anything is added). */
+/* left += an encoded partial, in one pass. It is checked whole before anything is added, so a
+ * rejected partial (DBX_ECORRUPT) leaves left unchanged; only DBX_ENOMEM can leave it half
+ * merged (and fails the job). A partial is consistent: every document has one label (the
+ * label counts add up to the documents), and a term is in 1..documents documents. */
 static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
   vpart *v = left;
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   size_t off = 0;
   int rc = 0;
-  if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
-      u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size != 3 ||
-      u.data.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || check_map(&u.data.via.array.ptr[1]) ||
-      check_map(&u.data.via.array.ptr[2]))
+  uint64_t nd = 0, labelled = 0;
+  const msgpack_object *a = NULL;
+  if (msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n && u.data.type == MSGPACK_OBJECT_ARRAY &&
+      u.data.via.array.size == 3 && u.data.via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+    a = u.data.via.array.ptr;
+  if (a) nd = a[0].via.u64;
+  if (!a || check_map(&a[1], nd, &labelled) || labelled != nd || check_map(&a[2], nd, NULL) || v->ndocs + nd < v->ndocs)
     rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
   else if (unpack_map(&u.data.via.array.ptr[1], v->labels) || unpack_map(&u.data.via.array.ptr[2], v->terms))
     rc = DBX_ENOMEM;
@@ -506,26 +544,41 @@ static int v_finish(const void *cfg, const void *bc, void *part, dbx_emit_fn emi
   vpart *v = part;
   if (v->ndocs == 0) return dbx_seterr(err, DBX_EINVAL, "no training documents");
   size_t C = strmap_count(v->labels), V = strmap_count(v->terms);
+  if (C > UINT32_MAX || V > UINT32_MAX) return dbx_seterr(err, DBX_EINVAL, "naive Bayes: too many classes or terms");
   kref *cl = sorted_keys(v->labels), *vo = sorted_keys(v->terms);
   double *idf = malloc((V ? V : 1) * sizeof *idf);
   int rc = 0;
   if (!cl || !vo || !idf) { rc = DBX_ENOMEM; goto done; }
+  /* Shapes are checked when partials are decoded; a merged total that still disagrees came
+   * from partials that do not belong together. */
+  uint64_t labelled = 0;
+  for (size_t c = 0; c < C; c++) labelled += cl[c].v;
+  for (size_t j = 0; j < V && labelled == v->ndocs; j++)
+    if (vo[j].v > v->ndocs) labelled = v->ndocs + 1;
+  if (labelled != v->ndocs) {
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: inconsistent document frequencies (merged partial results disagree)");
+    goto done;
+  }
   /* smooth_idf: as if one more document contained every term once. */
   for (size_t j = 0; j < V; j++) idf[j] = log((double)(1 + v->ndocs) / (double)(1 + vo[j].v)) + 1.0;
+  if ((uint64_t)V * sizeof *idf > UINT32_MAX) {
+    rc = dbx_seterr(err, DBX_EINVAL, "naive Bayes: a vocabulary of %zu terms is too large to broadcast", V);
+    goto done;
+  }
   dbx_buf payload = {0};
-  msgpack_packer pk;
-  mpk_init(&pk, &payload);
-  msgpack_pack_array(&pk, 6);
-  msgpack_pack_str_with_body(&pk, VOCAB_TAG, strlen(VOCAB_TAG));
-  msgpack_pack_uint64(&pk, v->ndocs);
-  msgpack_pack_array(&pk, (uint32_t)C);
-  for (size_t c = 0; c < C; c++) msgpack_pack_str_with_body(&pk, cl[c].k, cl[c].n);
-  msgpack_pack_array(&pk, (uint32_t)C);
-  for (size_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, cl[c].v);
-  msgpack_pack_array(&pk, (uint32_t)V);
-  for (size_t j = 0; j < V; j++) msgpack_pack_str_with_body(&pk, vo[j].k, vo[j].n);
-  msgpack_pack_bin_with_body(&pk, V ? (const char *)idf : "", V * sizeof *idf);
-  if (!payload.data || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, &payload);
+  msgpack_pack_array(pk, 6);
+  msgpack_pack_str_with_body(pk, VOCAB_TAG, strlen(VOCAB_TAG));
+  msgpack_pack_uint64(pk, v->ndocs);
+  msgpack_pack_array(pk, (uint32_t)C);
+  for (size_t c = 0; c < C; c++) msgpack_pack_str_with_body(pk, cl[c].k, cl[c].n);
+  msgpack_pack_array(pk, (uint32_t)C);
+  for (size_t c = 0; c < C; c++) msgpack_pack_uint64(pk, cl[c].v);
+  msgpack_pack_array(pk, (uint32_t)V);
+  for (size_t j = 0; j < V; j++) msgpack_pack_str_with_body(pk, vo[j].k, vo[j].n);
+  msgpack_pack_bin_with_body(pk, V ? (const char *)idf : "", V * sizeof *idf);
+  if (mpk_close(&m) || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
   dbx_buf_free(&payload);
 done:
   free(cl);
@@ -663,6 +716,8 @@ static int f_merge(const void *cfg, void *left, const void *right, dbx_err *err)
   if (!r->fc) return 0;
   if (!l->fc && f_alloc(l, r->C, r->V)) return DBX_ENOMEM;
   if (l->C != r->C || l->V != r->V) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: partials of different shapes");
+  for (uint32_t c = 0; c < l->C; c++)
+    if (l->cc[c] + r->cc[c] < l->cc[c]) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: class counts overflow");
   size_t n = (size_t)l->C * l->V;
   for (size_t i = 0; i < n; i++) l->fc[i] += r->fc[i];
   for (uint32_t c = 0; c < l->C; c++) l->cc[c] += r->cc[c];
@@ -671,17 +726,19 @@ static int f_merge(const void *cfg, void *left, const void *right, dbx_err *err)
 
 static int f_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
   const fpart *f = part;
-  msgpack_packer pk;
-  mpk_init(&pk, out);
-  msgpack_pack_array(&pk, 4);
-  msgpack_pack_uint32(&pk, f->fc ? f->C : 0);
-  msgpack_pack_uint32(&pk, f->fc ? f->V : 0);
-  uint32_t C = f->fc ? f->C : 0;
-  msgpack_pack_array(&pk, C);
-  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, f->cc[c]);
   size_t n = f->fc ? (size_t)f->C * f->V * sizeof(double) : 0;
-  msgpack_pack_bin_with_body(&pk, n ? (const char *)f->fc : "", n);
-  return out->data ? 0 : DBX_ENOMEM;
+  if (n > UINT32_MAX)
+    return dbx_seterr(err, DBX_EINVAL, "naive Bayes: %u classes x %u terms is too large a partial result", f->C, f->V);
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, out);
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint32(pk, f->fc ? f->C : 0);
+  msgpack_pack_uint32(pk, f->fc ? f->V : 0);
+  uint32_t C = f->fc ? f->C : 0;
+  msgpack_pack_array(pk, C);
+  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(pk, f->cc[c]);
+  msgpack_pack_bin_with_body(pk, n ? (const char *)f->fc : "", n);
+  return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory encoding a partial result") : 0;
 }
 
 static int f_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
@@ -692,9 +749,11 @@ static int f_decode(const void *cfg, const char *p, size_t n, void **out, dbx_er
   int ok = f && msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
            u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 4;
   const msgpack_object *a = ok ? u.data.via.array.ptr : NULL;
+  /* C x V x 8 is compared without overflow: C, V < 2^32 and the bin is < 2^32 bytes. */
   ok = ok && a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
        a[0].via.u64 <= UINT32_MAX && a[1].via.u64 <= UINT32_MAX && a[2].type == MSGPACK_OBJECT_ARRAY &&
        a[2].via.array.size == a[0].via.u64 && a[3].type == MSGPACK_OBJECT_BIN &&
+       (a[0].via.u64 == 0 ? a[1].via.u64 == 0 : a[1].via.u64 <= UINT32_MAX / a[0].via.u64) &&
        a[3].via.bin.size == a[0].via.u64 * a[1].via.u64 * sizeof(double);
   if (ok && a[0].via.u64) {
     ok = !f_alloc(f, (uint32_t)a[0].via.u64, (uint32_t)a[1].via.u64);
@@ -703,6 +762,9 @@ static int f_decode(const void *cfg, const char *p, size_t n, void **out, dbx_er
       if (ok) f->cc[c] = a[2].via.array.ptr[c].via.u64;
     }
     if (ok) memcpy(f->fc, a[3].via.bin.ptr, a[3].via.bin.size);
+    /* Sums of L2-normalised rows: finite and not negative. */
+    size_t nv = (size_t)f->C * f->V;
+    for (size_t i = 0; ok && i < nv; i++) ok = isfinite(f->fc[i]) && f->fc[i] >= 0;
   }
   msgpack_unpacked_destroy(&u);
   if (!ok) {
@@ -713,17 +775,47 @@ static int f_decode(const void *cfg, const char *p, size_t n, void **out, dbx_er
   return 0;
 }
 
+/* A fit partial against the stage's vocabulary: the shape the vocabulary gives (classes x
+ * terms), or empty; class counts that add up without overflow. */
+int nb_fit_check(const void *cfg, const void *bcv, const void *part, dbx_err *err) {
+  const nb_bc *bc = bcv;
+  const fpart *f = part;
+  if (!bc || !bc->has_payload) return dbx_seterr(err, DBX_EPROTO, "naive Bayes fit: no vocabulary");
+  if (!f->fc) return 0;
+  if (f->C != bc->C || f->V != bc->V)
+    return dbx_seterr(err, DBX_ECORRUPT,
+                      "naive Bayes: partial result of %u classes x %u terms, but the vocabulary has %u x %u", f->C, f->V,
+                      bc->C, bc->V);
+  uint64_t total = 0;
+  for (uint32_t c = 0; c < f->C; c++) {
+    if (total + f->cc[c] < total) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: class counts overflow");
+    total += f->cc[c];
+  }
+  return 0;
+}
+
 static int f_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn emit, void *ctx,
                     dbx_buf *bcast, dbx_err *err) {
   const nb_bc *bc = bcv;
   fpart *f = part;
-  if (!bc || !f->fc) return dbx_seterr(err, DBX_EINVAL, "no training documents");
+  int rc = nb_fit_check(cfg, bcv, part, err);
+  if (rc) return rc;
+  if (!f->fc) return dbx_seterr(err, DBX_EINVAL, "no training documents");
   uint32_t C = f->C, V = f->V;
-  double *flp = malloc(((C && V) ? (size_t)C * V : 1) * sizeof *flp), *prior = malloc(C * sizeof *prior);
-  int rc = 0;
-  if (!flp || !prior) { rc = DBX_ENOMEM; goto done; }
   uint64_t total = 0;
   for (uint32_t c = 0; c < C; c++) total += f->cc[c];
+  if (total == 0) return dbx_seterr(err, DBX_EINVAL, "no training documents");
+  for (uint32_t c = 0; c < C; c++)
+    if (f->cc[c] == 0) {
+      size_t n;
+      const char *k = class_name(bc, c, &n);
+      return dbx_seterr(err, DBX_ECHANGED, "class '%.*s' has no training documents left (skipped tasks, or the input changed)",
+                        (int)(n > 200 ? 200 : n), k);
+    }
+  if ((uint64_t)C * V * sizeof(double) > UINT32_MAX)
+    return dbx_seterr(err, DBX_EINVAL, "naive Bayes: %u classes x %u terms is too large a model", C, V);
+  double *flp = malloc(((C && V) ? (size_t)C * V : 1) * sizeof *flp), *prior = malloc(C * sizeof *prior);
+  if (!flp || !prior) { rc = DBX_ENOMEM; goto done; }
   for (uint32_t c = 0; c < C; c++) {
     /* MultinomialNB, alpha = 1: log((fc + 1) / sum_j(fc + 1)); prior = log(cc / n). */
     const double *row = f->fc + (size_t)c * V;
@@ -734,28 +826,28 @@ static int f_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
     prior[c] = log((double)f->cc[c]) - log((double)total);
   }
   dbx_buf payload = {0};
-  msgpack_packer pk;
-  mpk_init(&pk, &payload);
-  msgpack_pack_array(&pk, 9);
-  msgpack_pack_str_with_body(&pk, MODEL_TAG, strlen(MODEL_TAG));
-  msgpack_pack_uint32(&pk, MODEL_VERSION);
-  msgpack_pack_uint64(&pk, total);
-  msgpack_pack_array(&pk, C);
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, &payload);
+  msgpack_pack_array(pk, 9);
+  msgpack_pack_str_with_body(pk, MODEL_TAG, strlen(MODEL_TAG));
+  msgpack_pack_uint32(pk, MODEL_VERSION);
+  msgpack_pack_uint64(pk, total);
+  msgpack_pack_array(pk, C);
   for (uint32_t c = 0; c < C; c++) {
     size_t n;
     const char *k = class_name(bc, c, &n);
-    msgpack_pack_str_with_body(&pk, k, n);
+    msgpack_pack_str_with_body(pk, k, n);
   }
-  msgpack_pack_array(&pk, C);
-  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(&pk, f->cc[c]);
-  msgpack_pack_array(&pk, V);
+  msgpack_pack_array(pk, C);
+  for (uint32_t c = 0; c < C; c++) msgpack_pack_uint64(pk, f->cc[c]);
+  msgpack_pack_array(pk, V);
   for (uint32_t j = 0; j < V; j++) {
-    msgpack_pack_str_with_body(&pk, bc->terms[j].via.str.ptr, bc->terms[j].via.str.size);
+    msgpack_pack_str_with_body(pk, bc->terms[j].via.str.ptr, bc->terms[j].via.str.size);
   }
-  msgpack_pack_bin_with_body(&pk, V ? (const char *)bc->idf : "", (size_t)V * sizeof(double));
-  msgpack_pack_bin_with_body(&pk, (C && V) ? (const char *)flp : "", (size_t)C * V * sizeof(double));
-  msgpack_pack_bin_with_body(&pk, (const char *)prior, C * sizeof(double));
-  if (!payload.data || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
+  msgpack_pack_bin_with_body(pk, V ? (const char *)bc->idf : "", (size_t)V * sizeof(double));
+  msgpack_pack_bin_with_body(pk, (C && V) ? (const char *)flp : "", (size_t)C * V * sizeof(double));
+  msgpack_pack_bin_with_body(pk, (const char *)prior, C * sizeof(double));
+  if (mpk_close(&m) || dbx_buf_append(bcast, payload.data, payload.len)) rc = DBX_ENOMEM;
   dbx_buf_free(&payload);
 done:
   free(flp);
@@ -797,8 +889,8 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
   double *jll = malloc(C * sizeof *jll);
   dbx_buf key = {0};
   if (!jll || tfidf_init(&x, V)) { free(jll); return DBX_ENOMEM; }
-  msgpack_packer pk;
-  mpk_init(&pk, &p->rows);
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, &p->rows);
   doc_iter it = {cfg, bc, b, 0, 0, 0, {0}};
   nb_doc d;
   int rc;
@@ -813,19 +905,19 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
       jll[c] = s + bc->prior[c];
       if (jll[c] > jll[best]) best = c;  /* ties: the first class */
     }
-    msgpack_pack_array(&pk, 4);
-    msgpack_pack_uint32(&pk, d.input);
-    msgpack_pack_int64(&pk, d.line);
-    msgpack_pack_uint32(&pk, best);
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint32(pk, d.input);
+    msgpack_pack_int64(pk, d.line);
+    msgpack_pack_uint32(pk, best);
     if (cf->proba) {
       /* predict_proba: exp(jll - logsumexp(jll)), logsumexp as scipy computes it. */
       double amax = jll[best], s = 0;
       for (uint32_t c = 0; c < C; c++) s += exp(jll[c] - amax);
       double lse = log(s) + amax;
       for (uint32_t c = 0; c < C; c++) jll[c] = exp(jll[c] - lse);
-      msgpack_pack_bin_with_body(&pk, (const char *)jll, C * sizeof *jll);
+      msgpack_pack_bin_with_body(pk, (const char *)jll, C * sizeof *jll);
     } else {
-      msgpack_pack_nil(&pk);
+      msgpack_pack_nil(pk);
     }
     p->nrows++;
     key.len = 0;
@@ -835,7 +927,7 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
       break;
     }
   }
-  if (!rc && !p->rows.data && p->nrows) rc = DBX_ENOMEM;
+  if (mpk_close(&m) && !rc) rc = dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory storing predictions");
   tfidf_free(&x);
   doc_iter_free(&it);
   free(jll);
@@ -846,6 +938,7 @@ static int p_map(const void *cfg, const void *bcv, const dbx_batch *b, void *par
 static int p_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
   ppart *l = left;
   const ppart *r = right;
+  if (l->nrows + r->nrows < l->nrows) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction count overflows");
   if (dbx_buf_append(&l->rows, r->rows.data, r->rows.len) || add_map(l->conf, r->conf))
     return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   l->nrows += r->nrows;
@@ -854,20 +947,114 @@ static int p_merge(const void *cfg, void *left, const void *right, dbx_err *err)
 
 static int p_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *err) {
   const ppart *p = part;
-  msgpack_packer pk;
-  mpk_init(&pk, out);
-  msgpack_pack_array(&pk, 3);
-  msgpack_pack_uint64(&pk, p->nrows);
-  msgpack_pack_bin_with_body(&pk, p->rows.len ? p->rows.data : "", p->rows.len);
   size_t n = strmap_count(p->conf);
-  msgpack_pack_array(&pk, (uint32_t)(2 * n));
+  if (p->rows.len > UINT32_MAX || n > UINT32_MAX / 2)
+    return dbx_seterr(err, DBX_EINVAL, "naive Bayes: predictions of one task too large to encode (%zu bytes)", p->rows.len);
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, out);
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint64(pk, p->nrows);
+  msgpack_pack_bin_with_body(pk, p->rows.len ? p->rows.data : "", p->rows.len);
+  msgpack_pack_array(pk, (uint32_t)(2 * n));
   for (uint32_t i = 0; i < n; i++) {
     size_t len;
     const char *k = strmap_key(p->conf, i, &len);
-    msgpack_pack_bin_with_body(&pk, k, len);
-    msgpack_pack_uint64(&pk, strmap_val(p->conf, i));
+    msgpack_pack_bin_with_body(pk, k, len);
+    msgpack_pack_uint64(pk, strmap_val(p->conf, i));
   }
-  return out->data ? 0 : DBX_ENOMEM;
+  return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory encoding a partial result") : 0;
+}
+
+/* A prediction row: [input, line, class, probabilities (bin) or nil]. Reads the row at *off
+ * of rows (advancing *off) into the OUT fields; -1 if it is not such a row. */
+typedef struct prow {
+  uint32_t input, cls;
+  int64_t line;
+  const char *proba;  /* NULL for nil */
+  size_t proba_len;
+} prow;
+
+static int prow_next(msgpack_unpacked *u, const char *rows, size_t n, size_t *off, prow *r) {
+  if (msgpack_unpack_next(u, rows, n, off) != MSGPACK_UNPACK_SUCCESS || u->data.type != MSGPACK_OBJECT_ARRAY ||
+      u->data.via.array.size != 4)
+    return -1;
+  const msgpack_object *a = u->data.via.array.ptr;
+  if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[0].via.u64 > UINT32_MAX ||
+      a[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[2].via.u64 > UINT32_MAX)
+    return -1;
+  if (a[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].via.u64 <= INT64_MAX) r->line = (int64_t)a[1].via.u64;
+  else if (a[1].type == MSGPACK_OBJECT_NEGATIVE_INTEGER && a[1].via.i64 == -1) r->line = -1;
+  else return -1;
+  if (a[3].type == MSGPACK_OBJECT_BIN) {
+    r->proba = a[3].via.bin.ptr;
+    r->proba_len = a[3].via.bin.size;
+  } else if (a[3].type == MSGPACK_OBJECT_NIL) {
+    r->proba = NULL;
+    r->proba_len = 0;
+  } else {
+    return -1;
+  }
+  r->input = (uint32_t)a[0].via.u64;
+  r->cls = (uint32_t)a[2].via.u64;
+  return 0;
+}
+
+/* A confusion key: "truth" (not empty, no NUL), NUL, class index (4 bytes). */
+static int conf_key(const char *k, size_t n, size_t *truth_len, uint32_t *cls) {
+  if (n < 6 || k[n - 5] != 0 || memchr(k, 0, n - 5)) return -1;
+  *truth_len = n - 5;
+  memcpy(cls, k + n - 4, sizeof *cls);
+  return 0;
+}
+
+/* Every row against the model and the stage's input table (when bc is not NULL), or only
+ * its shape (bc NULL): input and class indices in range, probabilities iff --proba. */
+static int p_rows_check(const nb_cfg *cf, const nb_bc *bc, const ppart *p, dbx_err *err) {
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  int rc = 0;
+  uint64_t i = 0;
+  for (; i < p->nrows && !rc; i++) {
+    prow r;
+    if (prow_next(&u, p->rows.data, p->rows.len, &off, &r))
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (prediction row %llu)", (unsigned long long)i);
+    else if (bc && r.input >= bc->ninputs)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu names input %u of %u", (unsigned long long)i,
+                      r.input, bc->ninputs);
+    else if (bc && r.cls >= bc->C)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu names class %u of %u", (unsigned long long)i,
+                      r.cls, bc->C);
+    else if (bc && (cf->proba ? !r.proba || r.proba_len != (size_t)bc->C * sizeof(double) : r.proba != NULL))
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu has %zu bytes of probabilities, expected %zu",
+                      (unsigned long long)i, r.proba_len, cf->proba ? (size_t)bc->C * sizeof(double) : (size_t)0);
+  }
+  if (!rc && off != p->rows.len)
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (bytes after %llu prediction rows)",
+                    (unsigned long long)p->nrows);
+  msgpack_unpacked_destroy(&u);
+  return rc;
+}
+
+/* A prediction partial against the stage's model and input table: every row and every
+ * confusion entry names an input and a class that exist. The coordinator calls it on a
+ * partial from a peer before merging it; finish calls it again. */
+int nb_predict_check(const void *cfg, const void *bcv, const void *part, dbx_err *err) {
+  const nb_bc *bc = bcv;
+  const ppart *p = part;
+  if (!bc || !bc->flp) return dbx_seterr(err, DBX_EPROTO, "naive Bayes predict: no model");
+  int rc = p_rows_check(cfg, bc, p, err);
+  size_t n = strmap_count(p->conf);
+  for (uint32_t i = 0; i < n && !rc; i++) {
+    size_t len, tl;
+    uint32_t cls;
+    const char *k = strmap_key(p->conf, i, &len);
+    if (conf_key(k, len, &tl, &cls))
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (confusion entry %u)", i);
+    else if (cls >= bc->C)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: confusion entry %u names class %u of %u", i, cls, bc->C);
+  }
+  return rc;
 }
 
 static int p_decode(const void *cfg, const char *buf, size_t n, void **out, dbx_err *err) {
@@ -880,19 +1067,29 @@ static int p_decode(const void *cfg, const char *buf, size_t n, void **out, dbx_
   const msgpack_object *a = ok ? u.data.via.array.ptr : NULL;
   ok = ok && a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type == MSGPACK_OBJECT_BIN &&
        a[2].type == MSGPACK_OBJECT_ARRAY && a[2].via.array.size % 2 == 0;
+  /* Each document is counted once in the confusion entries: they add up to the rows. */
+  uint64_t counted = 0;
   for (uint32_t i = 0; ok && i < a[2].via.array.size; i += 2) {
     const msgpack_object *k = &a[2].via.array.ptr[i], *v = &a[2].via.array.ptr[i + 1];
-    ok = k->type == MSGPACK_OBJECT_BIN && k->via.bin.size > 4 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+    size_t tl;
+    uint32_t cls;
+    ok = k->type == MSGPACK_OBJECT_BIN && !conf_key(k->via.bin.ptr, k->via.bin.size, &tl, &cls) &&
+         v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 > 0 && counted + v->via.u64 > counted &&
+         strmap_find(p->conf, k->via.bin.ptr, k->via.bin.size) < 0 &&
          !strmap_add(p->conf, k->via.bin.ptr, k->via.bin.size, v->via.u64, NULL);
+    if (ok) counted += v->via.u64;
   }
   if (ok) {
     p->nrows = a[0].via.u64;
-    ok = !dbx_buf_append(&p->rows, a[1].via.bin.ptr, a[1].via.bin.size);
+    ok = counted == p->nrows && !dbx_buf_append(&p->rows, a[1].via.bin.ptr, a[1].via.bin.size);
   }
   msgpack_unpacked_destroy(&u);
+  dbx_err rerr = {0, ""};
+  if (ok && p_rows_check(cfg, NULL, p, &rerr)) ok = 0;
   if (!ok) {
     p_free(p);
-    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (predictions)");
+    return rerr.code ? dbx_seterr(err, rerr.code, "%s", rerr.msg)
+                     : dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (predictions)");
   }
   *out = p;
   return 0;
@@ -903,9 +1100,10 @@ static int p_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
   const nb_cfg *cf = cfg;
   const nb_bc *bc = bcv;
   ppart *p = part;
-  if (!bc || !bc->flp) return dbx_seterr(err, DBX_EPROTO, "naive Bayes predict: no model");
+  /* Whatever the engine checked on arrival, nothing below indexes by a value not checked here. */
+  int rc = nb_predict_check(cfg, bcv, part, err);
+  if (rc) return rc;
   uint32_t C = bc->C;
-  int rc = 0;
   dbx_value *row = calloc(2 + C, sizeof *row);
   char *name = NULL;
   size_t name_cap = 0;
@@ -914,20 +1112,12 @@ static int p_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   for (uint64_t i = 0; emit && i < p->nrows && !rc; i++) {
-    if (msgpack_unpack_next(&u, p->rows.data, p->rows.len, &off) != MSGPACK_UNPACK_SUCCESS ||
-        u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size != 4) {
+    prow r;
+    if (prow_next(&u, p->rows.data, p->rows.len, &off, &r)) {  /* checked above: cannot happen */
       rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
       break;
     }
-    const msgpack_object *a = u.data.via.array.ptr;
-    uint64_t in = a[0].via.u64, cls = a[2].via.u64;
-    if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || in >= bc->ninputs || a[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-        cls >= C || (a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
-      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
-      break;
-    }
-    const msgpack_object *nm = &bc->inputs[in].via.array.ptr[1];
-    int64_t line = a[1].via.i64;
+    const msgpack_object *nm = &bc->inputs[r.input].via.array.ptr[1];
     size_t need = nm->via.str.size + 32;
     if (need > name_cap) {
       char *nn = realloc(name, need);
@@ -935,18 +1125,13 @@ static int p_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
       name = nn;
       name_cap = need;
     }
-    int k = line >= 0 ? snprintf(name, need, "%.*s:%lld", (int)nm->via.str.size, nm->via.str.ptr, (long long)line)
-                      : snprintf(name, need, "%.*s", (int)nm->via.str.size, nm->via.str.ptr);
+    int k = r.line >= 0 ? snprintf(name, need, "%.*s:%lld", (int)nm->via.str.size, nm->via.str.ptr, (long long)r.line)
+                        : snprintf(name, need, "%.*s", (int)nm->via.str.size, nm->via.str.ptr);
     row[0].s = name;
     row[0].n = (size_t)k;
-    row[1].s = class_name(bc, (uint32_t)cls, &row[1].n);
-    if (cf->proba) {
-      if (a[3].type != MSGPACK_OBJECT_BIN || a[3].via.bin.size != C * sizeof(double)) {
-        rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction row");
-        break;
-      }
-      for (uint32_t c = 0; c < C; c++) memcpy(&row[2 + c].d, a[3].via.bin.ptr + c * sizeof(double), sizeof(double));
-    }
+    row[1].s = class_name(bc, r.cls, &row[1].n);
+    if (cf->proba)
+      for (uint32_t c = 0; c < C; c++) memcpy(&row[2 + c].d, r.proba + c * sizeof(double), sizeof(double));
     rc = emit(ctx, row, err);
   }
   msgpack_unpacked_destroy(&u);
@@ -954,26 +1139,25 @@ static int p_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
   free(name);
   if (rc) return rc;
   /* The stage's output for the report: [documents, [truth, predicted, count]...]. */
-  msgpack_packer pk;
-  mpk_init(&pk, bcast);
   size_t n = strmap_count(p->conf);
-  msgpack_pack_array(&pk, 2);
-  msgpack_pack_uint64(&pk, p->nrows);
-  msgpack_pack_array(&pk, (uint32_t)n);
+  if (n > UINT32_MAX) return dbx_seterr(err, DBX_EINVAL, "naive Bayes: too many confusion entries");
+  mpk m;
+  msgpack_packer *pk = mpk_open(&m, bcast);
+  msgpack_pack_array(pk, 2);
+  msgpack_pack_uint64(pk, p->nrows);
+  msgpack_pack_array(pk, (uint32_t)n);
   for (uint32_t i = 0; i < n; i++) {
-    size_t len;
+    size_t len, tl = 0, pl;
+    uint32_t cls = 0;
     const char *k = strmap_key(p->conf, i, &len);
-    size_t tl = strlen(k);  /* the truth label ends at its NUL */
-    uint32_t cls;
-    memcpy(&cls, k + tl + 1, sizeof cls);
-    size_t pl;
+    conf_key(k, len, &tl, &cls);  /* checked by nb_predict_check */
     const char *pn = class_name(bc, cls, &pl);
-    msgpack_pack_array(&pk, 3);
-    msgpack_pack_str_with_body(&pk, k, tl);
-    msgpack_pack_str_with_body(&pk, pn, pl);
-    msgpack_pack_uint64(&pk, strmap_val(p->conf, i));
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_str_with_body(pk, k, tl);
+    msgpack_pack_str_with_body(pk, pn, pl);
+    msgpack_pack_uint64(pk, strmap_val(p->conf, i));
   }
-  return bcast->data ? 0 : DBX_ENOMEM;
+  return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory") : 0;
 }
 
 int nb_read_confusion(const char *p, size_t n, nb_confusion **out, size_t *nout, uint64_t *ndocs, dbx_err *err) {
@@ -984,7 +1168,8 @@ int nb_read_confusion(const char *p, size_t n, nb_confusion **out, size_t *nout,
   *out = NULL;
   *nout = 0;
   if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_ARRAY ||
-      u.data.via.array.size != 2 || u.data.via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY) {
+      u.data.via.array.size != 2 || u.data.via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+      u.data.via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY) {
     rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction summary");
     goto done;
   }
@@ -993,7 +1178,15 @@ int nb_read_confusion(const char *p, size_t n, nb_confusion **out, size_t *nout,
   nb_confusion *v = calloc(l->via.array.size + 1, sizeof *v);
   if (!v) { rc = DBX_ENOMEM; goto done; }
   for (uint32_t i = 0; i < l->via.array.size; i++) {
-    const msgpack_object *e = l->via.array.ptr[i].via.array.ptr;
+    const msgpack_object *o = &l->via.array.ptr[i];
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3 || o->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+        o->via.array.ptr[1].type != MSGPACK_OBJECT_STR || o->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+      for (uint32_t j = 0; j < i; j++) { free(v[j].truth); free(v[j].pred); }
+      free(v);
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed prediction summary");
+      goto done;
+    }
+    const msgpack_object *e = o->via.array.ptr;
     v[i].truth = strndup(e[0].via.str.ptr, e[0].via.str.size);
     v[i].pred = strndup(e[1].via.str.ptr, e[1].via.str.size);
     v[i].count = e[2].via.u64;

@@ -25,6 +25,12 @@ typedef struct nb_cfg {
 
 extern const dbx_op op_nb_vocab, op_nb_fit, op_nb_predict;
 
+/* Check a decoded partial of nb_fit / nb_predict against the stage's loaded broadcast (the
+ * vocabulary / the model and input table): DBX_ECORRUPT with a message if the partial could
+ * not have come from this stage. See ops_check_partial(). */
+int nb_fit_check(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+int nb_predict_check(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+
 /* Build a stage broadcast for corpus c around payload (may be empty). OUT out (appended). */
 int nb_envelope(const corpus *c, const char *payload, size_t n, dbx_buf *out);
 

@@ -12,6 +12,9 @@ static void noop_free(void *p) { free(p); }
 static int noop_map(const void *cfg, const void *bcast, const dbx_batch *b, void *partial,
                     dbx_stats *st, dbx_err *err) {
   const noop_cfg *c = cfg;
+  /* The configuration comes from a peer: a NaN, infinite or absurd sleep is refused. */
+  if (c && !(c->task_ms >= 0 && c->task_ms <= 86400e3))
+    return dbx_seterr(err, DBX_EINVAL, "noop: task time %g ms out of range", c->task_ms);
   if (c && c->task_ms > 0) {
     struct timespec ts = {(time_t)(c->task_ms / 1000), (long)((c->task_ms - (double)(time_t)(c->task_ms / 1000) * 1000) * 1e6)};
     nanosleep(&ts, NULL);
@@ -26,9 +29,9 @@ static int noop_merge(const void *cfg, void *left, const void *right, dbx_err *e
 }
 
 static int noop_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err) {
-  msgpack_packer pk;
-  mpk_init(&pk, out);
-  return msgpack_pack_uint64(&pk, *(const uint64_t *)partial) ? DBX_ENOMEM : 0;
+  mpk m;
+  msgpack_pack_uint64(mpk_open(&m, out), *(const uint64_t *)partial);
+  return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "noop: out of memory") : 0;
 }
 
 static int noop_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {

@@ -22,4 +22,11 @@ extern const dbx_op op_noop;
 
 /* Look an operator up by name (NULL if unknown). */
 const dbx_op *ops_find(const char *name);
+
+/* Check a partial decoded from a peer against what the stage knows: its configuration and
+ * its broadcast as loaded by op->bcast_load (may be NULL). decode() already checks every
+ * shape it can see alone; this adds what needs the broadcast (class and input indices of
+ * the classifier). 0 when the partial fits, or DBX_ECORRUPT with a message: blame the
+ * attempt that sent it. Operators with nothing to check pass. */
+int ops_check_partial(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, dbx_err *err);
 #endif

@@ -114,21 +114,23 @@ static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err
 /* Encoding: a msgpack array [word, count, word, count, ...]. */
 static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err *err) {
   const strmap *m = partial;
-  msgpack_packer pk;
-  mpk_init(&pk, out);
   size_t n = strmap_count(m);
-  int rc = msgpack_pack_array(&pk, (uint32_t)(n * 2));
+  if (n > UINT32_MAX / 2) return dbx_seterr(err, DBX_EINVAL, "word count: %zu words are too many for one partial", n);
+  mpk mp;
+  msgpack_packer *pk = mpk_open(&mp, out);
+  int rc = msgpack_pack_array(pk, (uint32_t)(n * 2));
   for (uint32_t i = 0; i < n && !rc; i++) {
     size_t len;
     const char *k = strmap_key(m, i, &len);
-    rc = msgpack_pack_str_with_body(&pk, k, len);
-    if (!rc) rc = msgpack_pack_uint64(&pk, strmap_val(m, i));
+    rc = msgpack_pack_str_with_body(pk, k, len);
+    if (!rc) rc = msgpack_pack_uint64(pk, strmap_val(m, i));
   }
-  return rc ? dbx_seterr(err, DBX_ENOMEM, "word count: cannot encode partial") : 0;
+  return mpk_close(&mp) ? dbx_seterr(err, DBX_ENOMEM, "word count: cannot encode partial") : 0;
 }
 
-/* left += the entries of an encoding made by wc_encode. Checks every entry first, so a
- * malformed encoding changes nothing. */
+/* left += the entries of an encoding made by wc_encode. Checks every entry first (a word is
+ * not empty, a count at least 1), so a rejected encoding (DBX_ECORRUPT) changes nothing;
+ * only DBX_ENOMEM can leave left half merged (and fails the job). */
 static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
@@ -143,7 +145,8 @@ static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n
   const msgpack_object *o = u.data.via.array.ptr;
   uint32_t k = u.data.via.array.size;
   for (uint32_t i = 0; i < k; i += 2)
-    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[i].via.str.size == 0) {
+    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[i].via.str.size == 0 ||
+        o[i + 1].via.u64 == 0) {
       rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result (entry %u)", i / 2);
       goto done;
     }
@@ -215,12 +218,3 @@ static const dbx_schema wc_schema = {2, wc_names, wc_types};
 const dbx_op op_wordcount = {
     "wordcount", wc_new, wc_free, wc_map, wc_merge, wc_encode, wc_decode, wc_finish, NULL, NULL, &wc_schema, sizeof(wc_cfg), wc_merge_encoded,
 };
-
-const dbx_op *ops_find(const char *name) {
-  if (strcmp(name, "wordcount") == 0) return &op_wordcount;
-  if (strcmp(name, "noop") == 0) return &op_noop;
-  if (strcmp(name, "nb_vocab") == 0) return &op_nb_vocab;
-  if (strcmp(name, "nb_fit") == 0) return &op_nb_fit;
-  if (strcmp(name, "nb_predict") == 0) return &op_nb_predict;
-  return NULL;
-}

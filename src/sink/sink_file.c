@@ -2,6 +2,7 @@
  * TSV has no header (it feeds Unix tools); CSV has a header row and RFC 4180 quoting;
  * JSONL writes one object per row keyed by column names. TSV escapes tab, newline,
  * carriage return and backslash as \t \n \r \\ so every row stays one line. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,15 @@ static int put_csv_text(dbx_buf *b, const char *s, size_t n) {
   return rc ? rc : dbx_buf_append(b, "\"", 1);
 }
 
+/* Write s->line; a failure names the file and the cause ("No space left on device"). */
+static int put_line(file_sink *s, dbx_err *err) {
+  errno = 0;
+  if (fwrite(s->line.data, 1, s->line.len, s->f.fp) == s->line.len) return 0;
+  int e = errno ? errno : EIO;
+  return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "%s: write failed: %s; no output was written", s->f.path,
+                    strerror(e));
+}
+
 static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
   file_sink *s = (file_sink *)sb;
   const dbx_schema *sc = sb->schema;
@@ -72,9 +82,7 @@ static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
   if (!rc && s->fmt == 2) rc = dbx_buf_append(b, "}", 1);
   if (!rc) rc = dbx_buf_append(b, "\n", 1);
   if (rc) return dbx_seterr(err, rc, "out of memory formatting a row");
-  if (fwrite(b->data, 1, b->len, s->f.fp) != b->len)
-    return dbx_seterr(err, DBX_EIO, "%s: write failed", s->f.path);
-  return 0;
+  return put_line(s, err);
 }
 
 static void file_free(file_sink *s) {
@@ -106,9 +114,19 @@ int sink_file_open(const sink_opts *o, const char *format, const dbx_schema *sch
   s->base.commit = file_commit;
   s->base.abort = file_abort;
   if (s->fmt == 1) {
-    for (uint32_t c = 0; c < schema->ncol; c++)
-      fprintf(s->f.fp, "%s%s", c ? "," : "", schema->names[c]);
-    fputc('\n', s->f.fp);
+    /* The header is quoted exactly as the rows are: names come from data (class labels). */
+    for (uint32_t c = 0; c < schema->ncol && !rc; c++) {
+      if (c) rc = dbx_buf_append(&s->line, ",", 1);
+      if (!rc) rc = put_csv_text(&s->line, schema->names[c], strlen(schema->names[c]));
+    }
+    if (!rc) rc = dbx_buf_append(&s->line, "\n", 1);
+    if (rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory writing the CSV header");
+    else rc = put_line(s, err);
+    if (rc) {
+      afile_abort(&s->f);
+      file_free(s);
+      return rc;
+    }
   }
   *out = &s->base;
   return 0;

@@ -49,6 +49,7 @@ static int db_err(sqlite_sink *s, dbx_err *err, const char *what) {
   return dbx_seterr(err, DBX_EDB, "sqlite:%s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
 }
 
+/* One statement of constant SQL (BEGIN, COMMIT, ROLLBACK): nothing from data goes here. */
 static int exec(sqlite_sink *s, const char *sql, dbx_err *err) {
   char *msg = NULL;
   if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -57,6 +58,29 @@ static int exec(sqlite_sink *s, const char *sql, dbx_err *err) {
     return rc;
   }
   return 0;
+}
+
+/* Run exactly one statement built with sqlite3_str (identifiers quoted with %w), through
+ * sqlite3_prepare_v2: never sqlite3_exec, so text from data can never add a statement.
+ * Takes ownership of q. what names the step in the error. */
+static int run_one(sqlite_sink *s, sqlite3_str *q, sqlite3_stmt **keep, const char *what, dbx_err *err) {
+  int n = sqlite3_str_length(q);
+  char *sql = sqlite3_str_finish(q);
+  sqlite3_stmt *st = NULL;
+  const char *tail = NULL;
+  int rc = 0;
+  if (!sql) return dbx_seterr(err, DBX_ENOMEM, "sqlite:%s: out of memory", s->path);
+  if (sqlite3_prepare_v2(s->db, sql, n + 1, &st, &tail) != SQLITE_OK || !st) {
+    rc = db_err(s, err, what);
+  } else if (tail && *tail) {
+    rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: %s: more than one statement", s->path, what);
+  } else if (!keep && sqlite3_step(st) != SQLITE_DONE) {
+    rc = db_err(s, err, what);
+  }
+  if (keep && !rc) *keep = st;
+  else sqlite3_finalize(st);
+  sqlite3_free(sql);
+  return rc;
 }
 
 static int sqlite_row(sink *sb, const dbx_value *row, dbx_err *err) {
@@ -103,7 +127,6 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
     return dbx_seterr(err, DBX_EISDIR, "sqlite:%s: is a directory; give a database file", path);
   }
   s->created = access(path, F_OK) != 0;
-  dbx_buf sql = {0};
   int rc;
   if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
     rc = db_err(s, err, "cannot open");
@@ -111,40 +134,34 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
   }
   sqlite3_busy_timeout(s->db, 10000);
   if ((rc = exec(s, "BEGIN IMMEDIATE", err))) goto fail;
-  char head[256];
+  /* Table and column names are identifiers from the user and from data (class labels):
+   * every one is quoted with %w, which doubles any '"' inside. */
+  sqlite3_str *q;
   if (!o->append) {
-    snprintf(head, sizeof head, "DROP TABLE IF EXISTS \"%s\"", o->table);
-    if ((rc = exec(s, head, err))) goto fail;
+    q = sqlite3_str_new(s->db);
+    sqlite3_str_appendf(q, "DROP TABLE IF EXISTS \"%w\"", o->table);
+    if ((rc = run_one(s, q, NULL, "cannot replace the table", err))) goto fail;
   }
-  snprintf(head, sizeof head, "CREATE TABLE IF NOT EXISTS \"%s\" (", o->table);
-  rc = dbx_buf_append(&sql, head, strlen(head));
-  for (uint32_t c = 0; c < schema->ncol && !rc; c++) {
-    char col[160];
+  q = sqlite3_str_new(s->db);
+  sqlite3_str_appendf(q, "CREATE TABLE IF NOT EXISTS \"%w\" (", o->table);
+  for (uint32_t c = 0; c < schema->ncol; c++) {
     const char *ty = schema->types[c] == DBX_COL_TEXT ? "TEXT" : schema->types[c] == DBX_COL_INT ? "INTEGER" : "REAL";
-    snprintf(col, sizeof col, "%s\"%s\" %s", c ? ", " : "", schema->names[c], ty);
-    rc = dbx_buf_append(&sql, col, strlen(col));
+    sqlite3_str_appendf(q, "%s\"%w\" %s", c ? ", " : "", schema->names[c], ty);
   }
-  if (!rc) rc = dbx_buf_append(&sql, ")", 2);
-  if (rc) goto fail;
-  if ((rc = exec(s, sql.data, err))) goto fail;
-  sql.len = 0;
-  snprintf(head, sizeof head, "INSERT INTO \"%s\" VALUES (", o->table);
-  rc = dbx_buf_append(&sql, head, strlen(head));
-  for (uint32_t c = 0; c < schema->ncol && !rc; c++) rc = dbx_buf_append(&sql, c ? ",?" : "?", c ? 2 : 1);
-  if (!rc) rc = dbx_buf_append(&sql, ")", 2);
-  if (rc) goto fail;
-  if (sqlite3_prepare_v2(s->db, sql.data, -1, &s->ins, NULL) != SQLITE_OK) {
-    rc = db_err(s, err, "cannot prepare insert (does the existing table have other columns?)");
+  sqlite3_str_appendall(q, ")");
+  if ((rc = run_one(s, q, NULL, "cannot create the table", err))) goto fail;
+  q = sqlite3_str_new(s->db);
+  sqlite3_str_appendf(q, "INSERT INTO \"%w\" VALUES (", o->table);
+  for (uint32_t c = 0; c < schema->ncol; c++) sqlite3_str_appendall(q, c ? ",?" : "?");
+  sqlite3_str_appendall(q, ")");
+  if ((rc = run_one(s, q, &s->ins, "cannot prepare insert (does the existing table have other columns?)", err)))
     goto fail;
-  }
-  dbx_buf_free(&sql);
   s->base.row = sqlite_row;
   s->base.commit = sqlite_commit;
   s->base.abort = sqlite_abort;
   *out = &s->base;
   return 0;
 fail:
-  dbx_buf_free(&sql);
   if (s->db) exec(s, "ROLLBACK", NULL);
   sqlite_free(s, 1);
   return rc;

@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +20,19 @@
 #include "engine/job.h"
 #include "util/afile.h"
 #include "util/json.h"
+#include "util/log.h"
 #include "util/timeutil.h"
 
 extern const unsigned char ui_dashboard_html[];
 
 #define ATT_MAX 5000
 #define ATT_SHOW 1500
+
+/* The last state of every worker seen, so the final report keeps how each one ended. */
+typedef struct ui_wrec {
+  ui_worker w;
+  char state[16];
+} ui_wrec;
 
 typedef struct ui_att {
   uint32_t stage, task, attempt, worker;
@@ -44,6 +52,10 @@ struct ui {
   size_t att_head, natt;
   double last_draw, last_snap, last_file, last_log;
   int tty, drawn;
+  char state[16];           /* the job's state as last published (guarded by mu) */
+  char coordinator[128];    /* "PID@HOST": lets `dbatch status` tell a lost job from a live one */
+  ui_wrec *wr;              /* sorted by id */
+  size_t nwr, wrcap;
 };
 
 /* ---- HTTP ---- */
@@ -51,11 +63,16 @@ struct ui {
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *data, size_t *size, void **state) {
   ui *u = cls;
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) return MHD_NO;
   struct MHD_Response *r;
+  char jstate[16] = "";
   const char *type = "text/plain; charset=utf-8";
   unsigned code = MHD_HTTP_OK;
-  if (!strcmp(url, "/")) {
+  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+    static const char na[] = "the dashboard is read-only: GET /, /api/status, /status.txt or /metrics\n";
+    r = MHD_create_response_from_buffer(sizeof na - 1, (void *)na, MHD_RESPMEM_PERSISTENT);
+    code = MHD_HTTP_METHOD_NOT_ALLOWED;
+    if (r) MHD_add_response_header(r, "Allow", "GET, HEAD");
+  } else if (!strcmp(url, "/")) {
     r = MHD_create_response_from_buffer(strlen((const char *)ui_dashboard_html), (void *)ui_dashboard_html,
                                         MHD_RESPMEM_PERSISTENT);
     type = "text/html; charset=utf-8";
@@ -64,6 +81,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
     pthread_mutex_lock(&u->mu);
     const dbx_buf *b = st ? &u->status : txt ? &u->text : &u->metrics;
     r = MHD_create_response_from_buffer(b->len, b->data ? b->data : "", MHD_RESPMEM_MUST_COPY);
+    snprintf(jstate, sizeof jstate, "%s", u->state);
     pthread_mutex_unlock(&u->mu);
     type = st ? "application/json" : txt ? "text/plain; charset=utf-8" : "text/plain; version=0.0.4; charset=utf-8";
   } else {
@@ -74,9 +92,22 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
   if (!r) return MHD_NO;
   MHD_add_response_header(r, "Content-Type", type);
   MHD_add_response_header(r, "Cache-Control", "no-store");
+  /* The job's state apart from the body, for `dbatch status URL`'s exit status. */
+  if (jstate[0]) MHD_add_response_header(r, "X-Dbatch-State", jstate);
   enum MHD_Result ret = MHD_queue_response(c, code, r);
   MHD_destroy_response(r);
   return ret;
+}
+
+/* libmicrohttpd's own messages (a client that went away, a full connection table) go to our
+ * log as warnings: escaped, prefixed, and silent under -q like every other warning. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+  (void)cls;
+  char line[1024];
+  vsnprintf(line, sizeof line, fmt, ap);
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+  if (n) log_warn("dashboard: %s", line);
 }
 
 static int start_http(ui *u, dbx_err *err) {
@@ -99,10 +130,20 @@ static int start_http(ui *u, dbx_err *err) {
   if (!loopback && !u->o.dashboard_public)
     return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: not a loopback address; the dashboard has no authentication, "
                       "so add --dashboard-public to serve it on %s", spec, host);
+  /* The server's thread starts with every signal blocked, and keeps them blocked: a process
+   * signal must reach the coordinator's thread. SIGCHLD taken (and dropped) by this thread
+   * would leave a killed local worker a zombie, unnoticed and not replaced. */
+  sigset_t all, old;
+  sigfillset(&all);
+  int prc = pthread_sigmask(SIG_BLOCK, &all, &old);
+  if (prc) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot block signals: %s", spec, strerror(prc));
   u->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL, answer, u,
+                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)u,  /* first, or MHD warns on stderr */
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
                           MHD_OPTION_END);
-  if (!u->d) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot listen: %s", spec, strerror(errno));
+  int e = errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (!u->d) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot listen: %s", spec, strerror(e));
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(u->d, MHD_DAEMON_INFO_BIND_PORT);
   snprintf(u->url, sizeof u->url, "http://%s:%u/", host, info ? info->port : (unsigned)port);
   if (!u->o.quiet) fprintf(stderr, "dbatch: dashboard at %s\n", u->url);
@@ -119,16 +160,27 @@ static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size
 
 int ui_new(const ui_opts *o, const char *job_name, ui **out, dbx_err *err) {
   ui *u = calloc(1, sizeof *u);
-  if (!u) return DBX_ENOMEM;
+  if (!u) return dbx_seterr(err, DBX_ENOMEM, "out of memory starting the job's status and report");
+  int mrc = pthread_mutex_init(&u->mu, NULL);
+  if (mrc) {
+    free(u);
+    return dbx_seterr(err, DBX_ENOMEM, "cannot create a mutex for the dashboard: %s", strerror(mrc));
+  }
   u->o = *o;
   u->name = strdup(job_name);
   u->job_dir = o->job_dir ? strdup(o->job_dir) : NULL;
   u->t0 = time_mono();
   u->last_log = u->t0;
   u->tty = !o->quiet && isatty(STDERR_FILENO);
-  pthread_mutex_init(&u->mu, NULL);
+  snprintf(u->state, sizeof u->state, "starting");
+  char host[96] = "";
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+  snprintf(u->coordinator, sizeof u->coordinator, "%lld@%s", (long long)getpid(), host);
   u->att = calloc(ATT_MAX, sizeof *u->att);
-  if (!u->name || !u->att) { ui_free(u); return DBX_ENOMEM; }
+  if (!u->name || !u->att || (o->job_dir && !u->job_dir)) {
+    ui_free(u);
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory starting the job's status and report");
+  }
   /* Something valid to serve before the first tick. */
   job none;
   memset(&none, 0, sizeof none);
@@ -152,6 +204,7 @@ void ui_free(ui *u) {
   dbx_buf_free(&u->metrics);
   dbx_buf_free(&u->text);
   free(u->att);
+  free(u->wr);
   free(u->name);
   free(u->job_dir);
   free(u);
@@ -192,6 +245,12 @@ static void kv_u(dbx_buf *b, const char *k, uint64_t v) { json_key(b, k, 0); jso
 static void kv_d(dbx_buf *b, const char *k, double v) { json_key(b, k, 0); json_ms(b, v); }
 static void kv_s(dbx_buf *b, const char *k, const char *v) { json_key(b, k, 0); json_cstr(b, v); }
 
+/* What a job finished under --on-task-failure=skip lacks, in one line. */
+static void partial_note(const job *j, char *out, size_t cap) {
+  snprintf(out, cap, "done with skipped input: %zu task(s) failed and were left out (--on-task-failure=skip); "
+           "their input is missing from the result", j->nmissing);
+}
+
 static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *cur,
                          uint64_t running, const char *state, const char *error) {
   double now = time_mono() - u->t0;
@@ -201,6 +260,14 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
   json_cstr(b, u->name);
   kv_s(b, "state", state);
   if (error) kv_s(b, "error", error);
+  if (!strcmp(state, "partial")) {
+    char note[160];
+    partial_note(j, note, sizeof note);
+    kv_s(b, "warning", note);
+  }
+  kv_s(b, "coordinator", u->coordinator);
+  json_key(b, "updated_unix", 0);
+  json_ms(b, time_wall());
   kv_d(b, "elapsed_seconds", now);
   kv_s(b, "stage", cur ? cur : "");
   kv_s(b, "policy", j->policy ? j->policy : "in-process");
@@ -304,32 +371,53 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
 
 static void pr(dbx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One line of status text: formatted, then escaped (log.h), so a host or file name holding
+ * terminal escape sequences is shown, not obeyed; the final newline is kept. */
+static void tx(dbx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tx(dbx_buf *b, const char *fmt, ...) {
+  char t[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(t, sizeof t, fmt, ap);
+  va_end(ap);
+  if (n <= 0) return;
+  size_t len = (size_t)n < sizeof t ? (size_t)n : sizeof t - 1;
+  int nl = t[len - 1] == '\n';
+  log_escape_buf(b, t, len - (size_t)nl);
+  if (nl) dbx_buf_append(b, "\n", 1);
+}
+
 /* The same state as a few lines of text, for `dbatch status`. */
 static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *state,
                        const char *error) {
   b->len = 0;
-  pr(b, "job %s: %s after %.1f s (policy %s)\n", u->name, state, time_mono() - u->t0,
+  tx(b, "job %s: %s after %.1f s (policy %s)\n", u->name, state, time_mono() - u->t0,
      j->policy ? j->policy : "in-process");
-  if (error) pr(b, "error: %.400s\n", error);
+  if (error) tx(b, "error: %.1000s\n", error);
+  if (!strcmp(state, "partial")) {
+    char note[160];
+    partial_note(j, note, sizeof note);
+    tx(b, "warning: %s\n", note);
+  }
   for (int i = 0; i < j->nstages; i++) {
     const stage_stats *s = &j->stages[i];
-    pr(b, "stage %-12s %6llu/%-6llu tasks done  %6llu attempts  %10llu records  %9.1f MB  %llu bad records\n", s->name,
+    tx(b, "stage %-12s %6llu/%-6llu tasks done  %6llu attempts  %10llu records  %9.1f MB  %llu bad records\n", s->name,
        (unsigned long long)s->batches, (unsigned long long)s->tasks, (unsigned long long)s->attempts,
        (unsigned long long)s->records, (double)s->bytes / 1048576.0, (unsigned long long)s->bad_records);
   }
-  if (nw) pr(b, "%-6s %-9s %-20s %8s %5s %7s %7s %8s %9s\n", "worker", "state", "host", "pid", "slots", "load",
+  if (nw) tx(b, "%-6s %-9s %-20s %8s %5s %7s %7s %8s %9s\n", "worker", "state", "host", "pid", "slots", "load",
              "tasks", "failures", "heartbeat");
   for (size_t i = 0; i < nw; i++)
-    pr(b, "%-6u %-9s %-20.20s %8lld %5u %3u/%-3u %7llu %8llu %8.1fs\n", w[i].id, w[i].state, w[i].host,
+    tx(b, "%-6u %-9s %-20.20s %8lld %5u %3u/%-3u %7llu %8llu %8.1fs\n", w[i].id, w[i].state, w[i].host,
        (long long)w[i].pid, w[i].slots, w[i].inflight, w[i].slots, (unsigned long long)w[i].tasks,
        (unsigned long long)w[i].failures, w[i].heartbeat_age);
-  pr(b, "failures: %zu\n", j->nfailures);
+  tx(b, "failures: %zu\n", j->nfailures);
   for (size_t i = 0; i < j->nfailures && i < 10; i++) {
     const job_failure *f = &j->failures[i];
-    pr(b, "  %s task %u attempt %u on worker %u (%s): %.150s; input: %.150s\n", f->stage, f->task, f->attempt,
+    tx(b, "  %s task %u attempt %u on worker %u (%s): %.300s; input: %.300s\n", f->stage, f->task, f->attempt,
        f->worker, f->host, f->cause, f->where);
   }
-  for (size_t i = 0; i < j->nmissing; i++) pr(b, "missing from the result: %.300s\n", j->missing[i].where);
+  for (size_t i = 0; i < j->nmissing; i++) tx(b, "missing from the result: %.500s\n", j->missing[i].where);
 }
 
 static void prom_label(dbx_buf *b, const char *s) {
@@ -441,8 +529,53 @@ static void progress(ui *u, const job *j, size_t nw_alive, const char *cur, int 
   u->drawn = !line;
 }
 
+/* Index of worker id in u->wr, or where it would go (*found = 0). O(log n). */
+static size_t wrec_find(const ui *u, uint32_t id, int *found) {
+  size_t lo = 0, hi = u->nwr;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (u->wr[mid].w.id < id) lo = mid + 1;
+    else hi = mid;
+  }
+  *found = lo < u->nwr && u->wr[lo].w.id == id;
+  return lo;
+}
+
+/* Keep the latest record of every worker shown. Memory grows with the workers ever seen. */
+static void remember_workers(ui *u, const ui_worker *w, size_t nw) {
+  for (size_t i = 0; i < nw; i++) {
+    int found;
+    size_t k = wrec_find(u, w[i].id, &found);
+    if (!found) {
+      if (u->nwr == u->wrcap) {
+        size_t nc = u->wrcap ? u->wrcap * 2 : 16;
+        ui_wrec *nr = realloc(u->wr, nc * sizeof *nr);
+        if (!nr) return;  /* the report then shows fewer workers; the job is unharmed */
+        u->wr = nr;
+        u->wrcap = nc;
+      }
+      memmove(u->wr + k + 1, u->wr + k, (u->nwr - k) * sizeof *u->wr);
+      u->nwr++;
+    }
+    ui_wrec *r = &u->wr[k];
+    r->w = w[i];
+    snprintf(r->state, sizeof r->state, "%s", w[i].state ? w[i].state : "unknown");
+    r->w.state = r->state;
+  }
+}
+
+/* A worker still taking part when it was last seen: at the end of the job it left normally. */
+static int state_is_live(const char *s) { return !strcmp(s, "alive") || !strcmp(s, "joining"); }
+
+static void set_state(ui *u, const char *state) {
+  pthread_mutex_lock(&u->mu);
+  snprintf(u->state, sizeof u->state, "%s", state);
+  pthread_mutex_unlock(&u->mu);
+}
+
 void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur, uint64_t running) {
   if (!u) return;
+  remember_workers(u, w, nw);
   double now = time_mono();
   size_t alive = 0;
   for (size_t i = 0; i < nw; i++) alive += !strcmp(w[i].state, "alive");
@@ -455,6 +588,7 @@ void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur
   }
   int snap = u->d && now - u->last_snap >= 0.25, file = u->job_dir && now - u->last_file >= 1.0;
   if (!snap && !file) return;
+  if (strcmp(u->state, "running")) set_state(u, "running");
   dbx_buf s = {0}, m = {0}, x = {0};
   build_status(u, &s, j, w, nw, cur, running, "running", NULL);
   build_text(u, &x, j, w, nw, "running", NULL);
@@ -483,29 +617,66 @@ void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur
   dbx_buf_free(&x);
 }
 
+/* The final worker list: every worker of the job's summary, and any other worker the job
+ * showed (one whose record the coordinator dropped). A worker that was alive when last
+ * seen left normally ("finished"); one already killed, exited, lost or excluded keeps that
+ * state: the report must never turn a dead worker into a finished one. OUT *nout; the
+ * array is the caller's (free). */
+static ui_worker *final_workers(const ui *u, const job *j, size_t *nout) {
+  size_t cap = j->nwinfo + u->nwr, n = 0;
+  ui_worker *w = calloc(cap + 1, sizeof *w);
+  if (!w) return NULL;
+  for (size_t i = 0; i < j->nwinfo; i++) {
+    const worker_info *x = &j->winfo[i];
+    int found;
+    size_t k = wrec_find(u, x->id, &found);
+    ui_worker *o = &w[n++];
+    o->id = x->id;
+    o->slots = x->slots;
+    snprintf(o->host, sizeof o->host, "%s", x->host);
+    o->pid = x->pid;
+    o->state = found && !state_is_live(u->wr[k].state) ? u->wr[k].state : "finished";
+    o->tasks = x->tasks;
+    o->failures = x->failures;
+  }
+  for (size_t k = 0; k < u->nwr; k++) {
+    int known = 0;
+    for (size_t i = 0; i < j->nwinfo && !known; i++) known = j->winfo[i].id == u->wr[k].w.id;
+    /* Worker 0 is this process (tasks run in the coordinator): its counters were only
+     * sampled, so it is left out, as the job's summary leaves it out. */
+    if (known || u->wr[k].w.id == 0) continue;
+    ui_worker *o = &w[n++];
+    *o = u->wr[k].w;
+    /* Dropped by the coordinator while it looked alive here: it went away unseen. */
+    o->state = !state_is_live(u->wr[k].state) ? u->wr[k].state : "lost";
+    o->inflight = 0;
+    o->heartbeat_age = 0;
+  }
+  *nout = n;
+  return w;
+}
+
 int ui_finish(ui *u, const job *j, int ok, const dbx_err *failure, dbx_err *err) {
   if (!u) return 0;
   if (u->drawn) {
     fputs("\r\033[K", stderr);
     u->drawn = 0;
   }
-  /* The final worker list comes from the job's per-worker summary. */
-  size_t nw = j->nwinfo;
-  ui_worker *w = calloc(nw + 1, sizeof *w);
-  if (!w) return DBX_ENOMEM;
-  for (size_t i = 0; i < nw; i++) {
-    w[i].id = j->winfo[i].id;
-    w[i].slots = j->winfo[i].slots;
-    snprintf(w[i].host, sizeof w[i].host, "%s", j->winfo[i].host);
-    w[i].pid = j->winfo[i].pid;
-    w[i].state = "finished";
-    w[i].tasks = j->winfo[i].tasks;
-    w[i].failures = j->winfo[i].failures;
+  size_t nw = 0;
+  ui_worker *w = final_workers(u, j, &nw);
+  if (!w) return dbx_seterr(err, DBX_ENOMEM, "out of memory writing the job's report");
+  /* Exit status 3 (--on-task-failure=skip left input out) is not a plain success. */
+  const char *state = !ok ? "failed" : j->nmissing ? "partial" : "done";
+  const char *error = NULL;
+  if (!ok) {
+    error = failure && failure->msg[0] ? failure->msg
+            : failure && failure->code ? dbx_strerror(failure->code) : "the job failed (no detail was recorded)";
   }
+  set_state(u, state);
   dbx_buf s = {0}, m = {0}, x = {0};
-  build_status(u, &s, j, w, nw, NULL, 0, ok ? "done" : "failed", ok ? NULL : failure->msg);
+  build_status(u, &s, j, w, nw, NULL, 0, state, error);
   build_metrics(u, &m, j, w, nw, 0);
-  build_text(u, &x, j, w, nw, ok ? "done" : "failed", ok ? NULL : failure->msg);
+  build_text(u, &x, j, w, nw, state, error);
   free(w);
   int rc = 0;
   if (u->job_dir) {
@@ -521,7 +692,18 @@ int ui_finish(ui *u, const job *j, int ok, const dbx_err *failure, dbx_err *err)
       else dbx_buf_append(&html, s.data + i, 1);
     }
     json_raw(&html, ";</script>");
-    json_raw(&html, page + head);
+    /* The badge is in the page itself too, readable without scripts. */
+    static const char badge[] = "<span id=\"state\" class=\"state\">";
+    const char *rest = page + head, *bm = strstr(rest, badge), *bend = bm ? strstr(bm, "</span>") : NULL;
+    if (bm && bend) {
+      dbx_buf_append(&html, rest, (size_t)(bm - rest));
+      json_raw(&html, "<span id=\"state\" class=\"state ");
+      json_raw(&html, state);
+      json_raw(&html, "\">");
+      json_raw(&html, !strcmp(state, "partial") ? "done with skipped input" : state);
+      rest = bend;
+    }
+    json_raw(&html, rest);
     rc = write_file(u->job_dir, "report.html", html.data, html.len, err);
     if (!rc) rc = write_file(u->job_dir, "status.json", s.data, s.len, err);
     if (!rc) rc = write_file(u->job_dir, "status.txt", x.data, x.len, err);

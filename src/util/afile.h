@@ -1,24 +1,44 @@
 /* afile.h -- output files committed atomically: a temporary file in the same directory,
- * renamed over the destination on commit, removed on abort (private).
- * A destination that exists and is not a regular file (a pipe, a terminal, /dev/null)
- * is written straight, since rename cannot replace it. */
+ * synced, renamed over the destination on commit, the directory synced; removed on abort
+ * (private). A destination that exists and is not a regular file (a pipe, a terminal,
+ * /dev/null) is written straight, since rename cannot replace it.
+ *
+ * Every failure (write, flush, fsync, close, rename) is reported with the file name and the
+ * system's reason ("No space left on device"), also when it happened in a buffered write
+ * whose return value the caller did not look at: the stream remembers the first error. */
 #ifndef DBX_UTIL_AFILE_H
 #define DBX_UTIL_AFILE_H
+#include <stddef.h>
 #include <stdio.h>
 #include "dbatch.h"
 
+struct afile_io;
+
 typedef struct afile {
-  FILE *fp;        /* write here between open and commit */
+  FILE *fp;        /* write here between open and commit (or use afile_write) */
   char *path;      /* destination (owned) */
   char *tmp;       /* temporary path, NULL when written straight (owned) */
   int is_stdout;
+  struct afile_io *io;  /* descriptor under fp and its first error (owned; NULL for stdout) */
 } afile;
 
 /* Open path for writing ("-" means standard output). 0, or an error naming the file. */
 int afile_open(afile *f, const char *path, dbx_err *err);
-/* Flush, sync and rename into place. Any write error found now (a full disk) is reported
- * with the file name, and the temporary file is removed. */
+/* Write n bytes. A failure names the file and the cause ("%s: write failed: No space left on
+ * device"); the caller then calls afile_abort. */
+int afile_write(afile *f, const void *p, size_t n, dbx_err *err);
+/* Push buffered bytes to the file now; an error (also an earlier one) names the file. */
+int afile_flush(afile *f, dbx_err *err);
+/* Replace everything written so far with p[0..n) and sync it (a file prepared early and
+ * rewritten at the end, like the summary). Only for a temporary file (f->tmp). */
+int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err);
+/* Flush, fsync, rename into place, then fsync the directory so the rename itself survives
+ * a crash. Any error found now or earlier (a full disk) is reported with the file name and
+ * the cause, and the temporary file is removed. The afile is closed either way. */
 int afile_commit(afile *f, dbx_err *err);
 /* Discard everything written; the destination is untouched. Accepts a closed afile. */
 void afile_abort(afile *f);
+
+/* The fsync used on outputs and their directories; tests replace it to see what is synced. */
+extern int (*afile_fsync_fn)(int fd);
 #endif

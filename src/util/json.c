@@ -145,6 +145,40 @@ static int jstring(jr *r, dbx_buf *out) {
 
 static int jvalue(jr *r, int depth);
 
+static int digits(jr *r) {
+  const char *s = r->p;
+  while (r->p < r->end && *r->p >= '0' && *r->p <= '9') r->p++;
+  return r->p > s;
+}
+
+/* A number exactly as RFC 8259 writes it: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ * so 01, 1., .5, +1, 1e and --1 are refused, as Python's json refuses them. */
+static int jnumber(jr *r) {
+  r->why = "malformed number";
+  if (r->p < r->end && *r->p == '-') r->p++;
+  if (r->p >= r->end) return -1;
+  if (*r->p == '0') {
+    r->p++;
+  } else if (!digits(r)) {
+    return -1;
+  }
+  if (r->p < r->end && *r->p == '.') {
+    r->p++;
+    if (!digits(r)) return -1;
+  }
+  if (r->p < r->end && (*r->p == 'e' || *r->p == 'E')) {
+    r->p++;
+    if (r->p < r->end && (*r->p == '+' || *r->p == '-')) r->p++;
+    if (!digits(r)) return -1;
+  }
+  /* What follows a number must end it: 0123 or 1.5.2 are not one number. */
+  if (r->p < r->end && (*r->p == '.' || (*r->p >= '0' && *r->p <= '9') || *r->p == 'e' || *r->p == 'E' ||
+                        *r->p == '+' || *r->p == '-'))
+    return -1;
+  r->why = NULL;
+  return 0;
+}
+
 static int jcontainer(jr *r, int depth, char close) {
   ws(r);
   if (r->p < r->end && *r->p == close) { r->p++; return 0; }
@@ -179,10 +213,9 @@ static int jvalue(jr *r, int depth) {
     size_t n = strlen(lits[i]);
     if ((size_t)(r->end - r->p) >= n && !memcmp(r->p, lits[i], n)) { r->p += n; return 0; }
   }
-  const char *s = r->p;
-  while (r->p < r->end && strchr("+-0123456789.eE", *r->p)) r->p++;
-  if (r->p == s) { r->why = "unexpected character"; return -1; }
-  return 0;
+  if (c == '-' || (c >= '0' && c <= '9')) return jnumber(r);
+  r->why = "unexpected character";
+  return -1;
 }
 
 int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE 1  /* memmem */
 #include "worker/worker.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -106,11 +107,22 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
   enc->len = 0;
   if (!rc) rc = st->op->encode(st->cfg, part, enc, &err);
   if (part) st->op->partial_free(part);
-  if (!rc)
-    rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bs.bad_note, bytes, dt,
-                    enc->data, enc->len);
-  else
-    msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc));
+  if (!rc &&
+      (rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bs.bad_note, bytes, dt,
+                       enc->data, enc->len)))
+    dbx_seterr(&err, rc, "cannot encode the result of task %llu (%zu bytes): %s", (unsigned long long)m->index,
+               enc->len, dbx_strerror(rc));
+  if (rc) {
+    /* Drop the scratch buffers first: the failure must get through even after ENOMEM. */
+    dbx_buf_free(enc);
+    dbx_buf_free(out);
+    if (msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc))) {
+      evidence_set(w, slot, m, 0);
+      log_error("worker: task %llu failed (%s) and not even the failure could be encoded", (unsigned long long)m->index,
+                dbx_strerror(rc));
+      return;  /* the coordinator's task timeout takes it from here */
+    }
+  }
   evidence_set(w, slot, m, 0);
   zmq_send(push, out->data, out->len, 0);
 }
@@ -161,23 +173,24 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
     return NULL;
   }
   wstage *s = calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); return NULL; }
   s->id = m->stage;
   s->op = op;
   s->refs = 1;
   s->cfg = malloc(m->cfg_len + 1);
   s->npaths = m->npaths;
   s->paths = calloc(m->npaths ? m->npaths : 1, sizeof *s->paths);
-  if (!s->cfg || !s->paths) goto fail;
+  if (!s->cfg || !s->paths) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
   if (m->cfg_len) memcpy(s->cfg, m->cfg, m->cfg_len);
   for (uint32_t i = 0; i < m->npaths; i++) {
     const msgpack_object_str *p = &m->paths[i].via.str;
-    if (!(s->paths[i] = malloc(p->size + 1))) goto fail;
+    if (!(s->paths[i] = malloc(p->size + 1))) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
     memcpy(s->paths[i], p->ptr, p->size);
     s->paths[i][p->size] = 0;
   }
-  if (op->bcast_load && m->bcast_len && op->bcast_load(s->cfg, m->bcast, m->bcast_len, &s->bcast, err))
-    goto fail;
+  /* An operator that takes a broadcast gets one even when it is empty: an empty or damaged
+   * broadcast is refused here, with the stage, not met as a NULL by every task. */
+  if (op->bcast_load && op->bcast_load(s->cfg, m->bcast, m->bcast_len, &s->bcast, err)) goto fail;
   return s;
 fail:
   for (uint32_t i = 0; s->paths && i < s->npaths; i++) free(s->paths[i]);
@@ -260,16 +273,34 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     zmq_ctx_term(w.zctx);
     return rc;
   }
-  uint32_t nthreads = o->slots ? o->slots : 1;
+  uint32_t nthreads = o->slots ? o->slots : 1, started = 0;
   if (o->local) w.ev = evidence_map(nthreads);
   pthread_t *th = calloc(nthreads, sizeof *th);
-  for (uint32_t i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, task_thread, &w);
+  int prc = th ? 0 : ENOMEM;
+  while (!prc && started < nthreads && !(prc = pthread_create(&th[started], NULL, task_thread, &w))) started++;
+  if (prc) {
+    rc = dbx_seterr(err, DBX_ENOMEM, "cannot start %u task threads: %s", nthreads, strerror(prc));
+    pthread_mutex_lock(&w.mu);
+    w.quit = 1;
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    for (uint32_t i = 0; i < started; i++) pthread_join(th[i], NULL);
+    free(th);
+    zmq_close(dealer);
+    zmq_close(pull);
+    zmq_ctx_term(w.zctx);
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    return rc;
+  }
 
   char host[64];
   if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
   host[sizeof host - 1] = 0;
   dbx_buf out = {0};
   wstage *cur = NULL;
+  uint64_t bad_stage = UINT64_MAX;  /* the last stage refused, and why */
+  char bad_stage_why[DBX_ERR_LEN + 64] = "";
   double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
   double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
   int welcomed = 0, running = 1;
@@ -278,13 +309,11 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   while (running) {
     now = time_mono();
     if (!welcomed && now - last_hello >= hb) {
-      msg_hello(&out, nthreads, host, (uint64_t)getpid(), o->shared_fs);
-      send_buf(dealer, &out);
+      if (!msg_hello(&out, nthreads, host, (uint64_t)getpid(), o->shared_fs)) send_buf(dealer, &out);
       last_hello = last_sent = now;
     }
     if (welcomed && now - last_sent >= hb) {
-      msg_simple(&out, MSG_HEARTBEAT);
-      send_buf(dealer, &out);
+      if (!msg_simple(&out, MSG_HEARTBEAT)) send_buf(dealer, &out);
       last_sent = now;
     }
     if (o->local && getppid() != parent) break;
@@ -313,6 +342,11 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       dbx_err merr = {0, ""};
       if (msg_decode(frame, len, &m, &merr)) {
         log_warn("worker: from coordinator: %s", merr.msg);
+        if (m.type == MSG_TASK && m.ids_ok && merr.code == DBX_EPROTO) {
+          char why[DBX_ERR_LEN + 32];
+          snprintf(why, sizeof why, "malformed task: %s", merr.msg);
+          if (!msg_failure(&out, m.stage, m.index, m.attempt, DBX_EPROTO, why)) send_buf(dealer, &out);
+        }
         free(frame);
         if (merr.code == DBX_EVERSION) { rc = dbx_seterr(err, DBX_EVERSION, "coordinator speaks another %s", merr.msg); running = 0; }
         continue;
@@ -321,7 +355,8 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       switch (m.type) {
       case MSG_WELCOME:
         welcomed = 1;
-        if (m.heartbeat_ms) hb = (double)m.heartbeat_ms / 1000.0;
+        /* Bounded: the poll timeout below is derived from it. */
+        if (m.heartbeat_ms) hb = (double)(m.heartbeat_ms < 3600000 ? m.heartbeat_ms : 3600000) / 1000.0;
         break;
       case MSG_REFUSE:
         rc = dbx_seterr(err, DBX_EVERSION, "coordinator refused this worker: %.*s", (int)m.text_len, m.text);
@@ -333,18 +368,21 @@ int worker_main(const worker_opts *o, dbx_err *err) {
         break;
       case MSG_STAGE: {
         wstage *s = make_stage(&m, &merr);
-        if (!s) {
-          log_error("worker: stage %llu: %s", (unsigned long long)m.stage, merr.msg);
-          break;
-        }
         stage_release(&w, cur);
         cur = s;
+        if (!s) {
+          /* Every task of this stage is answered with why the stage was refused. */
+          log_error("worker: stage %llu: %s", (unsigned long long)m.stage, merr.msg);
+          bad_stage = m.stage;
+          snprintf(bad_stage_why, sizeof bad_stage_why, "stage %llu refused by this worker: %s",
+                   (unsigned long long)m.stage, merr.msg);
+        }
         break;
       }
       case MSG_TASK: {
         if (!cur || cur->id != m.stage) {
-          msg_failure(&out, m.stage, m.index, m.attempt, DBX_EPROTO, "task for a stage this worker was not given");
-          send_buf(dealer, &out);
+          const char *why = !cur && bad_stage == m.stage ? bad_stage_why : "task for a stage this worker was not given";
+          if (!msg_failure(&out, m.stage, m.index, m.attempt, DBX_EPROTO, why)) send_buf(dealer, &out);
           break;
         }
         witem *it = calloc(1, sizeof *it);
@@ -404,7 +442,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     stage_release(&w, it->st);
     free(it);
   }
-  for (uint32_t i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+  for (uint32_t i = 0; i < started; i++) pthread_join(th[i], NULL);
   free(th);
   stage_release(&w, cur);
   dbx_buf_free(&out);

@@ -104,7 +104,7 @@ class HostilePeers(TmpTest):
             send(5, 2, 2, 1, [[0, 0, 4, 0, 1, 4]], True, b"abc\n", False)  # a good one
             got = {}
             deadline = time.time() + 20
-            while len(got) < 3 and time.time() < deadline:
+            while len(got) < 4 and time.time() < deadline:
                 if router.poll(500):
                     m = msgpack.unpackb(router.recv_multipart()[1], raw=False)
                     if m[2] in (6, 7):
@@ -112,6 +112,8 @@ class HostilePeers(TmpTest):
             self.assertEqual(got[9][2], 7, got)            # no stage: the task fails
             self.assertEqual(got[0][2], 7, got)            # failure, naming the input
             self.assertIn("input 5 of 1", got[0][7])
+            self.assertEqual(got[1][2], 7, got)            # lengths that do not add up: refused
+            self.assertIn("malformed task", got[1][7])
             self.assertEqual(got[2][2], 6, got)            # the good task still runs
             self.assertIsNone(w.poll(), "the worker died on a bad task")
             send(10)                                       # bye

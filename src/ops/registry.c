@@ -1,0 +1,30 @@
+/* registry.c -- the built-in operators by name, and their checks of partials from peers. */
+#include <string.h>
+
+#include "ops/nbayes.h"
+#include "ops/ops.h"
+
+typedef struct op_entry {
+  const dbx_op *op;
+  int (*check)(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+} op_entry;
+
+static const op_entry builtin[] = {
+    {&op_wordcount, NULL},
+    {&op_noop, NULL},
+    {&op_nb_vocab, NULL},  /* its partials stand alone: merge_encoded/decode check them whole */
+    {&op_nb_fit, nb_fit_check},
+    {&op_nb_predict, nb_predict_check},
+};
+
+const dbx_op *ops_find(const char *name) {
+  for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+    if (strcmp(builtin[i].op->name, name) == 0) return builtin[i].op;
+  return NULL;
+}
+
+int ops_check_partial(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, dbx_err *err) {
+  for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+    if (builtin[i].op == op) return builtin[i].check ? builtin[i].check(cfg, bcast, partial, err) : 0;
+  return 0;
+}
