@@ -101,7 +101,7 @@ trap 'restore; exit 130' INT TERM
 trap 'restore' EXIT
 
 build() {
-  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON >/dev/null &&
     cmake --build "$BUILD" -j "$JOBS" >"$1" 2>&1
 }
 
