@@ -4,7 +4,7 @@ SANBUILD ?= build-sanitize
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test test-sanitize demo install bench clean fuzz
+.PHONY: all deps build test test-sanitize demo install bench clean fuzz mutate
 
 all: build
 
@@ -44,6 +44,12 @@ bench:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@for b in bench/*/run; do echo "== $$b"; $$b $(BUILD)/dbatch || exit 1; done
+
+# The mutation score: each mutant in tests/mutation/ applied alone, rebuilt in build-mutate/,
+# tested; prints caught/survived and the score (goal >= 90%). MUTANTS=REGEX picks some.
+mutate:
+	@scripts/install-deps.sh test
+	@BUILD=build-mutate JOBS=$(JOBS) scripts/mutate.sh $(MUTANTS)
 
 # libFuzzer targets (tests/fuzz/, built with clang into build-fuzz/): replay the saved crash
 # inputs, then FUZZ_SECONDS of fuzzing per target; fails on any finding. FUZZ_REPLAY=0 skips
