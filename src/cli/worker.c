@@ -32,6 +32,7 @@ int cmd_worker(int argc, char **argv) {
       {"persist", no_argument, NULL, 1},        {"no-shared-fs", no_argument, NULL, 2},
       {"heartbeat", required_argument, NULL, 3}, {"timeout", required_argument, NULL, 4},
       {"local", no_argument, NULL, 5},          {"quiet", no_argument, NULL, 'q'},
+      {"parent", required_argument, NULL, 6},
       {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -63,6 +64,10 @@ int cmd_worker(int argc, char **argv) {
       break;
     }
     case 5: o.local = 1; break;
+    case 6:
+      if (parse_u64(optarg, 1, INT32_MAX, &v)) return cli_usage_error("worker", "--parent needs a process id, not '%s'", optarg);
+      o.parent = (int64_t)v;
+      break;
     case 'q': log_set_level(LOG_ERROR); break;
     case 'v': log_set_level(LOG_DEBUG); break;
     case 'h': fputs(help, stdout); return EXIT_OK;

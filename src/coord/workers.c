@@ -113,9 +113,10 @@ static int evidence_fd(evidence_page **map) {
 }
 
 int wt_spawn_local(wtable *t, const char *exe, const char *ep, double heartbeat, const sigset_t *mask) {
-  char slots[] = "1", hb[32];
+  char slots[] = "1", hb[32], me[24];
   snprintf(hb, sizeof hb, "%g", heartbeat);
-  char *argv[] = {"dbatch", "worker", "--connect", (char *)ep, "--local", "--slots", slots,
+  snprintf(me, sizeof me, "%d", (int)getpid());
+  char *argv[] = {"dbatch", "worker", "--connect", (char *)ep, "--local", "--parent", me, "--slots", slots,
                   "--heartbeat", hb, NULL};
   cworker *w = wt_add(t);
   if (!w) { log_error("cannot start a local worker: out of memory"); return -1; }

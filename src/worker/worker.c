@@ -260,10 +260,14 @@ static evidence_page *evidence_map(uint32_t slots) {
 
 int worker_main(const worker_opts *o, dbx_err *err) {
   fault_setup();
+  pid_t parent = getppid();
   if (o->local) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  /* never outlive the coordinator that started us */
+    /* A coordinator that died before the line above (between its spawn and our prctl)
+     * sent no signal: we were already adopted. Its pid says so. */
+    if (o->parent) parent = (pid_t)o->parent;
+    if (getppid() != parent) return 0;
   }
-  pid_t parent = getppid();
   wctx w;
   memset(&w, 0, sizeof w);
   pthread_mutex_init(&w.mu, NULL);

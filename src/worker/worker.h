@@ -9,6 +9,7 @@ typedef struct worker_opts {
   const char *connect;     /* ipc://... or tcp://HOST:PORT */
   uint32_t slots;          /* tasks run at once (threads) */
   int local;               /* started by a coordinator on this machine: dies with it */
+  int64_t parent;          /* local: the coordinator's pid (0: whoever our parent is) */
   int persist;             /* after a job, wait for the next one */
   int shared_fs;           /* can open the coordinator's input paths */
   double heartbeat;        /* seconds between heartbeats */

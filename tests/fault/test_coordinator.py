@@ -236,6 +236,26 @@ class Coordinator(TmpTest):
                 self.assertRegex(err, r"error: wordcount task \d+: its result is \d+ bytes, over the coordinator's "
                                       r"--max-message of 65536 bytes: raise --max-message or use smaller batches")
 
+    def test_coordinator_killed_while_starting_leaves_no_worker(self):
+        """Killed between starting a worker and the worker's parent-death signal being set:
+        the worker must notice its coordinator is gone (it knows its pid)."""
+        pids = []
+        for i in range(40):
+            c = start("wordcount", "--workers", "2", "--no-job-dir", self.data)
+            time.sleep(0.001 * (i % 8))
+            c.kill()
+            c.wait()
+            pids.append(c.pid)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+            left = [l for l in ps.splitlines() if " worker " in l and "--local" in l and
+                    any(("dbatch-%d-" % p) in l for p in pids)]
+            if not left:
+                break
+            time.sleep(0.2)
+        self.assertEqual(left, [])
+
     def test_killed_coordinator_leaves_no_socket_file(self):
         before = set(glob.glob("/tmp/dbatch-*.sock"))
         c = self.coord("--workers", "2", "--batch-records", "10", "-v", self.data, env=fault_env("delay_ms=50"))
