@@ -40,15 +40,16 @@ static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void 
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *le = nl ? nl + 1 : end;
     st->records++;
-    if ((uint64_t)(le - p) - (nl != NULL) > cfg->max_record) {
+    uint64_t len = (uint64_t)(le - p) - (nl != NULL);  /* without its newline, as --max-record counts */
+    if (len > cfg->max_record) {
       char where[512];
       dbx_batch_where(b, (size_t)(p - b->data), where, sizeof where);
       if (cfg->bad_fail)
         return dbx_seterr(err, DBX_EBADREC, "bad record at %s: a line of %llu bytes, longer than --max-record %llu",
-                          where, (unsigned long long)(le - p), (unsigned long long)cfg->max_record);
+                          where, (unsigned long long)len, (unsigned long long)cfg->max_record);
       if (!st->bad_records++)
-        snprintf(st->bad_note, sizeof st->bad_note, "%.200s: a line of %llu bytes, longer than --max-record", where,
-                 (unsigned long long)(le - p));
+        snprintf(st->bad_note, sizeof st->bad_note, "%.180s: a line of %llu bytes, longer than --max-record", where,
+                 (unsigned long long)len);
       int rc = wc_map_range(cfg, run, (size_t)(p - run), partial, err);
       if (rc) return rc;
       run = le;

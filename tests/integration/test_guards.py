@@ -116,7 +116,7 @@ class MaxRecordBoundary(TmpTest):
                 self.assertEqual(p.stdout, want)
                 j = json.loads(slurp(s, True))
                 self.assertEqual((j["records"], j["bad_records"]), (43, 1))
-                self.assertIn(b"bad record skipped: %s line 22: a line of %d bytes" % (data.encode(), self.N + 2),
+                self.assertIn(b"bad record skipped: %s line 22: a line of %d bytes" % (data.encode(), self.N + 1),
                               p.stderr)
 
     def test_n_bytes_pass_under_fail_policy(self):
@@ -130,7 +130,8 @@ class MaxRecordBoundary(TmpTest):
         p = run("wordcount", "--workers", "0", "--batch-records", "7", "--max-record", str(self.N),
                 "--on-bad-record", "fail", "--no-job-dir", "--out", out, bad, check=False)
         self.assertEqual(p.returncode, 1, p.stderr)
-        self.assertIn(b"bad record at %s line 22" % bad.encode(), p.stderr)
+        self.assertIn(b"bad record at %s line 22: a line of %d bytes, longer than --max-record %d"
+                      % (bad.encode(), self.N + 1, self.N), p.stderr)
         self.assertFalse(os.path.exists(out))
 
 
