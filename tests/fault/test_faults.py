@@ -14,7 +14,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, free_port, run, slurp, start, wait_for_line  # noqa: E402
+from dbx import DBATCH, TmpTest, free_port, run, slurp, start, wait_for_line  # noqa: E402
 
 
 def children(pid):
@@ -333,19 +333,22 @@ class Heartbeats(TmpTest):
 
 class ReadOnlyOutput(TmpTest):
     def test_read_only_directory(self):
+        """Run as an unprivileged user when this is root (CI): root passes every mode check."""
         data = words_file(self.path("in.txt"), 100)
-        if os.geteuid() == 0:
-            target = "/proc/dbatch-out.tsv"  # root writes anywhere chmod allows; /proc takes no new files
-        else:
-            ro = self.path("ro")
-            os.makedirs(ro)
-            os.chmod(ro, 0o555)
-            target = os.path.join(ro, "out.tsv")
-        p = run("wordcount", data, "--out", target, check=False)
-        self.assertEqual(p.returncode, 1)
+        os.chmod(self.tmp, 0o755)
+        os.chmod(data, 0o644)
+        ro = self.path("ro")
+        os.makedirs(ro)
+        os.chmod(ro, 0o555)
+        target = os.path.join(ro, "out.tsv")
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        p = subprocess.run(drop + [os.path.abspath(DBATCH), "wordcount", data, "--no-job-dir", "--out", target],
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(target.encode(), p.stderr)
-        self.assertIn(b"cannot create output file", p.stderr)
+        self.assertIn(b"Permission denied", p.stderr)
         self.assertFalse(os.path.exists(target))
+        self.assertEqual(os.listdir(ro), [])
 
 
 if __name__ == "__main__":
