@@ -467,30 +467,49 @@ static int speculate(srun *r, double now, dbx_err *err) {
   coord *c = r->c;
   if (!c->o.speculation || r->tt.qlen || r->tt.ndelayed || !r->tt.running) return 0;
   double limit = tt_spec_limit(&r->tt, now, SPEC_FIRST_SECONDS);
+  /* Workers holding an attempt past the limit, or overtaken by a copy before, are suspect
+   * (stuck, or answering nothing): a copy sent there would wait as long. Copies go only to
+   * workers that show no sign of it. */
+  unsigned char *suspect = calloc(c->wt.n + 1, 1);
+  if (!suspect) return DBX_ENOMEM;
+  int overdue = 0;
+  for (size_t i = 0; i < c->wt.n; i++) suspect[i] = c->wt.w[i].overtaken > 0;
   for (size_t i = 0; i < r->tt.n; i++) {
+    ctask *t = &r->tt.t[i];
+    if (t->state != T_RUNNING) continue;
+    for (int k = 0; k < 2; k++) {
+      if (t->run[k] < 0 || now - t->run_start[k] < limit) continue;
+      suspect[t->run[k]] = 1;
+      overdue = 1;
+    }
+  }
+  int rc = 0;
+  for (size_t i = 0; overdue && i < r->tt.n; i++) {
     ctask *t = &r->tt.t[i];
     if (t->state != T_RUNNING || t->run[0] < 0 || t->run[1] >= 0 || now - t->run_start[0] < limit) continue;
     size_t n;
-    int rc = sched_view(r, NULL, &n);
-    if (rc) return rc;
+    if ((rc = sched_view(r, NULL, &n))) break;
     sched_worker *sw = c->sw;
-    sw[t->run[0]].usable = 0;
+    for (size_t k = 0; k < n && k < c->wt.n; k++)
+      if (suspect[k]) sw[k].usable = 0;
     /* Only a worker with a free slot: a copy must not queue behind other tasks. */
     for (size_t k = 0; k < n; k++)
       if (sw[k].inflight >= sw[k].slots) sw[k].usable = 0;
     long wi = sched_pick(&c->sch, sw, n);
-    if (wi < 0) return 0;
+    if (wi < 0) break;
     rc = send_task(r, (size_t)wi, (uint32_t)i, 1, err);
-    if (rc == -2) return err->code ? err->code : DBX_EIO;
+    if (rc == -2) { rc = err->code ? err->code : DBX_EIO; break; }
     if (rc == 0) {
       r->j->speculated++;
       log_info("task %zu runs long (%.2f s, limit %.2f s): a copy starts on worker %u", i, now - t->run_start[0],
                limit, c->wt.w[wi].id);
     } else if ((rc = send_failed(r, (size_t)wi, err))) {
-      return rc;
+      break;
     }
+    if ((size_t)wi >= c->wt.n) break;  /* records moved: recompute next time */
   }
-  return 0;
+  free(suspect);
+  return rc;
 }
 
 /* --task-timeout, or by default 10x the stage's 90th percentile task time (at least a
@@ -587,7 +606,10 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (w->inflight) w->inflight--;
   ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_OK);
   int other = tt_succeed(&r->tt, idx, k, time_mono());
-  if (other >= 0) cancel_attempt(r, idx, other);  /* the other copy lost the race */
+  if (other >= 0) {  /* the other copy lost the race */
+    c->wt.w[r->tt.t[idx].run[other]].overtaken++;
+    cancel_attempt(r, idx, other);
+  }
   double dt = m->map_seconds;
   w->tasks++;
   w->bytes += m->bytes;
@@ -618,12 +640,19 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   if (k < 0) return 0;
   char cause[600];
   snprintf(cause, sizeof cause, "%.*s", (int)(m->text_len < 580 ? m->text_len : 580), m->text);
-  /* A bad record under --on-bad-record=fail, or an input that changed under the job, is
-   * about the data: no retry can help. */
-  if (m->code == DBX_EBADREC || m->code == DBX_ECHANGED) return dbx_seterr(err, (int)m->code, "%s", cause);
-  /* A result over --max-message would be over it on any worker. */
-  if (m->code == DBX_ETOOBIG)
-    return dbx_seterr(err, DBX_ETOOBIG, "%s task %u: %s", r->s->st->name, (uint32_t)m->index, cause);
+  /* A worker that cannot read its input as planned (gone, cut, rewritten): if we see the
+   * change too, the input changed under the job, and the job stops naming it. If we do not,
+   * the claim is about that worker alone (its copy of the file, or a lie): a failed attempt,
+   * retried elsewhere like any other. */
+  int x = r->s->in ? inputs_check_unchanged(r->s->in, err) : 0;
+  if (x) return x;
+  const cworker *w = &r->c->wt.w[wi];
+  char who[200];
+  snprintf(who, sizeof who, "%s task %u on worker %u (%.64s pid %lld)", r->s->st->name, (uint32_t)m->index, w->id,
+           w->host, (long long)w->pid);
+  /* A bad record under --on-bad-record=fail is about the data, and a result over
+   * --max-message would be as large on any worker: no retry can help. */
+  if (m->code == DBX_EBADREC || m->code == DBX_ETOOBIG) return dbx_seterr(err, (int)m->code, "%s: %s", who, cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 

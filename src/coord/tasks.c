@@ -215,8 +215,16 @@ double tt_spec_limit(ttable *tt, double now, double first) {
 }
 
 double tt_default_timeout(ttable *tt, double now, double floor) {
-  if (tt->ndur < 3) return 0;
-  stats(tt, now);
-  double limit = 10 * tt->p90;
+  if (tt->ndur == 0) return 0;
+  double limit;
+  if (tt->ndur < 3) {
+    double longest = 0;
+    for (size_t i = 0; i < tt->ndur; i++)
+      if (tt->dur[i] > longest) longest = tt->dur[i];
+    limit = 10 * longest;
+  } else {
+    stats(tt, now);
+    limit = 10 * tt->p90;
+  }
   return limit > floor ? limit : floor;
 }

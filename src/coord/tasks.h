@@ -92,7 +92,7 @@ int tt_avoids(const ctask *t, uint32_t wid);
  * (a worker that heartbeats but never answers must not hold a task forever). */
 double tt_spec_limit(ttable *tt, double now, double first);
 /* The default bound on one attempt when the user set none: 10x the stage's 90th
- * percentile task time, at least `floor` seconds; 0 (no bound) until three attempts
- * finished. */
+ * percentile task time (10x the longest while fewer than three finished), at least `floor`
+ * seconds; 0 (no bound) until an attempt of the stage finished. */
 double tt_default_timeout(ttable *tt, double now, double floor);
 #endif

@@ -29,6 +29,7 @@ typedef struct cworker {
   uint64_t tasks, bytes, failures;
   double busy;
   uint32_t bad[16], nbad;   /* distinct tasks with a failed attempt here */
+  uint32_t overtaken;       /* its attempts that a copy elsewhere finished first */
   const char *end;          /* how it ended: "killed", "exited", "lost", "excluded"; NULL alive */
   evidence_page *ev;        /* local workers: what it runs (shared memory), or NULL */
 } cworker;

@@ -42,15 +42,15 @@ class FakeWorker(threading.Thread):
     """A worker written against docs/protocol.md. mode: 'garble' answers every task with a
     partial that does not decode; 'hang' heartbeats and never answers."""
 
-    def __init__(self, ctx, ep, mode):
+    def __init__(self, ctx, ep, mode, slots=1):
         super().__init__(daemon=True)
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(ep)
-        self.mode, self.id, self.tasks, self.stop = mode, None, 0, False
+        self.mode, self.id, self.tasks, self.stop, self.slots = mode, None, 0, False, slots
 
     def run(self):
-        self.sock.send(pack(1, 1, "fake-" + self.mode, 4242, True))
+        self.sock.send(pack(1, self.slots, "fake-" + self.mode, 4242, True))
         last = 0
         while not self.stop:
             if time.time() - last > 0.2:
@@ -65,6 +65,8 @@ class FakeWorker(threading.Thread):
                 self.tasks += 1
                 if self.mode == "garble":
                     self.sock.send(pack(6, m[3], m[4], m[5], 1, 0, 1, 0.001, b"\xc1 not a partial", ""))
+                elif self.mode == "claims-changed":  # a lie: the input is as planned
+                    self.sock.send(pack(7, m[3], m[4], m[5], -17, "input changed while the job ran (a lie)"))
             elif m[2] == 10:
                 break
         self.sock.close()
@@ -114,6 +116,37 @@ class Coordinator(TmpTest):
         # (those it already held come back bad too, and are retried like the others).
         self.assertGreaterEqual(len({f["task"] for f in j["failures"]}), 3)
         self.assertIn(b"failed 3 different tasks", err)
+
+    def test_worker_claiming_a_changed_input_is_a_failed_attempt(self):
+        """Only the coordinator's own look at the input can stop the job: a worker that says
+        the input changed when it did not is retried elsewhere like any failure."""
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        s = self.path("s.json")
+        c = self.coord("--workers", "1", "--listen", ep, "--wait-workers", "2", "--batch-records", "100",
+                       "--policy", "round-robin", "--summary-json", s, self.data, env=fault_env("delay_ms=20"))
+        fake = FakeWorker(self.ctx, ep, "claims-changed")
+        fake.start()
+        out, err = c.communicate(timeout=120)
+        fake.stop = True
+        fake.join(5)
+        self.assertEqual(c.returncode, 0, err.decode(errors="replace"))
+        self.assertEqual(out, self.want)
+        causes = {f["cause"] for f in json.loads(slurp(s, True))["failures"]}
+        self.assertEqual(causes, {"input changed while the job ran (a lie)"})
+
+    def test_input_deleted_mid_job_is_named(self):
+        data = words_file(self.path("gone.txt"), 3000)
+        c = self.coord("--workers", "2", "--batch-records", "100", "-v", data, env=fault_env("delay_ms=50"))
+        wait_for_line(c.stderr, "worker 2 joined")
+        time.sleep(0.3)
+        os.unlink(data)
+        out, err = c.communicate(timeout=120)
+        err = err.decode(errors="replace")
+        self.assertEqual(c.returncode, 1, err)
+        self.assertEqual(out, b"")
+        final = err.strip().splitlines()[-1]
+        self.assertIn(data, final)
+        self.assertNotIn("excluded", final)
 
     def test_last_attempt_lost_with_a_remote_worker_fails_the_job(self):
         ep = "tcp://127.0.0.1:%d" % free_port()
@@ -177,6 +210,30 @@ class Coordinator(TmpTest):
         j = json.loads(slurp(s, True))
         self.assertEqual(j["speculative_attempts"], 1)
 
+    def test_black_holes_with_many_slots_do_not_starve_the_real_worker(self):
+        """Three peers that join with 4096 slots, heartbeat, and never answer take every task
+        at once; copies must go to the worker that does answer, not to another black hole."""
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        s = self.path("s.json")
+        c = self.coord("--workers", "0", "--listen", ep, "--wait-workers", "3", "--batch-records", "300",
+                       "--summary-json", s, "-v", self.data)
+        fakes = [FakeWorker(self.ctx, ep, "hang", slots=4096) for _ in range(3)]
+        for f in fakes:
+            f.start()
+        wait_for_line(c.stderr, "worker 3 joined")
+        w = start("worker", "--connect", ep, "--slots", "1")
+        self.procs.append(w)
+        out, err = c.communicate(timeout=120)
+        for f in fakes:
+            f.stop = True
+            f.join(5)
+        self.assertEqual(c.returncode, 0, err.decode(errors="replace"))
+        self.assertEqual(out, self.want)
+        j = json.loads(slurp(s, True))
+        real = [x for x in j["worker_stats"] if not x["host"].startswith("fake")]
+        self.assertEqual(real[0]["tasks"], 10)
+        self.assertEqual(sum(f.tasks for f in fakes), 10)
+
     def test_stopped_local_workers_are_killed_and_replaced(self):
         s = self.path("s.json")
         c = self.coord("--workers", "2", "--worker-timeout", "1", "--heartbeat", "0.2", "--batch-records", "100",
@@ -233,7 +290,8 @@ class Coordinator(TmpTest):
                 err = err.decode(errors="replace")
                 self.assertEqual(c.returncode, 1, err)
                 self.assertEqual(out, b"")
-                self.assertRegex(err, r"error: wordcount task \d+: its result is \d+ bytes, over the coordinator's "
+                self.assertRegex(err, r"error: wordcount task \d+ on worker \d+ \(\S+ pid \d+\): its result is \d+ bytes, "
+                                      r"over the coordinator's "
                                       r"--max-message of 65536 bytes: raise --max-message or use smaller batches")
 
     def test_coordinator_killed_while_starting_leaves_no_worker(self):

@@ -136,7 +136,10 @@ static void test_limits(void **state) {
     tt_pop(&tt);
     tt_start(&tt, i, 0, 1, 0.0);
     tt_succeed(&tt, i, 0, i < 9 ? 2.0 : 20.0);
-    if (i == 1) assert_true(tt_spec_limit(&tt, 1, 1.0) == 3.0);  /* 1.5x the longest of two */
+    if (i == 1) {
+      assert_true(tt_spec_limit(&tt, 1, 1.0) == 3.0);        /* 1.5x the longest of two */
+      assert_true(tt_default_timeout(&tt, 1, 10) == 20.0);   /* 10x the longest of two */
+    }
   }
   assert_true(tt_spec_limit(&tt, 100, 5.0) == 3.0);       /* 1.5x the median */
   assert_true(tt_default_timeout(&tt, 100, 60) == 200.0);  /* 10x p90 (20 s) */
