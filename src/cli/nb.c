@@ -3,10 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "ops/nbayes.h"
+#include "util/log.h"
 #include "util/parse.h"
 #include "util/timeutil.h"
 
@@ -111,7 +113,7 @@ static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const 
 /* scikit-learn's classification_report, character for character, from confusion counts.
  * Labels are the sorted union of true and predicted labels; 0/0 counts as 0. */
 static int report(const nb_confusion *cf, size_t ncf, int digits, sink *metrics, dbx_buf *out, dbx_err *err) {
-  char **labels = calloc(2 * ncf + 1, sizeof *labels);
+  char **labels = calloc(2 * ncf + 1, sizeof *labels), **disp = NULL;
   size_t nl = 0;
   if (!labels) return DBX_ENOMEM;
   for (size_t i = 0; i < ncf; i++) {
@@ -145,13 +147,25 @@ static int report(const nb_confusion *cf, size_t ncf, int digits, sink *metrics,
     total += cf[i].count;
     if (!strcmp(cf[i].truth, cf[i].pred)) correct += cf[i].count;
   }
+  /* Labels come from data: on the terminal they appear escaped as the logs escape text (a
+   * normal label is unchanged), and the columns are as wide as the escaped text. */
+  if (!(disp = calloc(nl + 1, sizeof *disp))) { rc = DBX_ENOMEM; goto done; }
+  for (size_t k = 0; k < nl; k++) {
+    dbx_buf e = {0};
+    if (log_escape_buf(&e, labels[k], strlen(labels[k])) || dbx_buf_append(&e, "", 1)) {
+      dbx_buf_free(&e);
+      rc = DBX_ENOMEM;
+      goto done;
+    }
+    disp[k] = e.data;
+  }
   size_t width = 12;  /* len("weighted avg") */
-  for (size_t k = 0; k < nl; k++) width = ncp(labels[k]) > width ? ncp(labels[k]) : width;
+  for (size_t k = 0; k < nl; k++) width = ncp(disp[k]) > width ? ncp(disp[k]) : width;
   if ((size_t)digits > width) width = (size_t)digits;
   pad_right_align(out, "", width);
   put(out, "  precision    recall  f1-score   support\n\n");
   for (size_t k = 0; k < nl; k++) {
-    pad_right_align(out, labels[k], width);
+    pad_right_align(out, disp[k], width);
     put(out, "  %9.*f %9.*f %9.*f %9llu\n", digits, p[k], digits, r[k], digits, f[k], (unsigned long long)sup[k]);
     if (metrics) {
       dbx_value row[5] = {{labels[k], strlen(labels[k]), 0, 0}, {NULL, 0, 0, p[k]}, {NULL, 0, 0, r[k]},
@@ -180,6 +194,8 @@ static int report(const nb_confusion *cf, size_t ncf, int digits, sink *metrics,
   put(out, "  %9.*f %9.*f %9.*f %9llu\n", digits, wp, digits, wr, digits, wf, (unsigned long long)total);
   if (!out->data) rc = DBX_ENOMEM;
 done:
+  for (size_t k = 0; disp && k < nl; k++) free(disp[k]);
+  free(disp);
   free(labels);
   free(p);
   free(r);
@@ -389,11 +405,26 @@ int cmd_nb(int argc, char **argv) {
       names[0] = "path";
       names[1] = "predicted";
       types[0] = types[1] = DBX_COL_TEXT;
-      for (uint32_t k = 0; k < C; k++) {
+      /* Column names are unique ignoring ASCII case, as SQLite compares them: a later class
+       * whose p_<label> collides with an earlier name gets _<class index> appended (again,
+       * until unique). The same names go to every kind of sink. */
+      for (uint32_t k = 0; k < C && !rc; k++) {
         size_t n = strlen(classes[k]) + 3;
         pnames[k] = malloc(n);
-        if (pnames[k]) snprintf(pnames[k], n, "p_%s", classes[k]);
-        names[2 + k] = pnames[k] ? pnames[k] : "p";
+        if (!pnames[k]) { rc = DBX_ENOMEM; break; }
+        snprintf(pnames[k], n, "p_%s", classes[k]);
+        for (;;) {
+          uint32_t i = 0;
+          while (i < 2 + k && strcasecmp(i < 2 ? names[i] : pnames[i - 2], pnames[k])) i++;
+          if (i == 2 + k) break;
+          size_t m = strlen(pnames[k]) + 12;
+          char *nn = malloc(m);
+          if (!nn) { rc = DBX_ENOMEM; break; }
+          snprintf(nn, m, "%s_%u", pnames[k], k);
+          free(pnames[k]);
+          pnames[k] = nn;
+        }
+        names[2 + k] = pnames[k];
         types[2 + k] = DBX_COL_REAL;
       }
       if (o.out.dest) rc = sink_open(&o.out, &outs.sch, &outs.pred, &err);

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
+#include "ops/ops.h"
 #include "ops/tokenize.h"
 #include "util/afile.h"
 #include "util/json.h"
@@ -460,19 +461,31 @@ static int v_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *er
   return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory encoding a partial result") : 0;
 }
 
-/* [key, count, ...] with names and counts 1..max; *sum = the sum of the counts (no overflow). */
-static int check_map(const msgpack_object *o, uint64_t max, uint64_t *sum) {
+/* [key, count, ...] with counts 1..max and each key once; keys are names (labels), or terms
+ * the tokenizer can emit (terms = 1: ops_word_ok, at least 2 code points). *sum = the sum of
+ * the counts (no overflow). -1 if not so, DBX_ENOMEM. */
+static int check_map(const msgpack_object *o, uint64_t max, int terms, uint64_t *sum) {
   if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 2) return -1;
+  strmap *seen = strmap_new();
+  if (!seen || strmap_reserve(seen, o->via.array.size / 2)) { strmap_free(seen); return DBX_ENOMEM; }
   uint64_t t = 0;
-  for (uint32_t i = 0; i < o->via.array.size; i += 2) {
+  int rc = 0;
+  for (uint32_t i = 0; i < o->via.array.size && !rc; i += 2) {
     const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
+    uint32_t id = 0;
     if (k->type != MSGPACK_OBJECT_STR || !good_name(k->via.str.ptr, k->via.str.size) ||
+        (terms && (!ops_word_ok(k->via.str.ptr, k->via.str.size) || k->via.str.size < 2)) ||
         v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 == 0 || v->via.u64 > max || t + v->via.u64 < t)
-      return -1;
+      rc = -1;
+    else if (strmap_add(seen, k->via.str.ptr, k->via.str.size, 1, &id))
+      rc = DBX_ENOMEM;
+    else if (strmap_val(seen, id) > 1)
+      rc = -1;  /* a key twice: an honest partial counts each once */
     t += v->via.u64;
   }
-  if (sum) *sum = t;
-  return 0;
+  strmap_free(seen);
+  if (!rc && sum) *sum = t;
+  return rc;
 }
 
 static int unpack_map(const msgpack_object *o, strmap *m) {
@@ -501,7 +514,12 @@ static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n,
       u.data.via.array.size == 3 && u.data.via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER)
     a = u.data.via.array.ptr;
   if (a) nd = a[0].via.u64;
-  if (!a || check_map(&a[1], nd, &labelled) || labelled != nd || check_map(&a[2], nd, NULL) || v->ndocs + nd < v->ndocs)
+  int c1 = 0, c2 = 0;
+  if (a && nd <= NB_DOCS_MAX) c1 = check_map(&a[1], nd, 0, &labelled);
+  if (a && nd <= NB_DOCS_MAX && !c1) c2 = check_map(&a[2], nd, 1, NULL);
+  if (c1 == DBX_ENOMEM || c2 == DBX_ENOMEM)
+    rc = DBX_ENOMEM;
+  else if (!a || nd > NB_DOCS_MAX || c1 || labelled != nd || c2 || v->ndocs + nd < v->ndocs)
     rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
   else if (unpack_map(&u.data.via.array.ptr[1], v->labels) || unpack_map(&u.data.via.array.ptr[2], v->terms))
     rc = DBX_ENOMEM;
@@ -792,10 +810,20 @@ int nb_fit_check(const void *cfg, const void *bcv, const void *part, dbx_err *er
     return dbx_seterr(err, DBX_ECORRUPT,
                       "naive Bayes: partial result of %u classes x %u terms, but the vocabulary has %u x %u", f->C, f->V,
                       bc->C, bc->V);
-  uint64_t total = 0;
+  /* A fit partial counts documents the vocabulary stage counted too: no class can have more
+   * than the vocabulary gave it (which also keeps every sum of partials far from overflow),
+   * and a sum of L2-normalised rows is at most the class's documents in each term. */
   for (uint32_t c = 0; c < f->C; c++) {
-    if (total + f->cc[c] < total) return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: class counts overflow");
-    total += f->cc[c];
+    if (f->cc[c] > bc->class_count[c] || f->cc[c] > NB_DOCS_MAX)
+      return dbx_seterr(err, DBX_ECORRUPT,
+                        "naive Bayes: partial result counts %llu documents of class %u, but the vocabulary has %llu",
+                        (unsigned long long)f->cc[c], c, (unsigned long long)bc->class_count[c]);
+    const double *row = f->fc + (size_t)c * f->V;
+    double lim = (double)f->cc[c] * (1 + 1e-9);
+    for (uint32_t j = 0; j < f->V; j++)
+      if (row[j] > lim)
+        return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: partial result has a weight sum of %g for class %u, term %u, over its %llu documents",
+                          row[j], c, j, (unsigned long long)f->cc[c]);
   }
   return 0;
 }
@@ -809,7 +837,7 @@ static int f_finish(const void *cfg, const void *bcv, void *part, dbx_emit_fn em
   if (!f->fc) return dbx_seterr(err, DBX_EINVAL, "no training documents");
   uint32_t C = f->C, V = f->V;
   uint64_t total = 0;
-  for (uint32_t c = 0; c < C; c++) total += f->cc[c];
+  for (uint32_t c = 0; c < C; c++) total += f->cc[c];  /* each <= its vocabulary count: checked */
   if (total == 0) return dbx_seterr(err, DBX_EINVAL, "no training documents");
   for (uint32_t c = 0; c < C; c++)
     if (f->cc[c] == 0) {
@@ -1013,6 +1041,21 @@ static int conf_key(const char *k, size_t n, size_t *truth_len, uint32_t *cls) {
   return 0;
 }
 
+/* Probabilities of a row, as p_map makes them: whole doubles, finite, in [0, 1], and the
+ * predicted class's the largest (exp is monotonic: the argmax of the joint log-likelihood
+ * stays the argmax). 1 if so; the class index is checked against the model elsewhere. */
+static int proba_ok(const char *p, size_t n, uint32_t cls) {
+  if (n % sizeof(double) || (uint64_t)cls >= n / sizeof(double)) return n % sizeof(double) == 0;
+  double top;
+  memcpy(&top, p + (size_t)cls * sizeof(double), sizeof top);
+  for (size_t c = 0; c < n / sizeof(double); c++) {
+    double d;
+    memcpy(&d, p + c * sizeof(double), sizeof d);
+    if (!isfinite(d) || d < 0 || d > 1 || d > top) return 0;
+  }
+  return 1;
+}
+
 /* Every row against the model and the stage's input table (when bc is not NULL), or only
  * its shape (bc NULL): input and class indices in range, probabilities iff --proba. */
 static int p_rows_check(const nb_cfg *cf, const nb_bc *bc, const ppart *p, dbx_err *err) {
@@ -1021,10 +1064,34 @@ static int p_rows_check(const nb_cfg *cf, const nb_bc *bc, const ppart *p, dbx_e
   size_t off = 0;
   int rc = 0;
   uint64_t i = 0;
+  /* Each document once: (input, line) never repeats. */
+  strmap *seen = p->nrows <= NB_DOCS_MAX ? strmap_new() : NULL;
+  if (p->nrows > NB_DOCS_MAX)
+    rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: partial result of %llu predictions", (unsigned long long)p->nrows);
+  else if (!seen || strmap_reserve(seen, (size_t)p->nrows))
+    rc = DBX_ENOMEM;
   for (; i < p->nrows && !rc; i++) {
     prow r;
-    if (prow_next(&u, p->rows.data, p->rows.len, &off, &r))
+    uint32_t id = 0;
+    char key[12];
+    if (prow_next(&u, p->rows.data, p->rows.len, &off, &r)) {
       rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (prediction row %llu)", (unsigned long long)i);
+      break;
+    }
+    memcpy(key, &r.input, 4);
+    memcpy(key + 4, &r.line, 8);
+    if (cf->format == CORPUS_DIR ? r.line != -1 : r.line < 1 || (uint64_t)r.line > NB_LINE_MAX)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu names line %lld, impossible in a %s corpus",
+                      (unsigned long long)i, (long long)r.line, cf->format == CORPUS_DIR ? "directory" : "line");
+    else if (strmap_add(seen, key, sizeof key, 1, &id))
+      rc = DBX_ENOMEM;
+    else if (strmap_val(seen, id) > 1)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu repeats a document (input %u, line %lld)",
+                      (unsigned long long)i, r.input, (long long)r.line);
+    else if (r.proba && !proba_ok(r.proba, r.proba_len, r.cls))
+      rc = dbx_seterr(err, DBX_ECORRUPT,
+                      "naive Bayes: prediction row %llu has probabilities that are not finite, not in [0, 1] or not largest for its class",
+                      (unsigned long long)i);
     else if (bc && r.input >= bc->ninputs)
       rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: prediction row %llu names input %u of %u", (unsigned long long)i,
                       r.input, bc->ninputs);
@@ -1038,6 +1105,7 @@ static int p_rows_check(const nb_cfg *cf, const nb_bc *bc, const ppart *p, dbx_e
   if (!rc && off != p->rows.len)
     rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (bytes after %llu prediction rows)",
                     (unsigned long long)p->nrows);
+  strmap_free(seen);
   msgpack_unpacked_destroy(&u);
   return rc;
 }
@@ -1098,6 +1166,24 @@ static int p_decode(const void *cfg, const char *buf, size_t n, void **out, dbx_
                      : dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (predictions)");
   }
   *out = p;
+  return 0;
+}
+
+int nb_check_docs(const dbx_op *op, const void *part, uint64_t docs, dbx_err *err) {
+  uint64_t have = 0;
+  if (op == &op_nb_vocab) {
+    have = ((const vpart *)part)->ndocs;
+  } else if (op == &op_nb_fit) {
+    const fpart *f = part;
+    for (uint32_t c = 0; f->fc && c < f->C; c++) have = have + f->cc[c] < have ? UINT64_MAX : have + f->cc[c];
+  } else if (op == &op_nb_predict) {
+    have = ((const ppart *)part)->nrows;
+  } else {
+    return 0;
+  }
+  if (have != docs)
+    return dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: partial result counts %llu documents, but the task read %llu",
+                      (unsigned long long)have, (unsigned long long)docs);
   return 0;
 }
 

@@ -25,11 +25,21 @@ typedef struct nb_cfg {
 
 extern const dbx_op op_nb_vocab, op_nb_fit, op_nb_predict;
 
+/* The most documents one partial result may count, and the largest line number a
+ * prediction may name: honest tasks and files are far below both. Partials above them are
+ * refused, so that merging up to 2^24 partials cannot overflow a count. */
+#define NB_DOCS_MAX (1ull << 40)
+#define NB_LINE_MAX (1ull << 48)
+
 /* Check a decoded partial of nb_fit / nb_predict against the stage's loaded broadcast (the
  * vocabulary / the model and input table): DBX_ECORRUPT with a message if the partial could
  * not have come from this stage. See ops_check_partial(). */
 int nb_fit_check(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
 int nb_predict_check(const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+
+/* Does a decoded partial of op (one of the three) count exactly docs documents? 0, or
+ * DBX_ECORRUPT with a message. See ops_check_result(). */
+int nb_check_docs(const dbx_op *op, const void *partial, uint64_t docs, dbx_err *err);
 
 /* Build a stage broadcast for corpus c around payload (may be empty). OUT out (appended). */
 int nb_envelope(const corpus *c, const char *payload, size_t n, dbx_buf *out);

@@ -13,6 +13,17 @@ typedef struct wc_cfg {
 } wc_cfg;
 extern const dbx_op op_wordcount;
 
+/* The largest count one word count partial may hold: a task reads less than 2^48 bytes, and
+ * a word takes at least 2 (itself and a separator). With it, 2^16 partials merge without
+ * overflow; a sum that would overflow anyway is refused as malformed. */
+#define WC_COUNT_MAX (1ull << 48)
+
+/* 1 if p[0..n) is a word an honest tokenizer (tokenize.h) can emit: not empty, valid UTF-8
+ * (no overlong forms, surrogates or code points past U+10FFFF), and its ASCII bytes letters,
+ * digits or '_' (so never NUL, TAB, CR, LF or any other separator). Partials from peers are
+ * checked with it. */
+int ops_word_ok(const char *p, size_t n);
+
 /* No-op: for scheduler benchmarks and tests; partial = number of batches seen. Each task
  * sleeps task_ms milliseconds (0: returns at once), like a task waiting on I/O. */
 typedef struct noop_cfg {
@@ -48,4 +59,11 @@ const dbx_op *ops_find(const char *name);
  * the classifier). 0 when the partial fits, or DBX_ECORRUPT with a message: blame the
  * attempt that sent it. Operators with nothing to check pass. */
 int ops_check_partial(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, dbx_err *err);
+
+/* ops_check_partial, then the partial against the result message it came in: an honest
+ * worker's partial covers exactly the documents it reports (records - bad_records), so a
+ * classifier partial with a row, a document or a class count more or less is refused
+ * (DBX_ECORRUPT with a message). Operators whose partials do not count records pass. */
+int ops_check_result(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, uint64_t records,
+                     uint64_t bad_records, dbx_err *err);
 #endif

@@ -31,6 +31,17 @@ int ops_check_partial(const dbx_op *op, const void *cfg, const void *bcast, cons
   return 0;
 }
 
+int ops_check_result(const dbx_op *op, const void *cfg, const void *bcast, const void *partial, uint64_t records,
+                     uint64_t bad_records, dbx_err *err) {
+  int rc = ops_check_partial(op, cfg, bcast, partial, err);
+  if (rc) return rc;
+  if (op != &op_nb_vocab && op != &op_nb_fit && op != &op_nb_predict) return 0;
+  if (bad_records > records)
+    return dbx_seterr(err, DBX_ECORRUPT, "result reports %llu bad records of %llu", (unsigned long long)bad_records,
+                      (unsigned long long)records);
+  return nb_check_docs(op, partial, records - bad_records, err);
+}
+
 int ops_ordered_output(const dbx_op *op) {
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (builtin[i].op == op) return builtin[i].ordered;

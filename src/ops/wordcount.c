@@ -107,7 +107,13 @@ static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err
   for (uint32_t i = 0; i < n; i++) {
     size_t len;
     const char *k = strmap_key(r, i, &len);
-    if (strmap_add_hashed(l, k, len, strmap_hash_of(r, i), strmap_val(r, i), NULL)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
+    uint32_t id;
+    if (strmap_add_hashed(l, k, len, strmap_hash_of(r, i), 0, &id)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
+    uint64_t have = strmap_val(l, id), add = strmap_val(r, i);
+    if (have + add < have)
+      return dbx_seterr(err, DBX_ECORRUPT, "word count: the count of '%.*s' overflows when merged (a malformed partial result?)",
+                        (int)(len > 100 ? 100 : len), k);
+    strmap_setval(l, id, have + add);
   }
   return 0;
 }
@@ -129,15 +135,44 @@ static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err
   return mpk_close(&mp) ? dbx_seterr(err, DBX_ENOMEM, "word count: cannot encode partial") : 0;
 }
 
-/* left += the entries of an encoding made by wc_encode. Checks every entry first (a word is
- * not empty, a count at least 1), so a rejected encoding (DBX_ECORRUPT) changes nothing;
- * only DBX_ENOMEM can leave left half merged (and fails the job). */
+int ops_word_ok(const char *p, size_t n) {
+  const unsigned char *s = (const unsigned char *)p, *e = s + n;
+  if (!n) return 0;
+  while (s < e) {
+    unsigned c = *s;
+    if (c < 0x80) {  /* ASCII word characters only: letters, digits, '_' */
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_')) return 0;
+      s++;
+      continue;
+    }
+    size_t k;
+    uint32_t cp, min;
+    if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; min = 0x10000; }
+    else return 0;
+    if ((size_t)(e - s) <= k) return 0;
+    for (size_t i = 1; i <= k; i++) {
+      if ((s[i] & 0xc0) != 0x80) return 0;
+      cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    s += k + 1;
+  }
+  return 1;
+}
+
+/* left += the entries of an encoding made by wc_encode. Checks every entry first, against
+ * what an honest worker can send: a word the tokenizer can emit (ops_word_ok), each word
+ * once, a count in 1..WC_COUNT_MAX, and no sum that overflows in left. So a rejected
+ * encoding (DBX_ECORRUPT) changes nothing; only DBX_ENOMEM can leave left half merged (and
+ * fails the job). */
 static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   size_t off = 0;
   int rc = 0;
-  strmap *m = left;
+  strmap *m = left, *seen = NULL;
   if (msgpack_unpack_next(&u, p, n, &off) != MSGPACK_UNPACK_SUCCESS || off != n ||
       u.data.type != MSGPACK_OBJECT_ARRAY || u.data.via.array.size % 2) {
     rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result");
@@ -145,12 +180,25 @@ static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n
   }
   const msgpack_object *o = u.data.via.array.ptr;
   uint32_t k = u.data.via.array.size;
-  for (uint32_t i = 0; i < k; i += 2)
-    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[i].via.str.size == 0 ||
-        o[i + 1].via.u64 == 0) {
+  if (!(seen = strmap_new()) || strmap_reserve(seen, k / 2)) { rc = DBX_ENOMEM; goto done; }
+  for (uint32_t i = 0; i < k; i += 2) {
+    if (o[i].type != MSGPACK_OBJECT_STR || o[i + 1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        !ops_word_ok(o[i].via.str.ptr, o[i].via.str.size) || o[i + 1].via.u64 == 0 || o[i + 1].via.u64 > WC_COUNT_MAX) {
       rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result (entry %u)", i / 2);
       goto done;
     }
+    uint32_t id;
+    if (strmap_add(seen, o[i].via.str.ptr, o[i].via.str.size, 1, &id)) { rc = DBX_ENOMEM; goto done; }
+    if (strmap_val(seen, id) > 1) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "word count: malformed partial result (entry %u repeats a word)", i / 2);
+      goto done;
+    }
+    int64_t j = strmap_find(m, o[i].via.str.ptr, o[i].via.str.size);
+    if (j >= 0 && strmap_val(m, (uint32_t)j) + o[i + 1].via.u64 < strmap_val(m, (uint32_t)j)) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "word count: the count of entry %u overflows when merged", i / 2);
+      goto done;
+    }
+  }
   size_t have = strmap_count(m);
   if (strmap_reserve(m, k / 2 > have ? k / 2 : have)) { rc = DBX_ENOMEM; goto done; }
   for (uint32_t i = 0; i < k; i += 2)
@@ -159,6 +207,7 @@ static int wc_merge_encoded(const void *cfg, void *left, const char *p, size_t n
       goto done;
     }
 done:
+  strmap_free(seen);
   msgpack_unpacked_destroy(&u);
   return rc;
 }

@@ -9,6 +9,7 @@
 #include "ops/nbayes.h"
 #include "ops/ops.h"
 #include "util/mpk.h"
+#include "util/strmap.h"
 
 /* A mutated msgpack header can claim 2^32 elements: msgpack-c asks for that much memory up
  * front, gets NULL and reports a malformed message. Under ASan, let malloc return NULL as it
@@ -151,7 +152,7 @@ static void conf_key(char *k, const char *truth, uint32_t cls, size_t *n) {
 }
 
 static void test_predict_good_partial(void **state) {
-  nb_cfg cfg = {0, 0, 0};
+  nb_cfg cfg = {CORPUS_DIR, 0, 0};
   void *bc = load_bcast(&op_nb_predict, &cfg, 1);
   char k[32];
   size_t kn;
@@ -174,7 +175,7 @@ static void test_predict_good_partial(void **state) {
 
 /* A confusion key without its NUL, or with one too early, is refused by decode. */
 static void test_predict_key_without_nul(void **state) {
-  nb_cfg cfg = {0, 0, 0};
+  nb_cfg cfg = {CORPUS_DIR, 0, 0};
   const char *keys[] = {"alpha\x01\x02\x03\x04", "al\0ha\0\0\0\0\0", "\0\0\0\0\0", "ab\0\0"};
   size_t lens[] = {10, 11, 5, 4};
   for (size_t i = 0; i < 4; i++) {
@@ -192,7 +193,7 @@ static void test_predict_key_without_nul(void **state) {
 /* Indices past the model (class) or the input table (input) pass decode, which cannot know
  * them, and are refused by the check and by finish: a clean error, no read out of bounds. */
 static void test_predict_indices_past_the_model(void **state) {
-  nb_cfg cfg = {0, 0, 0};
+  nb_cfg cfg = {CORPUS_DIR, 0, 0};
   void *bc = load_bcast(&op_nb_predict, &cfg, 1);
   struct {
     uint32_t input, row_cls, key_cls;
@@ -230,7 +231,7 @@ static void test_predict_indices_past_the_model(void **state) {
 
 /* Rows that do not parse, counts that do not add up: decode refuses. */
 static void test_predict_bad_rows(void **state) {
-  nb_cfg cfg = {0, 0, 0};
+  nb_cfg cfg = {CORPUS_DIR, 0, 0};
   char k[32];
   size_t kn;
   conf_key(k, "alpha", 0, &kn);
@@ -433,6 +434,236 @@ static void test_wordcount_zero_counts(void **state) {
   dbx_buf_free(&enc);
 }
 
+
+/* ---- partials no honest worker can send (counts, keys, words, rows) ---- */
+
+static void wc_pairs(dbx_buf *out, size_t n, const char *const *w, const size_t *wn, const uint64_t *c) {
+  mb b;
+  msgpack_packer *pk = mb_open(&b);
+  msgpack_pack_array(pk, (uint32_t)(2 * n));
+  for (size_t i = 0; i < n; i++) {
+    msgpack_pack_str_with_body(pk, w[i], wn[i]);
+    msgpack_pack_uint64(pk, c[i]);
+  }
+  assert_int_equal(mpk_close(&b.m), 0);
+  *out = b.buf;
+}
+
+/* 1 if merging the single entry (w, c) into a word count holding "the" = 3 is accepted. */
+static int wc_accepts(const char *w, size_t wn, uint64_t c) {
+  wc_cfg cfg = {0, 0, 0, 0};
+  void *agg = op_wordcount.partial_new(&cfg);
+  dbx_buf honest = {0}, enc = {0}, before = {0}, after = {0};
+  const char *hw[] = {"the"};
+  size_t hn[] = {3};
+  uint64_t hc[] = {3};
+  wc_pairs(&honest, 1, hw, hn, hc);
+  dbx_err err = {0, ""};
+  assert_int_equal(op_wordcount.merge_encoded(&cfg, agg, honest.data, honest.len, &err), 0);
+  assert_int_equal(op_wordcount.encode(&cfg, agg, &before, &err), 0);
+  wc_pairs(&enc, 1, &w, &wn, &c);
+  int rc = op_wordcount.merge_encoded(&cfg, agg, enc.data, enc.len, &err);
+  void *p = NULL;
+  int drc = op_wordcount.decode(&cfg, enc.data, enc.len, &p, &err);
+  assert_int_equal(rc, drc);
+  if (p) op_wordcount.partial_free(p);
+  if (rc) {
+    assert_int_equal(rc, DBX_ECORRUPT);
+    assert_int_equal(op_wordcount.encode(&cfg, agg, &after, &err), 0);
+    assert_int_equal(after.len, before.len);
+    assert_memory_equal(after.data, before.data, before.len);
+  }
+  op_wordcount.partial_free(agg);
+  dbx_buf_free(&honest);
+  dbx_buf_free(&enc);
+  dbx_buf_free(&before);
+  dbx_buf_free(&after);
+  return rc == 0;
+}
+
+static void test_wordcount_hostile_entries(void **state) {
+  assert_true(wc_accepts("the", 3, 2));
+  assert_true(wc_accepts("h\xc3\xa9llo_1", 8, WC_COUNT_MAX));
+  assert_false(wc_accepts("the", 3, UINT64_MAX));      /* would wrap "the" to 2 */
+  assert_false(wc_accepts("the", 3, WC_COUNT_MAX + 1));
+  static const struct { const char *w; size_t n; } bad[] = {
+      {"a\tb", 3}, {"a\0b", 3}, {"a\nb", 3}, {"a\rb", 3}, {"a b", 3}, {"\xff\xfe", 2},
+      {"\xc0\x80", 2}, {"\xed\xa0\x80", 3}, {"\xf4\x90\x80\x80", 4}, {"ab\xc3", 3}, {"", 0},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    if (wc_accepts(bad[i].w, bad[i].n, 5)) fail_msg("word %zu accepted", i);
+  /* The same word twice in one partial. */
+  wc_cfg cfg = {0, 0, 0, 0};
+  const char *w[] = {"the", "the"};
+  size_t wn[] = {3, 3};
+  uint64_t c[] = {1, 1};
+  dbx_buf enc = {0};
+  wc_pairs(&enc, 2, w, wn, c);
+  void *p = NULL;
+  dbx_err err = {0, ""};
+  assert_int_equal(op_wordcount.decode(&cfg, enc.data, enc.len, &p, &err), DBX_ECORRUPT);
+  assert_null(p);
+  dbx_buf_free(&enc);
+  /* In-memory merge refuses a sum that overflows. */
+  void *l = op_wordcount.partial_new(&cfg), *r = op_wordcount.partial_new(&cfg);
+  assert_int_equal(strmap_add(l, "the", 3, UINT64_MAX - 1, NULL), 0);
+  assert_int_equal(strmap_add(r, "the", 3, 5, NULL), 0);
+  assert_int_equal(op_wordcount.merge(&cfg, l, r, &err), DBX_ECORRUPT);
+  op_wordcount.partial_free(l);
+  op_wordcount.partial_free(r);
+}
+
+static void test_vocab_hostile_entries(void **state) {
+  nb_cfg cfg = {CORPUS_TSV, 0, 0};
+  struct { uint64_t nd; const char *t; size_t tn; int dup; } bad[] = {
+      {3, "a\tb", 3, 0}, {3, "zz\n", 3, 0}, {3, "\xff\xfe", 2, 0}, {3, "aa", 2, 1}, {NB_DOCS_MAX + 1, "aa", 2, 0},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    mb b;
+    msgpack_packer *pk = mb_open(&b);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint64(pk, bad[i].nd);
+    msgpack_pack_array(pk, 2);
+    str(pk, "alpha");
+    msgpack_pack_uint64(pk, bad[i].nd);
+    msgpack_pack_array(pk, bad[i].dup ? 4 : 2);
+    for (int k = 0; k < (bad[i].dup ? 2 : 1); k++) {
+      msgpack_pack_str_with_body(pk, bad[i].t, bad[i].tn);
+      msgpack_pack_uint64(pk, 1);
+    }
+    assert_int_equal(mpk_close(&b.m), 0);
+    void *p = NULL;
+    dbx_err err = {0, ""};
+    if (op_nb_vocab.decode(&cfg, b.buf.data, b.buf.len, &p, &err) != DBX_ECORRUPT) fail_msg("vocab case %zu accepted", i);
+    dbx_buf_free(&b.buf);
+  }
+}
+
+static void fit_partial_cc(dbx_buf *out, uint64_t cc0, uint64_t cc1, double fill) {
+  mb b;
+  msgpack_packer *pk = mb_open(&b);
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint32(pk, 2);
+  msgpack_pack_uint32(pk, 3);
+  msgpack_pack_array(pk, 2);
+  msgpack_pack_uint64(pk, cc0);
+  msgpack_pack_uint64(pk, cc1);
+  double fc[6];
+  for (int i = 0; i < 6; i++) fc[i] = fill;
+  bin(pk, fc, sizeof fc);
+  assert_int_equal(mpk_close(&b.m), 0);
+  *out = b.buf;
+}
+
+/* The vocabulary counted 2 documents of each class: a fit partial may count no more, its
+ * sums are at most its documents, and it matches the documents its result reports. */
+static void test_fit_counts_against_vocabulary(void **state) {
+  nb_cfg cfg = {CORPUS_TSV, 0, 0};
+  void *bc = load_bcast(&op_nb_fit, &cfg, 0);
+  struct { uint64_t c0, c1; double fill; int ok; } cases[] = {
+      {2, 2, 0.5, 1}, {2, 1, 1.0, 1}, {1, 0, 0.0, 1}, {UINT64_MAX - 3, 0, 0.5, 0}, {3, 0, 0.5, 0}, {1, 1, 1.5, 0}, {0, 0, 0.1, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    dbx_buf enc = {0};
+    fit_partial_cc(&enc, cases[i].c0, cases[i].c1, cases[i].fill);
+    void *p = NULL;
+    dbx_err err = {0, ""};
+    assert_int_equal(op_nb_fit.decode(&cfg, enc.data, enc.len, &p, &err), 0);
+    int rc = ops_check_partial(&op_nb_fit, &cfg, bc, p, &err);
+    if ((rc == 0) != cases[i].ok) fail_msg("fit case %zu: %d %s", i, rc, err.msg);
+    op_nb_fit.partial_free(p);
+    dbx_buf_free(&enc);
+  }
+  /* Against the result message: 4 documents read, 4 counted; not 5, not 3 + 1 bad of 5 wrong. */
+  dbx_buf enc = {0}, model = {0};
+  fit_partial_cc(&enc, 2, 2, 0.5);
+  void *p = NULL, *q = NULL;
+  dbx_err err = {0, ""};
+  assert_int_equal(op_nb_fit.decode(&cfg, enc.data, enc.len, &p, &err), 0);
+  assert_int_equal(ops_check_result(&op_nb_fit, &cfg, bc, p, 4, 0, &err), 0);
+  assert_int_equal(ops_check_result(&op_nb_fit, &cfg, bc, p, 5, 1, &err), 0);
+  assert_int_equal(ops_check_result(&op_nb_fit, &cfg, bc, p, 5, 0, &err), DBX_ECORRUPT);
+  assert_int_equal(ops_check_result(&op_nb_fit, &cfg, bc, p, 3, 0, &err), DBX_ECORRUPT);
+  assert_int_equal(ops_check_result(&op_nb_fit, &cfg, bc, p, 1, 2, &err), DBX_ECORRUPT);
+  /* Two partials that each fit but together count more than the vocabulary: finish refuses. */
+  assert_int_equal(op_nb_fit.decode(&cfg, enc.data, enc.len, &q, &err), 0);
+  assert_int_equal(op_nb_fit.merge(&cfg, p, q, &err), 0);
+  assert_int_equal(op_nb_fit.finish(&cfg, bc, p, NULL, NULL, &model, &err), DBX_ECORRUPT);
+  assert_non_null(strstr(err.msg, "counts 4 documents of class 0, but the vocabulary has 2"));
+  op_nb_fit.partial_free(p);
+  op_nb_fit.partial_free(q);
+  op_nb_fit.bcast_free(bc);
+  dbx_buf_free(&enc);
+  dbx_buf_free(&model);
+}
+
+/* n prediction rows of class 0 for input 0 at the given lines, probabilities pr (2 classes)
+ * or nil; confusion "alpha" -> class 0 counts n. */
+static void pred_rows(dbx_buf *out, uint64_t n, const int64_t *lines, const double *pr) {
+  mb rows;
+  msgpack_packer *rp = mb_open(&rows);
+  for (uint64_t i = 0; i < n; i++) {
+    msgpack_pack_array(rp, 4);
+    msgpack_pack_uint32(rp, 0);
+    msgpack_pack_int64(rp, lines[i]);
+    msgpack_pack_uint32(rp, 0);
+    if (pr) bin(rp, pr, 2 * sizeof *pr);
+    else msgpack_pack_nil(rp);
+  }
+  assert_int_equal(mpk_close(&rows.m), 0);
+  char k[32];
+  size_t kn;
+  conf_key(k, "alpha", 0, &kn);
+  mb b;
+  msgpack_packer *pk = mb_open(&b);
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint64(pk, n);
+  bin(pk, rows.buf.data, rows.buf.len);
+  msgpack_pack_array(pk, n ? 2 : 0);
+  if (n) {
+    bin(pk, k, kn);
+    msgpack_pack_uint64(pk, n);
+  }
+  assert_int_equal(mpk_close(&b.m), 0);
+  dbx_buf_free(&rows.buf);
+  *out = b.buf;
+}
+
+/* 0 if accepted by decode and the check against the model; else the code. */
+static int pred_judge(int format, int proba, uint64_t n, const int64_t *lines, const double *pr, uint64_t records) {
+  nb_cfg cfg = {format, proba, 0};
+  void *bc = load_bcast(&op_nb_predict, &cfg, 1);
+  dbx_buf enc = {0};
+  pred_rows(&enc, n, lines, pr);
+  void *p = NULL;
+  dbx_err err = {0, ""};
+  int rc = op_nb_predict.decode(&cfg, enc.data, enc.len, &p, &err);
+  if (!rc) rc = ops_check_result(&op_nb_predict, &cfg, bc, p, records, 0, &err);
+  if (p) op_nb_predict.partial_free(p);
+  op_nb_predict.bcast_free(bc);
+  dbx_buf_free(&enc);
+  return rc;
+}
+
+static void test_predict_impossible_rows(void **state) {
+  int64_t dirl[] = {-1, -1}, tsvl[] = {1, 2}, same[] = {3, 3}, big[] = {INT64_MAX, 1};
+  double good[2] = {0.75, 0.25}, nan2[2] = {NAN, NAN}, inf2[2] = {INFINITY, 0}, neg[2] = {1.5, -0.5},
+         notmax[2] = {0.25, 0.75};
+  assert_int_equal(pred_judge(CORPUS_DIR, 1, 1, dirl, good, 1), 0);
+  assert_int_equal(pred_judge(CORPUS_TSV, 1, 2, tsvl, good, 2), 0);
+  assert_int_equal(pred_judge(CORPUS_DIR, 1, 1, dirl, nan2, 1), DBX_ECORRUPT);
+  assert_int_equal(pred_judge(CORPUS_DIR, 1, 1, dirl, inf2, 1), DBX_ECORRUPT);
+  assert_int_equal(pred_judge(CORPUS_DIR, 1, 1, dirl, neg, 1), DBX_ECORRUPT);
+  assert_int_equal(pred_judge(CORPUS_DIR, 1, 1, dirl, notmax, 1), DBX_ECORRUPT);
+  assert_int_equal(pred_judge(CORPUS_DIR, 0, 1, big, NULL, 1), DBX_ECORRUPT);  /* a line in a directory corpus */
+  assert_int_equal(pred_judge(CORPUS_TSV, 0, 1, big, NULL, 1), DBX_ECORRUPT);  /* a line past any file */
+  assert_int_equal(pred_judge(CORPUS_TSV, 0, 1, dirl, NULL, 1), DBX_ECORRUPT); /* no line in a line corpus */
+  assert_int_equal(pred_judge(CORPUS_TSV, 0, 2, same, NULL, 2), DBX_ECORRUPT); /* one document twice */
+  assert_int_equal(pred_judge(CORPUS_DIR, 0, 2, dirl, NULL, 2), DBX_ECORRUPT); /* one file twice */
+  assert_int_equal(pred_judge(CORPUS_DIR, 0, 0, dirl, NULL, 1), DBX_ECORRUPT); /* no row for the task's document */
+  assert_int_equal(pred_judge(CORPUS_TSV, 0, 2, tsvl, NULL, 1), DBX_ECORRUPT); /* a row too many */
+}
+
 /* ---- model files ---- */
 
 static void test_model_with_nan_or_inf_weight(void **state) {
@@ -483,6 +714,10 @@ int main(void) {
       cmocka_unit_test(test_vocab_without_broadcast),
       cmocka_unit_test(test_wordcount_zero_counts),
       cmocka_unit_test(test_model_with_nan_or_inf_weight),
+      cmocka_unit_test(test_wordcount_hostile_entries),
+      cmocka_unit_test(test_vocab_hostile_entries),
+      cmocka_unit_test(test_fit_counts_against_vocabulary),
+      cmocka_unit_test(test_predict_impossible_rows),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
