@@ -596,7 +596,7 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   void *part = NULL;
   dbx_err derr = {0, ""};
   if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr) ||
-      ops_check_partial(r->s->op, r->s->cfg, r->bcast, part, &derr)) {
+      ops_check_result(r->s->op, r->s->cfg, r->bcast, part, m->records, m->bad_records, &derr)) {
     if (part) r->s->op->partial_free(part);
     char why[DBX_ERR_LEN + 32];
     snprintf(why, sizeof why, "sent a bad result: %s", derr.msg[0] ? derr.msg : dbx_strerror(derr.code));
