@@ -215,20 +215,11 @@ typedef struct nb_outputs {
   sink *pred, *met;         /* owned until committed or aborted */
   const char *metrics;      /* --metrics DEST */
   const char *pred_dest;    /* --predictions DEST */
-  int metrics_late;         /* the metrics share the predictions' SQLite file */
   dbx_schema sch;           /* the predictions' columns */
   const nb_confusion *cf;   /* for late metrics */
   size_t ncf;
   int digits;
 } nb_outputs;
-
-/* Do a and b name the same SQLite database? */
-static int same_sqlite(const char *a, const char *b) {
-  if (strncmp(a, "sqlite:", 7) || strncmp(b, "sqlite:", 7)) return 0;
-  if (!strcmp(a + 7, b + 7)) return 1;
-  struct stat sa, sb;
-  return stat(a + 7, &sa) == 0 && stat(b + 7, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
 
 /* Is dest an existing file that is not a regular one (written straight, not renamed)? */
 static int straight(const char *dest) {
@@ -246,7 +237,7 @@ static int nb_commit(void *ctx, int commit, dbx_err *err) {
   /* Predictions and metrics written out and synced (their write errors show now) before
    * the model or either of them becomes visible. */
   if (!rc && x->pred) rc = sink_prepare(x->pred, err);
-  if (!rc && x->met && !x->metrics_late) rc = sink_prepare(x->met, err);
+  if (!rc && x->met) rc = sink_prepare(x->met, err);
   if (!rc && x->model_dest) rc = nb_model_save(x->model_dest, x->model->data, x->model->len, err);
   /* A destination that is a device or a pipe is written straight and shows its write
    * errors (/dev/full) only when committed: commit such a one first, while nothing else is
@@ -257,19 +248,9 @@ static int nb_commit(void *ctx, int commit, dbx_err *err) {
     order[1] = &x->met;
   }
   for (int k = 0; k < 2; k++) {
-    if (rc || !*order[k] || (order[k] == &x->met && x->metrics_late)) continue;
+    if (rc || !*order[k]) continue;
     rc = sink_commit(*order[k], err);
     *order[k] = NULL;
-  }
-  if (!rc && x->metrics_late) {
-    sink_opts mo = {x->metrics, NULL, "metrics", 0};
-    dbx_buf scratch = {0};
-    rc = sink_open(&mo, &metric_schema, &x->met, err);
-    if (!rc) rc = report(x->cf, x->ncf, x->digits, x->met, &scratch, err);
-    dbx_buf_free(&scratch);
-    if (!rc) rc = sink_commit(x->met, err);
-    else sink_abort(x->met);
-    x->met = NULL;
   }
   sink_abort(x->met);
   sink_abort(x->pred);
@@ -371,14 +352,19 @@ int cmd_nb(int argc, char **argv) {
   if (!rc && no.metrics) rc = sink_check(&mo, &err);
   if (!rc && no.metrics) rc = cli_check_dest("--metrics", no.metrics, &err);
   if (!rc && outs.model_dest) rc = cli_check_dest("--model", outs.model_dest, &err);
+  /* The model is stored by its own connection, which cannot write while the predictions'
+   * and metrics' transaction holds the same file. */
+  if (!rc && outs.model_dest && !strncmp(outs.model_dest, "sqlite:", 7) &&
+      ((o.out.dest && !strcmp(o.out.dest, outs.model_dest)) || (no.metrics && !strcmp(no.metrics, outs.model_dest))))
+    return cli_usage_error("nb", "--model %s: store the model in another database file than the predictions and "
+                           "metrics", outs.model_dest);
   if (!rc && train) rc = corpus_open(train_path, &ctr, &err);
   if (!rc && test) rc = corpus_open(test_path, &cte, &err);
   if (!rc && !train) rc = nb_model_load(no.model, &model, &err);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
-  /* Two SQLite sinks on one file cannot both hold its write transaction: then the metrics
-   * are opened once the predictions are committed. Otherwise they are opened now. */
-  outs.metrics_late = no.metrics && o.out.dest && same_sqlite(no.metrics, o.out.dest);
-  if (!rc && no.metrics && !outs.metrics_late) rc = sink_open(&mo, &metric_schema, &outs.met, &err);
+  /* Opened now: a bad destination fails before any work. Predictions into the same SQLite
+   * file share its transaction (src/sink/sink_sqlite.c): both appear, or neither. */
+  if (!rc && no.metrics) rc = sink_open(&mo, &metric_schema, &outs.met, &err);
   double t_train = 0, t_test = 0;
   if (!rc && train) {
     double t0 = time_mono();

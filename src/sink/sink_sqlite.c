@@ -1,6 +1,13 @@
 /* sink_sqlite.c -- rows into a SQLite table in one transaction. The table is replaced unless
- * --append; a database file this sink created is removed again if the job fails. */
+ * --append; a database file this sink created is removed again if the job fails.
+ *
+ * Several outputs of one job into the same database file (predictions and metrics) share
+ * one connection and one transaction: each sink's commit only says it is ready, the last one
+ * commits them all, and an abort of any rolls them all back. So they appear together or
+ * not at all, as a job's outputs must. */
 #include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,12 +17,27 @@
 
 #include "sink/sink_internal.h"
 
+/* One open database and its transaction, shared by the sinks writing into it. */
+typedef struct sqlite_db {
+  struct sqlite_db *next;
+  sqlite3 *db;
+  char *path;
+  dev_t dev;
+  ino_t ino;
+  int created;       /* the file did not exist: removed again on rollback */
+  int open;          /* sinks on it not yet committed or aborted */
+  int failed;        /* one was aborted: the transaction is rolled back */
+} sqlite_db;
+
+static sqlite_db *g_dbs;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+
 typedef struct sqlite_sink {
   sink base;
-  sqlite3 *db;
+  sqlite_db *d;
+  sqlite3 *db;       /* d->db */
   sqlite3_stmt *ins;
   char *path;
-  int created;
 } sqlite_sink;
 
 int sink_sqlite_check_table(const char *t, dbx_err *err) {
@@ -28,19 +50,27 @@ int sink_sqlite_check_table(const char *t, dbx_err *err) {
   return 0;
 }
 
-static void sqlite_free(sqlite_sink *s, int remove_file) {
-  sqlite3_finalize(s->ins);
-  sqlite3_close(s->db);
-  if (remove_file && s->created) {
-    unlink(s->path);
-    size_t n = strlen(s->path) + 16;
+/* Close d and forget it (g_mu held); a file it created goes too when remove_file. */
+static void db_release(sqlite_db *d, int remove_file) {
+  for (sqlite_db **p = &g_dbs; *p; p = &(*p)->next)
+    if (*p == d) { *p = d->next; break; }
+  sqlite3_close(d->db);
+  if (remove_file && d->created) {
+    unlink(d->path);
+    size_t n = strlen(d->path) + 16;
     char *j = malloc(n);
     if (j) {
-      snprintf(j, n, "%s-journal", s->path);
+      snprintf(j, n, "%s-journal", d->path);
       unlink(j);
       free(j);
     }
   }
+  free(d->path);
+  free(d);
+}
+
+static void sqlite_free(sqlite_sink *s) {
+  sqlite3_finalize(s->ins);
   free(s->path);
   free(s);
 }
@@ -102,16 +132,79 @@ static int sqlite_row(sink *sb, const dbx_value *row, dbx_err *err) {
 
 static int sqlite_commit(sink *sb, dbx_err *err) {
   sqlite_sink *s = (sqlite_sink *)sb;
-  int rc = exec(s, "COMMIT", err);
-  if (rc) exec(s, "ROLLBACK", NULL);
-  sqlite_free(s, rc != 0);
+  sqlite_db *d = s->d;
+  int rc = 0;
+  pthread_mutex_lock(&g_mu);
+  sqlite3_finalize(s->ins);
+  s->ins = NULL;
+  if (d->failed) {
+    rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: another output into the same database failed; nothing was written",
+                    s->path);
+  } else if (d->open == 1) {  /* the last one: commit them all */
+    rc = exec(s, "COMMIT", err);
+    if (rc) exec(s, "ROLLBACK", NULL);
+  }
+  if (--d->open == 0) db_release(d, rc != 0 || d->failed);
+  pthread_mutex_unlock(&g_mu);
+  sqlite_free(s);
   return rc;
 }
 
 static void sqlite_abort(sink *sb) {
   sqlite_sink *s = (sqlite_sink *)sb;
-  exec(s, "ROLLBACK", NULL);
-  sqlite_free(s, 1);
+  sqlite_db *d = s->d;
+  pthread_mutex_lock(&g_mu);
+  sqlite3_finalize(s->ins);
+  s->ins = NULL;
+  if (!d->failed) exec(s, "ROLLBACK", NULL);
+  d->failed = 1;
+  if (--d->open == 0) db_release(d, 1);
+  pthread_mutex_unlock(&g_mu);
+  sqlite_free(s);
+}
+
+/* The open database for path, joined (its transaction is ours too), or a new one with its
+ * transaction begun. g_mu held. */
+static int db_get(const char *path, sqlite_db **out, dbx_err *err) {
+  struct stat st;
+  if (stat(path, &st) == 0)
+    for (sqlite_db *d = g_dbs; d; d = d->next)
+      if (d->dev == st.st_dev && d->ino == st.st_ino && !d->failed) {
+        d->open++;
+        *out = d;
+        return 0;
+      }
+  sqlite_db *d = calloc(1, sizeof *d);
+  if (!d || !(d->path = strdup(path))) {
+    free(d);
+    return DBX_ENOMEM;
+  }
+  d->created = access(path, F_OK) != 0;
+  int rc = 0;
+  if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+    rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: cannot open: %s", path, d->db ? sqlite3_errmsg(d->db) : "out of memory");
+  } else {
+    sqlite3_busy_timeout(d->db, 10000);
+    char *msg = NULL;
+    if (sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+      rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: %s", path, msg ? msg : "cannot begin a transaction");
+    sqlite3_free(msg);
+  }
+  if (!rc && stat(path, &st) != 0) rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: %s", path, strerror(errno));
+  if (rc) {
+    d->open = 1;
+    d->next = g_dbs;
+    g_dbs = d;
+    db_release(d, 1);
+    return rc;
+  }
+  d->dev = st.st_dev;
+  d->ino = st.st_ino;
+  d->open = 1;
+  d->next = g_dbs;
+  g_dbs = d;
+  *out = d;
+  return 0;
 }
 
 int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *schema, sink **out,
@@ -126,14 +219,15 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
     free(s);
     return dbx_seterr(err, DBX_EISDIR, "sqlite:%s: is a directory; give a database file", path);
   }
-  s->created = access(path, F_OK) != 0;
-  int rc;
-  if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
-    rc = db_err(s, err, "cannot open");
-    goto fail;
+  pthread_mutex_lock(&g_mu);
+  int rc = db_get(path, &s->d, err);
+  pthread_mutex_unlock(&g_mu);
+  if (rc) {
+    free(s->path);
+    free(s);
+    return rc;
   }
-  sqlite3_busy_timeout(s->db, 10000);
-  if ((rc = exec(s, "BEGIN IMMEDIATE", err))) goto fail;
+  s->db = s->d->db;
   /* Table and column names are identifiers from the user and from data (class labels):
    * every one is quoted with %w, which doubles any '"' inside. */
   sqlite3_str *q;
@@ -162,7 +256,6 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
   *out = &s->base;
   return 0;
 fail:
-  if (s->db) exec(s, "ROLLBACK", NULL);
-  sqlite_free(s, 1);
+  sqlite_abort(&s->base);
   return rc;
 }

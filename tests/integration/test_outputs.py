@@ -76,6 +76,32 @@ class OutputsCommitTogether(TmpTest):
         finally:
             subprocess.run(["umount", full], capture_output=True)
 
+    def test_one_sqlite_file_is_one_transaction(self):
+        import sqlite3
+        db = self.path("v.db")
+        con = sqlite3.connect(db)
+        con.executescript("create table predictions(old); insert into predictions values ('kept');"
+                          "create table t(a); create view metrics as select * from t;")
+        con.close()
+        p = self.nb("--predictions", "sqlite:" + db, "--metrics", "sqlite:" + db)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"metrics", p.stderr)
+        con = sqlite3.connect(db)
+        self.assertEqual(con.execute("select * from predictions").fetchall(), [("kept",)])
+        con.close()
+        # Both, together, when nothing fails; the model may not share their file.
+        ok = self.path("ok.db")
+        p = self.nb("--predictions", "sqlite:" + ok, "--metrics", "sqlite:" + ok)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        con = sqlite3.connect(ok)
+        names = sorted(r[0] for r in con.execute("select name from sqlite_master where type='table'"))
+        self.assertEqual(names, ["metrics", "predictions"])
+        self.assertEqual(con.execute("select count(*) from predictions").fetchone()[0], 12)  # every test document
+        con.close()
+        p = self.nb("--predictions", "sqlite:" + ok, "--metrics", "sqlite:" + ok, "--model", "sqlite:" + ok)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"store the model in another database file", p.stderr)
+
     def test_metrics_failing_at_commit_discards_predictions(self):
         # /dev/full takes the open and fails only when written out: at the commit.
         pred = self.path("pred.tsv")
