@@ -393,9 +393,14 @@ class StageMessage(TmpTest):
             # Stage 3: a configuration that is not one NUL-terminated string.
             send(4, 3, "lines", b"x", b"", ["/x"], ["linecount.so", xxh64(body), body])
             task(3, 2)
+            # Stages whose plugin field is malformed are dropped: their tasks have no stage.
+            send(4, 4, "lines", b"\0", b"", ["/x"], [1, 2, 3])
+            task(4, 3)
+            send(4, 5, "lines", b"\0", b"", ["/x"], ["linecount.so", xxh64(b""), b""])
+            task(5, 4)
             got = {}
             deadline = time.time() + 30
-            while len(got) < 3 and time.time() < deadline:
+            while len(got) < 5 and time.time() < deadline:
                 if router.poll(500):
                     m = msgpack.unpackb(router.recv_multipart()[1], raw=False)
                     if m[2] in (6, 7):
@@ -407,6 +412,9 @@ class StageMessage(TmpTest):
             self.assertEqual(got[1][10], b"\x01" + b"\0" * 7 + b"\x04" + b"\0" * 7)  # 1 line, 4 bytes
             self.assertEqual(got[2][2], 7, got)
             self.assertIn("not one NUL-terminated string", got[2][7])
+            for i in (3, 4):
+                self.assertEqual(got[i][2], 7, got)
+                self.assertIn("not given", got[i][7])
             self.assertIsNone(w.poll(), "the worker died")
             send(10)
             self.assertEqual(w.wait(timeout=10), 0)
