@@ -4,7 +4,7 @@ SANBUILD ?= build-sanitize
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test test-sanitize demo install bench clean fuzz mutate
+.PHONY: all deps build test test-sanitize demo install bench clean fuzz mutate examples
 
 all: build
 
@@ -38,6 +38,13 @@ install: build
 	@cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@cmake --install $(BUILD)
+
+# The example plugins (examples/plugins/), built the way a user builds one: against dbatch
+# installed into $(BUILD)/stage, found only through pkg-config. Output: $(BUILD)/examples/.
+examples: build
+	@cmake --install $(BUILD) --prefix $(CURDIR)/$(BUILD)/stage >/dev/null
+	@$(MAKE) --no-print-directory -C examples/plugins OUT=$(CURDIR)/$(BUILD)/examples \
+		PKG_CONFIG_PATH=$$(dirname $$(find $(CURDIR)/$(BUILD)/stage -name dbatch.pc | head -1))
 
 bench:
 	@scripts/install-deps.sh bench

@@ -152,11 +152,56 @@ typedef struct dbx_op {
   int (*bcast_load)(const void *cfg, const char *p, size_t n, void **out, dbx_err *err);
   void (*bcast_free)(void *bcast);
   const dbx_schema *schema;
-  size_t cfg_size;      /* bytes of the configuration struct (workers check what they get) */
+  /* Bytes of the configuration struct (workers check what they get). Plugin operators leave
+   * it 0: their configuration is the --op-arg text, NUL-terminated ("" when not given). */
+  size_t cfg_size;
   /* Optional: left += decode(p, n) in one pass, without building the right partial. It must
    * reject malformed bytes (DBX_ECORRUPT); left may then be partly merged (the job fails). */
   int (*merge_encoded)(const void *cfg, void *left, const char *p, size_t n, dbx_err *err);
+  /* ABI 2 and later append new fields here, never in between (see "Plugins" below). */
 } dbx_op;
+
+/* ---- Plugins: operators in a shared library, run with `dbatch run --op LIB.so[:NAME]` ----
+ *
+ * A plugin library exports one table:
+ *
+ *     static const dbx_op *const my_ops[] = {&my_op};
+ *     const dbx_plugin dbatch_plugin = {DBX_ABI_VERSION, 1, my_ops};
+ *
+ * Build it with `cc -shared -fPIC $(pkg-config --cflags dbatch) -o my.so my.c`, without
+ * -ldbatch: the dbx_* functions declared DBX_EXTERN above (dbx_seterr, dbx_buf_*,
+ * dbx_batch_where, ...) resolve from the running dbatch executable, which exports them.
+ * The library is loaded privately (RTLD_LOCAL) from the bytes the coordinator read, on the
+ * coordinator and on every worker (remote workers receive the bytes with the stage), so
+ * nothing has to be installed on workers and all of them run the same code. It should need
+ * nothing but libc (other libraries must be installed on every worker; $ORIGIN does not work).
+ *
+ * The operator's cfg is the --op-arg text, a NUL-terminated string; partials, encode,
+ * decode and merge follow the rules of dbx_op above (decode sees bytes from the network and
+ * must reject anything malformed). map() runs in several threads at once, each on its own
+ * partial: keep no mutable global state. finish() writes the rows, in the operator's order,
+ * through emit with op->schema, so every sink (TSV, CSV, JSONL, SQLite) takes them. A crash
+ * in a plugin kills only its worker: the attempt fails and is retried like any other.
+ *
+ * ABI versions. abi_version says which header the plugin was compiled against; the rules
+ * that keep old plugins working as the engine grows:
+ *  - Fields are only ever appended at the end of dbx_op and of dbx_plugin (abi_version stays
+ *    the first field of dbx_plugin), and every append bumps DBX_ABI_VERSION.
+ *  - The engine knows the size of dbx_op at every version it accepts. It copies exactly
+ *    that many bytes of the plugin's operator into its own full-size dbx_op and zero-fills
+ *    the rest: it never reads past the end of an older plugin's struct.
+ *  - Every callback added after version 1 is optional: NULL means "not provided" and the
+ *    engine keeps the behaviour an operator of the older version had.
+ *  - A plugin built for a newer version than the running dbatch (or version 0) is refused
+ *    before any work starts, naming both versions.
+ * So a plugin written against ABI 1 (only the callbacks above) loads unchanged into a dbatch
+ * that speaks ABI 2 (for example the keyed aggregates of docs/keyed.md, which will arrive as
+ * new optional fields). */
+typedef struct dbx_plugin {
+  uint32_t abi_version;         /* DBX_ABI_VERSION of the header the plugin was built with */
+  uint32_t nops;                /* entries in ops (1..1024) */
+  const dbx_op *const *ops;     /* the operators, each with a distinct name ([A-Za-z0-9_.-], <= 63) */
+} dbx_plugin;
 
 DBX_EXTERN const char *dbx_version(void);
 

@@ -1,16 +1,23 @@
 /* run.c -- `dbatch run --map CMD`: the user's own command over every batch (Hadoop Streaming's
- * map-only job). The output is the command's output over each batch, in batch order. */
+ * map-only job). The output is the command's output over each batch, in batch order.
+ * `dbatch run --op LIB.so[:NAME]`: an operator from a C plugin library (ops/plugin.c); its
+ * rows go to any sink, like a built-in operator's. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <xxhash.h>
 
 #include "cli/cli.h"
 #include "ops/ops.h"
+#include "ops/plugin.h"
 #include "sink/sink_raw.h"
+#include "util/log.h"
 #include "util/timeutil.h"
 
 static const char help[] =
     "Usage: dbatch run --map CMD [OPTIONS] INPUT...\n"
+    "       dbatch run --op LIB.so[:NAME] [--op-arg TEXT] [OPTIONS] INPUT...\n"
     "Run your own command over the input, in parallel: INPUT is cut into batches of whole\n"
     "lines and CMD runs once per batch as /bin/sh -c CMD, the batch's lines on its standard\n"
     "input. The output is the outputs of the batches concatenated in input order, byte for\n"
@@ -29,8 +36,20 @@ static const char help[] =
     "Example:\n"
     "  dbatch run --map \"grep -i error | cut -f1,3\" --workers 4 -o errors.txt logs/\n"
     "\n"
+    "With --op, the operator NAME of the C plugin library LIB.so (built against dbatch.h:\n"
+    "cc -shared -fPIC $(pkg-config --cflags dbatch), exporting dbatch_plugin) maps every\n"
+    "batch and merges the results; its rows go to -o like any job's (TSV, CSV, JSONL,\n"
+    "sqlite:PATH, with the row-output options of 'dbatch wordcount --help': format, table,\n"
+    "append). NAME may be left out when the library has one operator. The library is read\n"
+    "once and sent to every worker, remote ones included, so nothing has to be installed\n"
+    "there. A plugin that crashes kills only its worker: the attempt is retried like any\n"
+    "failed attempt.\n"
+    "  dbatch run --op ./keysum.so --workers 4 -o sums.csv sales/\n"
+    "\n"
     "Run options:\n"
-    "      --map CMD           the command run over each batch (required)\n"
+    "      --map CMD           the command run over each batch\n"
+    "      --op LIB.so[:NAME]  the plugin operator run over each batch (instead of --map)\n"
+    "      --op-arg TEXT       the operator's configuration (a string it interprets)\n"
     "      --reduce R, --reduce-cmd CMD  key-value reducers: not yet available\n"
     "Batching and execution:\n"
     "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
@@ -60,7 +79,8 @@ static const char help[] =
     "Output:\n"
     "  -o, --out FILE          - (standard output, default) or a file, replaced atomically\n"
     "                          when the job succeeds. Standard output is written as the\n"
-    "                          batches finish, in order\n"
+    "                          batches finish, in order. With --op: also FILE.csv,\n"
+    "                          FILE.jsonl or sqlite:PATH\n"
     "      --summary-json FILE write a summary of the run\n"
     "Watching:\n"
     "      --dashboard HOST:PORT  serve a live dashboard, /api/status and /metrics\n"
@@ -71,34 +91,116 @@ static const char help[] =
     "  -q, --quiet             only errors on standard error\n"
     "  -v, --verbose           more detail on standard error\n"
     "  -h, --help              this help\n"
-    "Exit status: 0 success, 1 the job failed, 2 usage error, 3 finished without the output\n"
-    "of skipped tasks (--on-task-failure=skip).\n";
+    "Exit status: 0 success, 1 the job failed, 2 usage error (also a plugin that does not\n"
+    "load), 3 finished without the output of skipped tasks (--on-task-failure=skip).\n";
+
+/* "LIB.so[:NAME]": the whole text when it names a file (paths may contain ':'), else split
+ * at the last ':'. OUT path (owned by the caller, free), OUT *name (points into spec, or NULL). */
+static char *split_op(const char *spec, const char **name) {
+  struct stat sb;
+  const char *colon = strrchr(spec, ':');
+  *name = NULL;
+  if (!colon || stat(spec, &sb) == 0) return strdup(spec);
+  *name = colon + 1;
+  return strndup(spec, (size_t)(colon - spec));
+}
+
+/* One line, exit 2: a plugin that cannot be used is the user's to fix, before any work. */
+static int plugin_error(const dbx_err *err) {
+  char safe[4 * DBX_ERR_LEN];
+  log_escape(safe, sizeof safe, err->msg, strlen(err->msg));
+  fprintf(stderr, "dbatch run: --op %s\n", safe);
+  return EXIT_USAGE;
+}
+
+/* `dbatch run --op`: load and check the plugin here, before anything starts; then one stage
+ * whose cfg is the --op-arg text with its NUL. */
+static int run_op(cli_job *o, const char *spec, const char *arg, int nin, char **in) {
+  const char *name = NULL;
+  char *path = split_op(spec, &name);
+  if (!path) return cli_usage_error("run", "out of memory");
+  if (!path[0] || (name && !name[0])) {
+    free(path);
+    return cli_usage_error("run", "--op needs LIB.so or LIB.so:NAME, not '%s'", spec);
+  }
+  dbx_err err = {0, ""};
+  plugin *pl = NULL;
+  if (plugin_open_file(path, name, &pl, &err)) {
+    free(path);
+    return plugin_error(&err);
+  }
+  const dbx_op *op = plugin_op(pl);
+  if (!arg) arg = "";
+  job j;
+  memset(&j, 0, sizeof j);
+  j.name = "run";
+  j.workers = o->workers;
+  j.t_start = time_mono();
+  sink *out = NULL;
+  coord *co = NULL;
+  int rc = sink_check(&o->out, &err);
+  if (!rc) rc = inputs_expand(in, (size_t)nin, &j.in, &err);
+  if (!rc) cli_job_size_batches(o, &j.in);
+  if (!rc) rc = cli_job_start(o, &j, &co, &err);
+  if (!rc) rc = sink_open(&o->out, op->schema, &out, &err);
+  if (!rc) {
+    stage s;
+    memset(&s, 0, sizeof s);
+    s.name = "op";
+    s.op = op;
+    s.cfg = arg;
+    s.cfg_size = strlen(arg) + 1;  /* the text and its NUL: what workers check for plugins */
+    s.in = &j.in;
+    s.split.batch_bytes = o->batch_bytes;
+    s.split.batch_records = o->batch_records;
+    s.out = out;
+    s.st = job_add_stage(&j, "op");
+    /* The partials depend on the library's exact bytes, the operator and its argument: a
+     * resume with a rebuilt library or another --op-arg is refused, not mixed. */
+    char opts[200];
+    snprintf(opts, sizeof opts, "op_lib_xxh64=%016llx op=%s op_arg_xxh64=%016llx",
+             (unsigned long long)plugin_xxh64(pl), op->name, (unsigned long long)XXH64(arg, strlen(arg), 0));
+    s.plan_opts = opts;
+    rc = cli_run_stage(co, &j, &s, &err);
+    dbx_buf_free(&s.bcast_out);
+  }
+  rc = cli_job_end("run", o, &j, co, out, rc, &err);
+  plugin_close(pl);  /* after the coordinator and its workers are gone */
+  free(path);
+  return rc;
+}
 
 int cmd_run(int argc, char **argv) {
   static const struct option longopts[] = {
       {"map", required_argument, NULL, 1},
       {"reduce", required_argument, NULL, 2},
       {"reduce-cmd", required_argument, NULL, 3},
+      {"op", required_argument, NULL, 4},
+      {"op-arg", required_argument, NULL, 5},
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   cli_job o;
   static exec_cfg cfg;  /* 4 KiB: not on the stack; plain bytes shipped to workers */
   memset(&cfg, 0, sizeof cfg);
-  const char *map = NULL;
+  const char *map = NULL, *opspec = NULL, *oparg = NULL;
+  const char *row_opt = NULL;  /* a row-output option seen (valid with --op only) */
   cli_job_defaults(&o, "run");
   optind = 1;
   int c;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
-    /* Options of row outputs and record checks do not apply to raw command output. */
-    const char *na = c == 1003 ? "--format" : c == 1004 ? "--table" : c == 1005 ? "--append"
-                   : c == 1023 ? "--max-record" : c == 1024 ? "--on-bad-record" : NULL;
-    if (na) return cli_usage_error("run", "%s does not apply to dbatch run (its output is the command's own bytes)", na);
+    /* Options of row outputs apply to --op only (a command's output is its own bytes);
+     * record checks are the operator's own business in both cases. */
+    const char *na = c == 1023 ? "--max-record" : c == 1024 ? "--on-bad-record" : NULL;
+    if (na) return cli_usage_error("run", "%s does not apply to dbatch run (the command or operator decides what a bad record is)", na);
+    if (c == 1003 || c == 1004 || c == 1005) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--append";
     int r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("run", "bad value '%s' for %s", optarg, argv[optind - 1]);
     if (r) continue;
     switch (c) {
     case 1: map = optarg; break;
+    case 4: opspec = optarg; break;
+    case 5: oparg = optarg; break;
     case 2: case 3:
       return cli_usage_error("run", "%s is not yet available: only map-only jobs (--map CMD) run today",
                              c == 2 ? "--reduce" : "--reduce-cmd");
@@ -106,7 +208,14 @@ int cmd_run(int argc, char **argv) {
     default: return cli_usage_error("run", "unknown option");
     }
   }
-  if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch)");
+  if (map && opspec) return cli_usage_error("run", "--map and --op are exclusive: give one");
+  if (oparg && !opspec) return cli_usage_error("run", "--op-arg needs --op LIB.so[:NAME]");
+  if (opspec) {
+    if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
+    return run_op(&o, opspec, oparg, argc - optind, argv + optind);
+  }
+  if (row_opt) return cli_usage_error("run", "%s does not apply to dbatch run --map (its output is the command's own bytes)", row_opt);
+  if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch), or --op LIB.so[:NAME] for a plugin operator");
   if (!map[0]) return cli_usage_error("run", "--map needs a command");
   if (strlen(map) >= sizeof cfg.cmd) return cli_usage_error("run", "--map: the command is longer than %zu bytes; put it in a script", sizeof cfg.cmd - 1);
   if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");

@@ -28,6 +28,7 @@
 #include "ui/ui.h"
 #include "net/proto.h"
 #include "ops/ops.h"
+#include "ops/plugin.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -361,8 +362,17 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
   ctask *t = &r->tt.t[idx];
   if (w->stage_sent != r->id) {
     stage *s = r->s;
-    if (msg_stage(&c->out, r->id, s->op->name, s->cfg, s->cfg_size, s->bcast_in, s->bcast_in_len,
-                  r->paths, (uint32_t)r->npaths) || send_to(c, w, &c->out))
+    /* A plugin operator's library goes with its stage (bytes + XXH64): workers load what the
+     * coordinator checked, and remote ones need nothing installed. */
+    const plugin *pg = plugin_of(s->op);
+    msg_plugin mp = {0};
+    if (pg) {
+      mp.label = plugin_label(pg);
+      mp.bytes = plugin_bytes(pg, &mp.len);
+      mp.xxh64 = plugin_xxh64(pg);
+    }
+    if (msg_stage_plugin(&c->out, r->id, s->op->name, s->cfg, s->cfg_size, s->bcast_in, s->bcast_in_len,
+                         r->paths, (uint32_t)r->npaths, pg ? &mp : NULL) || send_to(c, w, &c->out))
       return -1;
     w->stage_sent = r->id;
   }

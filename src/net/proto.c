@@ -57,15 +57,27 @@ int msg_refuse(dbx_buf *out, const char *reason) {
 
 int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths) {
-  if (too_big(out, bcast_len) || too_big(out, cfg_len)) return DBX_EINVAL;
+  return msg_stage_plugin(out, stage, op, cfg, cfg_len, bcast, bcast_len, paths, npaths, NULL);
+}
+
+int msg_stage_plugin(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
+                     const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths,
+                     const msg_plugin *pl) {
+  if (too_big(out, bcast_len) || too_big(out, cfg_len) || (pl && too_big(out, pl->len))) return DBX_EINVAL;
   mpk m;
-  msgpack_packer *pk = head(&m, out, MSG_STAGE, 5);
+  msgpack_packer *pk = head(&m, out, MSG_STAGE, pl ? 6 : 5);
   msgpack_pack_uint64(pk, stage);
   pack_str(pk, op);
   msgpack_pack_bin_with_body(pk, cfg_len ? cfg : "", cfg_len);
   msgpack_pack_bin_with_body(pk, bcast_len ? bcast : "", bcast_len);
   msgpack_pack_array(pk, npaths);
   for (uint32_t i = 0; i < npaths; i++) pack_str(pk, paths[i]);
+  if (pl) {
+    msgpack_pack_array(pk, 3);
+    pack_str(pk, pl->label);
+    msgpack_pack_uint64(pk, pl->xxh64);
+    msgpack_pack_bin_with_body(pk, pl->len ? pl->bytes : "", pl->len);
+  }
   return mpk_close(&m);
 }
 
@@ -268,8 +280,11 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   if (type == 0 || type >= MSG_TYPE_MAX) goto bad;
   m->type = (msg_type)type;
   why = "wrong number of fields";
-  /* A welcome may carry the coordinator's --max-message as a third field (0: unknown). */
-  if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3)) goto bad;
+  /* A welcome may carry the coordinator's --max-message as a third field (0: unknown); a
+   * stage may carry a plugin library as a sixth. */
+  if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3) &&
+      !(type == MSG_STAGE && o->via.array.size == 3 + 6))
+    goto bad;
   const msgpack_object *f = a + 3;
   why = "a field has the wrong type or is out of range";
   switch (m->type) {
@@ -298,6 +313,17 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
       if (m->paths[i].type != MSGPACK_OBJECT_STR ||
           (m->paths[i].via.str.size && memchr(m->paths[i].via.str.ptr, 0, m->paths[i].via.str.size)))
         goto bad;
+    if (o->via.array.size == 3 + 6) {
+      /* [label (str <= 255, no NUL), xxh64, library (bin, not empty)] */
+      const msgpack_object *pl = &f[5];
+      if (pl->type != MSGPACK_OBJECT_ARRAY || pl->via.array.size != 3) goto bad;
+      const msgpack_object *v = pl->via.array.ptr;
+      if (get_str(&v[0], &m->plugin_label, &m->plugin_label_len) || m->plugin_label_len > 255 ||
+          (m->plugin_label_len && memchr(m->plugin_label, 0, m->plugin_label_len)) ||
+          get_u64(&v[1], &m->plugin_xxh64) || get_bin(&v[2], &m->plugin, &m->plugin_len) || m->plugin_len == 0)
+        goto bad;
+      m->has_plugin = 1;
+    }
     break;
   case MSG_TASK:
     why = "a task field has the wrong type or is out of range (segment lengths must add up to the shipped bytes)";

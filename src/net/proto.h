@@ -54,6 +54,12 @@ typedef struct msg {
   const char *bcast; size_t bcast_len;
   uint32_t npaths;
   const msgpack_object *paths;  /* npaths STR objects */
+  /* STAGE of a plugin operator (optional 6th field): the library's file name (for messages),
+   * its XXH64 and its bytes. has_plugin = 0 for built-in operators. */
+  int has_plugin;
+  const char *plugin_label; size_t plugin_label_len;
+  uint64_t plugin_xxh64;
+  const char *plugin; size_t plugin_len;
   /* TASK */
   batchdesc batch;              /* seg owned by msg; data.data points into the frame */
   /* RESULT */
@@ -73,8 +79,19 @@ const char *msg_type_name(int type);
 int msg_hello(dbx_buf *out, uint64_t slots, const char *host, uint64_t pid, int shared_fs);
 int msg_welcome(dbx_buf *out, uint64_t worker_id, uint64_t heartbeat_ms, uint64_t max_msg);
 int msg_refuse(dbx_buf *out, const char *reason);
+/* The library a plugin operator comes from, shipped with its stage. */
+typedef struct msg_plugin {
+  const char *label;      /* file name, for messages */
+  const char *bytes;
+  size_t len;
+  uint64_t xxh64;         /* XXH64(bytes, len, 0): the worker checks it before loading */
+} msg_plugin;
 int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths);
+/* msg_stage with the library of a plugin operator as a sixth field; pl NULL: msg_stage. */
+int msg_stage_plugin(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
+                     const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths,
+                     const msg_plugin *pl);
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b);
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
                uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,

@@ -19,6 +19,8 @@ static const op_entry builtin[] = {
     {&op_exec, NULL, 1},
 };
 
+/* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which
+ * the stage message carries. */
 const dbx_op *ops_find(const char *name) {
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (strcmp(builtin[i].op->name, name) == 0) return builtin[i].op;

@@ -21,6 +21,7 @@
 #include "net/evidence.h"
 #include "net/proto.h"
 #include "ops/ops.h"
+#include "ops/plugin.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -28,6 +29,7 @@
 typedef struct wstage {
   uint64_t id;
   const dbx_op *op;
+  plugin *pl;       /* the library op comes from, or NULL for a built-in operator */
   char *cfg;
   void *bcast;
   char **paths;
@@ -65,6 +67,7 @@ static void stage_release(wctx *w, wstage *s) {
   for (uint32_t i = 0; i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
   free(s->cfg);
+  plugin_close(s->pl);  /* last: op and bcast_free live in it */
   free(s);
 }
 
@@ -175,17 +178,36 @@ static int send_buf(void *sock, const dbx_buf *b) {
 static wstage *make_stage(const msg *m, dbx_err *err) {
   char name[64];
   snprintf(name, sizeof name, "%.*s", (int)(m->op_len < 63 ? m->op_len : 63), m->op);
-  const dbx_op *op = ops_find(name);
-  if (!op) { dbx_seterr(err, DBX_EPROTO, "unknown operator '%s' (is this worker the same dbatch version?)", name); return NULL; }
-  if (m->cfg_len != op->cfg_size) {
-    dbx_seterr(err, DBX_EPROTO, "operator '%s': configuration of %zu bytes, expected %zu (another dbatch build?)",
-               name, m->cfg_len, op->cfg_size);
-    return NULL;
+  plugin *pl = NULL;
+  const dbx_op *op = NULL;
+  if (m->has_plugin) {
+    /* A plugin operator: its library came with the stage. plugin_open_bytes checks the
+     * checksum before loading; any problem refuses the stage (its tasks fail, naming why). */
+    char label[256];
+    snprintf(label, sizeof label, "%.*s", (int)m->plugin_label_len, m->plugin_label);
+    if (plugin_open_bytes(label, m->plugin, m->plugin_len, m->plugin_xxh64, name, &pl, err)) return NULL;
+    op = plugin_op(pl);
+    /* Its configuration is the --op-arg text: NUL-terminated, no NUL before the end. */
+    if (m->cfg_len == 0 || m->cfg[m->cfg_len - 1] != 0 || memchr(m->cfg, 0, m->cfg_len - 1)) {
+      dbx_seterr(err, DBX_EPROTO, "operator '%s' of plugin %s: its configuration (%zu bytes) is not one NUL-terminated string",
+                 name, label, m->cfg_len);
+      plugin_close(pl);
+      return NULL;
+    }
+  } else {
+    op = ops_find(name);
+    if (!op) { dbx_seterr(err, DBX_EPROTO, "unknown operator '%s' (is this worker the same dbatch version?)", name); return NULL; }
+    if (m->cfg_len != op->cfg_size) {
+      dbx_seterr(err, DBX_EPROTO, "operator '%s': configuration of %zu bytes, expected %zu (another dbatch build?)",
+                 name, m->cfg_len, op->cfg_size);
+      return NULL;
+    }
   }
   wstage *s = calloc(1, sizeof *s);
-  if (!s) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); return NULL; }
+  if (!s) { plugin_close(pl); dbx_seterr(err, DBX_ENOMEM, "out of memory"); return NULL; }
   s->id = m->stage;
   s->op = op;
+  s->pl = pl;
   s->refs = 1;
   s->cfg = malloc(m->cfg_len + 1);
   s->npaths = m->npaths;
@@ -206,6 +228,7 @@ fail:
   for (uint32_t i = 0; s->paths && i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
   free(s->cfg);
+  plugin_close(s->pl);
   free(s);
   return NULL;
 }
