@@ -164,7 +164,7 @@ static int line_too_long(const splitter *s, uint64_t line, int over_max, dbx_err
                       (unsigned long long)s->max_line);
   uint64_t cap = split_line_cap(&s->o);
   return dbx_seterr(err, DBX_EBADREC, "%s line %llu: a line of more than %llu bytes (%llu MiB), the longest a "
-                    "streamed input may have (16 times --batch-size, at least 64 MiB, at most 1 GiB); no result was "
+                    "streamed input may have (16 times --batch-bytes, at least 64 MiB, at most 1 GiB); no result was "
                     "written: give --max-record SIZE to skip such lines, or split them", path,
                     (unsigned long long)line + 1, (unsigned long long)cap, (unsigned long long)(cap >> 20));
 }
