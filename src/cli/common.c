@@ -8,8 +8,10 @@
 #include "util/parse.h"
 #include "util/timeutil.h"
 #include "engine/journal.h"
+#include "ops/ops.h"
 #include "ui/ui.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -56,7 +58,11 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
 
 int cli_fail(const char *cmd, const dbx_err *err) {
   if (err->code == DBX_EUSAGE) return cli_usage_error(cmd, "%s", err->msg);
-  const char *m = err->msg[0] ? err->msg : dbx_strerror(err->code);
+  /* Never "error: success": a failure that recorded no cause is still a failure. */
+  const char *m = err->msg[0] ? err->msg
+                  : err->code ? dbx_strerror(err->code)
+                              : "failed without recording a cause (an internal error: please report it with the "
+                                "command line); no output was written";
   char safe[4 * DBX_ERR_LEN];
   log_escape(safe, sizeof safe, m, strlen(m));
   fprintf(stderr, "dbatch %s: error: %s\n", cmd, safe);
@@ -165,6 +171,10 @@ void cli_job_size_batches(cli_job *o, const inputs *in) {
 }
 
 int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err) {
+  /* Word count's --max-record also bounds the lines the splitter holds for a stream (the
+   * line is then cut and left to the operator to count and skip, or fails the split). */
+  const wc_cfg *wc = s->op == &op_wordcount && s->cfg_size == sizeof(wc_cfg) ? s->cfg : NULL;
+  splitter_bound_lines(wc ? wc->max_record : 0, wc ? wc->bad_fail : 0);
   int rc = engine_plan_stage(j, s, err);
   return rc ? rc : coord_run_stage(co, j, s, err);
 }
@@ -220,7 +230,7 @@ int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
   return probe_dir(opt, dest, dir, err);
 }
 
-int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
+static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   o->co.workers = o->workers;
   j->workers = o->workers;
   const char *dir = o->job_dir;
@@ -236,6 +246,8 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
     o->summary_open = 1;
   }
   if (o->job_dir) {
+    struct stat jst;
+    *made = stat(o->job_dir, &jst) != 0;  /* journal_open creates it */
     int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
     if (rc) return rc;
   } else if (cli_resume) {
@@ -252,6 +264,7 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
     snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "dbatch-jobs/%s-%s-%d", j->name, stamp, (int)getpid());
     if (mkdir(o->job_dir_buf, 0755) != 0 && errno != EEXIST)
       return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", o->job_dir_buf, strerror(errno));
+    *made = 1;
     dir = o->job_dir_buf;
   }
   ui_opts uo = {o->dashboard, o->dashboard_public, o->quiet, dir};
@@ -259,6 +272,45 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   if (rc) return rc;
   j->job_dir = dir;
   return coord_new(&o->co, c, err);
+}
+
+/* Remove the job directory dir that a job which failed to start created: the files it
+ * put there (lock, journal, status), then the directory. Nothing but plain files is
+ * removed, and the directory only when that leaves it empty. */
+static void remove_made_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+      if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+      char p[PATH_MAX];
+      struct stat st;
+      if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < sizeof p && lstat(p, &st) == 0 &&
+          S_ISREG(st.st_mode))
+        unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(dir);
+}
+
+int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
+  int made = 0;
+  int rc = job_start(o, j, c, &made, err);
+  if (rc && made) {
+    /* A job that did not start leaves no job directory behind (a full disk, a bad option
+     * found late): its journal, lock and status go with the directory it created. */
+    const char *dir = o->job_dir ? o->job_dir : o->job_dir_buf;
+    journal_close(j->jr);
+    j->jr = NULL;
+    if (j->ui) {
+      ui_free(j->ui);
+      j->ui = NULL;
+    }
+    j->job_dir = NULL;
+    remove_made_dir(dir);
+  }
+  return rc;
 }
 
 /* Write the summary into its (still temporary) file and sync it, so that committing it
@@ -357,6 +409,10 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
   j->winfo = NULL;
   size_t missing = j->nmissing;
   job_free_records(j);
+  if (rc && !err->msg[0]) {
+    if (!err->code) err->code = rc;
+    snprintf(err->msg, sizeof err->msg, "%s (no further detail was recorded)", dbx_strerror(rc));
+  }
   if (rc) return cli_fail(cmd, err);
   if (missing) {
     fprintf(stderr, "dbatch %s: finished without %zu skipped task(s); their input is listed above%s\n", cmd,

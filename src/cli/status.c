@@ -28,6 +28,10 @@ enum { EXIT_LOST = 4 };
 /* A running job's status file is rewritten every second; one this much older, whose
  * coordinator cannot be checked from here, is lost. */
 #define STALE_SECONDS 5.0
+/* A coordinator of this host whose process is alive but whose status file was not
+ * refreshed for this long is not responding (stopped, or stuck): lost too. (Generous: a
+ * coordinator busy in a long final merge does not refresh.) */
+#define HUNG_SECONDS 30.0
 
 static const char help[] =
     "Usage: dbatch status [--timeout SECS] JOB_DIR|URL\n"
@@ -41,13 +45,16 @@ static const char help[] =
     "A job directory whose job still says \"running\" but whose coordinator is gone (its\n"
     "process no longer exists, or, on another host, its status was not refreshed for 5 s)\n"
     "is reported as lost (a job run with --job-dir can be resumed: 'dbatch resume JOB_DIR').\n"
+    "So is one whose coordinator process on this host is alive but has not refreshed its\n"
+    "status for 30 s: it is not responding (stopped or stuck; a coordinator busy in a long\n"
+    "final merge may also stop refreshing for a while).\n"
     "\n"
     "Exit status:\n"
     "  0  the job is starting, running, or done\n"
     "  1  the job failed (its error is shown), or its state cannot be read\n"
     "  2  usage error\n"
     "  3  the job finished without some input (--on-task-failure=skip): done with skipped input\n"
-    "  4  the job is lost: its coordinator ended without finishing it\n";
+    "  4  the job is lost: its coordinator ended without finishing it, or is not responding\n";
 
 /* Milliseconds left before deadline (at least 0), for poll(). */
 static int ms_left(double deadline) {
@@ -215,6 +222,11 @@ static int http_get(const char *url, double timeout, dbx_buf *out, char *state, 
     goto done;
   }
   size_t body = raw.len - head_end;
+  if (want != SIZE_MAX && body < want) {
+    rc = dbx_seterr(err, DBX_EIO, "%.200s: truncated answer: the server announced %zu bytes (Content-Length) and "
+                    "closed the connection after %zu; try again", url, want, body);
+    goto done;
+  }
   if (want != SIZE_MAX && body > want) body = want;
   if (dbx_buf_append(out, raw.data + head_end, body)) { rc = dbx_seterr(err, DBX_ENOMEM, "%.200s: out of memory", url); goto done; }
   size_t vl;
@@ -267,7 +279,13 @@ static int job_lost(const char *coordinator, double mtime, char *why, size_t cap
   long long pid = at ? strtoll(coordinator, &end, 10) : 0;
   double age = time_wall() - mtime;
   if (at && end == at && pid > 0 && me[0] && !strcmp(at + 1, me)) {
-    if (pid_alive(pid)) return 0;
+    if (pid_alive(pid)) {
+      if (age <= HUNG_SECONDS) return 0;
+      snprintf(why, cap, "its coordinator (pid %lld on %s) is alive but not responding: its status was not refreshed "
+               "for %.0f s (it is refreshed every second while the job runs); is it stopped (SIGSTOP) or stuck?",
+               pid, me, age);
+      return 1;
+    }
     snprintf(why, cap, "its coordinator (pid %lld on %s) is gone; last update %.0f s ago", pid, me, age);
     return 1;
   }

@@ -134,11 +134,18 @@ static int open_db(const char *dir, int create, journal **out, dbx_err *err) {
     return rc;
   }
   sqlite3_busy_timeout(jr->db, 5000);
-  int rc = exec(jr,
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+  /* A new job starts from an empty journal of this schema (an earlier job's tables, maybe
+   * of an older schema, are dropped); a resume keeps them, and check_resumable refuses
+   * another schema. */
+  int rc = exec(jr, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", err);
+  if (!rc && create)
+    rc = exec(jr, "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS inputs; DROP TABLE IF EXISTS tasks;"
+              " DROP TABLE IF EXISTS stages;", err);
+  if (!rc)
+    rc = exec(jr,
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);"
                 "CREATE TABLE IF NOT EXISTS inputs (stage INTEGER, idx INTEGER, path TEXT, size INTEGER,"
-                " mtime INTEGER, PRIMARY KEY (stage, idx));"
+                " mtime INTEGER, dev INTEGER, ino INTEGER, PRIMARY KEY (stage, idx));"
                 "CREATE TABLE IF NOT EXISTS tasks (stage INTEGER, idx INTEGER, partial BLOB, records INTEGER,"
                 " bad INTEGER, bytes INTEGER, PRIMARY KEY (stage, idx));"
                 "CREATE TABLE IF NOT EXISTS stages (stage INTEGER PRIMARY KEY, name TEXT, opts TEXT,"
@@ -223,8 +230,7 @@ int journal_open(const char *dir, int resume, int argc, char **argv, journal **o
   if (resume) {
     rc = check_resumable(jr, dir, err);
   } else {
-    /* A new job in this directory: forget any earlier one. */
-    rc = exec(jr, "DELETE FROM meta; DELETE FROM inputs; DELETE FROM tasks; DELETE FROM stages;", err);
+    /* A new job in this directory: open_db forgot any earlier one. */
     dbx_buf cmd = {0};
     msgpack_packer pk;
     mpk_init(&pk, &cmd);
@@ -343,7 +349,7 @@ int journal_plan(journal *jr, uint32_t stage, const char *name, const char *opts
 static int check_inputs(journal *jr, uint32_t stage, const inputs *in, dbx_err *err) {
   sqlite3_stmt *st;
   int rc = 0;
-  if (sqlite3_prepare_v2(jr->db, "SELECT idx, path, size, mtime FROM inputs WHERE stage = ? ORDER BY idx", -1, &st, NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v2(jr->db, "SELECT idx, path, size, mtime, dev, ino FROM inputs WHERE stage = ? ORDER BY idx", -1, &st, NULL) != SQLITE_OK)
     return db_error(jr, err, "inputs");
   sqlite3_bind_int64(st, 1, stage);
   size_t k = 0;
@@ -356,6 +362,9 @@ static int check_inputs(journal *jr, uint32_t stage, const inputs *in, dbx_err *
     else if ((uint64_t)sqlite3_column_int64(st, 2) != in->v[k].size || sqlite3_column_int64(st, 3) != in->v[k].mtime_ns)
       rc = dbx_seterr(err, DBX_ECHANGED, "inputs changed since the job started: %s (size or modification time differs); "
                       "run the job afresh", path);
+    else if ((uint64_t)sqlite3_column_int64(st, 4) != in->v[k].dev || (uint64_t)sqlite3_column_int64(st, 5) != in->v[k].ino)
+      rc = dbx_seterr(err, DBX_ECHANGED, "inputs changed since the job started: %s was replaced by another file (same size "
+                      "and modification time, another inode); run the job afresh", path);
     k++;
   }
   sqlite3_finalize(st);
@@ -385,7 +394,7 @@ int journal_stage(journal *jr, uint32_t stage, const inputs *in, dbx_err *err) {
     return step == SQLITE_DONE ? dbx_seterr(err, DBX_EINVAL, "journal %s: stage %u has no recorded plan", jr->path, stage)
                                : db_error(jr, err, "stages");
   if (done) return check_inputs(jr, stage, in, err);
-  if (sqlite3_prepare_v2(jr->db, "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v2(jr->db, "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
     return db_error(jr, err, "inputs");
   rc = exec(jr, "BEGIN", err);
   if (rc) { sqlite3_finalize(st); return rc; }
@@ -395,6 +404,8 @@ int journal_stage(journal *jr, uint32_t stage, const inputs *in, dbx_err *err) {
     sqlite3_bind_text(st, 3, in->v[i].path, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)in->v[i].size);
     sqlite3_bind_int64(st, 5, in->v[i].mtime_ns);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)in->v[i].dev);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)in->v[i].ino);
     if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(jr, err, "inputs");
     sqlite3_reset(st);
   }

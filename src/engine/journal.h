@@ -16,7 +16,7 @@
 typedef struct journal journal;
 
 /* The schema of journal.db; a journal of another schema is refused by resume. */
-#define JOURNAL_SCHEMA "2"
+#define JOURNAL_SCHEMA "3"  /* 3: inputs record device and inode */
 
 /* Open DIR/journal.db, creating DIR, and take the job directory's lock (journal_lock).
  * resume = 0 starts a new journal for argv (the command line, recorded with the working
@@ -49,7 +49,8 @@ int journal_plan(journal *jr, uint32_t stage, const char *name, const char *opts
 
 /* Stage number `stage` plans from in: record the inputs (a new job, or a stage the resumed
  * job had not reached), or, when resuming a stage planned before, check they are unchanged
- * (size and modification time) and fail with DBX_ECHANGED naming the first that is not.
+ * (size, modification time, device and inode: a file replaced by another of the same size
+ * and time is not the same input) and fail with DBX_ECHANGED naming the first that is not.
  * Streams (standard input) cannot be resumed. */
 int journal_stage(journal *jr, uint32_t stage, const inputs *in, dbx_err *err);
 

@@ -79,9 +79,19 @@ void batchdesc_describe(const batchdesc *b, const inputs *in, char *out, size_t 
 
 /* ---- splitter ---- */
 
+static uint64_t g_max_line;
+static int g_max_line_fail;
+
+void splitter_bound_lines(uint64_t max_line, int fail) {
+  g_max_line = max_line;
+  g_max_line_fail = fail;
+}
+
 struct splitter {
   const inputs *in;
   split_opts o;
+  uint64_t max_line;  /* see splitter_bound_lines */
+  int max_line_fail;
   uint32_t next_index;
   size_t cur;        /* current input */
   uint64_t pos;      /* decompressed bytes of the current input consumed */
@@ -90,6 +100,7 @@ struct splitter {
   char *chunk;
   size_t clen, cpos;
   int rd_eof;
+  int skipping;      /* inside the rest of a streamed line cut at max_line (scan_lines) */
   uint64_t stream_bytes;
 };
 
@@ -97,9 +108,11 @@ int splitter_new(const inputs *in, const split_opts *o, splitter **out, dbx_err 
   if (o->batch_records == 0 && o->batch_bytes == 0)
     return dbx_seterr(err, DBX_EINVAL, "batch size must be positive");
   splitter *s = calloc(1, sizeof *s);
-  if (!s) return DBX_ENOMEM;
+  if (!s) return dbx_seterr(err, DBX_ENOMEM, "out of memory planning the batches");
   s->in = in;
   s->o = *o;
+  s->max_line = g_max_line;
+  s->max_line_fail = g_max_line_fail;
   *out = s;
   return 0;
 }
@@ -118,6 +131,7 @@ static void next_input(splitter *s) {
   s->rd = NULL;
   s->clen = s->cpos = 0;
   s->rd_eof = 0;
+  s->skipping = 0;
   s->cur++;
   s->pos = s->rec = 0;
 }
@@ -134,22 +148,51 @@ static int add_seg(batchdesc *b, size_t *cap, bseg seg) {
   return 0;
 }
 
+uint64_t split_line_cap(const split_opts *o) {
+  uint64_t lo = 64u << 20, hi = 1u << 30;
+  uint64_t c = o->batch_bytes > hi / 16 ? hi : o->batch_bytes * 16;
+  return c < lo ? lo : c;
+}
+
+/* A streamed line over its bound (see split_opts). line: 0-based number in the input. */
+static int line_too_long(const splitter *s, uint64_t line, int over_max, dbx_err *err) {
+  const char *path = s->in->v[s->cur].path;
+  if (over_max)
+    return dbx_seterr(err, DBX_EBADREC, "bad record at %s line %llu: a line of more than %llu bytes, longer than "
+                      "--max-record %llu (with --on-bad-record skip it is counted and skipped)", path,
+                      (unsigned long long)line + 1, (unsigned long long)s->max_line,
+                      (unsigned long long)s->max_line);
+  uint64_t cap = split_line_cap(&s->o);
+  return dbx_seterr(err, DBX_EBADREC, "%s line %llu: a line of more than %llu bytes (%llu MiB), the longest a "
+                    "streamed input may have (16 times --batch-bytes, at least 64 MiB, at most 1 GiB); no result was "
+                    "written: give --max-record SIZE to skip such lines, or split them", path,
+                    (unsigned long long)line + 1, (unsigned long long)cap, (unsigned long long)(cap >> 20));
+}
+
 /* Consume whole lines of the current input until want_recs records (when > 0) or until at
  * least want_bytes bytes. Appends the bytes to copy (when not NULL), adding a final newline
- * to an unterminated last line. OUT: bytes and records consumed, *eof at the end of input. */
+ * to an unterminated last line. OUT: bytes and records consumed, *eof at the end of input.
+ * With copy, lines are bounded (split_opts): a line cut at max_line + 1 bytes is a record
+ * ended at once, its rest is skipped (s->skipping) and may span calls: a call that skips
+ * returns after about want_bytes, so a caller is never held by an endless line. */
 static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_buf *copy,
                       uint64_t *nbytes, uint64_t *nrecs, int *eof, dbx_err *err) {
   uint64_t bytes = 0, recs = 0;
   int in_line = 0;  /* consumed bytes of a line not yet ended */
+  uint64_t line_len = 0;  /* bytes of that line (without newline) */
+  uint64_t cap = copy ? split_line_cap(&s->o) : UINT64_MAX;
+  uint64_t yield = want_bytes > SCAN_CHUNK ? want_bytes : SCAN_CHUNK;
   *eof = 0;
   if (!s->rd) {
     int rc = reader_open(&s->in->v[s->cur], &s->rd, err);
     if (rc) return rc;
-    if (!s->chunk && !(s->chunk = malloc(SCAN_CHUNK))) return DBX_ENOMEM;
+    if (!s->chunk && !(s->chunk = malloc(SCAN_CHUNK)))
+      return dbx_seterr(err, DBX_ENOMEM, "%s: out of memory for the read buffer", s->in->v[s->cur].path);
     s->clen = s->cpos = 0;
   }
   for (;;) {
     if (want_recs ? recs >= want_recs : (bytes >= want_bytes && !in_line)) break;
+    if (s->skipping && bytes >= yield) break;
     if (s->cpos == s->clen) {
       size_t got;
       int rc = reader_read(s->rd, s->chunk, SCAN_CHUNK, &got, err);
@@ -159,8 +202,9 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
       if (got == 0) {
         if (in_line) {
           recs++;
-          if (copy && dbx_buf_append(copy, "\n", 1)) return DBX_ENOMEM;
+          if (copy && dbx_buf_append(copy, "\n", 1)) goto nomem;
         }
+        s->skipping = 0;
         *eof = 1;
         break;
       }
@@ -168,30 +212,60 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
     const char *p = s->chunk + s->cpos;
     size_t avail = s->clen - s->cpos, take;
     const char *nl = memchr(p, '\n', avail);
-    if (nl) {
-      take = (size_t)(nl - p) + 1;
+    if (s->skipping) {  /* the rest of a line already cut and counted */
+      take = nl ? (size_t)(nl - p) + 1 : avail;
+      if (nl) s->skipping = 0;
+      s->cpos += take;
+      bytes += take;
+      continue;
+    }
+    size_t body = nl ? (size_t)(nl - p) : avail;  /* this line's bytes here, without newline */
+    take = body + (nl != NULL);
+    int over_max = copy && s->max_line && line_len + body > s->max_line;
+    if (over_max || (copy && line_len + body > cap)) {
+      if (!over_max || s->max_line_fail) return line_too_long(s, s->rec + recs, over_max, err);
+      /* Keep max_line + 1 bytes of it, end it, skip the rest. */
+      uint64_t keep = s->max_line + 1 > line_len ? s->max_line + 1 - line_len : 0;
+      if (keep > body) keep = body;
+      if (dbx_buf_append(copy, p, (size_t)keep) || dbx_buf_append(copy, "\n", 1)) goto nomem;
       recs++;
       in_line = 0;
-    } else {
-      take = avail;
-      in_line = 1;
+      line_len = 0;
+      if (!nl) s->skipping = 1;
+      s->cpos += take;
+      bytes += take;
+      continue;
     }
-    /* In record mode with many short lines, take several lines at once. */
+    if (nl) {
+      recs++;
+      in_line = 0;
+      line_len = 0;
+    } else {
+      in_line = 1;
+      line_len += body;
+    }
+    /* In record mode with many short lines, take several lines at once (each within the
+     * line bounds: the first one over them is left for the next round). */
     if (nl && want_recs) {
       const char *q = nl + 1, *end = p + avail;
-      while (recs < want_recs && q < end && (nl = memchr(q, '\n', (size_t)(end - q)))) {
+      uint64_t lim = s->max_line ? s->max_line : cap;
+      while (recs < want_recs && q < end && (nl = memchr(q, '\n', (size_t)(end - q))) &&
+             (!copy || (uint64_t)(nl - q) <= lim)) {
         recs++;
         q = nl + 1;
       }
       take = (size_t)(q - p);
     }
-    if (copy && dbx_buf_append(copy, p, take)) return DBX_ENOMEM;
+    if (copy && dbx_buf_append(copy, p, take)) goto nomem;
     s->cpos += take;
     bytes += take;
   }
   *nbytes = bytes;
   *nrecs = recs;
   return 0;
+nomem:
+  return dbx_seterr(err, DBX_ENOMEM, "%s: out of memory reading line %llu", s->in->v[s->cur].path,
+                    (unsigned long long)(s->rec + recs + 1));
 }
 
 int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
@@ -207,7 +281,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
       const input *x = &s->in->v[s->cur];
       if (out->nseg && (s->o.batch_records ? out->nseg >= s->o.batch_records : bytes >= s->o.batch_bytes)) break;
       bseg g = {(uint32_t)s->cur, 0, x->size, DBX_UNKNOWN, 1, 0};
-      if ((rc = add_seg(out, &cap, g))) goto fail;
+      if ((rc = add_seg(out, &cap, g))) goto nomem;
       bytes += x->size;
       s->cur++;
     }
@@ -224,13 +298,13 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
       if (s->pos >= x->size) { next_input(s); continue; }
       uint64_t take = x->size - s->pos < left_bytes ? x->size - s->pos : left_bytes;
       bseg g = {(uint32_t)s->cur, s->pos, take, DBX_UNKNOWN, DBX_UNKNOWN, 0};
-      if ((rc = add_seg(out, &cap, g))) goto fail;
+      if ((rc = add_seg(out, &cap, g))) goto nomem;
       s->pos += take;
       left_bytes -= take;
       if (left_bytes == 0) break;
       continue;
     }
-    uint64_t nb, nr;
+    uint64_t nb = 0, nr = 0;
     int eof;
     uint64_t start_len = out->data.len;
     rc = scan_lines(s, s->o.batch_records ? left_recs : 0, left_bytes, streamed ? &out->data : NULL,
@@ -238,7 +312,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     if (rc) goto fail;
     if (nb) {
       bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, nr, out->data.len - start_len};
-      if ((rc = add_seg(out, &cap, g))) goto fail;
+      if ((rc = add_seg(out, &cap, g))) goto nomem;
     }
     s->pos += nb;
     s->rec += nr;
@@ -247,6 +321,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     else left_bytes = nb >= left_bytes ? 0 : left_bytes - nb;
     if (eof) next_input(s);
     if (s->o.batch_records ? left_recs == 0 : left_bytes == 0) break;
+    if (s->skipping) break;  /* an endless cut line: give the caller its turn */
   }
   if (out->nseg == 0) {
     batchdesc_free(out);
@@ -254,6 +329,9 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
   }
   out->index = s->next_index++;
   return 1;
+nomem:
+  rc = dbx_seterr(err, rc, "out of memory planning the batches of %s",
+                  s->cur < s->in->n ? s->in->v[s->cur].path : "the inputs");
 fail:
   batchdesc_free(out);
   return rc;

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,18 @@ in_kind input_kind_of(const char *path) {
   return IN_PLAIN;
 }
 
+/* Does the regular file at path, whose size is 0, yield a byte when read? (Opening a
+ * regular file does not block; O_NONBLOCK in case it is no longer one.) */
+static int zero_size_has_bytes(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return 0;
+  char c;
+  ssize_t k;
+  do k = read(fd, &c, 1); while (k < 0 && errno == EINTR);
+  close(fd);
+  return k > 0;
+}
+
 static int push(inputs *in, size_t *cap, const char *path, const struct stat *st) {
   if (in->n == *cap) {
     size_t nc = *cap ? *cap * 2 : 16;
@@ -41,6 +54,9 @@ static int push(inputs *in, size_t *cap, const char *path, const struct stat *st
   x->mtime_ns = 0;
   x->dev = x->ino = 0;
   if (st) input_set_stat(x, st);
+  /* A regular file of size 0 that still has bytes (procfs, sysfs: the size is not known
+   * until read) cannot be cut by byte ranges: it is read as a stream, like '-'. */
+  if (st && st->st_size == 0 && zero_size_has_bytes(path)) x->kind = IN_STREAM;
   in->n++;
   return 0;
 }

@@ -35,7 +35,9 @@ typedef struct inputs {
  * and markers such as _SUCCESS). A pattern with *, ? or [ that names no existing file is
  * globbed. Inputs are regular files or "-" (standard input): a FIFO, socket or device found
  * in a directory or by a pattern is skipped with a warning naming it; one given explicitly
- * is a usage error (opening it could block forever). Errors name the argument: missing,
+ * is a usage error (opening it could block forever). A regular file whose size is 0 but
+ * which yields bytes when read (procfs, sysfs) is read as a stream (kind IN_STREAM), since
+ * byte ranges of it cannot be planned. Errors name the argument: missing,
  * unreadable, not a regular file, a glob matching nothing. */
 int inputs_expand(char *const *args, size_t nargs, inputs *out, dbx_err *err);
 void inputs_free(inputs *in);
