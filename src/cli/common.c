@@ -174,8 +174,9 @@ int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err) {
   /* Word count's --max-record also bounds the lines the splitter holds for a stream (the
    * line is then cut and left to the operator to count and skip, or fails the split). */
   const wc_cfg *wc = s->op == &op_wordcount && s->cfg_size == sizeof(wc_cfg) ? s->cfg : NULL;
-  splitter_bound_lines(wc ? wc->max_record : 0, wc ? wc->bad_fail : 0);
   int rc = engine_plan_stage(j, s, err);
+  s->split.max_line = wc ? wc->max_record : 0;
+  s->split.max_line_fail = wc ? wc->bad_fail : 0;
   return rc ? rc : coord_run_stage(co, j, s, err);
 }
 

@@ -79,18 +79,10 @@ void batchdesc_describe(const batchdesc *b, const inputs *in, char *out, size_t 
 
 /* ---- splitter ---- */
 
-static uint64_t g_max_line;
-static int g_max_line_fail;
-
-void splitter_bound_lines(uint64_t max_line, int fail) {
-  g_max_line = max_line;
-  g_max_line_fail = fail;
-}
-
 struct splitter {
   const inputs *in;
   split_opts o;
-  uint64_t max_line;  /* see splitter_bound_lines */
+  uint64_t max_line;  /* from split_opts: see batch.h */
   int max_line_fail;
   uint32_t next_index;
   size_t cur;        /* current input */
@@ -111,8 +103,8 @@ int splitter_new(const inputs *in, const split_opts *o, splitter **out, dbx_err 
   if (!s) return dbx_seterr(err, DBX_ENOMEM, "out of memory planning the batches");
   s->in = in;
   s->o = *o;
-  s->max_line = g_max_line;
-  s->max_line_fail = g_max_line_fail;
+  s->max_line = o->max_line;
+  s->max_line_fail = o->max_line_fail;
   *out = s;
   return 0;
 }

@@ -46,18 +46,17 @@ typedef struct split_opts {
   uint64_t batch_records;  /* records per batch, or 0 */
   int whole_files;         /* documents: every input is one record, never split; batches
                               hold batch_records files (or about batch_bytes) */
+  uint64_t max_line;       /* an operator's --max-record for streamed lines (0: none), see below */
+  int max_line_fail;       /* a longer line fails the split instead of being cut */
 } split_opts;
 
 /* Streamed inputs are cut at line ends, so the splitter holds a whole line in memory: it
- * never holds more than a bound. With max_line (an operator's --max-record, set for the
- * splitters this process creates next with splitter_bound_lines), a longer line is a bad
- * record: with fail set the split fails with DBX_EBADREC naming the input and line;
- * otherwise only its first max_line + 1 bytes are kept (so the operator sees a line over
- * the limit, counts and skips it) and the rest is discarded as it is read. Without
- * max_line (0), a line longer than split_line_cap() fails the split with DBX_EBADREC naming
- * the input and line. (A process-wide setting rather than a split_opts field, so that the
- * struct's positional initializers stay valid; one job per process.) */
-void splitter_bound_lines(uint64_t max_line, int fail);
+ * never holds more than a bound. With split_opts.max_line (an operator's --max-record), a
+ * longer line is a bad record: with max_line_fail the split fails with DBX_EBADREC naming
+ * the input and line; otherwise only its first max_line + 1 bytes are kept (so the operator
+ * sees a line over the limit, counts and skips it) and the rest is discarded as it is read.
+ * Without max_line (0), a line longer than split_line_cap() fails the split with
+ * DBX_EBADREC naming the input and line. */
 /* The longest line a streamed input may have: 16 times the batch size, at least 64 MiB and
  * at most 1 GiB. */
 uint64_t split_line_cap(const split_opts *o);

@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* What the splitter must ship: the lines, the last one completed with a newline. */
     if (whole.len && whole.data[whole.len - 1] != '\n' && dbx_buf_append(&whole, "\n", 1)) fuzz_fail("out of memory");
     inputs ins = {&in, 1};
-    split_opts so = {0, 2, 0};
+    split_opts so = {0, 2, 0, 0, 0};
     splitter *sp = NULL;
     loader *ld = loader_new();
     dbx_err err = {0, ""};

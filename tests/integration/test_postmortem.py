@@ -283,9 +283,13 @@ class LostCoordinator(TmpTest):
         st = run("status", self.fake_status("4242@no-such-host.invalid", 0), check=False)
         self.assertEqual(st.returncode, 0)
         self.assertTrue(st.stdout.startswith(b"job wordcount: running after"))
-        # This host, a process that exists (this test), however old the file: running.
-        st = run("status", self.fake_status("%d@%s" % (os.getpid(), socket.gethostname()), 60), check=False)
+        # This host, a process that exists (this test): running while fresh, not responding once stale.
+        me = "%d@%s" % (os.getpid(), socket.gethostname())
+        st = run("status", self.fake_status(me, 10), check=False)
         self.assertEqual(st.returncode, 0, st.stdout)
+        st = run("status", self.fake_status(me, 60), check=False)
+        self.assertEqual(st.returncode, 4, st.stdout)
+        self.assertIn(b"not responding", st.stdout)
 
 
 class HostileNames(TmpTest):

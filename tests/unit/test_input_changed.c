@@ -69,7 +69,7 @@ static void test_truncated_after_planning_fails_without_plan(void **state) {
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
   batchdesc b[64];
-  size_t nb = plan_batches(&in, (split_opts){16384, 0, 0}, b, 64);
+  size_t nb = plan_batches(&in, (split_opts){16384, 0, 0, 0, 0}, b, 64);
   assert_true(nb > 4);
   truncate_to(path, (off_t)(in.v[0].size / 3));
   loader *ld = loader_new();
@@ -100,7 +100,7 @@ static void test_changed_after_planning_fails_with_plan(void **state) {
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
   batchdesc b[64];
-  size_t nb = plan_batches(&in, (split_opts){16384, 0, 0}, b, 64);
+  size_t nb = plan_batches(&in, (split_opts){16384, 0, 0, 0, 0}, b, 64);
   loader *ld = loader_new();
   loader_expect(ld, &in);
   const char *pv[] = {in.v[0].path};
@@ -157,7 +157,7 @@ static void test_record_scan_of_truncated_file_fails(void **state) {
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 2, &in, &err), 0);
   splitter *sp;
-  split_opts o = {0, 50, 0};
+  split_opts o = {0, 50, 0, 0, 0};
   assert_int_equal(splitter_new(&in, &o, &sp, &err), 0);
   batchdesc b;
   assert_int_equal(splitter_next(sp, &b, &err), 1);  /* a.txt lines 1-50 */
@@ -181,7 +181,7 @@ static void scan_changed_midway(int grow) {
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
   assert_true(in.v[0].size > (2u << 20) - (200u << 10));
   splitter *sp;
-  split_opts o = {0, 100, 0};
+  split_opts o = {0, 100, 0, 0, 0};
   assert_int_equal(splitter_new(&in, &o, &sp, &err), 0);
   batchdesc b;
   assert_int_equal(splitter_next(sp, &b, &err), 1);  /* the reader is open now */
@@ -226,7 +226,7 @@ static void test_whole_document_truncated_fails(void **state) {
   assert_int_equal(corpus_open(d, &c, &err), 0);
   assert_int_equal(c.in.n, 1);
   batchdesc b[4];
-  size_t nb = plan_batches(&c.in, (split_opts){1 << 20, 0, 1}, b, 4);
+  size_t nb = plan_batches(&c.in, (split_opts){1 << 20, 0, 1, 0, 0}, b, 4);
   assert_int_equal(nb, 1);
   truncate_to(p, 5);
   loader *ld = loader_new();
@@ -338,7 +338,7 @@ static void test_loader_refuses_fifo_in_place_of_file(void **state) {
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
   batchdesc b[4];
-  size_t nb = plan_batches(&in, (split_opts){1 << 20, 0, 0}, b, 4);
+  size_t nb = plan_batches(&in, (split_opts){1 << 20, 0, 0, 0, 0}, b, 4);
   assert_int_equal(nb, 1);
   assert_int_equal(unlink(path), 0);
   assert_int_equal(mkfifo(path, 0644), 0);

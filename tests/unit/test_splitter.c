@@ -86,7 +86,7 @@ static void test_random_byte_batches(void **state) {
   for (int round = 0; round < 300; round++) {
     size_t n = random_text(text, 20000, &seed);
     write_file(path, text, n);
-    split_opts o = {1 + (uint64_t)rand_r(&seed) % (round % 3 == 0 ? 7 : 3000), 0, 0};
+    split_opts o = {1 + (uint64_t)rand_r(&seed) % (round % 3 == 0 ? 7 : 3000), 0, 0, 0, 0};
     char *args[] = {path};
     size_t glen;
     uint32_t nb;
@@ -107,7 +107,7 @@ static void test_random_record_batches(void **state) {
   for (int round = 0; round < 200; round++) {
     size_t n = random_text(text, 20000, &seed);
     write_file(path, text, n);
-    split_opts o = {0, 1 + (uint64_t)rand_r(&seed) % 50, 0};
+    split_opts o = {0, 1 + (uint64_t)rand_r(&seed) % 50, 0, 0, 0};
     char *args[] = {path};
     size_t glen;
     uint32_t nb;
@@ -137,7 +137,7 @@ static void test_many_files_and_empty(void **state) {
   write_file(p4, "five\n", 5);
   char *args[] = {p1, p2, p3, p4};
   for (uint64_t bb = 1; bb < 40; bb++) {
-    split_opts o = {bb, 0, 0};
+    split_opts o = {bb, 0, 0, 0, 0};
     size_t glen;
     uint32_t nb;
     char *got = split_all(args, 4, o, &glen, &nb, NULL);
@@ -148,7 +148,7 @@ static void test_many_files_and_empty(void **state) {
   }
   /* Only an empty file: no batches at all. */
   char *only[] = {p2};
-  split_opts o = {100, 0, 0};
+  split_opts o = {100, 0, 0, 0, 0};
   size_t glen;
   uint32_t nb;
   free(split_all(only, 1, o, &glen, &nb, NULL));
@@ -168,7 +168,7 @@ static void test_gzip_stream(void **state) {
   assert_non_null(g);
   assert_int_equal(gzwrite(g, text, (unsigned)n), (int)n);
   gzclose(g);
-  split_opts by_recs = {0, 37, 0}, by_bytes = {4096, 0, 0};
+  split_opts by_recs = {0, 37, 0, 0, 0}, by_bytes = {4096, 0, 0, 0, 0};
   char *args[] = {path};
   size_t glen;
   uint32_t nb;
@@ -192,7 +192,7 @@ static void test_corrupt_gzip_names_file(void **state) {
   inputs in;
   dbx_err err = {0, ""};
   assert_int_equal(inputs_expand(args, 1, &in, &err), 0);
-  split_opts o = {0, 10, 0};
+  split_opts o = {0, 10, 0, 0, 0};
   splitter *sp;
   assert_int_equal(splitter_new(&in, &o, &sp, &err), 0);
   batchdesc b;
