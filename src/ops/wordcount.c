@@ -136,8 +136,8 @@ static int wc_encode(const void *cfg, const void *partial, dbx_buf *out, dbx_err
 }
 
 int ops_word_ok(const char *p, size_t n) {
+  if (!n || !p) return 0;  /* an empty msgpack string may come with a NULL pointer */
   const unsigned char *s = (const unsigned char *)p, *e = s + n;
-  if (!n) return 0;
   while (s < e) {
     unsigned c = *s;
     if (c < 0x80) {  /* ASCII word characters only: letters, digits, '_' */
