@@ -84,10 +84,10 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
   sched_init(&c->sch, o->policy, o->seed);
   int rc = 0;
   if (o->workers == 0 && !o->listen) { *out = c; return 0; }
-  if (!(c->exe = realpath("/proc/self/exe", NULL))) {
-    rc = dbx_seterr(err, DBX_EIO, "cannot find this program to start workers (/proc/self/exe): %s", strerror(errno));
-    goto fail;
-  }
+  /* Workers run this very program: /proc/self/exe is the binary we were started from, even
+   * when its path has been replaced since or is not searchable by this user (a build under
+   * a 0700 home run as another user). */
+  if (!(c->exe = strdup("/proc/self/exe"))) { rc = DBX_ENOMEM; goto fail; }
   if (!(c->zctx = zmq_ctx_new()) || !(c->router = zmq_socket(c->zctx, ZMQ_ROUTER))) {
     rc = dbx_seterr(err, DBX_EIO, "cannot start messaging: %s", zmq_strerror(zmq_errno()));
     goto fail;
