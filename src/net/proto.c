@@ -226,8 +226,10 @@ static int decode_task(const msgpack_object *f, msg *m) {
         get_u64(&v[5], &g->dlen))
       return -1;
     if (g->off + g->len < g->off) return -1;
-    /* A known record range must not wrap (line numbers are computed from it). */
-    if (g->rec_first != DBX_UNKNOWN && g->rec_count != DBX_UNKNOWN && g->rec_first + g->rec_count < g->rec_first)
+    /* A known record range stays within what a file can hold (line numbers are computed
+     * from it, and a partial naming line 2^63 is refused as impossible). */
+    if ((g->rec_first != DBX_UNKNOWN && g->rec_first > PROTO_MAX_RECORD) ||
+        (g->rec_count != DBX_UNKNOWN && g->rec_count > PROTO_MAX_RECORD))
       return -1;
     g->input = (uint32_t)in_idx;
   }

@@ -13,6 +13,7 @@
 #define PROTO_VERSION 1
 #define PROTO_MAX_SEGS 65536
 #define PROTO_MAX_PATHS (1u << 24)
+#define PROTO_MAX_RECORD (1ull << 47)  /* record numbers and counts of a segment */
 
 typedef enum {
   MSG_HELLO = 1,     /* worker -> coordinator: slots, host, pid, shared_fs */
