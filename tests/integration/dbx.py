@@ -72,6 +72,8 @@ def start(*args, **kw):
                             stderr=subprocess.PIPE, **kw)
 
 
+# Bytes read past the last line returned, per stream object (not per descriptor number: a
+# later process's pipe may reuse the number, and must never see an earlier one's lines).
 _pending = {}
 
 
@@ -84,10 +86,10 @@ def wait_for_line(stream, needle, timeout=30):
     seen = []
     end = time.time() + timeout
     while True:
-        buf = _pending.get(fd, b"")
+        buf = _pending.get(stream, b"")
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            _pending[fd] = buf
+            _pending[stream] = buf
             seen.append(line.decode(errors="replace") + "\n")
             if needle in seen[-1]:
                 return seen
@@ -98,7 +100,7 @@ def wait_for_line(stream, needle, timeout=30):
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            _pending[fd] = buf + chunk
+            _pending[stream] = buf + chunk
     raise AssertionError("never saw %r; got:\n%s" % (needle, "".join(seen)))
 
 
