@@ -142,6 +142,10 @@ void cli_job_size_batches(cli_job *o, const inputs *in);
  * writing. A clear error naming opt and dest otherwise. */
 int cli_check_dest(const char *opt, const char *dest, dbx_err *err);
 /* Plan and run one stage (engine_plan_stage, then coord_run_stage). */
+/* The one stage of a single-stage job over the job's inputs, cut as o says, rows into out:
+ * fills s (zeroed first) and its statistics slot in j. */
+void cli_stage_init(stage *s, job *j, const cli_job *o, const char *name, const dbx_op *op, const void *cfg,
+                    size_t cfg_size, sink *out);
 int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err);
 /* Handle one common option. 1 if handled, 0 if not ours, EXIT_USAGE-worthy error < 0
  * (message already printed). */

@@ -170,6 +170,20 @@ void cli_job_size_batches(cli_job *o, const inputs *in) {
   o->batch_bytes = engine_default_batch_bytes(total);
 }
 
+void cli_stage_init(stage *s, job *j, const cli_job *o, const char *name, const dbx_op *op, const void *cfg,
+                    size_t cfg_size, sink *out) {
+  memset(s, 0, sizeof *s);
+  s->name = name;
+  s->op = op;
+  s->cfg = cfg;
+  s->cfg_size = cfg_size;
+  s->in = &j->in;
+  s->split.batch_bytes = o->batch_bytes;
+  s->split.batch_records = o->batch_records;
+  s->out = out;
+  s->st = job_add_stage(j, name);
+}
+
 int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err) {
   /* Word count's --max-record also bounds the lines the splitter holds for a stream (the
    * line is then cut and left to the operator to count and skip, or fails the split). */

@@ -145,16 +145,8 @@ static int run_op(cli_job *o, const char *spec, const char *arg, int nin, char *
   if (!rc) rc = sink_open(&o->out, op->schema, &out, &err);
   if (!rc) {
     stage s;
-    memset(&s, 0, sizeof s);
-    s.name = "op";
-    s.op = op;
-    s.cfg = arg;
-    s.cfg_size = strlen(arg) + 1;  /* the text and its NUL: what workers check for plugins */
-    s.in = &j.in;
-    s.split.batch_bytes = o->batch_bytes;
-    s.split.batch_records = o->batch_records;
-    s.out = out;
-    s.st = job_add_stage(&j, "op");
+    /* The configuration is the text and its NUL: what workers check for plugins. */
+    cli_stage_init(&s, &j, o, "op", op, arg, strlen(arg) + 1, out);
     /* The partials depend on the library's exact bytes, the operator and its argument: a
      * resume with a rebuilt library or another --op-arg is refused, not mixed. */
     char opts[200];
@@ -238,16 +230,7 @@ int cmd_run(int argc, char **argv) {
   if (!rc) rc = sink_raw_open(o.out.dest, &out, &err);
   if (!rc) {
     stage s;
-    memset(&s, 0, sizeof s);
-    s.name = "map";
-    s.op = &op_exec;
-    s.cfg = &cfg;
-    s.cfg_size = sizeof cfg;
-    s.in = &j.in;
-    s.split.batch_bytes = o.batch_bytes;
-    s.split.batch_records = o.batch_records;
-    s.out = out;
-    s.st = job_add_stage(&j, "map");
+    cli_stage_init(&s, &j, &o, "map", &op_exec, &cfg, sizeof cfg, out);
     /* The outputs depend on the command (the timeout only decides whether one comes). */
     char opts[64];
     snprintf(opts, sizeof opts, "map_cmd_xxh64=%016llx", (unsigned long long)XXH64(cfg.cmd, strlen(cfg.cmd), 0));

@@ -64,16 +64,7 @@ int cmd_wordcount(int argc, char **argv) {
   if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
   if (!rc) {
     stage s;
-    memset(&s, 0, sizeof s);
-    s.name = "wordcount";
-    s.op = &op_wordcount;
-    s.cfg = &cfg;
-    s.cfg_size = sizeof cfg;
-    s.in = &j.in;
-    s.split.batch_bytes = o.batch_bytes;
-    s.split.batch_records = o.batch_records;
-    s.out = out;
-    s.st = job_add_stage(&j, "wordcount");
+    cli_stage_init(&s, &j, &o, "wordcount", &op_wordcount, &cfg, sizeof cfg, out);
     /* What the partials depend on besides the cut (--top only trims the finished rows). */
     char opts[160];
     snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s", cfg.case_sensitive,
