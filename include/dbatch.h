@@ -108,11 +108,18 @@ typedef struct dbx_stats {
 DBX_EXTERN void dbx_batch_where(const dbx_batch *b, size_t off, char *out, size_t cap);
 
 /* A result row handed to a sink: ncol values of the kinds given by the sink schema. */
-typedef enum { DBX_COL_TEXT, DBX_COL_INT, DBX_COL_REAL } dbx_coltype;
+/* DBX_COL_NUM is a number that is an exact integer or a real, decided per row (the sum of
+ * integers stays exact; one real value makes it real): n says which, 0 = integer in i,
+ * 1 = real in d, 2 = no value (an empty field, JSON null, SQL NULL). A DBX_COL_TEXT value
+ * with s == NULL is no value as well. */
+typedef enum { DBX_COL_TEXT, DBX_COL_INT, DBX_COL_REAL, DBX_COL_NUM } dbx_coltype;
+#define DBX_NUM_INT 0
+#define DBX_NUM_REAL 1
+#define DBX_NUM_NULL 2
 typedef struct dbx_value {
-  const char *s;  size_t n;   /* DBX_COL_TEXT */
-  int64_t i;                  /* DBX_COL_INT */
-  double d;                   /* DBX_COL_REAL */
+  const char *s;  size_t n;   /* DBX_COL_TEXT; DBX_COL_NUM: n is DBX_NUM_INT, _REAL or _NULL */
+  int64_t i;                  /* DBX_COL_INT, DBX_COL_NUM */
+  double d;                   /* DBX_COL_REAL, DBX_COL_NUM */
 } dbx_value;
 
 typedef struct dbx_schema {

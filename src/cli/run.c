@@ -162,6 +162,70 @@ static int run_op(cli_job *o, const char *spec, const char *arg, int nin, char *
   return rc;
 }
 
+/* `dbatch run --map CMD --reduce AGG,...` (rows to any sink) or `--reduce-cmd RCMD` (the
+ * reduce command's bytes). */
+static int run_reduce(cli_job *o, const char *map, const char *reduce, const char *reduce_cmd, int bad_fail, int nin,
+                      char **in) {
+  static reduce_cfg rcfg;
+  static reduce_cmd_cfg ccfg;
+  memset(&rcfg, 0, sizeof rcfg);
+  memset(&ccfg, 0, sizeof ccfg);
+  dbx_err err = {0, ""};
+  const char *names[1 + KV_AGG_MAX];
+  dbx_coltype types[1 + KV_AGG_MAX];
+  dbx_schema schema = {0, names, types};
+  if (strlen(map) >= sizeof rcfg.map.cmd) return cli_usage_error("run", "--map: the command is longer than %zu bytes; put it in a script", sizeof rcfg.map.cmd - 1);
+  if (reduce) {
+    if (kv_spec_parse(&rcfg.spec, reduce, NULL, NULL, &err)) return cli_usage_error("run", "--reduce %s: %s", reduce, err.msg);
+    snprintf(rcfg.map.cmd, sizeof rcfg.map.cmd, "%s", map);
+    rcfg.map.timeout = o->co.task_timeout;
+    rcfg.bad_fail = bad_fail;
+    names[0] = "key";
+    types[0] = DBX_COL_TEXT;
+    for (uint32_t i = 0; i < rcfg.spec.nagg; i++) {
+      names[1 + i] = rcfg.spec.agg[i].name;
+      types[1 + i] = kv_agg_type(&rcfg.spec, i);
+    }
+    schema.ncol = 1 + rcfg.spec.nagg;
+  } else {
+    if (!reduce_cmd[0]) return cli_usage_error("run", "--reduce-cmd needs a command");
+    if (strlen(reduce_cmd) >= sizeof ccfg.reduce.cmd)
+      return cli_usage_error("run", "--reduce-cmd: the command is longer than %zu bytes; put it in a script", sizeof ccfg.reduce.cmd - 1);
+    if (!strncmp(o->out.dest, "sqlite:", 7))
+      return cli_usage_error("run", "--out %s: --reduce-cmd writes the reduce command's bytes; SQLite output is not available for it",
+                             o->out.dest);
+    snprintf(ccfg.map.cmd, sizeof ccfg.map.cmd, "%s", map);
+    snprintf(ccfg.reduce.cmd, sizeof ccfg.reduce.cmd, "%s", reduce_cmd);
+    ccfg.map.timeout = ccfg.reduce.timeout = o->co.task_timeout;
+  }
+  job j;
+  memset(&j, 0, sizeof j);
+  j.name = "run";
+  j.workers = o->workers;
+  j.t_start = time_mono();
+  sink *out = NULL;
+  coord *co = NULL;
+  int rc = reduce ? sink_check(&o->out, &err) : 0;
+  if (!rc) rc = inputs_expand(in, (size_t)nin, &j.in, &err);
+  if (!rc) cli_job_size_batches(o, &j.in);
+  if (!rc) rc = cli_job_start(o, &j, &co, &err);
+  if (!rc) rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, &out, &err);
+  if (!rc) {
+    stage s;
+    if (reduce) cli_stage_init(&s, &j, o, "reduce", &op_reduce, &rcfg, sizeof rcfg, out);
+    else cli_stage_init(&s, &j, o, "reduce-cmd", &op_reduce_cmd, &ccfg, sizeof ccfg, out);
+    char opts[256];
+    snprintf(opts, sizeof opts, "map_cmd_xxh64=%016llx %s_xxh64=%016llx bad_fail=%d", (unsigned long long)XXH64(map, strlen(map), 0),
+             reduce ? "reduce" : "reduce_cmd",
+             (unsigned long long)(reduce ? XXH64(&rcfg.spec, sizeof rcfg.spec, 0) : XXH64(reduce_cmd, strlen(reduce_cmd), 0)),
+             bad_fail);
+    s.plan_opts = opts;
+    rc = cli_run_stage(co, &j, &s, &err);
+    dbx_buf_free(&s.bcast_out);
+  }
+  return cli_job_end("run", o, &j, co, out, rc, &err);
+}
+
 int cmd_run(int argc, char **argv) {
   static const struct option longopts[] = {
       {"map", required_argument, NULL, 1},
@@ -175,7 +239,8 @@ int cmd_run(int argc, char **argv) {
   cli_job o;
   static exec_cfg cfg;  /* 4 KiB: not on the stack; plain bytes shipped to workers */
   memset(&cfg, 0, sizeof cfg);
-  const char *map = NULL, *opspec = NULL, *oparg = NULL;
+  const char *map = NULL, *opspec = NULL, *oparg = NULL, *reduce = NULL, *reduce_cmd = NULL;
+  int bad_fail = -1;
   const char *row_opt = NULL;  /* a row-output option seen (valid with --op only) */
   cli_job_defaults(&o, "run");
   optind = 1;
@@ -183,7 +248,8 @@ int cmd_run(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
     /* Options of row outputs apply to --op only (a command's output is its own bytes);
      * record checks are the operator's own business in both cases. */
-    const char *na = c == 1023 ? "--max-record" : c == 1024 ? "--on-bad-record" : NULL;
+    if (c == 1024 && optarg) bad_fail = !strcmp(optarg, "fail") ? 1 : !strcmp(optarg, "skip") ? 0 : -2;
+    const char *na = c == 1023 ? "--max-record" : c == 1024 && !reduce ? "--on-bad-record" : NULL;
     if (na) return cli_usage_error("run", "%s does not apply to dbatch run (the command or operator decides what a bad record is)", na);
     if (c == 1003 || c == 1004 || c == 1005) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--append";
     int r = cli_job_option(&o, c, optarg);
@@ -193,9 +259,8 @@ int cmd_run(int argc, char **argv) {
     case 1: map = optarg; break;
     case 4: opspec = optarg; break;
     case 5: oparg = optarg; break;
-    case 2: case 3:
-      return cli_usage_error("run", "%s is not yet available: only map-only jobs (--map CMD) run today",
-                             c == 2 ? "--reduce" : "--reduce-cmd");
+    case 2: reduce = optarg; break;
+    case 3: reduce_cmd = optarg; break;
     case 'h': fputs(help, stdout); return EXIT_OK;
     default: return cli_usage_error("run", "unknown option");
     }
@@ -205,6 +270,15 @@ int cmd_run(int argc, char **argv) {
   if (opspec) {
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
     return run_op(&o, opspec, oparg, argc - optind, argv + optind);
+  }
+  if ((reduce || reduce_cmd) && opspec) return cli_usage_error("run", "--reduce and --reduce-cmd go with --map CMD, not --op");
+  if (reduce && reduce_cmd) return cli_usage_error("run", "--reduce and --reduce-cmd are exclusive: give one");
+  if (bad_fail == -2) return cli_usage_error("run", "--on-bad-record takes skip or fail");
+  if (reduce || reduce_cmd) {
+    if (!map || !map[0]) return cli_usage_error("run", "%s needs --map CMD (the command whose KEY<TAB>VALUE lines it reduces)",
+                                                reduce ? "--reduce" : "--reduce-cmd");
+    if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
+    return run_reduce(&o, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
   if (row_opt) return cli_usage_error("run", "%s does not apply to dbatch run --map (its output is the command's own bytes)", row_opt);
   if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch), or --op LIB.so[:NAME] for a plugin operator");

@@ -3,6 +3,7 @@
 #define DBX_OPS_OPS_H
 #include <stdint.h>
 #include "dbatch.h"
+#include "engine/kv.h"
 
 /* Word count: rows (word TEXT, count INT), by count descending then word. */
 typedef struct wc_cfg {
@@ -40,6 +41,25 @@ typedef struct exec_cfg {
   double timeout;           /* seconds one run may take, then its process group is killed (0: none) */
 } exec_cfg;
 extern const dbx_op op_exec;
+
+/* Key-value reduce: `dbatch run --map CMD --reduce AGG,...`. The command's output lines are
+ * KEY<TAB>VALUE (split at the first tab; no tab: an empty value), aggregated per key with
+ * the engine's keyed partials (engine/kv.h); rows: key, then each aggregate, by key. */
+typedef struct reduce_cfg {
+  exec_cfg map;
+  kv_spec spec;
+  int bad_fail;             /* a value a numeric reducer cannot read fails the job */
+} reduce_cfg;
+extern const dbx_op op_reduce;
+
+/* `dbatch run --map CMD --reduce-cmd RCMD`: the map outputs' KEY<TAB>VALUE lines, stably
+ * sorted by key (sorted per batch on the workers, merged in batch order), go to RCMD's
+ * standard input; its standard output is the job's output. */
+typedef struct reduce_cmd_cfg {
+  exec_cfg map;
+  exec_cfg reduce;
+} reduce_cmd_cfg;
+extern const dbx_op op_reduce_cmd;
 
 /* 1 for operators whose result is their partials concatenated in batch order (exec): the
  * engine writes each partial out as soon as all lower batches are written (agg_new_ordered)

@@ -200,7 +200,7 @@ static int pick(plugin *p, const char *opname, dbx_err *err) {
                       p->label, op->name, s->ncol, PLUGIN_MAX_COLS);
   for (uint32_t c = 0; c < s->ncol; c++)
     if (!s->names[c] || !s->names[c][0] || (s->types[c] != DBX_COL_TEXT && s->types[c] != DBX_COL_INT &&
-                                             s->types[c] != DBX_COL_REAL))
+                                             s->types[c] != DBX_COL_REAL && s->types[c] != DBX_COL_NUM))
       return dbx_seterr(err, DBX_EUSAGE, "%s: operator '%s': column %u of its schema has no name or an unknown type",
                         p->label, op->name, c);
   /* A plugin operator's configuration is the --op-arg text; its size is the stage's. */

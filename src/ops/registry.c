@@ -17,6 +17,8 @@ static const op_entry builtin[] = {
     {&op_nb_fit, nb_fit_check, 0},
     {&op_nb_predict, nb_predict_check, 0},
     {&op_exec, NULL, 1},
+    {&op_reduce, NULL, 0},
+    {&op_reduce_cmd, NULL, 0},
 };
 
 /* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which

@@ -72,11 +72,17 @@ static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
     const dbx_value *v = &row[c];
     switch (sc->types[c]) {
     case DBX_COL_TEXT:
-      rc = s->fmt == 0 ? put_tsv_text(b, v->s, v->n)
-         : s->fmt == 1 ? put_csv_text(b, v->s, v->n) : json_str(b, v->s, v->n);
+      /* No value: an empty field, null in JSON. */
+      if (!v->s) rc = s->fmt == 2 ? dbx_buf_append(b, "null", 4) : 0;
+      else rc = s->fmt == 0 ? put_tsv_text(b, v->s, v->n)
+              : s->fmt == 1 ? put_csv_text(b, v->s, v->n) : json_str(b, v->s, v->n);
       break;
     case DBX_COL_INT: rc = json_int(b, v->i); break;
     case DBX_COL_REAL: rc = put_real(b, v->d); break;
+    case DBX_COL_NUM:
+      rc = v->n == DBX_NUM_INT ? json_int(b, v->i) : v->n == DBX_NUM_REAL ? put_real(b, v->d)
+         : s->fmt == 2 ? dbx_buf_append(b, "null", 4) : 0;
+      break;
     }
   }
   if (!rc && s->fmt == 2) rc = dbx_buf_append(b, "}", 1);

@@ -119,9 +119,17 @@ static int sqlite_row(sink *sb, const dbx_value *row, dbx_err *err) {
   for (uint32_t c = 0; c < sc->ncol; c++) {
     int i = (int)c + 1;
     switch (sc->types[c]) {
-    case DBX_COL_TEXT: sqlite3_bind_text(s->ins, i, row[c].s, (int)row[c].n, SQLITE_STATIC); break;
+    case DBX_COL_TEXT:
+      if (!row[c].s) sqlite3_bind_null(s->ins, i);
+      else sqlite3_bind_text64(s->ins, i, row[c].s, row[c].n, SQLITE_STATIC, SQLITE_UTF8);
+      break;
     case DBX_COL_INT: sqlite3_bind_int64(s->ins, i, row[c].i); break;
     case DBX_COL_REAL: sqlite3_bind_double(s->ins, i, row[c].d); break;
+    case DBX_COL_NUM:
+      if (row[c].n == DBX_NUM_INT) sqlite3_bind_int64(s->ins, i, row[c].i);
+      else if (row[c].n == DBX_NUM_REAL) sqlite3_bind_double(s->ins, i, row[c].d);
+      else sqlite3_bind_null(s->ins, i);
+      break;
     }
   }
   int rc = sqlite3_step(s->ins);
@@ -239,7 +247,8 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
   q = sqlite3_str_new(s->db);
   sqlite3_str_appendf(q, "CREATE TABLE IF NOT EXISTS \"%w\" (", o->table);
   for (uint32_t c = 0; c < schema->ncol; c++) {
-    const char *ty = schema->types[c] == DBX_COL_TEXT ? "TEXT" : schema->types[c] == DBX_COL_INT ? "INTEGER" : "REAL";
+    dbx_coltype t = schema->types[c];
+    const char *ty = t == DBX_COL_TEXT ? "TEXT" : t == DBX_COL_INT ? "INTEGER" : t == DBX_COL_REAL ? "REAL" : "NUMERIC";
     sqlite3_str_appendf(q, "%s\"%w\" %s", c ? ", " : "", schema->names[c], ty);
   }
   sqlite3_str_appendall(q, ")");

@@ -1,0 +1,1009 @@
+/* kv.c -- keyed partials: a hash table while mapping, sorted runs everywhere else.
+ *
+ * Run layout (little endian), which is also the encoding after a short header:
+ *   main entry: u32 klen, key, then per aggregate its state:
+ *     COUNT                 u64 n
+ *     SUM MEAN MIN MAX      u64 n (numeric values seen), u8 real, 8 bytes (i64 or f64)
+ *     FIRST LAST            u8 has, u32 len, len bytes
+ *     DISTINCT TOP          nothing (their values are pair entries)
+ *   pair entry: u32 klen, key, u8 agg, u32 vlen, value, u64 count
+ * Main entries are strictly increasing by key (bytewise, shorter first on a common prefix);
+ * pair entries strictly increasing by (key, agg, value), and every pair's key is a main key.
+ * Encoding: "DBKV" u8 version, u8 nagg, nagg kinds, u64 nmain, u64 npair, main run, pair run. */
+#define _GNU_SOURCE 1
+#include "engine/kv.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#define KV_VERSION 1
+#define KV_COUNT_MAX (1ull << 48)   /* what one task's partial may hold (a task reads < 2^48 bytes) */
+#define KV_KEY_MAX (1u << 30)
+
+/* ---- little-endian fields ---- */
+
+static void put64(char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i)); }
+static void put32(char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (char)(v >> (8 * i)); }
+static uint64_t get64(const char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | (unsigned char)p[i];
+  return v;
+}
+static uint32_t get32(const char *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = (v << 8) | (unsigned char)p[i];
+  return v;
+}
+static double getd(const char *p) {
+  uint64_t u = get64(p);
+  double d;
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+static void putd(char *p, double d) {
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  put64(p, u);
+}
+
+/* ---- the spec ---- */
+
+static int kind_pairs(int k) { return k == KA_DISTINCT || k == KA_TOP; }
+static int kind_num(int k) { return k == KA_SUM || k == KA_MIN || k == KA_MAX || k == KA_MEAN; }
+static int kind_text(int k) { return k == KA_FIRST || k == KA_LAST; }
+
+/* Bytes of one aggregate's state in the hash table (fixed). */
+static size_t mem_size(int k) {
+  if (k == KA_COUNT) return 8;
+  if (kind_num(k)) return 17;
+  if (kind_text(k)) return 13;   /* u8 has, u32 len, u64 offset into the blob arena */
+  return 0;
+}
+
+dbx_coltype kv_agg_type(const kv_spec *s, uint32_t i) {
+  int k = s->agg[i].kind;
+  return k == KA_COUNT ? DBX_COL_INT : kind_num(k) || k == KA_DISTINCT ? DBX_COL_NUM : DBX_COL_TEXT;
+}
+
+int kv_spec_check(const kv_spec *s, dbx_err *err) {
+  if (s->nagg < 1 || s->nagg > KV_AGG_MAX || s->nval > KV_AGG_MAX)
+    return dbx_seterr(err, DBX_EPROTO, "keyed: malformed aggregate list");
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    const kv_agg *a = &s->agg[i];
+    if (a->kind < KA_COUNT || a->kind > KA_TOP || a->col >= (s->nval ? s->nval : 1) ||
+        !memchr(a->name, 0, sizeof a->name) || !a->name[0] ||
+        (a->kind == KA_TOP && (a->k < 1 || a->k > KV_TOP_MAX)))
+      return dbx_seterr(err, DBX_EPROTO, "keyed: malformed aggregate %u", i);
+  }
+  return 0;
+}
+
+int kv_spec_parse(kv_spec *s, const char *text, kv_col_fn col_of, void *ctx, dbx_err *err) {
+  static const struct { const char *name; int kind; } kinds[] = {
+      {"count", KA_COUNT}, {"sum", KA_SUM}, {"min", KA_MIN}, {"max", KA_MAX}, {"mean", KA_MEAN},
+      {"first", KA_FIRST}, {"last", KA_LAST}, {"distinct", KA_DISTINCT}, {"top", KA_TOP},
+  };
+  const char *p = text;
+  if (!*p) return dbx_seterr(err, DBX_EUSAGE, "an empty aggregate list");
+  for (;;) {
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    if (!n) return dbx_seterr(err, DBX_EUSAGE, "an empty aggregate in '%s'", text);
+    if (n >= KV_NAME_MAX) return dbx_seterr(err, DBX_EUSAGE, "aggregate '%.*s' is too long", (int)n, p);
+    if (s->nagg >= KV_AGG_MAX) return dbx_seterr(err, DBX_EUSAGE, "more than %d aggregates", KV_AGG_MAX);
+    kv_agg *a = &s->agg[s->nagg];
+    memset(a, 0, sizeof *a);
+    memcpy(a->name, p, n);
+    const char *colon = memchr(p, ':', n);
+    size_t kn = colon ? (size_t)(colon - p) : n;
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+      if (strlen(kinds[i].name) == kn && !memcmp(kinds[i].name, p, kn)) a->kind = (uint8_t)kinds[i].kind;
+    if (!a->kind)
+      return dbx_seterr(err, DBX_EUSAGE,
+                        "unknown aggregate '%.*s' (count, sum, min, max, mean, first, last, distinct, top:K)", (int)n, p);
+    const char *rest = colon ? colon + 1 : NULL;
+    size_t rn = colon ? n - kn - 1 : 0;
+    if (a->kind == KA_TOP) {
+      char *end;
+      errno = 0;
+      unsigned long k = rest && rn && isdigit((unsigned char)rest[0]) ? strtoul(rest, &end, 10) : 0;
+      if (!k || k > KV_TOP_MAX || errno || (end != rest + rn && *end != ':'))
+        return dbx_seterr(err, DBX_EUSAGE, "'%.*s': top needs a count K, 1..%d (top:K%s)", (int)n, p, KV_TOP_MAX,
+                          col_of ? ":COLUMN" : "");
+      a->k = (uint32_t)k;
+      rn -= (size_t)(end - rest);
+      rest = end;
+      if (rn) { rest++; rn--; } else rest = NULL;
+    }
+    if (col_of) {
+      if (a->kind == KA_COUNT) {
+        if (rest) return dbx_seterr(err, DBX_EUSAGE, "'%.*s': count takes no column (it counts rows)", (int)n, p);
+      } else {
+        if (!rest || !rn)
+          return dbx_seterr(err, DBX_EUSAGE, "'%.*s' needs a column: %.*s:COLUMN", (int)n, p, (int)(n), p);
+        int c = col_of(ctx, rest, rn, err);
+        if (c < 0) return c;
+        a->col = (uint8_t)c;
+        if ((uint32_t)c + 1 > s->nval) s->nval = (uint32_t)c + 1;
+      }
+    } else {
+      if (rest) return dbx_seterr(err, DBX_EUSAGE, "'%.*s': a reducer of --reduce takes no column", (int)n, p);
+      s->nval = 1;
+    }
+    s->nagg++;
+    if (!e) break;
+    p = e + 1;
+  }
+  if (!s->nval) s->nval = 1;
+  return 0;
+}
+
+/* ---- numbers ---- */
+
+int kv_parse_num(const char *p, size_t n, int64_t *iv, double *dv) {
+  if (!n || n > 400) return 0;
+  size_t i = 0;
+  if (p[0] == '+' || p[0] == '-') i = 1;
+  size_t d0 = i;
+  while (i < n && p[i] >= '0' && p[i] <= '9') i++;
+  char tmp[408];
+  memcpy(tmp, p, n);
+  tmp[n] = 0;
+  if (i == n && i > d0) {
+    errno = 0;
+    char *end;
+    long long v = strtoll(tmp, &end, 10);
+    if (!errno && end == tmp + n) {
+      *iv = v;
+      return 1;
+    }
+  }
+  /* A real: digits, one '.', an exponent; nothing strtod would read as hex, inf or nan. */
+  int digits = 0;
+  for (size_t j = d0; j < n; j++) {
+    char c = p[j];
+    if (c >= '0' && c <= '9') digits = 1;
+    else if (c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-') return 0;
+  }
+  if (!digits) return 0;
+  errno = 0;
+  char *end;
+  double v = strtod(tmp, &end);
+  if (end != tmp + n || !isfinite(v)) return 0;
+  *dv = v;
+  return 2;
+}
+
+/* ---- the hash table of a mapping task ---- */
+
+typedef struct hent {
+  uint64_t hash;
+  uint64_t off;    /* bytes: key, then for pairs u8 agg and the value */
+  uint32_t len;    /* all of them */
+  uint32_t klen;   /* the key's */
+} hent;
+
+typedef struct htab {
+  uint32_t *slot;  /* entry index + 1, 0 = empty */
+  uint64_t cap;    /* slots, a power of two */
+  hent *e;
+  uint64_t n, ecap;
+  dbx_buf bytes;
+  char *st;        /* n * ssize state bytes */
+  size_t ssize;
+} htab;
+
+static void htab_free(htab *h) {
+  if (!h) return;
+  free(h->slot);
+  free(h->e);
+  free(h->st);
+  dbx_buf_free(&h->bytes);
+  free(h);
+}
+
+static int htab_grow(htab *h) {
+  uint64_t nc = h->cap ? h->cap * 2 : 1024;
+  if (nc > UINT32_MAX) return DBX_ENOMEM;
+  uint32_t *ns = calloc(nc, sizeof *ns);
+  if (!ns) return DBX_ENOMEM;
+  for (uint64_t i = 0; i < h->n; i++) {
+    uint64_t j = h->e[i].hash & (nc - 1);
+    while (ns[j]) j = (j + 1) & (nc - 1);
+    ns[j] = (uint32_t)(i + 1);
+  }
+  free(h->slot);
+  h->slot = ns;
+  h->cap = nc;
+  return 0;
+}
+
+/* Find (key, tail) or insert it with zeroed state. OUT *st: its state. */
+static int htab_get(htab *h, const char *key, size_t klen, const char *tail, size_t tlen, char **st) {
+  size_t len = klen + tlen;
+  if (len > UINT32_MAX - 16) return DBX_EINVAL;
+  uint64_t hash = tlen ? XXH3_64bits_withSeed(key, klen, XXH3_64bits(tail, tlen)) : XXH3_64bits(key, klen);
+  if ((h->n + 1) * 2 > h->cap && htab_grow(h)) return DBX_ENOMEM;
+  uint64_t j = hash & (h->cap - 1);
+  for (;;) {
+    uint32_t s = h->slot[j];
+    if (!s) break;
+    hent *e = &h->e[s - 1];
+    if (e->hash == hash && e->len == len && e->klen == klen && !memcmp(h->bytes.data + e->off, key, klen) &&
+        (!tlen || !memcmp(h->bytes.data + e->off + klen, tail, tlen))) {
+      *st = h->st + (size_t)(s - 1) * h->ssize;
+      return 0;
+    }
+    j = (j + 1) & (h->cap - 1);
+  }
+  if (h->n == h->ecap) {
+    uint64_t nc = h->ecap ? h->ecap * 2 : 512;
+    hent *ne = realloc(h->e, nc * sizeof *ne);
+    if (!ne) return DBX_ENOMEM;
+    h->e = ne;
+    char *nst = realloc(h->st, nc * (h->ssize ? h->ssize : 1));
+    if (!nst) return DBX_ENOMEM;
+    h->st = nst;
+    h->ecap = nc;
+  }
+  hent *e = &h->e[h->n];
+  e->hash = hash;
+  e->off = h->bytes.len;
+  e->len = (uint32_t)len;
+  e->klen = (uint32_t)klen;
+  if (dbx_buf_append(&h->bytes, key, klen) || (tlen && dbx_buf_append(&h->bytes, tail, tlen))) return DBX_ENOMEM;
+  *st = h->st + (size_t)h->n * h->ssize;
+  memset(*st, 0, h->ssize);
+  h->slot[j] = (uint32_t)(h->n + 1);
+  h->n++;
+  return 0;
+}
+
+/* ---- the partial ---- */
+
+struct kvpart {
+  kv_spec s;
+  size_t off[KV_AGG_MAX];   /* each aggregate's state offset in a hash entry */
+  htab *h, *hp;             /* while mapping (NULL when nothing is pending) */
+  dbx_buf blob;             /* first/last values of h */
+  dbx_buf tail;             /* scratch: a pair's aggregate byte and value */
+  dbx_buf run;              /* sealed: main run then pair run */
+  uint64_t nmain, npair;
+  size_t pair_off;          /* where the pair run starts in run */
+  int has_pairs;
+};
+
+kvpart *kv_new(const kv_spec *s) {
+  if (kv_spec_check(s, NULL)) return NULL;
+  kvpart *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->s = *s;
+  size_t o = 0;
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    p->off[i] = o;
+    o += mem_size(s->agg[i].kind);
+    if (kind_pairs(s->agg[i].kind)) p->has_pairs = 1;
+  }
+  return p;
+}
+
+void kv_free(kvpart *p) {
+  if (!p) return;
+  htab_free(p->h);
+  htab_free(p->hp);
+  dbx_buf_free(&p->blob);
+  dbx_buf_free(&p->tail);
+  dbx_buf_free(&p->run);
+  free(p);
+}
+
+uint64_t kv_count(const kvpart *p) { return p->nmain + (p->h ? p->h->n : 0); }
+
+size_t kv_bytes(const kvpart *p) {
+  size_t b = sizeof *p + p->run.cap + p->blob.cap;
+  const htab *hs[2] = {p->h, p->hp};
+  for (int i = 0; i < 2; i++)
+    if (hs[i]) b += hs[i]->cap * 4 + hs[i]->ecap * (sizeof(hent) + hs[i]->ssize) + hs[i]->bytes.cap;
+  return b;
+}
+
+static htab *htab_new(size_t ssize) {
+  htab *h = calloc(1, sizeof *h);
+  if (h) h->ssize = ssize;
+  return h;
+}
+
+static int num_add_int(char *st, int64_t v, int kind) {
+  uint64_t n = get64(st);
+  int real = st[8];
+  if (kind == KA_MIN || kind == KA_MAX) {
+    if (n) {
+      int keep;
+      if (!real) {
+        int64_t cur = (int64_t)get64(st + 9);
+        keep = kind == KA_MIN ? cur <= v : cur >= v;
+      } else {
+        double cur = getd(st + 9);
+        keep = kind == KA_MIN ? cur <= (double)v : cur >= (double)v;
+      }
+      if (keep) { put64(st, n + 1); return 0; }
+    }
+    put64(st, n + 1);
+    st[8] = 0;
+    put64(st + 9, (uint64_t)v);
+    return 0;
+  }
+  if (!real) {
+    int64_t cur = (int64_t)get64(st + 9), r;
+    if (__builtin_add_overflow(cur, v, &r)) return DBX_EBADREC;
+    put64(st + 9, (uint64_t)r);
+  } else {
+    putd(st + 9, getd(st + 9) + (double)v);
+  }
+  put64(st, n + 1);
+  return 0;
+}
+
+static void num_add_real(char *st, double v, int kind) {
+  uint64_t n = get64(st);
+  int real = st[8];
+  if (kind == KA_MIN || kind == KA_MAX) {
+    if (n) {
+      double cur = real ? getd(st + 9) : (double)(int64_t)get64(st + 9);
+      int keep = kind == KA_MIN ? cur <= v : cur >= v;
+      if (keep) { put64(st, n + 1); return; }
+    }
+    put64(st, n + 1);
+    st[8] = 1;
+    putd(st + 9, v);
+    return;
+  }
+  double cur = real ? getd(st + 9) : (double)(int64_t)get64(st + 9);
+  st[8] = 1;
+  putd(st + 9, cur + v);
+  put64(st, n + 1);
+}
+
+static void show_key(char *out, size_t cap, const char *key, size_t klen) {
+  size_t o = 0;
+  for (size_t i = 0; i < klen && o + 5 < cap; i++) {
+    unsigned char c = (unsigned char)key[i];
+    if (c >= 0x20 && c != 0x7f && c != '\\') out[o++] = (char)c;
+    else o += (size_t)snprintf(out + o, cap - o, c == 0 ? "|" : "\\x%02x", c);
+  }
+  if (o >= cap) o = cap - 1;
+  out[o] = 0;
+}
+
+int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err *err) {
+  const kv_spec *s = &p->s;
+  int64_t iv[KV_AGG_MAX];
+  double dv[KV_AGG_MAX];
+  int kindv[KV_AGG_MAX];
+  if (klen > KV_KEY_MAX) return dbx_seterr(err, DBX_EBADREC, "a key of %zu bytes (at most %u)", klen, KV_KEY_MAX);
+  /* Read every number first: a bad record adds nothing. */
+  for (uint32_t c = 0; c < s->nval; c++) kindv[c] = -1;
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    const kv_agg *a = &s->agg[i];
+    if (!kind_num(a->kind) || kindv[a->col] >= 0) continue;
+    const kv_val *v = &vals[a->col];
+    if (v->missing) { kindv[a->col] = 0; continue; }
+    kindv[a->col] = kv_parse_num(v->p, v->n, &iv[a->col], &dv[a->col]);
+    if (!kindv[a->col]) {
+      char shown[80];
+      show_key(shown, sizeof shown, v->p, v->n < 60 ? v->n : 60);
+      return dbx_seterr(err, DBX_EBADREC, "'%s%s' is not a number (for %s)", shown, v->n > 60 ? "..." : "", a->name);
+    }
+  }
+  if (!p->h) {
+    size_t ss = 0;
+    for (uint32_t i = 0; i < s->nagg; i++) ss += mem_size(s->agg[i].kind);
+    if (!(p->h = htab_new(ss))) return DBX_ENOMEM;
+    if (p->has_pairs && !(p->hp = htab_new(8))) return DBX_ENOMEM;
+  }
+  char *st;
+  if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  /* Integer sums are checked before any state changes, so an overflow adds nothing either. */
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    const kv_agg *a = &s->agg[i];
+    char *x = st + p->off[i];
+    if ((a->kind == KA_SUM || a->kind == KA_MEAN) && kindv[a->col] == 1 && !x[8]) {
+      int64_t r;
+      if (__builtin_add_overflow((int64_t)get64(x + 9), iv[a->col], &r)) {
+        char shown[80];
+        show_key(shown, sizeof shown, key, klen < 60 ? klen : 60);
+        return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s%s' overflows 64-bit integers", a->name, shown,
+                          klen > 60 ? "..." : "");
+      }
+    }
+  }
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    const kv_agg *a = &s->agg[i];
+    char *x = st + p->off[i];
+    const kv_val *v = &vals[a->col];
+    switch (a->kind) {
+    case KA_COUNT: put64(x, get64(x) + 1); break;
+    case KA_SUM: case KA_MEAN: case KA_MIN: case KA_MAX:
+      if (kindv[a->col] == 1) num_add_int(x, iv[a->col], a->kind);
+      else if (kindv[a->col] == 2) num_add_real(x, dv[a->col], a->kind);
+      break;
+    case KA_FIRST: case KA_LAST:
+      if (v->missing || (a->kind == KA_FIRST && x[0])) break;
+      if (v->n > UINT32_MAX) return dbx_seterr(err, DBX_EBADREC, "a value of %zu bytes", v->n);
+      x[0] = 1;
+      put32(x + 1, (uint32_t)v->n);
+      put64(x + 5, p->blob.len);
+      if (v->n && dbx_buf_append(&p->blob, v->p, v->n)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      break;
+    case KA_DISTINCT: case KA_TOP: {
+      if (v->missing) break;
+      if (v->n > UINT32_MAX - 64) return dbx_seterr(err, DBX_EBADREC, "a value of %zu bytes", v->n);
+      /* Pairs of one column are shared by its distinct and top aggregates: keyed by the
+       * first set aggregate reading that column. */
+      uint32_t slot = i;
+      for (uint32_t j = 0; j < i; j++)
+        if (kind_pairs(s->agg[j].kind) && s->agg[j].col == a->col) { slot = j; break; }
+      if (slot != i) break;
+      p->tail.len = 0;
+      if (dbx_buf_append(&p->tail, (char[]){(char)slot}, 1) || (v->n && dbx_buf_append(&p->tail, v->p, v->n)))
+        return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      char *c;
+      if (htab_get(p->hp, key, klen, p->tail.data, p->tail.len, &c)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      put64(c, get64(c) + 1);
+      break;
+    }
+    }
+  }
+  return 0;
+}
+
+/* ---- sealing: hash table -> sorted run ---- */
+
+static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn) {
+  int c = memcmp(a, b, an < bn ? an : bn);
+  return c ? c : an < bn ? -1 : an > bn;
+}
+
+static int cmp_hent(const void *x, const void *y, void *arg) {
+  const htab *h = arg;
+  const hent *a = &h->e[*(const uint32_t *)x], *b = &h->e[*(const uint32_t *)y];
+  const char *ab = h->bytes.data + a->off, *bb = h->bytes.data + b->off;
+  int c = cmp_bytes(ab, a->klen, bb, b->klen);
+  if (c) return c;
+  /* Pairs: the aggregate byte, then the value. */
+  return cmp_bytes(ab + a->klen, a->len - a->klen, bb + b->klen, b->len - b->klen);
+}
+
+static int sort_entries(htab *h, uint32_t **out) {
+  uint32_t *ix = malloc((h->n ? h->n : 1) * sizeof *ix);
+  if (!ix) return DBX_ENOMEM;
+  for (uint64_t i = 0; i < h->n; i++) ix[i] = (uint32_t)i;
+  qsort_r(ix, h->n, sizeof *ix, cmp_hent, h);
+  *out = ix;
+  return 0;
+}
+
+/* Serialize the pending tables into a run (main then pairs) in out. */
+static int serialize(kvpart *p, dbx_buf *out, uint64_t *nmain, uint64_t *npair, size_t *pair_off) {
+  const kv_spec *s = &p->s;
+  uint32_t *ix = NULL;
+  int rc = 0;
+  out->len = 0;
+  *nmain = *npair = 0;
+  if (!p->h) { *pair_off = 0; return 0; }
+  if ((rc = sort_entries(p->h, &ix))) return rc;
+  for (uint64_t k = 0; k < p->h->n && !rc; k++) {
+    const hent *e = &p->h->e[ix[k]];
+    const char *st = p->h->st + (size_t)ix[k] * p->h->ssize;
+    size_t need = 4 + e->klen + p->h->ssize;
+    for (uint32_t i = 0; i < s->nagg; i++)
+      if (kind_text(s->agg[i].kind)) need += get32(st + p->off[i] + 1);
+    if ((rc = dbx_buf_reserve(out, need))) break;
+    char *w = out->data + out->len;
+    put32(w, e->klen);
+    memcpy(w + 4, p->h->bytes.data + e->off, e->klen);
+    w += 4 + e->klen;
+    for (uint32_t i = 0; i < s->nagg; i++) {
+      const char *x = st + p->off[i];
+      int kd = s->agg[i].kind;
+      if (kd == KA_COUNT) { memcpy(w, x, 8); w += 8; }
+      else if (kind_num(kd)) { memcpy(w, x, 17); w += 17; }
+      else if (kind_text(kd)) {
+        uint32_t len = get32(x + 1);
+        w[0] = x[0];
+        put32(w + 1, len);
+        if (len) memcpy(w + 5, p->blob.data + get64(x + 5), len);
+        w += 5 + len;
+      }
+    }
+    out->len = (size_t)(w - out->data);
+  }
+  free(ix);
+  ix = NULL;
+  *nmain = p->h->n;
+  *pair_off = out->len;
+  if (!rc && p->hp) {
+    if ((rc = sort_entries(p->hp, &ix))) return rc;
+    for (uint64_t k = 0; k < p->hp->n && !rc; k++) {
+      const hent *e = &p->hp->e[ix[k]];
+      const char *b = p->hp->bytes.data + e->off;
+      uint32_t vlen = e->len - e->klen - 1;
+      if ((rc = dbx_buf_reserve(out, 4 + e->klen + 1 + 4 + vlen + 8))) break;
+      char *w = out->data + out->len;
+      put32(w, e->klen);
+      memcpy(w + 4, b, e->klen);
+      w += 4 + e->klen;
+      *w++ = b[e->klen];
+      put32(w, vlen);
+      memcpy(w + 4, b + e->klen + 1, vlen);
+      w += 4 + vlen;
+      memcpy(w, p->hp->st + (size_t)ix[k] * 8, 8);
+      w += 8;
+      out->len = (size_t)(w - out->data);
+    }
+    *npair = p->hp->n;
+    free(ix);
+  }
+  return rc;
+}
+
+/* ---- walking runs ---- */
+
+/* Length of the main entry at m (already validated). */
+static size_t main_len(const kv_spec *s, const char *m) {
+  size_t o = 4 + get32(m);
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    int kd = s->agg[i].kind;
+    if (kd == KA_COUNT) o += 8;
+    else if (kind_num(kd)) o += 17;
+    else if (kind_text(kd)) o += 5 + get32(m + o + 1);
+  }
+  return o;
+}
+
+static size_t pair_len(const char *q) {
+  uint32_t kl = get32(q);
+  return 4 + kl + 1 + 4 + get32(q + 4 + kl + 1) + 8;
+}
+
+static int cmp_main(const char *a, const char *b) {
+  return cmp_bytes(a + 4, get32(a), b + 4, get32(b));
+}
+
+static int cmp_pair(const char *a, const char *b) {
+  uint32_t ak = get32(a), bk = get32(b);
+  int c = cmp_bytes(a + 4, ak, b + 4, bk);
+  if (c) return c;
+  const char *at = a + 4 + ak, *bt = b + 4 + bk;
+  if (at[0] != bt[0]) return (unsigned char)at[0] < (unsigned char)bt[0] ? -1 : 1;
+  return cmp_bytes(at + 5, get32(at + 1), bt + 5, get32(bt + 1));
+}
+
+/* Merge the states of one key: left (earlier batches) and right into out. */
+static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf *out, dbx_err *err) {
+  size_t lo = 4 + get32(l), ro = 4 + get32(r);
+  if (dbx_buf_append(out, l, lo)) return DBX_ENOMEM;
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    int kd = s->agg[i].kind;
+    const char *x = l + lo, *y = r + ro;
+    char w[17];
+    if (kd == KA_COUNT) {
+      uint64_t a = get64(x), b = get64(y);
+      if (a + b < a || a + b > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      put64(w, a + b);
+      if (dbx_buf_append(out, w, 8)) return DBX_ENOMEM;
+      lo += 8, ro += 8;
+    } else if (kind_num(kd)) {
+      uint64_t nl = get64(x), nr = get64(y);
+      int rl = x[8], rr = y[8];
+      if (!nr) memcpy(w, x, 17);
+      else if (!nl) memcpy(w, y, 17);
+      else if (kd == KA_MIN || kd == KA_MAX) {
+        int take_right;
+        if (!rl && !rr) {
+          int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9);
+          take_right = kd == KA_MIN ? b < a : b > a;
+        } else {
+          double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
+          double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
+          take_right = kd == KA_MIN ? b < a : b > a;
+        }
+        memcpy(w, take_right ? y : x, 17);
+      } else if (!rl && !rr) {
+        int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9), c;
+        if (__builtin_add_overflow(a, b, &c)) {
+          char shown[80];
+          show_key(shown, sizeof shown, l + 4, get32(l) < 60 ? get32(l) : 60);
+          return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s' overflows 64-bit integers", s->agg[i].name, shown);
+        }
+        w[8] = 0;
+        put64(w + 9, (uint64_t)c);
+      } else {
+        double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
+        double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
+        w[8] = 1;
+        putd(w + 9, a + b);
+      }
+      if (nl && nr) {
+        if (nl + nr > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+        put64(w, nl + nr);
+      }
+      if (dbx_buf_append(out, w, 17)) return DBX_ENOMEM;
+      lo += 17, ro += 17;
+    } else if (kind_text(kd)) {
+      size_t xl = 5 + get32(x + 1), yl = 5 + get32(y + 1);
+      const char *pick = kd == KA_FIRST ? (x[0] ? x : y) : (y[0] ? y : x);
+      if (dbx_buf_append(out, pick, pick == x ? xl : yl)) return DBX_ENOMEM;
+      lo += xl, ro += yl;
+    }
+  }
+  return 0;
+}
+
+/* out = merge of runs a (earlier) and b. */
+static int merge_runs(const kv_spec *s, const dbx_buf *a, uint64_t an, size_t aoff, uint64_t ap,
+                      const dbx_buf *b, uint64_t bn, size_t boff, uint64_t bp, dbx_buf *out, uint64_t *nmain,
+                      uint64_t *npair, size_t *pair_off, dbx_err *err) {
+  out->len = 0;
+  if (dbx_buf_reserve(out, a->len + b->len)) return DBX_ENOMEM;
+  const char *x = a->data, *xe = a->data ? a->data + aoff : NULL;
+  const char *y = b->data, *ye = b->data ? b->data + boff : NULL;
+  uint64_t n = 0;
+  int rc;
+  (void)an; (void)bn; (void)ap; (void)bp;
+  while (x < xe || y < ye) {
+    int c = x >= xe ? 1 : y >= ye ? -1 : cmp_main(x, y);
+    if (c < 0) {
+      size_t l = main_len(s, x);
+      if (dbx_buf_append(out, x, l)) return DBX_ENOMEM;
+      x += l;
+    } else if (c > 0) {
+      size_t l = main_len(s, y);
+      if (dbx_buf_append(out, y, l)) return DBX_ENOMEM;
+      y += l;
+    } else {
+      if ((rc = merge_states(s, x, y, out, err))) return rc == DBX_ENOMEM ? dbx_seterr(err, rc, "keyed: out of memory") : rc;
+      x += main_len(s, x);
+      y += main_len(s, y);
+    }
+    n++;
+  }
+  *nmain = n;
+  *pair_off = out->len;
+  x = xe, y = ye;
+  xe = a->data ? a->data + a->len : NULL;
+  ye = b->data ? b->data + b->len : NULL;
+  n = 0;
+  while (x < xe || y < ye) {
+    int c = x >= xe ? 1 : y >= ye ? -1 : cmp_pair(x, y);
+    if (c < 0) {
+      size_t l = pair_len(x);
+      if (dbx_buf_append(out, x, l)) return DBX_ENOMEM;
+      x += l;
+    } else if (c > 0) {
+      size_t l = pair_len(y);
+      if (dbx_buf_append(out, y, l)) return DBX_ENOMEM;
+      y += l;
+    } else {
+      size_t l = pair_len(x);
+      uint64_t cx = get64(x + l - 8), cy = get64(y + pair_len(y) - 8);
+      if (cx + cy > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      if (dbx_buf_append(out, x, l)) return DBX_ENOMEM;
+      put64(out->data + out->len - 8, cx + cy);
+      x += l;
+      y += pair_len(y);
+    }
+    n++;
+  }
+  *npair = n;
+  return 0;
+}
+
+/* Fold pending hash tables into the run (the run holds earlier records than the tables). */
+static int seal(kvpart *p, dbx_err *err) {
+  if (!p->h) return 0;
+  dbx_buf fresh = {0};
+  uint64_t nm, np;
+  size_t po;
+  int rc = serialize(p, &fresh, &nm, &np, &po);
+  if (rc) {
+    dbx_buf_free(&fresh);
+    return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  }
+  htab_free(p->h);
+  htab_free(p->hp);
+  p->h = p->hp = NULL;
+  dbx_buf_free(&p->blob);
+  if (!p->run.len) {
+    dbx_buf_free(&p->run);
+    p->run = fresh;
+    p->nmain = nm, p->npair = np, p->pair_off = po;
+    return 0;
+  }
+  dbx_buf out = {0};
+  rc = merge_runs(&p->s, &p->run, p->nmain, p->pair_off, p->npair, &fresh, nm, po, np, &out, &nm, &np, &po, err);
+  dbx_buf_free(&fresh);
+  if (rc) {
+    dbx_buf_free(&out);
+    return rc;
+  }
+  dbx_buf_free(&p->run);
+  p->run = out;
+  p->nmain = nm, p->npair = np, p->pair_off = po;
+  return 0;
+}
+
+int kv_merge(kvpart *left, kvpart *right, dbx_err *err) {
+  int rc = seal(left, err);
+  if (!rc) rc = seal(right, err);
+  if (rc) return rc;
+  if (!right->run.len) return 0;
+  if (!left->run.len) {
+    if (dbx_buf_append(&left->run, right->run.data, right->run.len)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+    left->nmain = right->nmain, left->npair = right->npair, left->pair_off = right->pair_off;
+    return 0;
+  }
+  dbx_buf out = {0};
+  uint64_t nm, np;
+  size_t po;
+  rc = merge_runs(&left->s, &left->run, left->nmain, left->pair_off, left->npair, &right->run, right->nmain,
+                  right->pair_off, right->npair, &out, &nm, &np, &po, err);
+  if (rc) {
+    dbx_buf_free(&out);
+    return rc;
+  }
+  dbx_buf_free(&left->run);
+  left->run = out;
+  left->nmain = nm, left->npair = np, left->pair_off = po;
+  return 0;
+}
+
+/* ---- encoding ---- */
+
+static size_t header_len(const kv_spec *s) { return 4 + 1 + 1 + s->nagg + 8 + 8; }
+
+int kv_encode(kvpart *p, dbx_buf *out, dbx_err *err) {
+  int rc = seal(p, err);
+  if (rc) return rc;
+  const kv_spec *s = &p->s;
+  char h[4 + 2 + KV_AGG_MAX + 16];
+  memcpy(h, "DBKV", 4);
+  h[4] = KV_VERSION;
+  h[5] = (char)s->nagg;
+  for (uint32_t i = 0; i < s->nagg; i++) h[6 + i] = (char)s->agg[i].kind;
+  put64(h + 6 + s->nagg, p->nmain);
+  put64(h + 14 + s->nagg, p->npair);
+  if (dbx_buf_reserve(out, header_len(s) + p->run.len) || dbx_buf_append(out, h, header_len(s)) ||
+      (p->run.len && dbx_buf_append(out, p->run.data, p->run.len)))
+    return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  return 0;
+}
+
+#define BAD(...) do { rc = dbx_seterr(err, DBX_ECORRUPT, "keyed partial: " __VA_ARGS__); goto fail; } while (0)
+
+int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
+  int rc = 0;
+  kvpart *p = NULL;
+  size_t hl = header_len(s);
+  if (n < hl || memcmp(buf, "DBKV", 4) || buf[4] != KV_VERSION || (unsigned char)buf[5] != s->nagg)
+    return dbx_seterr(err, DBX_ECORRUPT, "keyed partial: bad header");
+  for (uint32_t i = 0; i < s->nagg; i++)
+    if ((unsigned char)buf[6 + i] != s->agg[i].kind) return dbx_seterr(err, DBX_ECORRUPT, "keyed partial: other aggregates");
+  uint64_t nm = get64(buf + 6 + s->nagg), np = get64(buf + 14 + s->nagg);
+  const char *q = buf + hl, *end = buf + n, *prev = NULL;
+  int has_pairs = 0;
+  for (uint32_t i = 0; i < s->nagg; i++) has_pairs |= kind_pairs(s->agg[i].kind);
+  if (np && !has_pairs) return dbx_seterr(err, DBX_ECORRUPT, "keyed partial: value pairs without a set aggregate");
+  /* Main entries. */
+  for (uint64_t k = 0; k < nm; k++) {
+    if ((size_t)(end - q) < 4) BAD("truncated entry %llu", (unsigned long long)k);
+    uint32_t kl = get32(q);
+    if (kl > KV_KEY_MAX || (size_t)(end - q) - 4 < kl) BAD("key length %u past the end", kl);
+    size_t o = 4 + kl;
+    for (uint32_t i = 0; i < s->nagg; i++) {
+      int kd = s->agg[i].kind;
+      size_t left = (size_t)(end - q) - o;
+      if (kd == KA_COUNT) {
+        if (left < 8) BAD("truncated state");
+        uint64_t c = get64(q + o);
+        if (!c || c > KV_COUNT_MAX) BAD("count %llu", (unsigned long long)c);
+        o += 8;
+      } else if (kind_num(kd)) {
+        if (left < 17) BAD("truncated state");
+        uint64_t c = get64(q + o);
+        int real = q[o + 8];
+        if (c > KV_COUNT_MAX || (real != 0 && real != 1)) BAD("numeric state");
+        if (real && !isfinite(getd(q + o + 9))) BAD("a non-finite number");
+        if (!c && (real || get64(q + o + 9))) BAD("a number without values");
+        o += 17;
+      } else if (kind_text(kd)) {
+        if (left < 5) BAD("truncated state");
+        int has = q[o];
+        uint32_t len = get32(q + o + 1);
+        if ((has != 0 && has != 1) || (!has && len) || left - 5 < len) BAD("text state");
+        o += 5 + len;
+      }
+    }
+    if (prev && cmp_main(prev, q) >= 0) BAD("keys out of order at entry %llu", (unsigned long long)k);
+    prev = q;
+    q += o;
+  }
+  const char *pairs = q;
+  const char *m = buf + hl, *mend = pairs;
+  prev = NULL;
+  for (uint64_t k = 0; k < np; k++) {
+    size_t left = (size_t)(end - q);
+    if (left < 4) BAD("truncated pair");
+    uint32_t kl = get32(q);
+    if (kl > KV_KEY_MAX || left - 4 < (size_t)kl + 5) BAD("pair key past the end");
+    unsigned char slot = (unsigned char)q[4 + kl];
+    uint32_t vl = get32(q + 4 + kl + 1);
+    if (left - 4 - kl - 5 < (size_t)vl + 8) BAD("pair value past the end");
+    if (slot >= s->nagg || !kind_pairs(s->agg[slot].kind)) BAD("a pair of aggregate %u", slot);
+    for (uint32_t j = 0; j < slot; j++)
+      if (kind_pairs(s->agg[j].kind) && s->agg[j].col == s->agg[slot].col) BAD("a pair of a shared column");
+    uint64_t c = get64(q + 4 + kl + 5 + vl);
+    if (!c || c > KV_COUNT_MAX) BAD("pair count %llu", (unsigned long long)c);
+    if (prev && cmp_pair(prev, q) >= 0) BAD("pairs out of order at %llu", (unsigned long long)k);
+    /* Its key is a main key: advance the main walk to it. */
+    while (m < mend && cmp_bytes(m + 4, get32(m), q + 4, kl) < 0) m += main_len(s, m);
+    if (m >= mend || cmp_bytes(m + 4, get32(m), q + 4, kl)) BAD("a pair whose key has no entry");
+    prev = q;
+    q += pair_len(q);
+  }
+  if (q != end) BAD("%zu bytes after the last entry", (size_t)(end - q));
+  if (!(p = kv_new(s))) return DBX_ENOMEM;
+  if (n > hl && dbx_buf_append(&p->run, buf + hl, n - hl)) {
+    kv_free(p);
+    return DBX_ENOMEM;
+  }
+  p->nmain = nm, p->npair = np, p->pair_off = (size_t)(pairs - (buf + hl));
+  *out = p;
+  return 0;
+fail:
+  kv_free(p);
+  return rc;
+}
+
+/* ---- reading a sealed partial ---- */
+
+int kv_cursor_init(kv_cursor *c, kvpart *p, dbx_err *err) {
+  int rc = seal(p, err);
+  if (rc) return rc;
+  c->p = p;
+  c->m = p->run.data;
+  c->mend = p->run.data ? p->run.data + p->pair_off : NULL;
+  c->q = c->mend;
+  c->qend = p->run.data ? p->run.data + p->run.len : NULL;
+  return 0;
+}
+
+int kv_cursor_next(kv_cursor *c, kv_entry *e) {
+  if (c->m >= c->mend) return 0;
+  const kv_spec *s = &c->p->s;
+  e->klen = get32(c->m);
+  e->key = c->m + 4;
+  e->state = c->m + 4 + e->klen;
+  e->pairs = c->q;
+  e->npairs = 0;
+  while (c->q < c->qend && !cmp_bytes(c->q + 4, get32(c->q), e->key, e->klen)) {
+    c->q += pair_len(c->q);
+    e->npairs++;
+  }
+  c->m += main_len(s, c->m);
+  return 1;
+}
+
+typedef struct topv { const char *v; uint32_t n; uint64_t c; } topv;
+static int cmp_top(const void *x, const void *y) {
+  const topv *a = x, *b = y;
+  if (a->c != b->c) return a->c > b->c ? -1 : 1;
+  return cmp_bytes(a->v, a->n, b->v, b->n);
+}
+
+int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, dbx_value *v, dbx_err *err) {
+  memset(v, 0, sizeof *v);
+  const char *x = e->state;
+  for (uint32_t j = 0; j < i; j++) {
+    int kd = s->agg[j].kind;
+    x += kd == KA_COUNT ? 8 : kind_num(kd) ? 17 : kind_text(kd) ? 5 + get32(x + 1) : 0;
+  }
+  const kv_agg *a = &s->agg[i];
+  switch (a->kind) {
+  case KA_COUNT: v->i = (int64_t)get64(x); return 0;
+  case KA_SUM: case KA_MIN: case KA_MAX: case KA_MEAN: {
+    uint64_t n = get64(x);
+    if (!n) { v->n = DBX_NUM_NULL; return 0; }
+    int real = x[8];
+    if (a->kind == KA_MEAN) {
+      v->n = DBX_NUM_REAL;
+      v->d = (real ? getd(x + 9) : (double)(int64_t)get64(x + 9)) / (double)n;
+    } else if (real) {
+      v->n = DBX_NUM_REAL;
+      v->d = getd(x + 9);
+    } else {
+      v->n = DBX_NUM_INT;
+      v->i = (int64_t)get64(x + 9);
+    }
+    return 0;
+  }
+  case KA_FIRST: case KA_LAST:
+    if (x[0]) {
+      v->s = x + 5;
+      v->n = get32(x + 1);
+      if (!v->n) v->s = "";
+    }
+    return 0;
+  case KA_DISTINCT: case KA_TOP: {
+    uint32_t slot = i;
+    for (uint32_t j = 0; j < i; j++)
+      if (kind_pairs(s->agg[j].kind) && s->agg[j].col == a->col) { slot = j; break; }
+    uint64_t nv = 0;
+    const char *q = e->pairs;
+    scratch->len = 0;
+    for (uint64_t k = 0; k < e->npairs; k++, q += pair_len(q)) {
+      uint32_t kl = get32(q);
+      if ((unsigned char)q[4 + kl] != slot) continue;
+      nv++;
+      if (a->kind == KA_TOP) {
+        topv t = {q + 4 + kl + 5, get32(q + 4 + kl + 1), get64(q + pair_len(q) - 8)};
+        if (dbx_buf_append(scratch, &t, sizeof t)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      }
+    }
+    if (a->kind == KA_DISTINCT) {
+      if (nv) v->i = (int64_t)nv;
+      v->n = nv ? DBX_NUM_INT : DBX_NUM_NULL;
+      return 0;
+    }
+    if (!nv) return 0;
+    topv *t = (topv *)(void *)scratch->data;
+    qsort(t, nv, sizeof *t, cmp_top);
+    size_t used = (size_t)nv * sizeof *t;
+    uint64_t k = nv < a->k ? nv : a->k;
+    for (uint64_t j = 0; j < k; j++) {
+      char num[32];
+      int nn = snprintf(num, sizeof num, "%s%llu", "=", (unsigned long long)t[j].c);
+      if ((j && dbx_buf_append(scratch, ",", 1)) || dbx_buf_append(scratch, t[j].v, t[j].n) ||
+          dbx_buf_append(scratch, num, (size_t)nn))
+        return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      t = (topv *)(void *)scratch->data;   /* the buffer may have moved */
+    }
+    v->s = scratch->data + used;
+    v->n = scratch->len - used;
+    return 0;
+  }
+  }
+  return dbx_seterr(err, DBX_EINVAL, "keyed: unknown aggregate");
+}
+
+int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit, void *ctx, dbx_err *err) {
+  kv_cursor c;
+  int rc = kv_cursor_init(&c, p, err);
+  if (rc || !emit) return rc;
+  dbx_value row[KV_AGG_MAX * 2];
+  dbx_buf scratch[KV_AGG_MAX];
+  memset(scratch, 0, sizeof scratch);
+  if (nkeycol < 1 || nkeycol > KV_AGG_MAX) return dbx_seterr(err, DBX_EINVAL, "keyed: bad key columns");
+  kv_entry e;
+  while (!rc && kv_cursor_next(&c, &e)) {
+    memset(row, 0, sizeof row);
+    const char *k = e.key, *kend = e.key + e.klen;
+    for (uint32_t j = 0; j < nkeycol; j++) {
+      const char *z = j + 1 < nkeycol ? memchr(k, 0, (size_t)(kend - k)) : NULL;
+      if (j + 1 < nkeycol && !z) { rc = dbx_seterr(err, DBX_ECORRUPT, "keyed: a key with too few fields"); break; }
+      if (!z) z = kend;
+      row[j].s = k;
+      row[j].n = (size_t)(z - k);
+      k = z + 1;
+    }
+    for (uint32_t i = 0; i < s->nagg && !rc; i++) rc = kv_value(s, i, &e, &scratch[i], &row[nkeycol + i], err);
+    if (!rc) rc = emit(ctx, row, err);
+  }
+  for (uint32_t i = 0; i < KV_AGG_MAX; i++) dbx_buf_free(&scratch[i]);
+  return rc;
+}

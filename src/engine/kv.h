@@ -1,0 +1,115 @@
+/* kv.h -- keyed results: key -> aggregates, the partial under `run --reduce`, `groupby` and
+ * `cooccur` (private). See docs/keyed.md.
+ *
+ * A keyed partial has two sides. While a task maps its batch, records go into a hash table
+ * (kv_add). Before it leaves the task (encode, merge, finish) the table is sealed into a
+ * sorted run: the entries in key order, serialized (the encoding itself, so encode is a copy,
+ * decode a validation, and merge a linear merge of two runs with no hashing). Runs merge in
+ * the engine's fixed tree over batch indices, the left one always holding the earlier
+ * batches, so first/last follow input order and floating sums are bit-identical whatever the
+ * workers did.
+ *
+ * Aggregates with a set per key (distinct, top:K) count (key, value) pairs in a second table
+ * whose entries sort by key, then aggregate, then value: walking both runs together gives a
+ * key's pairs right after its main entry. */
+#ifndef DBX_ENGINE_KV_H
+#define DBX_ENGINE_KV_H
+#include <stddef.h>
+#include <stdint.h>
+#include "dbatch.h"
+
+typedef enum {
+  KA_COUNT = 1,  /* records of the key (INT) */
+  KA_SUM,        /* exact int64 while every value is an integer, else double (NUM) */
+  KA_MIN,        /* NUM */
+  KA_MAX,        /* NUM */
+  KA_MEAN,       /* sum / numeric values (NUM, always real) */
+  KA_FIRST,      /* first value in input order (TEXT) */
+  KA_LAST,       /* last value in input order (TEXT) */
+  KA_DISTINCT,   /* number of distinct values (INT) */
+  KA_TOP,        /* the k most frequent values, "v1=c1,v2=c2" (TEXT) */
+} kv_kind;
+
+#define KV_AGG_MAX 32
+#define KV_NAME_MAX 64
+#define KV_TOP_MAX 1000
+
+typedef struct kv_agg {
+  uint8_t kind;              /* kv_kind */
+  uint8_t col;               /* which value of a record feeds it (index into kv_add's vals) */
+  uint16_t pad;
+  uint32_t k;                /* KA_TOP: how many values */
+  char name[KV_NAME_MAX];    /* its column name in the output: the spec as written */
+} kv_agg;
+
+/* Plain bytes: it travels inside operator configurations. */
+typedef struct kv_spec {
+  uint32_t nagg;
+  uint32_t nval;             /* values per record (max col + 1) */
+  kv_agg agg[KV_AGG_MAX];
+} kv_spec;
+
+/* Parse "count,sum,top:3" (run --reduce: every aggregate reads value 0) or, with columns,
+ * "count,sum:qty,top:3:item" (groupby: col_of maps a column name to a value index, adding it
+ * to the caller's list; < 0 refuses it with a message in err). Appends to s. 0 or DBX_EUSAGE. */
+typedef int (*kv_col_fn)(void *ctx, const char *name, size_t n, dbx_err *err);
+int kv_spec_parse(kv_spec *s, const char *text, kv_col_fn col_of, void *ctx, dbx_err *err);
+/* Check a spec that came over the wire (kinds, columns, names). */
+int kv_spec_check(const kv_spec *s, dbx_err *err);
+/* The output column type of aggregate i (DBX_COL_INT, DBX_COL_NUM, DBX_COL_TEXT). */
+dbx_coltype kv_agg_type(const kv_spec *s, uint32_t i);
+
+/* A value of a record: bytes, or missing (an empty CSV field, a JSON null). */
+typedef struct kv_val {
+  const char *p;
+  size_t n;
+  int missing;
+} kv_val;
+
+/* Numbers (see docs/keyed.md): 1 and *i for an integer ([+-]?[0-9]+ within int64), 2 and *d
+ * for a finite decimal real (what strtod reads in full, no hex, inf, nan or spaces), 0 when
+ * p[0..n) is not a number. */
+int kv_parse_num(const char *p, size_t n, int64_t *i, double *d);
+
+typedef struct kvpart kvpart;
+
+kvpart *kv_new(const kv_spec *s);
+void kv_free(kvpart *p);
+/* One record: key (any bytes) and its nval values. A value a numeric aggregate cannot read is a
+ * bad record: DBX_EBADREC with a message ("... is not a number"), and nothing is added. An
+ * integer sum past int64 is DBX_EBADREC too (the job cannot give an exact answer). */
+int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err *err);
+/* Entries held (sealed or not). */
+uint64_t kv_count(const kvpart *p);
+/* Bytes of memory held. */
+size_t kv_bytes(const kvpart *p);
+
+/* The dbx_op pieces, for operators built on keyed partials. */
+int kv_merge(kvpart *left, kvpart *right, dbx_err *err);         /* right is left unchanged in meaning */
+int kv_encode(kvpart *p, dbx_buf *out, dbx_err *err);            /* seals p */
+int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
+
+/* Walking a sealed partial in key order. */
+typedef struct kv_entry {
+  const char *key;
+  size_t klen;
+  const char *state;         /* the serialized states of its aggregates */
+  const char *pairs;         /* its (aggregate, value, count) pairs, in order */
+  uint64_t npairs;
+} kv_entry;
+typedef struct kv_cursor {
+  const kvpart *p;
+  const char *m, *mend;      /* main run */
+  const char *q, *qend;      /* pair run */
+} kv_cursor;
+int kv_cursor_init(kv_cursor *c, kvpart *p, dbx_err *err);  /* seals p */
+/* 1 and *e for the next key, 0 at the end. */
+int kv_cursor_next(kv_cursor *c, kv_entry *e);
+/* Output value of aggregate i of entry e into *v (text values point into e or into scratch,
+ * valid until the next call with the same scratch). */
+int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, dbx_value *v, dbx_err *err);
+
+/* A whole keyed result as rows: the key split at NUL bytes into nkeycol columns (1: the key
+ * as is), then every aggregate. */
+int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit, void *ctx, dbx_err *err);
+#endif
