@@ -165,6 +165,8 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
 
 int cmd_wordcount(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_groupby(int argc, char **argv);
+int cmd_cooccur(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_bench_tasks(int argc, char **argv);
 int cmd_nb(int argc, char **argv);

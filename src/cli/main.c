@@ -16,7 +16,10 @@ static const char usage[] =
     "Commands:\n"
     "  wordcount INPUT...   count words (Unicode-aware) in text files, directories, globs, -\n"
     "  nb train|test|run    text classification: TF-IDF + naive Bayes (as scikit-learn)\n"
-    "  run --map CMD INPUT...  your own command over every batch, outputs in input order\n"
+    "  run --map CMD INPUT...  your own command over every batch, outputs in input order;\n"
+    "                       with --reduce AGG or --reduce-cmd CMD, per-key results\n"
+    "  groupby INPUT... --key COL --agg SPEC   group CSV, TSV or JSONL rows, no code\n"
+    "  cooccur ORDERS --user COL --item COL    items bought together (recommendations)\n"
     "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  status JOB_DIR|URL   the live or final state of a job\n"
@@ -36,6 +39,8 @@ static int cmd_resume(int argc, char **argv);
 static const command commands[] = {
     {"wordcount", cmd_wordcount},
     {"run", cmd_run},
+    {"groupby", cmd_groupby},
+    {"cooccur", cmd_cooccur},
     {"worker", cmd_worker},
     {"bench-tasks", cmd_bench_tasks},
     {"nb", cmd_nb},

@@ -16,7 +16,7 @@
 #include "util/timeutil.h"
 
 static const char help[] =
-    "Usage: dbatch run --map CMD [OPTIONS] INPUT...\n"
+    "Usage: dbatch run --map CMD [--reduce AGG[,AGG...] | --reduce-cmd RCMD] [OPTIONS] INPUT...\n"
     "       dbatch run --op LIB.so[:NAME] [--op-arg TEXT] [OPTIONS] INPUT...\n"
     "Run your own command over the input, in parallel: INPUT is cut into batches of whole\n"
     "lines and CMD runs once per batch as /bin/sh -c CMD, the batch's lines on its standard\n"
@@ -36,6 +36,23 @@ static const char help[] =
     "Example:\n"
     "  dbatch run --map \"grep -i error | cut -f1,3\" --workers 4 -o errors.txt logs/\n"
     "\n"
+    "Key-value jobs (Hadoop Streaming's reduce): with --reduce, the command's output lines\n"
+    "are KEY<TAB>VALUE (split at the first tab; a line without one is a key with an empty\n"
+    "value) and the output is one row per key, sorted by key bytewise: the key, then each\n"
+    "reducer given, in order:\n"
+    "  count  sum  min  max  mean    sum is exact in 64-bit integers while every value is\n"
+    "                                one (an overflow fails the job), else a double\n"
+    "  first  last                   the first or last value in input order\n"
+    "  distinct                      the number of distinct values\n"
+    "  top:K                         the K most frequent values: v1=c1,v2=c2,...\n"
+    "A value that is not a number for sum, min, max or mean is a bad record (the line is\n"
+    "skipped and counted, or fails the job with --on-bad-record fail). Rows go to -o as\n"
+    "TSV, CSV, JSONL or sqlite:PATH like any job's. The answer does not depend on workers,\n"
+    "batches or failures: partial results merge in a fixed order.\n"
+    "  dbatch run --map 'cut -f2,5' --reduce count,sum,mean,top:3 --workers 4 sales.tsv\n"
+    "With --reduce-cmd RCMD, every KEY<TAB>VALUE line, sorted by key (the values of a key in\n"
+    "input order), goes to RCMD's standard input, run once; its output is the job's.\n"
+    "\n"
     "With --op, the operator NAME of the C plugin library LIB.so (built against dbatch.h:\n"
     "cc -shared -fPIC $(pkg-config --cflags dbatch), exporting dbatch_plugin) maps every\n"
     "batch and merges the results; its rows go to -o like any job's (TSV, CSV, JSONL,\n"
@@ -50,7 +67,10 @@ static const char help[] =
     "      --map CMD           the command run over each batch\n"
     "      --op LIB.so[:NAME]  the plugin operator run over each batch (instead of --map)\n"
     "      --op-arg TEXT       the operator's configuration (a string it interprets)\n"
-    "      --reduce R, --reduce-cmd CMD  key-value reducers: not yet available\n"
+    "      --reduce AGG[,AGG...]  per-key results of the command's KEY<TAB>VALUE lines\n"
+    "      --reduce-cmd RCMD   or your own reducer over them, sorted by key (see above)\n"
+    "      --on-bad-record skip|fail  with --reduce: a value a numeric reducer cannot read\n"
+    "                          is skipped and counted (default) or fails the job\n"
     "Batching and execution:\n"
     "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
     "                          (default: the input size / 16, within 8M..64M; units K, M, G)\n"
@@ -79,7 +99,7 @@ static const char help[] =
     "Output:\n"
     "  -o, --out FILE          - (standard output, default) or a file, replaced atomically\n"
     "                          when the job succeeds. Standard output is written as the\n"
-    "                          batches finish, in order. With --op: also FILE.csv,\n"
+    "                          batches finish, in order. With --op or --reduce: also FILE.csv,\n"
     "                          FILE.jsonl or sqlite:PATH\n"
     "      --summary-json FILE write a summary of the run\n"
     "Watching:\n"
@@ -277,6 +297,8 @@ int cmd_run(int argc, char **argv) {
   if (reduce || reduce_cmd) {
     if (!map || !map[0]) return cli_usage_error("run", "%s needs --map CMD (the command whose KEY<TAB>VALUE lines it reduces)",
                                                 reduce ? "--reduce" : "--reduce-cmd");
+    if (reduce_cmd && row_opt)
+      return cli_usage_error("run", "%s does not apply to --reduce-cmd (its output is the reduce command's own bytes)", row_opt);
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
     return run_reduce(&o, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }

@@ -57,6 +57,14 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   oom |= kv_int(&b, "attempts", attempts);
   oom |= kv_int(&b, "resumed_tasks", j->resumed);
   oom |= kv_int(&b, "rows_out", j->rows_out);
+  if (j->left_out_what[0]) {
+    oom |= json_key(&b, "left_out", 0);
+    oom |= json_raw(&b, "{");
+    oom |= json_key(&b, "what", 1);
+    oom |= json_cstr(&b, j->left_out_what);
+    oom |= kv_int(&b, "count", j->left_out);
+    oom |= json_raw(&b, "}");
+  }
   oom |= kv_real(&b, "elapsed_seconds", j->elapsed);
   oom |= kv_int(&b, "discarded_results", j->discarded);
   oom |= json_key(&b, "policy", 0);

@@ -61,6 +61,42 @@ typedef struct reduce_cmd_cfg {
 } reduce_cmd_cfg;
 extern const dbx_op op_reduce_cmd;
 
+/* Columns a record operator reads: CSV/TSV by index (from the header), JSONL by name. */
+#define REC_COLS_MAX 40
+typedef struct rec_cols {
+  uint32_t format;                       /* rec_format (io/records.h) */
+  uint32_t n;                            /* columns read */
+  uint32_t col[REC_COLS_MAX];
+  char name[REC_COLS_MAX][KV_NAME_MAX];  /* NUL-terminated */
+} rec_cols;
+
+/* `dbatch groupby`: columns 0..nkey-1 of cols are the key, the others feed the aggregates
+ * (spec.agg[i].col indexes them after the key columns). Rows: key columns, aggregates. */
+typedef struct groupby_cfg {
+  rec_cols cols;
+  uint32_t nkey;
+  kv_spec spec;
+  int bad_fail;
+} groupby_cfg;
+extern const dbx_op op_groupby;
+
+/* `dbatch cooccur`, stage 1: orders (cols: user, item) -> each user's distinct items. Its
+ * rows are baskets, one line each: items escaped (\\, \t, \n, \r) and joined by TAB;
+ * users with more than max_basket items are left out (cooccur_left_out counts them).
+ * Stage 2: basket lines -> for each item the top other items by users in common. */
+typedef struct baskets_cfg {
+  rec_cols cols;
+  uint64_t max_basket;
+  int bad_fail;
+} baskets_cfg;
+extern const dbx_op op_baskets;
+typedef struct pairs_cfg {
+  uint64_t top;
+} pairs_cfg;
+extern const dbx_op op_pairs;
+/* Users left out by the last op_baskets finish (coordinator side). */
+uint64_t cooccur_left_out(void);
+
 /* 1 for operators whose result is their partials concatenated in batch order (exec): the
  * engine writes each partial out as soon as all lower batches are written (agg_new_ordered)
  * instead of merging them in memory. */

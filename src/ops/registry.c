@@ -19,6 +19,9 @@ static const op_entry builtin[] = {
     {&op_exec, NULL, 1},
     {&op_reduce, NULL, 0},
     {&op_reduce_cmd, NULL, 0},
+    {&op_groupby, NULL, 0},
+    {&op_baskets, NULL, 0},
+    {&op_pairs, NULL, 0},
 };
 
 /* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which
