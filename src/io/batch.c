@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "io/reader.h"
+#include "io/records.h"
 #include "util/err.h"
 
 #define SCAN_CHUNK (1u << 20)
@@ -93,6 +94,9 @@ struct splitter {
   size_t clen, cpos;
   int rd_eof;
   int skipping;      /* inside the rest of a streamed line cut at max_line (scan_lines) */
+  int csv;           /* splitter_csv_quotes: records end at LFs outside quotes */
+  int inq;           /* csv: inside a quoted field at the current position */
+  uint64_t qlf;      /* csv: LFs inside quotes passed so far (all inputs) */
   uint64_t stream_bytes;
 };
 
@@ -116,6 +120,8 @@ void splitter_free(splitter *s) {
   free(s);
 }
 
+void splitter_csv_quotes(splitter *s, int on) { s->csv = on != 0; }
+
 uint64_t splitter_stream_bytes(const splitter *s) { return s->stream_bytes; }
 
 static void next_input(splitter *s) {
@@ -124,6 +130,7 @@ static void next_input(splitter *s) {
   s->clen = s->cpos = 0;
   s->rd_eof = 0;
   s->skipping = 0;
+  s->inq = 0;
   s->cur++;
   s->pos = s->rec = 0;
 }
@@ -161,6 +168,14 @@ static int line_too_long(const splitter *s, uint64_t line, int over_max, dbx_err
                     (unsigned long long)line + 1, (unsigned long long)cap, (unsigned long long)(cap >> 20));
 }
 
+/* The end of the line (of the record, with csv) in p[0..n): its LF, or NULL. With
+ * csv the quote state and quoted-LF count move past what was scanned. */
+static const char *find_eol(splitter *s, const char *p, size_t n) {
+  if (!s->csv) return memchr(p, '\n', n);
+  size_t k = rec_csv_eol(p, n, &s->inq, &s->qlf);
+  return k < n ? p + k : NULL;
+}
+
 /* Consume whole lines of the current input until want_recs records (when > 0) or until at
  * least want_bytes bytes. Appends the bytes to copy (when not NULL), adding a final newline
  * to an unterminated last line. OUT: bytes and records consumed, *eof at the end of input.
@@ -174,6 +189,7 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
   uint64_t line_len = 0;  /* bytes of that line (without newline) */
   uint64_t cap = copy ? split_line_cap(&s->o) : UINT64_MAX;
   uint64_t yield = want_bytes > SCAN_CHUNK ? want_bytes : SCAN_CHUNK;
+  uint64_t qlf_start = s->qlf;  /* with csv, line numbers are records + quoted LFs */
   *eof = 0;
   if (!s->rd) {
     int rc = reader_open(&s->in->v[s->cur], &s->rd, err);
@@ -203,7 +219,8 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
     }
     const char *p = s->chunk + s->cpos;
     size_t avail = s->clen - s->cpos, take;
-    const char *nl = memchr(p, '\n', avail);
+    int inq0 = s->inq;
+    const char *nl = find_eol(s, p, avail);
     if (s->skipping) {  /* the rest of a line already cut and counted */
       take = nl ? (size_t)(nl - p) + 1 : avail;
       if (nl) s->skipping = 0;
@@ -215,11 +232,18 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
     take = body + (nl != NULL);
     int over_max = copy && s->max_line && line_len + body > s->max_line;
     if (over_max || (copy && line_len + body > cap)) {
-      if (!over_max || s->max_line_fail) return line_too_long(s, s->rec + recs, over_max, err);
+      if (!over_max || s->max_line_fail)
+        return line_too_long(s, s->rec + recs + (s->qlf - qlf_start), over_max, err);
       /* Keep max_line + 1 bytes of it, end it, skip the rest. */
       uint64_t keep = s->max_line + 1 > line_len ? s->max_line + 1 - line_len : 0;
       if (keep > body) keep = body;
-      if (dbx_buf_append(copy, p, (size_t)keep) || dbx_buf_append(copy, "\n", 1)) goto nomem;
+      if (dbx_buf_append(copy, p, (size_t)keep)) goto nomem;
+      if (s->csv) {  /* close an open quote: the kept part must end at its LF */
+        int odd = inq0;
+        for (uint64_t k = 0; k < keep; k++) odd ^= p[k] == '"';
+        if (odd && dbx_buf_append(copy, "\"", 1)) goto nomem;
+      }
+      if (dbx_buf_append(copy, "\n", 1)) goto nomem;
       recs++;
       in_line = 0;
       line_len = 0;
@@ -236,13 +260,21 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
       in_line = 1;
       line_len += body;
     }
-    /* In record mode with many short lines, take several lines at once (each within the
-     * line bounds: the first one over them is left for the next round). */
-    if (nl && want_recs) {
+    /* With many short lines, take several lines at once (each within the line bounds: the
+     * first one over them, or one not ended in this chunk, is left for the next round, and
+     * the quote state scanned for it is put back). */
+    if (nl) {
       const char *q = nl + 1, *end = p + avail;
       uint64_t lim = s->max_line ? s->max_line : cap;
-      while (recs < want_recs && q < end && (nl = memchr(q, '\n', (size_t)(end - q))) &&
-             (!copy || (uint64_t)(nl - q) <= lim)) {
+      while (q < end && (want_recs ? recs < want_recs : bytes + (uint64_t)(q - p) < want_bytes)) {
+        int inq1 = s->inq;
+        uint64_t qlf1 = s->qlf;
+        nl = find_eol(s, q, (size_t)(end - q));
+        if (!nl || (copy && (uint64_t)(nl - q) > lim)) {
+          s->inq = inq1;
+          s->qlf = qlf1;
+          break;
+        }
         recs++;
         q = nl + 1;
       }
@@ -257,7 +289,7 @@ static int scan_lines(splitter *s, uint64_t want_recs, uint64_t want_bytes, dbx_
   return 0;
 nomem:
   return dbx_seterr(err, DBX_ENOMEM, "%s: out of memory reading line %llu", s->in->v[s->cur].path,
-                    (unsigned long long)(s->rec + recs + 1));
+                    (unsigned long long)(s->rec + recs + (s->qlf - qlf_start) + 1));
 }
 
 int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
@@ -286,7 +318,7 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     int streamed = x->kind != IN_PLAIN;
     if (out->nseg && out->shipped != streamed) break;  /* never mix shipped and referenced */
     out->shipped = streamed;
-    if (!streamed && !s->o.batch_records) {
+    if (!streamed && !s->o.batch_records && !s->csv) {
       if (s->pos >= x->size) { next_input(s); continue; }
       uint64_t take = x->size - s->pos < left_bytes ? x->size - s->pos : left_bytes;
       bseg g = {(uint32_t)s->cur, s->pos, take, DBX_UNKNOWN, DBX_UNKNOWN, 0};
@@ -298,16 +330,17 @@ int splitter_next(splitter *s, batchdesc *out, dbx_err *err) {
     }
     uint64_t nb = 0, nr = 0;
     int eof;
-    uint64_t start_len = out->data.len;
+    uint64_t start_len = out->data.len, qlf0 = s->qlf;
     rc = scan_lines(s, s->o.batch_records ? left_recs : 0, left_bytes, streamed ? &out->data : NULL,
                     &nb, &nr, &eof, err);
     if (rc) goto fail;
+    uint64_t lines = nr + (s->qlf - qlf0);  /* physical lines (quoted LFs with csv) */
     if (nb) {
-      bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, nr, out->data.len - start_len};
+      bseg g = {(uint32_t)s->cur, s->pos, nb, s->rec, lines, out->data.len - start_len};
       if ((rc = add_seg(out, &cap, g))) goto nomem;
     }
     s->pos += nb;
-    s->rec += nr;
+    s->rec += lines;
     if (streamed) s->stream_bytes += out->data.len - start_len;
     if (s->o.batch_records) left_recs -= nr;
     else left_bytes = nb >= left_bytes ? 0 : left_bytes - nb;

@@ -50,6 +50,17 @@ typedef struct split_opts {
   int max_line_fail;       /* a longer line fails the split instead of being cut */
 } split_opts;
 
+/* CSV inputs (splitter_csv_quotes): a record ends at an LF outside quotes (rec_csv_eol), so a quoted
+ * field may hold newlines. Every batch then starts at a record start and ends at one: the
+ * splitter reads plain files too (one sequential pass, two memchr scans per record) and
+ * plans segments whose ranges are exactly whole records, which the loader's line rule reads
+ * unchanged (a record start follows an LF, a record end is an LF). A cut meant for offset X
+ * falls on the first record start at or after X. rec_first/rec_count stay physical line
+ * numbers (a record with quoted newlines spans several), so dbx_batch_where names lines.
+ * With max_line, a longer streamed record is kept as its first max_line + 1 bytes, plus a
+ * '"' when they hold an odd number of quotes (so it cannot swallow the records after it),
+ * then an LF: a caller treats a record longer than max_line as bad. */
+
 /* Streamed inputs are cut at line ends, so the splitter holds a whole line in memory: it
  * never holds more than a bound. With split_opts.max_line (an operator's --max-record), a
  * longer line is a bad record: with max_line_fail the split fails with DBX_EBADREC naming
@@ -66,6 +77,10 @@ typedef struct splitter splitter;
 /* The splitter reads inputs lazily: memory stays bounded by one batch for streams.
  * in must outlive the splitter. */
 int splitter_new(const inputs *in, const split_opts *o, splitter **out, dbx_err *err);
+/* Cut the inputs at CSV record ends (see split_opts above) instead of line ends. Call it
+ * before the first splitter_next; every input of the splitter is then read as CSV. (A
+ * setter, not a split_opts field: split_opts is initialised positionally in many places.) */
+void splitter_csv_quotes(splitter *s, int on);
 /* Next batch into *out (owned by the caller). 1 = a batch, 0 = no more, < 0 = error. */
 int splitter_next(splitter *s, batchdesc *out, dbx_err *err);
 /* Bytes consumed so far from streamed inputs (decompressed). */
