@@ -264,7 +264,7 @@ int cmd_groupby(int argc, char **argv) {
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "groupby", &op_groupby, &cfg, sizeof cfg, out);
-    s.split.csv_quotes = rs.fmt == REC_CSV;
+    s.csv_quotes = rs.fmt == REC_CSV;
     char opts[256], colsd[160];
     plan_cols(colsd, sizeof colsd, &cfg.cols);
     snprintf(opts, sizeof opts, "%s spec_xxh64=%016llx on_bad_record=%s", colsd,
@@ -374,7 +374,7 @@ int cmd_cooccur(int argc, char **argv) {
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "baskets", &op_baskets, &bcfg, sizeof bcfg, bout);
-    s.split.csv_quotes = rs.fmt == REC_CSV;
+    s.csv_quotes = rs.fmt == REC_CSV;
     char opts[256], colsd[160];
     plan_cols(colsd, sizeof colsd, &bcfg.cols);
     snprintf(opts, sizeof opts, "%s max_basket=%llu on_bad_record=%s", colsd, (unsigned long long)bcfg.max_basket,

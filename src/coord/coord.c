@@ -844,6 +844,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
       (rc = s->op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &r.bcast, err)))
     goto done;
   if (s->in && (rc = splitter_new(s->in, &s->split, &r.sp, err))) goto done;
+  if (r.sp) splitter_csv_quotes(r.sp, s->csv_quotes);
   double last_hb = 0;
   while (!g_interrupted) {
     double t0 = time_mono();

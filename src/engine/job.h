@@ -33,6 +33,7 @@ typedef struct stage {
   const inputs *in;        /* NULL with virtual_tasks */
   uint32_t virtual_tasks;  /* tasks without input (scheduler benchmark) */
   split_opts split;
+  int csv_quotes;          /* CSV inputs: batches end at record ends outside quotes */
   const char *bcast_in;    /* the previous stage's broadcast blob (may be NULL) */
   size_t bcast_in_len;
   sink *out;               /* rows go here, or NULL to drop them */

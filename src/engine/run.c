@@ -181,6 +181,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
       (rc = op->bcast_load(s->cfg, s->bcast_in, s->bcast_in_len, &bcast, err)))
     goto done;
   if (s->in && (rc = splitter_new(s->in, &s->split, &sp, err))) goto done;
+  if (sp) splitter_csv_quotes(sp, s->csv_quotes);
   uint32_t made = 0;
   for (;;) {
     double t0 = time_mono();
