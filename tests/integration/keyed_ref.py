@@ -622,7 +622,9 @@ def main(argv=None):
     for p in (g, c, r):
         p.add_argument("--on-bad-record", choices=("skip", "fail"), default="skip")
         p.add_argument("-o", "--out", default="-")
+        p.add_argument("-q", "--quiet", action="store_true", help="no summary line on standard error")
     a = ap.parse_args(argv)
+    note = (lambda *x: None) if getattr(a, "quiet", False) else (lambda m: print(m, file=sys.stderr))
     try:
         if a.cmd in ("reduce", "reduce-cmd-input"):
             data = b"".join(open(p, "rb").read() for p in a.inputs) if a.inputs else sys.stdin.buffer.read()
@@ -631,16 +633,16 @@ def main(argv=None):
                 return 0
             rows, bad = reduce_ref(data, a.reduce, a.on_bad_record)
             write_rows(a.out, reduce_header(a.reduce), rows)
-            print("%d rows, %d bad records" % (len(rows), bad), file=sys.stderr)
+            note("%d rows, %d bad records" % (len(rows), bad))
         elif a.cmd == "groupby":
             header, rows, bad = groupby_ref(a.inputs, a.input_format, a.key, a.agg, a.on_bad_record)
             write_rows(a.out, header, rows, len(a.key.split(",")))
-            print("%d rows, %d bad records" % (len(rows), bad), file=sys.stderr)
+            note("%d rows, %d bad records" % (len(rows), bad))
         else:
             rows, left, bad = cooccur_ref(a.inputs, a.input_format, a.user, a.item, a.top, a.max_basket,
                                           a.on_bad_record)
             write_rows(a.out, COOCCUR_HEADER, rows, 1)
-            print("%d rows, %d users left out, %d bad records" % (len(rows), left, bad), file=sys.stderr)
+            note("%d rows, %d users left out, %d bad records" % (len(rows), left, bad))
     except KeyedError as e:
         print("keyed_ref.py: %s" % e, file=sys.stderr)
         return 1

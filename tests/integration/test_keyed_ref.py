@@ -180,5 +180,43 @@ class Cooccur(TmpTest):
         self.assertEqual(cooccur_ref([p], None, "user", "item"), ([], 0, 0))
 
 
+class Generators(TmpTest):
+    """gen_keyed.py: seeded (same bytes for the same arguments), well-formed, exact sums."""
+
+    def test_csv_sales(self):
+        import csv
+        from gen_keyed import csv_sales
+        a, b = self.path("a.csv"), self.path("b.csv")
+        csv_sales(a, 200000, 50, seed=3, quoted=0.05)
+        csv_sales(b, 200000, 50, seed=3, quoted=0.05)
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            self.assertEqual(fa.read(), fb.read())
+        with open(a, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, strict=True))
+        self.assertEqual(rows[0], ["region", "product", "qty", "price"])
+        self.assertTrue(all(len(r) == 4 for r in rows))
+        self.assertIn("Cr\r\nLf", {r[0] for r in rows})
+        self.assertTrue(all(float(r[3]) * 4 == int(float(r[3]) * 4) for r in rows[1:]))
+        header, out, bad = groupby_ref([a], None, "product", "count,sum:price")
+        self.assertEqual((len(out), bad), (50, 0))
+        self.assertEqual(sum(int(r[1]) for r in out), len(rows) - 1)
+
+    def test_jsonl_kv_orders(self):
+        from gen_keyed import jsonl_sales, kv_lines, orders
+        j, kv, o = self.path("s.jsonl"), self.path("kv.tsv"), self.path("o.tsv")
+        jsonl_sales(j, 100000, 20, seed=1, nulls=0.1)
+        _, rows, bad = groupby_ref([j], None, "region", "count,sum:qty")
+        self.assertEqual(bad, 0)
+        self.assertIn("Two\nLines", [r[0] for r in rows])
+        kv_lines(kv, 50000, 7, seed=1)
+        with open(kv, "rb") as f:
+            rows, bad = reduce_ref(f.read(), "count,sum")
+        self.assertEqual((len(rows), bad), (7, 0))
+        self.assertEqual(orders(o, 3000, 100, 50, 1.1, 5, heavy_users=2, heavy_orders=1200), 5400)
+        rows, left, bad = cooccur_ref([o], None, "user", "item", top=3, max_basket=49)
+        self.assertEqual((left, bad), (2, 0))
+        self.assertEqual(rows[0][0], "i00000")
+
+
 if __name__ == "__main__":
     unittest.main()
