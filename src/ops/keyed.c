@@ -182,11 +182,15 @@ static int rc_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   if (!rc && nl) {
     lref *v = (lref *)(void *)refs.data;
     qsort(v, nl, sizeof *v, cmp_lref);
-    if (dbx_buf_reserve(&r->b, out.len + 4 * nl)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (dbx_buf_reserve(&r->b, out.len + 5 * nl)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
     for (size_t i = 0; i < nl && !rc; i++) {
+      /* A line without a tab is a key with an empty value: the reducer sees KEY<TAB>. */
+      int tab = memchr(v[i].p, '\t', v[i].n) != NULL;
       char h[4];
-      wr32(h, v[i].n);
-      if (dbx_buf_append(&r->b, h, 4) || dbx_buf_append(&r->b, v[i].p, v[i].n)) rc = DBX_ENOMEM;
+      wr32(h, v[i].n + !tab);
+      if (dbx_buf_append(&r->b, h, 4) || dbx_buf_append(&r->b, v[i].p, v[i].n) ||
+          (!tab && dbx_buf_append(&r->b, "\t", 1)))
+        rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
     }
     r->n += nl;
   }

@@ -80,7 +80,7 @@ static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
     case DBX_COL_INT: rc = json_int(b, v->i); break;
     case DBX_COL_REAL: rc = put_real(b, v->d); break;
     case DBX_COL_NUM:
-      rc = v->n == DBX_NUM_INT ? json_int(b, v->i) : v->n == DBX_NUM_REAL ? put_real(b, v->d)
+      rc = v->n == DBX_NUM_INT ? json_int(b, v->i) : v->n == DBX_NUM_REAL ? json_repr(b, v->d)
          : s->fmt == 2 ? dbx_buf_append(b, "null", 4) : 0;
       break;
     }

@@ -63,6 +63,48 @@ int json_real(dbx_buf *b, double v) {
   return json_raw(b, t);
 }
 
+int json_repr(dbx_buf *b, double v) {
+  if (!isfinite(v)) return json_raw(b, "null");
+  char t[48], dig[24], out[64];
+  for (int prec = 0; prec <= 16; prec++) {
+    snprintf(t, sizeof t, "%.*e", prec, v);
+    if (strtod(t, NULL) == v) break;
+  }
+  /* t: [-]D[.DDD]e[+-]XX */
+  const char *p = t;
+  int neg = *p == '-';
+  if (neg) p++;
+  size_t nd = 0;
+  for (; *p && *p != 'e'; p++)
+    if (*p != '.') dig[nd++] = *p;
+  dig[nd] = 0;
+  int e = atoi(p + 1);
+  while (nd > 1 && dig[nd - 1] == '0') dig[--nd] = 0;
+  size_t o = 0;
+  if (neg) out[o++] = '-';
+  if (e >= -4 && e < 16) {
+    if (e < 0) {
+      out[o++] = '0', out[o++] = '.';
+      for (int i = 0; i < -e - 1; i++) out[o++] = '0';
+      for (size_t i = 0; i < nd; i++) out[o++] = dig[i];
+    } else {
+      for (int i = 0; i <= e; i++) out[o++] = (size_t)i < nd ? dig[i] : '0';
+      out[o++] = '.';
+      if ((size_t)e + 1 >= nd) out[o++] = '0';
+      for (size_t i = (size_t)e + 1; i < nd; i++) out[o++] = dig[i];
+    }
+    out[o] = 0;
+  } else {
+    out[o++] = dig[0];
+    if (nd > 1) {
+      out[o++] = '.';
+      for (size_t i = 1; i < nd; i++) out[o++] = dig[i];
+    }
+    snprintf(out + o, sizeof out - o, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+  }
+  return json_raw(b, out);
+}
+
 int json_ms(dbx_buf *b, double v) {
   if (!isfinite(v)) return json_raw(b, "null");
   char t[40];

@@ -11,6 +11,10 @@ int json_cstr(dbx_buf *b, const char *s);
 int json_int(dbx_buf *b, int64_t v);
 /* Shortest text that reads back as the same double; non-finite values become null. */
 int json_real(dbx_buf *b, double v);
+/* A number as Python's repr writes a float: the shortest digits that read back exactly, in
+ * fixed notation from 1e-4 to 1e16 (always with a fraction: 10.0) and in scientific outside
+ * (1e+20, 1.5e-05); non-finite values become null. What keyed results (DBX_COL_NUM) use. */
+int json_repr(dbx_buf *b, double v);
 int json_raw(dbx_buf *b, const char *s);
 /* v with 3 decimals: for times, where shortest round-trip text costs more than it is worth. */
 int json_ms(dbx_buf *b, double v);

@@ -63,16 +63,13 @@ def parse_num(s):
 
 
 def fmt_num(x):
-    """An int as decimal; a float as the shortest %.{p}g (p = 1..17) that reads back exactly."""
+    """An int as decimal; a float as Python's repr (the shortest digits that read back
+    exactly: 10.0, 0.1, 1e+20, 1.5e-05), which is what dbatch writes for numbers."""
     if isinstance(x, bool):
         raise TypeError("fmt_num of a bool")
     if isinstance(x, int):
         return str(x)
-    for p in range(1, 18):
-        t = "%.*g" % (p, x)
-        if float(t) == x:
-            return t
-    return "%.17g" % x
+    return repr(float(x))
 
 
 def tsv_escape(s):

