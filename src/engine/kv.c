@@ -145,7 +145,43 @@ int kv_spec_parse(kv_spec *s, const char *text, kv_col_fn col_of, void *ctx, dbx
 
 /* ---- numbers ---- */
 
+/* The common cases without strtod: an integer of at most 18 digits, and a decimal
+ * [+-]D+.D* or [+-]D*.D+ of at most 15 digits, whose value (an exact integer below 2^53
+ * divided by an exact power of ten) is one correctly rounded division: the same double
+ * strtod gives. -1 when p is not of that shape (the caller takes the long way). */
+static int parse_fast(const char *p, size_t n, int64_t *iv, double *dv) {
+  static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+  size_t i = 0;
+  int neg = 0;
+  if (n && (p[0] == '-' || p[0] == '+')) neg = p[0] == '-', i = 1;
+  uint64_t m = 0;
+  int nd = 0, frac = -1;
+  for (; i < n; i++) {
+    char c = p[i];
+    if (c >= '0' && c <= '9') {
+      m = m * 10 + (uint64_t)(c - '0');
+      if (++nd > 18) return -1;
+      if (frac >= 0) frac++;
+    } else if (c == '.' && frac < 0) {
+      frac = 0;
+    } else {
+      return -1;
+    }
+  }
+  if (!nd) return -1;
+  if (frac < 0) {
+    *iv = neg ? -(int64_t)m : (int64_t)m;
+    return 1;
+  }
+  if (nd > 15) return -1;
+  double v = (double)m / pow10[frac];
+  *dv = neg ? -v : v;
+  return 2;
+}
+
 int kv_parse_num(const char *p, size_t n, int64_t *iv, double *dv) {
+  int f = parse_fast(p, n, iv, dv);
+  if (f >= 0) return f;
   if (!n || n > 400) return 0;
   size_t i = 0;
   if (p[0] == '+' || p[0] == '-') i = 1;
@@ -181,41 +217,50 @@ int kv_parse_num(const char *p, size_t n, int64_t *iv, double *dv) {
 
 /* ---- the hash table of a mapping task ---- */
 
+/* Entries live in one arena, each 8-byte aligned and contiguous: header, bytes, state, so
+ * a lookup that hits touches its slot and one entry. A slot holds the entry's offset / 8 + 1
+ * in its low 40 bits and the top 24 bits of its hash, so most misses never leave the slot
+ * array. */
 typedef struct hent {
   uint64_t hash;
-  uint64_t off;    /* bytes: key, then for pairs u8 agg and the value */
-  uint32_t len;    /* all of them */
+  uint32_t len;    /* all the bytes: key, then for pairs u8 agg and the value */
   uint32_t klen;   /* the key's */
 } hent;
 
+#define SLOT_OFF_BITS 40
+#define SLOT_OFF_MASK ((1ull << SLOT_OFF_BITS) - 1)
+
 typedef struct htab {
-  uint32_t *slot;  /* entry index + 1, 0 = empty */
+  uint64_t *slot;  /* 0 = empty */
   uint64_t cap;    /* slots, a power of two */
-  hent *e;
-  uint64_t n, ecap;
-  dbx_buf bytes;
-  char *st;        /* n * ssize state bytes */
+  uint64_t n;      /* entries */
+  dbx_buf a;       /* the arena */
   size_t ssize;
 } htab;
+
+static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+static hent *ent_at(const htab *h, uint64_t off) { return (hent *)(void *)(h->a.data + off); }
+static char *ent_bytes(hent *e) { return (char *)(e + 1); }
+static char *ent_state(hent *e) { return (char *)(e + 1) + align8(e->len); }
+static size_t ent_size(const htab *h, const hent *e) { return sizeof *e + align8(e->len) + align8(h->ssize); }
 
 static void htab_free(htab *h) {
   if (!h) return;
   free(h->slot);
-  free(h->e);
-  free(h->st);
-  dbx_buf_free(&h->bytes);
+  dbx_buf_free(&h->a);
   free(h);
 }
 
 static int htab_grow(htab *h) {
   uint64_t nc = h->cap ? h->cap * 2 : 1024;
-  if (nc > UINT32_MAX) return DBX_ENOMEM;
-  uint32_t *ns = calloc(nc, sizeof *ns);
+  uint64_t *ns = calloc(nc, sizeof *ns);
   if (!ns) return DBX_ENOMEM;
-  for (uint64_t i = 0; i < h->n; i++) {
-    uint64_t j = h->e[i].hash & (nc - 1);
+  for (uint64_t i = 0; i < h->cap; i++) {
+    uint64_t s = h->slot[i];
+    if (!s) continue;
+    uint64_t j = ent_at(h, ((s & SLOT_OFF_MASK) - 1) * 8)->hash & (nc - 1);
     while (ns[j]) j = (j + 1) & (nc - 1);
-    ns[j] = (uint32_t)(i + 1);
+    ns[j] = s;
   }
   free(h->slot);
   h->slot = ns;
@@ -223,45 +268,48 @@ static int htab_grow(htab *h) {
   return 0;
 }
 
-/* Find (key, tail) or insert it with zeroed state. OUT *st: its state. */
-static int htab_get(htab *h, const char *key, size_t klen, const char *tail, size_t tlen, char **st) {
+/* Find (key, tail) or insert it with zeroed state. OUT *st: its state, valid until the next
+ * insertion into h. */
+static int htab_get_h(htab *h, const char *key, size_t klen, const char *tail, size_t tlen, uint64_t hash, char **st) {
   size_t len = klen + tlen;
   if (len > UINT32_MAX - 16) return DBX_EINVAL;
-  uint64_t hash = tlen ? XXH3_64bits_withSeed(key, klen, XXH3_64bits(tail, tlen)) : XXH3_64bits(key, klen);
+  uint64_t tag = hash & ~SLOT_OFF_MASK;
   if ((h->n + 1) * 2 > h->cap && htab_grow(h)) return DBX_ENOMEM;
   uint64_t j = hash & (h->cap - 1);
   for (;;) {
-    uint32_t s = h->slot[j];
+    uint64_t s = h->slot[j];
     if (!s) break;
-    hent *e = &h->e[s - 1];
-    if (e->hash == hash && e->len == len && e->klen == klen && !memcmp(h->bytes.data + e->off, key, klen) &&
-        (!tlen || !memcmp(h->bytes.data + e->off + klen, tail, tlen))) {
-      *st = h->st + (size_t)(s - 1) * h->ssize;
-      return 0;
+    if ((s & ~SLOT_OFF_MASK) == tag) {
+      hent *e = ent_at(h, ((s & SLOT_OFF_MASK) - 1) * 8);
+      const char *b = ent_bytes(e);
+      if (e->hash == hash && e->len == len && e->klen == klen && !memcmp(b, key, klen) &&
+          (!tlen || !memcmp(b + klen, tail, tlen))) {
+        *st = ent_state(e);
+        return 0;
+      }
     }
     j = (j + 1) & (h->cap - 1);
   }
-  if (h->n == h->ecap) {
-    uint64_t nc = h->ecap ? h->ecap * 2 : 512;
-    hent *ne = realloc(h->e, nc * sizeof *ne);
-    if (!ne) return DBX_ENOMEM;
-    h->e = ne;
-    char *nst = realloc(h->st, nc * (h->ssize ? h->ssize : 1));
-    if (!nst) return DBX_ENOMEM;
-    h->st = nst;
-    h->ecap = nc;
-  }
-  hent *e = &h->e[h->n];
+  size_t need = sizeof(hent) + align8(len) + align8(h->ssize);
+  uint64_t off = h->a.len;
+  if ((off / 8 + 1) > SLOT_OFF_MASK || dbx_buf_reserve(&h->a, need)) return DBX_ENOMEM;
+  hent *e = ent_at(h, off);
   e->hash = hash;
-  e->off = h->bytes.len;
   e->len = (uint32_t)len;
   e->klen = (uint32_t)klen;
-  if (dbx_buf_append(&h->bytes, key, klen) || (tlen && dbx_buf_append(&h->bytes, tail, tlen))) return DBX_ENOMEM;
-  *st = h->st + (size_t)h->n * h->ssize;
+  memcpy(ent_bytes(e), key, klen);
+  if (tlen) memcpy(ent_bytes(e) + klen, tail, tlen);
+  *st = ent_state(e);
   memset(*st, 0, h->ssize);
-  h->slot[j] = (uint32_t)(h->n + 1);
+  h->a.len += need;
+  h->slot[j] = (off / 8 + 1) | tag;
   h->n++;
   return 0;
+}
+
+static int htab_get(htab *h, const char *key, size_t klen, const char *tail, size_t tlen, char **st) {
+  uint64_t hash = tlen ? XXH3_64bits_withSeed(key, klen, XXH3_64bits(tail, tlen)) : XXH3_64bits(key, klen);
+  return htab_get_h(h, key, klen, tail, tlen, hash, st);
 }
 
 /* ---- the partial ---- */
@@ -308,7 +356,7 @@ size_t kv_bytes(const kvpart *p) {
   size_t b = sizeof *p + p->run.cap + p->blob.cap;
   const htab *hs[2] = {p->h, p->hp};
   for (int i = 0; i < 2; i++)
-    if (hs[i]) b += hs[i]->cap * 4 + hs[i]->ecap * (sizeof(hent) + hs[i]->ssize) + hs[i]->bytes.cap;
+    if (hs[i]) b += hs[i]->cap * sizeof *hs[i]->slot + hs[i]->a.cap;
   return b;
 }
 
@@ -380,7 +428,25 @@ static void show_key(char *out, size_t cap, const char *key, size_t klen) {
   out[o] = 0;
 }
 
+uint64_t kv_hash(const char *key, size_t klen) { return XXH3_64bits(key, klen); }
+
+void kv_prefetch(const kvpart *p, uint64_t hash) {
+  const htab *h = p->h;
+  if (h && h->cap) __builtin_prefetch(&h->slot[hash & (h->cap - 1)]);
+}
+
+void kv_prefetch_entry(const kvpart *p, uint64_t hash) {
+  const htab *h = p->h;
+  if (!h || !h->cap) return;
+  uint64_t s = h->slot[hash & (h->cap - 1)];
+  if (s && (s & ~SLOT_OFF_MASK) == (hash & ~SLOT_OFF_MASK)) __builtin_prefetch(h->a.data + ((s & SLOT_OFF_MASK) - 1) * 8);
+}
+
 int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err *err) {
+  return kv_add_hashed(p, key, klen, kv_hash(key, klen), vals, err);
+}
+
+int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const kv_val *vals, dbx_err *err) {
   const kv_spec *s = &p->s;
   int64_t iv[KV_AGG_MAX];
   double dv[KV_AGG_MAX];
@@ -407,7 +473,7 @@ int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err 
     if (p->has_pairs && !(p->hp = htab_new(8))) return DBX_ENOMEM;
   }
   char *st;
-  if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  if (htab_get_h(p->h, key, klen, NULL, 0, hash, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
   /* Integer sums are checked before any state changes, so an overflow adds nothing either. */
   for (uint32_t i = 0; i < s->nagg; i++) {
     const kv_agg *a = &s->agg[i];
@@ -469,21 +535,45 @@ static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn) {
   return c ? c : an < bn ? -1 : an > bn;
 }
 
+/* Sorting compares an 8-byte big-endian prefix of the bytes first (no trip to the arena),
+ * then, on a tie, the whole key and the pair tail. */
+typedef struct sref {
+  uint64_t prefix;
+  uint64_t off;
+} sref;
+
+static uint64_t prefix8(const char *p, size_t n) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; i++) v = (v << 8) | (i < n ? (unsigned char)p[i] : 0);
+  return v;
+}
+
 static int cmp_hent(const void *x, const void *y, void *arg) {
+  const sref *ra = x, *rb = y;
+  if (ra->prefix != rb->prefix) return ra->prefix < rb->prefix ? -1 : 1;
   const htab *h = arg;
-  const hent *a = &h->e[*(const uint32_t *)x], *b = &h->e[*(const uint32_t *)y];
-  const char *ab = h->bytes.data + a->off, *bb = h->bytes.data + b->off;
+  const hent *a = ent_at(h, ra->off), *b = ent_at(h, rb->off);
+  const char *ab = (const char *)(a + 1), *bb = (const char *)(b + 1);
   int c = cmp_bytes(ab, a->klen, bb, b->klen);
   if (c) return c;
   /* Pairs: the aggregate byte, then the value. */
   return cmp_bytes(ab + a->klen, a->len - a->klen, bb + b->klen, b->len - b->klen);
 }
 
-static int sort_entries(htab *h, uint32_t **out) {
-  uint32_t *ix = malloc((h->n ? h->n : 1) * sizeof *ix);
-  if (!ix) return DBX_ENOMEM;
-  for (uint64_t i = 0; i < h->n; i++) ix[i] = (uint32_t)i;
-  qsort_r(ix, h->n, sizeof *ix, cmp_hent, h);
+/* The entries' offsets in key order. The prefix is of the key alone (zero-padded), so a
+ * shorter key sorts first on a common prefix, as cmp_bytes says. */
+static int sort_entries(htab *h, uint64_t **out) {
+  sref *r = malloc((h->n ? h->n : 1) * sizeof *r);
+  if (!r) return DBX_ENOMEM;
+  uint64_t k = 0;
+  for (uint64_t off = 0; off < h->a.len && k < h->n; off += ent_size(h, ent_at(h, off))) {
+    hent *e = ent_at(h, off);
+    r[k].prefix = prefix8(ent_bytes(e), e->klen);
+    r[k++].off = off;
+  }
+  qsort_r(r, h->n, sizeof *r, cmp_hent, h);
+  uint64_t *ix = (uint64_t *)(void *)r;   /* compact in place: ix[i] is written after r[i] is read */
+  for (uint64_t i = 0; i < h->n; i++) ix[i] = r[i].off;
   *out = ix;
   return 0;
 }
@@ -491,22 +581,22 @@ static int sort_entries(htab *h, uint32_t **out) {
 /* Serialize the pending tables into a run (main then pairs) in out. */
 static int serialize(kvpart *p, dbx_buf *out, uint64_t *nmain, uint64_t *npair, size_t *pair_off) {
   const kv_spec *s = &p->s;
-  uint32_t *ix = NULL;
+  uint64_t *ix = NULL;
   int rc = 0;
   out->len = 0;
   *nmain = *npair = 0;
   if (!p->h) { *pair_off = 0; return 0; }
   if ((rc = sort_entries(p->h, &ix))) return rc;
   for (uint64_t k = 0; k < p->h->n && !rc; k++) {
-    const hent *e = &p->h->e[ix[k]];
-    const char *st = p->h->st + (size_t)ix[k] * p->h->ssize;
+    hent *e = ent_at(p->h, ix[k]);
+    const char *st = ent_state(e);
     size_t need = 4 + e->klen + p->h->ssize;
     for (uint32_t i = 0; i < s->nagg; i++)
       if (kind_text(s->agg[i].kind)) need += get32(st + p->off[i] + 1);
     if ((rc = dbx_buf_reserve(out, need))) break;
     char *w = out->data + out->len;
     put32(w, e->klen);
-    memcpy(w + 4, p->h->bytes.data + e->off, e->klen);
+    memcpy(w + 4, ent_bytes(e), e->klen);
     w += 4 + e->klen;
     for (uint32_t i = 0; i < s->nagg; i++) {
       const char *x = st + p->off[i];
@@ -530,8 +620,8 @@ static int serialize(kvpart *p, dbx_buf *out, uint64_t *nmain, uint64_t *npair, 
   if (!rc && p->hp) {
     if ((rc = sort_entries(p->hp, &ix))) return rc;
     for (uint64_t k = 0; k < p->hp->n && !rc; k++) {
-      const hent *e = &p->hp->e[ix[k]];
-      const char *b = p->hp->bytes.data + e->off;
+      hent *e = ent_at(p->hp, ix[k]);
+      const char *b = ent_bytes(e);
       uint32_t vlen = e->len - e->klen - 1;
       if ((rc = dbx_buf_reserve(out, 4 + e->klen + 1 + 4 + vlen + 8))) break;
       char *w = out->data + out->len;
@@ -542,7 +632,7 @@ static int serialize(kvpart *p, dbx_buf *out, uint64_t *nmain, uint64_t *npair, 
       put32(w, vlen);
       memcpy(w + 4, b + e->klen + 1, vlen);
       w += 4 + vlen;
-      memcpy(w, p->hp->st + (size_t)ix[k] * 8, 8);
+      memcpy(w, ent_state(e), 8);
       w += 8;
       out->len = (size_t)(w - out->data);
     }

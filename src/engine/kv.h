@@ -79,6 +79,14 @@ void kv_free(kvpart *p);
  * bad record: DBX_EBADREC with a message ("... is not a number"), and nothing is added. An
  * integer sum past int64 is DBX_EBADREC too (the job cannot give an exact answer). */
 int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err *err);
+/* The same with the key's hash computed ahead (kv_hash), for callers that prefetch: a
+ * lookup in a large table waits on two cache misses (its slot, its entry), so a caller
+ * holding records in a short queue calls kv_prefetch(hash) when a record enters it,
+ * kv_prefetch_entry(hash) half way, and kv_add_hashed when it leaves: the misses overlap. */
+uint64_t kv_hash(const char *key, size_t klen);
+void kv_prefetch(const kvpart *p, uint64_t hash);
+void kv_prefetch_entry(const kvpart *p, uint64_t hash);
+int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const kv_val *vals, dbx_err *err);
 /* Entries held (sealed or not). */
 uint64_t kv_count(const kvpart *p);
 /* Bytes of memory held. */

@@ -17,10 +17,25 @@ static int cols_check(const rec_cols *c, uint32_t min, dbx_err *err) {
   return 0;
 }
 
-/* Calls fn for every record of every segment of b; a malformed record is a bad record,
- * skipped (counted, the first one noted) or failing the task with its place. fn may return
- * DBX_EBADREC with a message in its err, handled the same way. */
-typedef int (*rec_fn)(void *ctx, const rec_field *f, dbx_err *err);
+/* A bad record at data offset at of b: skipped (counted, the first one noted) or, with
+ * bad_fail, the task's error with the record's place. 0 when skipped. */
+static int bad_record(const dbx_batch *b, int bad_fail, size_t at, const dbx_err *e, dbx_stats *st, dbx_err *err) {
+  char where[512];
+  dbx_batch_where(b, at, where, sizeof where);
+  if (bad_fail) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, e->msg);
+  if (!st->bad_records++) {
+    char note[1024];
+    snprintf(note, sizeof note, "%.300s: %.300s", where, e->msg);
+    snprintf(st->bad_note, sizeof st->bad_note, "%.255s", note);
+  }
+  return 0;
+}
+
+/* Calls fn for every record of every segment of b (at: the record's offset in b->data); a
+ * malformed record is a bad record (bad_record). fn may return DBX_EBADREC with a message in
+ * its err, handled the same way, or 1 when it failed on an earlier record it held back (err
+ * set, with that record's place). */
+typedef int (*rec_fn)(void *ctx, const rec_field *f, size_t at, dbx_err *err);
 
 static int each_record(const rec_cols *c, int bad_fail, const dbx_batch *b, rec_fn fn, void *ctx, dbx_stats *st,
                        dbx_err *err) {
@@ -28,76 +43,113 @@ static int each_record(const rec_cols *c, int bad_fail, const dbx_batch *b, rec_
   for (uint32_t i = 0; i < c->n; i++) names[i] = c->name[i];
   rec_want w = {c->n, c->col, names};
   rec_field f[REC_COLS_MAX];
-  for (uint32_t s = 0; s < b->nseg; s++) {
+  rec_iter it;
+  int rc = 0, started = 0;
+  for (uint32_t s = 0; s < b->nseg && !rc; s++) {
     const dbx_segment *sg = &b->seg[s];
-    rec_iter it;
     /* A CSV/TSV file's first record is its header. */
     int skip = c->format != REC_JSONL && sg->off == 0;
-    int irc = rec_iter_init(&it, (rec_format)c->format, &w, b->data + sg->data_off, sg->data_len, skip);
-    if (irc) {
-      rec_iter_free(&it);
-      return dbx_seterr(err, irc, "cannot read records: %s", dbx_strerror(irc));
+    if (!started) {
+      int irc = rec_iter_init(&it, (rec_format)c->format, &w, b->data + sg->data_off, sg->data_len, skip);
+      started = 1;
+      if (irc) {
+        rec_iter_free(&it);
+        return dbx_seterr(err, irc, "cannot read records: %s", dbx_strerror(irc));
+      }
+    } else {
+      rec_iter_reset(&it, b->data + sg->data_off, sg->data_len, skip);
     }
     for (;;) {
       size_t off = 0;
       dbx_err e = {0, ""};
-      int rc = rec_next(&it, f, &off, &e);
-      if (rc == 0) break;
-      if (rc == 1) {
-        st->records++;
-        rc = fn(ctx, f, &e);
-        if (!rc) continue;
-      } else {
-        st->records++;
+      int r = rec_next(&it, f, &off, &e);
+      if (r == 0) break;
+      st->records++;
+      if (r == 1) {
+        r = fn(ctx, f, sg->data_off + off, &e);
+        if (r == 1) {
+          rc = dbx_seterr(err, e.code, "%s", e.msg);
+          break;
+        }
       }
-      if (rc != DBX_EBADREC) {
-        rec_iter_free(&it);
-        return dbx_seterr(err, rc, "%s", e.msg);
-      }
-      char where[512];
-      dbx_batch_where(b, sg->data_off + off, where, sizeof where);
-      if (bad_fail) {
-        rec_iter_free(&it);
-        return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, e.msg);
-      }
-      if (!st->bad_records++) {
-        char note[1024];
-        snprintf(note, sizeof note, "%.300s: %.300s", where, e.msg);
-        snprintf(st->bad_note, sizeof st->bad_note, "%.255s", note);
-      }
+      if (!r) continue;
+      if (r != DBX_EBADREC) rc = dbx_seterr(err, r, "%s", e.msg);
+      else rc = bad_record(b, bad_fail, sg->data_off + off, &e, st, err);
+      if (rc) break;
     }
-    rec_iter_free(&it);
   }
-  return 0;
+  if (started) rec_iter_free(&it);
+  return rc;
 }
 
 /* ---- groupby ---- */
 
+/* Records wait in a short queue between parsing and the table, so the cache misses of a
+ * large table overlap (kv_prefetch): a record's key and values are copied into its slot. */
+#define GB_Q 16
+
+typedef struct gb_rec {
+  dbx_buf b;                 /* the key, then the values */
+  size_t klen, at;
+  uint64_t hash;
+  uint32_t nv;
+  size_t voff[KV_AGG_MAX], vlen[KV_AGG_MAX];
+  int vmiss[KV_AGG_MAX];
+} gb_rec;
+
 typedef struct gb_ctx {
   const groupby_cfg *cfg;
   kvpart *p;
-  dbx_buf key;
+  const dbx_batch *b;
+  dbx_stats *st;
+  gb_rec q[GB_Q];
+  uint64_t head, tail;       /* records enter at tail, leave at head */
 } gb_ctx;
 
-static int gb_record(void *ctxp, const rec_field *f, dbx_err *err) {
+/* The oldest record goes into the table. */
+static int gb_drain(gb_ctx *x, dbx_err *err) {
+  gb_rec *r = &x->q[x->head++ % GB_Q];
+  kv_val v[KV_AGG_MAX];
+  for (uint32_t i = 0; i < r->nv; i++) v[i] = (kv_val){r->b.data + r->voff[i], r->vlen[i], r->vmiss[i]};
+  if (!r->nv) v[0] = (kv_val){"", 0, 1};
+  dbx_err e = {0, ""};
+  int rc = kv_add_hashed(x->p, r->b.data, r->klen, r->hash, v, &e);
+  if (rc == DBX_EBADREC) return bad_record(x->b, x->cfg->bad_fail, r->at, &e, x->st, err);
+  if (rc) return dbx_seterr(err, rc, "%s", e.msg);
+  return 0;
+}
+
+static int gb_record(void *ctxp, const rec_field *f, size_t at, dbx_err *err) {
   gb_ctx *x = ctxp;
   const groupby_cfg *cfg = x->cfg;
-  x->key.len = 0;
+  if (x->tail - x->head == GB_Q) {
+    int rc = gb_drain(x, err);
+    if (rc) return 1;  /* an earlier record's error, placed in err already */
+  }
+  gb_rec *r = &x->q[x->tail % GB_Q];
+  r->b.len = 0;
   for (uint32_t i = 0; i < cfg->nkey; i++) {
     if (f[i].missing) return dbx_seterr(err, DBX_EBADREC, "no value for the key column '%s'", cfg->cols.name[i]);
     if (memchr(f[i].p, 0, f[i].n)) return dbx_seterr(err, DBX_EBADREC, "a NUL byte in the key column '%s'", cfg->cols.name[i]);
-    if ((i && dbx_buf_append(&x->key, "", 1)) || (f[i].n && dbx_buf_append(&x->key, f[i].p, f[i].n)))
+    if ((i && dbx_buf_append(&r->b, "", 1)) || (f[i].n && dbx_buf_append(&r->b, f[i].p, f[i].n)))
       return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   }
-  kv_val v[KV_AGG_MAX];
-  uint32_t nv = cfg->cols.n - cfg->nkey;
-  for (uint32_t i = 0; i < nv && i < KV_AGG_MAX; i++) {
-    v[i].p = f[cfg->nkey + i].p;
-    v[i].n = f[cfg->nkey + i].n;
-    v[i].missing = f[cfg->nkey + i].missing;
+  r->klen = r->b.len;
+  r->nv = cfg->cols.n - cfg->nkey;
+  for (uint32_t i = 0; i < r->nv && i < KV_AGG_MAX; i++) {
+    const rec_field *v = &f[cfg->nkey + i];
+    r->voff[i] = r->b.len;
+    r->vlen[i] = v->n;
+    r->vmiss[i] = v->missing;
+    if (v->n && dbx_buf_append(&r->b, v->p, v->n)) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   }
-  if (!nv) v[0] = (kv_val){"", 0, 1};
-  return kv_add(x->p, x->key.data ? x->key.data : "", x->key.len, v, err);
+  if (!r->b.data && dbx_buf_append(&r->b, "", 1)) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  r->hash = kv_hash(r->b.data, r->klen);
+  r->at = at;
+  kv_prefetch(x->p, r->hash);
+  if (x->tail - x->head >= GB_Q / 2) kv_prefetch_entry(x->p, x->q[(x->tail - GB_Q / 2) % GB_Q].hash);
+  x->tail++;
+  return 0;
 }
 
 static int gb_check(const groupby_cfg *cfg, dbx_err *err) {
@@ -121,9 +173,13 @@ static int gb_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   const groupby_cfg *cfg = cfgp;
   int rc = gb_check(cfg, err);
   if (rc) return rc;
-  gb_ctx x = {cfg, partial, {0}};
-  rc = each_record(&cfg->cols, cfg->bad_fail, b, gb_record, &x, st, err);
-  dbx_buf_free(&x.key);
+  gb_ctx *x = calloc(1, sizeof *x);
+  if (!x) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  x->cfg = cfg, x->p = partial, x->b = b, x->st = st;
+  rc = each_record(&cfg->cols, cfg->bad_fail, b, gb_record, x, st, err);
+  while (!rc && x->head < x->tail) rc = gb_drain(x, err);
+  for (int i = 0; i < GB_Q; i++) dbx_buf_free(&x->q[i].b);
+  free(x);
   return rc;
 }
 
@@ -163,7 +219,8 @@ typedef struct bk_ctx {
   kvpart *p;
 } bk_ctx;
 
-static int bk_record(void *ctxp, const rec_field *f, dbx_err *err) {
+static int bk_record(void *ctxp, const rec_field *f, size_t at, dbx_err *err) {
+  (void)at;
   bk_ctx *x = ctxp;
   if (f[0].missing) return dbx_seterr(err, DBX_EBADREC, "no user");
   if (f[1].missing) return dbx_seterr(err, DBX_EBADREC, "no item");

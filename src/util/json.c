@@ -66,10 +66,16 @@ int json_real(dbx_buf *b, double v) {
 int json_repr(dbx_buf *b, double v) {
   if (!isfinite(v)) return json_raw(b, "null");
   char t[48], dig[24], out[64];
-  for (int prec = 0; prec <= 16; prec++) {
-    snprintf(t, sizeof t, "%.*e", prec, v);
-    if (strtod(t, NULL) == v) break;
+  /* The fewest digits that read back: reading back is monotonic in the digits, so a
+   * binary search over 1..17 of them. */
+  int lo = 0, hi = 16;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    snprintf(t, sizeof t, "%.*e", mid, v);
+    if (strtod(t, NULL) == v) hi = mid;
+    else lo = mid + 1;
   }
+  snprintf(t, sizeof t, "%.*e", lo, v);
   /* t: [-]D[.DDD]e[+-]XX */
   const char *p = t;
   int neg = *p == '-';
