@@ -395,11 +395,12 @@ int cmd_cooccur(int argc, char **argv) {
     stage s;
     cli_stage_init(&s, &j, &o, "pairs", &op_pairs, &pcfg, sizeof pcfg, out);
     s.in = &bin;
-    /* Pairs grow with the square of a basket: smaller batches than the orders', a function
-     * of the baskets' size alone (so a resume cuts them the same). */
+    /* Pairs grow with the square of a basket: smaller batches than the orders' (8 of them,
+     * at least 256 KiB each), a function of the baskets' size alone (so a resume cuts them
+     * the same). More batches would spread the work thinner and leave more runs to merge. */
     uint64_t size = bin.n ? bin.v[0].size : 0;
     s.split.batch_records = 0;
-    s.split.batch_bytes = size / 64 < (64u << 10) ? (64u << 10) : size / 64;
+    s.split.batch_bytes = size / 8 < (256u << 10) ? (256u << 10) : size / 8;
     char opts[64];
     snprintf(opts, sizeof opts, "top=%llu", (unsigned long long)pcfg.top);
     s.plan_opts = opts;

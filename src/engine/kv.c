@@ -535,10 +535,10 @@ static int cmp_bytes(const char *a, size_t an, const char *b, size_t bn) {
   return c ? c : an < bn ? -1 : an > bn;
 }
 
-/* Sorting compares an 8-byte big-endian prefix of the bytes first (no trip to the arena),
+/* Sorting compares a 16-byte big-endian prefix of the key first (no trip to the arena),
  * then, on a tie, the whole key and the pair tail. */
 typedef struct sref {
-  uint64_t prefix;
+  uint64_t p1, p2;
   uint64_t off;
 } sref;
 
@@ -550,7 +550,8 @@ static uint64_t prefix8(const char *p, size_t n) {
 
 static int cmp_hent(const void *x, const void *y, void *arg) {
   const sref *ra = x, *rb = y;
-  if (ra->prefix != rb->prefix) return ra->prefix < rb->prefix ? -1 : 1;
+  if (ra->p1 != rb->p1) return ra->p1 < rb->p1 ? -1 : 1;
+  if (ra->p2 != rb->p2) return ra->p2 < rb->p2 ? -1 : 1;
   const htab *h = arg;
   const hent *a = ent_at(h, ra->off), *b = ent_at(h, rb->off);
   const char *ab = (const char *)(a + 1), *bb = (const char *)(b + 1);
@@ -568,7 +569,9 @@ static int sort_entries(htab *h, uint64_t **out) {
   uint64_t k = 0;
   for (uint64_t off = 0; off < h->a.len && k < h->n; off += ent_size(h, ent_at(h, off))) {
     hent *e = ent_at(h, off);
-    r[k].prefix = prefix8(ent_bytes(e), e->klen);
+    const char *b = ent_bytes(e);
+    r[k].p1 = prefix8(b, e->klen);
+    r[k].p2 = e->klen > 8 ? prefix8(b + 8, e->klen - 8) : 0;
     r[k++].off = off;
   }
   qsort_r(r, h->n, sizeof *r, cmp_hent, h);
