@@ -145,38 +145,70 @@ int kv_spec_parse(kv_spec *s, const char *text, kv_col_fn col_of, void *ctx, dbx
 
 /* ---- numbers ---- */
 
+/* Cost: a value longer than 400 bytes (a long run of zeros is still a number) is copied to
+ * the heap to be NUL-terminated; 0 also when that allocation fails. */
 int kv_parse_num(const char *p, size_t n, int64_t *iv, double *dv) {
-  if (!n || n > 400) return 0;
+  if (!n) return 0;
   size_t i = 0;
   if (p[0] == '+' || p[0] == '-') i = 1;
   size_t d0 = i;
   while (i < n && p[i] >= '0' && p[i] <= '9') i++;
-  char tmp[408];
-  memcpy(tmp, p, n);
-  tmp[n] = 0;
-  if (i == n && i > d0) {
-    errno = 0;
-    char *end;
-    long long v = strtoll(tmp, &end, 10);
-    if (!errno && end == tmp + n) {
-      *iv = v;
-      return 1;
-    }
-  }
-  /* A real: digits, one '.', an exponent; nothing strtod would read as hex, inf or nan. */
-  int digits = 0;
-  for (size_t j = d0; j < n; j++) {
+  int isint = i == n && i > d0;
+  /* A real: digits, '.', an exponent; nothing strtod would read as hex, inf or nan. */
+  int digits = i > d0;
+  for (size_t j = i; j < n && !isint; j++) {
     char c = p[j];
     if (c >= '0' && c <= '9') digits = 1;
     else if (c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-') return 0;
   }
   if (!digits) return 0;
-  errno = 0;
+  char small[408], *tmp = n < sizeof small ? small : malloc(n + 1);
+  if (!tmp) return 0;
+  memcpy(tmp, p, n);
+  tmp[n] = 0;
+  int kind = 0;
   char *end;
-  double v = strtod(tmp, &end);
-  if (end != tmp + n || !isfinite(v)) return 0;
-  *dv = v;
-  return 2;
+  if (isint) {
+    errno = 0;
+    long long v = strtoll(tmp, &end, 10);
+    if (!errno && end == tmp + n) {
+      *iv = v;
+      kind = 1;
+    }
+  }
+  if (!kind) {
+    double v = strtod(tmp, &end);
+    if (end == tmp + n && isfinite(v)) {
+      *dv = v;
+      kind = 2;
+    }
+  }
+  if (tmp != small) free(tmp);
+  return kind;
+}
+
+/* Exact order of an integer and a double (finite): -1, 0, 1 as i <, ==, > d. A cast of i to
+ * double rounds past 2^53, so INT64_MAX would equal 2^63. */
+static int cmp_int_real(int64_t i, double d) {
+  if (d >= 9223372036854775808.0) return -1;
+  if (d < -9223372036854775808.0) return 1;
+  double t = trunc(d);   /* within int64 now */
+  int64_t ti = (int64_t)t;
+  if (i != ti) return i < ti ? -1 : 1;
+  return d > t ? -1 : d < t ? 1 : 0;
+}
+
+/* Order of two numeric states' values (u8 real, then i64 or f64 at x + 1). */
+static int cmp_numval(int ra, const char *a, int rb, const char *b) {
+  if (!ra && !rb) {
+    int64_t x = (int64_t)get64(a), y = (int64_t)get64(b);
+    return x < y ? -1 : x > y;
+  }
+  if (ra && rb) {
+    double x = getd(a), y = getd(b);
+    return x < y ? -1 : x > y;
+  }
+  return ra ? -cmp_int_real((int64_t)get64(b), getd(a)) : cmp_int_real((int64_t)get64(a), getd(b));
 }
 
 /* ---- the hash table of a mapping task ---- */
@@ -323,15 +355,10 @@ static int num_add_int(char *st, int64_t v, int kind) {
   int real = st[8];
   if (kind == KA_MIN || kind == KA_MAX) {
     if (n) {
-      int keep;
-      if (!real) {
-        int64_t cur = (int64_t)get64(st + 9);
-        keep = kind == KA_MIN ? cur <= v : cur >= v;
-      } else {
-        double cur = getd(st + 9);
-        keep = kind == KA_MIN ? cur <= (double)v : cur >= (double)v;
-      }
-      if (keep) { put64(st, n + 1); return 0; }
+      char w[8];
+      put64(w, (uint64_t)v);
+      int c = cmp_numval(real, st + 9, 0, w);
+      if (kind == KA_MIN ? c <= 0 : c >= 0) { put64(st, n + 1); return 0; }
     }
     put64(st, n + 1);
     st[8] = 0;
@@ -354,9 +381,10 @@ static void num_add_real(char *st, double v, int kind) {
   int real = st[8];
   if (kind == KA_MIN || kind == KA_MAX) {
     if (n) {
-      double cur = real ? getd(st + 9) : (double)(int64_t)get64(st + 9);
-      int keep = kind == KA_MIN ? cur <= v : cur >= v;
-      if (keep) { put64(st, n + 1); return; }
+      char w[8];
+      putd(w, v);
+      int c = cmp_numval(real, st + 9, 1, w);
+      if (kind == KA_MIN ? c <= 0 : c >= 0) { put64(st, n + 1); return; }
     }
     put64(st, n + 1);
     st[8] = 1;
@@ -387,7 +415,7 @@ int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err 
   int kindv[KV_AGG_MAX];
   if (klen > KV_KEY_MAX) return dbx_seterr(err, DBX_EBADREC, "a key of %zu bytes (at most %u)", klen, KV_KEY_MAX);
   /* Read every number first: a bad record adds nothing. */
-  for (uint32_t c = 0; c < s->nval; c++) kindv[c] = -1;
+  for (uint32_t c = 0; c < KV_AGG_MAX; c++) kindv[c] = -1;   /* not only nval: a spec from a peer may say 0 */
   for (uint32_t i = 0; i < s->nagg; i++) {
     const kv_agg *a = &s->agg[i];
     if (!kind_num(a->kind) || kindv[a->col] >= 0) continue;
@@ -604,15 +632,8 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
       if (!nr) memcpy(w, x, 17);
       else if (!nl) memcpy(w, y, 17);
       else if (kd == KA_MIN || kd == KA_MAX) {
-        int take_right;
-        if (!rl && !rr) {
-          int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9);
-          take_right = kd == KA_MIN ? b < a : b > a;
-        } else {
-          double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
-          double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
-          take_right = kd == KA_MIN ? b < a : b > a;
-        }
+        int c = cmp_numval(rr, y + 9, rl, x + 9);
+        int take_right = kd == KA_MIN ? c < 0 : c > 0;
         memcpy(w, take_right ? y : x, 17);
       } else if (!rl && !rr) {
         int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9), c;
