@@ -22,7 +22,10 @@
 #include <xxhash.h>
 
 #define KV_VERSION 1
-#define KV_COUNT_MAX (1ull << 48)   /* what one task's partial may hold (a task reads < 2^48 bytes) */
+/* The largest count a partial holds, decoded or merged: one bound for both, so what a merge
+ * makes decodes again (a run spilled or sent on after merging). Two of them add up without
+ * wrapping. One task's partial holds fewer than 2^48 (a task reads < 2^48 bytes). */
+#define KV_COUNT_MAX (1ull << 62)
 #define KV_KEY_MAX (1u << 30)
 
 /* ---- little-endian fields ---- */
@@ -622,7 +625,7 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
     char w[17];
     if (kd == KA_COUNT) {
       uint64_t a = get64(x), b = get64(y);
-      if (a + b < a || a + b > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      if (a + b < a || a + b > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
       put64(w, a + b);
       if (dbx_buf_append(out, w, 8)) return DBX_ENOMEM;
       lo += 8, ro += 8;
@@ -651,7 +654,7 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
         putd(w + 9, a + b);
       }
       if (nl && nr) {
-        if (nl + nr > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+        if (nl + nr > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
         put64(w, nl + nr);
       }
       if (dbx_buf_append(out, w, 17)) return DBX_ENOMEM;
@@ -713,7 +716,7 @@ static int merge_runs(const kv_spec *s, const dbx_buf *a, uint64_t an, size_t ao
     } else {
       size_t l = pair_len(x);
       uint64_t cx = get64(x + l - 8), cy = get64(y + pair_len(y) - 8);
-      if (cx + cy > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      if (cx + cy > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
       if (dbx_buf_append(out, x, l)) return DBX_ENOMEM;
       put64(out->data + out->len - 8, cx + cy);
       x += l;

@@ -546,6 +546,27 @@ static void test_huge_values(void **state) {
   got = rows_text("min,max", kv2, 4);
   assert_string_equal(got, "k | r-9.223372036854776e+18 | r9.223372036854776e+18\n");
   free(got);
+  /* within int64, where a cast to double rounds: 2^53 + 1 > 2^53.0 */
+  const char *kv3[] = {"k", "9007199254740992.0", "k", "9007199254740993", "k", "-9007199254740992.0",
+                       "k", "-9007199254740993", "k", "2.5", "k", "2"};
+  got = rows_text("min,max", kv3, 6);
+  assert_string_equal(got, "k | -9007199254740993 | 9007199254740993\n");
+  free(got);
+  kv_spec s3 = spec_of("min,max");
+  for (int o = 0; o < 2; o++) {
+    kvpart *l = kv_new(&s3), *r = kv_new(&s3);
+    dbx_err err = {0, ""};
+    assert_int_equal(add1(o ? r : l, (kstr)KS("k"), "9007199254740993", 16, &err), 0);
+    assert_int_equal(add1(o ? r : l, (kstr)KS("k"), "-9007199254740993", 17, &err), 0);
+    assert_int_equal(add1(o ? l : r, (kstr)KS("k"), "9007199254740992.0", 18, &err), 0);
+    assert_int_equal(add1(o ? l : r, (kstr)KS("k"), "-9007199254740992.0", 19, &err), 0);
+    assert_int_equal(kv_merge(l, r, &err), 0);
+    got = rows_of(&s3, l);
+    assert_string_equal(got, "k | -9007199254740993 | 9007199254740993\n");
+    free(got);
+    kv_free(l);
+    kv_free(r);
+  }
   /* the same through a merge, both orders */
   kv_spec s = spec_of("min,max");
   for (int o = 0; o < 2; o++) {
@@ -674,6 +695,26 @@ static void test_decode_refuses(void **state) {
   kv_free(p);
 }
 
+/* Counts a merge makes must decode again: one task holds < 2^48, two merged hold more. */
+static void test_merged_counts_decode(void **state) {
+  (void)state;
+  kv_spec s = spec_of("distinct,top:2");
+  static const char enc[] = "DBKV\x01\x02\x08\x09" "\x01\0\0\0\0\0\0\0" "\x01\0\0\0\0\0\0\0"
+                            "\x01\0\0\0k"
+                            "\x01\0\0\0k\0\x01\0\0\0v" "\0\0\0\0\0\0\x01\0";   /* count 2^48 */
+  dbx_err err = {0, ""};
+  kvpart *a = NULL, *b = NULL;
+  assert_int_equal(kv_decode(&s, enc, sizeof enc - 1, &a, &err), 0);
+  assert_int_equal(kv_decode(&s, enc, sizeof enc - 1, &b, &err), 0);
+  assert_int_equal(kv_merge(a, b, &err), 0);
+  a = roundtrip(&s, a);
+  char *got = rows_of(&s, a);
+  assert_string_equal(got, "k | 1 | 'v=562949953421312'\n");
+  free(got);
+  kv_free(a);
+  kv_free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_num),
@@ -685,6 +726,7 @@ int main(void) {
       cmocka_unit_test(test_add_after_seal),
       cmocka_unit_test(test_huge_values),
       cmocka_unit_test(test_decode_refuses),
+      cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
