@@ -439,18 +439,25 @@ int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err 
   }
   char *st;
   if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
-  /* Integer sums are checked before any state changes, so an overflow adds nothing either. */
+  /* Sums are checked before any state changes, so an overflow adds nothing either: past
+   * int64 while every value is an integer, past the largest double once one is a real (a
+   * non-finite sum has no output, and a peer's partial holding one is refused as corrupt). */
   for (uint32_t i = 0; i < s->nagg; i++) {
     const kv_agg *a = &s->agg[i];
     char *x = st + p->off[i];
-    if ((a->kind == KA_SUM || a->kind == KA_MEAN) && kindv[a->col] == 1 && !x[8]) {
-      int64_t r;
-      if (__builtin_add_overflow((int64_t)get64(x + 9), iv[a->col], &r)) {
-        char shown[80];
-        show_key(shown, sizeof shown, key, klen < 60 ? klen : 60);
-        return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s%s' overflows 64-bit integers", a->name, shown,
-                          klen > 60 ? "..." : "");
-      }
+    if ((a->kind != KA_SUM && a->kind != KA_MEAN) || kindv[a->col] <= 0) continue;
+    int64_t r;
+    int over = 0;
+    if (kindv[a->col] == 1 && !x[8]) over = __builtin_add_overflow((int64_t)get64(x + 9), iv[a->col], &r);
+    else {
+      double cur = x[8] ? getd(x + 9) : (double)(int64_t)get64(x + 9);
+      over = !isfinite(cur + (kindv[a->col] == 1 ? (double)iv[a->col] : dv[a->col]));
+    }
+    if (over) {
+      char shown[80];
+      show_key(shown, sizeof shown, key, klen < 60 ? klen : 60);
+      return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s%s' overflows 64-bit %s", a->name, shown,
+                        klen > 60 ? "..." : "", kindv[a->col] == 1 && !x[8] ? "integers" : "floating point");
     }
   }
   for (uint32_t i = 0; i < s->nagg; i++) {
@@ -650,6 +657,12 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
       } else {
         double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
         double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
+        if (!isfinite(a + b)) {
+          char shown[80];
+          show_key(shown, sizeof shown, l + 4, get32(l) < 60 ? get32(l) : 60);
+          return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s' overflows 64-bit floating point", s->agg[i].name,
+                            shown);
+        }
         w[8] = 1;
         putd(w + 9, a + b);
       }

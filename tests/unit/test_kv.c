@@ -715,12 +715,44 @@ static void test_merged_counts_decode(void **state) {
   kv_free(b);
 }
 
+/* A real sum past the largest double is refused like an int64 one: at kv_add (nothing added)
+ * and at merge; it never reaches an encoding (which decode would refuse). */
+static void test_real_sum_overflow(void **state) {
+  (void)state;
+  kv_spec s = spec_of("count,sum,mean,max");
+  kvpart *p = kv_new(&s);
+  dbx_err err = {0, ""};
+  assert_int_equal(add1(p, (kstr)KS("k"), "1e308", 5, &err), 0);
+  assert_int_equal(add1(p, (kstr)KS("k"), "1e308", 5, &err), DBX_EBADREC);
+  assert_non_null(strstr(err.msg, "'k' overflows 64-bit floating point"));
+  assert_int_equal(add1(p, (kstr)KS("k"), "-1e308", 6, &err), 0);
+  assert_int_equal(add1(p, (kstr)KS("i"), "9223372036854775807", 19, &err), 0);
+  assert_int_equal(add1(p, (kstr)KS("i"), "1.7976931348623157e308", 22, &err), 0);
+  assert_int_equal(add1(p, (kstr)KS("i"), "1.7976931348623157e308", 22, &err), DBX_EBADREC);
+  char *got = rows_of(&s, p);
+  assert_string_equal(got, "i | 2 | r1.7976931348623157e+308 | r8.988465674311579e+307 | r1.7976931348623157e+308\n"
+                           "k | 2 | r0 | r0 | r1e+308\n");
+  free(got);
+  kv_free(p);
+  for (int enc = 0; enc < 2; enc++) {
+    kvpart *l = kv_new(&s), *r = kv_new(&s);
+    assert_int_equal(add1(l, (kstr)KS("k"), "1e308", 5, &err), 0);
+    assert_int_equal(add1(r, (kstr)KS("k"), enc ? "1e308" : "8e307", 5, &err), 0);
+    if (enc) r = roundtrip(&s, r);
+    assert_int_equal(kv_merge(l, r, &err), DBX_EBADREC);
+    assert_non_null(strstr(err.msg, "'k' overflows 64-bit floating point"));
+    kv_free(l);
+    kv_free(r);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_num),
       cmocka_unit_test(test_bad_number_adds_nothing),
       cmocka_unit_test(test_sum_overflow_at_add),
       cmocka_unit_test(test_sum_overflow_at_merge),
+      cmocka_unit_test(test_real_sum_overflow),
       cmocka_unit_test(test_keys_with_nul_and_empty),
       cmocka_unit_test(test_empty_partials),
       cmocka_unit_test(test_add_after_seal),
