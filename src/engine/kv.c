@@ -22,7 +22,10 @@
 #include <xxhash.h>
 
 #define KV_VERSION 1
-#define KV_COUNT_MAX (1ull << 48)   /* what one task's partial may hold (a task reads < 2^48 bytes) */
+/* The largest count a partial holds, decoded or merged: one bound for both, so what a merge
+ * makes decodes again (a run spilled or sent on after merging). Two of them add up without
+ * wrapping. One task's partial holds fewer than 2^48 (a task reads < 2^48 bytes). */
+#define KV_COUNT_MAX (1ull << 62)
 #define KV_KEY_MAX (1u << 30)
 
 /* ---- little-endian fields ---- */
@@ -179,40 +182,72 @@ static int parse_fast(const char *p, size_t n, int64_t *iv, double *dv) {
   return 2;
 }
 
+/* Cost: a value longer than 400 bytes (a long run of zeros is still a number) is copied to
+ * the heap to be NUL-terminated; 0 also when that allocation fails. */
 int kv_parse_num(const char *p, size_t n, int64_t *iv, double *dv) {
   int f = parse_fast(p, n, iv, dv);
   if (f >= 0) return f;
-  if (!n || n > 400) return 0;
+  if (!n) return 0;
   size_t i = 0;
   if (p[0] == '+' || p[0] == '-') i = 1;
   size_t d0 = i;
   while (i < n && p[i] >= '0' && p[i] <= '9') i++;
-  char tmp[408];
-  memcpy(tmp, p, n);
-  tmp[n] = 0;
-  if (i == n && i > d0) {
-    errno = 0;
-    char *end;
-    long long v = strtoll(tmp, &end, 10);
-    if (!errno && end == tmp + n) {
-      *iv = v;
-      return 1;
-    }
-  }
-  /* A real: digits, one '.', an exponent; nothing strtod would read as hex, inf or nan. */
-  int digits = 0;
-  for (size_t j = d0; j < n; j++) {
+  int isint = i == n && i > d0;
+  /* A real: digits, '.', an exponent; nothing strtod would read as hex, inf or nan. */
+  int digits = i > d0;
+  for (size_t j = i; j < n && !isint; j++) {
     char c = p[j];
     if (c >= '0' && c <= '9') digits = 1;
     else if (c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-') return 0;
   }
   if (!digits) return 0;
-  errno = 0;
+  char small[408], *tmp = n < sizeof small ? small : malloc(n + 1);
+  if (!tmp) return 0;
+  memcpy(tmp, p, n);
+  tmp[n] = 0;
+  int kind = 0;
   char *end;
-  double v = strtod(tmp, &end);
-  if (end != tmp + n || !isfinite(v)) return 0;
-  *dv = v;
-  return 2;
+  if (isint) {
+    errno = 0;
+    long long v = strtoll(tmp, &end, 10);
+    if (!errno && end == tmp + n) {
+      *iv = v;
+      kind = 1;
+    }
+  }
+  if (!kind) {
+    double v = strtod(tmp, &end);
+    if (end == tmp + n && isfinite(v)) {
+      *dv = v;
+      kind = 2;
+    }
+  }
+  if (tmp != small) free(tmp);
+  return kind;
+}
+
+/* Exact order of an integer and a double (finite): -1, 0, 1 as i <, ==, > d. A cast of i to
+ * double rounds past 2^53, so INT64_MAX would equal 2^63. */
+static int cmp_int_real(int64_t i, double d) {
+  if (d >= 9223372036854775808.0) return -1;
+  if (d < -9223372036854775808.0) return 1;
+  double t = trunc(d);   /* within int64 now */
+  int64_t ti = (int64_t)t;
+  if (i != ti) return i < ti ? -1 : 1;
+  return d > t ? -1 : d < t ? 1 : 0;
+}
+
+/* Order of two numeric states' values (u8 real, then i64 or f64 at x + 1). */
+static int cmp_numval(int ra, const char *a, int rb, const char *b) {
+  if (!ra && !rb) {
+    int64_t x = (int64_t)get64(a), y = (int64_t)get64(b);
+    return x < y ? -1 : x > y;
+  }
+  if (ra && rb) {
+    double x = getd(a), y = getd(b);
+    return x < y ? -1 : x > y;
+  }
+  return ra ? -cmp_int_real((int64_t)get64(b), getd(a)) : cmp_int_real((int64_t)get64(a), getd(b));
 }
 
 /* ---- the hash table of a mapping task ---- */
@@ -371,15 +406,10 @@ static int num_add_int(char *st, int64_t v, int kind) {
   int real = st[8];
   if (kind == KA_MIN || kind == KA_MAX) {
     if (n) {
-      int keep;
-      if (!real) {
-        int64_t cur = (int64_t)get64(st + 9);
-        keep = kind == KA_MIN ? cur <= v : cur >= v;
-      } else {
-        double cur = getd(st + 9);
-        keep = kind == KA_MIN ? cur <= (double)v : cur >= (double)v;
-      }
-      if (keep) { put64(st, n + 1); return 0; }
+      char w[8];
+      put64(w, (uint64_t)v);
+      int c = cmp_numval(real, st + 9, 0, w);
+      if (kind == KA_MIN ? c <= 0 : c >= 0) { put64(st, n + 1); return 0; }
     }
     put64(st, n + 1);
     st[8] = 0;
@@ -402,9 +432,10 @@ static void num_add_real(char *st, double v, int kind) {
   int real = st[8];
   if (kind == KA_MIN || kind == KA_MAX) {
     if (n) {
-      double cur = real ? getd(st + 9) : (double)(int64_t)get64(st + 9);
-      int keep = kind == KA_MIN ? cur <= v : cur >= v;
-      if (keep) { put64(st, n + 1); return; }
+      char w[8];
+      putd(w, v);
+      int c = cmp_numval(real, st + 9, 1, w);
+      if (kind == KA_MIN ? c <= 0 : c >= 0) { put64(st, n + 1); return; }
     }
     put64(st, n + 1);
     st[8] = 1;
@@ -453,7 +484,7 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
   int kindv[KV_AGG_MAX];
   if (klen > KV_KEY_MAX) return dbx_seterr(err, DBX_EBADREC, "a key of %zu bytes (at most %u)", klen, KV_KEY_MAX);
   /* Read every number first: a bad record adds nothing. */
-  for (uint32_t c = 0; c < s->nval; c++) kindv[c] = -1;
+  for (uint32_t c = 0; c < KV_AGG_MAX; c++) kindv[c] = -1;   /* not only nval: a spec from a peer may say 0 */
   for (uint32_t i = 0; i < s->nagg; i++) {
     const kv_agg *a = &s->agg[i];
     if (!kind_num(a->kind) || kindv[a->col] >= 0) continue;
@@ -474,18 +505,25 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
   }
   char *st;
   if (htab_get_h(p->h, key, klen, NULL, 0, hash, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
-  /* Integer sums are checked before any state changes, so an overflow adds nothing either. */
+  /* Sums are checked before any state changes, so an overflow adds nothing either: past
+   * int64 while every value is an integer, past the largest double once one is a real (a
+   * non-finite sum has no output, and a peer's partial holding one is refused as corrupt). */
   for (uint32_t i = 0; i < s->nagg; i++) {
     const kv_agg *a = &s->agg[i];
     char *x = st + p->off[i];
-    if ((a->kind == KA_SUM || a->kind == KA_MEAN) && kindv[a->col] == 1 && !x[8]) {
-      int64_t r;
-      if (__builtin_add_overflow((int64_t)get64(x + 9), iv[a->col], &r)) {
-        char shown[80];
-        show_key(shown, sizeof shown, key, klen < 60 ? klen : 60);
-        return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s%s' overflows 64-bit integers", a->name, shown,
-                          klen > 60 ? "..." : "");
-      }
+    if ((a->kind != KA_SUM && a->kind != KA_MEAN) || kindv[a->col] <= 0) continue;
+    int64_t r;
+    int over = 0;
+    if (kindv[a->col] == 1 && !x[8]) over = __builtin_add_overflow((int64_t)get64(x + 9), iv[a->col], &r);
+    else {
+      double cur = x[8] ? getd(x + 9) : (double)(int64_t)get64(x + 9);
+      over = !isfinite(cur + (kindv[a->col] == 1 ? (double)iv[a->col] : dv[a->col]));
+    }
+    if (over) {
+      char shown[80];
+      show_key(shown, sizeof shown, key, klen < 60 ? klen : 60);
+      return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s%s' overflows 64-bit %s", a->name, shown,
+                        klen > 60 ? "..." : "", kindv[a->col] == 1 && !x[8] ? "integers" : "floating point");
     }
   }
   for (uint32_t i = 0; i < s->nagg; i++) {
@@ -687,7 +725,7 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
     char w[17];
     if (kd == KA_COUNT) {
       uint64_t a = get64(x), b = get64(y);
-      if (a + b < a || a + b > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      if (a + b < a || a + b > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
       put64(w, a + b);
       if (dbx_buf_append(out, w, 8)) return DBX_ENOMEM;
       lo += 8, ro += 8;
@@ -697,15 +735,8 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
       if (!nr) memcpy(w, x, 17);
       else if (!nl) memcpy(w, y, 17);
       else if (kd == KA_MIN || kd == KA_MAX) {
-        int take_right;
-        if (!rl && !rr) {
-          int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9);
-          take_right = kd == KA_MIN ? b < a : b > a;
-        } else {
-          double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
-          double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
-          take_right = kd == KA_MIN ? b < a : b > a;
-        }
+        int c = cmp_numval(rr, y + 9, rl, x + 9);
+        int take_right = kd == KA_MIN ? c < 0 : c > 0;
         memcpy(w, take_right ? y : x, 17);
       } else if (!rl && !rr) {
         int64_t a = (int64_t)get64(x + 9), b = (int64_t)get64(y + 9), c;
@@ -719,11 +750,17 @@ static int merge_states(const kv_spec *s, const char *l, const char *r, dbx_buf 
       } else {
         double a = rl ? getd(x + 9) : (double)(int64_t)get64(x + 9);
         double b = rr ? getd(y + 9) : (double)(int64_t)get64(y + 9);
+        if (!isfinite(a + b)) {
+          char shown[80];
+          show_key(shown, sizeof shown, l + 4, get32(l) < 60 ? get32(l) : 60);
+          return dbx_seterr(err, DBX_EBADREC, "the %s of key '%s' overflows 64-bit floating point", s->agg[i].name,
+                            shown);
+        }
         w[8] = 1;
         putd(w + 9, a + b);
       }
       if (nl && nr) {
-        if (nl + nr > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+        if (nl + nr > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
         put64(w, nl + nr);
       }
       if (dbx_buf_append(out, w, 17)) return DBX_ENOMEM;
@@ -785,7 +822,7 @@ static int merge_runs(const kv_spec *s, const dbx_buf *a, uint64_t an, size_t ao
     } else {
       size_t l = pair_len(x);
       uint64_t cx = get64(x + l - 8), cy = get64(y + pair_len(y) - 8);
-      if (cx + cy > (1ull << 62)) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+      if (cx + cy > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
       if (dbx_buf_append(out, x, l)) return DBX_ENOMEM;
       put64(out->data + out->len - 8, cx + cy);
       x += l;
