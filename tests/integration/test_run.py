@@ -186,13 +186,6 @@ class Failures(TmpTest):
 
 
 class Usage(TmpTest):
-    def test_reduce_is_refused_for_now(self):
-        p = self.write("x.txt", b"a\n")
-        for opt in ("--reduce", "--reduce-cmd"):
-            r = run("run", "--map", "cat", opt, "count", p, check=False)
-            self.assertEqual(r.returncode, 2)
-            self.assertIn("%s is not yet available" % opt, r.stderr.decode())
-
     def test_usage_errors(self):
         p = self.write("x.txt", b"a\n")
         cases = [
@@ -211,8 +204,10 @@ class Usage(TmpTest):
         h = run("run", "--help").stdout.decode()
         self.assertIn("--map CMD", h)
         self.assertIn("Example:", h)
-        for absent in ("--table", "--append", "--format", "--max-record", "--on-bad-record"):
+        for absent in ("--table", "--append", "--format", "--max-record"):
             self.assertNotIn(absent, h)
+        self.assertIn("--reduce AGG", h)
+        self.assertIn("--on-bad-record skip|fail  with --reduce", h)
         self.assertIn("run --map", run("--help").stdout.decode())
 
 
