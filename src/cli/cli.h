@@ -6,6 +6,7 @@
 #include "coord/coord.h"
 #include "engine/job.h"
 #include "util/afile.h"
+#include "engine/shuffle.h"
 
 /* Exit statuses: documented in --help and the man page. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_PARTIAL = 3 };
@@ -162,6 +163,43 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err);
 int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outputs *outs, int rc, dbx_err *err);
 /* cli_job_finish with one sink (or none). */
 int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err);
+
+/* ---- keyed commands (keyed.c): the partitioned reduce ---- */
+typedef struct cli_keyed {
+  uint32_t partitions;     /* --partitions R (0: merge on the coordinator) */
+  int partitions_set;
+  const char *spill_dir;   /* --spill-dir */
+  char dir[SHUFFLE_DIR_MAX];  /* the spill directory in use */
+  int made_tmp;            /* dir is a private temporary directory, removed at the end */
+} cli_keyed;
+#define CLI_KEYED_OPTIONS                                     \
+  {"partitions", required_argument, NULL, 1100},              \
+  {"spill-dir", required_argument, NULL, 1101}
+#define CLI_KEYED_HELP                                                                      \
+  "Partitioned reduce:\n"                                                                  \
+  "      --partitions R      merge on the workers in R partitions by key hash, the result\n" \
+  "                          streamed to the output from files, never held by this\n"      \
+  "                          process; 0 merges here, in memory. The same bytes for any R\n" \
+  "                          (default: 2 per local worker; 0 with --listen or --workers 0)\n" \
+  "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
+  "                          private directory under $TMPDIR); every worker must reach it\n" \
+  "                          at the same path\n"
+/* 1 handled, 0 not a keyed option, < 0 a bad value. */
+int cli_keyed_option(cli_keyed *k, int c, const char *arg);
+/* The partition configuration of the job's next stage (call after cli_job_start). */
+int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err);
+/* Rows of a keyed result, in key order, into out. */
+typedef int (*cli_rows_fn)(void *ctx, kv_stream *st, sink *out, dbx_err *err);
+typedef struct cli_keyed_rows_ctx {
+  const kv_spec *spec;
+  uint32_t nkeycol;
+} cli_keyed_rows_ctx;
+int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err);  /* ctx: cli_keyed_rows_ctx */
+/* Run keyed stage s: as any stage without partitions (its finish writes the rows), else
+ * the map stage, a reduce stage of pc->r tasks, and rows(ctx, stream, s->out). */
+int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
+                    cli_rows_fn rows, void *ctx, dbx_err *err);
+void cli_keyed_done(cli_keyed *k);
 
 int cmd_wordcount(int argc, char **argv);
 int cmd_run(int argc, char **argv);

@@ -48,6 +48,7 @@ static const char gb_help[] =
     "      --key COL[,COL...]  the key columns\n"
     "      --agg SPEC[,SPEC...]  the aggregates\n"
     REC_OPTIONS_HELP
+    CLI_KEYED_HELP
     CLI_JOB_HELP;
 
 static const char co_help[] =
@@ -70,6 +71,7 @@ static const char co_help[] =
     "      --top K             other items per item (default 10)\n"
     "      --max-basket N      leave out users with more than N distinct items (default 1000)\n"
     REC_OPTIONS_HELP
+    CLI_KEYED_HELP
     CLI_JOB_HELP;
 
 /* ---- records: format and header ---- */
@@ -184,11 +186,14 @@ int cmd_groupby(int argc, char **argv) {
       {"key", required_argument, NULL, 1},
       {"agg", required_argument, NULL, 2},
       {"input-format", required_argument, NULL, 3},
+      CLI_KEYED_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   static groupby_cfg cfg;
   memset(&cfg, 0, sizeof cfg);
+  cli_keyed k;
+  memset(&k, 0, sizeof k);
   cli_job o;
   const char *keys = NULL, *fmt = NULL;
   char aggs[4096] = "";
@@ -197,7 +202,8 @@ int cmd_groupby(int argc, char **argv) {
   int c;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
     if (c == 1023) return cli_usage_error("groupby", "--max-record does not apply to groupby");
-    int r = cli_job_option(&o, c, optarg);
+    int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("groupby", "bad value '%s' for %s", optarg, argv[optind - 1]);
     if (r) continue;
     switch (c) {
@@ -230,13 +236,13 @@ int cmd_groupby(int argc, char **argv) {
     return rc == DBX_EUSAGE ? cli_usage_error("groupby", "%s", err.msg) : cli_fail("groupby", &err);
   }
   cfg.cols.format = rs.fmt;
-  for (const char *k = keys;;) {
-    const char *e = strchr(k, ',');
-    size_t n = e ? (size_t)(e - k) : strlen(k);
+  for (const char *kc = keys;;) {
+    const char *e = strchr(kc, ',');
+    size_t n = e ? (size_t)(e - kc) : strlen(kc);
     uint32_t idx;
-    if ((rc = cols_add(&cfg.cols, &rs, k, n, &idx, 0, &err))) break;
+    if ((rc = cols_add(&cfg.cols, &rs, kc, n, &idx, 0, &err))) break;
     if (!e) break;
-    k = e + 1;
+    kc = e + 1;
   }
   cfg.nkey = cfg.cols.n;
   agg_cols_ctx ax = {&cfg.cols, &rs, cfg.nkey};
@@ -260,6 +266,7 @@ int cmd_groupby(int argc, char **argv) {
   rc = sink_check(&o.out, &err);
   if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &cfg.part, &err);
   if (!rc) rc = sink_open(&o.out, &schema, &out, &err);
   if (!rc) {
     stage s;
@@ -267,16 +274,23 @@ int cmd_groupby(int argc, char **argv) {
     s.csv_quotes = rs.fmt == REC_CSV;
     char opts[256], colsd[160];
     plan_cols(colsd, sizeof colsd, &cfg.cols);
-    snprintf(opts, sizeof opts, "%s spec_xxh64=%016llx on_bad_record=%s", colsd,
-             (unsigned long long)XXH64(&cfg, sizeof cfg, 0), cfg.bad_fail ? "fail" : "skip");
+    snprintf(opts, sizeof opts, "%s spec_xxh64=%016llx on_bad_record=%s partitions=%u", colsd,
+             (unsigned long long)XXH64(&cfg.spec, sizeof cfg.spec, 0), cfg.bad_fail ? "fail" : "skip", cfg.part.r);
     s.plan_opts = opts;
-    rc = cli_run_stage(co, &j, &s, &err);
+    cli_keyed_rows_ctx rx = {&cfg.spec, cfg.nkey};
+    rc = cli_keyed_stage(co, &j, &o, &s, &cfg.part, &cfg.spec, cli_keyed_rows, &rx, &err);
     dbx_buf_free(&s.bcast_out);
   }
-  return cli_job_end("groupby", &o, &j, co, out, rc, &err);
+  rc = cli_job_end("groupby", &o, &j, co, out, rc, &err);
+  cli_keyed_done(&k);
+  return rc;
 }
 
 /* ---- cooccur ---- */
+
+static int pair_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {
+  return cooccur_rows(ctx, st, sink_emit, out, err);
+}
 
 int cmd_cooccur(int argc, char **argv) {
   static const struct option longopts[] = {
@@ -285,6 +299,7 @@ int cmd_cooccur(int argc, char **argv) {
       {"top", required_argument, NULL, 3},
       {"max-basket", required_argument, NULL, 4},
       {"input-format", required_argument, NULL, 5},
+      CLI_KEYED_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
@@ -294,6 +309,8 @@ int cmd_cooccur(int argc, char **argv) {
   memset(&pcfg, 0, sizeof pcfg);
   pcfg.top = 10;
   bcfg.max_basket = 1000;
+  cli_keyed k;
+  memset(&k, 0, sizeof k);
   cli_job o;
   const char *user = NULL, *item = NULL, *fmt = NULL;
   cli_job_defaults(&o, "cooccur");
@@ -301,7 +318,8 @@ int cmd_cooccur(int argc, char **argv) {
   int c;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
     if (c == 1023) return cli_usage_error("cooccur", "--max-record does not apply to cooccur");
-    int r = cli_job_option(&o, c, optarg);
+    int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("cooccur", "bad value '%s' for %s", optarg, argv[optind - 1]);
     if (r) continue;
     switch (c) {
@@ -391,6 +409,7 @@ int cmd_cooccur(int argc, char **argv) {
   }
   if (!rc) rc = sink_open(&o.out, &schema, &out, &err);
   if (!rc) rc = inputs_expand((char *[]){bpath}, 1, &bin, &err);
+  if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "pairs", &op_pairs, &pcfg, sizeof pcfg, out);
@@ -402,9 +421,9 @@ int cmd_cooccur(int argc, char **argv) {
     s.split.batch_records = 0;
     s.split.batch_bytes = size / 8 < (256u << 10) ? (256u << 10) : size / 8;
     char opts[64];
-    snprintf(opts, sizeof opts, "top=%llu", (unsigned long long)pcfg.top);
+    snprintf(opts, sizeof opts, "top=%llu partitions=%u", (unsigned long long)pcfg.top, pcfg.part.r);
     s.plan_opts = opts;
-    rc = cli_run_stage(co, &j, &s, &err);
+    rc = cli_keyed_stage(co, &j, &o, &s, &pcfg.part, &cooccur_pair_spec, pair_rows, &pcfg, &err);
     dbx_buf_free(&s.bcast_out);
   }
   if (bout) sink_abort(bout);
@@ -413,5 +432,6 @@ int cmd_cooccur(int argc, char **argv) {
     fprintf(stderr, "dbatch cooccur: %llu %s left out\n", (unsigned long long)j.left_out, j.left_out_what);
   inputs_free(&bin);
   if (tmpfile_made) unlink(bpath);
+  cli_keyed_done(&k);
   return rc;
 }

@@ -71,6 +71,8 @@ static const char help[] =
     "      --reduce-cmd RCMD   or your own reducer over them, sorted by key (see above)\n"
     "      --on-bad-record skip|fail  with --reduce: a value a numeric reducer cannot read\n"
     "                          is skipped and counted (default) or fails the job\n"
+    "      --partitions R, --spill-dir DIR  with --reduce: merge on the workers in R\n"
+    "                          partitions (see 'dbatch groupby --help')\n"
     "Batching and execution:\n"
     "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
     "                          (default: the input size / 16, within 8M..64M; units K, M, G)\n"
@@ -184,8 +186,8 @@ static int run_op(cli_job *o, const char *spec, const char *arg, int nin, char *
 
 /* `dbatch run --map CMD --reduce AGG,...` (rows to any sink) or `--reduce-cmd RCMD` (the
  * reduce command's bytes). */
-static int run_reduce(cli_job *o, const char *map, const char *reduce, const char *reduce_cmd, int bad_fail, int nin,
-                      char **in) {
+static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *reduce, const char *reduce_cmd, int bad_fail,
+                      int nin, char **in) {
   static reduce_cfg rcfg;
   static reduce_cmd_cfg ccfg;
   memset(&rcfg, 0, sizeof rcfg);
@@ -229,21 +231,26 @@ static int run_reduce(cli_job *o, const char *map, const char *reduce, const cha
   if (!rc) rc = inputs_expand(in, (size_t)nin, &j.in, &err);
   if (!rc) cli_job_size_batches(o, &j.in);
   if (!rc) rc = cli_job_start(o, &j, &co, &err);
+  if (!rc && reduce) rc = cli_keyed_prepare(k, &j, o, &rcfg.part, &err);
   if (!rc) rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, &out, &err);
   if (!rc) {
     stage s;
     if (reduce) cli_stage_init(&s, &j, o, "reduce", &op_reduce, &rcfg, sizeof rcfg, out);
     else cli_stage_init(&s, &j, o, "reduce-cmd", &op_reduce_cmd, &ccfg, sizeof ccfg, out);
     char opts[256];
-    snprintf(opts, sizeof opts, "map_cmd_xxh64=%016llx %s_xxh64=%016llx bad_fail=%d", (unsigned long long)XXH64(map, strlen(map), 0),
-             reduce ? "reduce" : "reduce_cmd",
+    snprintf(opts, sizeof opts, "map_cmd_xxh64=%016llx %s_xxh64=%016llx bad_fail=%d partitions=%u",
+             (unsigned long long)XXH64(map, strlen(map), 0), reduce ? "reduce" : "reduce_cmd",
              (unsigned long long)(reduce ? XXH64(&rcfg.spec, sizeof rcfg.spec, 0) : XXH64(reduce_cmd, strlen(reduce_cmd), 0)),
-             bad_fail);
+             bad_fail, rcfg.part.r);
     s.plan_opts = opts;
-    rc = cli_run_stage(co, &j, &s, &err);
+    cli_keyed_rows_ctx rx = {&rcfg.spec, 1};
+    rc = reduce ? cli_keyed_stage(co, &j, o, &s, &rcfg.part, &rcfg.spec, cli_keyed_rows, &rx, &err)
+                : cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }
-  return cli_job_end("run", o, &j, co, out, rc, &err);
+  rc = cli_job_end("run", o, &j, co, out, rc, &err);
+  cli_keyed_done(k);
+  return rc;
 }
 
 int cmd_run(int argc, char **argv) {
@@ -253,10 +260,13 @@ int cmd_run(int argc, char **argv) {
       {"reduce-cmd", required_argument, NULL, 3},
       {"op", required_argument, NULL, 4},
       {"op-arg", required_argument, NULL, 5},
+      CLI_KEYED_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   cli_job o;
+  cli_keyed k;
+  memset(&k, 0, sizeof k);
   static exec_cfg cfg;  /* 4 KiB: not on the stack; plain bytes shipped to workers */
   memset(&cfg, 0, sizeof cfg);
   const char *map = NULL, *opspec = NULL, *oparg = NULL, *reduce = NULL, *reduce_cmd = NULL;
@@ -272,7 +282,8 @@ int cmd_run(int argc, char **argv) {
     const char *na = c == 1023 ? "--max-record" : c == 1024 && !reduce ? "--on-bad-record" : NULL;
     if (na) return cli_usage_error("run", "%s does not apply to dbatch run (the command or operator decides what a bad record is)", na);
     if (c == 1003 || c == 1004 || c == 1005) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--append";
-    int r = cli_job_option(&o, c, optarg);
+    int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("run", "bad value '%s' for %s", optarg, argv[optind - 1]);
     if (r) continue;
     switch (c) {
@@ -300,8 +311,11 @@ int cmd_run(int argc, char **argv) {
     if (reduce_cmd && row_opt)
       return cli_usage_error("run", "%s does not apply to --reduce-cmd (its output is the reduce command's own bytes)", row_opt);
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
-    return run_reduce(&o, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
+    if (reduce_cmd && (k.partitions || k.spill_dir))
+      return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce, not --reduce-cmd");
+    return run_reduce(&o, &k, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
+  if (k.partitions || k.spill_dir) return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce only");
   if (row_opt) return cli_usage_error("run", "%s does not apply to dbatch run --map (its output is the command's own bytes)", row_opt);
   if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch), or --op LIB.so[:NAME] for a plugin operator");
   if (!map[0]) return cli_usage_error("run", "--map needs a command");

@@ -359,6 +359,7 @@ struct kvpart {
   uint64_t nmain, npair;
   size_t pair_off;          /* where the pair run starts in run */
   int has_pairs;
+  int borrowed;             /* run.data belongs to the caller (kv_decode_view) */
 };
 
 kvpart *kv_new(const kv_spec *s) {
@@ -381,7 +382,7 @@ void kv_free(kvpart *p) {
   htab_free(p->hp);
   dbx_buf_free(&p->blob);
   dbx_buf_free(&p->tail);
-  dbx_buf_free(&p->run);
+  if (!p->borrowed) dbx_buf_free(&p->run);
   free(p);
 }
 
@@ -1111,29 +1112,116 @@ int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, 
   return dbx_seterr(err, DBX_EINVAL, "keyed: unknown aggregate");
 }
 
+int kv_emit_entry(const kv_spec *s, const kv_entry *e, uint32_t nkeycol, dbx_buf *scratch, dbx_emit_fn emit, void *ctx,
+                  dbx_err *err) {
+  dbx_value row[KV_AGG_MAX * 2];
+  if (nkeycol < 1 || nkeycol > KV_AGG_MAX) return dbx_seterr(err, DBX_EINVAL, "keyed: bad key columns");
+  memset(row, 0, sizeof row);
+  const char *k = e->key, *kend = e->key + e->klen;
+  for (uint32_t j = 0; j < nkeycol; j++) {
+    const char *z = j + 1 < nkeycol ? memchr(k, 0, (size_t)(kend - k)) : NULL;
+    if (j + 1 < nkeycol && !z) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a key with too few fields");
+    if (!z) z = kend;
+    row[j].s = k;
+    row[j].n = (size_t)(z - k);
+    k = z + 1;
+  }
+  int rc = 0;
+  for (uint32_t i = 0; i < s->nagg && !rc; i++) rc = kv_value(s, i, e, &scratch[i], &row[nkeycol + i], err);
+  return rc ? rc : emit(ctx, row, err);
+}
+
 int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit, void *ctx, dbx_err *err) {
   kv_cursor c;
   int rc = kv_cursor_init(&c, p, err);
   if (rc || !emit) return rc;
-  dbx_value row[KV_AGG_MAX * 2];
   dbx_buf scratch[KV_AGG_MAX];
   memset(scratch, 0, sizeof scratch);
-  if (nkeycol < 1 || nkeycol > KV_AGG_MAX) return dbx_seterr(err, DBX_EINVAL, "keyed: bad key columns");
   kv_entry e;
-  while (!rc && kv_cursor_next(&c, &e)) {
-    memset(row, 0, sizeof row);
-    const char *k = e.key, *kend = e.key + e.klen;
-    for (uint32_t j = 0; j < nkeycol; j++) {
-      const char *z = j + 1 < nkeycol ? memchr(k, 0, (size_t)(kend - k)) : NULL;
-      if (j + 1 < nkeycol && !z) { rc = dbx_seterr(err, DBX_ECORRUPT, "keyed: a key with too few fields"); break; }
-      if (!z) z = kend;
-      row[j].s = k;
-      row[j].n = (size_t)(z - k);
-      k = z + 1;
-    }
-    for (uint32_t i = 0; i < s->nagg && !rc; i++) rc = kv_value(s, i, &e, &scratch[i], &row[nkeycol + i], err);
-    if (!rc) rc = emit(ctx, row, err);
-  }
+  while (!rc && kv_cursor_next(&c, &e)) rc = kv_emit_entry(s, &e, nkeycol, scratch, emit, ctx, err);
   for (uint32_t i = 0; i < KV_AGG_MAX; i++) dbx_buf_free(&scratch[i]);
   return rc;
+}
+
+/* ---- partitions (engine/shuffle.c) ---- */
+
+void kv_clear(kvpart *p) {
+  htab_free(p->h);
+  htab_free(p->hp);
+  p->h = p->hp = NULL;
+  dbx_buf_free(&p->blob);
+  if (!p->borrowed) dbx_buf_free(&p->run);
+  memset(&p->run, 0, sizeof p->run);
+  p->borrowed = 0;
+  p->nmain = p->npair = 0;
+  p->pair_off = 0;
+}
+
+uint32_t kv_partition_of(const char *key, size_t klen, uint32_t r) {
+  return (uint32_t)(XXH3_64bits_withSeed(key, klen, 0x64626174) % r);
+}
+
+int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
+  int rc = seal(p, err);
+  if (rc) return rc;
+  const kv_spec *s = &p->s;
+  uint64_t *nm = calloc(r, sizeof *nm), *np = calloc(r, sizeof *np);
+  dbx_buf *pairs = calloc(r, sizeof *pairs);
+  if (!nm || !np || !pairs) { rc = DBX_ENOMEM; goto done; }
+  for (uint32_t i = 0; i < r; i++) out[i].len = 0;
+  /* Main entries go straight after a header placeholder; pair entries wait aside. */
+  size_t hl = header_len(s);
+  for (uint32_t i = 0; i < r && !rc; i++) rc = dbx_buf_reserve(&out[i], hl + p->run.len / r + 64);
+  for (uint32_t i = 0; i < r && !rc; i++) out[i].len = hl;
+  kv_cursor c;
+  kv_entry e;
+  if (!rc) rc = kv_cursor_init(&c, p, err);
+  while (!rc && kv_cursor_next(&c, &e)) {
+    uint32_t k = kv_partition_of(e.key, e.klen, r);
+    const char *start = e.key - 4;
+    if (dbx_buf_append(&out[k], start, main_len(s, start))) { rc = DBX_ENOMEM; break; }
+    nm[k]++;
+    const char *q = e.pairs;
+    for (uint64_t j = 0; j < e.npairs; j++) q += pair_len(q);
+    if (e.npairs && dbx_buf_append(&pairs[k], e.pairs, (size_t)(q - e.pairs))) { rc = DBX_ENOMEM; break; }
+    np[k] += e.npairs;
+  }
+  for (uint32_t i = 0; i < r && !rc; i++) {
+    if (pairs[i].len && dbx_buf_append(&out[i], pairs[i].data, pairs[i].len)) { rc = DBX_ENOMEM; break; }
+    char *h = out[i].data;
+    memcpy(h, "DBKV", 4);
+    h[4] = KV_VERSION;
+    h[5] = (char)s->nagg;
+    for (uint32_t a = 0; a < s->nagg; a++) h[6 + a] = (char)s->agg[a].kind;
+    put64(h + 6 + s->nagg, nm[i]);
+    put64(h + 14 + s->nagg, np[i]);
+  }
+done:
+  if (rc == DBX_ENOMEM) rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory splitting a partial");
+  for (uint32_t i = 0; pairs && i < r; i++) dbx_buf_free(&pairs[i]);
+  free(pairs);
+  free(nm);
+  free(np);
+  return rc;
+}
+
+int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
+  /* Validated exactly as kv_decode does (through it: a copy that lives only for the check),
+   * then kept as a view of buf. */
+  kvpart *p = NULL;
+  int rc = kv_decode(s, buf, n, &p, err);
+  if (rc) return rc;
+  size_t po = p->pair_off;
+  kv_free(p);
+  if (!(p = kv_new(s))) return DBX_ENOMEM;
+  size_t hl = header_len(s);
+  p->borrowed = 1;
+  p->run.data = (char *)(uintptr_t)(buf + hl);
+  p->run.len = n - hl;
+  p->run.cap = 0;
+  p->nmain = get64(buf + 6 + s->nagg);
+  p->npair = get64(buf + 14 + s->nagg);
+  p->pair_off = po;
+  *out = p;
+  return 0;
 }

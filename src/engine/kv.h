@@ -117,6 +117,22 @@ int kv_cursor_next(kv_cursor *c, kv_entry *e);
  * valid until the next call with the same scratch). */
 int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, dbx_value *v, dbx_err *err);
 
+/* One entry as a row (scratch: KV_AGG_MAX buffers, reused across calls). */
+int kv_emit_entry(const kv_spec *s, const kv_entry *e, uint32_t nkeycol, dbx_buf *scratch, dbx_emit_fn emit, void *ctx,
+                  dbx_err *err);
+
+/* Partitions (engine/shuffle.h). The partition of a key among r: a stable hash, the same on
+ * every machine and in every version of a job's journal. */
+uint32_t kv_partition_of(const char *key, size_t klen, uint32_t r);
+/* Seal p and split it into r encodings (out[0..r), reused), entry i going to
+ * kv_partition_of(its key); a key's value pairs go with it. */
+int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err);
+/* Empty p (it stays usable). */
+void kv_clear(kvpart *p);
+/* kv_decode's checks, then a partial that reads buf[0..n) in place (buf must outlive it and
+ * it must not be merged into): for results too big to copy, from a mapped file. */
+int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
+
 /* A whole keyed result as rows: the key split at NUL bytes into nkeycol columns (1: the key
  * as is), then every aggregate. */
 int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit, void *ctx, dbx_err *err);

@@ -155,6 +155,7 @@ static int gb_record(void *ctxp, const rec_field *f, size_t at, dbx_err *err) {
 static int gb_check(const groupby_cfg *cfg, dbx_err *err) {
   int rc = cols_check(&cfg->cols, 1, err);
   if (!rc) rc = kv_spec_check(&cfg->spec, err);
+  if (!rc) rc = shuffle_check(&cfg->part, err);
   if (!rc && (cfg->nkey < 1 || cfg->nkey > cfg->cols.n || cfg->spec.nval > cfg->cols.n - cfg->nkey + (cfg->cols.n == cfg->nkey)))
     rc = dbx_seterr(err, DBX_EPROTO, "malformed groupby configuration");
   return rc;
@@ -180,6 +181,7 @@ static int gb_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   while (!rc && x->head < x->tail) rc = gb_drain(x, err);
   for (int i = 0; i < GB_Q; i++) dbx_buf_free(&x->q[i].b);
   free(x);
+  if (!rc && cfg->part.r) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;
 }
 
@@ -314,7 +316,8 @@ const dbx_op op_baskets = {
 
 /* ---- cooccur, stage 2: pairs of items in a basket ---- */
 
-static const kv_spec pair_spec = {1, 1, {{KA_COUNT, 0, 0, 0, "users"}}};
+const kv_spec cooccur_pair_spec = {1, 1, {{KA_COUNT, 0, 0, 0, "users"}}};
+#define pair_spec cooccur_pair_spec
 
 static void *pr_new(const void *cfgp) {
   (void)cfgp;
@@ -337,7 +340,9 @@ static int unescape(char *s, size_t n, size_t *out) {
 
 static int pr_map(const void *cfgp, const void *bcast, const dbx_batch *b, void *partial, dbx_stats *st,
                   dbx_err *err) {
-  (void)bcast; (void)cfgp;
+  (void)bcast;
+  int src = shuffle_check(&((const pairs_cfg *)cfgp)->part, err);
+  if (src) return src;
   dbx_buf copy = {0}, items = {0}, key = {0}, keys = {0};
   int rc = 0;
   kv_val none = {"", 0, 1};
@@ -394,6 +399,8 @@ static int pr_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   dbx_buf_free(&items);
   dbx_buf_free(&key);
   dbx_buf_free(&keys);
+  const pairs_cfg *cfg = cfgp;
+  if (!rc && cfg->part.r) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;
 }
 
@@ -429,18 +436,13 @@ static int emit_item(const pairs_cfg *cfg, const char *a, size_t an, dbx_buf *gr
   return 0;
 }
 
-static int pr_finish(const void *cfgp, const void *bc, void *partial, dbx_emit_fn emit, void *ctx, dbx_buf *bcast,
-                     dbx_err *err) {
-  (void)bc; (void)bcast;
-  const pairs_cfg *cfg = cfgp;
-  kv_cursor c;
-  int rc = kv_cursor_init(&c, partial, err);
-  if (rc) return rc;
+int cooccur_rows(const pairs_cfg *cfg, kv_stream *st, dbx_emit_fn emit, void *ctx, dbx_err *err) {
   dbx_buf group = {0};
   const char *a = NULL;
   size_t an = 0;
   kv_entry e;
-  while (!rc && kv_cursor_next(&c, &e)) {
+  int rc = 0;
+  while (!rc && kv_stream_next(st, &e)) {
     const char *z = memchr(e.key, 0, e.klen);
     if (!z) { rc = dbx_seterr(err, DBX_ECORRUPT, "cooccur: a pair without its two items"); break; }
     size_t kn = (size_t)(z - e.key);
@@ -456,6 +458,18 @@ static int pr_finish(const void *cfgp, const void *bc, void *partial, dbx_emit_f
   }
   if (!rc && a) rc = emit_item(cfg, a, an, &group, emit, ctx, err);
   dbx_buf_free(&group);
+  return rc;
+}
+
+static int pr_finish(const void *cfgp, const void *bc, void *partial, dbx_emit_fn emit, void *ctx, dbx_buf *bcast,
+                     dbx_err *err) {
+  (void)bc; (void)bcast;
+  const pairs_cfg *cfg = cfgp;
+  if (cfg->part.r || !emit) return 0;  /* partitioned: the rows come from the reduced files */
+  kv_stream *st = NULL;
+  int rc = kv_stream_of(partial, &st, err);
+  if (!rc) rc = cooccur_rows(cfg, st, emit, ctx, err);
+  kv_stream_close(st);
   return rc;
 }
 

@@ -50,6 +50,7 @@ static int red_map(const void *cfgp, const void *bcast, const dbx_batch *b, void
   const reduce_cfg *cfg = cfgp;
   dbx_buf out = {0};
   int rc = kv_spec_check(&cfg->spec, err);
+  if (!rc) rc = shuffle_check(&cfg->part, err);
   if (!rc) rc = run_map(&cfg->map, b, &out, st, err);
   size_t off = 0, len;
   const char *line;
@@ -82,6 +83,7 @@ static int red_map(const void *cfgp, const void *bcast, const dbx_batch *b, void
     }
   }
   dbx_buf_free(&out);
+  if (!rc && cfg->part.r) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;
 }
 

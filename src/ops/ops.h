@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include "dbatch.h"
 #include "engine/kv.h"
+#include "engine/shuffle.h"
 
 /* Word count: rows (word TEXT, count INT), by count descending then word. */
 typedef struct wc_cfg {
@@ -49,6 +50,7 @@ typedef struct reduce_cfg {
   exec_cfg map;
   kv_spec spec;
   int bad_fail;             /* a value a numeric reducer cannot read fails the job */
+  kv_part_cfg part;         /* partitioned reduce (engine/shuffle.h), or part.r = 0 */
 } reduce_cfg;
 extern const dbx_op op_reduce;
 
@@ -77,6 +79,7 @@ typedef struct groupby_cfg {
   uint32_t nkey;
   kv_spec spec;
   int bad_fail;
+  kv_part_cfg part;
 } groupby_cfg;
 extern const dbx_op op_groupby;
 
@@ -92,7 +95,12 @@ typedef struct baskets_cfg {
 extern const dbx_op op_baskets;
 typedef struct pairs_cfg {
   uint64_t top;
+  kv_part_cfg part;
 } pairs_cfg;
+/* The pair counts' aggregates (one count, "users"), for the reduce stage of cooccur. */
+extern const kv_spec cooccur_pair_spec;
+/* Rows of cooccur from pair counts in key order (a NUL b -> users): the top per item. */
+int cooccur_rows(const pairs_cfg *cfg, kv_stream *st, dbx_emit_fn emit, void *ctx, dbx_err *err);
 extern const dbx_op op_pairs;
 /* Users left out by the last op_baskets finish (coordinator side). */
 uint64_t cooccur_left_out(void);

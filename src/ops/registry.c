@@ -3,6 +3,7 @@
 
 #include "ops/nbayes.h"
 #include "ops/ops.h"
+#include "engine/shuffle.h"
 
 typedef struct op_entry {
   const dbx_op *op;
@@ -22,6 +23,7 @@ static const op_entry builtin[] = {
     {&op_groupby, NULL, 0},
     {&op_baskets, NULL, 0},
     {&op_pairs, NULL, 0},
+    {&op_shuffle_reduce, NULL, 0},
 };
 
 /* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which

@@ -1,0 +1,112 @@
+/* keyed.c -- what the keyed commands (run --reduce, groupby, cooccur) share: the options of
+ * the partitioned reduce (--partitions, --spill-dir) and running a keyed stage with it. */
+#define _GNU_SOURCE 1
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "util/parse.h"
+
+int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
+  uint64_t v;
+  switch (c) {
+  case 1100:
+    if (parse_u64(arg, 0, SHUFFLE_R_MAX, &v)) return -1;
+    k->partitions = (uint32_t)v;
+    k->partitions_set = 1;
+    return 1;
+  case 1101: k->spill_dir = arg; return 1;
+  default: return 0;
+  }
+}
+
+int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err) {
+  memset(pc, 0, sizeof *pc);
+  pc->stage = (uint32_t)j->nstages;
+  /* By default local workers merge in two partitions each. Workers started elsewhere
+   * (--listen) may not see this machine's files: there it takes --partitions (and a
+   * --spill-dir they share) to partition. */
+  if (!k->partitions_set) k->partitions = o->workers > 0 && !o->co.listen ? (uint32_t)(2 * o->workers) : 0;
+  pc->r = k->partitions;
+  if (!pc->r) return 0;
+  if (!k->dir[0]) {
+    char want[PATH_MAX];
+    if (k->spill_dir) {
+      snprintf(want, sizeof want, "%s", k->spill_dir);
+      if (mkdir(want, 0700) != 0 && errno != EEXIST)
+        return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", want, strerror(errno));
+    } else if (j->job_dir) {
+      snprintf(want, sizeof want, "%s/spill", j->job_dir);
+      if (mkdir(want, 0700) != 0 && errno != EEXIST) return dbx_seterr(err, DBX_EIO, "%s: %s", want, strerror(errno));
+    } else {
+      const char *tmp = getenv("TMPDIR");
+      snprintf(want, sizeof want, "%s/dbatch-spill-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+      if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "cannot create a spill directory %s: %s", want, strerror(errno));
+      k->made_tmp = 1;
+    }
+    char *real = realpath(want, NULL);
+    struct stat sb;
+    if (!real || stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+      free(real);
+      return dbx_seterr(err, DBX_EUSAGE, "--spill-dir %s: not a directory", want);
+    }
+    if (strlen(real) >= sizeof k->dir) {
+      free(real);
+      return dbx_seterr(err, DBX_EUSAGE, "spill directory %s: the path is too long", want);
+    }
+    snprintf(k->dir, sizeof k->dir, "%s", real);
+    free(real);
+  }
+  snprintf(pc->dir, sizeof pc->dir, "%s", k->dir);
+  return 0;
+}
+
+int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
+                    cli_rows_fn rows, void *ctx, dbx_err *err) {
+  if (!pc->r) return cli_run_stage(co, j, s, err);
+  sink *out = s->out;
+  s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
+  int rc = cli_run_stage(co, j, s, err);
+  if (rc) return rc;
+  shuffle_cfg *sc = calloc(1, sizeof *sc);
+  if (!sc) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  sc->spec = *spec;
+  sc->pc = *pc;
+  sc->nmap = (uint32_t)s->st->batches;
+  stage r;
+  cli_stage_init(&r, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
+  r.in = NULL;
+  r.virtual_tasks = pc->r;
+  char opts[96];
+  snprintf(opts, sizeof opts, "partitions=%u map_tasks=%u", pc->r, sc->nmap);
+  r.plan_opts = opts;
+  rc = cli_run_stage(co, j, &r, err);
+  dbx_buf_free(&r.bcast_out);
+  kv_stream *st = NULL;
+  if (!rc) rc = kv_stream_open(pc, spec, &st, err);
+  if (!rc) rc = rows(ctx, st, out, err);
+  kv_stream_close(st);
+  if (!rc) shuffle_remove(pc, sc->nmap);
+  free(sc);
+  return rc;
+}
+
+void cli_keyed_done(cli_keyed *k) {
+  if (k->made_tmp && k->dir[0]) rmdir(k->dir);  /* empty once every stage removed its files */
+}
+
+int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {
+  const cli_keyed_rows_ctx *x = ctx;
+  dbx_buf scratch[KV_AGG_MAX];
+  memset(scratch, 0, sizeof scratch);
+  kv_entry e;
+  int rc = 0;
+  while (!rc && kv_stream_next(st, &e)) rc = kv_emit_entry(x->spec, &e, x->nkeycol, scratch, sink_emit, out, err);
+  for (int i = 0; i < KV_AGG_MAX; i++) dbx_buf_free(&scratch[i]);
+  return rc;
+}

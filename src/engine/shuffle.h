@@ -1,0 +1,56 @@
+/* shuffle.h -- the partitioned reduce of keyed stages (private). See docs/keyed.md.
+ *
+ * Without partitions, every task's keyed partial goes to the coordinator, which merges them
+ * all in memory. With R partitions:
+ *   map task i   seals its table and writes it split by key hash into R files
+ *                DIR/s<stage>-m<i>-p<r>.kv (atomically: the bytes of a batch's output do not
+ *                depend on the attempt, so a retry or a speculative copy writes the same file);
+ *                its partial, sent to the coordinator, is empty.
+ *   reduce task r (a stage of R tasks without input, scheduled like any other) merges
+ *                DIR/s<stage>-m<i>-p<r>.kv for i = 0..M-1 in the engine's tree over i (engine/
+ *                agg.c), so each key's states fold exactly as without partitions: the answer is
+ *                the same bytes for any R. It writes DIR/s<stage>-r<r>.kv.
+ *   the coordinator streams the R reduced files (mapped, not read into memory) in key order
+ *                into the sink: partitions hold disjoint keys, so this is a k-way pick.
+ * DIR must be reachable at the same path by every worker (local workers always can). */
+#ifndef DBX_ENGINE_SHUFFLE_H
+#define DBX_ENGINE_SHUFFLE_H
+#include <stdint.h>
+#include "dbatch.h"
+#include "engine/kv.h"
+
+#define SHUFFLE_DIR_MAX 448
+#define SHUFFLE_R_MAX 4096
+
+typedef struct kv_part_cfg {
+  uint32_t r;                   /* partitions; 0 = every partial merges on the coordinator */
+  uint32_t stage;               /* the stage's number in its job: names its files */
+  char dir[SHUFFLE_DIR_MAX];    /* absolute, NUL-terminated */
+} kv_part_cfg;
+
+/* Check a configuration that came over the wire. */
+int shuffle_check(const kv_part_cfg *pc, dbx_err *err);
+
+/* Map side, at the end of a keyed map(): write p's partitions for batch index and empty p.
+ * A full disk is DBX_ENOSPC naming the directory. */
+int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err);
+
+/* The reduce stage: task r (its batch index) merges partition r of nmap map outputs. */
+typedef struct shuffle_cfg {
+  kv_spec spec;
+  kv_part_cfg pc;
+  uint32_t nmap;
+} shuffle_cfg;
+extern const dbx_op op_shuffle_reduce;
+
+/* Keyed entries in key order: the R reduced files of a stage, or one partial. */
+typedef struct kv_stream kv_stream;
+int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, dbx_err *err);
+int kv_stream_of(kvpart *p, kv_stream **out, dbx_err *err);
+/* 1 and *e (valid until the next call), 0 at the end. */
+int kv_stream_next(kv_stream *s, kv_entry *e);
+void kv_stream_close(kv_stream *s);
+
+/* Remove a stage's files (after its result is written). */
+void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap);
+#endif
