@@ -199,7 +199,9 @@ int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err);  /* ctx: 
  * the map stage, a reduce stage of pc->r tasks, and rows(ctx, stream, s->out). */
 int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
                     cli_rows_fn rows, void *ctx, dbx_err *err);
-void cli_keyed_done(cli_keyed *k);
+/* At the job's end: remove what is left in the spill directory (unless keep: a failed
+ * journaled job, whose resume reuses its map outputs), and a private one itself. */
+void cli_keyed_done(cli_keyed *k, int keep);
 
 int cmd_wordcount(int argc, char **argv);
 int cmd_run(int argc, char **argv);

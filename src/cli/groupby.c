@@ -282,7 +282,7 @@ int cmd_groupby(int argc, char **argv) {
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("groupby", &o, &j, co, out, rc, &err);
-  cli_keyed_done(&k);
+  cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
   return rc;
 }
 
@@ -432,6 +432,6 @@ int cmd_cooccur(int argc, char **argv) {
     fprintf(stderr, "dbatch cooccur: %llu %s left out\n", (unsigned long long)j.left_out, j.left_out_what);
   inputs_free(&bin);
   if (tmpfile_made) unlink(bpath);
-  cli_keyed_done(&k);
+  cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
   return rc;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,8 +97,23 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   return rc;
 }
 
-void cli_keyed_done(cli_keyed *k) {
-  if (k->made_tmp && k->dir[0]) rmdir(k->dir);  /* empty once every stage removed its files */
+void cli_keyed_done(cli_keyed *k, int keep) {
+  if (!k->dir[0] || keep) return;
+  /* A finished stage removed its files; a failed job that cannot be resumed leaves partial
+   * ones (and a killed worker's temporaries): ours are s<N>-*.kv and .tmp-*. */
+  DIR *d = opendir(k->dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    size_t n = strlen(e->d_name);
+    int ours = !strncmp(e->d_name, ".tmp-", 5) ||
+               (e->d_name[0] == 's' && n > 3 && !strcmp(e->d_name + n - 3, ".kv") && strchr(e->d_name, '-'));
+    if (!ours) continue;
+    char path[SHUFFLE_DIR_MAX + 300];
+    snprintf(path, sizeof path, "%s/%s", k->dir, e->d_name);
+    unlink(path);
+  }
+  if (d) closedir(d);
+  if (k->made_tmp) rmdir(k->dir);
 }
 
 int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {

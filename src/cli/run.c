@@ -249,7 +249,7 @@ static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *red
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("run", o, &j, co, out, rc, &err);
-  cli_keyed_done(k);
+  cli_keyed_done(k, rc != 0 && o->job_dir != NULL);
   return rc;
 }
 

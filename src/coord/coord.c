@@ -660,9 +660,11 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   char who[200];
   snprintf(who, sizeof who, "%s task %u on worker %u (%.64s pid %lld)", r->s->st->name, (uint32_t)m->index, w->id,
            w->host, (long long)w->pid);
-  /* A bad record under --on-bad-record=fail is about the data, and a result over
-   * --max-message would be as large on any worker: no retry can help. */
-  if (m->code == DBX_EBADREC || m->code == DBX_ETOOBIG) return dbx_seterr(err, (int)m->code, "%s: %s", who, cause);
+  /* A bad record under --on-bad-record=fail is about the data, a result over --max-message
+   * would be as large on any worker, and a full spill directory is full for every worker
+   * that writes to it: no retry can help. */
+  if (m->code == DBX_EBADREC || m->code == DBX_ETOOBIG || m->code == DBX_ENOSPC)
+    return dbx_seterr(err, (int)m->code, "%s: %s", who, cause);
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 
