@@ -88,6 +88,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   r.plan_opts = opts;
   rc = cli_run_stage(co, j, &r, err);
   dbx_buf_free(&r.bcast_out);
+  if (!rc) j->spilled_bytes += shuffle_bytes(pc, sc->nmap);
   kv_stream *st = NULL;
   if (!rc) rc = kv_stream_open(pc, spec, &st, err);
   if (!rc) rc = rows(ctx, st, out, err);

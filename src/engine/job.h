@@ -96,6 +96,7 @@ typedef struct job {
   unsigned bad_shown;      /* bad-record notes printed so far */
   struct ui *ui;           /* progress, dashboard, report (NULL: none) */
   const char *job_dir;     /* where the report goes (NULL: none) */
+  uint64_t spilled_bytes;  /* partition files written by keyed stages (engine/shuffle.h) */
   uint64_t left_out;       /* records the job left out by design (cooccur: users over --max-basket) */
   char left_out_what[96];  /* what they are ("users with more than 1000 items"), "" when none */
 } job;

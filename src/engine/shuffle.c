@@ -302,3 +302,18 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
     unlink(path);
   }
 }
+
+uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap) {
+  uint64_t total = 0;
+  char path[SHUFFLE_DIR_MAX + 64];
+  struct stat sb;
+  for (uint32_t r = 0; r < pc->r; r++) {
+    for (uint32_t i = 0; i < nmap; i++) {
+      map_path(path, sizeof path, pc, i, r);
+      if (stat(path, &sb) == 0) total += (uint64_t)sb.st_size;
+    }
+    red_path(path, sizeof path, pc, r);
+    if (stat(path, &sb) == 0) total += (uint64_t)sb.st_size;
+  }
+  return total;
+}

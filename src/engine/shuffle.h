@@ -51,6 +51,8 @@ int kv_stream_of(kvpart *p, kv_stream **out, dbx_err *err);
 int kv_stream_next(kv_stream *s, kv_entry *e);
 void kv_stream_close(kv_stream *s);
 
+/* Bytes of a stage's files on disk now (map outputs and reduced partitions). */
+uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);
 /* Remove a stage's files (after its result is written). */
 void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap);
 #endif

@@ -57,6 +57,7 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   oom |= kv_int(&b, "attempts", attempts);
   oom |= kv_int(&b, "resumed_tasks", j->resumed);
   oom |= kv_int(&b, "rows_out", j->rows_out);
+  oom |= kv_int(&b, "spilled_bytes", j->spilled_bytes);
   if (j->left_out_what[0]) {
     oom |= json_key(&b, "left_out", 0);
     oom |= json_raw(&b, "{");
