@@ -471,7 +471,11 @@ void kv_prefetch_entry(const kvpart *p, uint64_t hash) {
   const htab *h = p->h;
   if (!h || !h->cap) return;
   uint64_t s = h->slot[hash & (h->cap - 1)];
-  if (s && (s & ~SLOT_OFF_MASK) == (hash & ~SLOT_OFF_MASK)) __builtin_prefetch(h->a.data + ((s & SLOT_OFF_MASK) - 1) * 8);
+  if (s && (s & ~SLOT_OFF_MASK) == (hash & ~SLOT_OFF_MASK)) {
+    const char *e = h->a.data + ((s & SLOT_OFF_MASK) - 1) * 8;
+    __builtin_prefetch(e);
+    __builtin_prefetch(e + 64);  /* its states often end on the next cache line */
+  }
 }
 
 int kv_add(kvpart *p, const char *key, size_t klen, const kv_val *vals, dbx_err *err) {
@@ -600,6 +604,33 @@ static int cmp_hent(const void *x, const void *y, void *arg) {
   return cmp_bytes(ab + a->klen, a->len - a->klen, bb + b->klen, b->len - b->klen);
 }
 
+/* Sort r[0..n) by p1: least significant byte first, 8 stable counting passes, skipping a
+ * byte that is the same in every entry (ASCII keys share their top bits). */
+static int radix_p1(sref *r, uint64_t n) {
+  sref *tmp = malloc(n * sizeof *tmp);
+  if (!tmp) return DBX_ENOMEM;
+  sref *src = r, *dst = tmp;
+  for (int byte = 0; byte < 8; byte++) {
+    uint64_t cnt[256] = {0};
+    int shift = 8 * byte;
+    for (uint64_t i = 0; i < n; i++) cnt[(src[i].p1 >> shift) & 0xff]++;
+    if (cnt[(src[0].p1 >> shift) & 0xff] == n) continue;
+    uint64_t pos = 0;
+    for (int b = 0; b < 256; b++) {
+      uint64_t c = cnt[b];
+      cnt[b] = pos;
+      pos += c;
+    }
+    for (uint64_t i = 0; i < n; i++) dst[cnt[(src[i].p1 >> shift) & 0xff]++] = src[i];
+    sref *t = src;
+    src = dst;
+    dst = t;
+  }
+  if (src != r) memcpy(r, src, n * sizeof *r);
+  free(tmp);
+  return 0;
+}
+
 /* The entries' offsets in key order. The prefix is of the key alone (zero-padded), so a
  * shorter key sorts first on a common prefix, as cmp_bytes says. */
 static int sort_entries(htab *h, uint64_t **out) {
@@ -613,7 +644,19 @@ static int sort_entries(htab *h, uint64_t **out) {
     r[k].p2 = e->klen > 8 ? prefix8(b + 8, e->klen - 8) : 0;
     r[k++].off = off;
   }
-  qsort_r(r, h->n, sizeof *r, cmp_hent, h);
+  if (h->n < 64) {
+    qsort_r(r, h->n, sizeof *r, cmp_hent, h);
+  } else if (radix_p1(r, h->n)) {
+    free(r);
+    return DBX_ENOMEM;
+  }
+  /* Runs of equal first prefixes (keys sharing 8 bytes) are ordered by the rest. */
+  for (uint64_t i = 0; i < h->n;) {
+    uint64_t j = i + 1;
+    while (j < h->n && r[j].p1 == r[i].p1) j++;
+    if (j - i > 1) qsort_r(r + i, j - i, sizeof *r, cmp_hent, h);
+    i = j;
+  }
   uint64_t *ix = (uint64_t *)(void *)r;   /* compact in place: ix[i] is written after r[i] is read */
   for (uint64_t i = 0; i < h->n; i++) ix[i] = r[i].off;
   *out = ix;
