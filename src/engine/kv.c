@@ -517,11 +517,48 @@ static int cmp_hent(const void *x, const void *y, void *arg) {
   return cmp_bytes(ab + a->klen, a->len - a->klen, bb + b->klen, b->len - b->klen);
 }
 
+/* Sorting sorts these: the first 16 bytes of the key, big endian and zero-padded, decide
+ * almost every comparison without touching the entry or its bytes (a cache miss each, and
+ * the seal's sort was a third of a keyed job's CPU). Padding keeps the order: where a shorter
+ * key ends inside the prefix, its 0 is <= the longer key's byte; equal prefixes fall back to
+ * the full comparison (also for pairs, whose aggregate and value follow the key). */
+typedef struct skey {
+  uint64_t p0, p1;
+  uint32_t ix;
+} skey;
+
+static uint64_t be_prefix(const char *p, size_t n) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; i++) v = (v << 8) | (i < n ? (unsigned char)p[i] : 0u);
+  return v;
+}
+
+static int cmp_skey(const void *x, const void *y, void *arg) {
+  const skey *a = x, *b = y;
+  if (a->p0 != b->p0) return a->p0 < b->p0 ? -1 : 1;
+  if (a->p1 != b->p1) return a->p1 < b->p1 ? -1 : 1;
+  return cmp_hent(&a->ix, &b->ix, arg);
+}
+
+/* OUT *out: the entry indices of h in key order (malloc'd, the caller frees it). */
 static int sort_entries(htab *h, uint32_t **out) {
   uint32_t *ix = malloc((h->n ? h->n : 1) * sizeof *ix);
-  if (!ix) return DBX_ENOMEM;
-  for (uint64_t i = 0; i < h->n; i++) ix[i] = (uint32_t)i;
-  qsort_r(ix, h->n, sizeof *ix, cmp_hent, h);
+  skey *k = malloc((h->n ? h->n : 1) * sizeof *k);
+  if (!ix || !k) {
+    free(ix);
+    free(k);
+    return DBX_ENOMEM;
+  }
+  for (uint64_t i = 0; i < h->n; i++) {
+    const hent *e = &h->e[i];
+    const char *b = h->bytes.data + e->off;
+    k[i].p0 = be_prefix(b, e->klen);
+    k[i].p1 = e->klen > 8 ? be_prefix(b + 8, e->klen - 8) : 0;
+    k[i].ix = (uint32_t)i;
+  }
+  qsort_r(k, h->n, sizeof *k, cmp_skey, h);
+  for (uint64_t i = 0; i < h->n; i++) ix[i] = k[i].ix;
+  free(k);
   *out = ix;
   return 0;
 }
