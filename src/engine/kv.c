@@ -396,8 +396,14 @@ size_t kv_bytes(const kvpart *p) {
   return b;
 }
 
+/* The arena exists from the start: with nothing in it, it would be NULL, and
+ * NULL + 0 passed to memcmp is undefined behaviour. */
 static htab *htab_new(size_t ssize) {
   htab *h = calloc(1, sizeof *h);
+  if (h && dbx_buf_reserve(&h->a, 256)) {
+    free(h);
+    return NULL;
+  }
   if (h) h->ssize = ssize;
   return h;
 }
@@ -1140,12 +1146,13 @@ int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, 
     size_t used = (size_t)nv * sizeof *t;
     uint64_t k = nv < a->k ? nv : a->k;
     for (uint64_t j = 0; j < k; j++) {
+      /* A copy: every append may move the buffer t lives in. */
+      topv cur = ((const topv *)(const void *)scratch->data)[j];
       char num[32];
-      int nn = snprintf(num, sizeof num, "%s%llu", "=", (unsigned long long)t[j].c);
-      if ((j && dbx_buf_append(scratch, ",", 1)) || dbx_buf_append(scratch, t[j].v, t[j].n) ||
+      int nn = snprintf(num, sizeof num, "%s%llu", "=", (unsigned long long)cur.c);
+      if ((j && dbx_buf_append(scratch, ",", 1)) || dbx_buf_append(scratch, cur.v, cur.n) ||
           dbx_buf_append(scratch, num, (size_t)nn))
         return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
-      t = (topv *)(void *)scratch->data;   /* the buffer may have moved */
     }
     v->s = scratch->data + used;
     v->n = scratch->len - used;

@@ -43,7 +43,9 @@ static const pval TEXTS[] = {
 typedef struct kstr { const char *s; size_t n; } kstr;
 #define KS(str) {str, sizeof(str) - 1}
 static const kstr KEYS[] = {KS(""), KS("a"), KS("b"), KS("a\0b"), KS("\0"), KS("ab"), KS("a\0"),
-                            KS("zz\xff"), KS("\xff"), KS("A"), KS("key with spaces"), KS("b\0\0")};
+                            KS("zz\xff"), KS("\xff"), KS("A"), KS("key with spaces"), KS("b\0\0"),
+                            KS("0123456789abcdefX"), KS("0123456789abcdef"), KS("0123456789abcdefW\0"),
+                            KS("01234567\0"), KS("01234567")};
 #define NKEYS (sizeof KEYS / sizeof *KEYS)
 
 typedef struct rec { kstr key; const pval *v; } rec;
