@@ -135,7 +135,7 @@ class Hostile(TmpTest):
         self.assertIn(b"u.jsonl line 1", res.stderr)
 
     @unittest.expectedFailure  # BUG jsonl-bad-record-byte: a JSONL bad record is named "FILE byte N" (the byte
-    # offset of the line), never "FILE line N" as CSV/TSV records are, even in a batch starting at byte 0.
+    # offset of the line), never "FILE line N" as CSV records are, even in a batch starting at byte 0; TSV too.
     def test_jsonl_bad_record_is_named_by_line(self):
         lines = ['{"k":"a","v":%s}\n' % ('"x"' if i == 1500 else i) for i in range(2000)]
         p = self.write("big.jsonl", "".join(lines))
@@ -143,6 +143,10 @@ class Hostile(TmpTest):
             res = gb(p, "--key", "k", "--agg", "sum:v", "--on-bad-record", "fail", *extra, check=False)
             self.assertEqual(res.returncode, 1)
             self.assertIn(b"big.jsonl line 1501: 'x' is not a number (for sum:v)", res.stderr)
+        t = self.write("nul.tsv", b"k\tv\na\x00b\t1\nc\t2\n")
+        res = gb(t, "--key", "k", "--agg", "count")
+        self.assertEqual(res.stdout, b"c\t1\n")
+        self.assertIn(b"nul.tsv line 2: TSV: a NUL byte in a field in column 1", res.stderr)
 
     # ---- size
 
