@@ -288,6 +288,25 @@ int cmd_groupby(int argc, char **argv) {
 
 /* ---- cooccur ---- */
 
+/* Move PATH.new over PATH unless PATH holds the same bytes already (then PATH.new goes). */
+static int replace_if_changed(const char *path, dbx_err *err) {
+  char npath[1100];
+  snprintf(npath, sizeof npath, "%s.new", path);
+  FILE *a = fopen(path, "rb"), *b = fopen(npath, "rb");
+  int same = a && b;
+  while (same) {
+    char x[65536], y[65536];
+    size_t m = fread(x, 1, sizeof x, a), n = fread(y, 1, sizeof y, b);
+    if (m != n || memcmp(x, y, m)) same = 0;
+    if (!m || !n) break;
+  }
+  if (a) fclose(a);
+  if (b) fclose(b);
+  if (same) return unlink(npath) == 0 ? 0 : dbx_seterr(err, DBX_EIO, "%s: %s", npath, strerror(errno));
+  if (rename(npath, path) != 0) return dbx_seterr(err, DBX_EIO, "%s: %s", path, strerror(errno));
+  return 0;
+}
+
 static int pair_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {
   return cooccur_rows(ctx, st, sink_emit, out, err);
 }
@@ -387,7 +406,9 @@ int cmd_cooccur(int argc, char **argv) {
       snprintf(bpath, sizeof bpath, "%s/dbatch-baskets-%d.tsv", tmp && tmp[0] ? tmp : "/tmp", (int)getpid());
       tmpfile_made = 1;
     }
-    rc = sink_raw_open(bpath, &bout, &err);
+    char npath[1100];
+    snprintf(npath, sizeof npath, "%s.new", bpath);
+    rc = sink_raw_open(npath, &bout, &err);
   }
   if (!rc) {
     stage s;
@@ -406,6 +427,9 @@ int cmd_cooccur(int argc, char **argv) {
       bout = NULL;
       rc = sink_commit(b, &err);
     }
+    /* A resume makes the same baskets again: keep the file the journal planned stage 2
+     * over (its identity is checked) when the bytes are the same. */
+    if (!rc) rc = replace_if_changed(bpath, &err);
   }
   if (!rc) rc = sink_open(&o.out, &schema, &out, &err);
   if (!rc) rc = inputs_expand((char *[]){bpath}, 1, &bin, &err);
@@ -432,6 +456,11 @@ int cmd_cooccur(int argc, char **argv) {
     fprintf(stderr, "dbatch cooccur: %llu %s left out\n", (unsigned long long)j.left_out, j.left_out_what);
   inputs_free(&bin);
   if (tmpfile_made) unlink(bpath);
+  if (rc) {
+    char npath[1100];
+    snprintf(npath, sizeof npath, "%s.new", bpath);
+    unlink(npath);
+  }
   cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
   return rc;
 }

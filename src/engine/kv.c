@@ -468,6 +468,8 @@ static void show_key(char *out, size_t cap, const char *key, size_t klen) {
 
 uint64_t kv_hash(const char *key, size_t klen) { return XXH3_64bits(key, klen); }
 
+int kv_err_overflow(const dbx_err *e) { return e->code == DBX_EBADREC && strstr(e->msg, " overflows ") != NULL; }
+
 void kv_prefetch(const kvpart *p, uint64_t hash) {
   const htab *h = p->h;
   if (h && h->cap) __builtin_prefetch(&h->slot[hash & (h->cap - 1)]);

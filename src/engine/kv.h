@@ -87,6 +87,9 @@ uint64_t kv_hash(const char *key, size_t klen);
 void kv_prefetch(const kvpart *p, uint64_t hash);
 void kv_prefetch_entry(const kvpart *p, uint64_t hash);
 int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const kv_val *vals, dbx_err *err);
+/* 1 when a kv_add error is an overflowing sum (DBX_EBADREC like a value that is not a
+ * number, but no skipping can give an exact answer: it fails the job). */
+int kv_err_overflow(const dbx_err *e);
 /* Entries held (sealed or not). */
 uint64_t kv_count(const kvpart *p);
 /* Bytes of memory held. */

@@ -556,8 +556,9 @@ void dbx_batch_where(const dbx_batch *b, size_t off, char *out, size_t cap) {
   for (uint32_t i = 0; i < b->nseg; i++) {
     const dbx_segment *s = &b->seg[i];
     if (off < s->data_off || off >= s->data_off + s->data_len) continue;
-    if (s->rec_first != DBX_UNKNOWN) {
-      uint64_t line = s->rec_first + 1;
+    /* Line numbers: known from the plan, or counted when the segment starts its input. */
+    if (s->rec_first != DBX_UNKNOWN || s->start == 0) {
+      uint64_t line = (s->rec_first != DBX_UNKNOWN ? s->rec_first : 0) + 1;
       for (const char *p = b->data + s->data_off, *e = b->data + off; p < e && (p = memchr(p, '\n', (size_t)(e - p))); p++)
         line++;
       snprintf(out, cap, "%s line %llu", s->path, (unsigned long long)line);

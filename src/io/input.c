@@ -141,7 +141,7 @@ static int add_dir(inputs *in, size_t *cap, const char *path, int depth, dbx_err
     if (!(names[n] = strdup(de->d_name))) { rc = DBX_ENOMEM; goto done; }
     n++;
   }
-  qsort(names, n, sizeof *names, cmp_str);
+  if (n) qsort(names, n, sizeof *names, cmp_str);  /* names is NULL for an empty directory */
   for (size_t i = 0; i < n && !rc; i++) {
     size_t len = strlen(path) + strlen(names[i]) + 2;
     char *child = malloc(len);

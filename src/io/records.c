@@ -313,12 +313,39 @@ static int json_escape(const char *p, const char *e, uint32_t *cp, size_t *len) 
 
 /* A string at j->p (just after its opening quote): j->p moves past the closing quote.
  * OUT *esc: it holds escapes. */
+/* Length of the well-formed UTF-8 sequence at p (a lead byte >= 0x80): 2..4, or 0 for an
+ * invalid one (overlong, a surrogate, past U+10FFFF, truncated, a stray continuation). */
+static size_t utf8_len(const char *p, const char *e) {
+  const unsigned char *u = (const unsigned char *)p;
+  size_t left = (size_t)(e - p), n;
+  uint32_t cp;
+  if (u[0] >= 0xC2 && u[0] <= 0xDF) n = 2, cp = u[0] & 0x1F;
+  else if (u[0] >= 0xE0 && u[0] <= 0xEF) n = 3, cp = u[0] & 0x0F;
+  else if (u[0] >= 0xF0 && u[0] <= 0xF4) n = 4, cp = u[0] & 0x07;
+  else return 0;
+  if (left < n) return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((u[i] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (u[i] & 0x3F);
+  }
+  if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+    return 0;
+  return n;
+}
+
 static int json_string(jctx *j, int *esc) {
   const char *p = j->p, *e = j->e;
   *esc = 0;
   for (;;) {
-    while (p < e && json_plain[(unsigned char)*p]) p++;
+    while (p < e && (unsigned char)*p < 0x80 && json_plain[(unsigned char)*p]) p++;
     if (p >= e) { j->why = "a string that never ends"; return -1; }
+    if ((unsigned char)*p >= 0x80) {
+      /* JSON text is UTF-8 (RFC 8259): a key or value that is not is a bad record. */
+      size_t n = utf8_len(p, e);
+      if (!n) { j->why = "invalid UTF-8 in a string"; return -1; }
+      p += n;
+      continue;
+    }
     if (*p == '"') break;
     if (*p != '\\') { j->why = "a control character in a string"; return -1; }
     uint32_t cp;

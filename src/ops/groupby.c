@@ -22,7 +22,7 @@ static int cols_check(const rec_cols *c, uint32_t min, dbx_err *err) {
 static int bad_record(const dbx_batch *b, int bad_fail, size_t at, const dbx_err *e, dbx_stats *st, dbx_err *err) {
   char where[512];
   dbx_batch_where(b, at, where, sizeof where);
-  if (bad_fail) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, e->msg);
+  if (bad_fail || kv_err_overflow(e)) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, e->msg);
   if (!st->bad_records++) {
     char note[1024];
     snprintf(note, sizeof note, "%.300s: %.300s", where, e->msg);
@@ -49,15 +49,18 @@ static int each_record(const rec_cols *c, int bad_fail, const dbx_batch *b, rec_
     const dbx_segment *sg = &b->seg[s];
     /* A CSV/TSV file's first record is its header. */
     int skip = c->format != REC_JSONL && sg->off == 0;
+    size_t bom = 0;
+    if (c->format == REC_JSONL && sg->off == 0 && sg->data_len >= 3 && !memcmp(b->data + sg->data_off, "\xef\xbb\xbf", 3))
+      bom = 3;  /* a UTF-8 byte-order mark before the first object */
     if (!started) {
-      int irc = rec_iter_init(&it, (rec_format)c->format, &w, b->data + sg->data_off, sg->data_len, skip);
+      int irc = rec_iter_init(&it, (rec_format)c->format, &w, b->data + sg->data_off + bom, sg->data_len - bom, skip);
       started = 1;
       if (irc) {
         rec_iter_free(&it);
         return dbx_seterr(err, irc, "cannot read records: %s", dbx_strerror(irc));
       }
     } else {
-      rec_iter_reset(&it, b->data + sg->data_off, sg->data_len, skip);
+      rec_iter_reset(&it, b->data + sg->data_off + bom, sg->data_len - bom, skip);
     }
     for (;;) {
       size_t off = 0;
@@ -66,7 +69,7 @@ static int each_record(const rec_cols *c, int bad_fail, const dbx_batch *b, rec_
       if (r == 0) break;
       st->records++;
       if (r == 1) {
-        r = fn(ctx, f, sg->data_off + off, &e);
+        r = fn(ctx, f, sg->data_off + bom + off, &e);
         if (r == 1) {
           rc = dbx_seterr(err, e.code, "%s", e.msg);
           break;
@@ -74,7 +77,7 @@ static int each_record(const rec_cols *c, int bad_fail, const dbx_batch *b, rec_
       }
       if (!r) continue;
       if (r != DBX_EBADREC) rc = dbx_seterr(err, r, "%s", e.msg);
-      else rc = bad_record(b, bad_fail, sg->data_off + off, &e, st, err);
+      else rc = bad_record(b, bad_fail, sg->data_off + bom + off, &e, st, err);
       if (rc) break;
     }
   }

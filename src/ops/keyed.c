@@ -65,7 +65,7 @@ static int red_map(const void *cfgp, const void *bcast, const dbx_batch *b, void
     if (rc == DBX_EBADREC) {
       char where[512];
       dbx_batch_where(b, 0, where, sizeof where);
-      int overflow = strstr(e.msg, "overflows") != NULL;
+      int overflow = kv_err_overflow(&e);
       if (cfg->bad_fail || overflow) {
         rc = dbx_seterr(err, DBX_EBADREC, "bad record at line %" PRIu64 " of the map output of the batch from %s: %s",
                         lineno, where, e.msg);

@@ -130,8 +130,7 @@ class Hostile(TmpTest):
             want = keyed_ref.write_csv(header, rows) if ext == "csv" else keyed_ref.write_jsonl(header, rows, 1)
             self.assertEqual(slurp(out), want, ext)
 
-    @unittest.expectedFailure  # BUG jsonl-invalid-utf8: keyed_ref treats a JSONL line that is not UTF-8 as a bad
-    # record (JSON text is UTF-8, RFC 8259); dbatch takes the raw bytes as the key.
+    # Was a bug: a JSONL string that is not UTF-8 was taken as raw bytes; JSON text is UTF-8 (RFC 8259).
     def test_invalid_utf8_in_jsonl_is_a_bad_record(self):
         p = self.write("u.jsonl", b'{"k":"\xff","v":1}\n{"k":"a","v":2}\n')
         want, bad = self.ref_tsv([p], "k", "count")
@@ -198,8 +197,7 @@ class Hostile(TmpTest):
         self.assertEqual(want, b"a\t3\t2\n")
         self.assertEqual(gb(d, "--key", "k", "--agg", "sum:v,last:v", "-q").stdout, want)
 
-    @unittest.expectedFailure  # BUG jsonl-bom: a UTF-8 BOM is skipped before a CSV/TSV header but makes the first
-    # JSONL line a bad record ("not a JSON object at byte 1 of the line").
+    # Was a bug: a UTF-8 BOM was skipped before a CSV/TSV header but made the first JSONL line a bad record.
     def test_bom_before_jsonl(self):
         p = self.write("bom.jsonl", b'\xef\xbb\xbf{"k":"a","v":1}\n{"k":"b","v":2}\n')
         res = gb(p, "--key", "k", "--agg", "sum:v")
@@ -258,10 +256,8 @@ class Hostile(TmpTest):
                 self.assertIn(msg.encode(), res.stderr)
                 self.assertFalse(os.path.exists(out))
 
-    @unittest.expectedFailure  # BUG groupby-overflow-in-batch-skipped: inside one batch an int64 (or double)
-    # sum overflow is a *bad record*, skipped under the default --on-bad-record skip, so the job succeeds with
-    # "a<TAB>1<TAB>9223372036854775807" (the row dropped from count too); across batches the same input fails.
-    # The spec (and run --reduce) fail the job naming the key, whatever the batches.
+    # Was a bug: inside one batch an int64 (or double) sum overflow was a bad record, skipped under the
+    # default --on-bad-record skip; it fails the job naming the key, whatever the batches.
     def test_sum_overflow_in_one_batch_fails_the_job(self):
         p = self.write("of.csv", b"k,v\nb,1\na,9223372036854775807\na,1\n")
         r = self.write("inf.csv", b"k,v\na,1e308\nb,1\na,1e308\n")

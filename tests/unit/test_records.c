@@ -200,8 +200,10 @@ static void test_jsonl(void **state) {
   /* Escapes, \u with surrogate pairs, to UTF-8 (json.loads). */
   JSONL("{\"a\":\"\\u00e9\\ud83d\\ude00\\n\\\"\\\\\\/\\b\\f\\r\\t\\u20AC\"}",
         "\xc3\xa9\xf0\x9f\x98\x80\n\"\\/\b\f\r\t\xe2\x82\xac;", "a");
-  /* Bytes that are not UTF-8 pass as they are (keys are bytes). */
-  JSONL("{\"a\":\"\xff\xfe\"}\n", "\xff\xfe;", "a");
+  /* JSON text is UTF-8 (RFC 8259): bytes that are not, an overlong form, a surrogate, are
+   * malformed; well-formed multibyte text passes. */
+  JSONL("{\"a\":\"\xff\xfe\"}\n{\"a\":\"\xc0\xaf\"}\n{\"a\":\"\xed\xa0\x80\"}\n{\"a\":\"\xc3\xa9\xf0\x9f\x98\x80\"}\n",
+        "!;!;!;\xc3\xa9\xf0\x9f\x98\x80;", "a");
   /* Numbers are their literal text. */
   JSONL("{\"a\":-0}\n{\"a\":10}\n{\"a\":0.25}\n{\"a\":-1E-7}\n{\"a\":1e+2}\n", "-0;10;0.25;-1E-7;1e+2;", "a");
   JSONL("{\"a\":01}\n{\"a\":1.}\n{\"a\":-}\n{\"a\":.5}\n{\"a\":1e}\n{\"a\":+1}\n{\"a\":NaN}\n", "!;!;!;!;!;!;!;", "a");
