@@ -180,7 +180,8 @@ typedef struct cli_keyed {
   "      --partitions R      merge on the workers in R partitions by key hash, the result\n" \
   "                          streamed to the output from files, never held by this\n"      \
   "                          process; 0 merges here, in memory. The same bytes for any R\n" \
-  "                          (default: 2 per local worker; 0 with --listen or --workers 0)\n" \
+  "                          (default: 2 per local worker; 0 for word count, with --listen\n" \
+  "                          and with --workers 0)\n"                                   \
   "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
   "                          private directory under $TMPDIR); every worker must reach it\n" \
   "                          at the same path\n"
@@ -196,9 +197,11 @@ typedef struct cli_keyed_rows_ctx {
 } cli_keyed_rows_ctx;
 int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err);  /* ctx: cli_keyed_rows_ctx */
 /* Run keyed stage s: as any stage without partitions (its finish writes the rows), else
- * the map stage, a reduce stage of pc->r tasks, and rows(ctx, stream, s->out). */
+ * the map stage, a reduce stage of pc->r tasks, and rows(ctx, stream, s->out); with
+ * by_count the reduce tasks also write by-count files and the stream is NULL (rows reads
+ * count_stream_open instead). */
 int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
-                    cli_rows_fn rows, void *ctx, dbx_err *err);
+                    int by_count, cli_rows_fn rows, void *ctx, dbx_err *err);
 /* At the job's end: remove what is left in the spill directory (unless keep: a failed
  * journaled job, whose resume reuses its map outputs), and a private one itself. */
 void cli_keyed_done(cli_keyed *k, int keep);

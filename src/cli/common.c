@@ -187,7 +187,9 @@ void cli_stage_init(stage *s, job *j, const cli_job *o, const char *name, const 
 int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err) {
   /* Word count's --max-record also bounds the lines the splitter holds for a stream (the
    * line is then cut and left to the operator to count and skip, or fails the split). */
-  const wc_cfg *wc = s->op == &op_wordcount && s->cfg_size == sizeof(wc_cfg) ? s->cfg : NULL;
+  const wc_cfg *wc = s->op == &op_wordcount && s->cfg_size == sizeof(wc_cfg) ? s->cfg
+                   : s->op == &op_wordcount_part && s->cfg_size == sizeof(wcpart_cfg) ? &((const wcpart_cfg *)s->cfg)->wc
+                   : NULL;
   int rc = engine_plan_stage(j, s, err);
   s->split.max_line = wc ? wc->max_record : 0;
   s->split.max_line_fail = wc ? wc->bad_fail : 0;

@@ -278,7 +278,7 @@ int cmd_groupby(int argc, char **argv) {
              (unsigned long long)XXH64(&cfg.spec, sizeof cfg.spec, 0), cfg.bad_fail ? "fail" : "skip", cfg.part.r);
     s.plan_opts = opts;
     cli_keyed_rows_ctx rx = {&cfg.spec, cfg.nkey};
-    rc = cli_keyed_stage(co, &j, &o, &s, &cfg.part, &cfg.spec, cli_keyed_rows, &rx, &err);
+    rc = cli_keyed_stage(co, &j, &o, &s, &cfg.part, &cfg.spec, 0, cli_keyed_rows, &rx, &err);
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("groupby", &o, &j, co, out, rc, &err);
@@ -447,7 +447,7 @@ int cmd_cooccur(int argc, char **argv) {
     char opts[64];
     snprintf(opts, sizeof opts, "top=%llu partitions=%u", (unsigned long long)pcfg.top, pcfg.part.r);
     s.plan_opts = opts;
-    rc = cli_keyed_stage(co, &j, &o, &s, &pcfg.part, &cooccur_pair_spec, pair_rows, &pcfg, &err);
+    rc = cli_keyed_stage(co, &j, &o, &s, &pcfg.part, &cooccur_pair_spec, 0, pair_rows, &pcfg, &err);
     dbx_buf_free(&s.bcast_out);
   }
   if (bout) sink_abort(bout);

@@ -68,7 +68,7 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
 }
 
 int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
-                    cli_rows_fn rows, void *ctx, dbx_err *err) {
+                    int by_count, cli_rows_fn rows, void *ctx, dbx_err *err) {
   if (!pc->r) return cli_run_stage(co, j, s, err);
   sink *out = s->out;
   s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
@@ -79,6 +79,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   sc->spec = *spec;
   sc->pc = *pc;
   sc->nmap = (uint32_t)s->st->batches;
+  sc->by_count = (uint32_t)by_count;
   stage r;
   cli_stage_init(&r, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
   r.in = NULL;
@@ -90,7 +91,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   dbx_buf_free(&r.bcast_out);
   if (!rc) j->spilled_bytes += shuffle_bytes(pc, sc->nmap);
   kv_stream *st = NULL;
-  if (!rc) rc = kv_stream_open(pc, spec, &st, err);
+  if (!rc && !by_count) rc = kv_stream_open(pc, spec, &st, err);
   if (!rc) rc = rows(ctx, st, out, err);
   kv_stream_close(st);
   if (!rc) shuffle_remove(pc, sc->nmap);

@@ -244,7 +244,7 @@ static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *red
              bad_fail, rcfg.part.r);
     s.plan_opts = opts;
     cli_keyed_rows_ctx rx = {&rcfg.spec, 1};
-    rc = reduce ? cli_keyed_stage(co, &j, o, &s, &rcfg.part, &rcfg.spec, cli_keyed_rows, &rx, &err)
+    rc = reduce ? cli_keyed_stage(co, &j, o, &s, &rcfg.part, &rcfg.spec, 0, cli_keyed_rows, &rx, &err)
                 : cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }

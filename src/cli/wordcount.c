@@ -18,22 +18,61 @@ static const char help[] =
     "Word count options:\n"
     "      --case-sensitive    keep case (default: Unicode lowercase, as str.lower())\n"
     "      --top K             keep only the first K rows\n"
+    CLI_KEYED_HELP
     CLI_JOB_HELP;
+
+typedef struct wc_rows_ctx {
+  const kv_part_cfg *pc;
+  uint64_t top;
+} wc_rows_ctx;
+
+/* The rows of a partitioned word count: the reduce tasks' by-count files merged. */
+static int wc_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {
+  (void)st;
+  const wc_rows_ctx *x = ctx;
+  count_stream *cs = NULL;
+  int rc = count_stream_open(x->pc, &cs, err);
+  uint64_t n = 0;
+  while (!rc && (!x->top || n < x->top)) {
+    const char *w;
+    size_t len;
+    uint64_t c;
+    int r = count_stream_next(cs, &w, &len, &c, err);
+    if (r <= 0) {
+      rc = r;
+      break;
+    }
+    dbx_value row[2];
+    memset(row, 0, sizeof row);
+    row[0].s = w, row[0].n = len;
+    row[1].i = (int64_t)c;
+    rc = sink_row(out, row, err);
+    n++;
+  }
+  count_stream_close(cs);
+  return rc;
+}
 
 int cmd_wordcount(int argc, char **argv) {
   static const struct option longopts[] = {
       {"case-sensitive", no_argument, NULL, 1},
       {"top", required_argument, NULL, 2},
+      CLI_KEYED_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   cli_job o;
   wc_cfg cfg = {0, 0, 0, 0};
+  static wcpart_cfg pcfg;
+  memset(&pcfg, 0, sizeof pcfg);
+  cli_keyed k;
+  memset(&k, 0, sizeof k);
   cli_job_defaults(&o, "wordcount");
   optind = 1;
   int c;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
-    int r = cli_job_option(&o, c, optarg);
+    int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("wordcount", "bad value '%s' for %s", optarg, argv[optind - 1]);
     if (r) continue;
     switch (c) {
@@ -61,8 +100,26 @@ int cmd_wordcount(int argc, char **argv) {
   if (!rc) rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
   if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  /* Word count merges on the coordinator unless --partitions asks otherwise: its summary,
+   * journal and failure records keep the shape they had. */
+  if (!k.partitions_set) k.partitions_set = 1, k.partitions = 0;
+  if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
   if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
-  if (!rc) {
+  if (!rc && pcfg.part.r) {
+    /* Merged on the workers in partitions: the same rows, never all in this process. */
+    stage s;
+    pcfg.wc = cfg;
+    cli_stage_init(&s, &j, &o, "wordcount", &op_wordcount_part, &pcfg, sizeof pcfg, out);
+    char opts[200];
+    snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s partitions=%u", cfg.case_sensitive,
+             (unsigned long long)cfg.max_record, cfg.bad_fail ? "fail" : "skip", pcfg.part.r);
+    s.plan_opts = opts;
+    s.split.max_line = cfg.max_record;
+    s.split.max_line_fail = cfg.bad_fail;
+    wc_rows_ctx rx = {&pcfg.part, cfg.top};
+    rc = cli_keyed_stage(co, &j, &o, &s, &pcfg.part, &wc_count_spec, 1, wc_rows, &rx, &err);
+    dbx_buf_free(&s.bcast_out);
+  } else if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "wordcount", &op_wordcount, &cfg, sizeof cfg, out);
     /* What the partials depend on besides the cut (--top only trims the finished rows). */
@@ -73,5 +130,7 @@ int cmd_wordcount(int argc, char **argv) {
     rc = cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }
-  return cli_job_end("wordcount", &o, &j, co, out, rc, &err);
+  rc = cli_job_end("wordcount", &o, &j, co, out, rc, &err);
+  cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
+  return rc;
 }

@@ -1277,3 +1277,18 @@ int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, db
   *out = p;
   return 0;
 }
+
+int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err) {
+  const kv_spec *s = &p->s;
+  for (uint32_t i = 0; i < s->nagg; i++)
+    if (s->agg[i].kind != KA_COUNT) return dbx_seterr(err, DBX_EINVAL, "keyed: counts added to a spec with other aggregates");
+  if (!p->h && !(p->h = htab_new(8 * s->nagg))) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  char *st;
+  if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    uint64_t c = get64(st + 8 * i);
+    if (c + n < c || c + n > KV_COUNT_MAX) return dbx_seterr(err, DBX_EBADREC, "keyed: a count past 2^62");
+    put64(st + 8 * i, c + n);
+  }
+  return 0;
+}

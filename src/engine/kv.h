@@ -90,6 +90,9 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
 /* 1 when a kv_add error is an overflowing sum (DBX_EBADREC like a value that is not a
  * number, but no skipping can give an exact answer: it fails the job). */
 int kv_err_overflow(const dbx_err *e);
+/* For a spec whose aggregates are all count: add n to key's counts (word count's partials
+ * moved onto keyed ones). */
+int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err);
 /* Entries held (sealed or not). */
 uint64_t kv_count(const kvpart *p);
 /* Bytes of memory held. */

@@ -28,6 +28,60 @@ static void red_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
   snprintf(out, cap, "%s/s%u-r%u.kv", pc->dir, pc->stage, r);
 }
 
+static int write_file(const kv_part_cfg *pc, const char *path, const char *data, size_t n, dbx_err *err);
+
+static void cnt_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
+  snprintf(out, cap, "%s/s%u-c%u.kv", pc->dir, pc->stage, r);
+}
+
+static void put_u64(char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i)); }
+static uint64_t get_u64(const char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | (unsigned char)p[i];
+  return v;
+}
+
+/* By-count file: "DBWC", then entries [u64 count][u32 klen][key], count descending, then key. */
+typedef struct cref { const char *k; uint32_t n; uint64_t c; } cref;
+static int cmp_cref(const void *x, const void *y) {
+  const cref *a = x, *b = y;
+  if (a->c != b->c) return a->c > b->c ? -1 : 1;
+  int c = memcmp(a->k, b->k, a->n < b->n ? a->n : b->n);
+  return c ? c : a->n < b->n ? -1 : a->n > b->n;
+}
+
+static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_err *err) {
+  kv_cursor c;
+  int rc = kv_cursor_init(&c, res, err);
+  if (rc) return rc;
+  uint64_t n = kv_count(res);
+  cref *v = malloc((n ? n : 1) * sizeof *v);
+  dbx_buf out = {0};
+  if (!v) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  kv_entry e;
+  uint64_t k = 0;
+  while (k < n && kv_cursor_next(&c, &e)) v[k++] = (cref){e.key, (uint32_t)e.klen, get_u64(e.state)};
+  qsort(v, k, sizeof *v, cmp_cref);
+  rc = dbx_buf_append(&out, "DBWC", 4);
+  for (uint64_t i = 0; i < k && !rc; i++) {
+    char h[12];
+    put_u64(h, v[i].c);
+    for (int b = 0; b < 4; b++) h[8 + b] = (char)(v[i].n >> (8 * b));
+    rc = dbx_buf_append(&out, h, sizeof h);
+    if (!rc && v[i].n) rc = dbx_buf_append(&out, v[i].k, v[i].n);
+  }
+  free(v);
+  if (rc) {
+    dbx_buf_free(&out);
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  }
+  char path[SHUFFLE_DIR_MAX + 64];
+  cnt_path(path, sizeof path, pc, r);
+  rc = write_file(pc, path, out.data, out.len, err);
+  dbx_buf_free(&out);
+  return rc;
+}
+
 /* Write data to path atomically (a private temporary name, then rename). */
 static int write_file(const kv_part_cfg *pc, const char *path, const char *data, size_t n, dbx_err *err) {
   static __thread unsigned seq;
@@ -119,7 +173,8 @@ static const dbx_op kv_merge_op = {"kv-merge", kvm_new, kvm_free, NULL, kvm_merg
 static int sh_check(const shuffle_cfg *c, dbx_err *err) {
   int rc = kv_spec_check(&c->spec, err);
   if (!rc) rc = shuffle_check(&c->pc, err);
-  if (!rc && !c->pc.r) rc = dbx_seterr(err, DBX_EPROTO, "malformed reduce configuration");
+  if (!rc && (!c->pc.r || c->by_count > 1 || (c->by_count && (c->spec.nagg != 1 || c->spec.agg[0].kind != KA_COUNT))))
+    rc = dbx_seterr(err, DBX_EPROTO, "malformed reduce configuration");
   return rc;
 }
 
@@ -144,8 +199,9 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     rc = read_file(path, "map output", &data, &n, err);
     kvpart *p = NULL;
     if (!rc) {
-      rc = kv_decode(&c->spec, data, n, &p, err);
-      if (rc) rc = dbx_seterr(err, DBX_ECORRUPT, "map output %s: %s", path, err->msg);
+      dbx_err e = {0, ""};
+      rc = kv_decode(&c->spec, data, n, &p, &e);
+      if (rc) rc = dbx_seterr(err, DBX_ECORRUPT, "map output %s: %s", path, e.msg);
     }
     free(data);
     if (!rc) rc = agg_add(a, i, p, err);
@@ -162,6 +218,7 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     red_path(path, sizeof path, &c->pc, r);
     rc = write_file(&c->pc, path, enc.data, enc.len, err);
   }
+  if (!rc && c->by_count) rc = write_by_count(&c->pc, r, res, err);
   dbx_buf_free(&enc);
   kv_free(res);
   return rc;
@@ -300,7 +357,114 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
     }
     red_path(path, sizeof path, pc, r);
     unlink(path);
+    cnt_path(path, sizeof path, pc, r);
+    unlink(path);
   }
+}
+
+/* ---- the by-count stream ---- */
+
+typedef struct cpart {
+  char *map;
+  size_t len, pos;
+  const char *key;
+  size_t klen;
+  uint64_t count;
+  int have;
+} cpart;
+
+struct count_stream {
+  uint32_t n;
+  cpart *v;
+};
+
+void count_stream_close(count_stream *s) {
+  if (!s) return;
+  for (uint32_t i = 0; i < s->n; i++)
+    if (s->v[i].map && s->v[i].len) munmap(s->v[i].map, s->v[i].len);
+  free(s->v);
+  free(s);
+}
+
+/* Advance x to its next entry, checking bounds and order. */
+static int cpart_next(cpart *x, dbx_err *err) {
+  if (x->pos == x->len) { x->have = 0; return 0; }
+  if (x->len - x->pos < 12) return dbx_seterr(err, DBX_ECORRUPT, "a by-count partition file ends inside an entry");
+  uint64_t c = get_u64(x->map + x->pos);
+  uint32_t n = 0;
+  for (int b = 3; b >= 0; b--) n = (n << 8) | (unsigned char)x->map[x->pos + 8 + b];
+  if (x->len - x->pos - 12 < n || !c) return dbx_seterr(err, DBX_ECORRUPT, "a malformed by-count partition file");
+  const char *k = x->map + x->pos + 12;
+  if (x->have) {
+    /* Strictly after the previous entry: a smaller count, or the same count and a greater key. */
+    int after = c < x->count;
+    if (c == x->count) {
+      int m = memcmp(x->key, k, x->klen < n ? x->klen : n);
+      after = m < 0 || (!m && x->klen < n);
+    }
+    if (!after) return dbx_seterr(err, DBX_ECORRUPT, "a by-count partition file out of order");
+  }
+  x->key = k, x->klen = n, x->count = c, x->have = 1;
+  x->pos += 12 + n;
+  return 0;
+}
+
+int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
+  count_stream *s = calloc(1, sizeof *s);
+  if (!s || !(s->v = calloc(pc->r ? pc->r : 1, sizeof *s->v))) {
+    free(s);
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  }
+  s->n = pc->r;
+  int rc = 0;
+  for (uint32_t r = 0; r < pc->r && !rc; r++) {
+    char path[SHUFFLE_DIR_MAX + 64];
+    cnt_path(path, sizeof path, pc, r);
+    cpart *x = &s->v[r];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || sb.st_size < 4) {
+      rc = dbx_seterr(err, DBX_EIO, "by-count partition %s: %s", path, fd < 0 ? strerror(errno) : "too short");
+      if (fd >= 0) close(fd);
+      break;
+    }
+    x->len = (size_t)sb.st_size;
+    x->map = mmap(NULL, x->len, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (x->map == MAP_FAILED) {
+      x->map = NULL;
+      x->len = 0;
+      rc = dbx_seterr(err, DBX_EIO, "by-count partition %s: %s", path, strerror(errno));
+      break;
+    }
+    if (memcmp(x->map, "DBWC", 4)) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "by-count partition %s: bad header", path);
+      break;
+    }
+    x->pos = 4;
+    rc = cpart_next(x, err);
+  }
+  if (rc) {
+    count_stream_close(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err) {
+  cpart *best = NULL;
+  for (uint32_t i = 0; i < s->n; i++) {
+    cpart *x = &s->v[i];
+    if (!x->have) continue;
+    if (!best || x->count > best->count ||
+        (x->count == best->count && cmp_cref(&(cref){x->key, (uint32_t)x->klen, 0}, &(cref){best->key, (uint32_t)best->klen, 0}) < 0))
+      best = x;
+  }
+  if (!best) return 0;
+  *key = best->key, *klen = best->klen, *count = best->count;
+  int rc = cpart_next(best, err);
+  return rc ? rc : 1;
 }
 
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap) {

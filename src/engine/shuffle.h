@@ -40,6 +40,8 @@ typedef struct shuffle_cfg {
   kv_spec spec;
   kv_part_cfg pc;
   uint32_t nmap;
+  uint32_t by_count;   /* also write the partition by count descending, then key (word count's
+                          order): DIR/s<stage>-c<r>.kv, for count_stream_open; the spec is one count */
 } shuffle_cfg;
 extern const dbx_op op_shuffle_reduce;
 
@@ -50,6 +52,14 @@ int kv_stream_of(kvpart *p, kv_stream **out, dbx_err *err);
 /* 1 and *e (valid until the next call), 0 at the end. */
 int kv_stream_next(kv_stream *s, kv_entry *e);
 void kv_stream_close(kv_stream *s);
+
+/* Entries of the by_count files in count-descending order (then key): a k-way merge of the
+ * R files, mapped. A file that is not what a reduce task writes is DBX_ECORRUPT. */
+typedef struct count_stream count_stream;
+int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err);
+/* 1 and the next (key, count), valid until the next call; 0 at the end; < 0 corrupt. */
+int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err);
+void count_stream_close(count_stream *s);
 
 /* Bytes of a stage's files on disk now (map outputs and reduced partitions). */
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);

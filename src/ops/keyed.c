@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops/ops.h"
+#include "util/strmap.h"
 
 /* ---- shared: running the map command over a batch into a buffer ---- */
 
@@ -296,4 +297,47 @@ static int rc_finish(const void *cfgp, const void *bc, void *partial, dbx_emit_f
 const dbx_op op_reduce_cmd = {
     "reduce-cmd", rc_new, rc_free, rc_map, rc_merge, rc_encode, rc_decode, rc_finish,
     NULL, NULL, NULL, sizeof(reduce_cmd_cfg), NULL,
+};
+
+/* ---- word count, partitioned ---- */
+
+const kv_spec wc_count_spec = {1, 1, {{KA_COUNT, 0, 0, 0, "count"}}};
+
+static void *wcp_new(const void *cfg) {
+  (void)cfg;
+  return kv_new(&wc_count_spec);
+}
+
+static int wcp_map(const void *cfgp, const void *bcast, const dbx_batch *b, void *partial, dbx_stats *st, dbx_err *err) {
+  const wcpart_cfg *cfg = cfgp;
+  int rc = shuffle_check(&cfg->part, err);
+  if (rc) return rc;
+  if (!cfg->part.r) return dbx_seterr(err, DBX_EPROTO, "malformed configuration");
+  strmap *m = op_wordcount.partial_new(&cfg->wc);
+  if (!m) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  rc = op_wordcount.map(&cfg->wc, bcast, b, m, st, err);
+  for (uint32_t id = 0, n = (uint32_t)strmap_count(m); !rc && id < n; id++) {
+    size_t len;
+    const char *w = strmap_key(m, id, &len);
+    rc = kv_add_count(partial, w, len, strmap_val(m, id), err);
+  }
+  op_wordcount.partial_free(m);
+  if (!rc) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
+  return rc;
+}
+
+static int wcp_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  (void)cfg;
+  return kv_decode(&wc_count_spec, p, n, (kvpart **)out, err);
+}
+
+static int wcp_finish(const void *cfg, const void *bc, void *partial, dbx_emit_fn emit, void *ctx, dbx_buf *bcast,
+                      dbx_err *err) {
+  (void)cfg; (void)bc; (void)partial; (void)emit; (void)ctx; (void)bcast; (void)err;
+  return 0;  /* the rows come from the reduce stage's by-count files */
+}
+
+const dbx_op op_wordcount_part = {
+    "wordcount-part", wcp_new, red_free, wcp_map, red_merge, red_encode, wcp_decode, wcp_finish,
+    NULL, NULL, NULL, sizeof(wcpart_cfg), NULL,
 };

@@ -54,6 +54,16 @@ typedef struct reduce_cfg {
 } reduce_cfg;
 extern const dbx_op op_reduce;
 
+/* Word count with a partitioned reduce: word count's own map, its counts moved onto keyed
+ * partials (one count, "count") written as partitions; the rows come from the reduce
+ * stage's by-count files (engine/shuffle.h), in word count's order. */
+typedef struct wcpart_cfg {
+  wc_cfg wc;
+  kv_part_cfg part;
+} wcpart_cfg;
+extern const kv_spec wc_count_spec;
+extern const dbx_op op_wordcount_part;
+
 /* `dbatch run --map CMD --reduce-cmd RCMD`: the map outputs' KEY<TAB>VALUE lines, stably
  * sorted by key (sorted per batch on the workers, merged in batch order), go to RCMD's
  * standard input; its standard output is the job's output. */

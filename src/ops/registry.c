@@ -24,6 +24,7 @@ static const op_entry builtin[] = {
     {&op_baskets, NULL, 0},
     {&op_pairs, NULL, 0},
     {&op_shuffle_reduce, NULL, 0},
+    {&op_wordcount_part, NULL, 0},
 };
 
 /* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which
