@@ -1,0 +1,565 @@
+"""The partitioned reduce of keyed stages (--partitions R, --spill-dir DIR; issue 12): groupby,
+run --reduce and cooccur's pairs stage give the same bytes for any R, worker count and policy,
+against the Python references (tests/integration/keyed_ref.py; floating sums against a
+reference of the documented fold: left to right inside a batch, then the fixed binary tree
+over batch indices); kill -9 of a worker during the reduce stage; a full spill directory (a
+small tmpfs); resume of a coordinator killed during the reduce stage; the spill files'
+lifetime; usage errors; damaged and lost map outputs; two jobs sharing one --spill-dir.
+
+Tests marked expectedFailure are known bugs (named in the comment above each): they pass
+the day the bug is fixed (and unittest then reports an unexpected success)."""
+import glob
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from dbx import TmpTest, free_port, run, slurp, start  # noqa: E402
+import gen_keyed  # noqa: E402
+import keyed_ref  # noqa: E402
+
+gen_keyed.CHUNK = 500  # files of about the size asked for (its default writes 100,000 records at least)
+
+RS = ("0", "1", "2", "7", "64")
+GB_SPECS = "count,sum:qty,mean:price,min:price,max:qty,first:region,last:region,distinct:region,top:2:qty"
+RUN_AGGS = "count,sum,min,max,mean,first,last,distinct,top:3"
+
+
+def matrix():
+    """(R, workers, policy args) to compare: every R with every worker count, and the other
+    policies where there is a choice (2 workers)."""
+    for r in RS:
+        for w in ("0", "1", "2"):
+            yield r, w, ()
+        yield r, "2", ("--policy", "round-robin")
+        yield r, "2", ("--policy", "random", "--seed", "7")
+
+
+def fault_env(spec, **more):
+    env = dict(os.environ)
+    env["DBATCH_FAULT"] = spec
+    env.update(more)
+    return env
+
+
+def wait_until(pred, what, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def stop(p):
+    if p.poll() is None:
+        p.kill()
+    p.wait(timeout=30)
+    for f in (p.stdout, p.stderr):
+        if f:
+            f.close()
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def spill_files(d):
+    """Everything a stage leaves in a spill directory: partition files and temporaries."""
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def tree_sum(leaves):
+    """The engine's fold over batch indices (engine/agg.c): node (s, L) is node (s, L-1) merged
+    with node (s + 2^(L-1), L-1); a batch without the key is the identity."""
+    n = len(leaves)
+    L = 0
+    while (1 << L) < n:
+        L += 1
+
+    def node(s, L):
+        if s >= n:
+            return None
+        if L == 0:
+            return leaves[s]
+        a, b = node(s, L - 1), node(s + (1 << (L - 1)), L - 1)
+        return b if a is None else a if b is None else a + b
+    return node(0, L)
+
+
+def real_sums_by_tree(records, batch_records, header_lines):
+    """Per key: (sum, count) of real values, summed left to right inside each batch of
+    batch_records input lines (the first batch also holds header_lines) and across batches by
+    tree_sum. records: (key, value text) in input order."""
+    first = batch_records - header_lines
+    batches = [records[:first]] + [records[i:i + batch_records] for i in range(first, len(records), batch_records)]
+    out = {}
+    for k in {k for k, _ in records}:
+        leaves = []
+        for b in batches:
+            s = None
+            for kk, v in b:
+                if kk == k:
+                    s = float(v) if s is None else s + float(v)
+            leaves.append(s)
+        out[k] = (tree_sum(leaves), sum(1 for kk, _ in records if kk == k))
+    return out
+
+
+NONDYADIC = ["0.1", "0.2", "0.3", "0.7", "1.1", "2.35", "0.01", "3.3", "-0.45"]
+
+
+class SameBytesForAnyR(TmpTest):
+    """1. The output never depends on R, the workers or the policy."""
+
+    def all_equal(self, args, want, what):
+        seen = set()
+        for r, w, pol in matrix():
+            got = run(*args, "--partitions", r, "--workers", w, *pol, "--no-job-dir", "-q", timeout=180).stdout
+            self.assertEqual(got, want, "%s: --partitions %s --workers %s %s" % (what, r, w, " ".join(pol)))
+            seen.add(got)
+        self.assertEqual(len(seen), 1)
+
+    def test_groupby_csv_quoted_newlines(self):
+        p = self.path("sales.csv")
+        gen_keyed.csv_sales(p, 50000, 60, seed=11, quoted=0.2)
+        self.assertIn(b'"Two\nLines"', slurp(p))
+        for keys in ("region", "product,region"):
+            _, rows, bad = keyed_ref.groupby_ref([p], None, keys, GB_SPECS)
+            self.assertEqual(bad, 0)
+            self.assertGreater(len(rows), 10)
+            self.all_equal(("groupby", p, "--key", keys, "--agg", GB_SPECS, "--batch-bytes", "3K"),
+                           keyed_ref.write_tsv(rows), keys)
+        # CSV output (quoted fields holding newlines) through the ordered stream too
+        header, rows, _ = keyed_ref.groupby_ref([p], None, "region", "count,first:region,sum:qty")
+        for r in ("0", "7"):
+            out = self.path("o%s.csv" % r)
+            run("groupby", p, "--key", "region", "--agg", "count,first:region,sum:qty", "--partitions", r,
+                "--workers", "2", "--batch-bytes", "3K", "-o", out, "--no-job-dir", "-q")
+            self.assertEqual(slurp(out), keyed_ref.write_csv(header, rows), r)
+
+    def test_groupby_non_dyadic_float_sums(self):
+        rnd = random.Random(4)
+        recs = [("k%d" % rnd.randrange(6), rnd.choice(NONDYADIC)) for _ in range(6000)]
+        p = self.write("fl.csv", "k,v\n" + "".join("%s,%s\n" % x for x in recs))
+        for br in (100, 37):
+            ref = real_sums_by_tree(recs, br, 1)
+            want = "".join("%s\t%d\t%s\t%s\n" % (k, n, keyed_ref.fmt_num(s), keyed_ref.fmt_num(s / n))
+                           for k, (s, n) in sorted(ref.items())).encode()
+            # Python's left-to-right sum is another answer here: the test is not vacuous
+            _, l2r, _ = keyed_ref.groupby_ref([p], None, "k", "count,sum:v,mean:v")
+            self.assertNotEqual(keyed_ref.write_tsv(l2r), want)
+            self.all_equal(("groupby", p, "--key", "k", "--agg", "count,sum:v,mean:v", "--batch-records", str(br)),
+                           want, "--batch-records %d" % br)
+
+    def test_run_reduce_every_aggregate(self):
+        rnd = random.Random(5)
+        keys = ["k%d" % i for i in range(300)] + ["", "ключ", "back\\slash", "cr\rkey", "z", "日本"]
+        vals = ["1", "-3", "12", "0", "+5", "0.25", "-1.5", "2.75", "1e1", "7", "-0", "abc", "0.5"]
+        data = "".join("%s\t%s\n" % (rnd.choice(keys), rnd.choice(vals)) for _ in range(12000)).encode()
+        p = self.write("in.tsv", data)
+        for aggs in (RUN_AGGS, "count,first,last,distinct,top:1,top:5"):
+            rows, bad = keyed_ref.reduce_ref(data, aggs)
+            self.assertEqual(bad > 0, aggs == RUN_AGGS)  # 'abc' is a bad record for numeric aggregates
+            self.all_equal(("run", "--map", "cat", "--reduce", aggs, "--batch-records", "700", p),
+                           keyed_ref.write_tsv(rows), aggs)
+
+    def test_run_reduce_non_dyadic_float_sums(self):
+        rnd = random.Random(6)
+        recs = [("k%d" % rnd.randrange(4), rnd.choice(NONDYADIC)) for _ in range(5000)]
+        p = self.write("fl.tsv", "".join("%s\t%s\n" % x for x in recs))
+        ref = real_sums_by_tree(recs, 64, 0)
+        want = "".join("%s\t%s\t%s\n" % (k, keyed_ref.fmt_num(s), keyed_ref.fmt_num(s / n))
+                       for k, (s, n) in sorted(ref.items())).encode()
+        l2r, _ = keyed_ref.reduce_ref(slurp(p), "sum,mean")
+        self.assertNotEqual(keyed_ref.write_tsv(l2r), want)
+        self.all_equal(("run", "--map", "cat", "--reduce", "sum,mean", "--batch-records", "64", p), want, "sum,mean")
+
+    def test_cooccur(self):
+        p = self.path("orders.csv")
+        gen_keyed.orders(p, 5000, 500, 70, heavy_users=2, heavy_orders=120)
+        rows, left, _ = keyed_ref.cooccur_ref([p], None, "user", "item", 4, 60)
+        self.assertGreater(left, 0)  # --max-basket leaves a heavy user out
+        self.assertGreater(len(rows), 100)
+        self.all_equal(("cooccur", p, "--user", "user", "--item", "item", "--top", "4", "--max-basket", "60",
+                        "--batch-bytes", "4K"), keyed_ref.write_tsv(rows), "cooccur")
+
+
+class ReduceStageFaults(TmpTest):
+    """2, 4, 6. Workers and coordinators killed during the reduce stage; damaged map outputs."""
+
+    R = 16
+
+    def setUp(self):
+        super().setUp()
+        self.procs = []
+        self.input = self.path("sales.csv")
+        gen_keyed.csv_sales(self.input, 120000, 3000, seed=21, quoted=0.05)
+        self.specs = "count,sum:qty,mean:price,first:region,top:2:region"
+        _, rows, _ = keyed_ref.groupby_ref([self.input], None, "product", self.specs)
+        self.want = keyed_ref.write_tsv(rows)
+
+    def tearDown(self):
+        for p in self.procs:
+            stop(p)
+        super().tearDown()
+
+    def args(self, spill, *more):
+        return ["groupby", self.input, "--key", "product", "--agg", self.specs, "--batch-bytes", "16K",
+                "--partitions", str(self.R), "--spill-dir", spill, *more]
+
+    def nmap(self, spill):
+        return len(glob.glob(os.path.join(spill, "s0-m*-p0.kv")))
+
+    def reduced(self, spill):
+        return glob.glob(os.path.join(spill, "s0-r*.kv"))
+
+    def test_kill_9_of_a_worker_during_the_reduce_stage(self):
+        spill, s = self.path("spill"), self.path("s.json")
+        # Every task, the reduce stage's too, sleeps 300 ms first: 16 reduce tasks on 2 workers
+        # take 2.4 s, and the first reduced file says the map outputs are all on disk.
+        coord = start(*self.args(spill, "--workers", "2", "--max-attempts", "10", "--summary-json", s, "-q"),
+                      env=fault_env("delay_ms=300"))
+        self.procs.append(coord)
+        wait_until(lambda: self.reduced(spill) or coord.poll() is not None, "the reduce stage", timeout=120)
+        self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
+        self.assertLess(len(self.reduced(spill)), self.R)
+        kids = children(coord.pid)
+        self.assertTrue(kids)
+        os.kill(kids[0], signal.SIGKILL)
+        out, err = coord.communicate(timeout=180)
+        self.assertEqual(coord.returncode, 0, err.decode(errors="replace"))
+        self.assertEqual(out, self.want)
+        j = json.loads(slurp(s, True))
+        lost = [f for f in j["failures"] if f["stage"] == "reduce"]
+        self.assertTrue(lost, j["failures"])  # the kill hit a reduce task, which ran again
+        self.assertEqual([f for f in j["failures"] if f["stage"] != "reduce"], [])
+        self.assertEqual(spill_files(spill), [])
+
+    def test_resume_of_a_coordinator_killed_during_the_reduce_stage(self):
+        jd, out, s = self.path("job"), self.path("out.tsv"), self.path("s.json")
+        spill = os.path.join(jd, "spill")
+        coord = start("groupby", self.input, "--key", "product", "--agg", self.specs, "--batch-bytes", "16K",
+                      "--partitions", str(self.R), "--workers", "2", "--job-dir", jd, "-o", out, "--summary-json", s,
+                      "-q", env=fault_env("delay_ms=300"))
+        self.procs.append(coord)
+        wait_until(lambda: self.reduced(spill) or coord.poll() is not None, "the reduce stage", timeout=120)
+        self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
+        nmap = self.nmap(spill)
+        self.assertGreater(nmap, 4)
+        kids = children(coord.pid)
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(timeout=30)
+        for k in kids:  # the orphaned workers notice the coordinator is gone; do not wait for it
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.assertFalse(os.path.exists(out))
+        with sqlite3.connect(os.path.join(jd, "journal.db"), timeout=5) as c:
+            done = c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+        self.assertGreater(done, nmap)  # every map task and some reduce tasks were journaled
+        r = run("resume", jd, timeout=180)
+        self.assertEqual(slurp(out), self.want, r.stderr.decode(errors="replace"))
+        j = json.loads(slurp(s, True))
+        self.assertGreaterEqual(j["resumed_tasks"], done)
+        self.assertEqual(spill_files(spill), [])
+
+    def damage_a_map_output_of_a_later_reduce_task(self, how):
+        """Run with 2 workers and every task slowed; once the reduce stage runs, damage (how)
+        map output 0 of the last partition, which no reduce task has read yet."""
+        spill, out = self.path("spill"), self.path("out.tsv")
+        coord = start(*self.args(spill, "--workers", "2", "-o", out, "-q"), env=fault_env("delay_ms=300"))
+        self.procs.append(coord)
+        wait_until(lambda: self.reduced(spill) or coord.poll() is not None, "the reduce stage", timeout=120)
+        self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
+        victim = os.path.join(spill, "s0-m0-p%d.kv" % (self.R - 1))
+        self.assertLess(len(self.reduced(spill)), self.R - 2)
+        how(victim)
+        t0 = time.time()
+        o, err = coord.communicate(timeout=300)
+        return coord.returncode, err.decode(errors="replace"), victim, out, time.time() - t0
+
+    def test_a_truncated_map_output_fails_naming_the_file(self):
+        def truncate(p):
+            with open(p, "r+b") as f:
+                f.truncate(os.path.getsize(p) // 2)
+        rc, err, victim, out, _ = self.damage_a_map_output_of_a_later_reduce_task(truncate)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(victim, err)
+        self.assertEqual(len(err.strip().split("\n")), 1, err)
+        self.assertFalse(os.path.exists(out))
+
+    # BUG (the error of a damaged map output loses its reason): sh_map (engine/shuffle.c) does
+    # dbx_seterr(err, DBX_ECORRUPT, "map output %s: %s", path, err->msg), formatting err->msg
+    # into itself (overlapping snprintf): the message reads "map output P: map output P: " and
+    # the decoder's reason is gone. (A local buffer holding err->msg first fixes it.)
+    @unittest.expectedFailure
+    def test_a_truncated_map_output_says_why(self):
+        def truncate(p):
+            with open(p, "r+b") as f:
+                f.truncate(os.path.getsize(p) // 2)
+        rc, err, victim, out, _ = self.damage_a_map_output_of_a_later_reduce_task(truncate)
+        self.assertEqual(rc, 1, err)
+        self.assertNotIn("map output %s: map output" % victim, err)
+        self.assertRegex(err, re.escape("map output %s: " % victim) + r"[^;\s]")
+
+    # BUG (lost map outputs are not recomputed): issue 12 item 2 says a lost map output is
+    # recomputed (Spark's fetch-failure path); a deleted s0-m0-p15.kv fails reduce task 15 in
+    # every attempt ("map output ...: No such file or directory") and then the job.
+    @unittest.expectedFailure
+    def test_a_lost_map_output_is_recomputed(self):
+        rc, err, victim, out, _ = self.damage_a_map_output_of_a_later_reduce_task(os.unlink)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(slurp(out), self.want)
+
+
+@unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
+class FullSpillDirectory(TmpTest):
+    """3. A spill directory on a 256 KiB tmpfs."""
+
+    def setUp(self):
+        super().setUp()
+        self.small = self.path("small")
+        os.mkdir(self.small)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", self.small], capture_output=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.decode(errors="replace").strip())
+
+    def tearDown(self):
+        subprocess.run(["umount", "-l", self.small], capture_output=True)
+        super().tearDown()
+
+    def distinct_keys(self, n, name="many.csv"):
+        """n rows of n distinct keys: partition files as big as the input."""
+        return self.write(name, "k,v\n" + "".join("key%07d,%d\n" % (i, i % 100) for i in range(n)))
+
+    def full(self, path, *more):
+        out, s = self.path("out.tsv"), self.path("s.json")
+        t0 = time.time()
+        r = run("groupby", path, "--key", "k", "--agg", "count,sum:v", "--spill-dir", self.small, "-o", out,
+                "--summary-json", s, "--no-job-dir", *more, check=False, timeout=600)
+        took = time.time() - t0
+        err = r.stderr.decode(errors="replace")
+        j = json.loads(slurp(s, True)) if os.path.exists(s) else {}
+        sys.stderr.write("\n[full spill dir %s: %.2f s, exit %d, %d failure records, stderr: %s]\n"
+                         % (" ".join(more), took, r.returncode, len(j.get("failures", [])), err.strip()[:300]))
+        self.assertEqual(r.returncode, 1, err)
+        self.assertFalse(os.path.exists(out))
+        return err, j
+
+    def test_one_map_task(self):
+        err, j = self.full(self.distinct_keys(60000), "--workers", "2", "-q")
+        self.assertIn("spill directory %s" % self.small, err)
+        self.assertIn("No space left on device", err)
+        self.assertEqual(len(err.strip().split("\n")), 1, err)
+        for f in j["failures"]:
+            self.assertIn("No space left on device", f["cause"])
+
+    def test_workers_0(self):
+        err, _ = self.full(self.distinct_keys(60000), "--workers", "0", "--partitions", "4", "--batch-bytes", "64K",
+                           "-q")
+        self.assertIn("spill directory %s" % self.small, err)
+        self.assertIn("No space left on device", err)
+        self.assertEqual(len(err.strip().split("\n")), 1, err)
+
+    # BUG (a full spill directory reads as worker exclusion): with many map tasks every attempt
+    # fails with ENOSPC, which counts against the workers like a bad worker, and the job ends with
+    # "every worker is excluded after failing 3 different tasks (--exclude-after)": the one error
+    # line names neither the directory nor the full disk (those are only in the summary's records).
+    @unittest.expectedFailure
+    def test_many_map_tasks_one_clear_error(self):
+        err, j = self.full(self.distinct_keys(60000), "--workers", "2", "--batch-bytes", "64K", "-q")
+        self.assertTrue(j["failures"])
+        for f in j["failures"]:
+            self.assertIn("No space left on device", f["cause"])
+        self.assertIn("spill directory %s" % self.small, err)
+        self.assertIn("No space left on device", err)
+        self.assertEqual(len(err.strip().split("\n")), 1, err)
+
+    def test_full_during_the_reduce_stage(self):
+        # Map outputs (disjoint keys per batch: 20 files of ~6 KB) take ~160 KB of the 256 (pages);
+        # the 2 reduced files need ~120 KB more.
+        err, j = self.full(self.distinct_keys(3000), "--workers", "2", "--batch-bytes", "4K", "--partitions", "2",
+                           "--max-attempts", "2", "-q")
+        self.assertIn("No space left on device", json.dumps(j["failures"]))
+        self.assertEqual({f["stage"] for f in j["failures"]}, {"reduce"}, j["failures"])
+        self.assertIn("No space left on device", err)
+
+    # BUG (a failed job leaves its partition files): after the failure the spill directory still
+    # holds the map outputs written before the disk filled (shuffle_remove runs only on success).
+    @unittest.expectedFailure
+    def test_a_failed_job_leaves_no_partition_files(self):
+        self.full(self.distinct_keys(60000), "--workers", "0", "--partitions", "4", "--batch-bytes", "64K", "-q")
+        self.assertEqual(spill_files(self.small), [])
+
+
+class SpillLifetime(TmpTest):
+    """4. Spill files are gone after the job: JOB_DIR/spill and the private $TMPDIR one."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmpdir = self.path("tmpdir")
+        os.mkdir(self.tmpdir)
+        self.env = dict(os.environ, TMPDIR=self.tmpdir)
+
+    def test_job_dir_spill_emptied_after_success(self):
+        p = self.path("sales.csv")
+        gen_keyed.csv_sales(p, 30000, 200, seed=3)
+        _, rows, _ = keyed_ref.groupby_ref([p], None, "product", "count,sum:qty")
+        jd = self.path("job")
+        r = run("groupby", p, "--key", "product", "--agg", "count,sum:qty", "--workers", "2", "--batch-bytes", "4K",
+                "--job-dir", jd, "-q", env=self.env)
+        self.assertEqual(r.stdout, keyed_ref.write_tsv(rows))
+        self.assertTrue(os.path.isdir(os.path.join(jd, "spill")))  # R defaults to 4 here: it was used
+        self.assertEqual(spill_files(os.path.join(jd, "spill")), [])
+        self.assertEqual(os.listdir(self.tmpdir), [])
+
+    def test_private_tmpdir_removed_after_success(self):
+        p = self.path("orders.csv")
+        gen_keyed.orders(p, 2000, 200, 40)
+        rows, _, _ = keyed_ref.cooccur_ref([p], None, "user", "item")
+        seen = []
+        coord = start("cooccur", p, "--user", "user", "--item", "item", "--workers", "2", "--batch-bytes", "4K",
+                      "--no-job-dir", "-q", env=fault_env("delay_ms=100", TMPDIR=self.tmpdir))
+        try:
+            wait_until(lambda: glob.glob(os.path.join(self.tmpdir, "dbatch-spill-*", "s1-m*.kv")) or
+                       coord.poll() is not None, "partition files under $TMPDIR")
+            seen = glob.glob(os.path.join(self.tmpdir, "dbatch-spill-*"))
+            out, err = coord.communicate(timeout=180)
+        finally:
+            stop(coord)
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        self.assertEqual(len(seen), 1)  # the partitions went to a private directory under $TMPDIR
+        self.assertEqual(os.listdir(self.tmpdir), [])
+
+    # BUG (a failed job leaks its private spill directory): when the reduce stage fails (here a
+    # sum overflowing int64 across batches), $TMPDIR/dbatch-spill-XXXXXX stays with every
+    # s0-m*-p*.kv and s0-r*.kv in it: cli_keyed_done only rmdir()s it, and shuffle_remove runs on
+    # success only.
+    @unittest.expectedFailure
+    def test_private_tmpdir_removed_after_failure(self):
+        p = self.write("big.tsv", b"".join(b"big\t%d\nsmall\t1\n" % (2 ** 62) for _ in range(4)))
+        r = run("run", "--map", "cat", "--reduce", "sum", "--workers", "2", "--batch-records", "2", "--no-job-dir",
+                "-q", p, check=False, env=self.env)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"overflows", r.stderr)
+        self.assertEqual(os.listdir(self.tmpdir), [])
+
+
+class Usage(TmpTest):
+    """5. Options refused, and what --listen does by default."""
+
+    def setUp(self):
+        super().setUp()
+        self.csv = self.write("a.csv", "k,v\na,1\nb,2\na,3\n")
+        self.tsv = self.write("a.tsv", "a\t1\nb\t2\na\t3\n")
+
+    def refused(self, args, *msgs):
+        r = run(*args, check=False)
+        err = r.stderr.decode(errors="replace")
+        self.assertEqual(r.returncode, 2, (args, err))
+        for m in msgs:
+            self.assertIn(m, err, args)
+        self.assertEqual(r.stdout, b"")
+
+    def test_bad_partition_counts(self):
+        for v in ("-1", "x", "5000", "4097", "", "1.5"):
+            self.refused(("groupby", self.csv, "--key", "k", "--agg", "count", "--partitions", v, "--no-job-dir"),
+                         "bad value '%s'" % v)
+            self.refused(("run", "--map", "cat", "--reduce", "count", "--partitions", v, self.tsv, "--no-job-dir"),
+                         "bad value '%s'" % v)
+        # the bound itself is accepted
+        r = run("groupby", self.csv, "--key", "k", "--agg", "count,sum:v", "--partitions", "4096", "--workers", "1",
+                "--no-job-dir", "-q")
+        self.assertEqual(r.stdout, b"a\t2\t4\nb\t1\t2\n")
+
+    # BUG (the usage error names the value, not the option): "--partitions -1" says
+    # "bad value '-1' for -1" (argv[optind - 1] is the value when it is a separate argument).
+    @unittest.expectedFailure
+    def test_bad_partition_count_names_the_option(self):
+        self.refused(("groupby", self.csv, "--key", "k", "--agg", "count", "--partitions", "-1", "--no-job-dir"),
+                     "--partitions")
+
+    def test_spill_dir_naming_a_file(self):
+        f = self.write("afile", "x")
+        out = self.path("o.tsv")
+        self.refused(("groupby", self.csv, "--key", "k", "--agg", "count", "--spill-dir", f, "--partitions", "2",
+                      "-o", out, "--no-job-dir"), "--spill-dir %s: not a directory" % f)
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual(slurp(f), b"x")
+
+    def test_partitions_with_reduce_cmd(self):
+        for opt in (("--partitions", "2"), ("--spill-dir", self.tmp)):
+            self.refused(("run", "--map", "cat", "--reduce-cmd", "cat", *opt, self.tsv, "--no-job-dir"),
+                         "--partitions and --spill-dir apply to --reduce, not --reduce-cmd")
+        self.refused(("run", "--map", "cat", "--partitions", "2", self.tsv, "--no-job-dir"),
+                     "--partitions and --spill-dir apply to --reduce only")
+
+    # BUG (--partitions 0 is not refused where partitions do not apply): the check is
+    # `k.partitions || k.spill_dir`, so "--partitions 0" with --reduce-cmd or a map-only run is
+    # silently accepted (cli_keyed.partitions_set is the flag to test).
+    @unittest.expectedFailure
+    def test_partitions_0_with_reduce_cmd(self):
+        self.refused(("run", "--map", "cat", "--reduce-cmd", "cat", "--partitions", "0", self.tsv, "--no-job-dir"),
+                     "--partitions")
+
+    def test_listen_without_partitions_makes_no_spill_files(self):
+        p = self.path("sales.csv")
+        gen_keyed.csv_sales(p, 20000, 50, seed=9)
+        _, rows, _ = keyed_ref.groupby_ref([p], None, "product", "count,sum:qty")
+        jd, tmpdir = self.path("job"), self.path("tmpdir")
+        os.mkdir(tmpdir)
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        r = run("groupby", p, "--key", "product", "--agg", "count,sum:qty", "--workers", "2", "--listen", ep,
+                "--batch-bytes", "4K", "--job-dir", jd, "-q", env=dict(os.environ, TMPDIR=tmpdir))
+        self.assertEqual(r.stdout, keyed_ref.write_tsv(rows))
+        self.assertFalse(os.path.exists(os.path.join(jd, "spill")))
+        self.assertEqual(os.listdir(tmpdir), [])
+        # ... and with --partitions it does partition (the spill directory is made and emptied)
+        jd2 = self.path("job2")
+        r = run("groupby", p, "--key", "product", "--agg", "count,sum:qty", "--workers", "2", "--listen", ep,
+                "--partitions", "3", "--batch-bytes", "4K", "--job-dir", jd2, "-q")
+        self.assertEqual(r.stdout, keyed_ref.write_tsv(rows))
+        self.assertEqual(spill_files(os.path.join(jd2, "spill")), [])
+
+
+class SharedSpillDir(TmpTest):
+    # BUG (jobs sharing a --spill-dir overwrite each other's partitions): file names are
+    # s<stage>-m<i>-p<r>.kv with nothing of the job in them, so two jobs given the same
+    # --spill-dir (a shared file system, as the help suggests) read each other's map outputs: one
+    # job's answer silently holds the other's keys, and the other fails (its files removed).
+    @unittest.expectedFailure
+    def test_two_jobs_one_spill_dir(self):
+        a, b = self.path("a.csv"), self.path("b.csv")
+        gen_keyed.csv_sales(a, 40000, 30, seed=1)
+        gen_keyed.csv_sales(b, 80000, 3000, seed=2)
+        spill = self.path("shared")
+        want = {}
+        procs = {}
+        for name, p, key in (("a", a, "region"), ("b", b, "product")):
+            _, rows, _ = keyed_ref.groupby_ref([p], None, key, "count")
+            want[name] = keyed_ref.write_tsv(rows)
+            procs[name] = start("groupby", p, "--key", key, "--agg", "count", "--workers", "2", "--batch-bytes", "8K",
+                                "--spill-dir", spill, "--no-job-dir", "-q", env=fault_env("delay_ms=50"))
+        try:
+            got = {n: p.communicate(timeout=180) for n, p in procs.items()}
+        finally:
+            for p in procs.values():
+                stop(p)
+        for n in ("a", "b"):
+            self.assertEqual(procs[n].returncode, 0, got[n][1])
+            self.assertEqual(got[n][0], want[n], n)
+
+
+if __name__ == "__main__":
+    unittest.main()
