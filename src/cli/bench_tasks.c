@@ -30,9 +30,10 @@ int cmd_bench_tasks(int argc, char **argv) {
   o.out.dest = "/dev/null";
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     int r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("bench-tasks", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("bench-tasks", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1:

@@ -153,6 +153,9 @@ int cli_run_stage(coord *co, job *j, stage *s, dbx_err *err);
 int cli_job_option(cli_job *o, int c, const char *arg);
 /* Print "dbatch: error: msg" (and a usage hint for usage errors); return the exit status. */
 int cli_fail(const char *cmd, const dbx_err *err);
+/* "--name" of the option getopt_long just returned (c, with li its long index, or -1), or
+ * "-x" for a short one. Static storage. */
+const char *cli_opt_name(const struct option *lo, int li, int c);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Start the job's coordinator (and its local workers). */

@@ -443,3 +443,10 @@ int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc
   cli_outputs outs = {{out}, out ? 1 : 0, NULL, NULL};
   return cli_job_finish(cmd, o, j, c, &outs, rc, err);
 }
+
+const char *cli_opt_name(const struct option *lo, int li, int c) {
+  static char buf[80];
+  if (li >= 0 && lo[li].val == c) snprintf(buf, sizeof buf, "--%s", lo[li].name);
+  else snprintf(buf, sizeof buf, "-%c", c > 32 && c < 127 ? c : '?');
+  return buf;
+}

@@ -200,11 +200,12 @@ int cmd_groupby(int argc, char **argv) {
   cli_job_defaults(&o, "groupby");
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     if (c == 1023) return cli_usage_error("groupby", "--max-record does not apply to groupby");
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("groupby", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("groupby", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1: keys = optarg; break;
@@ -335,11 +336,12 @@ int cmd_cooccur(int argc, char **argv) {
   cli_job_defaults(&o, "cooccur");
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     if (c == 1023) return cli_usage_error("cooccur", "--max-record does not apply to cooccur");
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("cooccur", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("cooccur", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1: user = optarg; break;

@@ -12,6 +12,7 @@
 
 #include "cli/cli.h"
 #include "util/parse.h"
+#include <xxhash.h>
 
 int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
   uint64_t v;
@@ -38,9 +39,25 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
   if (!k->dir[0]) {
     char want[PATH_MAX];
     if (k->spill_dir) {
-      snprintf(want, sizeof want, "%s", k->spill_dir);
-      if (mkdir(want, 0700) != 0 && errno != EEXIST)
-        return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", want, strerror(errno));
+      /* A directory of this job's own inside it: several jobs may share one --spill-dir. A
+       * journaled job's is named after its job directory, so a resume finds its files. */
+      struct stat sd;
+      if (mkdir(k->spill_dir, 0700) != 0 && errno != EEXIST)
+        return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", k->spill_dir, strerror(errno));
+      if (stat(k->spill_dir, &sd) != 0 || !S_ISDIR(sd.st_mode))
+        return dbx_seterr(err, DBX_EUSAGE, "--spill-dir %s: not a directory", k->spill_dir);
+      if (j->jr && j->job_dir) {
+        char *jd = realpath(j->job_dir, NULL);
+        unsigned long long h = jd ? (unsigned long long)XXH64(jd, strlen(jd), 0) : 0;
+        free(jd);
+        snprintf(want, sizeof want, "%s/dbatch-job-%016llx", k->spill_dir, h);
+        if (mkdir(want, 0700) != 0 && errno != EEXIST)
+          return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", want, strerror(errno));
+      } else {
+        snprintf(want, sizeof want, "%s/dbatch-XXXXXX", k->spill_dir);
+        if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", k->spill_dir, strerror(errno));
+      }
+      k->made_tmp = 1;
     } else if (j->job_dir) {
       snprintf(want, sizeof want, "%s/spill", j->job_dir);
       if (mkdir(want, 0700) != 0 && errno != EEXIST) return dbx_seterr(err, DBX_EIO, "%s: %s", want, strerror(errno));

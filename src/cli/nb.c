@@ -286,9 +286,10 @@ int cmd_nb(int argc, char **argv) {
   optind = 1;
   int c;
   uint64_t v;
-  while ((c = getopt_long(argc, argv, "o:m:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:m:qvh", longopts, &li)) != -1) {
     int r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("nb", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("nb", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1: no.corpus = optarg; break;

@@ -275,7 +275,8 @@ int cmd_run(int argc, char **argv) {
   cli_job_defaults(&o, "run");
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     /* Options of row outputs apply to --op only (a command's output is its own bytes);
      * record checks are the operator's own business in both cases. */
     if (c == 1024 && optarg) bad_fail = !strcmp(optarg, "fail") ? 1 : !strcmp(optarg, "skip") ? 0 : -2;
@@ -284,7 +285,7 @@ int cmd_run(int argc, char **argv) {
     if (c == 1003 || c == 1004 || c == 1005) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--append";
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("run", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("run", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1: map = optarg; break;
@@ -311,11 +312,11 @@ int cmd_run(int argc, char **argv) {
     if (reduce_cmd && row_opt)
       return cli_usage_error("run", "%s does not apply to --reduce-cmd (its output is the reduce command's own bytes)", row_opt);
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
-    if (reduce_cmd && (k.partitions || k.spill_dir))
+    if (reduce_cmd && (k.partitions_set || k.spill_dir))
       return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce, not --reduce-cmd");
     return run_reduce(&o, &k, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
-  if (k.partitions || k.spill_dir) return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce only");
+  if (k.partitions_set || k.spill_dir) return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce only");
   if (row_opt) return cli_usage_error("run", "%s does not apply to dbatch run --map (its output is the command's own bytes)", row_opt);
   if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch), or --op LIB.so[:NAME] for a plugin operator");
   if (!map[0]) return cli_usage_error("run", "--map needs a command");

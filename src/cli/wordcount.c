@@ -70,10 +70,11 @@ int cmd_wordcount(int argc, char **argv) {
   cli_job_defaults(&o, "wordcount");
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "o:qvh", longopts, NULL)) != -1) {
+  int li = -1;
+  while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("wordcount", "bad value '%s' for %s", optarg, argv[optind - 1]);
+    if (r < 0) return cli_usage_error("wordcount", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
     if (r) continue;
     switch (c) {
     case 1: cfg.case_sensitive = 1; break;

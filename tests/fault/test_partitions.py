@@ -73,8 +73,17 @@ def children(pid):
 
 
 def spill_files(d):
-    """Everything a stage leaves in a spill directory: partition files and temporaries."""
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    """Everything a job leaves in a spill directory: partition files and temporaries, and the
+    directory of its own a job makes inside a --spill-dir."""
+    out = []
+    for root, dirs, files in os.walk(d) if os.path.isdir(d) else []:
+        out += [os.path.relpath(os.path.join(root, f), d) for f in files + dirs]
+    return sorted(out)
+
+
+def in_spill(spill, pattern):
+    """Files of a pattern in a spill directory or in the job's own directory inside it."""
+    return glob.glob(os.path.join(spill, pattern)) + glob.glob(os.path.join(spill, "*", pattern))
 
 
 def tree_sum(leaves):
@@ -217,10 +226,10 @@ class ReduceStageFaults(TmpTest):
                 "--partitions", str(self.R), "--spill-dir", spill, *more]
 
     def nmap(self, spill):
-        return len(glob.glob(os.path.join(spill, "s0-m*-p0.kv")))
+        return len(in_spill(spill, "s0-m*-p0.kv"))
 
     def reduced(self, spill):
-        return glob.glob(os.path.join(spill, "s0-r*.kv"))
+        return in_spill(spill, "s0-r*.kv")
 
     def test_kill_9_of_a_worker_during_the_reduce_stage(self):
         spill, s = self.path("spill"), self.path("s.json")
@@ -281,7 +290,7 @@ class ReduceStageFaults(TmpTest):
         self.procs.append(coord)
         wait_until(lambda: self.reduced(spill) or coord.poll() is not None, "the reduce stage", timeout=120)
         self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
-        victim = os.path.join(spill, "s0-m0-p%d.kv" % (self.R - 1))
+        victim = in_spill(spill, "s0-m0-p%d.kv" % (self.R - 1))[0]
         self.assertLess(len(self.reduced(spill)), self.R - 2)
         how(victim)
         t0 = time.time()
@@ -298,11 +307,10 @@ class ReduceStageFaults(TmpTest):
         self.assertEqual(len(err.strip().split("\n")), 1, err)
         self.assertFalse(os.path.exists(out))
 
-    # BUG (the error of a damaged map output loses its reason): sh_map (engine/shuffle.c) does
+    # Was a bug (the error of a damaged map output lost its reason): sh_map (engine/shuffle.c) does
     # dbx_seterr(err, DBX_ECORRUPT, "map output %s: %s", path, err->msg), formatting err->msg
     # into itself (overlapping snprintf): the message reads "map output P: map output P: " and
     # the decoder's reason is gone. (A local buffer holding err->msg first fixes it.)
-    @unittest.expectedFailure
     def test_a_truncated_map_output_says_why(self):
         def truncate(p):
             with open(p, "r+b") as f:
@@ -371,16 +379,13 @@ class FullSpillDirectory(TmpTest):
         self.assertIn("No space left on device", err)
         self.assertEqual(len(err.strip().split("\n")), 1, err)
 
-    # BUG (a full spill directory reads as worker exclusion): with many map tasks every attempt
-    # fails with ENOSPC, which counts against the workers like a bad worker, and the job ends with
-    # "every worker is excluded after failing 3 different tasks (--exclude-after)": the one error
-    # line names neither the directory nor the full disk (those are only in the summary's records).
-    @unittest.expectedFailure
+    # Was a bug: with many map tasks every attempt failed with ENOSPC, which counted against the
+    # workers, and the job ended with "every worker is excluded": a full spill directory now ends
+    # the job at the first such failure (no retry can help), naming it.
     def test_many_map_tasks_one_clear_error(self):
         err, j = self.full(self.distinct_keys(60000), "--workers", "2", "--batch-bytes", "64K", "-q")
-        self.assertTrue(j["failures"])
-        for f in j["failures"]:
-            self.assertIn("No space left on device", f["cause"])
+        self.assertIn("No space left on device", j["error"])
+        self.assertNotIn("excluded", err)
         self.assertIn("spill directory %s" % self.small, err)
         self.assertIn("No space left on device", err)
         self.assertEqual(len(err.strip().split("\n")), 1, err)
@@ -390,13 +395,12 @@ class FullSpillDirectory(TmpTest):
         # the 2 reduced files need ~120 KB more.
         err, j = self.full(self.distinct_keys(3000), "--workers", "2", "--batch-bytes", "4K", "--partitions", "2",
                            "--max-attempts", "2", "-q")
-        self.assertIn("No space left on device", json.dumps(j["failures"]))
-        self.assertEqual({f["stage"] for f in j["failures"]}, {"reduce"}, j["failures"])
+        self.assertIn("No space left on device", j["error"])
+        self.assertIn("reduce task", j["error"])
         self.assertIn("No space left on device", err)
 
-    # BUG (a failed job leaves its partition files): after the failure the spill directory still
+    # Was a bug (a failed job left its partition files): after the failure the spill directory still
     # holds the map outputs written before the disk filled (shuffle_remove runs only on success).
-    @unittest.expectedFailure
     def test_a_failed_job_leaves_no_partition_files(self):
         self.full(self.distinct_keys(60000), "--workers", "0", "--partitions", "4", "--batch-bytes", "64K", "-q")
         self.assertEqual(spill_files(self.small), [])
@@ -442,11 +446,10 @@ class SpillLifetime(TmpTest):
         self.assertEqual(len(seen), 1)  # the partitions went to a private directory under $TMPDIR
         self.assertEqual(os.listdir(self.tmpdir), [])
 
-    # BUG (a failed job leaks its private spill directory): when the reduce stage fails (here a
+    # Was a bug (a failed job leaked its private spill directory): when the reduce stage fails (here a
     # sum overflowing int64 across batches), $TMPDIR/dbatch-spill-XXXXXX stays with every
     # s0-m*-p*.kv and s0-r*.kv in it: cli_keyed_done only rmdir()s it, and shuffle_remove runs on
     # success only.
-    @unittest.expectedFailure
     def test_private_tmpdir_removed_after_failure(self):
         p = self.write("big.tsv", b"".join(b"big\t%d\nsmall\t1\n" % (2 ** 62) for _ in range(4)))
         r = run("run", "--map", "cat", "--reduce", "sum", "--workers", "2", "--batch-records", "2", "--no-job-dir",
@@ -483,9 +486,8 @@ class Usage(TmpTest):
                 "--no-job-dir", "-q")
         self.assertEqual(r.stdout, b"a\t2\t4\nb\t1\t2\n")
 
-    # BUG (the usage error names the value, not the option): "--partitions -1" says
+    # Was a bug (the usage error named the value, not the option): "--partitions -1" says
     # "bad value '-1' for -1" (argv[optind - 1] is the value when it is a separate argument).
-    @unittest.expectedFailure
     def test_bad_partition_count_names_the_option(self):
         self.refused(("groupby", self.csv, "--key", "k", "--agg", "count", "--partitions", "-1", "--no-job-dir"),
                      "--partitions")
@@ -505,10 +507,9 @@ class Usage(TmpTest):
         self.refused(("run", "--map", "cat", "--partitions", "2", self.tsv, "--no-job-dir"),
                      "--partitions and --spill-dir apply to --reduce only")
 
-    # BUG (--partitions 0 is not refused where partitions do not apply): the check is
+    # Was a bug (--partitions 0 was not refused where partitions do not apply): the check is
     # `k.partitions || k.spill_dir`, so "--partitions 0" with --reduce-cmd or a map-only run is
     # silently accepted (cli_keyed.partitions_set is the flag to test).
-    @unittest.expectedFailure
     def test_partitions_0_with_reduce_cmd(self):
         self.refused(("run", "--map", "cat", "--reduce-cmd", "cat", "--partitions", "0", self.tsv, "--no-job-dir"),
                      "--partitions")
@@ -534,11 +535,10 @@ class Usage(TmpTest):
 
 
 class SharedSpillDir(TmpTest):
-    # BUG (jobs sharing a --spill-dir overwrite each other's partitions): file names are
+    # Was a bug (jobs sharing a --spill-dir overwrote each other's partitions): file names are
     # s<stage>-m<i>-p<r>.kv with nothing of the job in them, so two jobs given the same
     # --spill-dir (a shared file system, as the help suggests) read each other's map outputs: one
     # job's answer silently holds the other's keys, and the other fails (its files removed).
-    @unittest.expectedFailure
     def test_two_jobs_one_spill_dir(self):
         a, b = self.path("a.csv"), self.path("b.csv")
         gen_keyed.csv_sales(a, 40000, 30, seed=1)
