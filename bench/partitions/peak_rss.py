@@ -5,9 +5,10 @@ Usage: peak_rss.py REPORT CMD [ARG...]
 Polls /proc/<pid>/status (VmHWM: the kernel's high-water mark of the resident set) of the
 command and its descendants every 20 ms while it runs; a process's last reading is its peak
 (VmHWM only grows, so at most the growth of its last 20 ms is missed). Writes REPORT, one
-line per kind of process:  KIND PROCESSES MAX_PEAK_KB CPU_SECONDS (kinds: coordinator,
-worker, and the program name of anything else; CPU seconds summed over the kind's processes,
-as of their last reading), then "elapsed SECONDS". Exits with the command's status.
+line per kind of process:  KIND PROCESSES MAX_PEAK_KB MAX_ANON_KB CPU_SECONDS (kinds:
+coordinator, worker, and the program name of anything else; MAX_ANON_KB the largest RssAnon
+seen, i.e. the peak without mapped file pages, sampled; CPU seconds summed over the kind's
+processes, as of their last reading), then "elapsed SECONDS". Exits with the command's status.
 """
 import os
 import subprocess
@@ -38,14 +39,18 @@ def children(pid):
 
 
 def hwm_kb(pid):
+    """(VmHWM, RssAnon) of pid in kB: the peak resident set, and its anonymous part now."""
+    hwm = anon = None
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                    hwm = int(line.split()[1])
+                elif line.startswith("RssAnon:"):
+                    anon = int(line.split()[1])
     except OSError:
         pass
-    return None
+    return (hwm, anon) if hwm is not None and anon is not None else None
 
 
 def cpu_s(pid):
@@ -76,7 +81,7 @@ def main():
     report, cmd = sys.argv[1], sys.argv[2:]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd)
-    peak = {}    # pid -> (kind, kb, cpu seconds)
+    peak = {}    # pid -> (kind, peak kb, peak anonymous kb, cpu seconds)
     while proc.poll() is None:
         todo = [proc.pid]
         while todo:
@@ -85,17 +90,18 @@ def main():
             if kb is not None and cpu is not None:
                 k = peak[pid][0] if pid in peak else kind(pid, proc.pid)
                 if k is not None:
-                    peak[pid] = (k, kb, cpu)
+                    anon = max(kb[1], peak[pid][2]) if pid in peak else kb[1]
+                    peak[pid] = (k, kb[0], anon, cpu)
             todo.extend(children(pid))
         time.sleep(0.02)
     elapsed = time.monotonic() - t0
     kinds = {}
-    for k, kb, cpu in peak.values():
-        n, top, total = kinds.get(k, (0, 0, 0.0))
-        kinds[k] = (n + 1, max(top, kb), total + cpu)
+    for k, kb, anon, cpu in peak.values():
+        n, top, top_anon, total = kinds.get(k, (0, 0, 0, 0.0))
+        kinds[k] = (n + 1, max(top, kb), max(top_anon, anon), total + cpu)
     with open(report, "w") as f:
         for k in sorted(kinds):
-            f.write("%s %d %d %.2f\n" % (k, *kinds[k]))
+            f.write("%s %d %d %d %.2f\n" % (k, *kinds[k]))
         f.write("elapsed %.3f\n" % elapsed)
     return proc.returncode
 
