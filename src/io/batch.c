@@ -457,7 +457,7 @@ static int pread_full(int fd, char *p, size_t n, uint64_t off, size_t *got, cons
 /* Append the lines starting in [off, off+len) of the open file to l->buf. */
 static int load_range(loader *l, const char *path, uint64_t off, uint64_t len, uint64_t *startp, dbx_err *err) {
   char tmp[65536];
-  size_t got;
+  size_t got = 0;
   *startp = off;
   /* Ranges come from a peer: an empty one owns no line; one past 2^64 is malformed. */
   if (len == 0) return 0;
@@ -530,7 +530,7 @@ int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_bat
     if (rc) return rc;
     v->data_off = l->buf.len;
     if (b->whole) {
-      size_t got;
+      size_t got = 0;
       if ((rc = dbx_buf_reserve(&l->buf, (size_t)s->len + 1))) return rc;
       if ((rc = pread_full(l->fd, l->buf.data + l->buf.len, (size_t)s->len, s->off, &got, v->path, err)))
         return rc;
