@@ -183,11 +183,12 @@ typedef struct cli_keyed {
   "      --partitions R      merge on the workers in R partitions by key hash, the result\n" \
   "                          streamed to the output from files, never held by this\n"      \
   "                          process; 0 merges here, in memory. The same bytes for any R\n" \
-  "                          (default: 2 per local worker; 0 for word count, with --listen\n" \
-  "                          and with --workers 0)\n"                                   \
+  "                          (default: 8 with local workers; 0 for word count, with\n"  \
+  "                          --listen and with --workers 0)\n"                          \
   "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
   "                          private directory under $TMPDIR); every worker must reach it\n" \
   "                          at the same path\n"
+#define CLI_KEYED_DEFAULT_R 8
 /* 1 handled, 0 not a keyed option, < 0 a bad value. */
 int cli_keyed_option(cli_keyed *k, int c, const char *arg);
 /* The partition configuration of the job's next stage (call after cli_job_start). */

@@ -30,10 +30,11 @@ int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
 int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err) {
   memset(pc, 0, sizeof *pc);
   pc->stage = (uint32_t)j->nstages;
-  /* By default local workers merge in two partitions each. Workers started elsewhere
-   * (--listen) may not see this machine's files: there it takes --partitions (and a
-   * --spill-dir they share) to partition. */
-  if (!k->partitions_set) k->partitions = o->workers > 0 && !o->co.listen ? (uint32_t)(2 * o->workers) : 0;
+  /* By default jobs with local workers merge in CLI_KEYED_DEFAULT_R partitions: a number
+   * of the job, not of the machine, so a journaled job resumes on another machine with the
+   * plan it recorded. Workers started elsewhere (--listen) may not see this machine's files:
+   * there it takes --partitions (and a --spill-dir they share) to partition. */
+  if (!k->partitions_set) k->partitions = o->workers > 0 && !o->co.listen ? CLI_KEYED_DEFAULT_R : 0;
   pc->r = k->partitions;
   if (!pc->r) return 0;
   if (!k->dir[0]) {
@@ -91,11 +92,16 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
   int rc = cli_run_stage(co, j, s, err);
   if (rc) return rc;
+  /* Map tasks given up under --on-task-failure=skip wrote nothing: their part is missing from
+   * the result (and reported), their partitions are empty. */
+  for (size_t i = 0; i < j->nmissing && !rc; i++)
+    if (!strcmp(j->missing[i].stage, s->st->name)) rc = shuffle_write_empty(pc, spec, j->missing[i].task, err);
+  if (rc) return rc;
   shuffle_cfg *sc = calloc(1, sizeof *sc);
   if (!sc) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   sc->spec = *spec;
   sc->pc = *pc;
-  sc->nmap = (uint32_t)s->st->batches;
+  sc->nmap = (uint32_t)s->st->tasks;  /* every planned batch (batches counts the finished ones) */
   sc->by_count = (uint32_t)by_count;
   stage r;
   cli_stage_init(&r, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);

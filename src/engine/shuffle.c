@@ -131,6 +131,14 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
   return rc;
 }
 
+int shuffle_write_empty(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, dbx_err *err) {
+  kvpart *p = kv_new(spec);
+  if (!p) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  int rc = shuffle_write_map(pc, p, index, err);
+  kv_free(p);
+  return rc;
+}
+
 /* Read a whole file into *out (malloc'd). */
 static int read_file(const char *path, const char *what, char **out, size_t *n, dbx_err *err) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);

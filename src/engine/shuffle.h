@@ -35,6 +35,10 @@ int shuffle_check(const kv_part_cfg *pc, dbx_err *err);
  * A full disk is DBX_ENOSPC naming the directory. */
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err);
 
+/* The empty partitions of map task index (a task skipped under --on-task-failure=skip has no
+ * output: its part of the result is missing, not the reduce stage's input). */
+int shuffle_write_empty(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, dbx_err *err);
+
 /* The reduce stage: task r (its batch index) merges partition r of nmap map outputs. */
 typedef struct shuffle_cfg {
   kv_spec spec;

@@ -561,5 +561,30 @@ class SharedSpillDir(TmpTest):
             self.assertEqual(got[n][0], want[n], n)
 
 
+class SkippedMapTask(TmpTest):
+    """--on-task-failure=skip with partitions: a map task given up wrote no partition files; its
+    records are missing from the result (and reported), and the reduce stage goes on without them."""
+
+    def test_groupby_without_the_poisoned_batch(self):
+        rows = ["k,v\n"] + ["k%d,%d\n" % (i % 13, i) for i in range(1, 400)]
+        rows[250] = "POISON,1\n"
+        p = self.write("in.csv", "".join(rows))
+        s = self.path("s.json")
+        for r in ("4", "0"):
+            res = run("groupby", p, "--key", "k", "--agg", "count,sum:v", "--workers", "2", "--batch-records", "50",
+                      "--partitions", r, "--on-task-failure", "skip", "--max-attempts", "2", "--summary-json", s,
+                      "--no-job-dir", "-q", check=False, env=fault_env("crash_on=POISON"))
+            self.assertEqual(res.returncode, 3, res.stderr)
+            with open(s) as f:
+                j = json.load(f)
+            self.assertEqual([m["task"] for m in j["missing"]], [5])
+            # Batches of 50 lines (the header is line 0 of batch 0): batch 5, lines 250-299,
+            # holds the poison and is left out, nothing else.
+            kept = rows[:250] + rows[300:]
+            rest = self.write("rest.csv", "".join(kept))
+            _, want, _ = keyed_ref.groupby_ref([rest], None, "k", "count,sum:v")
+            self.assertEqual(res.stdout, keyed_ref.write_tsv(want), "--partitions " + r)
+
+
 if __name__ == "__main__":
     unittest.main()
