@@ -968,7 +968,8 @@ int kv_encode(kvpart *p, dbx_buf *out, dbx_err *err) {
 
 #define BAD(...) do { rc = dbx_seterr(err, DBX_ECORRUPT, "keyed partial: " __VA_ARGS__); goto fail; } while (0)
 
-int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
+/* Validate buf; then copy it (borrow 0) or read it in place (borrow 1, kv_decode_view). */
+static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, kvpart **out, dbx_err *err) {
   int rc = 0;
   kvpart *p = NULL;
   size_t hl = header_len(s);
@@ -1040,7 +1041,11 @@ int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err
   }
   if (q != end) BAD("%zu bytes after the last entry", (size_t)(end - q));
   if (!(p = kv_new(s))) return DBX_ENOMEM;
-  if (n > hl && dbx_buf_append(&p->run, buf + hl, n - hl)) {
+  if (borrow) {
+    p->borrowed = 1;
+    p->run.data = (char *)(uintptr_t)(buf + hl);
+    p->run.len = n - hl;
+  } else if (n > hl && dbx_buf_append(&p->run, buf + hl, n - hl)) {
     kv_free(p);
     return DBX_ENOMEM;
   }
@@ -1050,6 +1055,10 @@ int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err
 fail:
   kv_free(p);
   return rc;
+}
+
+int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
+  return decode_impl(s, buf, n, 0, out, err);
 }
 
 /* ---- reading a sealed partial ---- */
@@ -1258,24 +1267,7 @@ done:
 }
 
 int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
-  /* Validated exactly as kv_decode does (through it: a copy that lives only for the check),
-   * then kept as a view of buf. */
-  kvpart *p = NULL;
-  int rc = kv_decode(s, buf, n, &p, err);
-  if (rc) return rc;
-  size_t po = p->pair_off;
-  kv_free(p);
-  if (!(p = kv_new(s))) return DBX_ENOMEM;
-  size_t hl = header_len(s);
-  p->borrowed = 1;
-  p->run.data = (char *)(uintptr_t)(buf + hl);
-  p->run.len = n - hl;
-  p->run.cap = 0;
-  p->nmain = get64(buf + 6 + s->nagg);
-  p->npair = get64(buf + 14 + s->nagg);
-  p->pair_off = po;
-  *out = p;
-  return 0;
+  return decode_impl(s, buf, n, 1, out, err);
 }
 
 int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err) {
