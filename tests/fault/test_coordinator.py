@@ -18,7 +18,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, free_port, run, slurp, start, wait_for_line  # noqa: E402
+from dbx import fault_env, free_port, run, slurp, start, TmpTest, wait_for_line  # noqa: E402
 
 
 def words_file(path, lines):
@@ -26,12 +26,6 @@ def words_file(path, lines):
         for i in range(lines):
             f.write("line %d alpha beta w%d\n" % (i, i % 97))
     return path
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 def pack(*fields):

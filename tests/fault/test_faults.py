@@ -14,12 +14,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, free_port, run, slurp, start, wait_for_line  # noqa: E402
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    return [int(x) for x in out.split()]
+from dbx import DBATCH, children, fault_env, free_port, run, slurp, start, TmpTest, wait_for_line  # noqa: E402
 
 
 def words_file(path, lines, seed=5, poison_at=None):
@@ -29,12 +24,6 @@ def words_file(path, lines, seed=5, poison_at=None):
         for i in range(lines):
             f.write("POISON here\n" if i == poison_at else " ".join(rnd.choice(vocab) for _ in range(6)) + "\n")
     return path
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 class PoisonBatch(TmpTest):

@@ -11,7 +11,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, reference_wordcount, run, slurp, start, wait_for_line  # noqa: E402
+from dbx import DBATCH, fault_env, reference_wordcount, run, slurp, start, TmpTest, wait_for_line  # noqa: E402
 
 
 def words_file(path, lines, seed=3):
@@ -20,12 +20,6 @@ def words_file(path, lines, seed=3):
         for _ in range(lines):
             f.write(" ".join("w%d" % rnd.randrange(3000) for _ in range(6)) + "\n")
     return path
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 def wait_reading_pipe(pid, timeout=30):

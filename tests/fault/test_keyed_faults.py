@@ -16,43 +16,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import free_port, run, slurp, start  # noqa: E402
+from dbx import children, fault_env, free_port, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
 SPECS = "count,sum:qty,mean:price,min:price,max:qty,first:region,last:region,distinct:region,top:2:qty"
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
-
-
-def wait_until(pred, what, timeout=60, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError("process ended (%d) before %s:\n%s" % (
-                proc.returncode, what, proc.stderr.read().decode(errors="replace")))
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-def stop(p):
-    if p.poll() is None:
-        p.kill()
-    p.wait(timeout=30)
-    for f in (p.stdout, p.stderr):
-        if f:
-            f.close()
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    return [int(x) for x in out.split()]
 
 
 def journal_count(jd, stage):

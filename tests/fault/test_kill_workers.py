@@ -10,15 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, run, slurp, start  # noqa: E402
-
-
-def children(pid):
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    except FileNotFoundError:
-        return []
-    return [int(x) for x in out.split()]
+from dbx import children, run, slurp, start, TmpTest  # noqa: E402
 
 
 class KillWorkers(TmpTest):

@@ -21,7 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, free_port, run, slurp, start  # noqa: E402
+from dbx import children, fault_env, free_port, run, slurp, start, stop, TmpTest, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -40,36 +40,6 @@ def matrix():
             yield r, w, ()
         yield r, "2", ("--policy", "round-robin")
         yield r, "2", ("--policy", "random", "--seed", "7")
-
-
-def fault_env(spec, **more):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    env.update(more)
-    return env
-
-
-def wait_until(pred, what, timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
-
-
-def stop(p):
-    if p.poll() is None:
-        p.kill()
-    p.wait(timeout=30)
-    for f in (p.stdout, p.stderr):
-        if f:
-            f.close()
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    return [int(x) for x in out.split()]
 
 
 def spill_files(d):

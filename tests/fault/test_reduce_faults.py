@@ -17,38 +17,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, free_port, run, slurp, start  # noqa: E402
+from dbx import children, fault_env, free_port, run, slurp, start, stop, TmpTest, wait_until  # noqa: E402
 
 AGGS = "count,sum,min,max,mean,first,last,distinct,top:3"
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
-
-
-def wait_until(pred, what, timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-def stop(p):
-    if p.poll() is None:
-        p.kill()
-    p.wait(timeout=30)
-    for f in (p.stdout, p.stderr):
-        if f:
-            f.close()
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    return [int(x) for x in out.split()]
 
 
 # ---- the reference ----

@@ -15,17 +15,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, run, slurp, start  # noqa: E402
+from dbx import DBATCH, fault_env, run, slurp, start, TmpTest, wait_until  # noqa: E402
 
 import msgpack  # noqa: E402  (Debian's python3-msgpack, as the protocol tests use)
 
 MB = 1 << 20
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 def big_words_file(path, mb, seed=7):
@@ -56,18 +50,6 @@ def journal_count(jd, stage=None):
             return c.execute("SELECT COUNT(*) FROM tasks WHERE stage = ?", (stage,)).fetchone()[0]
     except sqlite3.OperationalError:  # tables not created yet
         return 0
-
-
-def wait_until(pred, what, timeout=60, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError("process ended (%d) before %s:\n%s" % (
-                proc.returncode, what, proc.stderr.read().decode(errors="replace")))
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def kill_coordinator(p):

@@ -12,13 +12,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, free_port, run, slurp, start  # noqa: E402
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
+from dbx import DBATCH, children, fault_env, free_port, run, slurp, start, stop, TmpTest, wait_until  # noqa: E402
 
 
 def pids_of(pattern):
@@ -33,31 +27,6 @@ def parent_of(pid):
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (FileNotFoundError, ProcessLookupError):
         return 0
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def wait_until(pred, what, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-def stop(p):
-    """Kill p (if still running) and reap it. Not communicate(): a leftover of a broken build
-    may hold its pipes open."""
-    if p.poll() is None:
-        p.kill()
-    p.wait(timeout=30)
-    for f in (p.stdout, p.stderr):
-        if f:
-            f.close()
 
 
 def gone(pid):

@@ -17,21 +17,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, reference_wordcount, run, slurp, start  # noqa: E402
+from dbx import DBATCH, reference_wordcount, run, slurp, start, TmpTest, wait_until  # noqa: E402
 
 MB = 1 << 20
-
-
-def wait_until(pred, what, timeout=60, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError("process ended (%d) before %s:\n%s" % (
-                proc.returncode, what, proc.stderr.read().decode(errors="replace")))
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def proc_field(pid, fname, key):

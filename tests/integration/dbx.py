@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 DBATCH = os.environ.get("DBATCH", "build/dbatch")
@@ -110,3 +111,46 @@ def lines_file(path, n):
         for i in range(n):
             f.write("line %d alpha beta w%d\n" % (i, i % 97))
     return path
+
+
+# ---- fault tests: processes started, killed and waited for ----
+
+def fault_env(spec, **more):
+    """The environment of a run whose workers inject faults (DBATCH_FAULT, docs/faults.md)."""
+    env = dict(os.environ)
+    env["DBATCH_FAULT"] = spec
+    env.update(more)
+    return env
+
+
+def wait_until(pred, what, timeout=60, proc=None):
+    """Poll pred until it holds; fail after timeout, or as soon as proc (if given) ends."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError("process ended (%d) before %s:\n%s" % (
+                proc.returncode, what, proc.stderr.read().decode(errors="replace")))
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def stop(p):
+    """Kill p (if still running) and reap it. Not communicate(): a leftover of a broken build
+    may hold its pipes open."""
+    if p.poll() is None:
+        p.kill()
+    p.wait(timeout=30)
+    for f in (p.stdout, p.stderr):
+        if f:
+            f.close()
+
+
+def children(pid):
+    """The pids of pid's child processes (its workers)."""
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout
+    except FileNotFoundError:  # no procps
+        return []
+    return [int(x) for x in out.split()]

@@ -13,15 +13,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dbx import TmpTest, free_port, lines_file, run, slurp, start, wait_for_line
+from dbx import fault_env, free_port, lines_file, run, slurp, start, TmpTest, wait_for_line
 
 ARTIFACTS = os.path.join(os.getcwd(), "artifacts")
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 def get(url):

@@ -13,13 +13,7 @@ import tempfile
 import time
 import unittest
 
-from dbx import DBATCH, TmpTest, free_port, lines_file, run, slurp, start, wait_for_line
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
+from dbx import DBATCH, fault_env, free_port, lines_file, run, slurp, start, TmpTest, wait_for_line
 
 
 def listeners(port):

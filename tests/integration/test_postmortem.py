@@ -19,17 +19,11 @@ import urllib.request
 import msgpack
 import zmq
 
-from dbx import TmpTest, free_port, lines_file, run, slurp, start, wait_for_line
+from dbx import fault_env, free_port, lines_file, run, slurp, start, TmpTest, wait_for_line
 
 ESC = b"\x1b"
 # How a worker that is gone ended, as the coordinator names it.
 DEAD_STATES = {"killed", "exited", "lost"}
-
-
-def fault_env(spec):
-    env = dict(os.environ)
-    env["DBATCH_FAULT"] = spec
-    return env
 
 
 def get_json(url):
