@@ -21,7 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import children, fault_env, free_port, run, slurp, start, stop, TmpTest, wait_until  # noqa: E402
+from dbx import TmpTest, children, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -106,6 +106,27 @@ class SameBytesForAnyR(TmpTest):
             self.assertEqual(got, want, "%s: --partitions %s --workers %s %s" % (what, r, w, " ".join(pol)))
             seen.add(got)
         self.assertEqual(len(seen), 1)
+
+    def test_wordcount_by_count_order(self):
+        """Word count merged in partitions: its reduce tasks write their partition by count and
+        the coordinator merges those in word count's own order (count descending, then word),
+        byte for byte the rows of the in-memory merge and of the Python reference, --top too."""
+        rnd = random.Random(17)
+        pool = ["w%d" % i for i in range(3000)] + ["ünï", "日本", "a", "b", "zz"]
+        words = [rnd.choice(pool[: rnd.choice((10, 300, 3005))]) for _ in range(60000)]
+        p = self.write("words.txt", "\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)) + "\n")
+        want = reference_wordcount([p])
+        s = self.path("s.json")
+        for r in ("0", "1", "2", "7", "64"):
+            got = run("wordcount", p, "--partitions", r, "--workers", "2", "--batch-bytes", "8K", "--summary-json", s,
+                      "--no-job-dir", "-q").stdout
+            self.assertEqual(got, want, "--partitions " + r)
+            with open(s) as f:
+                spilled = json.load(f)["spilled_bytes"]
+            self.assertEqual(spilled > 0, r != "0", "--partitions %s spilled %d bytes" % (r, spilled))
+            top = run("wordcount", p, "--partitions", r, "--top", "5", "--workers", "2", "--batch-bytes", "8K",
+                      "--no-job-dir", "-q").stdout
+            self.assertEqual(top, b"".join(want.splitlines(True)[:5]), "--top 5 --partitions " + r)
 
     def test_groupby_csv_quoted_newlines(self):
         p = self.path("sales.csv")
