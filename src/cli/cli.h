@@ -172,12 +172,14 @@ typedef struct cli_keyed {
   uint32_t partitions;     /* --partitions R (0: merge on the coordinator) */
   int partitions_set;
   const char *spill_dir;   /* --spill-dir */
+  uint64_t memory;         /* --memory SIZE (0: a share of this machine's RAM) */
   char dir[SHUFFLE_DIR_MAX];  /* the spill directory in use */
   int made_tmp;            /* dir is a private temporary directory, removed at the end */
 } cli_keyed;
 #define CLI_KEYED_OPTIONS                                     \
   {"partitions", required_argument, NULL, 1100},              \
-  {"spill-dir", required_argument, NULL, 1101}
+  {"spill-dir", required_argument, NULL, 1101},               \
+  {"memory", required_argument, NULL, 1102}
 #define CLI_KEYED_HELP                                                                      \
   "Partitioned reduce:\n"                                                                  \
   "      --partitions R      merge on the workers in R partitions by key hash, the result\n" \
@@ -187,7 +189,11 @@ typedef struct cli_keyed {
   "                          --listen and with --workers 0)\n"                          \
   "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
   "                          private directory under $TMPDIR); every worker must reach it\n" \
-  "                          at the same path\n"
+  "                          at the same path\n"                                          \
+  "      --memory SIZE       memory of one task (a local worker runs one at a time): past\n" \
+  "                          it, keys spill to the spill directory and merge from disk,\n" \
+  "                          the same bytes out (default: RAM / (workers + 1) / 2; word\n" \
+  "                          count partitions with 8 when it is given)\n"
 #define CLI_KEYED_DEFAULT_R 8
 /* 1 handled, 0 not a keyed option, < 0 a bad value. */
 int cli_keyed_option(cli_keyed *k, int c, const char *arg);

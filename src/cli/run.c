@@ -312,11 +312,12 @@ int cmd_run(int argc, char **argv) {
     if (reduce_cmd && row_opt)
       return cli_usage_error("run", "%s does not apply to --reduce-cmd (its output is the reduce command's own bytes)", row_opt);
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
-    if (reduce_cmd && (k.partitions_set || k.spill_dir))
-      return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce, not --reduce-cmd");
+    if (reduce_cmd && (k.partitions_set || k.spill_dir || k.memory))
+      return cli_usage_error("run", "--partitions, --spill-dir and --memory apply to --reduce, not --reduce-cmd");
     return run_reduce(&o, &k, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
-  if (k.partitions_set || k.spill_dir) return cli_usage_error("run", "--partitions and --spill-dir apply to --reduce only");
+  if (k.partitions_set || k.spill_dir || k.memory)
+    return cli_usage_error("run", "--partitions, --spill-dir and --memory apply to --reduce only");
   if (row_opt) return cli_usage_error("run", "%s does not apply to dbatch run --map (its output is the command's own bytes)", row_opt);
   if (!map) return cli_usage_error("run", "--map CMD is required (the command to run over each batch), or --op LIB.so[:NAME] for a plugin operator");
   if (!map[0]) return cli_usage_error("run", "--map needs a command");

@@ -103,7 +103,7 @@ int cmd_wordcount(int argc, char **argv) {
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
   /* Word count merges on the coordinator unless --partitions asks otherwise: its summary,
    * journal and failure records keep the shape they had. */
-  if (!k.partitions_set) k.partitions_set = 1, k.partitions = 0;
+  if (!k.partitions_set) k.partitions_set = 1, k.partitions = k.memory && o.workers > 0 ? CLI_KEYED_DEFAULT_R : 0;
   if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
   if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
   if (!rc && pcfg.part.r) {

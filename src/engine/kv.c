@@ -15,10 +15,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define KV_VERSION 1
@@ -347,6 +350,19 @@ static int htab_get(htab *h, const char *key, size_t klen, const char *tail, siz
   return htab_get_h(h, key, klen, tail, tlen, hash, st);
 }
 
+/* Find key (no tail) without inserting it: 1 when present. */
+static int htab_has(const htab *h, const char *key, size_t klen, uint64_t hash) {
+  uint64_t tag = hash & ~SLOT_OFF_MASK;
+  if (!h->cap) return 0;
+  for (uint64_t j = hash & (h->cap - 1);; j = (j + 1) & (h->cap - 1)) {
+    uint64_t s = h->slot[j];
+    if (!s) return 0;
+    if ((s & ~SLOT_OFF_MASK) != tag) continue;
+    hent *e = ent_at(h, ((s & SLOT_OFF_MASK) - 1) * 8);
+    if (e->hash == hash && e->len == klen && e->klen == klen && !memcmp(ent_bytes(e), key, klen)) return 1;
+  }
+}
+
 /* ---- the partial ---- */
 
 struct kvpart {
@@ -360,6 +376,14 @@ struct kvpart {
   size_t pair_off;          /* where the pair run starts in run */
   int has_pairs;
   int borrowed;             /* run.data belongs to the caller (kv_decode_view) */
+  /* Bounded memory (kv_set_budget): past budget bytes the table is frozen; records of keys
+   * not in it are written raw to an unlinked file in spill_dir, in input order. */
+  size_t budget;
+  const char *spill_dir;
+  int frozen;
+  int spill_fd;
+  dbx_buf sbuf;
+  uint64_t spilled;
 };
 
 kvpart *kv_new(const kv_spec *s) {
@@ -367,6 +391,7 @@ kvpart *kv_new(const kv_spec *s) {
   kvpart *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->s = *s;
+  p->spill_fd = -1;
   size_t o = 0;
   for (uint32_t i = 0; i < s->nagg; i++) {
     p->off[i] = o;
@@ -382,6 +407,8 @@ void kv_free(kvpart *p) {
   htab_free(p->hp);
   dbx_buf_free(&p->blob);
   dbx_buf_free(&p->tail);
+  dbx_buf_free(&p->sbuf);
+  if (p->spill_fd >= 0) close(p->spill_fd);
   if (!p->borrowed) dbx_buf_free(&p->run);
   free(p);
 }
@@ -394,6 +421,128 @@ size_t kv_bytes(const kvpart *p) {
   for (int i = 0; i < 2; i++)
     if (hs[i]) b += hs[i]->cap * sizeof *hs[i]->slot + hs[i]->a.cap;
   return b;
+}
+
+/* ---- bounded memory: a frozen table, keys past it spilled raw ---- */
+
+#define SPILL_BUF (1u << 20)
+
+static int spill_err(const kvpart *p, int e, dbx_err *err) {
+  return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", p->spill_dir, strerror(e));
+}
+
+static int spill_flush(kvpart *p, dbx_err *err) {
+  if (!p->sbuf.len) return 0;
+  if (p->spill_fd < 0) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.tmp-spill-XXXXXX", p->spill_dir);
+    p->spill_fd = mkostemp(path, O_CLOEXEC);
+    if (p->spill_fd < 0) return spill_err(p, errno, err);
+    unlink(path);  /* nothing is left behind by a killed worker */
+  }
+  size_t done = 0;
+  while (done < p->sbuf.len) {
+    ssize_t k = write(p->spill_fd, p->sbuf.data + done, p->sbuf.len - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return spill_err(p, k < 0 ? errno : ENOSPC, err);
+    done += (size_t)k;
+  }
+  p->spilled += done;
+  p->sbuf.len = 0;
+  return 0;
+}
+
+/* Before a record of key goes into the table: 1 when it does (the table is under its budget,
+ * or holds the key), 0 when the record was spilled instead, < 0 an error. Records of one key
+ * all go the same way, in input order, so every key's states are what they would be without
+ * a budget: bit for bit, floating sums and first/last too. Raw record: u8 'c', u32 klen, key,
+ * u64 n (kv_add_count), or u8 'v', u32 klen, key, then per value u8 missing, u32 len, bytes. */
+static int spill_gate(kvpart *p, const char *key, size_t klen, uint64_t hash, const kv_val *vals, uint64_t n,
+                      dbx_err *err) {
+  if (!p->h) return 1;
+  if (!p->frozen) {
+    if (kv_bytes(p) <= p->budget) return 1;
+    p->frozen = 1;
+  }
+  if (htab_has(p->h, key, klen, hash)) return 1;
+  char h[5];
+  h[0] = vals ? 'v' : 'c';
+  put32(h + 1, (uint32_t)klen);
+  int rc = dbx_buf_append(&p->sbuf, h, 5) || dbx_buf_append(&p->sbuf, key, klen);
+  if (!vals) {
+    char c[8];
+    put64(c, n);
+    rc = rc || dbx_buf_append(&p->sbuf, c, 8);
+  }
+  for (uint32_t i = 0; vals && i < p->s.nval && !rc; i++) {
+    char v[5];
+    v[0] = (char)(vals[i].missing != 0);
+    size_t len = vals[i].missing ? 0 : vals[i].n;
+    if (len > UINT32_MAX - 64) return dbx_seterr(err, DBX_EBADREC, "a value of %zu bytes", len);
+    put32(v + 1, (uint32_t)len);
+    rc = dbx_buf_append(&p->sbuf, v, 5) || (len && dbx_buf_append(&p->sbuf, vals[i].p, len));
+  }
+  if (rc) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  if (p->sbuf.len >= SPILL_BUF && (rc = spill_flush(p, err))) return rc;
+  return 0;
+}
+
+void kv_set_budget(kvpart *p, size_t budget, const char *spill_dir) {
+  p->budget = budget;
+  p->spill_dir = spill_dir;
+}
+
+const kv_spec *kv_spec_of(const kvpart *p) { return &p->s; }
+
+kvpart *kv_new_like(const kvpart *p) {
+  kvpart *q = kv_new(&p->s);
+  if (q) kv_set_budget(q, p->budget, p->spill_dir);
+  return q;
+}
+
+int kv_take_spill(kvpart *p, int *fd, uint64_t *bytes, dbx_err *err) {
+  int rc = spill_flush(p, err);
+  if (rc) return rc;
+  *fd = p->spill_fd;
+  *bytes = p->spilled;
+  p->spill_fd = -1;
+  p->spilled = 0;
+  p->frozen = 0;
+  return 0;
+}
+
+int kv_replay(kvpart *p, const char *d, size_t n, dbx_err *err) {
+  kv_val vals[KV_AGG_MAX];
+  size_t o = 0;
+  while (o < n) {
+    if (n - o < 5 || (d[o] != 'v' && d[o] != 'c')) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
+    char tag = d[o];
+    uint32_t kl = get32(d + o + 1);
+    o += 5;
+    if (n - o < kl) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
+    const char *key = d + o;
+    o += kl;
+    int rc;
+    if (tag == 'c') {
+      if (n - o < 8) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
+      rc = kv_add_count(p, key, kl, get64(d + o), err);
+      o += 8;
+    } else {
+      for (uint32_t i = 0; i < p->s.nval && i < KV_AGG_MAX; i++) {
+        if (n - o < 5) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
+        uint32_t len = get32(d + o + 1);
+        vals[i].missing = d[o] != 0;
+        o += 5;
+        if (n - o < len) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
+        vals[i].p = d + o;
+        vals[i].n = len;
+        o += len;
+      }
+      rc = kv_add(p, key, kl, vals, err);
+    }
+    if (rc) return rc;
+  }
+  return 0;
 }
 
 /* The arena exists from the start: with nothing in it, it would be NULL, and
@@ -509,6 +658,10 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
       show_key(shown, sizeof shown, v->p, v->n < 60 ? v->n : 60);
       return dbx_seterr(err, DBX_EBADREC, "'%s%s' is not a number (for %s)", shown, v->n > 60 ? "..." : "", a->name);
     }
+  }
+  if (p->budget) {
+    int g = spill_gate(p, key, klen, hash, vals, 0, err);
+    if (g <= 0) return g;
   }
   if (!p->h) {
     size_t ss = 0;
@@ -1204,6 +1357,281 @@ int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit
   return rc;
 }
 
+/* ---- merging sealed runs into a file (the reduce side; bounded memory) ---- */
+
+typedef struct msrc {
+  kv_cursor c;
+  kv_entry e;
+  uint32_t idx;
+  int have;
+  const char *dropped_m, *dropped_q;   /* mapped pages released up to here */
+} msrc;
+
+typedef struct wout {
+  int fd;
+  dbx_buf b;
+  const char *dir;
+} wout;
+
+static int wout_flush(wout *w, dbx_err *err) {
+  size_t done = 0;
+  while (done < w->b.len) {
+    ssize_t k = write(w->fd, w->b.data + done, w->b.len - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      int e = k < 0 ? errno : ENOSPC;
+      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", w->dir, strerror(e));
+    }
+    done += (size_t)k;
+  }
+  w->b.len = 0;
+  return 0;
+}
+
+static int wout_put(wout *w, const void *p, size_t n, dbx_err *err) {
+  if (dbx_buf_append(&w->b, p, n)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  return w->b.len >= SPILL_BUF ? wout_flush(w, err) : 0;
+}
+
+/* Heap order: key, then batch index. */
+static int msrc_less(const msrc *a, const msrc *b) {
+  int c = cmp_bytes(a->e.key, a->e.klen, b->e.key, b->e.klen);
+  return c ? c < 0 : a->idx < b->idx;
+}
+
+static void heap_down(msrc **h, uint32_t n, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, m = i;
+    if (l < n && msrc_less(h[l], h[m])) m = l;
+    if (l + 1 < n && msrc_less(h[l + 1], h[m])) m = l + 1;
+    if (m == i) return;
+    msrc *t = h[i];
+    h[i] = h[m];
+    h[m] = t;
+    i = m;
+  }
+}
+
+static void heap_up(msrc **h, uint32_t i) {
+  while (i && msrc_less(h[i], h[(i - 1) / 2])) {
+    msrc *t = h[i];
+    h[i] = h[(i - 1) / 2];
+    h[(i - 1) / 2] = t;
+    i = (i - 1) / 2;
+  }
+}
+
+/* A folded entry: in a source run (p) or at off in the arena. */
+typedef struct fref {
+  const char *p;
+  size_t off;
+} fref;
+
+static const char *fref_at(const fref *f, const dbx_buf *arena) { return f->p ? f->p : arena->data + f->off; }
+
+/* The states of one key held by g[a..b) (batch indices increasing, all in [lo, lo + 2^L)),
+ * folded as the engine's tree over batch indices folds them (engine/agg.c: a node merges its
+ * halves, an empty half is the identity). */
+static int fold(const kv_spec *s, msrc **g, uint32_t a, uint32_t b, uint64_t lo, unsigned L, dbx_buf *arena,
+                fref *out, dbx_err *err) {
+  while (b - a > 1) {
+    uint64_t mid = lo + ((uint64_t)1 << (L - 1));
+    uint32_t m = a;
+    while (m < b && g[m]->idx < mid) m++;
+    if (m == a) { lo = mid; L--; continue; }
+    if (m == b) { L--; continue; }
+    fref l, r;
+    int rc = fold(s, g, a, m, lo, L - 1, arena, &l, err);
+    if (!rc) rc = fold(s, g, m, b, mid, L - 1, arena, &r, err);
+    if (rc) return rc;
+    size_t need = main_len(s, fref_at(&l, arena)) + main_len(s, fref_at(&r, arena));
+    if (dbx_buf_reserve(arena, need)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+    out->p = NULL;
+    out->off = arena->len;
+    return merge_states(s, fref_at(&l, arena), fref_at(&r, arena), arena, err);
+  }
+  out->p = g[a]->e.key - 4;
+  out->off = 0;
+  return 0;
+}
+
+/* The value pairs of one key held by g[0..n): merged through a heap of pair cursors
+ * (pq: n slots), counts added. */
+typedef struct pcur { const char *q; uint64_t left; } pcur;
+static int pcur_less(const pcur *a, const pcur *b) { return cmp_pair(a->q, b->q) < 0; }
+static void pheap_down(pcur *h, uint32_t n, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, m = i;
+    if (l < n && pcur_less(&h[l], &h[m])) m = l;
+    if (l + 1 < n && pcur_less(&h[l + 1], &h[m])) m = l + 1;
+    if (m == i) return;
+    pcur t = h[i];
+    h[i] = h[m];
+    h[m] = t;
+    i = m;
+  }
+}
+
+static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, dbx_err *err) {
+  uint32_t nh = 0;
+  for (uint32_t j = 0; j < n; j++)
+    if (g[j]->e.npairs) h[nh++] = (pcur){g[j]->e.pairs, g[j]->e.npairs};
+  for (uint32_t i = nh / 2; i-- > 0;) pheap_down(h, nh, i);
+  const char *cur = NULL;
+  uint64_t sum = 0;
+  int rc = 0;
+  while (!rc && (nh || cur)) {
+    if (cur && (!nh || cmp_pair(h[0].q, cur))) {
+      char c[8];
+      put64(c, sum);
+      if (!(rc = wout_put(w, cur, pair_len(cur) - 8, err))) rc = wout_put(w, c, 8, err);
+      (*npair)++;
+      cur = NULL;
+      continue;
+    }
+    const char *q = h[0].q;
+    size_t l = pair_len(q);
+    if (!cur) cur = q, sum = 0;
+    sum += get64(q + l - 8);
+    if (sum > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
+    if (--h[0].left) h[0].q = q + l;
+    else h[0] = h[--nh];
+    pheap_down(h, nh, 0);
+  }
+  return rc;
+}
+
+/* Give back the pages of a mapped run that are behind both of its cursors. */
+static void release_behind(msrc *x) {
+  long pg = sysconf(_SC_PAGESIZE);
+  uintptr_t mask = ~(uintptr_t)(pg - 1);
+  const char *ranges[2][2] = {{x->dropped_m, x->c.m}, {x->dropped_q, x->c.q}};
+  for (int i = 0; i < 2; i++) {
+    uintptr_t a = ((uintptr_t)ranges[i][0] + (uintptr_t)pg - 1) & mask, b = (uintptr_t)ranges[i][1] & mask;
+    if (b > a + (16u << 20)) {
+      madvise((void *)a, b - a, MADV_DONTNEED);
+      if (i == 0) x->dropped_m = (const char *)b;
+      else x->dropped_q = (const char *)b;
+    }
+  }
+}
+
+int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t n, uint32_t nbatch, int mapped,
+                   int fd, const char *dir, dbx_err *err) {
+  int rc = 0, pair_fd = -1, has_pairs = 0;
+  msrc *v = calloc(n ? n : 1, sizeof *v);
+  msrc **h = calloc(n ? n : 1, sizeof *h), **g = calloc(n ? n : 1, sizeof *g);
+  pcur *ph = calloc(n ? n : 1, sizeof *ph);
+  wout mw = {fd, {0}, dir}, pw = {-1, {0}, dir};
+  dbx_buf arena = {0};
+  uint64_t nmain = 0, npair = 0;
+  uint32_t nh = 0;
+  for (uint32_t i = 0; i < s->nagg; i++) has_pairs |= kind_pairs(s->agg[i].kind);
+  if (!v || !h || !g || !ph) { rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory"); goto done; }
+  unsigned L = 0;
+  while (((uint64_t)1 << L) < nbatch) L++;
+  for (uint32_t i = 0; i < n && !rc; i++) {
+    if (i && idx[i] <= idx[i - 1]) rc = dbx_seterr(err, DBX_EINVAL, "internal error: runs out of batch order");
+    if (idx[i] >= (nbatch ? nbatch : 1)) rc = dbx_seterr(err, DBX_EINVAL, "internal error: run of batch %u of %u", idx[i], nbatch);
+    if (!rc) rc = kv_cursor_init(&v[i].c, src[i], err);
+    if (rc) break;
+    v[i].idx = idx[i];
+    v[i].dropped_m = v[i].c.m;
+    v[i].dropped_q = v[i].c.q;
+    if ((v[i].have = kv_cursor_next(&v[i].c, &v[i].e))) {
+      h[nh] = &v[i];
+      heap_up(h, nh++);
+    }
+  }
+  if (!rc && has_pairs) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.tmp-pairs-XXXXXX", dir);
+    if ((pair_fd = mkostemp(path, O_CLOEXEC)) < 0) rc = spill_err(&(kvpart){.spill_dir = dir}, errno, err);
+    else unlink(path);
+    pw.fd = pair_fd;
+  }
+  char hdr[4 + 2 + KV_AGG_MAX + 16];
+  size_t hl = header_len(s);
+  memset(hdr, 0, sizeof hdr);
+  if (!rc) rc = wout_put(&mw, hdr, hl, err);
+  uint64_t since = 0;
+  while (!rc && nh) {
+    /* Every source holding the smallest key, in batch order. */
+    uint32_t k = 0;
+    g[k++] = h[0];
+    h[0] = h[--nh];
+    heap_down(h, nh, 0);
+    while (nh && !cmp_bytes(h[0]->e.key, h[0]->e.klen, g[0]->e.key, g[0]->e.klen)) {
+      g[k++] = h[0];
+      h[0] = h[--nh];
+      heap_down(h, nh, 0);
+    }
+    arena.len = 0;
+    fref f;
+    rc = fold(s, g, 0, k, 0, L, &arena, &f, err);
+    const char *ent = rc ? NULL : fref_at(&f, &arena);
+    if (!rc) rc = wout_put(&mw, ent, main_len(s, ent), err);
+    nmain++;
+    if (!rc && has_pairs) {
+      if (k == 1) {
+        const char *q = g[0]->e.pairs;
+        for (uint64_t j = 0; j < g[0]->e.npairs; j++) q += pair_len(q);
+        if (q > g[0]->e.pairs) rc = wout_put(&pw, g[0]->e.pairs, (size_t)(q - g[0]->e.pairs), err);
+        npair += g[0]->e.npairs;
+      } else {
+        rc = fold_pairs(g, k, ph, &pw, &npair, err);
+      }
+    }
+    for (uint32_t j = 0; j < k && !rc; j++) {
+      if ((g[j]->have = kv_cursor_next(&g[j]->c, &g[j]->e))) {
+        h[nh] = g[j];
+        heap_up(h, nh++);
+      }
+      if (mapped && ++since % 4096 == 0) release_behind(g[j]);
+    }
+  }
+  if (!rc) rc = wout_flush(&mw, err);
+  if (!rc && pair_fd >= 0) rc = wout_flush(&pw, err);
+  /* The pair run follows the main run. */
+  if (!rc && pair_fd >= 0 && npair) {
+    off_t po = 0;
+    if (lseek(pair_fd, 0, SEEK_SET) < 0) rc = spill_err(&(kvpart){.spill_dir = dir}, errno, err);
+    char *buf = rc ? NULL : malloc(SPILL_BUF);
+    if (!rc && !buf) rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+    while (!rc) {
+      ssize_t r = read(pair_fd, buf, SPILL_BUF);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) rc = spill_err(&(kvpart){.spill_dir = dir}, errno, err);
+      if (r <= 0) break;
+      mw.b.len = 0;
+      if (dbx_buf_append(&mw.b, buf, (size_t)r)) rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      else rc = wout_flush(&mw, err);
+      po += r;
+    }
+    free(buf);
+    (void)po;
+  }
+  if (!rc) {
+    memcpy(hdr, "DBKV", 4);
+    hdr[4] = KV_VERSION;
+    hdr[5] = (char)s->nagg;
+    for (uint32_t a = 0; a < s->nagg; a++) hdr[6 + a] = (char)s->agg[a].kind;
+    put64(hdr + 6 + s->nagg, nmain);
+    put64(hdr + 14 + s->nagg, npair);
+    if (pwrite(fd, hdr, hl, 0) != (ssize_t)hl) rc = spill_err(&(kvpart){.spill_dir = dir}, errno ? errno : EIO, err);
+  }
+done:
+  if (pair_fd >= 0) close(pair_fd);
+  dbx_buf_free(&mw.b);
+  dbx_buf_free(&pw.b);
+  dbx_buf_free(&arena);
+  free(v);
+  free(h);
+  free(g);
+  free(ph);
+  return rc;
+}
+
 /* ---- partitions (engine/shuffle.c) ---- */
 
 void kv_clear(kvpart *p) {
@@ -1274,6 +1702,10 @@ int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *e
   const kv_spec *s = &p->s;
   for (uint32_t i = 0; i < s->nagg; i++)
     if (s->agg[i].kind != KA_COUNT) return dbx_seterr(err, DBX_EINVAL, "keyed: counts added to a spec with other aggregates");
+  if (p->budget) {
+    int g = spill_gate(p, key, klen, kv_hash(key, klen), NULL, n, err);
+    if (g <= 0) return g;
+  }
   if (!p->h && !(p->h = htab_new(8 * s->nagg))) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
   char *st;
   if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");

@@ -139,6 +139,27 @@ void kv_clear(kvpart *p);
  * it must not be merged into): for results too big to copy, from a mapped file. */
 int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
 
+/* Bounded memory. Once p holds more than budget bytes (kv_bytes) its table is frozen: records
+ * of keys it holds still go in, records of other keys are written raw, in input order, to an
+ * unlinked file in spill_dir (which must outlive p). Each key's records thus all meet the same
+ * table in input order: the states are the bytes they would be without a budget. */
+void kv_set_budget(kvpart *p, size_t budget, const char *spill_dir);
+/* The spill file (*fd, positioned at its end; -1 when nothing spilled) and its size; p forgets
+ * it and is no longer frozen. A full disk is DBX_ENOSPC naming the directory. */
+int kv_take_spill(kvpart *p, int *fd, uint64_t *bytes, dbx_err *err);
+const kv_spec *kv_spec_of(const kvpart *p);
+/* A new empty partial with p's aggregates and budget. */
+kvpart *kv_new_like(const kvpart *p);
+/* Add the raw records of a spill file (its bytes) to p, in order. */
+int kv_replay(kvpart *p, const char *data, size_t n, dbx_err *err);
+/* Merge n sealed partials into one encoding written to fd (at offset 0, an empty file), in
+ * bounded memory: src[i] holds batch idx[i] (increasing, < nbatch) and each key's states
+ * fold in the engine's tree over nbatch batch indices (engine/agg.c), so the bytes are those
+ * of merging the partials in an agg. Value pairs wait in an unlinked file in dir. mapped:
+ * the runs are read-only file mappings, whose pages behind the merge are given back. */
+int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t n, uint32_t nbatch, int mapped,
+                   int fd, const char *dir, dbx_err *err);
+
 /* A whole keyed result as rows: the key split at NUL bytes into nkeycol columns (1: the key
  * as is), then every aggregate. */
 int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit, void *ctx, dbx_err *err);

@@ -12,7 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/agg.h"
 
 int shuffle_check(const kv_part_cfg *pc, dbx_err *err) {
   if (pc->r > SHUFFLE_R_MAX || !memchr(pc->dir, 0, sizeof pc->dir) || (pc->r && pc->dir[0] != '/'))
@@ -114,20 +113,174 @@ static int write_file(const kv_part_cfg *pc, const char *path, const char *data,
   return 0;
 }
 
-int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err) {
-  int rc = shuffle_check(pc, err);
-  if (rc || !pc->r) return rc;
+void shuffle_budget(const kv_part_cfg *pc, kvpart *p) {
+  if (pc->r && pc->memory) kv_set_budget(p, (size_t)pc->memory, pc->dir);
+}
+
+static void spilled_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t index) {
+  snprintf(out, cap, "%s/s%u-m%u.spilled", pc->dir, pc->stage, index);
+}
+
+/* A private temporary file in the spill directory: *fd and its name in tmp. */
+static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err) {
+  static __thread unsigned seq;
+  snprintf(tmp, cap, "%s/.tmp-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+  *fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (*fd < 0) {
+    int e = errno;
+    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
+                      pc->dir, strerror(e));
+  }
+  return 0;
+}
+
+/* Map a file read-only (len 0: no mapping). */
+static int map_file(const char *path, const char *what, char **map, size_t *len, dbx_err *err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat sb;
+  *map = NULL;
+  *len = 0;
+  if (fd < 0 || fstat(fd, &sb) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    return dbx_seterr(err, e == ENOENT ? DBX_ENOENT : DBX_EIO, "%s %s: %s", what, path, strerror(e));
+  }
+  if (sb.st_size > 0) {
+    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+      int e = errno;
+      close(fd);
+      return dbx_seterr(err, DBX_EIO, "%s %s: %s", what, path, strerror(e));
+    }
+    *map = m;
+    *len = (size_t)sb.st_size;
+  }
+  close(fd);
+  return 0;
+}
+
+/* Validate a mapped run as a keyed partial of spec (then give its pages back: the merge
+ * reads them again in order). */
+static int view_file(const kv_spec *spec, const char *path, const char *what, char **map, size_t *len, kvpart **p,
+                     dbx_err *err) {
+  int rc = map_file(path, what, map, len, err);
+  if (rc) return rc;
+  dbx_err e = {0, ""};
+  rc = kv_decode_view(spec, *map ? *map : "", *len, p, &e);
+  if (rc) return dbx_seterr(err, rc == DBX_ENOMEM ? rc : DBX_ECORRUPT, "%s %s: %s", what, path, e.msg);
+  if (*len) madvise(*map, *len, MADV_DONTNEED);
+  return 0;
+}
+
+/* Merge the runs in files paths[0..n) (batch i = i of nbatch) into path, atomically. */
+static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *what, char (*paths)[SHUFFLE_DIR_MAX + 96],
+                       uint32_t n, const char *path, dbx_err *err) {
+  char **maps = calloc(n ? n : 1, sizeof *maps);
+  size_t *lens = calloc(n ? n : 1, sizeof *lens);
+  kvpart **parts = calloc(n ? n : 1, sizeof *parts);
+  uint32_t *idx = calloc(n ? n : 1, sizeof *idx);
+  int rc = maps && lens && parts && idx ? 0 : dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (uint32_t i = 0; i < n && !rc; i++) {
+    idx[i] = i;
+    rc = view_file(spec, paths[i], what, &maps[i], &lens[i], &parts[i], err);
+  }
+  char tmp[SHUFFLE_DIR_MAX + 128];
+  int fd = -1;
+  if (!rc) rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
+  if (!rc) {
+    rc = kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pc->dir, err);
+    if (close(fd) != 0 && !rc) rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s",
+                                              pc->dir, strerror(errno));
+    if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+    if (rc) unlink(tmp);
+  }
+  for (uint32_t i = 0; i < n && parts; i++) {
+    kv_free(parts[i]);
+    if (maps[i]) munmap(maps[i], lens[i]);
+  }
+  free(maps);
+  free(lens);
+  free(parts);
+  free(idx);
+  return rc;
+}
+
+/* Split p into its R partition files: the final names (level < 0) or a level's. */
+static int write_split(const kv_part_cfg *pc, kvpart *p, uint32_t index, const char *lvl, int level, dbx_err *err) {
   dbx_buf *parts = calloc(pc->r, sizeof *parts);
   if (!parts) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  rc = kv_split(p, pc->r, parts, err);
+  int rc = kv_split(p, pc->r, parts, err);
   for (uint32_t r = 0; r < pc->r && !rc; r++) {
-    char path[SHUFFLE_DIR_MAX + 64];
-    map_path(path, sizeof path, pc, index, r);
+    char path[SHUFFLE_DIR_MAX + 96];
+    if (level < 0) map_path(path, sizeof path, pc, index, r);
+    else snprintf(path, sizeof path, "%s-p%u.%d", lvl, r, level);
     rc = write_file(pc, path, parts[r].data, parts[r].len, err);
   }
   for (uint32_t r = 0; r < pc->r; r++) dbx_buf_free(&parts[r]);
   free(parts);
-  if (!rc) kv_clear(p);
+  return rc;
+}
+
+int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err) {
+  int rc = shuffle_check(pc, err);
+  if (rc || !pc->r) return rc;
+  int fd = -1;
+  uint64_t bytes = 0, total = 0;
+  if ((rc = kv_take_spill(p, &fd, &bytes, err))) return rc;
+  if (fd < 0) {
+    rc = write_split(pc, p, index, NULL, -1, err);
+    if (!rc) kv_clear(p);
+    return rc;
+  }
+  /* Levels: the table that froze, then tables of the records it spilled, each under the
+   * budget, each spilling what it cannot hold to the next. Their keys are disjoint. */
+  static __thread unsigned seq;
+  char lvl[SHUFFLE_DIR_MAX + 64];
+  snprintf(lvl, sizeof lvl, "%s/.tmp-lvl-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+  int levels = 0;
+  kvpart *cur = p;
+  for (;;) {
+    rc = write_split(pc, cur, index, lvl, levels, err);
+    if (cur != p) kv_free(cur);
+    else kv_clear(p);
+    cur = NULL;
+    if (rc) break;
+    levels++;
+    if (fd < 0) break;
+    total += bytes;
+    char *m = NULL;
+    if (bytes) {
+      m = mmap(NULL, (size_t)bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (m == MAP_FAILED) m = NULL, rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+    }
+    close(fd);
+    fd = -1;
+    if (!rc && !(cur = kv_new_like(p))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (!rc) rc = kv_replay(cur, m, (size_t)bytes, err);
+    if (m) munmap(m, (size_t)bytes);
+    if (!rc) rc = kv_take_spill(cur, &fd, &bytes, err);
+    if (rc) break;
+  }
+  kv_free(cur);
+  if (fd >= 0) close(fd);
+  char (*paths)[SHUFFLE_DIR_MAX + 96] = calloc((size_t)levels ? (size_t)levels : 1, sizeof *paths);
+  if (!paths && !rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (uint32_t r = 0; r < pc->r && paths; r++) {
+    for (int l = 0; l < levels; l++) snprintf(paths[l], sizeof paths[l], "%s-p%u.%d", lvl, r, l);
+    if (!rc) {
+      char path[SHUFFLE_DIR_MAX + 64];
+      map_path(path, sizeof path, pc, index, r);
+      rc = merge_files(pc, kv_spec_of(p), "spilled run", paths, (uint32_t)levels, path, err);
+    }
+    for (int l = 0; l < levels; l++) unlink(paths[l]);
+  }
+  free(paths);
+  if (!rc) {
+    char path[SHUFFLE_DIR_MAX + 64], b[8];
+    put_u64(b, total);
+    spilled_path(path, sizeof path, pc, index);
+    rc = write_file(pc, path, b, sizeof b, err);
+  }
   return rc;
 }
 
@@ -139,45 +292,13 @@ int shuffle_write_empty(const kv_part_cfg *pc, const kv_spec *spec, uint32_t ind
   return rc;
 }
 
-/* Read a whole file into *out (malloc'd). */
-static int read_file(const char *path, const char *what, char **out, size_t *n, dbx_err *err) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat sb;
-  if (fd < 0 || fstat(fd, &sb) != 0) {
-    int e = errno;
-    if (fd >= 0) close(fd);
-    return dbx_seterr(err, e == ENOENT ? DBX_ENOENT : DBX_EIO, "%s %s: %s", what, path, strerror(e));
-  }
-  char *b = malloc(sb.st_size ? (size_t)sb.st_size : 1);
-  size_t done = 0;
-  while (b && done < (size_t)sb.st_size) {
-    ssize_t k = read(fd, b + done, (size_t)sb.st_size - done);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    done += (size_t)k;
-  }
-  close(fd);
-  if (!b || done != (size_t)sb.st_size) {
-    free(b);
-    return dbx_seterr(err, b ? DBX_EIO : DBX_ENOMEM, "%s %s: cannot read it", what, path);
-  }
-  *out = b;
-  *n = done;
-  return 0;
-}
-
 /* ---- the reduce stage's operator ---- */
 
-static void *kvm_new(const void *cfg) { return kv_new(cfg); }
 static void kvm_free(void *p) { kv_free(p); }
 static int kvm_merge(const void *cfg, void *l, const void *r, dbx_err *err) {
   (void)cfg;
   return kv_merge(l, (kvpart *)r, err);
 }
-/* The merge tree of a reduce task: keyed partials under the stage's aggregates (cfg: a kv_spec). */
-static const dbx_op kv_merge_op = {"kv-merge", kvm_new, kvm_free, NULL, kvm_merge, NULL, NULL, NULL,
-                                   NULL, NULL, NULL, sizeof(kv_spec), NULL};
-
 static int sh_check(const shuffle_cfg *c, dbx_err *err) {
   int rc = kv_spec_check(&c->spec, err);
   if (!rc) rc = shuffle_check(&c->pc, err);
@@ -198,37 +319,23 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   if (rc) return rc;
   uint32_t r = b->index;
   if (r >= c->pc.r) return dbx_seterr(err, DBX_EPROTO, "reduce task %u of %u partitions", r, c->pc.r);
-  agg *a = agg_new(&kv_merge_op, &c->spec);
-  if (!a) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  for (uint32_t i = 0; i < c->nmap && !rc; i++) {
-    char path[SHUFFLE_DIR_MAX + 64], *data = NULL;
-    size_t n = 0;
-    map_path(path, sizeof path, &c->pc, i, r);
-    rc = read_file(path, "map output", &data, &n, err);
-    kvpart *p = NULL;
-    if (!rc) {
-      dbx_err e = {0, ""};
-      rc = kv_decode(&c->spec, data, n, &p, &e);
-      if (rc) rc = dbx_seterr(err, DBX_ECORRUPT, "map output %s: %s", path, e.msg);
-    }
-    free(data);
-    if (!rc) rc = agg_add(a, i, p, err);
-    else kv_free(p);
-  }
-  void *res = NULL;
-  if (!rc) rc = agg_finish(a, c->nmap, &res, err);
-  agg_free(a);
-  dbx_buf enc = {0};
   (void)st;  /* a reduce task reads no input records */
-  if (!rc) rc = kv_encode(res, &enc, err);
-  if (!rc) {
-    char path[SHUFFLE_DIR_MAX + 64];
-    red_path(path, sizeof path, &c->pc, r);
-    rc = write_file(&c->pc, path, enc.data, enc.len, err);
+  char (*paths)[SHUFFLE_DIR_MAX + 96] = calloc(c->nmap ? c->nmap : 1, sizeof *paths);
+  if (!paths) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (uint32_t i = 0; i < c->nmap; i++) map_path(paths[i], sizeof paths[i], &c->pc, i, r);
+  char path[SHUFFLE_DIR_MAX + 64];
+  red_path(path, sizeof path, &c->pc, r);
+  rc = merge_files(&c->pc, &c->spec, "map output", paths, c->nmap, path, err);
+  free(paths);
+  if (!rc && c->by_count) {
+    char *m = NULL;
+    size_t n = 0;
+    kvpart *res = NULL;
+    rc = view_file(&c->spec, path, "reduced partition", &m, &n, &res, err);
+    if (!rc) rc = write_by_count(&c->pc, r, res, err);
+    kv_free(res);
+    if (m) munmap(m, n);
   }
-  if (!rc && c->by_count) rc = write_by_count(&c->pc, r, res, err);
-  dbx_buf_free(&enc);
-  kv_free(res);
   return rc;
 }
 
@@ -333,6 +440,7 @@ int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, 
     }
     close(fd);
     if (!rc) rc = kv_decode_view(spec, x->map ? x->map : "", x->len, &x->p, err);
+    if (!rc && x->len) madvise(x->map, x->len, MADV_DONTNEED);  /* read again in order, page by page */
     if (!rc) rc = kv_cursor_init(&x->c, x->p, err);
     if (!rc) x->have = kv_cursor_next(&x->c, &x->head);
     else if (rc == DBX_ECORRUPT) rc = dbx_seterr(err, rc, "reduced partition %s: %s", path, err->msg);
@@ -366,6 +474,10 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
     red_path(path, sizeof path, pc, r);
     unlink(path);
     cnt_path(path, sizeof path, pc, r);
+    unlink(path);
+  }
+  for (uint32_t i = 0; i < nmap; i++) {
+    spilled_path(path, sizeof path, pc, i);
     unlink(path);
   }
 }
@@ -486,6 +598,15 @@ uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap) {
     }
     red_path(path, sizeof path, pc, r);
     if (stat(path, &sb) == 0) total += (uint64_t)sb.st_size;
+  }
+  /* Map tasks past their memory bound spilled raw records too. */
+  for (uint32_t i = 0; i < nmap; i++) {
+    char b[8];
+    spilled_path(path, sizeof path, pc, i);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (read(fd, b, 8) == 8) total += get_u64(b);
+    close(fd);
   }
   return total;
 }

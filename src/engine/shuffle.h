@@ -7,9 +7,11 @@
  *                depend on the attempt, so a retry or a speculative copy writes the same file);
  *                its partial, sent to the coordinator, is empty.
  *   reduce task r (a stage of R tasks without input, scheduled like any other) merges
- *                DIR/s<stage>-m<i>-p<r>.kv for i = 0..M-1 in the engine's tree over i (engine/
- *                agg.c), so each key's states fold exactly as without partitions: the answer is
- *                the same bytes for any R. It writes DIR/s<stage>-r<r>.kv.
+ *                DIR/s<stage>-m<i>-p<r>.kv for i = 0..M-1, mapped, in one streaming pass
+ *                that folds each key's states in the engine's tree over i (engine/agg.c), so
+ *                each key's states fold exactly as without partitions: the answer is the same
+ *                bytes for any R, in memory that does not grow with the keys. It writes
+ *                DIR/s<stage>-r<r>.kv.
  *   the coordinator streams the R reduced files (mapped, not read into memory) in key order
  *                into the sink: partitions hold disjoint keys, so this is a k-way pick.
  * DIR must be reachable at the same path by every worker (local workers always can). */
@@ -25,14 +27,22 @@
 typedef struct kv_part_cfg {
   uint32_t r;                   /* partitions; 0 = every partial merges on the coordinator */
   uint32_t stage;               /* the stage's number in its job: names its files */
+  uint32_t pad;
+  uint64_t memory;              /* bytes a map task's table may hold before it spills (0: no bound) */
   char dir[SHUFFLE_DIR_MAX];    /* absolute, NUL-terminated */
 } kv_part_cfg;
+
+/* Bound a map task's partial by pc->memory (kv_set_budget), spilling into pc->dir. */
+void shuffle_budget(const kv_part_cfg *pc, kvpart *p);
 
 /* Check a configuration that came over the wire. */
 int shuffle_check(const kv_part_cfg *pc, dbx_err *err);
 
 /* Map side, at the end of a keyed map(): write p's partitions for batch index and empty p.
- * A full disk is DBX_ENOSPC naming the directory. */
+ * When p spilled (its budget), the spilled records are aggregated level by level (each level
+ * a table under the budget, spilling the keys it cannot hold to the next) and each partition
+ * file is the merge of the levels' disjoint runs. A full disk is DBX_ENOSPC naming the
+ * directory. */
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err);
 
 /* The empty partitions of map task index (a task skipped under --on-task-failure=skip has no

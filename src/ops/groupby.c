@@ -177,6 +177,7 @@ static int gb_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   const groupby_cfg *cfg = cfgp;
   int rc = gb_check(cfg, err);
   if (rc) return rc;
+  shuffle_budget(&cfg->part, partial);
   gb_ctx *x = calloc(1, sizeof *x);
   if (!x) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   x->cfg = cfg, x->p = partial, x->b = b, x->st = st;
@@ -346,6 +347,7 @@ static int pr_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   (void)bcast;
   int src = shuffle_check(&((const pairs_cfg *)cfgp)->part, err);
   if (src) return src;
+  shuffle_budget(&((const pairs_cfg *)cfgp)->part, partial);
   dbx_buf copy = {0}, items = {0}, key = {0}, keys = {0};
   int rc = 0;
   kv_val none = {"", 0, 1};

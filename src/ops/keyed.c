@@ -52,6 +52,7 @@ static int red_map(const void *cfgp, const void *bcast, const dbx_batch *b, void
   dbx_buf out = {0};
   int rc = kv_spec_check(&cfg->spec, err);
   if (!rc) rc = shuffle_check(&cfg->part, err);
+  if (!rc) shuffle_budget(&cfg->part, partial);
   if (!rc) rc = run_map(&cfg->map, b, &out, st, err);
   size_t off = 0, len;
   const char *line;
@@ -308,19 +309,31 @@ static void *wcp_new(const void *cfg) {
   return kv_new(&wc_count_spec);
 }
 
+/* Move the words of m into the keyed partial (under its budget, spilling) and empty m. */
+static int wcp_drain(void *ctx, strmap *m, dbx_err *err) {
+  int rc = 0;
+  for (uint32_t id = 0, n = (uint32_t)strmap_count(m); !rc && id < n; id++) {
+    size_t len;
+    const char *w = strmap_key(m, id, &len);
+    rc = kv_add_count(ctx, w, len, strmap_val(m, id), err);
+  }
+  strmap_clear(m);
+  return rc;
+}
+
 static int wcp_map(const void *cfgp, const void *bcast, const dbx_batch *b, void *partial, dbx_stats *st, dbx_err *err) {
+  (void)bcast;
   const wcpart_cfg *cfg = cfgp;
   int rc = shuffle_check(&cfg->part, err);
   if (rc) return rc;
   if (!cfg->part.r) return dbx_seterr(err, DBX_EPROTO, "malformed configuration");
+  shuffle_budget(&cfg->part, partial);
   strmap *m = op_wordcount.partial_new(&cfg->wc);
   if (!m) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  rc = op_wordcount.map(&cfg->wc, bcast, b, m, st, err);
-  for (uint32_t id = 0, n = (uint32_t)strmap_count(m); !rc && id < n; id++) {
-    size_t len;
-    const char *w = strmap_key(m, id, &len);
-    rc = kv_add_count(partial, w, len, strmap_val(m, id), err);
-  }
+  /* Word count's own table takes the words first (the fast path); past a share of the
+   * budget it is drained into the keyed partial, which spills. */
+  size_t max = cfg->part.memory ? (size_t)cfg->part.memory / 2 : SIZE_MAX;
+  rc = wc_map_draining(&cfg->wc, b, m, max, wcp_drain, partial, st, err);
   op_wordcount.partial_free(m);
   if (!rc) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;

@@ -3,6 +3,7 @@
 #define DBX_OPS_OPS_H
 #include <stdint.h>
 #include "dbatch.h"
+#include "util/strmap.h"
 #include "engine/kv.h"
 #include "engine/shuffle.h"
 
@@ -14,6 +15,10 @@ typedef struct wc_cfg {
   int bad_fail;          /* a bad record fails the job instead of being skipped */
 } wc_cfg;
 extern const dbx_op op_wordcount;
+/* Word count's map into m, handing m to drain (which must empty it) whenever it holds more
+ * than max bytes, and once at the end: the batch's words in bounded memory. */
+int wc_map_draining(const wc_cfg *cfg, const dbx_batch *b, strmap *m, size_t max,
+                    int (*drain)(void *ctx, strmap *m, dbx_err *err), void *ctx, dbx_stats *st, dbx_err *err);
 
 /* The largest count one word count partial may hold: a task reads less than 2^48 bytes, and
  * a word takes at least 2 (itself and a separator). With it, 2^16 partials merge without

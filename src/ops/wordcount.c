@@ -25,13 +25,54 @@ static uint64_t count_lines(const char *p, size_t n) {
 
 static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap *m, dbx_err *err);
 
-/* With --max-record, lines longer than the limit are bad records: skipped and counted (the
- * first one noted with file and line), or the task fails with DBX_EBADREC. */
+/* The table a map fills, drained (wc_map_draining) or not. */
+typedef struct wc_sink {
+  strmap *m;
+  size_t max;
+  int (*drain)(void *ctx, strmap *m, dbx_err *err);
+  void *ctx;
+} wc_sink;
+
+/* A range of whole lines into x->m; with a drain, in pieces of about 4 MB cut after a
+ * newline, the table drained whenever it holds more than x->max bytes. */
+static int wc_sink_range(const wc_cfg *cfg, const char *data, size_t size, wc_sink *x, dbx_err *err) {
+  if (!x->drain) return wc_map_range(cfg, data, size, x->m, err);
+  const char *p = data, *end = data + size;
+  while (p < end) {
+    const char *cut = end;
+    if ((size_t)(end - p) > (4u << 20)) {
+      const char *nl = memchr(p + (4u << 20), '\n', (size_t)(end - p - (4u << 20)));
+      cut = nl ? nl + 1 : end;
+    }
+    int rc = wc_map_range(cfg, p, (size_t)(cut - p), x->m, err);
+    if (!rc && strmap_bytes(x->m) > x->max) rc = x->drain(x->ctx, x->m, err);
+    if (rc) return rc;
+    p = cut;
+  }
+  return 0;
+}
+
+static int wc_map_sink(const wc_cfg *cfg, const dbx_batch *b, wc_sink *x, dbx_stats *st, dbx_err *err);
+
 static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void *partial,
                   dbx_stats *st, dbx_err *err) {
-  const wc_cfg *cfg = cfgv;
+  (void)bcast;
+  wc_sink x = {partial, 0, NULL, NULL};
+  return wc_map_sink(cfgv, b, &x, st, err);
+}
+
+int wc_map_draining(const wc_cfg *cfg, const dbx_batch *b, strmap *m, size_t max,
+                    int (*drain)(void *ctx, strmap *m, dbx_err *err), void *ctx, dbx_stats *st, dbx_err *err) {
+  wc_sink x = {m, max, drain, ctx};
+  int rc = wc_map_sink(cfg, b, &x, st, err);
+  return rc ? rc : drain(ctx, m, err);
+}
+
+/* With --max-record, lines longer than the limit are bad records: skipped and counted (the
+ * first one noted with file and line), or the task fails with DBX_EBADREC. */
+static int wc_map_sink(const wc_cfg *cfg, const dbx_batch *b, wc_sink *x, dbx_stats *st, dbx_err *err) {
   if (!cfg->max_record) {
-    int rc = wc_map_range(cfg, b->data, b->size, partial, err);
+    int rc = wc_sink_range(cfg, b->data, b->size, x, err);
     if (!rc) st->records += count_lines(b->data, b->size);
     return rc;
   }
@@ -50,13 +91,13 @@ static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void 
       if (!st->bad_records++)
         snprintf(st->bad_note, sizeof st->bad_note, "%.180s: a line of %llu bytes, longer than --max-record", where,
                  (unsigned long long)len);
-      int rc = wc_map_range(cfg, run, (size_t)(p - run), partial, err);
+      int rc = wc_sink_range(cfg, run, (size_t)(p - run), x, err);
       if (rc) return rc;
       run = le;
     }
     p = le;
   }
-  return wc_map_range(cfg, run, (size_t)(end - run), partial, err);
+  return wc_sink_range(cfg, run, (size_t)(end - run), x, err);
 }
 
 static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap *m, dbx_err *err) {

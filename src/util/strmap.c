@@ -49,6 +49,12 @@ void strmap_free(strmap *m) {
   free(m);
 }
 
+void strmap_clear(strmap *m) {
+  memset(m->t, 0, (m->mask + 1) * sizeof *m->t);
+  m->n = 0;
+  m->arena.len = 0;
+}
+
 static int grow(strmap *m) {
   size_t nmask = m->mask * 2 + 1;
   slot *nt = calloc(nmask + 1, sizeof *nt);

@@ -13,6 +13,8 @@ strmap *strmap_new(void);
 int strmap_reserve(strmap *m, size_t n);
 /* Frees the map and every key; accepts NULL. */
 void strmap_free(strmap *m);
+/* Remove every key; the memory held stays (for the next keys). */
+void strmap_clear(strmap *m);
 
 /* Find key, inserting it with value 0 if absent, then add delta to its value.
  * OUT *id: the key's dense id (ids are 0..count-1 in insertion order). 0 or DBX_ENOMEM. */
