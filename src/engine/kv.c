@@ -449,8 +449,11 @@ static int spill_flush(kvpart *p, dbx_err *err) {
   }
   p->spilled += done;
   p->sbuf.len = 0;
+  if (kv_spill_fault) kv_spill_fault();
   return 0;
 }
+
+void (*kv_spill_fault)(void);
 
 /* Before a record of key goes into the table: 1 when it does (the table is under its budget,
  * or holds the key), 0 when the record was spilled instead, < 0 an error. Records of one key
@@ -526,6 +529,7 @@ int kv_replay(kvpart *p, const char *d, size_t n, dbx_err *err) {
     if (tag == 'c') {
       if (n - o < 8) return dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu", o);
       rc = kv_add_count(p, key, kl, get64(d + o), err);
+      if (rc == DBX_EINVAL) rc = dbx_seterr(err, DBX_ECORRUPT, "a spill file holds counts of other aggregates");
       o += 8;
     } else {
       for (uint32_t i = 0; i < p->s.nval && i < KV_AGG_MAX; i++) {

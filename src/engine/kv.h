@@ -148,6 +148,9 @@ void kv_set_budget(kvpart *p, size_t budget, const char *spill_dir);
  * it and is no longer frozen. A full disk is DBX_ENOSPC naming the directory. */
 int kv_take_spill(kvpart *p, int *fd, uint64_t *bytes, dbx_err *err);
 const kv_spec *kv_spec_of(const kvpart *p);
+/* Fault injection (tests only, DBATCH_FAULT crash_in_spill): called after spilled records
+ * are written. */
+extern void (*kv_spill_fault)(void);
 /* A new empty partial with p's aggregates and budget. */
 kvpart *kv_new_like(const kvpart *p);
 /* Add the raw records of a spill file (its bytes) to p, in order. */

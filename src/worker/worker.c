@@ -6,6 +6,7 @@
 #include "worker/worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -233,10 +234,18 @@ fail:
   return NULL;
 }
 
-/* DBATCH_FAULT="crash_on=TEXT,delay_ms=N": a worker kills itself (SIGKILL) on any batch
- * containing TEXT, and sleeps N ms before each task. For fault-injection tests only. */
+/* DBATCH_FAULT="crash_on=TEXT,delay_ms=N,crash_in_spill=PATH": a worker kills itself
+ * (SIGKILL) on any batch containing TEXT, sleeps N ms before each task, and kills itself
+ * right after a keyed task first writes spilled records, once per PATH (the worker that
+ * creates PATH). For fault-injection tests only. */
 static char fault_pattern[128];
 static long fault_delay_ms;
+static char fault_spill_once[512];
+
+static void fault_spill(void) {
+  int fd = open(fault_spill_once, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) raise(SIGKILL);
+}
 
 static void fault_hook(const dbx_batch *b) {
   if (fault_delay_ms > 0) {
@@ -257,6 +266,10 @@ static void fault_setup(void) {
       snprintf(fault_pattern, sizeof fault_pattern, "%.*s", (int)(n - 9), p + 9);
     else if (n > 9 && !strncmp(p, "delay_ms=", 9))
       fault_delay_ms = strtol(p + 9, NULL, 10);
+    else if (n > 15 && !strncmp(p, "crash_in_spill=", 15)) {
+      snprintf(fault_spill_once, sizeof fault_spill_once, "%.*s", (int)(n - 15), p + 15);
+      kv_spill_fault = fault_spill;
+    }
     p += n + (end != NULL);
   }
   engine_fault_hook = fault_hook;

@@ -494,9 +494,9 @@ class Usage(TmpTest):
     def test_partitions_with_reduce_cmd(self):
         for opt in (("--partitions", "2"), ("--spill-dir", self.tmp)):
             self.refused(("run", "--map", "cat", "--reduce-cmd", "cat", *opt, self.tsv, "--no-job-dir"),
-                         "--partitions and --spill-dir apply to --reduce, not --reduce-cmd")
+                         "--partitions, --spill-dir and --memory apply to --reduce, not --reduce-cmd")
         self.refused(("run", "--map", "cat", "--partitions", "2", self.tsv, "--no-job-dir"),
-                     "--partitions and --spill-dir apply to --reduce only")
+                     "--partitions, --spill-dir and --memory apply to --reduce only")
 
     # Was a bug (--partitions 0 was not refused where partitions do not apply): the check is
     # `k.partitions || k.spill_dir`, so "--partitions 0" with --reduce-cmd or a map-only run is

@@ -4,9 +4,17 @@
  * and with a valid partial on either side, given one more record, and emitted as rows.
  *
  * Invariants besides memory safety: encode(decode(x)) == x (the encoding is the run); what a
- * merge makes, decode accepts again; merges fail only as bad records or corrupt counts. */
+ * merge makes, decode accepts again; merges fail only as bad records or corrupt counts; the
+ * streaming merge of the reduce side (kv_merge_to_fd) writes the very bytes of the in-memory
+ * merge in the batch tree, or fails where it fails. The same bytes also go to kv_replay, the
+ * reader of spilled raw records. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine/kv.h"
 #include "fuzz_common.h"
@@ -98,6 +106,57 @@ static void merge_emit(size_t si, kvpart *l, kvpart *r) {
   kv_free(l);
 }
 
+/* The bytes kv_merge_to_fd writes for runs[0..n) at batch indices idx of nbatch, or NULL
+ * when it fails (*len = 0). */
+static char *merge_fd(size_t si, kvpart **runs, const uint32_t *idx, uint32_t n, uint32_t nbatch, size_t *len) {
+  int fd = memfd_create("fuzz-kv", MFD_CLOEXEC);
+  if (fd < 0) fuzz_fail("memfd_create");
+  dbx_err err = {0, ""};
+  int rc = kv_merge_to_fd(&S[si], runs, idx, n, nbatch, 0, fd, "/tmp", &err);
+  char *out = NULL;
+  *len = 0;
+  if (rc && rc != DBX_EBADREC && rc != DBX_ECORRUPT) fuzz_fail("kv_merge_to_fd: %d %s", rc, err.msg);
+  if (!rc) {
+    off_t end = lseek(fd, 0, SEEK_END);
+    out = malloc(end > 0 ? (size_t)end : 1);
+    if (!out || pread(fd, out, (size_t)end, 0) != end) fuzz_fail("reading the merge back");
+    *len = (size_t)end;
+  }
+  close(fd);
+  return out;
+}
+
+/* x (bytes p[0..n)) with the valid partial V in the batch tree of three: x at 0, V at 1, x at
+ * 2 is merge(merge(x, V), x); kv_merge_to_fd must write its bytes. */
+static void streaming_equals_tree(size_t si, const char *p, size_t n) {
+  kvpart *a = decode_or_die(si, p, n), *v = decode_or_die(si, VALID[si].data, VALID[si].len),
+         *c = decode_or_die(si, p, n);
+  dbx_err err = {0, ""};
+  dbx_buf want = {0};
+  int rc = kv_merge(a, v, &err);
+  if (!rc) rc = kv_merge(a, c, &err);
+  if (!rc && kv_encode(a, &want, &err)) fuzz_fail("encode of a merge: %s", err.msg);
+  kv_free(a);
+  kv_free(v);
+  kv_free(c);
+  kvpart *runs[3] = {decode_or_die(si, p, n), decode_or_die(si, VALID[si].data, VALID[si].len),
+                     decode_or_die(si, p, n)};
+  uint32_t idx[3] = {0, 1, 2};
+  size_t got_len;
+  char *got = merge_fd(si, runs, idx, 3, 3, &got_len);
+  if (!rc != !!got) fuzz_fail("kv_merge %s, kv_merge_to_fd %s", rc ? "fails" : "merges", got ? "merges" : "fails");
+  if (got && (got_len != want.len || memcmp(got, want.data, got_len)))
+    fuzz_fail("kv_merge_to_fd wrote %zu bytes, the tree merge %zu (or others)", got_len, want.len);
+  free(got);
+  dbx_buf_free(&want);
+  /* x alone at batch 5 of 9: a copy */
+  uint32_t five = 5;
+  got = merge_fd(si, runs, &five, 1, 9, &got_len);
+  if (!got || got_len != n || memcmp(got, p, n)) fuzz_fail("kv_merge_to_fd of one run is not a copy");
+  free(got);
+  for (int i = 0; i < 3; i++) kv_free(runs[i]);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static int ready;
   if (!ready) {
@@ -113,6 +172,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memcpy(p, data + 1, n);
   kvpart *x = NULL;
   dbx_err err = {0, ""};
+  /* as spilled raw records */
+  kvpart *sp = kv_new(&S[si]);
+  if (!sp) fuzz_fail("kv_new");
+  int rr = kv_replay(sp, p, n, &err);
+  if (rr && rr != DBX_ECORRUPT && rr != DBX_EBADREC) fuzz_fail("kv_replay: %d %s", rr, err.msg);
+  kv_free(sp);
   if (kv_decode(&S[si], p, n, &x, &err)) {
     free(p);
     return 0;
@@ -130,6 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   merge_emit(si, decode_or_die(si, p, n), decode_or_die(si, p, n));
   merge_emit(si, decode_or_die(si, p, n), decode_or_die(si, VALID[si].data, VALID[si].len));
   merge_emit(si, decode_or_die(si, VALID[si].data, VALID[si].len), decode_or_die(si, p, n));
+  streaming_equals_tree(si, p, n);
   free(p);
   return 0;
 }

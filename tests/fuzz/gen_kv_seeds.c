@@ -1,6 +1,7 @@
 /* gen_kv_seeds.c -- the seed corpus of fuzz_kv from kv.c's own encoder: for each spec of
  * fuzz_kv.c (its first byte), the valid partial, an empty one, one key, and a wider partial
  * with NUL keys, long values and every aggregate's state. Run by `scripts/fuzz.sh seeds`. */
+#define _GNU_SOURCE 1  /* fuzz_kv.c uses memfd_create */
 #include <stdio.h>
 
 #define LLVMFuzzerTestOneInput fuzz_kv_one_input
