@@ -138,13 +138,15 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
 void cli_keyed_done(cli_keyed *k, int keep) {
   if (!k->dir[0] || keep) return;
   /* A finished stage removed its files; a failed job that cannot be resumed leaves partial
-   * ones (and a killed worker's temporaries): ours are s<N>-*.kv and .tmp-*. */
+   * ones (and a killed worker's temporaries), and a map task's copy still running when its
+   * stage ended may have written its files again: ours are s<N>-*.kv, s<N>-*.spilled and .tmp-*. */
   DIR *d = opendir(k->dir);
   struct dirent *e;
   while (d && (e = readdir(d))) {
     size_t n = strlen(e->d_name);
     int ours = !strncmp(e->d_name, ".tmp-", 5) ||
-               (e->d_name[0] == 's' && n > 3 && !strcmp(e->d_name + n - 3, ".kv") && strchr(e->d_name, '-'));
+               (e->d_name[0] == 's' && strchr(e->d_name, '-') &&
+                ((n > 3 && !strcmp(e->d_name + n - 3, ".kv")) || (n > 8 && !strcmp(e->d_name + n - 8, ".spilled"))));
     if (!ours) continue;
     char path[SHUFFLE_DIR_MAX + 300];
     snprintf(path, sizeof path, "%s/%s", k->dir, e->d_name);

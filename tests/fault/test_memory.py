@@ -153,7 +153,8 @@ class KilledWhileSpilling(TmpTest):
         j = json.loads(slurp(s, True))
         self.assertEqual(len(j["failures"]), 1, j["failures"])
         self.assertIn("killed by signal 9", j["failures"][0]["cause"])
-        self.assertEqual(os.listdir(spill), [])
+        left = [os.path.join(r, f) for r, d, fs in os.walk(spill) for f in d + fs]
+        self.assertEqual(left, [], "\n".join(left))
 
 
 @unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
