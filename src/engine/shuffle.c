@@ -40,6 +40,15 @@ static uint64_t get_u64(const char *p) {
   return v;
 }
 
+/* madvise(DONTNEED) the whole pages of map[from, to) of a read-only file mapping; the new
+ * release point. */
+static size_t release_prefix(char *map, size_t from, size_t to) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  size_t a = (from + pg - 1) / pg * pg, b = to / pg * pg;
+  if (b > a) madvise(map + a, b - a, MADV_DONTNEED);
+  return b > a ? b : from;
+}
+
 /* By-count file: "DBWC", then entries [u64 count][u32 klen][key], count descending, then key. */
 typedef struct cref { const char *k; uint32_t n; uint64_t c; } cref;
 static int cmp_cref(const void *x, const void *y) {
@@ -49,35 +58,64 @@ static int cmp_cref(const void *x, const void *y) {
   return c ? c : a->n < b->n ? -1 : a->n > b->n;
 }
 
+static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err);
+
+/* Write all of data[0..n) to fd. */
+static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, dbx_err *err) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t k = write(fd, data + done, n - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      int e = k < 0 ? errno : ENOSPC;
+      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: writing a partition file: %s",
+                        pc->dir, strerror(e));
+    }
+    done += (size_t)k;
+  }
+  return 0;
+}
+
+/* The by-count file of partition r from its reduced result, written as it is made (the
+ * index of entries, 24 bytes each, is what it holds in memory). */
 static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_err *err) {
   kv_cursor c;
   int rc = kv_cursor_init(&c, res, err);
   if (rc) return rc;
   uint64_t n = kv_count(res);
   cref *v = malloc((n ? n : 1) * sizeof *v);
-  dbx_buf out = {0};
   if (!v) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   kv_entry e;
   uint64_t k = 0;
   while (k < n && kv_cursor_next(&c, &e)) v[k++] = (cref){e.key, (uint32_t)e.klen, get_u64(e.state)};
   qsort(v, k, sizeof *v, cmp_cref);
-  rc = dbx_buf_append(&out, "DBWC", 4);
+  char tmp[SHUFFLE_DIR_MAX + 128];
+  int fd = -1;
+  dbx_buf out = {0};
+  rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
+  if (!rc && dbx_buf_append(&out, "DBWC", 4)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   for (uint64_t i = 0; i < k && !rc; i++) {
     char h[12];
     put_u64(h, v[i].c);
     for (int b = 0; b < 4; b++) h[8 + b] = (char)(v[i].n >> (8 * b));
-    rc = dbx_buf_append(&out, h, sizeof h);
-    if (!rc && v[i].n) rc = dbx_buf_append(&out, v[i].k, v[i].n);
+    if (dbx_buf_append(&out, h, sizeof h) || (v[i].n && dbx_buf_append(&out, v[i].k, v[i].n)))
+      rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (!rc && (out.len >= (1u << 20) || i + 1 == k)) {
+      rc = put_all(pc, fd, out.data, out.len, err);
+      out.len = 0;
+    }
   }
+  if (!rc && k == 0) rc = put_all(pc, fd, out.data, out.len, err);
   free(v);
-  if (rc) {
-    dbx_buf_free(&out);
-    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  }
-  char path[SHUFFLE_DIR_MAX + 64];
-  cnt_path(path, sizeof path, pc, r);
-  rc = write_file(pc, path, out.data, out.len, err);
   dbx_buf_free(&out);
+  if (fd >= 0) {
+    char path[SHUFFLE_DIR_MAX + 64];
+    cnt_path(path, sizeof path, pc, r);
+    if (close(fd) != 0 && !rc) rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s",
+                                              pc->dir, strerror(errno));
+    if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+    if (rc) unlink(tmp);
+  }
   return rc;
 }
 
@@ -369,6 +407,7 @@ typedef struct part {
   kv_cursor c;
   kv_entry head;
   int have;
+  size_t drop_m, drop_q;  /* pages before these offsets were given back */
 } part;
 
 struct kv_stream {
@@ -442,6 +481,7 @@ int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, 
     if (!rc) rc = kv_decode_view(spec, x->map ? x->map : "", x->len, &x->p, err);
     if (!rc && x->len) madvise(x->map, x->len, MADV_DONTNEED);  /* read again in order, page by page */
     if (!rc) rc = kv_cursor_init(&x->c, x->p, err);
+    if (!rc && x->map) x->drop_m = 0, x->drop_q = (size_t)(x->c.q - x->map);
     if (!rc) x->have = kv_cursor_next(&x->c, &x->head);
     else if (rc == DBX_ECORRUPT) rc = dbx_seterr(err, rc, "reduced partition %s: %s", path, err->msg);
   }
@@ -460,6 +500,12 @@ int kv_stream_next(kv_stream *s, kv_entry *e) {
   if (!best) return 0;
   *e = best->head;
   best->have = kv_cursor_next(&best->c, &best->head);
+  if (best->map) {
+    /* Pages behind the entry handed out (it stays the caller's until the next call). */
+    size_t m = (size_t)(e->key - 4 - best->map), q = (size_t)(e->pairs - best->map);
+    if (m > best->drop_m + (16u << 20)) best->drop_m = release_prefix(best->map, best->drop_m, m);
+    if (q > best->drop_q + (16u << 20)) best->drop_q = release_prefix(best->map, best->drop_q, q);
+  }
   return 1;
 }
 
@@ -487,6 +533,7 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
 typedef struct cpart {
   char *map;
   size_t len, pos;
+  size_t dropped;     /* pages before this offset were given back */
   const char *key;
   size_t klen;
   uint64_t count;
@@ -526,6 +573,10 @@ static int cpart_next(cpart *x, dbx_err *err) {
   }
   x->key = k, x->klen = n, x->count = c, x->have = 1;
   x->pos += 12 + n;
+  /* Give back the pages behind the previous entry (it is still the caller's): the stream's
+   * memory stays small whatever the size of the partitions. */
+  size_t behind = (size_t)(k - x->map) - 12;
+  if (behind > x->dropped + (16u << 20)) x->dropped = release_prefix(x->map, x->dropped, behind);
   return 0;
 }
 

@@ -56,7 +56,7 @@ def sums_by_tree(batches):
 
 
 class SpillEqualsNoSpill(TmpTest):
-    """A job forced to spill (--memory 1M: about 350 KB per map task) equals one that does not."""
+    """A job forced to spill (--memory 1M: 256 KB per map task) equals one that does not."""
 
     def summary(self, *args):
         s = self.path("s.json")
