@@ -39,7 +39,8 @@ extern "C" {
   XX(ECHANGED,-17, "inputs changed")                                          \
   XX(EINTR,   -18, "interrupted")                                             \
   XX(ETOOBIG, -19, "message too large")                                       \
-  XX(EBUSY,   -20, "in use by another process")
+  XX(EBUSY,   -20, "in use by another process")                              \
+  XX(ELOST,   -21, "an earlier stage's output is lost")
 
 typedef enum {
   DBX_OK = 0,

@@ -195,6 +195,8 @@ typedef struct cli_keyed {
   "                          the same bytes out (default: RAM / (workers + 1) / 2; word\n" \
   "                          count partitions with 8 when it is given)\n"
 #define CLI_KEYED_DEFAULT_R 8
+/* Times lost map outputs are recomputed before the job gives up. */
+#define KEYED_RECOMPUTE_ROUNDS 3
 /* 1 handled, 0 not a keyed option, < 0 a bad value. */
 int cli_keyed_option(cli_keyed *k, int c, const char *arg);
 /* The partition configuration of the job's next stage (call after cli_job_start). */

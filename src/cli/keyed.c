@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "util/log.h"
 #include "util/parse.h"
 #include <xxhash.h>
 
@@ -124,8 +125,44 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   char opts[96];
   snprintf(opts, sizeof opts, "partitions=%u map_tasks=%u", pc->r, sc->nmap);
   r.plan_opts = opts;
-  rc = cli_run_stage(co, j, &r, err);
-  dbx_buf_free(&r.bcast_out);
+  uint8_t *maps = calloc(sc->nmap ? sc->nmap : 1, 1), *reds = calloc(pc->r, 1);
+  if (!maps || !reds) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  int streamed = 0;
+  for (size_t i = 0; i < j->in.n; i++) streamed |= j->in.v[i].kind == IN_STREAM;
+  for (int round = 0; !rc; round++) {
+    rc = cli_run_stage(co, j, &r, err);
+    dbx_buf_free(&r.bcast_out);
+    /* Map outputs lost (Spark's fetch failure): their map tasks run again, once more than
+     * the number of times it may take, then the reduce tasks still to do. A stream cannot be
+     * read again. */
+    if (rc != DBX_ELOST || round == KEYED_RECOMPUTE_ROUNDS || streamed) break;
+    uint32_t lost = shuffle_lost(pc, sc->nmap, maps, reds);
+    log_warn("%s; %u map task(s) run again", err->msg, lost);
+    rc = 0;
+    if (lost) {
+      stage m = *s;
+      m.out = NULL;
+      memset(&m.bcast_out, 0, sizeof m.bcast_out);
+      m.only = maps;
+      m.nonly = sc->nmap;
+      if (!(m.st = job_add_stage(j, "recompute"))) rc = dbx_seterr(err, DBX_EINVAL, "too many stages");
+      else m.st->recompute = 1;
+      if (!rc) rc = cli_run_stage(co, j, &m, err);
+      dbx_buf_free(&m.bcast_out);
+      for (size_t i = 0; i < j->nmissing && !rc; i++)
+        if (!strcmp(j->missing[i].stage, m.st->name)) rc = shuffle_write_empty(pc, spec, j->missing[i].task, err);
+    }
+    stage again;
+    cli_stage_init(&again, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
+    again.in = NULL;
+    again.virtual_tasks = pc->r;
+    again.plan_opts = opts;
+    again.only = reds;
+    again.nonly = pc->r;
+    r = again;
+  }
+  free(maps);
+  free(reds);
   if (!rc) j->spilled_bytes += shuffle_bytes(pc, sc->nmap);
   kv_stream *st = NULL;
   if (!rc && !by_count) rc = kv_stream_open(pc, spec, &st, err);

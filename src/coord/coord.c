@@ -249,12 +249,12 @@ static int give_up(srun *r, uint32_t idx, dbx_err *err) {
 /* Attempt k of task idx ended without a result, by its fault (or its worker's). Records
  * where and why; retries after a backoff, on another worker where one exists; excludes a
  * worker that failed too many different tasks. */
-static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_err *err) {
-  coord *c = r->c;
+/* The record of attempt k of task idx, failed (what the summary and the report list). */
+static void record_failure(srun *r, uint32_t idx, int k, const char *cause) {
   ctask *t = &r->tt.t[idx];
   long wi = t->run[k];
-  if (wi < 0 || t->state != T_RUNNING) return 0;
-  cworker *w = &c->wt.w[wi];
+  if (wi < 0) return;
+  cworker *w = &r->c->wt.w[wi];
   job_failure f;
   memset(&f, 0, sizeof f);
   snprintf(f.stage, sizeof f.stage, "%s", r->s->st->name);
@@ -267,6 +267,15 @@ static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_e
   snprintf(f.cause, sizeof f.cause, "%s", cause);
   job_add_failure(r->j, &f);
   ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_FAILED);
+}
+
+static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_err *err) {
+  coord *c = r->c;
+  ctask *t = &r->tt.t[idx];
+  long wi = t->run[k];
+  if (wi < 0 || t->state != T_RUNNING) return 0;
+  cworker *w = &c->wt.w[wi];
+  record_failure(r, idx, k, cause);
   w->failures++;
   if (w->inflight) w->inflight--;
   /* Exclusion: a worker that failed attempts of --exclude-after different tasks. */
@@ -665,6 +674,13 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
    * that writes to it: no retry can help. */
   if (m->code == DBX_EBADREC || m->code == DBX_ETOOBIG || m->code == DBX_ENOSPC)
     return dbx_seterr(err, (int)m->code, "%s: %s", who, cause);
+  /* An output of an earlier stage is gone (a map output of a partitioned reduce): no retry of
+   * this task can help until the stage that made it runs again, which the caller does. The
+   * attempt is recorded; its worker is not to blame. */
+  if (m->code == DBX_ELOST) {
+    record_failure(r, (uint32_t)m->index, k, cause);
+    return dbx_seterr(err, DBX_ELOST, "%s: %s", who, cause);
+  }
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 

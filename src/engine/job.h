@@ -23,6 +23,7 @@ typedef struct stage_stats {
   uint64_t plan_batch_bytes, plan_batch_records;
   int plan_whole_files;
   char plan_opts[256];
+  int recompute;      /* it ran tasks of an earlier stage again: its records are not new */
 } stage_stats;
 
 typedef struct stage {
@@ -41,6 +42,9 @@ typedef struct stage {
   uint32_t seq;            /* the stage's number in its job (journal key) */
   const char *plan_opts;   /* every option the stage's partials depend on, as canonical text
                               ("case_sensitive=0 max_record=0 ..."); see engine_plan_stage */
+  const uint8_t *only;     /* or NULL: run only the tasks i < nonly with only[i] set; the others
+                              count as done with empty partials (a recompute of lost outputs) */
+  uint32_t nonly;
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;

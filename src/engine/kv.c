@@ -1703,16 +1703,20 @@ int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, db
 }
 
 int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err) {
+  return kv_add_count_hashed(p, key, klen, kv_hash(key, klen), n, err);
+}
+
+int kv_add_count_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, uint64_t n, dbx_err *err) {
   const kv_spec *s = &p->s;
   for (uint32_t i = 0; i < s->nagg; i++)
     if (s->agg[i].kind != KA_COUNT) return dbx_seterr(err, DBX_EINVAL, "keyed: counts added to a spec with other aggregates");
   if (p->budget) {
-    int g = spill_gate(p, key, klen, kv_hash(key, klen), NULL, n, err);
+    int g = spill_gate(p, key, klen, hash, NULL, n, err);
     if (g <= 0) return g;
   }
   if (!p->h && !(p->h = htab_new(8 * s->nagg))) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
   char *st;
-  if (htab_get(p->h, key, klen, NULL, 0, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  if (htab_get_h(p->h, key, klen, NULL, 0, hash, &st)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
   for (uint32_t i = 0; i < s->nagg; i++) {
     uint64_t c = get64(st + 8 * i);
     if (c + n < c || c + n > KV_COUNT_MAX) return dbx_seterr(err, DBX_EBADREC, "keyed: a count past 2^62");

@@ -93,6 +93,8 @@ int kv_err_overflow(const dbx_err *e);
 /* For a spec whose aggregates are all count: add n to key's counts (word count's partials
  * moved onto keyed ones). */
 int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err);
+/* The same with the key's hash (kv_hash) computed ahead, for callers that prefetch. */
+int kv_add_count_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, uint64_t n, dbx_err *err);
 /* Entries held (sealed or not). */
 uint64_t kv_count(const kvpart *p);
 /* Bytes of memory held. */

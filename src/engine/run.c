@@ -104,6 +104,13 @@ int engine_plan_stage(job *j, stage *s, dbx_err *err) {
 }
 
 int engine_resume_task(job *j, stage *s, agg *ag, uint32_t index, dbx_err *err) {
+  if (s->only && (index >= s->nonly || !s->only[index])) {
+    void *empty = s->op->partial_new(s->cfg);
+    if (!empty) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (s->st && s->st->tasks) s->st->tasks--;  /* both callers counted it: it is not a task of this run */
+    int rc = agg_add(ag, index, empty, err);
+    return rc ? rc : 1;
+  }
   char *p = NULL;
   size_t n = 0;
   uint64_t records, bad, bytes;

@@ -365,6 +365,13 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   red_path(path, sizeof path, &c->pc, r);
   rc = merge_files(&c->pc, &c->spec, "map output", paths, c->nmap, path, err);
   free(paths);
+  /* A map output that is not there was lost (deleted, or never reached this file system):
+   * its map task must run again, which no retry of this task does. */
+  if (rc == DBX_ENOENT) {
+    char why[DBX_ERR_LEN];
+    snprintf(why, sizeof why, "%s", err->msg);
+    rc = dbx_seterr(err, DBX_ELOST, "%s", why);
+  }
   if (!rc && c->by_count) {
     char *m = NULL;
     size_t n = 0;
@@ -636,6 +643,25 @@ int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t 
   *key = best->key, *klen = best->klen, *count = best->count;
   int rc = cpart_next(best, err);
   return rc ? rc : 1;
+}
+
+uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds) {
+  char path[SHUFFLE_DIR_MAX + 64];
+  struct stat sb;
+  uint32_t lost = 0;
+  for (uint32_t i = 0; i < nmap; i++) {
+    maps[i] = 0;
+    for (uint32_t r = 0; r < pc->r && !maps[i]; r++) {
+      map_path(path, sizeof path, pc, i, r);
+      maps[i] = stat(path, &sb) != 0;
+    }
+    lost += maps[i];
+  }
+  for (uint32_t r = 0; r < pc->r; r++) {
+    red_path(path, sizeof path, pc, r);
+    reds[r] = stat(path, &sb) != 0;
+  }
+  return lost;
 }
 
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap) {

@@ -75,6 +75,10 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err);
 int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err);
 void count_stream_close(count_stream *s);
 
+/* After a reduce stage failed with DBX_ELOST: maps[i] = 1 for each map task i of nmap whose
+ * outputs are not all there (their count is returned), reds[r] = 1 for each reduce task r
+ * still to run. */
+uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds);
 /* Bytes of a stage's files on disk now (map outputs and reduced partitions). */
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);
 /* Remove a stage's files (after its result is written). */

@@ -20,9 +20,11 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   uint64_t bytes = 0, records = 0, bad = 0, batches = 0, tasks = 0, attempts = 0;
   for (int i = 0; i < j->nstages; i++) {
     const stage_stats *s = &j->stages[i];
-    bytes += s->bytes;
-    records += s->records;
-    bad += s->bad_records;
+    if (!s->recompute) {  /* a recompute read records already counted */
+      bytes += s->bytes;
+      records += s->records;
+      bad += s->bad_records;
+    }
     batches += s->batches;
     tasks += s->tasks;
     attempts += s->attempts;
@@ -138,6 +140,7 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
     oom |= kv_int(&b, "bytes", s->bytes);
     oom |= kv_int(&b, "records", s->records);
     oom |= kv_int(&b, "bad_records", s->bad_records);
+    if (s->recompute) oom |= json_raw(&b, ",\"recompute\":true");
     oom |= kv_real(&b, "seconds", s->seconds);
     oom |= kv_real(&b, "read_seconds", s->t_read);
     oom |= kv_real(&b, "map_seconds", s->t_map);

@@ -273,11 +273,11 @@ class ReduceStageFaults(TmpTest):
         self.assertGreaterEqual(j["resumed_tasks"], done)
         self.assertEqual(spill_files(spill), [])
 
-    def damage_a_map_output_of_a_later_reduce_task(self, how):
+    def damage_a_map_output_of_a_later_reduce_task(self, how, *more):
         """Run with 2 workers and every task slowed; once the reduce stage runs, damage (how)
         map output 0 of the last partition, which no reduce task has read yet."""
         spill, out = self.path("spill"), self.path("out.tsv")
-        coord = start(*self.args(spill, "--workers", "2", "-o", out, "-q"), env=fault_env("delay_ms=300"))
+        coord = start(*self.args(spill, "--workers", "2", "-o", out, "-q", *more), env=fault_env("delay_ms=300"))
         self.procs.append(coord)
         wait_until(lambda: self.reduced(spill) or coord.poll() is not None, "the reduce stage", timeout=120)
         self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
@@ -311,14 +311,29 @@ class ReduceStageFaults(TmpTest):
         self.assertNotIn("map output %s: map output" % victim, err)
         self.assertRegex(err, re.escape("map output %s: " % victim) + r"[^;\s]")
 
-    # BUG (lost map outputs are not recomputed): issue 12 item 2 says a lost map output is
-    # recomputed (Spark's fetch-failure path); a deleted s0-m0-p15.kv fails reduce task 15 in
-    # every attempt ("map output ...: No such file or directory") and then the job.
-    @unittest.expectedFailure
+    # Was a bug (lost map outputs were not recomputed): a deleted s0-m0-p15.kv failed reduce task
+    # 15 in every attempt ("map output ...: No such file or directory") and then the job.
     def test_a_lost_map_output_is_recomputed(self):
-        rc, err, victim, out, _ = self.damage_a_map_output_of_a_later_reduce_task(os.unlink)
+        """Issue 12 item 2 (Spark's fetch-failure path): the reduce task that finds map output 0
+        gone fails as "lost" (recorded, no retry), map task 0 runs again in a "recompute" stage,
+        the reduce tasks still to do run; the rows are the reference's and the records are
+        counted once."""
+        s = self.path("s.json")
+        rc, err, victim, out, _ = self.damage_a_map_output_of_a_later_reduce_task(os.unlink, "--summary-json", s)
         self.assertEqual(rc, 0, err)
         self.assertEqual(slurp(out), self.want)
+        j = json.loads(slurp(s, True))
+        lost = [f for f in j["failures"] if "No such file" in f["cause"]]
+        self.assertTrue(lost, j["failures"])
+        self.assertTrue(all(f["stage"] == "reduce" and os.path.basename(victim) in f["cause"] for f in lost), lost)
+        names = [x["name"] for x in j["stages"]]
+        self.assertEqual(names[:2], ["groupby", "reduce"])
+        self.assertIn("recompute", names)
+        rec = [x for x in j["stages"] if x["name"] == "recompute"]
+        self.assertEqual([x["batches"] for x in rec], [1], rec)
+        self.assertTrue(rec[0]["recompute"])
+        self.assertEqual(j["records"], j["stages"][0]["records"])  # the recompute's are not counted again
+        self.assertGreater(rec[0]["records"], 0)
 
 
 @unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
