@@ -27,7 +27,6 @@ static void red_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
   snprintf(out, cap, "%s/s%u-r%u.kv", pc->dir, pc->stage, r);
 }
 
-static int write_file(const kv_part_cfg *pc, const char *path, const char *data, size_t n, dbx_err *err);
 
 static void cnt_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
   snprintf(out, cap, "%s/s%u-c%u.kv", pc->dir, pc->stage, r);
@@ -58,7 +57,18 @@ static int cmp_cref(const void *x, const void *y) {
   return c ? c : a->n < b->n ? -1 : a->n > b->n;
 }
 
-static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err);
+/* A private temporary file in the spill directory: *fd and its name in tmp. */
+static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err) {
+  static __thread unsigned seq;
+  snprintf(tmp, cap, "%s/.tmp-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+  *fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (*fd < 0) {
+    int e = errno;
+    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
+                      pc->dir, strerror(e));
+  }
+  return 0;
+}
 
 /* Write all of data[0..n) to fd. */
 static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, dbx_err *err) {
@@ -74,6 +84,24 @@ static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, db
     done += (size_t)k;
   }
   return 0;
+}
+
+/* Close fd (made by open_tmp as tmp) and rename it to path, unless rc (the writing's status)
+ * is an error; on any error tmp is removed. */
+static int commit_tmp(const kv_part_cfg *pc, int fd, const char *tmp, const char *path, int rc, dbx_err *err) {
+  if (close(fd) != 0 && !rc)
+    rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+  if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+  if (rc) unlink(tmp);
+  return rc;
+}
+
+/* Write data to path atomically (a private temporary name, then rename). */
+static int write_file(const kv_part_cfg *pc, const char *path, const char *data, size_t n, dbx_err *err) {
+  char tmp[SHUFFLE_DIR_MAX + 128];
+  int fd;
+  int rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
+  return rc ? rc : commit_tmp(pc, fd, tmp, path, put_all(pc, fd, data, n, err), err);
 }
 
 /* The by-count file of partition r from its reduced result, written as it is made (the
@@ -111,44 +139,9 @@ static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_er
   if (fd >= 0) {
     char path[SHUFFLE_DIR_MAX + 64];
     cnt_path(path, sizeof path, pc, r);
-    if (close(fd) != 0 && !rc) rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s",
-                                              pc->dir, strerror(errno));
-    if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
-    if (rc) unlink(tmp);
+    rc = commit_tmp(pc, fd, tmp, path, rc, err);
   }
   return rc;
-}
-
-/* Write data to path atomically (a private temporary name, then rename). */
-static int write_file(const kv_part_cfg *pc, const char *path, const char *data, size_t n, dbx_err *err) {
-  static __thread unsigned seq;
-  char tmp[SHUFFLE_DIR_MAX + 128];
-  snprintf(tmp, sizeof tmp, "%s/.tmp-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    int e = errno;
-    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
-                      pc->dir, strerror(e));
-  }
-  size_t done = 0;
-  while (done < n) {
-    ssize_t k = write(fd, data + done, n - done);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) {
-      int e = k < 0 ? errno : ENOSPC;
-      close(fd);
-      unlink(tmp);
-      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: writing a partition file: %s",
-                        pc->dir, strerror(e));
-    }
-    done += (size_t)k;
-  }
-  if (close(fd) != 0 || rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", pc->dir, strerror(e));
-  }
-  return 0;
 }
 
 void shuffle_budget(const kv_part_cfg *pc, kvpart *p) {
@@ -157,19 +150,6 @@ void shuffle_budget(const kv_part_cfg *pc, kvpart *p) {
 
 static void spilled_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t index) {
   snprintf(out, cap, "%s/s%u-m%u.spilled", pc->dir, pc->stage, index);
-}
-
-/* A private temporary file in the spill directory: *fd and its name in tmp. */
-static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err) {
-  static __thread unsigned seq;
-  snprintf(tmp, cap, "%s/.tmp-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
-  *fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (*fd < 0) {
-    int e = errno;
-    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
-                      pc->dir, strerror(e));
-  }
-  return 0;
 }
 
 /* Map a file read-only (len 0: no mapping). */
@@ -226,11 +206,7 @@ static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *w
   int fd = -1;
   if (!rc) rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
   if (!rc) {
-    rc = kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pc->dir, err);
-    if (close(fd) != 0 && !rc) rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s",
-                                              pc->dir, strerror(errno));
-    if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
-    if (rc) unlink(tmp);
+    rc = commit_tmp(pc, fd, tmp, path, kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pc->dir, err), err);
   }
   for (uint32_t i = 0; i < n && parts; i++) {
     kv_free(parts[i]);

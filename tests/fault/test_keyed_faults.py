@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,26 +31,6 @@ def journal_count(jd, stage):
             return c.execute("SELECT COUNT(*) FROM tasks WHERE stage = ?", (stage,)).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
-
-
-def tree_sum(parts):
-    """The fold of per-batch partial sums (None: the key is absent in that batch) in the fixed
-    binary tree over batch indices: node (s, L) covers [s, s + 2^L), left + right."""
-    n = len(parts)
-    top = 0
-    while (1 << top) < n:
-        top += 1
-
-    def node(s, lvl):
-        if s >= n:
-            return None
-        if lvl == 0:
-            return parts[s]
-        left, right = node(s, lvl - 1), node(s + (1 << (lvl - 1)), lvl - 1)
-        if left is None or right is None:
-            return right if left is None else left
-        return left + right
-    return node(0, top)
 
 
 class KeyedFaults(unittest.TestCase):
@@ -202,7 +181,7 @@ class KeyedFaults(unittest.TestCase):
                 for x in vs:
                     s = x if s is None else s + x
                 parts.append(s)
-            t = tree_sum(parts)
+            t = keyed_ref.tree_sum(parts)
             cnt = sum(1 for k, _ in recs if k == key)
             seq = 0.0
             for k, v in recs:

@@ -8,13 +8,11 @@ while it spills is replaced and the answer does not change; usage errors."""
 import json
 import os
 import random
-import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, fault_env, reference_wordcount, run, slurp  # noqa: E402
+from dbx import TmpTest, TmpfsTest, fault_env, reference_wordcount, run, slurp  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -23,24 +21,6 @@ gen_keyed.CHUNK = 500
 GB_SPECS = "count,sum:qty,mean:price,min:price,max:qty,first:region,last:region,distinct:region,top:2:qty"
 RUN_AGGS = "count,sum,min,max,mean,first,last,distinct,top:3"
 NONDYADIC = ["0.1", "0.2", "0.3", "0.7", "1.1", "2.35", "0.01", "3.3", "-0.45"]
-
-
-def tree_sum(leaves):
-    """The engine's fold over batch indices (engine/agg.c): node (s, L) merges its halves; a
-    batch without the key is the identity."""
-    n = len(leaves)
-    L = 0
-    while (1 << L) < n:
-        L += 1
-
-    def node(s, L):
-        if s >= n:
-            return None
-        if L == 0:
-            return leaves[s]
-        a, b = node(s, L - 1), node(s + (1 << (L - 1)), L - 1)
-        return b if a is None else a if b is None else a + b
-    return node(0, L)
 
 
 def sums_by_tree(batches):
@@ -52,7 +32,7 @@ def sums_by_tree(batches):
         for k, v in b:
             per[i][k] = float(v) if k not in per[i] else per[i][k] + float(v)
             count[k] = count.get(k, 0) + 1
-    return {k: (tree_sum([p.get(k) for p in per]), n) for k, n in count.items()}
+    return {k: (keyed_ref.tree_sum([p.get(k) for p in per]), n) for k, n in count.items()}
 
 
 class SpillEqualsNoSpill(TmpTest):
@@ -157,19 +137,8 @@ class KilledWhileSpilling(TmpTest):
         self.assertEqual(left, [], "\n".join(left))
 
 
-@unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
-class FullSpillDirectoryWhileSpilling(TmpTest):
-    def setUp(self):
-        super().setUp()
-        self.small = self.path("small")
-        os.mkdir(self.small)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", self.small], capture_output=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.decode(errors="replace").strip())
-
-    def tearDown(self):
-        subprocess.run(["umount", "-l", self.small], capture_output=True)
-        super().tearDown()
+class FullSpillDirectoryWhileSpilling(TmpfsTest):
+    TMPFS_SIZE = "1m"
 
     def test_raw_records_fill_the_disk(self):
         """One map task of 3 MB with 150,000 distinct keys and --memory 1M spills raw records

@@ -15,13 +15,12 @@ import random
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, children, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+from dbx import TmpTest, TmpfsTest, children, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -56,24 +55,6 @@ def in_spill(spill, pattern):
     return glob.glob(os.path.join(spill, pattern)) + glob.glob(os.path.join(spill, "*", pattern))
 
 
-def tree_sum(leaves):
-    """The engine's fold over batch indices (engine/agg.c): node (s, L) is node (s, L-1) merged
-    with node (s + 2^(L-1), L-1); a batch without the key is the identity."""
-    n = len(leaves)
-    L = 0
-    while (1 << L) < n:
-        L += 1
-
-    def node(s, L):
-        if s >= n:
-            return None
-        if L == 0:
-            return leaves[s]
-        a, b = node(s, L - 1), node(s + (1 << (L - 1)), L - 1)
-        return b if a is None else a if b is None else a + b
-    return node(0, L)
-
-
 def real_sums_by_tree(records, batch_records, header_lines):
     """Per key: (sum, count) of real values, summed left to right inside each batch of
     batch_records input lines (the first batch also holds header_lines) and across batches by
@@ -89,7 +70,7 @@ def real_sums_by_tree(records, batch_records, header_lines):
                 if kk == k:
                     s = float(v) if s is None else s + float(v)
             leaves.append(s)
-        out[k] = (tree_sum(leaves), sum(1 for kk, _ in records if kk == k))
+        out[k] = (keyed_ref.tree_sum(leaves), sum(1 for kk, _ in records if kk == k))
     return out
 
 
@@ -336,21 +317,9 @@ class ReduceStageFaults(TmpTest):
         self.assertGreater(rec[0]["records"], 0)
 
 
-@unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
-class FullSpillDirectory(TmpTest):
+class FullSpillDirectory(TmpfsTest):
     """3. A spill directory on a 256 KiB tmpfs."""
-
-    def setUp(self):
-        super().setUp()
-        self.small = self.path("small")
-        os.mkdir(self.small)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", self.small], capture_output=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.decode(errors="replace").strip())
-
-    def tearDown(self):
-        subprocess.run(["umount", "-l", self.small], capture_output=True)
-        super().tearDown()
+    TMPFS_SIZE = "256k"
 
     def distinct_keys(self, n, name="many.csv"):
         """n rows of n distinct keys: partition files as big as the input."""

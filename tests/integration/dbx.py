@@ -53,6 +53,25 @@ class TmpTest(unittest.TestCase):
         return p
 
 
+@unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
+class TmpfsTest(TmpTest):
+    """A TmpTest with a small tmpfs (TMPFS_SIZE) mounted at self.small: a disk that fills."""
+    TMPFS_SIZE = "256k"
+
+    def setUp(self):
+        super().setUp()
+        self.small = self.path("small")
+        os.mkdir(self.small)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + self.TMPFS_SIZE, "tmpfs", self.small],
+                           capture_output=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.decode(errors="replace").strip())
+
+    def tearDown(self):
+        subprocess.run(["umount", "-l", self.small], capture_output=True)
+        super().tearDown()
+
+
 def slurp(path, text=False):
     """The whole file, as bytes (or str with text=True)."""
     with open(path, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})) as f:

@@ -62,6 +62,27 @@ def parse_num(s):
     return None
 
 
+def tree_sum(parts):
+    """The engine's fold of per-batch partial sums (None: the key is absent in that batch) in
+    the fixed binary tree over batch indices (engine/agg.c): node (s, L) covers [s, s + 2^L)
+    and is its left half + its right half; an absent half is the identity."""
+    n = len(parts)
+    top = 0
+    while (1 << top) < n:
+        top += 1
+
+    def node(s, lvl):
+        if s >= n:
+            return None
+        if lvl == 0:
+            return parts[s]
+        left, right = node(s, lvl - 1), node(s + (1 << (lvl - 1)), lvl - 1)
+        if left is None or right is None:
+            return right if left is None else left
+        return left + right
+    return node(0, top)
+
+
 def fmt_num(x):
     """An int as decimal; a float as Python's repr (the shortest digits that read back
     exactly: 10.0, 0.1, 1e+20, 1.5e-05), which is what dbatch writes for numbers."""

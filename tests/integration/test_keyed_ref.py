@@ -7,6 +7,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from dbx import TmpTest  # noqa: E402
+import keyed_ref  # noqa: E402
 from keyed_ref import (KeyedError, cooccur_ref, fmt_num, groupby_ref, parse_num, reduce_cmd_input,  # noqa: E402
                        reduce_ref, tsv_escape, write_csv, write_jsonl, write_tsv)
 
@@ -45,6 +46,17 @@ class Numbers(unittest.TestCase):
         self.assertEqual(write_csv(["k", "v"], [("a ", " b"), ("", 'q"'), ("x", None)]),
                          b'k,v\n"a "," b"\n,"q"""\nx,\n')
         self.assertEqual(tsv_escape("a\tb\nc\rd\\e"), "a\\tb\\nc\\rd\\\\e")
+
+
+class TreeSum(unittest.TestCase):
+    def test_the_engines_fold(self):
+        a, b, c, d, e = 0.1, 0.2, 0.3, 3.3, 0.01
+        self.assertEqual(keyed_ref.tree_sum([a]), a)
+        self.assertEqual(keyed_ref.tree_sum([a, b, c]), (a + b) + c)
+        self.assertEqual(keyed_ref.tree_sum([a, b, c, d, e]), ((a + b) + (c + d)) + e)
+        self.assertNotEqual(((a + b) + (c + d)) + e, (((a + b) + c) + d) + e)  # the order shows
+        self.assertEqual(keyed_ref.tree_sum([None, b, None, d, e]), (b + d) + e)
+        self.assertIsNone(keyed_ref.tree_sum([None, None]))
 
 
 class Reduce(unittest.TestCase):
