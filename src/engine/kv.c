@@ -828,64 +828,70 @@ static int sort_entries(htab *h, uint64_t **out) {
   return 0;
 }
 
+/* Append entry e of p's main table, serialized, to out. */
+static int put_main(const kvpart *p, hent *e, dbx_buf *out) {
+  const kv_spec *s = &p->s;
+  const char *st = ent_state(e);
+  size_t need = 4 + e->klen + p->h->ssize;
+  for (uint32_t i = 0; i < s->nagg; i++)
+    if (kind_text(s->agg[i].kind)) need += get32(st + p->off[i] + 1);
+  if (dbx_buf_reserve(out, need)) return DBX_ENOMEM;
+  char *w = out->data + out->len;
+  put32(w, e->klen);
+  memcpy(w + 4, ent_bytes(e), e->klen);
+  w += 4 + e->klen;
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    const char *x = st + p->off[i];
+    int kd = s->agg[i].kind;
+    if (kd == KA_COUNT) { memcpy(w, x, 8); w += 8; }
+    else if (kind_num(kd)) { memcpy(w, x, 17); w += 17; }
+    else if (kind_text(kd)) {
+      uint32_t len = get32(x + 1);
+      w[0] = x[0];
+      put32(w + 1, len);
+      if (len) memcpy(w + 5, p->blob.data + get64(x + 5), len);
+      w += 5 + len;
+    }
+  }
+  out->len = (size_t)(w - out->data);
+  return 0;
+}
+
+/* Append entry e of a pair table, serialized, to out. */
+static int put_pair(hent *e, dbx_buf *out) {
+  const char *b = ent_bytes(e);
+  uint32_t vlen = e->len - e->klen - 1;
+  if (dbx_buf_reserve(out, 4 + e->klen + 1 + 4 + vlen + 8)) return DBX_ENOMEM;
+  char *w = out->data + out->len;
+  put32(w, e->klen);
+  memcpy(w + 4, b, e->klen);
+  w += 4 + e->klen;
+  *w++ = b[e->klen];
+  put32(w, vlen);
+  memcpy(w + 4, b + e->klen + 1, vlen);
+  w += 4 + vlen;
+  memcpy(w, ent_state(e), 8);
+  w += 8;
+  out->len = (size_t)(w - out->data);
+  return 0;
+}
+
 /* Serialize the pending tables into a run (main then pairs) in out. */
 static int serialize(kvpart *p, dbx_buf *out, uint64_t *nmain, uint64_t *npair, size_t *pair_off) {
-  const kv_spec *s = &p->s;
   uint64_t *ix = NULL;
   int rc = 0;
   out->len = 0;
   *nmain = *npair = 0;
   if (!p->h) { *pair_off = 0; return 0; }
   if ((rc = sort_entries(p->h, &ix))) return rc;
-  for (uint64_t k = 0; k < p->h->n && !rc; k++) {
-    hent *e = ent_at(p->h, ix[k]);
-    const char *st = ent_state(e);
-    size_t need = 4 + e->klen + p->h->ssize;
-    for (uint32_t i = 0; i < s->nagg; i++)
-      if (kind_text(s->agg[i].kind)) need += get32(st + p->off[i] + 1);
-    if ((rc = dbx_buf_reserve(out, need))) break;
-    char *w = out->data + out->len;
-    put32(w, e->klen);
-    memcpy(w + 4, ent_bytes(e), e->klen);
-    w += 4 + e->klen;
-    for (uint32_t i = 0; i < s->nagg; i++) {
-      const char *x = st + p->off[i];
-      int kd = s->agg[i].kind;
-      if (kd == KA_COUNT) { memcpy(w, x, 8); w += 8; }
-      else if (kind_num(kd)) { memcpy(w, x, 17); w += 17; }
-      else if (kind_text(kd)) {
-        uint32_t len = get32(x + 1);
-        w[0] = x[0];
-        put32(w + 1, len);
-        if (len) memcpy(w + 5, p->blob.data + get64(x + 5), len);
-        w += 5 + len;
-      }
-    }
-    out->len = (size_t)(w - out->data);
-  }
+  for (uint64_t k = 0; k < p->h->n && !rc; k++) rc = put_main(p, ent_at(p->h, ix[k]), out);
   free(ix);
   ix = NULL;
   *nmain = p->h->n;
   *pair_off = out->len;
   if (!rc && p->hp) {
     if ((rc = sort_entries(p->hp, &ix))) return rc;
-    for (uint64_t k = 0; k < p->hp->n && !rc; k++) {
-      hent *e = ent_at(p->hp, ix[k]);
-      const char *b = ent_bytes(e);
-      uint32_t vlen = e->len - e->klen - 1;
-      if ((rc = dbx_buf_reserve(out, 4 + e->klen + 1 + 4 + vlen + 8))) break;
-      char *w = out->data + out->len;
-      put32(w, e->klen);
-      memcpy(w + 4, b, e->klen);
-      w += 4 + e->klen;
-      *w++ = b[e->klen];
-      put32(w, vlen);
-      memcpy(w + 4, b + e->klen + 1, vlen);
-      w += 4 + vlen;
-      memcpy(w, ent_state(e), 8);
-      w += 8;
-      out->len = (size_t)(w - out->data);
-    }
+    for (uint64_t k = 0; k < p->hp->n && !rc; k++) rc = put_pair(ent_at(p->hp, ix[k]), out);
     *npair = p->hp->n;
     free(ix);
   }
@@ -1655,7 +1661,10 @@ uint32_t kv_partition_of(const char *key, size_t klen, uint32_t r) {
 }
 
 int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
-  int rc = seal(p, err);
+  /* A table never sealed splits straight from its entries (no run in between: one copy of
+   * the data less, in time and at the memory peak of a map task); else from the run. */
+  int direct = p->h && !p->run.len;
+  int rc = direct ? 0 : seal(p, err);
   if (rc) return rc;
   const kv_spec *s = &p->s;
   uint64_t *nm = calloc(r, sizeof *nm), *np = calloc(r, sizeof *np);
@@ -1664,12 +1673,37 @@ int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
   for (uint32_t i = 0; i < r; i++) out[i].len = 0;
   /* Main entries go straight after a header placeholder; pair entries wait aside. */
   size_t hl = header_len(s);
-  for (uint32_t i = 0; i < r && !rc; i++) rc = dbx_buf_reserve(&out[i], hl + p->run.len / r + 64);
+  size_t guess = (direct ? p->h->a.len : p->run.len) / r + 64;
+  for (uint32_t i = 0; i < r && !rc; i++) rc = dbx_buf_reserve(&out[i], hl + guess);
   for (uint32_t i = 0; i < r && !rc; i++) out[i].len = hl;
   kv_cursor c;
   kv_entry e;
-  if (!rc) rc = kv_cursor_init(&c, p, err);
-  while (!rc && kv_cursor_next(&c, &e)) {
+  if (!rc && direct) {
+    uint64_t *ix = NULL;
+    if (!(rc = sort_entries(p->h, &ix)))
+      for (uint64_t k = 0; k < p->h->n && !rc; k++) {
+        hent *he = ent_at(p->h, ix[k]);
+        uint32_t q = kv_partition_of(ent_bytes(he), he->klen, r);
+        if (!(rc = put_main(p, he, &out[q]))) nm[q]++;
+      }
+    free(ix);
+    ix = NULL;
+    if (!rc && p->hp && !(rc = sort_entries(p->hp, &ix)))
+      for (uint64_t k = 0; k < p->hp->n && !rc; k++) {
+        hent *he = ent_at(p->hp, ix[k]);
+        uint32_t q = kv_partition_of(ent_bytes(he), he->klen, r);
+        if (!(rc = put_pair(he, &pairs[q]))) np[q]++;
+      }
+    free(ix);
+    if (!rc) {
+      htab_free(p->h);
+      htab_free(p->hp);
+      p->h = p->hp = NULL;
+      dbx_buf_free(&p->blob);
+    }
+  }
+  if (!rc && !direct) rc = kv_cursor_init(&c, p, err);
+  while (!rc && !direct && kv_cursor_next(&c, &e)) {
     uint32_t k = kv_partition_of(e.key, e.klen, r);
     const char *start = e.key - 4;
     if (dbx_buf_append(&out[k], start, main_len(s, start))) { rc = DBX_ENOMEM; break; }

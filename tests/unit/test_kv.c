@@ -507,6 +507,44 @@ static void test_empty_partials(void **state) {
   kv_free(f);
 }
 
+/* kv_split straight from a table never sealed writes the bytes of splitting its sealed run. */
+static void test_split_from_table_equals_split_from_run(void **state) {
+  (void)state;
+  const char *specs[] = {"count", "count,sum,first,last,distinct,top:2", "distinct,top:3", "min,max,mean"};
+  for (size_t si = 0; si < sizeof specs / sizeof *specs; si++) {
+    kv_spec s = spec_of(specs[si]);
+    for (uint32_t r = 1; r <= 9; r += 4) {
+      rng_state = 99 + si * 31 + r;
+      kvpart *a = kv_new(&s), *b = kv_new(&s);
+      dbx_err err = {0, ""};
+      for (int i = 0; i < 3000; i++) {
+        kstr k = KEYS[rndn(NKEYS)];
+        char kb[40];
+        int n = snprintf(kb, sizeof kb, "%.*s%u", (int)k.n, k.s, rndn(200));
+        const pval *v = rndn(4) ? &POOL[rndn(NPOOL)] : &TEXTS[rndn(NTEXT)];
+        kv_val val = {v->s, v->n, 0};
+        int ra = kv_add(a, kb, (size_t)n, &val, &err), rb = kv_add(b, kb, (size_t)n, &val, &err);
+        assert_int_equal(ra, rb);
+      }
+      kv_cursor c;
+      assert_int_equal(kv_cursor_init(&c, b, &err), 0);  /* b is sealed, a is not */
+      dbx_buf pa[9], pb[9];
+      memset(pa, 0, sizeof pa);
+      memset(pb, 0, sizeof pb);
+      assert_int_equal(kv_split(a, r, pa, &err), 0);
+      assert_int_equal(kv_split(b, r, pb, &err), 0);
+      for (uint32_t q = 0; q < r; q++) {
+        assert_int_equal(pa[q].len, pb[q].len);
+        assert_memory_equal(pa[q].data, pb[q].data, pa[q].len);
+        dbx_buf_free(&pa[q]);
+        dbx_buf_free(&pb[q]);
+      }
+      kv_free(a);
+      kv_free(b);
+    }
+  }
+}
+
 static void test_add_after_seal(void **state) {
   (void)state;
   kv_spec s = spec_of("count,sum,first,last,distinct,top:2");
@@ -760,6 +798,7 @@ int main(void) {
       cmocka_unit_test(test_add_after_seal),
       cmocka_unit_test(test_huge_values),
       cmocka_unit_test(test_decode_refuses),
+      cmocka_unit_test(test_split_from_table_equals_split_from_run),
       cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
   };
