@@ -122,6 +122,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   cli_stage_init(&r, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
   r.in = NULL;
   r.virtual_tasks = pc->r;
+  r.never_skip = 1;
   char opts[96];
   snprintf(opts, sizeof opts, "partitions=%u map_tasks=%u", pc->r, sc->nmap);
   r.plan_opts = opts;
@@ -137,23 +138,42 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
      * read again. */
     if (rc != DBX_ELOST || round == KEYED_RECOMPUTE_ROUNDS || streamed) break;
     uint32_t lost = shuffle_lost(pc, sc->nmap, maps, reds);
-    log_warn("%s; %u map task(s) run again", err->msg, lost);
+    char why[DBX_ERR_LEN];
+    snprintf(why, sizeof why, "%s", err->msg);
     rc = 0;
+    /* A map task given up under --on-task-failure=skip has empty partitions: written again,
+     * not run again (it would fail again, and be reported missing twice). */
+    for (size_t i = 0; i < j->nmissing && !rc; i++) {
+      uint32_t t = j->missing[i].task;
+      if (t < sc->nmap && maps[t] && (!strcmp(j->missing[i].stage, s->st->name) || !strcmp(j->missing[i].stage, "recompute"))) {
+        maps[t] = 0;
+        lost--;
+        rc = shuffle_write_empty(pc, spec, t, err);
+      }
+    }
+    if (rc) break;
+    log_warn("%s; %u map task(s) run again", why, lost);
     if (lost) {
       stage m = *s;
       m.out = NULL;
       memset(&m.bcast_out, 0, sizeof m.bcast_out);
       m.only = maps;
       m.nonly = sc->nmap;
-      if (!(m.st = job_add_stage(j, "recompute"))) rc = dbx_seterr(err, DBX_EINVAL, "too many stages");
+      if (!(m.st = job_add_stage(j, "recompute"))) rc = dbx_seterr(err, DBX_ELOST, "%s (too many stages to run it again)", why);
       else m.st->recompute = 1;
       if (!rc) rc = cli_run_stage(co, j, &m, err);
       dbx_buf_free(&m.bcast_out);
       for (size_t i = 0; i < j->nmissing && !rc; i++)
         if (!strcmp(j->missing[i].stage, m.st->name)) rc = shuffle_write_empty(pc, spec, j->missing[i].task, err);
     }
+    if (rc) break;
     stage again;
     cli_stage_init(&again, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
+    if (!again.st) {
+      rc = dbx_seterr(err, DBX_ELOST, "%s (too many stages to run it again)", why);
+      break;
+    }
+    again.never_skip = 1;
     again.in = NULL;
     again.virtual_tasks = pc->r;
     again.plan_opts = opts;

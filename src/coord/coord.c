@@ -219,7 +219,7 @@ static int give_up(srun *r, uint32_t idx, dbx_err *err) {
   ctask *t = &r->tt.t[idx];
   char where[600];
   describe(r, t, where, sizeof where);
-  if (!r->c->o.skip_failed) {
+  if (!r->s->skip_failed) {
     /* The report of what failed where: every failed attempt of this task, the same ones
      * the count says. */
     char list[DBX_ERR_LEN / 2] = "";
@@ -944,7 +944,7 @@ done:
 int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   double t0 = time_mono();
   int rc;
-  s->skip_failed = c->o.skip_failed;
+  s->skip_failed = c->o.skip_failed && !s->never_skip;
   s->seq = j->stage_no++;
   if ((rc = journal_stage(j->jr, s->seq, s->in, err))) return rc;
   if (!c->router) {

@@ -8,7 +8,7 @@
 #include "io/input.h"
 #include "sink/sink.h"
 
-#define STAGE_MAX 4
+#define STAGE_MAX 16  /* the classifier has 4; a keyed job 2 per stage plus 2 per recompute round */
 
 typedef struct stage_stats {
   char name[32];
@@ -39,6 +39,8 @@ typedef struct stage {
   size_t bcast_in_len;
   sink *out;               /* rows go here, or NULL to drop them */
   int skip_failed;         /* a failed task is left out and reported instead of failing */
+  int never_skip;          /* not even under --on-task-failure=skip (a reduce task: leaving
+                              one out would drop a whole partition of keys unreported) */
   uint32_t seq;            /* the stage's number in its job (journal key) */
   const char *plan_opts;   /* every option the stage's partials depend on, as canonical text
                               ("case_sensitive=0 max_record=0 ..."); see engine_plan_stage */

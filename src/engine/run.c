@@ -111,6 +111,7 @@ int engine_resume_task(job *j, stage *s, agg *ag, uint32_t index, dbx_err *err) 
     int rc = agg_add(ag, index, empty, err);
     return rc ? rc : 1;
   }
+  if (s->only) return 0;  /* a recompute: its outputs are files, which the journal does not hold */
   char *p = NULL;
   size_t n = 0;
   uint64_t records, bad, bytes;

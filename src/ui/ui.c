@@ -454,6 +454,7 @@ static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, s
   uint64_t attempts = 0, records = 0, bytes = 0, bad = 0;
   for (int i = 0; i < j->nstages; i++) {
     attempts += j->stages[i].attempts;
+    if (j->stages[i].recompute) continue;  /* records read again, counted once */
     records += j->stages[i].records;
     bytes += j->stages[i].bytes;
     bad += j->stages[i].bad_records;

@@ -49,7 +49,11 @@ class PoisonBatch(TmpTest):
         rest = self.write("rest.txt", "".join(lines[:700] + lines[800:]))
         self.assertEqual(p.stdout, run("wordcount", "--workers", "0", rest).stdout)
         self.assertGreaterEqual(len([f for f in j["failures"] if f["task"] == 7]), 4)
-        self.assertTrue(all("killed by signal 9" in f["cause"] for f in j["failures"]))
+        # Task 7's attempts are the crashes; no other task is blamed for them (a machine under
+        # load may time out another task's attempt, which is not a crash: CI saw one once).
+        causes = [(f["task"], f["cause"]) for f in j["failures"]]
+        self.assertTrue(all("killed by signal 9" in c for t, c in causes if t == 7), causes)
+        self.assertFalse(any("killed by signal 9" in c for t, c in causes if t != 7), causes)
         self.assertIn(b"missing from the result", p.stderr)
 
     def test_fail_stops_with_a_report_and_no_output(self):

@@ -4,8 +4,8 @@ gone fails with DBX_ELOST; the coordinator runs the map tasks with incomplete ou
 task by 300 ms (DBATCH_FAULT=delay_ms=300), waits for the first reduced file, then damages the
 spill directory, as tests/fault/test_partitions.py ReduceStageFaults does.
 
-Tests marked expectedFailure are known bugs (named in the comment above each): they pass
-the day the bug is fixed (and unittest then reports an unexpected success)."""
+The class Bugs holds the defects this pass found, each fixed (the comment above each says
+what happened)."""
 import glob
 import json
 import os
@@ -258,11 +258,10 @@ class Bugs(Base):
             wait_until(lambda: done, "the first deletion", timeout=10)
         return damage, done
 
-    # BUG second-recompute-too-many-stages: a second lost output (round 2 of the 3 promised) fails
+    # Was a bug (second-recompute-too-many-stages): a second lost output (round 2 of the 3 promised) fails
     # the job with "error: too many stages" (exit 1, naming no file): job.h has STAGE_MAX 4, and
     # groupby/run/wordcount use all 4 (map, reduce, recompute, reduce) in round 1, so
     # cli_keyed_stage's job_add_stage(j, "recompute") returns NULL in round 2.
-    @unittest.expectedFailure
     def test_a_second_loss_is_recomputed_too(self):
         damage, done = self.delete_again_and_again(2)
         rc, _, err = self.hit(self.gb_args(), damage)
@@ -273,12 +272,11 @@ class Bugs(Base):
         self.assertEqual([x["name"] for x in j["stages"]].count("recompute"), 2)
         self.assertEqual(j["records"], j["stages"][0]["records"])
 
-    # BUG rounds-exhausted-message: lost again and again, the job must give up after 3 rounds with
+    # Was a bug (rounds-exhausted-message): lost again and again, the job must give up after 3 rounds with
     # exit 1 and a message naming the lost file; it gives up in round 2 with "dbatch groupby:
     # error: too many stages" (same cause: STAGE_MAX 4 in src/engine/job.h vs
     # KEYED_RECOMPUTE_ROUNDS 3 in src/cli/keyed.c; the "too many stages" error also drops err's
     # lost-file message).
-    @unittest.expectedFailure
     def test_lost_more_than_three_times_fails_naming_the_file(self):
         damage, done = self.delete_again_and_again(10)
         t0 = time.time()
@@ -290,13 +288,12 @@ class Bugs(Base):
         self.assertFalse(os.path.exists(self.out))
         self.assertEqual(spill_files(self.spill), [])
 
-    # BUG cooccur-recompute-segfault: one lost map output of cooccur's pairs stage kills the
+    # Was a bug (cooccur-recompute-segfault): one lost map output of cooccur's pairs stage kills the
     # coordinator with SIGSEGV (returncode -11), leaving every partition file in the spill
     # directory. cooccur has 3 stages before the loss (baskets, pairs, reduce); the recompute
     # takes the 4th and last slot (STAGE_MAX 4, src/engine/job.h), then cli_stage_init(&again, ...)
     # gets st = NULL from job_add_stage and cli_keyed_stage runs that reduce stage anyway
     # (coord.c dereferences r->s->st).
-    @unittest.expectedFailure
     def test_cooccur_pairs_stage_lost_output_is_recomputed(self):
         p = self.path("orders.csv")
         gen_keyed.orders(p, 5000, 500, 70, heavy_users=2, heavy_orders=120)
@@ -312,13 +309,12 @@ class Bugs(Base):
         self.check_recomputed(self.summary(), 1)
         self.assertEqual(spill_files(self.spill), [])
 
-    # BUG skipped-task-recomputed: under --on-task-failure skip, a map task given up (crash_on)
+    # Was a bug (skipped-task-recomputed): under --on-task-failure skip, a map task given up (crash_on)
     # wrote empty outputs; when one of them is lost, the recompute runs that task again (crashing
     # its worker --max-attempts more times), skips it again and job_add_missing records it a
     # second time under stage "recompute": the summary's "missing" lists the same input twice and
     # the job says "finished without 2 skipped task(s)" where one batch is missing (the rows are
     # right). Suspected: shuffle_lost/cli_keyed_stage do not leave out tasks in j->missing.
-    @unittest.expectedFailure
     def test_a_skipped_map_task_is_missing_once(self):
         with open(self.input, encoding="utf-8", newline="") as f:
             data = f.read()
@@ -343,14 +339,13 @@ class Bugs(Base):
         self.assertEqual(len(j["missing"]), 1, j["missing"])
         self.assertIn("without 1 skipped task", err)
 
-    # BUG resumed-recompute-trusts-journal: a job killed after its recompute of map task 0 was
+    # Was a bug (resumed-recompute-trusts-journal): a job killed after its recompute of map task 0 was
     # journaled (stage 2) and before the reduce of the last partition, whose map output 0 is then
     # lost again, resumes by taking stage 2's task 0 from the journal (engine_resume_task's
     # journal_lookup) although the files it must make are gone: the "recompute" stage reports a
     # batch and records it never ran, the reduce fails ELOST again, and round 2 dies with "too many
     # stages" (STAGE_MAX; with that fixed the job recovers, one round later and with two recompute
     # stages listed). A recompute task should not be resumed from the journal.
-    @unittest.expectedFailure
     def test_resume_after_a_journaled_recompute_recomputes(self):
         jd = self.path("job")
         spill = os.path.join(jd, "spill")
@@ -394,7 +389,6 @@ class Bugs(Base):
     # skipped; the job then fails with "reduced partition .../s0-r15.kv: No such file or
     # directory", naming the reduced file it never wrote instead of the damaged map output
     # (cli_keyed_stage does not handle a skipped reduce task; kv_stream_open reports the gap).
-    @unittest.expectedFailure
     def test_a_truncated_map_output_under_skip_fails_naming_it(self):
         victim = []
 
