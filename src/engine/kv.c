@@ -370,6 +370,7 @@ struct kvpart {
   size_t off[KV_AGG_MAX];   /* each aggregate's state offset in a hash entry */
   htab *h, *hp;             /* while mapping (NULL when nothing is pending) */
   dbx_buf blob;             /* first/last values of h */
+  size_t blob_dead;         /* bytes of blob no state points to (last values replaced) */
   dbx_buf tail;             /* scratch: a pair's aggregate byte and value */
   dbx_buf run;              /* sealed: main run then pair run */
   uint64_t nmain, npair;
@@ -549,6 +550,31 @@ int kv_replay(kvpart *p, const char *d, size_t n, dbx_err *err) {
   return 0;
 }
 
+/* Copy the first/last values the states point to into a fresh blob: replaced last values
+ * are garbage, and the blob would otherwise grow with the records of a key, not its values. */
+static int compact_blob(kvpart *p) {
+  const kv_spec *s = &p->s;
+  dbx_buf fresh = {0};
+  if (dbx_buf_reserve(&fresh, p->blob.len + 1)) return DBX_ENOMEM;  /* no append below can fail */
+  for (size_t off = 0; off < p->h->a.len;) {
+    hent *e = ent_at(p->h, off);
+    char *st = ent_state(e);
+    for (uint32_t i = 0; i < s->nagg; i++) {
+      char *x = st + p->off[i];
+      if (!kind_text(s->agg[i].kind) || !x[0]) continue;
+      uint32_t len = get32(x + 1);
+      uint64_t at = fresh.len;
+      if (len) (void)dbx_buf_append(&fresh, p->blob.data + get64(x + 5), len);
+      put64(x + 5, at);
+    }
+    off += ent_size(p->h, e);
+  }
+  dbx_buf_free(&p->blob);
+  p->blob = fresh;
+  p->blob_dead = 0;
+  return 0;
+}
+
 /* The arena exists from the start: with nothing in it, it would be NULL, and
  * NULL + 0 passed to memcmp is undefined behaviour. */
 static htab *htab_new(size_t ssize) {
@@ -709,10 +735,19 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
     case KA_FIRST: case KA_LAST:
       if (v->missing || (a->kind == KA_FIRST && x[0])) break;
       if (v->n > UINT32_MAX) return dbx_seterr(err, DBX_EBADREC, "a value of %zu bytes", v->n);
+      if (x[0] && get32(x + 1) >= v->n) {  /* a last value no longer than the one it replaces */
+        p->blob_dead += get32(x + 1) - v->n;
+        if (v->n) memcpy(p->blob.data + get64(x + 5), v->p, v->n);
+        put32(x + 1, (uint32_t)v->n);
+        break;
+      }
+      if (x[0]) p->blob_dead += get32(x + 1);
       x[0] = 1;
       put32(x + 1, (uint32_t)v->n);
       put64(x + 5, p->blob.len);
       if (v->n && dbx_buf_append(&p->blob, v->p, v->n)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+      if (p->blob_dead > (1u << 20) && p->blob_dead > p->blob.len / 2 && compact_blob(p))
+        return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
       break;
     case KA_DISTINCT: case KA_TOP: {
       if (v->missing) break;
@@ -1064,6 +1099,7 @@ static int seal(kvpart *p, dbx_err *err) {
   htab_free(p->hp);
   p->h = p->hp = NULL;
   dbx_buf_free(&p->blob);
+  p->blob_dead = 0;
   if (!p->run.len) {
     dbx_buf_free(&p->run);
     p->run = fresh;
@@ -1649,6 +1685,7 @@ void kv_clear(kvpart *p) {
   htab_free(p->hp);
   p->h = p->hp = NULL;
   dbx_buf_free(&p->blob);
+  p->blob_dead = 0;
   if (!p->borrowed) dbx_buf_free(&p->run);
   memset(&p->run, 0, sizeof p->run);
   p->borrowed = 0;
@@ -1700,6 +1737,7 @@ int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
       htab_free(p->hp);
       p->h = p->hp = NULL;
       dbx_buf_free(&p->blob);
+      p->blob_dead = 0;
     }
   }
   if (!rc && !direct) rc = kv_cursor_init(&c, p, err);

@@ -507,6 +507,36 @@ static void test_empty_partials(void **state) {
   kv_free(f);
 }
 
+/* last: over 200,000 records of two keys, values growing and shrinking: the values stay
+ * right and the partial's memory follows the keys' values, not the records (replaced last
+ * values are reused in place or compacted away). */
+static void test_last_values_do_not_pile_up(void **state) {
+  (void)state;
+  kv_spec s = spec_of("first,last,count");
+  kvpart *p = kv_new(&s);
+  dbx_err err = {0, ""};
+  char v[600];
+  size_t peak = 0;
+  for (int i = 0; i < 200000; i++) {
+    size_t n = (size_t)(i * 7919) % 512 + 12;  /* its record number, '.', then letters */
+    int m = snprintf(v, sizeof v, "%d.", i);
+    memset(v + m, 'a' + i % 26, n - (size_t)m);
+    kstr k = i % 3 ? (kstr)KS("x") : (kstr)KS("y");
+    assert_int_equal(add1(p, k, v, n, &err), 0);
+    if (kv_bytes(p) > peak) peak = kv_bytes(p);
+  }
+  /* 2 keys: their values are < 2 KB; without reuse the blob holds every value: ~51 MB */
+  assert_true(peak < (4u << 20));
+  char *got = rows_of(&s, p);
+  assert_non_null(strstr(got, "x | '1."));         /* first of x: record 1 */
+  assert_non_null(strstr(got, "' | 133333\n"));    /* x's count */
+  assert_non_null(strstr(got, "y | '0."));          /* first of y: record 0 */
+  assert_non_null(strstr(got, "' | '199998"));      /* last of y: record 199998 */
+  assert_non_null(strstr(got, "' | '199999"));      /* last of x: record 199999 */
+  free(got);
+  kv_free(p);
+}
+
 /* kv_split straight from a table never sealed writes the bytes of splitting its sealed run. */
 static void test_split_from_table_equals_split_from_run(void **state) {
   (void)state;
@@ -799,6 +829,7 @@ int main(void) {
       cmocka_unit_test(test_huge_values),
       cmocka_unit_test(test_decode_refuses),
       cmocka_unit_test(test_split_from_table_equals_split_from_run),
+      cmocka_unit_test(test_last_values_do_not_pile_up),
       cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
   };
