@@ -20,7 +20,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, TmpfsTest, children, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+from dbx import TmpTest, TmpfsTest, children, in_spill, spill_files, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -39,20 +39,6 @@ def matrix():
             yield r, w, ()
         yield r, "2", ("--policy", "round-robin")
         yield r, "2", ("--policy", "random", "--seed", "7")
-
-
-def spill_files(d):
-    """Everything a job leaves in a spill directory: partition files and temporaries, and the
-    directory of its own a job makes inside a --spill-dir."""
-    out = []
-    for root, dirs, files in os.walk(d) if os.path.isdir(d) else []:
-        out += [os.path.relpath(os.path.join(root, f), d) for f in files + dirs]
-    return sorted(out)
-
-
-def in_spill(spill, pattern):
-    """Files of a pattern in a spill directory or in the job's own directory inside it."""
-    return glob.glob(os.path.join(spill, pattern)) + glob.glob(os.path.join(spill, "*", pattern))
 
 
 def real_sums_by_tree(records, batch_records, header_lines):

@@ -6,7 +6,6 @@ spill directory, as tests/fault/test_partitions.py ReduceStageFaults does.
 
 The class Bugs holds the defects this pass found, each fixed (the comment above each says
 what happened)."""
-import glob
 import json
 import os
 import random
@@ -19,7 +18,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import (DBATCH, TmpTest, children, fault_env, reference_wordcount, run, slurp, start, stop,  # noqa: E402
+from dbx import (DBATCH, TmpTest, in_spill, spill_files, children, fault_env, reference_wordcount, run, slurp, start, stop,  # noqa: E402
                  wait_for_line, wait_until)
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
@@ -28,17 +27,6 @@ gen_keyed.CHUNK = 500
 
 R = 16
 SPECS = "count,sum:qty,mean:price,first:region,top:2:region"
-
-
-def spill_files(d):
-    out = []
-    for root, dirs, files in os.walk(d) if os.path.isdir(d) else []:
-        out += [os.path.relpath(os.path.join(root, f), d) for f in files + dirs]
-    return sorted(out)
-
-
-def in_spill(spill, pattern):
-    return glob.glob(os.path.join(spill, pattern)) + glob.glob(os.path.join(spill, "*", pattern))
 
 
 class Base(TmpTest):
@@ -87,6 +75,18 @@ class Base(TmpTest):
         self.assertTrue(lost, j["failures"])
         self.assertTrue(all(f["stage"] == "reduce" for f in lost), lost)
 
+    def recovers(self, damage, nlost, *more):
+        """groupby (with more options) survives damage: the reference's rows, nlost map tasks
+        recomputed, records counted once, the spill directory left empty."""
+        rc, _, err = self.hit(self.gb_args(*more), damage)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(slurp(self.out), self.want)
+        j = self.summary()
+        self.check_recomputed(j, nlost)
+        self.assertEqual(j["records"], j["stages"][0]["records"])
+        self.assertEqual(spill_files(self.spill), [])
+        return j
+
 
 class HeldUp(Base):
     """Behaviour that held when this file was written."""
@@ -97,25 +97,13 @@ class HeldUp(Base):
             self.assertEqual(len(vs), R)
             for v in vs:
                 os.unlink(v)
-        rc, _, err = self.hit(self.gb_args(), damage)
-        self.assertEqual(rc, 0, err)
-        self.assertEqual(slurp(self.out), self.want)
-        j = self.summary()
-        self.check_recomputed(j, 1)
-        self.assertEqual(j["records"], j["stages"][0]["records"])
-        self.assertEqual(spill_files(self.spill), [])
+        self.recovers(damage, 1)
 
     def test_outputs_of_several_map_tasks_lost(self):
         def damage(sp, _):
             for i in (0, 2, 3):
                 os.unlink(in_spill(sp, "s0-m%d-p%d.kv" % (i, R - 1 - i))[0])
-        rc, _, err = self.hit(self.gb_args(), damage)
-        self.assertEqual(rc, 0, err)
-        self.assertEqual(slurp(self.out), self.want)
-        j = self.summary()
-        self.check_recomputed(j, 3)
-        self.assertEqual(j["records"], j["stages"][0]["records"])
-        self.assertEqual(spill_files(self.spill), [])
+        self.recovers(damage, 3)
 
     def test_a_map_output_and_reduced_files_lost(self):
         def damage(sp, _):

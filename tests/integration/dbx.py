@@ -1,5 +1,6 @@
 """dbx.py -- helpers for dbatch integration tests: run the real CLI, temp dirs, references."""
 import collections
+import glob
 import os
 import re
 import shutil
@@ -70,6 +71,20 @@ class TmpfsTest(TmpTest):
     def tearDown(self):
         subprocess.run(["umount", "-l", self.small], capture_output=True)
         super().tearDown()
+
+
+def spill_files(d):
+    """Everything a job leaves in a spill directory: partition files and temporaries, and the
+    directory of its own a job makes inside a --spill-dir."""
+    out = []
+    for root, dirs, files in os.walk(d) if os.path.isdir(d) else []:
+        out += [os.path.relpath(os.path.join(root, f), d) for f in files + dirs]
+    return sorted(out)
+
+
+def in_spill(spill, pattern):
+    """Files of a pattern in a spill directory or in the job's own directory inside it."""
+    return glob.glob(os.path.join(spill, pattern)) + glob.glob(os.path.join(spill, "*", pattern))
 
 
 def slurp(path, text=False):
