@@ -7,6 +7,7 @@
 #include "engine/job.h"
 #include "util/afile.h"
 #include "engine/shuffle.h"
+#include "net/transport.h"
 
 /* Exit statuses: documented in --help and the man page. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_PARTIAL = 3 };
@@ -29,6 +30,15 @@ typedef struct cli_job {
   int bad_fail;           /* --on-bad-record=fail */
   afile summary;          /* --summary-json, opened when the job starts, committed with its outputs */
   int summary_open;
+  const char *key_path;   /* --key */
+  const char *authz_path; /* --authorized-keys */
+  int insecure;           /* --insecure */
+  const char *cluster;    /* --cluster MODE, or NULL */
+  tr_keypair key;         /* loaded from key_path */
+  tr_authz authz;         /* loaded from authz_path */
+  char listen_buf[256];   /* --listen as an endpoint */
+  int workers_set;        /* --workers was given */
+  const char *cluster_dir;  /* --cluster: the job directory every rank shares */
 } cli_job;
 
 /* Outputs of a job, committed together at its end (cli_job_finish). */
@@ -79,7 +89,11 @@ extern int cli_resume;
   {"on-bad-record", required_argument, NULL, 1024},           \
   {"dashboard", required_argument, NULL, 1025},               \
   {"dashboard-public", no_argument, NULL, 1026},              \
-  {"no-job-dir", no_argument, NULL, 1027}
+  {"no-job-dir", no_argument, NULL, 1027},                   \
+  {"key", required_argument, NULL, 1028},                     \
+  {"authorized-keys", required_argument, NULL, 1029},         \
+  {"insecure", no_argument, NULL, 1030},                      \
+  {"cluster", required_argument, NULL, 1031}
 
 #define CLI_JOB_HELP \
   "Batching and execution:\n" \
@@ -89,8 +103,17 @@ extern int cli_resume;
   "      --batch-records N   cut inputs into batches of N lines instead\n" \
   "      --workers N         local worker processes (default: the number of cores;\n" \
   "                          0 = run every task in this process)\n" \
-  "      --listen tcp://HOST:PORT  also accept workers started elsewhere with\n" \
-  "                          'dbatch worker --connect tcp://HOST:PORT'\n" \
+  "      --listen HOST:PORT  also accept workers started elsewhere with\n" \
+  "                          'dbatch worker --connect HOST:PORT'; an address other than\n" \
+  "                          loopback needs --key and --authorized-keys (or --insecure)\n" \
+  "      --key FILE          this coordinator's key pair (dbatch keygen): workers on\n" \
+  "                          --listen are authenticated and every byte is encrypted\n" \
+  "      --authorized-keys FILE  public keys of the workers admitted, one per line\n" \
+  "      --insecure          --listen on a network address without keys: anyone who\n" \
+  "                          reaches the port can join, read tasks and send results\n" \
+  "      --cluster auto|slurm|mpi  every rank of srun or mpirun runs this same command:\n" \
+  "                          rank 0 is the coordinator, the others its workers, found\n" \
+  "                          through the job directory, with a fresh key pair per job\n" \
   "      --wait-workers N    start the first task once N workers have joined\n" \
   "      --policy P          least-loaded (default), round-robin or random\n" \
   "      --seed N            seed of the random policy (reproducible placement)\n" \
@@ -157,6 +180,17 @@ int cli_fail(const char *cmd, const dbx_err *err);
  * "-x" for a short one. Static storage. */
 const char *cli_opt_name(const struct option *lo, int li, int c);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- links (cluster.c) ---- */
+/* --listen as an endpoint, the keys loaded, and a network --listen without keys refused
+ * unless --insecure. */
+int cli_job_security(cli_job *o, dbx_err *err);
+struct rv_env;
+/* --cluster: which rank this is. A worker rank serves rank 0 and exits the process here;
+ * rank 0 gets its job directory, keys and listener set up. */
+int cli_cluster_begin(cli_job *o, job *j, struct rv_env *e, dbx_err *err);
+/* Rank 0, once listening: write the rendezvous for the other ranks. */
+int cli_cluster_ready(cli_job *o, coord *c, const struct rv_env *e, dbx_err *err);
 
 /* Start the job's coordinator (and its local workers). */
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err);
@@ -226,4 +260,5 @@ int cmd_worker(int argc, char **argv);
 int cmd_bench_tasks(int argc, char **argv);
 int cmd_nb(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
 #endif

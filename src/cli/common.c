@@ -10,6 +10,7 @@
 #include "engine/journal.h"
 #include "ops/ops.h"
 #include "ui/ui.h"
+#include "net/rendezvous.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -75,6 +76,7 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 1000:
     if (parse_u64(arg, 0, 1024, &v)) return -1;
     o->workers = (int)v;
+    o->workers_set = 1;
     return 1;
   case 1001:
     if (parse_size(arg, &v) || v == 0) return -1;
@@ -148,6 +150,13 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 1025: o->dashboard = arg; return 1;
   case 1026: o->dashboard_public = 1; return 1;
   case 1027: o->no_job_dir = 1; return 1;
+  case 1028: o->key_path = arg; return 1;
+  case 1029: o->authz_path = arg; return 1;
+  case 1030: o->insecure = 1; return 1;
+  case 1031:
+    if (strcmp(arg, "auto") && strcmp(arg, "slurm") && strcmp(arg, "mpi") && strcmp(arg, "k8s")) return -1;
+    o->cluster = arg;
+    return 1;
   case 1023:
     if (parse_size(arg, &v) || v == 0) return -1;
     o->max_record = v;
@@ -248,6 +257,10 @@ int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
 }
 
 static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
+  rv_env ce;
+  int crc = o->cluster ? cli_cluster_begin(o, j, &ce, err) : 0;
+  if (!crc) crc = cli_job_security(o, err);
+  if (crc) return crc;
   o->co.workers = o->workers;
   j->workers = o->workers;
   const char *dir = o->job_dir;
@@ -269,6 +282,8 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     if (rc) return rc;
   } else if (cli_resume) {
     return dbx_seterr(err, DBX_EINVAL, "the journaled command has no --job-dir");
+  } else if (o->cluster_dir) {
+    dir = o->cluster_dir;  /* made by cli_cluster_begin, shared with the other ranks */
   } else if (!o->no_job_dir) {
     /* The default job directory: ./dbatch-jobs/NAME-YYYYmmdd-HHMMSS-PID (report, summary). */
     time_t now = time(NULL);
@@ -288,7 +303,10 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   int rc = ui_new(&uo, j->name, &j->ui, err);
   if (rc) return rc;
   j->job_dir = dir;
-  return coord_new(&o->co, c, err);
+  int rc2 = coord_new(&o->co, c, err);
+  tr_authz_free(&o->authz);  /* the coordinator's guard took what it needed */
+  if (!rc2 && o->cluster) rc2 = cli_cluster_ready(o, *c, &ce, err);
+  return rc2;
 }
 
 /* Remove the job directory dir that a job which failed to start created: the files it

@@ -20,7 +20,8 @@ static const char usage[] =
     "                       with --reduce AGG or --reduce-cmd CMD, per-key results\n"
     "  groupby INPUT... --key COL --agg SPEC   group CSV, TSV or JSONL rows, no code\n"
     "  cooccur ORDERS --user COL --item COL    items bought together (recommendations)\n"
-    "  worker --connect tcp://HOST:PORT   join a coordinator started with --listen\n"
+    "  worker --connect HOST:PORT   join a coordinator started with --listen\n"
+    "  keygen FILE          a key pair for authenticated, encrypted links (--key)\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  status JOB_DIR|URL   the live or final state of a job\n"
     "  resume JOB_DIR       finish a journaled job (--job-dir) whose coordinator died\n"
@@ -46,6 +47,7 @@ static const command commands[] = {
     {"nb", cmd_nb},
     {"resume", cmd_resume},
     {"status", cmd_status},
+    {"keygen", cmd_keygen},
 };
 
 static int dispatch(int argc, char **argv);

@@ -56,6 +56,7 @@ struct coord {
   size_t banned_len[16], nbanned;
   int waiting_logged;
   char *exe;
+  tr_guard *guard;          /* admits keyed workers on --listen (NULL without keys) */
 };
 
 static volatile sig_atomic_t g_interrupted;
@@ -112,6 +113,12 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
   sa.sa_handler = on_interrupt;
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  /* Local workers talk over a unix socket, which only processes of this user may connect
+   * to (the kernel's peer credentials, checked by libzmq); --listen's endpoint, bound after
+   * this, gets CURVE when there are keys. Options apply to the endpoints bound after them. */
+  int uid = (int)getuid();
+  if (zmq_setsockopt(c->router, ZMQ_IPC_FILTER_UID, &uid, sizeof uid) != 0)
+    log_debug("this libzmq cannot filter local connections by user: %s", zmq_strerror(zmq_errno()));
   if (o->workers > 0) {
     /* Linux's abstract socket namespace: no file to leave behind when we are killed. */
     snprintf(c->ipc_ep, sizeof c->ipc_ep, "ipc://@dbatch-%d-%lx", (int)getpid(),
@@ -121,6 +128,7 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
       goto fail;
     }
   }
+  if (o->listen && o->key && (rc = tr_guard_start(c->zctx, c->router, o->key, o->authz, &c->guard, err))) goto fail;
   if (o->listen && zmq_bind(c->router, o->listen) != 0) {
     rc = dbx_seterr(err, DBX_EUSAGE, "--listen %s: %s", o->listen, zmq_strerror(zmq_errno()));
     goto fail;
@@ -132,6 +140,13 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
 fail:
   coord_free(c, NULL);
   return rc;
+}
+
+int coord_listen_endpoint(coord *c, char *out, size_t cap) {
+  size_t n = cap;
+  if (!c->router || !c->o.listen || cap == 0) return -1;
+  /* The last endpoint bound is --listen's (the local one is bound before it). */
+  return zmq_getsockopt(c->router, ZMQ_LAST_ENDPOINT, out, &n);
 }
 
 /* ---- one stage ---- */
@@ -863,7 +878,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     goto done;
   if (s->in && (rc = splitter_new(s->in, &s->split, &r.sp, err))) goto done;
   if (r.sp) splitter_csv_quotes(r.sp, s->csv_quotes);
-  double last_hb = 0;
+  double last_hb = 0, t_workers = time_mono(), t_stage0 = t_workers;  /* t_workers: the last time a worker was alive */
   while (!g_interrupted) {
     double t0 = time_mono();
     if ((rc = top_up(&r, err))) goto done;
@@ -877,6 +892,17 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if (nalive && !nusable && !c->o.listen && c->wt.local_procs <= nalive) {
       rc = dbx_seterr(err, DBX_ETASK, "every worker is excluded after failing %u different tasks (--exclude-after)",
                       c->o.exclude_after);
+      goto done;
+    }
+    double tnow = time_mono();
+    if (nalive) t_workers = tnow;
+    /* Ranks that never come (a node that failed to start) do not hold the job forever. */
+    if (c->o.join_timeout > 0 && nalive && c->o.wait_workers && tnow - t_stage0 > c->o.join_timeout) {
+      log_warn("%d of %u workers joined within %.0f s; starting with them", nalive, c->o.wait_workers, c->o.join_timeout);
+      c->o.wait_workers = 0;
+    }
+    if (c->o.join_timeout > 0 && c->o.listen && !nalive && c->wt.local_procs == 0 && tnow - t_workers > c->o.join_timeout) {
+      rc = dbx_seterr(err, DBX_ETASK, "no worker has been connected for %.0f s on %s", c->o.join_timeout, c->o.listen);
       goto done;
     }
     if (nalive >= (int)c->o.wait_workers) c->o.wait_workers = 0;  /* once per job */
@@ -992,6 +1018,7 @@ void coord_free(coord *c, job *j) {
     wt_summary(t, &j->winfo, &j->nwinfo);
   }
   if (c->router) zmq_close(c->router);
+  tr_guard_stop(c->guard);
   if (c->zctx) zmq_ctx_term(c->zctx);
   if (c->sigfd >= 0) {
     close(c->sigfd);

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include "engine/job.h"
 #include "engine/sched.h"
+#include "net/transport.h"
 
 typedef struct coord_opts {
   int workers;              /* local worker processes to start */
@@ -22,6 +23,10 @@ typedef struct coord_opts {
   uint32_t exclude_after;   /* exclude a worker after failures of this many different tasks (0: never) */
   int speculation;          /* copy stragglers to free workers */
   int skip_failed;          /* --on-task-failure=skip */
+  const tr_keypair *key;    /* CURVE on --listen: the coordinator's key pair, or NULL */
+  tr_authz *authz;          /* with key: the workers admitted (taken over by coord_new) */
+  double join_timeout;      /* with listen: fail after this long without any worker, and
+                               stop holding for --wait-workers (0: wait forever) */
 } coord_opts;
 
 typedef struct coord coord;
@@ -30,6 +35,8 @@ typedef struct coord coord;
 int coord_new(const coord_opts *o, coord **out, dbx_err *err);
 /* Run one stage on the workers (or in this process when there are none and none can join). */
 int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err);
+/* The endpoint --listen was bound to (the port chosen when it said '*'), into out. */
+int coord_listen_endpoint(coord *c, char *out, size_t cap);
 /* Tell workers the job is over, reap local workers, fill j's per-worker summary. NULL ok. */
 void coord_free(coord *c, job *j);
 #endif

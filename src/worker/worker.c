@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@ typedef struct wstage {
   void *bcast;
   char **paths;
   uint32_t npaths;
+  unsigned char *readable;  /* --allow-read: per path 0 unknown, 1 allowed, 2 refused */
   int refs;
 } wstage;
 
@@ -56,6 +58,7 @@ typedef struct wctx {
   evidence_page *ev;          /* local worker: what each thread runs, shared with the coordinator */
   uint64_t max_msg;           /* the coordinator's --max-message (0: not told); atomic */
   unsigned nthreads_started;
+  const worker_opts *o;
 } wctx;
 
 static void stage_release(wctx *w, wstage *s) {
@@ -67,6 +70,7 @@ static void stage_release(wctx *w, wstage *s) {
   if (s->bcast) s->op->bcast_free(s->bcast);
   for (uint32_t i = 0; i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
+  free(s->readable);
   free(s->cfg);
   plugin_close(s->pl);  /* last: op and bcast_free live in it */
   free(s);
@@ -93,6 +97,36 @@ static void evidence_set(wctx *w, unsigned slot, const msg *m, int running) {
   __atomic_store_n(&e->running, (uint32_t)running, __ATOMIC_RELEASE);
 }
 
+/* May a task read path? Only when it resolves (symbolic links followed) to a place under
+ * one of the --allow-read directories. A path that does not resolve is left to the reader,
+ * which reports it missing. */
+static int path_allowed(const worker_opts *o, const char *path) {
+  char rp[PATH_MAX];
+  if (!realpath(path, rp)) return errno == ENOENT || errno == ENOTDIR;
+  for (size_t i = 0; i < o->nallow; i++) {
+    const char *d = o->allow_read[i];
+    size_t n = strlen(d);
+    if (n == 1 && d[0] == '/') return 1;
+    if (!strncmp(rp, d, n) && (rp[n] == '/' || rp[n] == 0)) return 1;
+  }
+  return 0;
+}
+
+/* The first path of batch b this worker refuses to read, or NULL. */
+static const char *refused_path(wctx *w, wstage *st, const batchdesc *b) {
+  if (!w->o->restrict_read || b->shipped || !st->readable) return NULL;
+  for (uint32_t i = 0; i < b->nseg; i++) {
+    uint32_t k = b->seg[i].input;
+    unsigned char v = __atomic_load_n(&st->readable[k], __ATOMIC_RELAXED);
+    if (!v) {
+      v = path_allowed(w->o, st->paths[k]) ? 1 : 2;
+      __atomic_store_n(&st->readable[k], v, __ATOMIC_RELAXED);
+    }
+    if (v == 2) return st->paths[k];
+  }
+  return NULL;
+}
+
 static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
   msg *m = &it->m;
   wstage *st = it->st;
@@ -104,6 +138,10 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
   for (uint32_t i = 0; i < m->batch.nseg && !rc; i++)
     if (m->batch.seg[i].input >= st->npaths)
       rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
+  const char *refused = rc ? NULL : refused_path(w, st, &m->batch);
+  if (refused)
+    rc = dbx_seterr(&err, DBX_EACCES, "this worker refuses to read %s: it is outside its --allow-read directories",
+                    refused);
   double t0 = time_mono();
   evidence_set(w, slot, m, 1);
   ops_task_attempt = (uint32_t)m->attempt;  /* DBATCH_ATTEMPT for commands (ops/exec.c) */
@@ -213,7 +251,8 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
   s->cfg = malloc(m->cfg_len + 1);
   s->npaths = m->npaths;
   s->paths = calloc(m->npaths ? m->npaths : 1, sizeof *s->paths);
-  if (!s->cfg || !s->paths) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
+  s->readable = calloc(m->npaths ? m->npaths : 1, 1);
+  if (!s->cfg || !s->paths || !s->readable) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
   if (m->cfg_len) memcpy(s->cfg, m->cfg, m->cfg_len);
   for (uint32_t i = 0; i < m->npaths; i++) {
     const msgpack_object_str *p = &m->paths[i].via.str;
@@ -228,6 +267,7 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
 fail:
   for (uint32_t i = 0; s->paths && i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
+  free(s->readable);
   free(s->cfg);
   plugin_close(s->pl);
   free(s);
@@ -308,6 +348,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   memset(&w, 0, sizeof w);
   pthread_mutex_init(&w.mu, NULL);
   pthread_cond_init(&w.cv, NULL);
+  w.o = o;
   w.zctx = zmq_ctx_new();
   void *dealer = zmq_socket(w.zctx, ZMQ_DEALER);
   void *pull = zmq_socket(w.zctx, ZMQ_PULL);
@@ -316,8 +357,19 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   int ivl = 100;
   zmq_setsockopt(dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
   zmq_bind(pull, "inproc://results");
+  void *watch = NULL;
+  if (o->key && (rc = tr_client_secure(dealer, o->key, o->coordinator_key, err))) {
+    zmq_close(dealer);
+    zmq_close(pull);
+    zmq_ctx_term(w.zctx);
+    return rc;
+  }
+  /* Handshakes are watched on remote links: a refused key or a wrong coordinator key is
+   * said at once, not left to look like a coordinator that does not answer. */
+  if (!o->local) watch = tr_watch(w.zctx, dealer);
   if (zmq_connect(dealer, o->connect) != 0) {
     rc = dbx_seterr(err, DBX_EUSAGE, "cannot connect to %s: %s", o->connect, zmq_strerror(zmq_errno()));
+    if (watch) zmq_close(watch);
     zmq_close(dealer);
     zmq_close(pull);
     zmq_ctx_term(w.zctx);
@@ -336,6 +388,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     pthread_mutex_unlock(&w.mu);
     for (uint32_t i = 0; i < started; i++) pthread_join(th[i], NULL);
     free(th);
+    if (watch) zmq_close(watch);
     zmq_close(dealer);
     zmq_close(pull);
     zmq_ctx_term(w.zctx);
@@ -353,11 +406,34 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   char bad_stage_why[DBX_ERR_LEN + 64] = "";
   double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
   double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
-  int welcomed = 0, running = 1;
+  int welcomed = 0, running = 1, ever_welcomed = 0, hs_failed = 0;
+  double t_begin = now, last_said = now;
   zmq_msg_t zm;
   zmq_msg_init(&zm);
   while (running) {
     now = time_mono();
+    char hs_why[256];
+    int hs;
+    while ((hs = tr_watch_next(watch, o->key != NULL, hs_why, sizeof hs_why)) != TR_HS_NONE) {
+      if (hs == TR_HS_OK) { hs_failed = 0; continue; }
+      /* A refusal or a mechanism mismatch will not change by retrying; a failed decryption
+       * might be a coordinator restarting with new keys: give it three tries. */
+      if (hs == TR_HS_REFUSED || hs == TR_HS_MISMATCH || ++hs_failed >= 3) {
+        rc = dbx_seterr(err, DBX_EACCES, "%s: %s", o->connect, hs_why);
+        running = 0;
+        break;
+      }
+    }
+    if (!running) break;
+    if (!welcomed && !ever_welcomed && o->connect_timeout > 0 && now - t_begin > o->connect_timeout) {
+      rc = dbx_seterr(err, DBX_ETIMEDOUT, "no coordinator answered at %s within %.0f s (--connect-timeout)",
+                      o->connect, o->connect_timeout);
+      break;
+    }
+    if (!welcomed && !o->local && now - last_said >= 10) {
+      log_debug("worker: still no answer from the coordinator at %s after %.0f s", o->connect, now - t_begin);
+      last_said = now;
+    }
     if (!welcomed && now - last_hello >= hb) {
       if (!msg_hello(&out, nthreads, host, (uint64_t)getpid(), o->shared_fs)) send_buf(dealer, &out);
       last_hello = last_sent = now;
@@ -368,7 +444,10 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     }
     if (o->local && getppid() != parent) break;
     if (now - last_heard > o->timeout) {
-      if (o->local) { log_warn("worker: coordinator silent for %.0f s; exiting", o->timeout); break; }
+      if (o->local || (o->exit_on_loss && ever_welcomed)) {
+        log_warn("worker: coordinator silent for %.0f s; exiting", o->timeout);
+        break;
+      }
       if (welcomed) log_warn("worker: coordinator silent for %.0f s; waiting for it to come back", o->timeout);
       welcomed = 0;  /* say hello again when it returns */
       last_heard = now;
@@ -404,7 +483,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       int keep = 0;
       switch (m.type) {
       case MSG_WELCOME:
-        welcomed = 1;
+        welcomed = ever_welcomed = 1;
         __atomic_store_n(&w.max_msg, m.max_msg, __ATOMIC_RELAXED);
         /* Bounded: the poll timeout below is derived from it. */
         if (m.heartbeat_ms) hb = (double)(m.heartbeat_ms < 3600000 ? m.heartbeat_ms : 3600000) / 1000.0;
@@ -497,6 +576,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   free(th);
   stage_release(&w, cur);
   dbx_buf_free(&out);
+  if (watch) zmq_close(watch);
   zmq_close(dealer);
   zmq_close(pull);
   zmq_ctx_term(w.zctx);

@@ -4,6 +4,7 @@
 #define DBX_WORKER_H
 #include <stdint.h>
 #include "dbatch.h"
+#include "net/transport.h"
 
 typedef struct worker_opts {
   const char *connect;     /* ipc://... or tcp://HOST:PORT */
@@ -14,6 +15,13 @@ typedef struct worker_opts {
   int shared_fs;           /* can open the coordinator's input paths */
   double heartbeat;        /* seconds between heartbeats */
   double timeout;          /* silence after which the coordinator is presumed gone */
+  const tr_keypair *key;   /* CURVE: this worker's key pair, or NULL */
+  const char *coordinator_key;  /* with key: the coordinator's public key (Z85) */
+  char **allow_read;       /* directories whose files tasks may read by path (realpaths) */
+  size_t nallow;
+  int restrict_read;       /* 1: only paths under allow_read are read */
+  double connect_timeout;  /* give up after this long without a coordinator (0: never) */
+  int exit_on_loss;        /* exit when the coordinator goes silent (a cluster rank) */
 } worker_opts;
 
 /* Run until the job ends (BYE), the coordinator is refused or, for a local worker, gone.

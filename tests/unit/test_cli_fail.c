@@ -7,6 +7,7 @@
 
 /* The CLI is not in the library: compile its shared part in. */
 #include "../../src/cli/common.c"
+#include "../../src/cli/cluster.c"
 
 /* What cli_fail prints on stderr for err, into out. */
 static int fail_output(const dbx_err *err, char *out, size_t cap) {
