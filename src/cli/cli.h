@@ -39,6 +39,8 @@ typedef struct cli_job {
   char listen_buf[256];   /* --listen as an endpoint */
   int workers_set;        /* --workers was given */
   const char *cluster_dir;  /* --cluster: the job directory every rank shares */
+  const char *token_path; /* --dashboard-token */
+  char token[256];        /* its token */
 } cli_job;
 
 /* Outputs of a job, committed together at its end (cli_job_finish). */
@@ -93,7 +95,8 @@ extern int cli_resume;
   {"key", required_argument, NULL, 1028},                     \
   {"authorized-keys", required_argument, NULL, 1029},         \
   {"insecure", no_argument, NULL, 1030},                      \
-  {"cluster", required_argument, NULL, 1031}
+  {"cluster", required_argument, NULL, 1031},                \
+  {"dashboard-token", required_argument, NULL, 1032}
 
 #define CLI_JOB_HELP \
   "Batching and execution:\n" \
@@ -144,7 +147,11 @@ extern int cli_resume;
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
   "Watching:\n" \
   "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n" \
-  "                          (Prometheus); loopback only unless --dashboard-public\n" \
+  "                          (Prometheus); loopback only unless --dashboard-token or\n" \
+  "      --dashboard-token FILE  clients must send the token in FILE (its first line, 16+\n" \
+  "                          characters, mode 0600) as 'Authorization: Bearer TOKEN' or\n" \
+  "                          ?token=TOKEN; needed to serve on a network address\n" \
+  "      --dashboard-public  serve a network address without a token\n" \
   "      --job-dir DIR       where report.html, summary.json and status.json go (default:\n" \
   "                          ./dbatch-jobs/NAME-TIME-PID); a DIR given here also keeps a\n" \
   "                          journal, so 'dbatch resume DIR' finishes the job if the\n" \

@@ -150,6 +150,7 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 1025: o->dashboard = arg; return 1;
   case 1026: o->dashboard_public = 1; return 1;
   case 1027: o->no_job_dir = 1; return 1;
+  case 1032: o->token_path = arg; return 1;
   case 1028: o->key_path = arg; return 1;
   case 1029: o->authz_path = arg; return 1;
   case 1030: o->insecure = 1; return 1;
@@ -256,7 +257,45 @@ int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
   return probe_dir(opt, dest, dir, err);
 }
 
+/* --dashboard-token FILE: its first line, kept from others like a key. */
+static int read_token(cli_job *o, dbx_err *err) {
+  const char *p = o->token_path;
+  if (!o->dashboard) return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token needs --dashboard HOST:PORT");
+  int fd = open(p, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: %s", p, strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: not a regular file", p);
+  }
+  if (st.st_mode & 077) {
+    close(fd);
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: others may read it (mode %03o): chmod 600 %s", p,
+                      (unsigned)(st.st_mode & 0777), p);
+  }
+  ssize_t n = read(fd, o->token, sizeof o->token - 1);
+  close(fd);
+  if (n < 0) return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: %s", p, strerror(errno));
+  o->token[n] = 0;
+  o->token[strcspn(o->token, "\r\n")] = 0;
+  size_t len = strlen(o->token);
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)o->token[i] <= 0x20 || (unsigned char)o->token[i] >= 0x7f || o->token[i] == '&' ||
+        o->token[i] == '%' || o->token[i] == '#')
+      return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: the token has a blank, '&', '%%', '#' or a byte "
+                        "outside printable ASCII at character %zu", p, i + 1);
+  if (len < 16)
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: a token of %zu characters is too short (16 at least; "
+                      "e.g. head -c 24 /dev/urandom | base64 > %s)", p, len, p);
+  return 0;
+}
+
 static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
+  int rc2;
   rv_env ce;
   int crc = o->cluster ? cli_cluster_begin(o, j, &ce, err) : 0;
   if (!crc) crc = cli_job_security(o, err);
@@ -299,11 +338,12 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     *made = 1;
     dir = o->job_dir_buf;
   }
-  ui_opts uo = {o->dashboard, o->dashboard_public, o->quiet, dir};
+  if (o->token_path && (rc2 = read_token(o, err))) return rc2;
+  ui_opts uo = {o->dashboard, o->dashboard_public, o->quiet, dir, o->token_path ? o->token : NULL};
   int rc = ui_new(&uo, j->name, &j->ui, err);
   if (rc) return rc;
   j->job_dir = dir;
-  int rc2 = coord_new(&o->co, c, err);
+  rc2 = coord_new(&o->co, c, err);
   tr_authz_free(&o->authz);  /* the coordinator's guard took what it needed */
   if (!rc2 && o->cluster) rc2 = cli_cluster_ready(o, *c, &ce, err);
   return rc2;

@@ -60,6 +60,23 @@ struct ui {
 
 /* ---- HTTP ---- */
 
+/* Equal, in time that does not depend on where they differ. */
+static int same_secret(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b);
+  unsigned char d = na != nb;
+  for (size_t i = 0; i < na; i++) d |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
+  return d == 0;
+}
+
+/* With --dashboard-token: "Authorization: Bearer TOKEN" or ?token=TOKEN. */
+static int authorized(const ui *u, struct MHD_Connection *c) {
+  if (!u->o.token) return 1;
+  const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+  if (h && !strncmp(h, "Bearer ", 7) && same_secret(h + 7, u->o.token)) return 1;
+  const char *q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "token");
+  return q && same_secret(q, u->o.token);
+}
+
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *data, size_t *size, void **state) {
   ui *u = cls;
@@ -67,7 +84,12 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
   char jstate[16] = "";
   const char *type = "text/plain; charset=utf-8";
   unsigned code = MHD_HTTP_OK;
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+  if (!authorized(u, c)) {
+    static const char no[] = "this dashboard needs its token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n";
+    r = MHD_create_response_from_buffer(sizeof no - 1, (void *)no, MHD_RESPMEM_PERSISTENT);
+    code = MHD_HTTP_UNAUTHORIZED;
+    if (r) MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"dbatch\"");
+  } else if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
     static const char na[] = "the dashboard is read-only: GET /, /api/status, /status.txt or /metrics\n";
     r = MHD_create_response_from_buffer(sizeof na - 1, (void *)na, MHD_RESPMEM_PERSISTENT);
     code = MHD_HTTP_METHOD_NOT_ALLOWED;
@@ -127,9 +149,10 @@ static int start_http(ui *u, dbx_err *err) {
   if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
     return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: '%s' is not an IPv4 address", spec, host);
   int loopback = (ntohl(sa.sin_addr.s_addr) >> 24) == 127;
-  if (!loopback && !u->o.dashboard_public)
-    return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: not a loopback address; the dashboard has no authentication, "
-                      "so add --dashboard-public to serve it on %s", spec, host);
+  if (!loopback && !u->o.dashboard_public && !u->o.token)
+    return dbx_seterr(err, DBX_EUSAGE, "--dashboard %s: not a loopback address: give --dashboard-token FILE (clients "
+                      "send it as a bearer token or ?token=), or --dashboard-public to serve %s without "
+                      "authentication", spec, host);
   /* The server's thread starts with every signal blocked, and keeps them blocked: a process
    * signal must reach the coordinator's thread. SIGCHLD taken (and dropped) by this thread
    * would leave a killed local worker a zombie, unnoticed and not replaced. */

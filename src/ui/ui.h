@@ -13,6 +13,7 @@ typedef struct ui_opts {
   int dashboard_public;    /* allow a non-loopback address */
   int quiet;               /* no progress line, no log lines */
   const char *job_dir;     /* status.json while running; report.html, summary.json at the end */
+  const char *token;       /* every request must carry it (bearer or ?token=), or NULL */
 } ui_opts;
 
 /* A worker as the dashboard shows it. */

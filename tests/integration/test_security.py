@@ -343,5 +343,113 @@ class TestAllowRead(TmpTest):
             self.assertEqual(out, expected)
 
 
+@unittest.skipUnless(os.geteuid() == 0, "running a peer as another user needs root")
+class TestLocalSocket(TmpTest):
+    """Local workers talk over an abstract unix socket, which any user of the machine could
+    connect to: only processes of the job's own user are let in."""
+
+    PEER = ("import zmq, msgpack, sys\n"
+            "c = zmq.Context(); s = c.socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0)\n"
+            "s.connect('ipc://' + sys.argv[1])\n"
+            "s.send(msgpack.packb(['DBX', 1, 1, 1, 'intruder', 1, True]))\n"
+            "print('welcomed' if s.poll(2000) else 'nothing')\n")
+
+    def test_other_users_cannot_join(self):
+        import pwd
+        import re
+        import subprocess
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user 'nobody'")
+        inp = corpus(self.path("in.txt"), n=20000)
+        expected = run("wordcount", inp, "--workers", "0", "--no-job-dir").stdout
+        env = dict(os.environ, DBATCH_FAULT="delay_ms=200")
+        c = start("wordcount", inp, "--workers", "1", "--batch-records", "1000", "--no-job-dir", env=env)
+        try:
+            ep = None
+            deadline = time.time() + 20
+            while not ep and time.time() < deadline:
+                with open("/proc/net/unix") as f:
+                    m = re.search(r"@dbatch-%d-[0-9a-f]+" % c.pid, f.read())
+                ep = m and m.group(0)
+                time.sleep(0.05)
+            self.assertTrue(ep, "the local socket never appeared")
+            peer = self.write("peer.py", self.PEER)
+            os.chmod(self.tmp, 0o755)
+            os.chmod(peer, 0o644)
+            other = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", peer, ep],
+                                   capture_output=True, timeout=30)
+            self.assertEqual(other.stdout.strip(), b"nothing", other.stderr)
+            out, err = c.communicate(timeout=120)
+            self.assertEqual(c.returncode, 0, err)
+            self.assertEqual(out, expected)
+            self.assertNotIn(b"intruder", err)
+        finally:
+            stop(c)
+
+
+class TestDashboardToken(TmpTest):
+    def token_file(self, text, mode=0o600):
+        self.ntok = getattr(self, "ntok", 0) + 1
+        p = self.write("token%d" % self.ntok, text)
+        os.chmod(p, mode)
+        return p
+
+    def test_token_is_required_on_every_path(self):
+        import urllib.error
+        import urllib.request
+        tok = "s3cret-Token-0123456789"
+        tf = self.token_file(tok + "\n")
+        inp = corpus(self.path("in.txt"), n=4000)
+        port = free_port()
+        env = dict(os.environ, DBATCH_FAULT="delay_ms=300")
+        c = start("wordcount", inp, "--workers", "1", "--batch-records", "400", "--no-job-dir", "--dashboard",
+                  "0.0.0.0:%d" % port, "--dashboard-token", tf, env=env)
+        try:
+            wait_for_line(c.stderr, "dashboard at")
+            base = "http://127.0.0.1:%d" % port
+
+            def get(path, headers=None):
+                req = urllib.request.Request(base + path, headers=headers or {})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read()
+
+            for path in ("/", "/api/status", "/metrics", "/status.txt", "/nope"):
+                code, body = get(path)
+                self.assertEqual(code, 401, path)
+                self.assertIn(b"Bearer", body)
+                self.assertEqual(get(path, {"Authorization": "Bearer wrong-token-0123456789"})[0], 401)
+                self.assertEqual(get(path + "?token=" + tok[:-1])[0], 401)
+                self.assertEqual(get(path, {"Authorization": "Bearer " + tok + "x"})[0], 401)
+            code, body = get("/api/status", {"Authorization": "Bearer " + tok})
+            self.assertEqual(code, 200)
+            self.assertIn(b'"job"', body)
+            self.assertEqual(get("/metrics?token=" + tok)[0], 200)
+            out, err = c.communicate(timeout=120)
+            self.assertEqual(c.returncode, 0, err)
+        finally:
+            stop(c)
+
+    def test_token_file_checks(self):
+        inp = corpus(self.path("in.txt"), n=10)
+        port = free_port()
+        cases = [(self.token_file("long-enough-token-123\n", 0o644), b"chmod 600"),
+                 (self.token_file("short\n"), b"too short"),
+                 (self.token_file("has space in the token\n"), b"blank"),
+                 (self.path("missing"), b"No such file")]
+        for tf, why in cases:
+            r = run("wordcount", inp, "--no-job-dir", "--dashboard", "127.0.0.1:%d" % port, "--dashboard-token", tf,
+                    check=False)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(why, r.stderr)
+        r = run("wordcount", inp, "--no-job-dir", "--dashboard", "0.0.0.0:%d" % port, check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"--dashboard-token FILE", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

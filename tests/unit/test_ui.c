@@ -14,7 +14,7 @@
 #include "ui/ui.h"
 
 static ui *open_ui(const char *dir, const char *dashboard) {
-  ui_opts o = {dashboard, 0, 1, dir};
+  ui_opts o = {dashboard, 0, 1, dir, NULL};
   ui *u = NULL;
   dbx_err err = {0, ""};
   assert_int_equal(ui_new(&o, "wordcount", &u, &err), 0);
