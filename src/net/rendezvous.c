@@ -128,6 +128,14 @@ int rv_detect(const char *mode, rv_getenv get, void *ctx, rv_env *e, dbx_err *er
   else
     return dbx_seterr(err, DBX_EUSAGE, "--cluster auto: not started by srun, mpirun or an Indexed Job (no SLURM_PROCID, "
                                        "OMPI_COMM_WORLD_RANK, PMIX_RANK or JOB_COMPLETION_INDEX)");
+  /* Task slots of a worker rank, whatever the launcher: DBATCH_SLOTS wins. */
+  const char *slots = get("DBATCH_SLOTS", ctx);
+  long sv;
+  if (!rc && slots) {
+    if (parse_long(slots, 1, 4096, &sv))
+      return dbx_seterr(err, DBX_EUSAGE, "--cluster: DBATCH_SLOTS='%.40s' is not a number in 1..4096", slots);
+    e->slots = (unsigned)sv;
+  }
   if (!rc && e->rank >= e->size)
     rc = dbx_seterr(err, DBX_EUSAGE, "--cluster %s: rank %ld of %ld ranks", e->kind, e->rank, e->size);
   return rc;

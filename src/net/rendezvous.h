@@ -20,7 +20,8 @@
 typedef struct rv_env {
   char kind[8];                 /* "slurm", "mpi" or "k8s" */
   long rank, size;
-  unsigned slots;               /* task slots of a worker rank (SLURM_CPUS_PER_TASK, else 1) */
+  unsigned slots;               /* task slots of a worker rank: DBATCH_SLOTS, else
+                                   SLURM_CPUS_PER_TASK, else 1 */
   char launch[RV_LAUNCH_LEN];   /* this launch's id, the same in every rank: [A-Za-z0-9._-] */
   char coordinator[RV_ENDPOINT_LEN];  /* k8s: DBATCH_COORDINATOR (HOST:PORT of rank 0) */
 } rv_env;

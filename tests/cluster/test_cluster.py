@@ -230,5 +230,45 @@ class TestPartitions(ClusterTest):
                 self.assertEqual(w.returncode, 0, werr)
 
 
+class TestIndexedJob(ClusterTest):
+    """The --cluster k8s code path, run as an Indexed Job would run it but as local processes:
+    JOB_COMPLETION_INDEX per process, the size and pod 0's address from the environment, one
+    key pair (a Secret's file) shared by every rank."""
+
+    def test_three_indexes(self):
+        key = self.path("cluster.key")
+        subprocess.run([DBATCH, "keygen", key], check=True, capture_output=True)
+        port = 43000 + os.getpid() % 2000
+        procs = []
+        try:
+            for i in (2, 1, 0):  # workers first: they wait for pod 0
+                env = dict(os.environ, JOB_COMPLETION_INDEX=str(i), DBATCH_CLUSTER_SIZE="3",
+                           DBATCH_COORDINATOR="127.0.0.1:%d" % port, DBATCH_LAUNCH_ID="wc", DBATCH_SLOTS="2")
+                procs.append(subprocess.Popen([DBATCH, "wordcount", "--cluster", "auto", "--key", key, self.input,
+                                               "-o", self.path("out.tsv"), "--batch-records", "4000"],
+                                              cwd=self.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            res = [p.communicate(timeout=120) for p in procs]
+            for p, (out, err) in zip(procs, res):
+                self.assertEqual(p.returncode, 0, err)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+        self.assertEqual(self.out(), self.expected)
+        import json
+        jobs = os.listdir(self.path("dbatch-jobs"))
+        self.assertEqual(jobs, ["wordcount-k8s-wc"])
+        with open(self.path("dbatch-jobs", jobs[0], "summary.json")) as f:
+            s = json.load(f)
+        self.assertEqual(sorted(w["slots"] for w in s["worker_stats"]), [2, 2])
+        # Without the shared key, pod 0 refuses to start; a worker index says why too.
+        env = dict(os.environ, JOB_COMPLETION_INDEX="0", DBATCH_CLUSTER_SIZE="3", DBATCH_COORDINATOR="127.0.0.1:1")
+        r = subprocess.run([DBATCH, "wordcount", "--cluster", "k8s", self.input], cwd=self.tmp, env=env,
+                           capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn(b"--key", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

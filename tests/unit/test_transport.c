@@ -97,6 +97,15 @@ static void test_k8s(void **state) {
   assert_int_equal(e.size, 4);
   assert_string_equal(e.coordinator, "wc-0.wc.default.svc.cluster.local:7070");
   assert_string_equal(e.launch, "k8s-wc");
+  assert_int_equal(e.slots, 1);
+  const char *slots[] = {"JOB_COMPLETION_INDEX=1", "DBATCH_CLUSTER_SIZE=2", "DBATCH_COORDINATOR=x:1",
+                         "DBATCH_SLOTS=2", NULL};
+  assert_int_equal(detect("auto", slots, &e, &err), 0);
+  assert_int_equal(e.slots, 2);
+  const char *badslots[] = {"JOB_COMPLETION_INDEX=1", "DBATCH_CLUSTER_SIZE=2", "DBATCH_COORDINATOR=x:1",
+                            "DBATCH_SLOTS=0", NULL};
+  assert_int_equal(detect("auto", badslots, &e, &err), DBX_EUSAGE);
+  assert_non_null(strstr(err.msg, "DBATCH_SLOTS"));
   const char *nocoord[] = {"JOB_COMPLETION_INDEX=0", "DBATCH_CLUSTER_SIZE=2", NULL};
   assert_int_equal(detect("k8s", nocoord, &e, &err), DBX_EUSAGE);
   assert_non_null(strstr(err.msg, "DBATCH_COORDINATOR"));
