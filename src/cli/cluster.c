@@ -167,6 +167,7 @@ int cli_cluster_begin(cli_job *o, job *j, rv_env *e, dbx_err *err) {
   if (!o->workers_set) o->workers = 0;  /* rank 0 coordinates; the other ranks work */
   if (!o->co.wait_workers) o->co.wait_workers = (uint32_t)(e->size - 1);
   o->co.join_timeout = CLUSTER_JOIN_SECONDS;
+  o->co.waiting_hint = "waiting for the other ranks of the launch to join";
   if (!o->co.listen) {
     /* k8s: the port of DBATCH_COORDINATOR; else any free port, told through the rendezvous. */
     const char *colon = e->coordinator[0] ? strrchr(e->coordinator, ':') : NULL;

@@ -908,7 +908,8 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if (nalive >= (int)c->o.wait_workers) c->o.wait_workers = 0;  /* once per job */
     if (!c->o.wait_workers && (rc = assign(&r, err))) goto done;
     if (!nalive && c->o.listen && !c->waiting_logged && c->wt.local_procs == 0) {
-      log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", c->o.listen);
+      if (c->o.waiting_hint) log_info("%s", c->o.waiting_hint);
+      else log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", c->o.listen);
       c->waiting_logged = 1;
     }
     if (!nalive && !c->o.listen && c->wt.local_procs == 0) {

@@ -25,6 +25,7 @@ typedef struct coord_opts {
   int skip_failed;          /* --on-task-failure=skip */
   const tr_keypair *key;    /* CURVE on --listen: the coordinator's key pair, or NULL */
   tr_authz *authz;          /* with key: the workers admitted (taken over by coord_new) */
+  const char *waiting_hint;  /* said once while no worker has joined (NULL: how to start one) */
   double join_timeout;      /* with listen: fail after this long without any worker, and
                                stop holding for --wait-workers (0: wait forever) */
 } coord_opts;

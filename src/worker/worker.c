@@ -27,6 +27,9 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
+/* Seconds of handshakes failing without a reason before a worker gives up. */
+#define WORKER_HANDSHAKE_GIVE_UP 5.0
+
 /* What a stage needs on this worker; shared by its tasks, freed with the last of them. */
 typedef struct wstage {
   uint64_t id;
@@ -407,7 +410,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
   double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
   int welcomed = 0, running = 1, ever_welcomed = 0, hs_failed = 0;
-  double t_begin = now, last_said = now;
+  double t_begin = now, last_said = now, hs_first_fail = 0;
   zmq_msg_t zm;
   zmq_msg_init(&zm);
   while (running) {
@@ -416,9 +419,15 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     int hs;
     while ((hs = tr_watch_next(watch, o->key != NULL, hs_why, sizeof hs_why)) != TR_HS_NONE) {
       if (hs == TR_HS_OK) { hs_failed = 0; continue; }
-      /* A refusal or a mechanism mismatch will not change by retrying; a failed decryption
-       * might be a coordinator restarting with new keys: give it three tries. */
-      if (hs == TR_HS_REFUSED || hs == TR_HS_MISMATCH || ++hs_failed >= 3) {
+      /* A refusal or a mechanism mismatch will not change by retrying. A handshake cut
+       * without a reason is a wrong key, or a coordinator restarting, or a proxy in front of
+       * one not listening yet: said at once, given up only when it lasts. */
+      if (hs == TR_HS_FAILED && !hs_failed++) {
+        hs_first_fail = now;
+        log_warn("worker: %s: %s; retrying", o->connect, hs_why);
+      }
+      if (hs == TR_HS_REFUSED || hs == TR_HS_MISMATCH ||
+          (hs_failed >= 3 && now - hs_first_fail >= WORKER_HANDSHAKE_GIVE_UP)) {
         rc = dbx_seterr(err, DBX_EACCES, "%s: %s", o->connect, hs_why);
         running = 0;
         break;

@@ -181,6 +181,10 @@ class HostsTest(unittest.TestCase):
             p = h.popen(1, ["sleep", "60"])
             # Not started with popen: still killed, or it would keep the namespace alive.
             stray = subprocess.Popen(h.nsenter(1) + ["sleep", "60"], start_new_session=True)
+            # Inside the namespace before teardown looks (nsenter under load takes a while).
+            deadline = time.time() + 10
+            while stray.pid not in cf.pids_in_netns(h.ns(1)) and time.time() < deadline:
+                time.sleep(0.02)
         self.assertIsNotNone(p.poll())
         self.assertEqual(stray.wait(5), -9)
         self.assert_gone(h)

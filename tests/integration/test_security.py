@@ -62,7 +62,11 @@ class Relay:
                 c, _ = self.srv.accept()
             except OSError:
                 return
-            u = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                u = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()  # the coordinator is not listening (yet): the worker retries
+                continue
             threading.Thread(target=self._pipe, args=(c, u), daemon=True).start()
             threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
 
@@ -228,6 +232,7 @@ class TestAuthenticatedJob(KeysTest):
             port = free_port()
             more = ("--key", self.ckey, "--authorized-keys", self.authz) if keyed else ()
             c = self.coordinator(port, "--ship", *more)
+            wait_for_line(c.stderr, "waiting for workers")
             relay = Relay(port)
             try:
                 wargs = ("--key", self.wkey, "--coordinator-key", self.ckey + ".pub") if keyed else ()
