@@ -344,7 +344,6 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   if (rc) return rc;
   j->job_dir = dir;
   rc2 = coord_new(&o->co, c, err);
-  tr_authz_free(&o->authz);  /* the coordinator's guard took what it needed */
   if (!rc2 && o->cluster) rc2 = cli_cluster_ready(o, *c, &ce, err);
   return rc2;
 }
@@ -372,6 +371,7 @@ static void remove_made_dir(const char *dir) {
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   int made = 0;
   int rc = job_start(o, j, c, &made, err);
+  tr_authz_free(&o->authz);  /* the coordinator's guard took it, or the job did not start */
   if (rc && made) {
     /* A job that did not start leaves no job directory behind (a full disk, a bad option
      * found late): its journal, lock and status go with the directory it created. */
