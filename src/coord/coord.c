@@ -37,6 +37,14 @@
 #define EARLY_DEATHS_MAX 8
 /* Speculation before any task of the stage finished: copy an attempt after this long. */
 #define SPEC_FIRST_SECONDS 5.0
+/* libzmq's context option ZMQ_ZERO_COPY_RECV (a draft option of 4.3, not in zmq.h). */
+#define DBX_ZMQ_ZERO_COPY_RECV 10
+/* Tasks prefetched beyond the slots, over all workers together. */
+#define PREFETCH_TOTAL 4096
+/* Seconds between two looks for workers silent past --worker-timeout. */
+#define SILENCE_SECONDS 0.1
+/* Seconds between the passes looking for attempts past their timeout or due a copy. */
+#define SCAN_SECONDS 0.02
 /* The default task timeout never goes below this. */
 #define TASK_TIMEOUT_FLOOR 60.0
 
@@ -55,6 +63,7 @@ struct coord {
   unsigned char banned[16][256];
   size_t banned_len[16], nbanned;
   int waiting_logged;
+  uint32_t nalive;          /* workers alive and welcomed, as of the last loop turn */
   char *exe;
   tr_guard *guard;          /* admits keyed workers on --listen (NULL without keys) */
 };
@@ -89,7 +98,12 @@ int coord_new(const coord_opts *o, coord **out, dbx_err *err) {
    * when its path has been replaced since or is not searchable by this user (a build under
    * a 0700 home run as another user). */
   if (!(c->exe = strdup("/proc/self/exe"))) { rc = DBX_ENOMEM; goto fail; }
-  if (!(c->zctx = zmq_ctx_new()) || !(c->router = zmq_socket(c->zctx, ZMQ_ROUTER))) {
+  if ((c->zctx = zmq_ctx_new()) != NULL)
+    /* A received message is copied out of libzmq's read buffer instead of holding all of
+     * it (8 KB and more) while it waits for this loop: with thousands of workers sending,
+     * the difference is hundreds of megabytes. A libzmq without the option keeps its way. */
+    zmq_ctx_set(c->zctx, DBX_ZMQ_ZERO_COPY_RECV, 0);
+  if (!c->zctx || !(c->router = zmq_socket(c->zctx, ZMQ_ROUTER))) {
     rc = dbx_seterr(err, DBX_EIO, "cannot start messaging: %s", zmq_strerror(zmq_errno()));
     goto fail;
   }
@@ -166,6 +180,8 @@ typedef struct srun {
   char **abs;
   size_t npaths;
   void *bcast;            /* the stage's broadcast, loaded once: partials are checked against it */
+  int ui_dirty;           /* a worker was lost since the dashboard's view was refreshed */
+  size_t gone_ticked;     /* archived workers the dashboard's view has seen */
 } srun;
 
 /* Tasks a worker may hold beyond its slots: enough to cover about 5 ms of its work per
@@ -173,6 +189,10 @@ typedef struct srun {
  * whose tasks are long gets one extra, which keeps placement close to its load. */
 static uint32_t prefetch_of(const coord *c, const cworker *w) {
   uint32_t max = c->o.prefetch;
+  /* Tasks held beyond the slots, over all workers, stay within PREFETCH_TOTAL: with
+   * thousands of workers, deep queues would only delay every answer (and the notice of a
+   * worker gone silent) behind results waiting to be read. */
+  if (c->nalive > 0 && max > PREFETCH_TOTAL / c->nalive) max = PREFETCH_TOTAL / c->nalive ? PREFETCH_TOTAL / c->nalive : 1;
   if (max <= 1) return max;
   if (w->mean_task <= 0) return 2 < max ? 2 : max;
   double want = 0.005 / w->mean_task;
@@ -224,7 +244,7 @@ static void cancel_attempt(srun *r, uint32_t idx, int k) {
     msg_cancel(&r->c->out, r->id, t->b.index, t->run_attempt[k]);
     send_to(r->c, w, &r->c->out);
   }
-  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
+  ui_attempt_end(r->j->ui, t->run_ticket[k], r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
   tt_drop(&r->tt, idx, k);
 }
 
@@ -281,7 +301,7 @@ static void record_failure(srun *r, uint32_t idx, int k, const char *cause) {
   describe(r, t, f.where, sizeof f.where);
   snprintf(f.cause, sizeof f.cause, "%s", cause);
   job_add_failure(r->j, &f);
-  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_FAILED);
+  ui_attempt_end(r->j->ui, t->run_ticket[k], r->s->seq, idx, t->run_attempt[k], w->id, UI_FAILED);
 }
 
 static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_err *err) {
@@ -310,7 +330,7 @@ static int attempt_failed(srun *r, uint32_t idx, int k, const char *cause, dbx_e
 static int attempt_innocent(srun *r, uint32_t idx, int k) {
   ctask *t = &r->tt.t[idx];
   cworker *w = &r->c->wt.w[t->run[k]];
-  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
+  ui_attempt_end(r->j->ui, t->run_ticket[k], r->s->seq, idx, t->run_attempt[k], w->id, UI_CANCELLED);
   if (w->inflight) w->inflight--;
   return tt_requeue(&r->tt, idx, k);
 }
@@ -337,7 +357,9 @@ static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx
   /* The attempts it held, oldest first. */
   size_t nheld = 0, cap = 0;
   struct held { uint32_t idx; int k; double start; } *h = NULL;
-  for (size_t i = 0; i < r->tt.n; i++)
+  /* From the newest task back, until every attempt it holds is found: attempts run near the
+   * end of the table, which grows with the stage. */
+  for (size_t i = r->tt.n; i-- > 0 && nheld < w->inflight;)
     for (int k = 0; k < 2; k++) {
       const ctask *t = &r->tt.t[i];
       if (t->state != T_RUNNING || t->run[k] != (long)wi) continue;
@@ -373,8 +395,9 @@ static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx
   free(h);
   w->inflight = 0;
   wt_gone(&c->wt, w, end);
-  /* The report keeps how each worker ended, even one lost between two refreshes. */
-  tick_ui(r, time_mono());
+  /* The report keeps how each worker ended, even one lost between two refreshes: the
+   * dashboard's view is refreshed once this loop turn is over. */
+  r->ui_dirty = 1;
   return rc;
 }
 
@@ -421,7 +444,7 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
   tt_start(&r->tt, idx, k, (long)wi, time_mono());
   r->s->st->attempts++;
   w->inflight++;
-  ui_attempt_start(r->j->ui, r->s->seq, idx, attempt, w->id);
+  t->run_ticket[k] = ui_attempt_start(r->j->ui, r->s->seq, idx, attempt, w->id);
   return 0;
 }
 
@@ -477,18 +500,29 @@ static int assign(srun *r, dbx_err *err) {
   coord *c = r->c;
   int rc = tt_release_due(&r->tt, time_mono());
   if (rc) return rc;
+  /* The scheduler's view is built once and kept up to date as tasks go out: placing a
+   * task costs one pick, not a pass over every worker record as well. A task that failed
+   * somewhere (it avoids workers) gets a view of its own. */
+  size_t n = 0;
+  int fresh = 0;
   while (r->tt.qlen) {
     uint32_t idx = r->tt.queue[r->tt.qhead];
-    size_t n;
-    if ((rc = sched_view(r, &r->tt.t[idx], &n))) return rc;
+    const ctask *t = &r->tt.t[idx];
+    if (!fresh || t->navoid) {
+      if ((rc = sched_view(r, t->navoid ? t : NULL, &n))) return rc;
+      fresh = !t->navoid;
+    }
     long wi = sched_pick(&c->sch, c->sw, n);
     if (wi < 0) return 0;
     tt_pop(&r->tt);
     rc = send_task(r, (size_t)wi, idx, 0, err);
     if (rc == -2) return err->code ? err->code : DBX_EIO;
     if (rc) {
+      fresh = 0;  /* records change when a worker is lost */
       if ((rc = tt_push(&r->tt, idx, 1))) return rc;
       if ((rc = send_failed(r, (size_t)wi, err))) return rc;
+    } else {
+      c->sw[wi].inflight = c->wt.w[wi].inflight;
     }
   }
   return 0;
@@ -603,6 +637,7 @@ static int on_hello(srun *r, const unsigned char *rid, size_t rn, const msg *m) 
   if (!w->welcomed) w->id = ++c->wt.next_id;
   memcpy(w->rid, rid, rn);
   w->rid_len = rn;
+  wt_index_rid(&c->wt, w);
   w->slots = m->slots ? (uint32_t)m->slots : 1;
   w->shared_fs = m->shared_fs;
   w->welcomed = 1;
@@ -638,7 +673,7 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   }
   ctask *t = &r->tt.t[idx];
   if (w->inflight) w->inflight--;
-  ui_attempt_end(r->j->ui, r->s->seq, idx, t->run_attempt[k], w->id, UI_OK);
+  ui_attempt_end(r->j->ui, t->run_ticket[k], r->s->seq, idx, t->run_attempt[k], w->id, UI_OK);
   int other = tt_succeed(&r->tt, idx, k, time_mono());
   if (other >= 0) {  /* the other copy lost the race */
     c->wt.w[r->tt.t[idx].run[other]].overtaken++;
@@ -784,7 +819,10 @@ static int reap_children(srun *r, dbx_err *err) {
   return rc;
 }
 
-static int heartbeat(srun *r, double now, dbx_err *err) {
+/* Workers silent past --worker-timeout are lost; with send, the others get a heartbeat.
+ * Silence is judged often (every SILENCE_SECONDS), so a worker gone quiet is noticed
+ * within a fraction of a second of its timeout, not a heartbeat later. */
+static int heartbeat(srun *r, double now, int send, dbx_err *err) {
   coord *c = r->c;
   int rc = 0;
   msg_simple(&c->out, MSG_HEARTBEAT);
@@ -796,7 +834,7 @@ static int heartbeat(srun *r, double now, dbx_err *err) {
       char why[96];
       snprintf(why, sizeof why, "was silent for %.1f s (--worker-timeout)", now - w->last_heard);
       x = worker_lost(r, i, "lost", why, err);
-    } else if (send_to(c, w, &c->out)) {
+    } else if (send && send_to(c, w, &c->out)) {
       x = send_failed(r, i, err);
     }
     if (x && !rc) rc = x;
@@ -808,9 +846,15 @@ static int heartbeat(srun *r, double now, dbx_err *err) {
  * recent of those that are gone. */
 static void tick_ui(srun *r, double now) {
   coord *c = r->c;
-  size_t cap = c->wt.n + (c->wt.ngone < 256 ? c->wt.ngone : 256);
+  /* Every worker gone since the last refresh (each must reach the report), and the 256
+   * most recent before them. */
+  size_t fresh = c->wt.ngone - (r->gone_ticked < c->wt.ngone ? r->gone_ticked : c->wt.ngone);
+  size_t shown = fresh + 256 < c->wt.ngone ? fresh + 256 : c->wt.ngone;
+  size_t cap = c->wt.n + shown;
   ui_worker *w = calloc(cap + 1, sizeof *w);
   if (!w) return;
+  r->ui_dirty = 0;
+  r->gone_ticked = c->wt.ngone;
   size_t n = 0;
   uint64_t running = 0;
   size_t g0 = c->wt.ngone - (cap - c->wt.n);
@@ -878,7 +922,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     goto done;
   if (s->in && (rc = splitter_new(s->in, &s->split, &r.sp, err))) goto done;
   if (r.sp) splitter_csv_quotes(r.sp, s->csv_quotes);
-  double last_hb = 0, t_workers = time_mono(), t_stage0 = t_workers;  /* t_workers: the last time a worker was alive */
+  double last_hb = 0, last_scan = 0, last_silence = 0, t_workers = time_mono(), t_stage0 = t_workers;  /* t_workers: the last time a worker was alive */
   while (!g_interrupted) {
     double t0 = time_mono();
     if ((rc = top_up(&r, err))) goto done;
@@ -894,6 +938,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
                       c->o.exclude_after);
       goto done;
     }
+    c->nalive = (uint32_t)nalive;
     double tnow = time_mono();
     if (nalive) t_workers = tnow;
     /* Ranks that never come (a node that failed to start) do not hold the job forever. */
@@ -932,13 +977,20 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     /* After the messages: a result sent just before its worker died still counts. */
     if (items[1].revents & ZMQ_POLLIN && (rc = reap_children(&r, err))) goto done;
     double now = time_mono();
-    if (now - last_hb >= c->o.heartbeat) {
-      if ((rc = heartbeat(&r, now, err))) goto done;
-      last_hb = now;
+    if (now - last_hb >= c->o.heartbeat || now - last_silence >= SILENCE_SECONDS) {
+      int send = now - last_hb >= c->o.heartbeat;
+      if ((rc = heartbeat(&r, now, send, err))) goto done;
+      if (send) last_hb = now;
+      last_silence = now;
     }
-    if ((rc = check_timeouts(&r, now, err))) goto done;
-    if (ui_due(j->ui)) tick_ui(&r, now);
-    if ((rc = speculate(&r, now, err))) goto done;
+    /* Passes over every running attempt, a few times per heartbeat rather than after every
+     * batch of messages: with many workers the loop turns thousands of times a second. */
+    if (now - last_scan >= SCAN_SECONDS) {
+      if ((rc = check_timeouts(&r, now, err))) goto done;
+      if ((rc = speculate(&r, now, err))) goto done;
+      last_scan = now;
+    }
+    if (r.ui_dirty || ui_due(j->ui)) tick_ui(&r, now);
   }
   if (g_interrupted) {
     rc = dbx_seterr(err, DBX_EINTR, "interrupted by signal %d; no output was written", (int)g_interrupted);

@@ -187,14 +187,19 @@ static int cmp_double(const void *a, const void *b) {
 
 /* Median and 90th percentile of finished attempts, recomputed at most 5 times a second
  * (a sort of the stage's durations: O(n log n)). */
+#define TT_STATS_WINDOW 8192
+
 static void stats(ttable *tt, double now) {
   if (tt->ndur == 0 || (tt->stats_at > 0 && now - tt->stats_at < 0.2)) return;
-  double *tmp = malloc(tt->ndur * sizeof *tmp);
+  /* The most recent attempts only: a stage of a million tasks sorts a few thousand
+   * durations, not all of them, and the limits follow how the stage runs now. */
+  size_t from = tt->ndur > TT_STATS_WINDOW ? tt->ndur - TT_STATS_WINDOW : 0, n = tt->ndur - from;
+  double *tmp = malloc(n * sizeof *tmp);
   if (!tmp) return;
-  memcpy(tmp, tt->dur, tt->ndur * sizeof *tmp);
-  qsort(tmp, tt->ndur, sizeof *tmp, cmp_double);
-  tt->median = tmp[tt->ndur / 2];
-  tt->p90 = tmp[(tt->ndur * 9) / 10 < tt->ndur ? (tt->ndur * 9) / 10 : tt->ndur - 1];
+  memcpy(tmp, tt->dur + from, n * sizeof *tmp);
+  qsort(tmp, n, sizeof *tmp, cmp_double);
+  tt->median = tmp[n / 2];
+  tt->p90 = tmp[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1];
   tt->stats_at = now;
   free(tmp);
 }

@@ -28,6 +28,7 @@ typedef struct ctask {
   long run[2];            /* worker index of each running attempt, -1 = none */
   uint32_t run_attempt[2];
   double run_start[2];
+  uint64_t run_ticket[2];  /* the dashboard's ticket of each running attempt */
   double not_before;      /* retry backoff */
   uint32_t avoid[TT_AVOID]; /* ids of workers where an attempt failed */
   uint32_t navoid;

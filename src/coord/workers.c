@@ -4,6 +4,8 @@
 #define _GNU_SOURCE 1
 #include "coord/workers.h"
 
+#include <xxhash.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -31,6 +33,7 @@ void wt_free(wtable *t) {
   for (size_t i = 0; i < t->n; i++) unmap(&t->w[i]);
   free(t->w);
   free(t->gone);
+  free(t->ridx);
   memset(t, 0, sizeof *t);
 }
 
@@ -83,11 +86,58 @@ cworker *wt_add(wtable *t) {
   return w;
 }
 
-cworker *wt_find_rid(wtable *t, const unsigned char *rid, size_t n) {
-  for (size_t i = 0; i < t->n; i++) {
-    cworker *w = &t->w[i];
-    if (w->alive && w->rid_len == n && memcmp(w->rid, rid, n) == 0) return w;
+static size_t rid_slot(const wtable *t, const unsigned char *rid, size_t n) {
+  return (size_t)XXH3_64bits(rid, n) & (t->ridcap - 1);
+}
+
+static void rid_put(wtable *t, size_t wi) {
+  const cworker *w = &t->w[wi];
+  for (size_t k = rid_slot(t, w->rid, w->rid_len);; k = (k + 1) & (t->ridcap - 1)) {
+    if (t->ridx[k] == wi + 1) return;
+    if (!t->ridx[k]) {
+      t->ridx[k] = (uint32_t)(wi + 1);
+      t->ridused++;
+      return;
+    }
   }
+}
+
+void wt_index_rid(wtable *t, cworker *w) {
+  size_t wi = (size_t)(w - t->w);
+  /* Rebuilt from the live records when half full: stale entries go then. */
+  if ((t->ridused + 1) * 2 > t->ridcap) {
+    size_t cap = 64;
+    while (cap < t->n * 4) cap *= 2;
+    uint32_t *nx = calloc(cap, sizeof *nx);
+    if (!nx) {
+      t->ridbad = 1;  /* lookups fall back to the scan */
+      return;
+    }
+    t->ridbad = 0;
+    free(t->ridx);
+    t->ridx = nx;
+    t->ridcap = cap;
+    t->ridused = 0;
+    for (size_t i = 0; i < t->n; i++)
+      if (t->w[i].alive && t->w[i].rid_len && i != wi) rid_put(t, i);
+  }
+  rid_put(t, wi);
+}
+
+static int rid_is(const cworker *w, const unsigned char *rid, size_t n) {
+  return w->alive && w->rid_len == n && memcmp(w->rid, rid, n) == 0;
+}
+
+cworker *wt_find_rid(wtable *t, const unsigned char *rid, size_t n) {
+  if (t->ridcap && !t->ridbad) {
+    for (size_t k = rid_slot(t, rid, n); t->ridx[k]; k = (k + 1) & (t->ridcap - 1)) {
+      size_t i = t->ridx[k] - 1;
+      if (i < t->n && rid_is(&t->w[i], rid, n)) return &t->w[i];
+    }
+    return NULL;
+  }
+  for (size_t i = 0; i < t->n; i++)  /* the index could not be built (out of memory) */
+    if (rid_is(&t->w[i], rid, n)) return &t->w[i];
   return NULL;
 }
 

@@ -48,6 +48,10 @@ typedef struct wtable {
   uint32_t next_id;
   int local_procs;          /* local worker processes started and not yet reaped */
   uint32_t early_deaths;    /* local workers in a row that died before saying hello */
+  uint32_t *ridx;           /* routing id -> record index + 1, open addressing; entries of
+                               records since gone or reused are left, and never match */
+  size_t ridcap, ridused;
+  int ridbad;               /* the index is incomplete: look up by scanning */
 } wtable;
 
 void wt_init(wtable *t);
@@ -60,6 +64,8 @@ int wt_spawn_local(wtable *t, const char *exe, const char *ep, double heartbeat,
 /* A record for a new peer: a released slot or a new one. NULL on allocation failure. */
 cworker *wt_add(wtable *t);
 /* The live record with this routing id, or NULL. O(records). */
+/* Index w by its routing id (after setting w->rid): wt_find_rid finds it in O(1). */
+void wt_index_rid(wtable *t, cworker *w);
 cworker *wt_find_rid(wtable *t, const unsigned char *rid, size_t n);
 /* Our local child with this pid that has not said hello yet, or NULL. */
 cworker *wt_find_child(wtable *t, int64_t pid);

@@ -208,10 +208,10 @@ static int run_local(job *j, stage *s, dbx_err *err) {
       continue;
     }
     st->attempts++;
-    ui_attempt_start(j->ui, s->seq, b.index, 1, 0);
+    uint64_t ticket = ui_attempt_start(j->ui, s->seq, b.index, 1, 0);
     ops_task_attempt = 1;  /* tasks in this process are not retried */
     rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
-    ui_attempt_end(j->ui, s->seq, b.index, 1, 0, rc ? UI_FAILED : UI_OK);
+    ui_attempt_end(j->ui, ticket, s->seq, b.index, 1, 0, rc ? UI_FAILED : UI_OK);
     if (ui_due(j->ui)) {
       ui_worker self = {0, 1, 0, "this process", (int64_t)getpid(), "alive", st->batches + 1, j->nfailures, 0};
       ui_tick(j->ui, j, &self, 1, st->name, 0);

@@ -50,6 +50,7 @@ struct ui {
   char url[96];
   ui_att *att;              /* ring of the latest attempts */
   size_t att_head, natt;
+  uint64_t att_started;     /* attempts ever started: tickets of ui_attempt_start */
   double last_draw, last_snap, last_file, last_log;
   int tty, drawn;
   char state[16];           /* the job's state as last published (guarded by mu) */
@@ -237,24 +238,25 @@ const char *ui_url(const ui *u) { return u && u->d ? u->url : NULL; }
 
 /* ---- attempts ---- */
 
-void ui_attempt_start(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker) {
-  if (!u) return;
+uint64_t ui_attempt_start(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker) {
+  if (!u) return 0;
   size_t k = (u->att_head + u->natt) % ATT_MAX;
   if (u->natt == ATT_MAX) u->att_head = (u->att_head + 1) % ATT_MAX;
   else u->natt++;
   u->att[k] = (ui_att){stg, task, attempt, worker, time_mono() - u->t0, -1, UI_RUNNING};
+  /* The ticket: how many attempts started before this one, plus one. It finds the entry
+   * again in one step while the ring still holds it. */
+  return ++u->att_started;
 }
 
-void ui_attempt_end(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker, int outcome) {
-  if (!u) return;
-  /* Most attempts end soon after they start: search from the newest. */
-  for (size_t i = u->natt; i-- > 0;) {
-    ui_att *a = &u->att[(u->att_head + i) % ATT_MAX];
-    if (a->stage == stg && a->task == task && a->attempt == attempt && a->worker == worker && a->outcome == UI_RUNNING) {
-      a->end = time_mono() - u->t0;
-      a->outcome = outcome;
-      return;
-    }
+void ui_attempt_end(ui *u, uint64_t ticket, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker,
+                    int outcome) {
+  if (!u || !ticket || ticket > u->att_started || u->att_started - ticket >= u->natt) return;  /* overwritten */
+  size_t age = (size_t)(u->att_started - ticket);  /* 0: the newest */
+  ui_att *a = &u->att[(u->att_head + u->natt - 1 - age) % ATT_MAX];
+  if (a->stage == stg && a->task == task && a->attempt == attempt && a->worker == worker && a->outcome == UI_RUNNING) {
+    a->end = time_mono() - u->t0;
+    a->outcome = outcome;
   }
 }
 

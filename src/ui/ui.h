@@ -36,8 +36,10 @@ int ui_new(const ui_opts *o, const char *job_name, ui **out, dbx_err *err);
 void ui_free(ui *u);
 
 /* Task attempts, for the timeline. NULL ui is fine. */
-void ui_attempt_start(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker);
-void ui_attempt_end(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker, int outcome);
+/* An attempt started; returns its ticket, which ui_attempt_end takes to find it in O(1). */
+uint64_t ui_attempt_start(ui *u, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker);
+void ui_attempt_end(ui *u, uint64_t ticket, uint32_t stg, uint32_t task, uint32_t attempt, uint32_t worker,
+                    int outcome);
 
 /* 1 when ui_tick would do something now (callers skip gathering workers otherwise). */
 int ui_due(ui *u);
