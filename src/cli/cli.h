@@ -196,6 +196,9 @@ struct rv_env;
 /* --cluster: which rank this is. A worker rank serves rank 0 and exits the process here;
  * rank 0 gets its job directory, keys and listener set up. */
 int cli_cluster_begin(cli_job *o, job *j, struct rv_env *e, dbx_err *err);
+/* --cluster in a job command's argv (argv[0]: the command): a worker rank serves rank 0
+ * and ends the process here, before the job reads its inputs; any other process returns. */
+void cli_cluster_early(int argc, char **argv);
 /* Rank 0, once listening: write the rendezvous for the other ranks. */
 int cli_cluster_ready(cli_job *o, coord *c, const struct rv_env *e, dbx_err *err);
 

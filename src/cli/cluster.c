@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "engine/journal.h"
 #include "net/rendezvous.h"
 #include "util/log.h"
 #include "worker/worker.h"
@@ -51,8 +52,9 @@ int cli_job_security(cli_job *o, dbx_err *err) {
       return dbx_seterr(err, DBX_EUSAGE, "--key needs --authorized-keys FILE: the public keys of the workers to admit");
     int rc = tr_keypair_load(o->key_path, &o->key, err);
     if (!rc && o->authz_path) rc = tr_authz_load(o->authz_path, &o->authz, err);
-    if (!rc && !o->authz_path) {
-      /* Under --cluster with a key of the site's: every rank holds the same pair. */
+    if (!rc && o->cluster) {
+      /* Under --cluster with a key of the site's, every rank holds the same pair: it is
+       * admitted, with whatever --authorized-keys adds. */
       rc = tr_authz_add(&o->authz, o->key.pub, "cluster", err);
       tr_authz_seal(&o->authz);
     }
@@ -73,94 +75,109 @@ int cli_job_security(cli_job *o, dbx_err *err) {
   return 0;
 }
 
-/* The directories a worker rank may read: those of the job's inputs, as this rank sees
- * them (every rank runs the same command on the same shared file system). */
-static int inputs_dirs(const inputs *in, worker_opts *w, dbx_err *err) {
-  w->allow_read = calloc(in->n ? in->n : 1, sizeof *w->allow_read);
-  if (!w->allow_read) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  for (size_t i = 0; i < in->n; i++) {
-    const char *p = in->v[i].path;
-    if (!p || !strcmp(p, "-")) continue;
-    char rp[PATH_MAX];
-    if (!realpath(p, rp)) continue;
-    struct stat st;
-    if (stat(rp, &st) == 0 && !S_ISDIR(st.st_mode)) {
-      char *slash = strrchr(rp, '/');
-      if (slash == rp) rp[1] = 0;
-      else if (slash) *slash = 0;
-    }
-    size_t k = 0;
-    while (k < w->nallow && strcmp(w->allow_read[k], rp)) k++;
-    if (k < w->nallow) continue;
-    if (!(w->allow_read[w->nallow] = strdup(rp))) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-    w->nallow++;
+/* The value of option name in a command line meant for a job command ("--name V" or
+ * "--name=V"), or NULL: a worker rank needs only a few of them, before the job parses any. */
+static const char *argv_opt(int argc, char **argv, const char *name) {
+  size_t n = strlen(name);
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--")) break;
+    if (strncmp(argv[i], name, n)) continue;
+    if (argv[i][n] == 0 && i + 1 < argc) return argv[i + 1];
+    if (argv[i][n] == '=') return argv[i] + n + 1;
   }
-  return 0;
+  return NULL;
 }
 
-/* A worker rank: find rank 0 through the rendezvous, then serve it until the job ends.
- * Never returns: the process ends with the worker (0 when the job ended, whatever its
- * result: the job's status is rank 0's). */
-static void worker_rank(cli_job *o, job *j, const rv_env *e, const char *dir) __attribute__((noreturn));
-static void worker_rank(cli_job *o, job *j, const rv_env *e, const char *dir) {
+static double argv_secs(int argc, char **argv, const char *name, double dflt) {
+  const char *v = argv_opt(argc, argv, name);
+  char *end;
+  double d = v ? strtod(v, &end) : 0;
+  return v && !*end && d > 0 && d <= 86400 ? d : dflt;
+}
+
+/* The job directory every rank of the launch shares (name: the command's). */
+static void cluster_dir(int argc, char **argv, const rv_env *e, char *out, size_t cap) {
+  const char *jd = argv_opt(argc, argv, "--job-dir");
+  if (jd) snprintf(out, cap, "%s", jd);
+  else snprintf(out, cap, "dbatch-jobs/%s-%s", argv[0], e->launch);
+}
+
+/* A worker rank: find rank 0 through the rendezvous (or, on Kubernetes, by the name the
+ * manifest gives), then serve it until the job ends. Never returns. It trusts its
+ * coordinator as far as the launch's key goes (only this user can read the key): it reads
+ * the job's inputs in place, and when its own file system lacks them or holds other files
+ * under their names, the coordinator ships the bytes. */
+static void worker_rank(int argc, char **argv, const rv_env *e) __attribute__((noreturn));
+static void worker_rank(int argc, char **argv, const rv_env *e) {
   dbx_err err = {0, ""};
-  char rvpath[PATH_MAX], keypath[PATH_MAX];
+  char dir[PATH_MAX], rvpath[PATH_MAX + 16], keypath[PATH_MAX + 16];
+  cluster_dir(argc, argv, e, dir, sizeof dir);
   snprintf(rvpath, sizeof rvpath, "%s/rendezvous", dir);
   snprintf(keypath, sizeof keypath, "%s/cluster.key", dir);
+  const char *key_path = argv_opt(argc, argv, "--key");
   rv_info r;
+  memset(&r, 0, sizeof r);
   worker_opts w;
   memset(&w, 0, sizeof w);
   tr_keypair kp;
   int rc = 0;
   if (e->coordinator[0]) {
-    /* k8s: no shared file system; the address and the keys come from the manifest. */
     rc = tr_endpoint(e->coordinator, "DBATCH_COORDINATOR", r.endpoint, sizeof r.endpoint, &err);
-    if (!rc && !o->key_path) rc = dbx_seterr(&err, DBX_EUSAGE, "--cluster k8s needs --key FILE (a Secret shared by every rank)");
-    if (!rc) rc = tr_keypair_load(o->key_path, &kp, &err);
+    if (!rc && !key_path) rc = dbx_seterr(&err, DBX_EUSAGE, "--cluster k8s needs --key FILE (a Secret shared by every rank)");
+    if (!rc) rc = tr_keypair_load(key_path, &kp, &err);
     if (!rc) memcpy(r.key, kp.pub, sizeof r.key);
   } else {
     rc = rv_wait(rvpath, e->launch, CLUSTER_JOIN_SECONDS, &r, &err);
-    if (!rc && r.key[0]) rc = tr_keypair_load(o->key_path ? o->key_path : keypath, &kp, &err);
+    /* A launch's coordinator always has a key: a rendezvous without one is not its own. */
+    if (!rc && !r.key[0]) rc = dbx_seterr(&err, DBX_EACCES, "%s has no coordinator-key: not a launch's rendezvous", rvpath);
+    if (!rc) rc = tr_keypair_load(key_path ? key_path : keypath, &kp, &err);
   }
   if (!rc) {
     w.connect = r.endpoint;
     w.slots = e->slots ? e->slots : 1;
     w.shared_fs = 1;
-    w.restrict_read = 1;
-    w.heartbeat = o->co.heartbeat;
-    w.timeout = o->co.worker_timeout;
+    w.heartbeat = argv_secs(argc, argv, "--heartbeat", 1.0);
+    w.timeout = argv_secs(argc, argv, "--worker-timeout", 10.0);
     w.exit_on_loss = 1;
     w.connect_timeout = CLUSTER_JOIN_SECONDS;
-    w.key = r.key[0] ? &kp : NULL;
+    w.key = &kp;
     w.coordinator_key = r.key;
-    rc = inputs_dirs(&j->in, &w, &err);
-  }
-  if (!rc) {
     log_info("rank %ld of %ld (%s): a worker of %s", e->rank, e->size, e->kind, r.endpoint);
     rc = worker_main(&w, &err);
   }
-  for (size_t i = 0; i < w.nallow; i++) free(w.allow_read[i]);
-  free(w.allow_read);
-  int status = EXIT_OK;
-  if (rc) status = cli_fail("worker", &err);
+  int status = rc ? cli_fail("worker", &err) : EXIT_OK;
   fflush(stdout);
   fflush(stderr);
-  /* Straight out: this rank's copy of the job (inputs, options) is not a job to finish. */
-  _exit(status == EXIT_USAGE ? EXIT_USAGE : rc ? EXIT_FAIL : EXIT_OK);
+  /* Straight out: this rank's copy of the command is not a job to run. */
+  _exit(status);
+}
+
+void cli_cluster_early(int argc, char **argv) {
+  const char *mode = argv_opt(argc, argv, "--cluster");
+  rv_env e;
+  dbx_err err = {0, ""};
+  /* Errors are the job's to report (cli_cluster_begin meets them again). */
+  if (!mode || rv_detect(mode, env_get, NULL, &e, &err) || e.rank == 0 || e.size < 2) return;
+  worker_rank(argc, argv, &e);
 }
 
 int cli_cluster_begin(cli_job *o, job *j, rv_env *e, dbx_err *err) {
   int rc = rv_detect(o->cluster, env_get, NULL, e, err);
   if (rc) return rc;
+  if (e->rank != 0) worker_rank(cli_argc - 1, cli_argv + 1, e);  /* not through dispatch: still a worker */
+  if (e->size < 2) return 0;  /* a launch of one: an ordinary job, on this machine */
   /* One directory for every rank: the one given, or one named after the launch. */
-  if (!o->job_dir) {
-    snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "dbatch-jobs/%s-%s", j->name, e->launch);
-    o->cluster_dir = o->job_dir_buf;
-  } else {
-    o->cluster_dir = o->job_dir;
-  }
-  if (e->rank != 0) worker_rank(o, j, e, o->cluster_dir);
+  snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "%s", o->job_dir ? o->job_dir : "");
+  if (!o->job_dir) cluster_dir(cli_argc - 1, cli_argv + 1, e, o->job_dir_buf, sizeof o->job_dir_buf);
+  o->cluster_dir = o->job_dir_buf;
+  struct stat st;
+  int made = stat(o->cluster_dir, &st) != 0;
   if ((rc = mkdirs(o->cluster_dir, err))) return rc;
+  if (made) chmod(o->cluster_dir, 0755);  /* whatever the umask: not writable by others */
+  /* Nothing goes into a directory another user could write, and nothing is touched in a
+   * directory another job holds: its lock first. */
+  if ((rc = rv_dir_trusted(o->cluster_dir, "--job-dir", err))) return rc;
+  if (o->job_dir && (rc = journal_lock(o->cluster_dir, err))) return rc;
   char rvpath[PATH_MAX];
   snprintf(rvpath, sizeof rvpath, "%s/rendezvous", o->cluster_dir);
   unlink(rvpath);  /* a launch before this one's: never read as ours */

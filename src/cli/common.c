@@ -344,7 +344,7 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   if (rc) return rc;
   j->job_dir = dir;
   rc2 = coord_new(&o->co, c, err);
-  if (!rc2 && o->cluster) rc2 = cli_cluster_ready(o, *c, &ce, err);
+  if (!rc2 && o->cluster_dir) rc2 = cli_cluster_ready(o, *c, &ce, err);
   return rc2;
 }
 

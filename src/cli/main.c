@@ -1,4 +1,6 @@
 /* main.c -- the dbatch command: dispatch to subcommands. */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,8 +73,13 @@ static int cmd_resume(int argc, char **argv) {
   int rc = journal_command(argv[1], &jargc, &jargv, &cwd, &err);
   /* At once, before any input is read: refused while the job or another resume runs. The
    * lock is held for the whole job (the journaled command finds it taken by this process). */
-  if (!rc) rc = journal_lock(argv[1], &err);
+  char dir[PATH_MAX];  /* the job directory as named here, before going back to the job's own */
+  if (!rc && !realpath(argv[1], dir)) rc = dbx_seterr(&err, DBX_ENOENT, "%s: %s", argv[1], strerror(errno));
   if (!rc && cwd[0] && chdir(cwd) != 0) rc = dbx_seterr(&err, DBX_ENOENT, "cannot return to the job's directory %s", cwd);
+  /* A --cluster job resumed by its launcher: the worker ranks serve the new rank 0 (the
+   * journal and its lock are rank 0's). */
+  if (!rc && jargc > 1) cli_cluster_early(jargc - 1, jargv + 1);
+  if (!rc) rc = journal_lock(dir, &err);
   int status;
   if (rc) {
     status = cli_fail("resume", &err);
@@ -112,6 +119,7 @@ static int dispatch(int argc, char **argv) {
         char *hargv[] = {(char *)name, "--help", NULL};
         return commands[i].run(2, hargv);
       }
+      cli_cluster_early(argc - 1, argv + 1);  /* --cluster: a worker rank ends here */
       return commands[i].run(argc - 1, argv + 1);
     }
   }

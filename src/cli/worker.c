@@ -54,6 +54,43 @@ static int parse_secs(const char *arg, double *out) {
   return 0;
 }
 
+/* Where to connect and with which keys, then run the worker once. EXIT_USAGE (message
+ * printed) for a usage error, WORKER_RENDEZVOUS_CHANGED, or worker_main's result. */
+static int connect_once(worker_opts *o, const char *connect, const char *rendezvous, const char *key_path,
+                        const char *coord_key, int insecure, dbx_err *err) {
+  char ep[RV_ENDPOINT_LEN], pub[TR_KEY_LEN + 1] = "", keybuf[PATH_MAX];
+  tr_keypair kp;
+  int rc = 0;
+  if (rendezvous) {
+    rv_info r;
+    if ((rc = rv_wait(rendezvous, NULL, o->connect_timeout, &r, err))) return rc;
+    snprintf(ep, sizeof ep, "%s", r.endpoint);
+    memcpy(pub, r.key, sizeof pub);
+    if (!key_path && r.key[0]) {
+      /* The cluster's key pair beside the rendezvous. */
+      const char *slash = strrchr(rendezvous, '/');
+      snprintf(keybuf, sizeof keybuf, "%.*scluster.key", slash ? (int)(slash - rendezvous + 1) : 0, rendezvous);
+      key_path = keybuf;
+    }
+    o->rendezvous = rendezvous;
+  } else if (tr_endpoint(connect, "--connect", ep, sizeof ep, err)) {
+    return cli_usage_error("worker", "%s", err->msg);
+  }
+  if (coord_key && (rc = tr_pubkey_load(coord_key, pub, err))) return cli_usage_error("worker", "--coordinator-key: %s", err->msg);
+  if (!key_path != !pub[0])
+    return cli_usage_error("worker", key_path ? "--key needs --coordinator-key PUB (the coordinator's public key)"
+                                              : "--coordinator-key needs --key FILE (this worker's key pair)");
+  if (key_path && (rc = tr_keypair_load(key_path, &kp, err))) return cli_usage_error("worker", "--key: %s", err->msg);
+  if (!key_path && !o->local && !insecure && !tr_endpoint_loopback(ep))
+    return cli_usage_error("worker",
+                           "%s is reached over the network: give --key FILE and --coordinator-key PUB, or --insecure "
+                           "(then anyone on that port can send this worker tasks)", ep);
+  o->connect = ep;
+  o->key = key_path ? &kp : NULL;
+  o->coordinator_key = pub;
+  return worker_main(o, err);
+}
+
 int cmd_worker(int argc, char **argv) {
   static const struct option longopts[] = {
       {"connect", required_argument, NULL, 'c'}, {"slots", required_argument, NULL, 's'},
@@ -120,35 +157,6 @@ int cmd_worker(int argc, char **argv) {
   if (optind < argc) return cli_usage_error("worker", "unexpected argument '%s'", argv[optind]);
   if (!connect == !rendezvous) return cli_usage_error("worker", "give one of --connect HOST:PORT and --rendezvous FILE");
   dbx_err err = {0, ""};
-  char ep[RV_ENDPOINT_LEN], pub[TR_KEY_LEN + 1] = "", keybuf[PATH_MAX];
-  tr_keypair kp;
-  int rc = 0;
-  if (rendezvous) {
-    rv_info r;
-    if ((rc = rv_wait(rendezvous, NULL, o.connect_timeout, &r, &err))) return cli_fail("worker", &err);
-    snprintf(ep, sizeof ep, "%s", r.endpoint);
-    memcpy(pub, r.key, sizeof pub);
-    if (!key_path && r.key[0]) {
-      /* The cluster's key pair beside the rendezvous. */
-      const char *slash = strrchr(rendezvous, '/');
-      snprintf(keybuf, sizeof keybuf, "%.*scluster.key", slash ? (int)(slash - rendezvous + 1) : 0, rendezvous);
-      key_path = keybuf;
-    }
-  } else if ((rc = tr_endpoint(connect, "--connect", ep, sizeof ep, &err))) {
-    return cli_fail("worker", &err);
-  }
-  if (coord_key && (rc = tr_pubkey_load(coord_key, pub, &err))) return cli_usage_error("worker", "--coordinator-key: %s", err.msg);
-  if (!key_path != !pub[0])
-    return cli_usage_error("worker", key_path ? "--key needs --coordinator-key PUB (the coordinator's public key)"
-                                              : "--coordinator-key needs --key FILE (this worker's key pair)");
-  if (key_path && (rc = tr_keypair_load(key_path, &kp, &err))) return cli_usage_error("worker", "--key: %s", err.msg);
-  if (!key_path && !o.local && !insecure && !tr_endpoint_loopback(ep))
-    return cli_usage_error("worker",
-                           "%s is reached over the network: give --key FILE and --coordinator-key PUB, or --insecure "
-                           "(then anyone on that port can send this worker tasks)", ep);
-  o.connect = ep;
-  o.key = key_path ? &kp : NULL;
-  o.coordinator_key = pub;
   /* What tasks may read by path: everything for a local worker (its coordinator is its
    * parent), the --allow-read directories for a remote one, else nothing. */
   char *dirs[64];
@@ -157,7 +165,11 @@ int cmd_worker(int argc, char **argv) {
     o.restrict_read = 1;
     for (size_t i = 0; i < nallow; i++) {
       char rp[PATH_MAX];
-      if (!realpath(allow[i], rp)) return cli_usage_error("worker", "--allow-read %s: %s", allow[i], strerror(errno));
+      if (!realpath(allow[i], rp)) {
+        int e = errno;
+        for (size_t k = 0; k < ndirs; k++) free(dirs[k]);
+        return cli_usage_error("worker", "--allow-read %s: %s", allow[i], strerror(e));
+      }
       if (!(dirs[ndirs] = strdup(rp))) return cli_usage_error("worker", "out of memory");
       ndirs++;
     }
@@ -167,7 +179,13 @@ int cmd_worker(int argc, char **argv) {
   }
   if (no_shared) o.shared_fs = 0;
   if (o.local) o.timeout = 1e9;  /* a local worker follows its parent instead */
-  rc = worker_main(&o, &err);
+  int rc;
+  /* With --rendezvous, the worker follows the file: when nobody answers at the endpoint it
+   * names and it comes to name another (a new launch's coordinator), the worker goes there. */
+  do {
+    rc = connect_once(&o, connect, rendezvous, key_path, coord_key, insecure, &err);
+  } while (rc == WORKER_RENDEZVOUS_CHANGED);
   for (size_t i = 0; i < ndirs; i++) free(dirs[i]);
+  if (rc == EXIT_USAGE) return EXIT_USAGE;
   return rc ? cli_fail("worker", &err) : EXIT_OK;
 }

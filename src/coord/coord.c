@@ -27,6 +27,7 @@
 #include "engine/journal.h"
 #include "ui/ui.h"
 #include "net/proto.h"
+#include "net/rendezvous.h"
 #include "ops/ops.h"
 #include "ops/plugin.h"
 #include "util/log.h"
@@ -163,6 +164,26 @@ int coord_listen_endpoint(coord *c, char *out, size_t cap) {
   return zmq_getsockopt(c->router, ZMQ_LAST_ENDPOINT, out, &n);
 }
 
+/* How to start a worker for this coordinator, said once while none has joined: an address
+ * other machines can use (not 0.0.0.0), and the keys when there are some. */
+static void waiting_hint(coord *c) {
+  char bound[256] = "", addr[300];
+  if (coord_listen_endpoint(c, bound, sizeof bound) != 0) snprintf(bound, sizeof bound, "%s", c->o.listen);
+  const char *colon = strrchr(bound, ':');
+  if (!strncmp(bound, "tcp://0.0.0.0:", 14) || !strncmp(bound, "tcp://[::]:", 11) || !strncmp(bound, "tcp://*:", 8)) {
+    char ip[64];
+    rv_local_address(ip, sizeof ip);
+    snprintf(addr, sizeof addr, "%s%s", ip, colon);
+  } else {
+    snprintf(addr, sizeof addr, "%s", !strncmp(bound, "tcp://", 6) ? bound + 6 : bound);
+  }
+  if (c->o.key)
+    log_warn("waiting for workers: start them with 'dbatch worker --connect %s --key WORKER.key --coordinator-key %s' "
+             "(their public keys listed in --authorized-keys)", addr, c->o.key->pub);
+  else
+    log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", addr);
+}
+
 /* ---- one stage ---- */
 
 typedef struct srun {
@@ -180,6 +201,8 @@ typedef struct srun {
   char **abs;
   size_t npaths;
   void *bcast;            /* the stage's broadcast, loaded once: partials are checked against it */
+  uint64_t *idsize;       /* per path: the size planned with (UINT64_MAX: a stream) */
+  int64_t *idmtime;       /* per path: the modification time planned with */
   int ui_dirty;           /* a worker was lost since the dashboard's view was refreshed */
   size_t gone_ticked;     /* archived workers the dashboard's view has seen */
 } srun;
@@ -418,8 +441,10 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
       mp.bytes = plugin_bytes(pg, &mp.len);
       mp.xxh64 = plugin_xxh64(pg);
     }
+    msg_ident ident = {r->idsize, r->idmtime};
     if (msg_stage_plugin(&c->out, r->id, s->op->name, s->cfg, s->cfg_size, s->bcast_in, s->bcast_in_len,
-                         r->paths, (uint32_t)r->npaths, pg ? &mp : NULL) || send_to(c, w, &c->out))
+                         r->paths, (uint32_t)r->npaths, pg ? &mp : NULL, r->npaths ? &ident : NULL) ||
+        send_to(c, w, &c->out))
       return -1;
     w->stage_sent = r->id;
   }
@@ -731,6 +756,19 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
     record_failure(r, (uint32_t)m->index, k, cause);
     return dbx_seterr(err, DBX_ELOST, "%s: %s", who, cause);
   }
+  /* A worker that refuses the path (--allow-read), does not have it, or finds another file
+   * under it (a disk of its own) reads nothing in place from now on: the batch goes again, shipped, and the
+   * worker is not to blame. */
+  cworker *ww = &r->c->wt.w[wi];
+  const ctask *tk = &r->tt.t[m->index];
+  /* Attempts sent by reference: before the switch (the ones already out fail too). */
+  if ((m->code == DBX_EACCES || m->code == DBX_ECHANGED || m->code == DBX_ENOENT) && !tk->b.shipped && !r->c->o.ship &&
+      (ww->shared_fs || tk->run_start[k] <= ww->unshared_at)) {
+    if (ww->shared_fs) log_info("%s: %s; this worker gets batch bytes from now on", who, cause);
+    ww->shared_fs = 0;
+    ww->unshared_at = time_mono();
+    return attempt_innocent(r, (uint32_t)m->index, k);
+  }
   return attempt_failed(r, (uint32_t)m->index, k, cause, err);
 }
 
@@ -906,9 +944,14 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   r.npaths = s->in ? s->in->n : 0;
   r.paths = calloc(r.npaths + 1, sizeof *r.paths);
   r.abs = calloc(r.npaths + 1, sizeof *r.abs);
-  if (!r.ag || !r.ld || !r.paths || !r.abs) { rc = DBX_ENOMEM; goto done; }
+  r.idsize = calloc(r.npaths + 1, sizeof *r.idsize);
+  r.idmtime = calloc(r.npaths + 1, sizeof *r.idmtime);
+  if (!r.ag || !r.ld || !r.paths || !r.abs || !r.idsize || !r.idmtime) { rc = DBX_ENOMEM; goto done; }
   for (size_t i = 0; i < r.npaths; i++) {
     const char *p = s->in->v[i].path;
+    /* What a worker reading the file in place must find there (a stream: nothing). */
+    r.idsize[i] = s->in->v[i].kind == IN_STREAM ? UINT64_MAX : s->in->v[i].size;
+    r.idmtime[i] = s->in->v[i].mtime_ns;
     if (strcmp(p, "-") && !(r.abs[i] = realpath(p, NULL))) {
       rc = dbx_seterr(err, DBX_EIO, "%s: %s", p, strerror(errno));
       goto done;
@@ -933,7 +976,10 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
       nalive += c->wt.w[i].alive && c->wt.w[i].welcomed;
       nusable += usable(&c->wt.w[i]);
     }
-    if (nalive && !nusable && !c->o.listen && c->wt.local_procs <= nalive) {
+    /* Every worker excluded, and none to come: with --listen, more may join, unless the job
+     * is a launch whose ranks all came (--cluster). */
+    if (nalive && !nusable && (!c->o.listen || (c->o.join_timeout > 0 && !c->o.wait_workers)) &&
+        c->wt.local_procs <= nalive) {
       rc = dbx_seterr(err, DBX_ETASK, "every worker is excluded after failing %u different tasks (--exclude-after)",
                       c->o.exclude_after);
       goto done;
@@ -954,7 +1000,7 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     if (!c->o.wait_workers && (rc = assign(&r, err))) goto done;
     if (!nalive && c->o.listen && !c->waiting_logged && c->wt.local_procs == 0) {
       if (c->o.waiting_hint) log_info("%s", c->o.waiting_hint);
-      else log_warn("waiting for workers: start them with 'dbatch worker --connect %s'", c->o.listen);
+      else waiting_hint(c);
       c->waiting_logged = 1;
     }
     if (!nalive && !c->o.listen && c->wt.local_procs == 0) {
@@ -1016,6 +1062,8 @@ done:
   loader_free(r.ld);
   for (size_t i = 0; i < r.npaths; i++) free(r.abs[i]);
   free(r.abs);
+  free(r.idsize);
+  free(r.idmtime);
   free(r.paths);
   return rc;
 }

@@ -30,6 +30,7 @@ typedef struct cworker {
   double busy;
   uint32_t bad[16], nbad;   /* distinct tasks with a failed attempt here */
   uint32_t overtaken;       /* its attempts that a copy elsewhere finished first */
+  double unshared_at;       /* when it stopped reading our files in place (it refused one) */
   const char *end;          /* how it ended: "killed", "exited", "lost", "excluded"; NULL alive */
   evidence_page *ev;        /* local workers: what it runs (shared memory), or NULL */
 } cworker;

@@ -372,7 +372,14 @@ struct loader {
   char *fd_path_own;
   uint64_t fd_dev, fd_ino;  /* identity of the file open as fd */
   const inputs *plan;  /* borrowed (loader_expect); NULL: only ranges are checked */
+  loader_check_fn check;
+  void *check_ctx;
 };
+
+void loader_check(loader *l, loader_check_fn fn, void *ctx) {
+  l->check = fn;
+  l->check_ctx = ctx;
+}
 
 void loader_expect(loader *l, const inputs *in) { l->plan = in; }
 
@@ -429,6 +436,10 @@ static int open_checked(loader *l, const char *path, uint32_t idx, uint64_t end,
     return dbx_seterr(err, DBX_ECHANGED, "%s: input changed while the job ran: it is no longer a regular file", path);
   if (l->plan && idx < l->plan->n) {
     int rc = input_check(&l->plan->v[idx], &st, err);
+    if (rc) return rc;
+  }
+  if (l->check) {
+    int rc = l->check(l->check_ctx, idx, path, l->fd, &st, err);
     if (rc) return rc;
   }
   if ((uint64_t)st.st_size < end) return changed(path, end, (uint64_t)st.st_size, err);

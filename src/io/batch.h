@@ -96,6 +96,13 @@ void loader_free(loader *l);
  * DBX_ECHANGED naming the file. Without it (a worker that knows only paths) a load still
  * fails with DBX_ECHANGED when a file is no longer regular or ends before a segment does. */
 void loader_expect(loader *l, const inputs *in);
+/* A check of every file the loader opens, made on the open descriptor after its fstat (so
+ * it judges the very file read, whatever its name points to later): idx is the input's
+ * index. Non-zero (err set) fails the load. fn NULL: none. */
+struct stat;
+typedef int (*loader_check_fn)(void *ctx, uint32_t idx, const char *path, int fd, const struct stat *st,
+                               dbx_err *err);
+void loader_check(loader *l, loader_check_fn fn, void *ctx);
 /* Fill *view with the batch's lines, newline-terminated. view and its data stay valid until
  * the next loader_load() or loader_free(). paths[i] is the path of input i. */
 int loader_load(loader *l, const batchdesc *b, const char *const *paths, dbx_batch *view,

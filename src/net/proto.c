@@ -55,17 +55,14 @@ int msg_refuse(dbx_buf *out, const char *reason) {
   return mpk_close(&m);
 }
 
-int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
-              const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths) {
-  return msg_stage_plugin(out, stage, op, cfg, cfg_len, bcast, bcast_len, paths, npaths, NULL);
-}
-
 int msg_stage_plugin(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
                      const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths,
-                     const msg_plugin *pl) {
-  if (too_big(out, bcast_len) || too_big(out, cfg_len) || (pl && too_big(out, pl->len))) return DBX_EINVAL;
+                     const msg_plugin *pl, const msg_ident *ident) {
+  if (too_big(out, bcast_len) || too_big(out, cfg_len) || (pl && too_big(out, pl->len)) ||
+      (ident && too_big(out, (size_t)npaths * 16)))
+    return DBX_EINVAL;
   mpk m;
-  msgpack_packer *pk = head(&m, out, MSG_STAGE, pl ? 6 : 5);
+  msgpack_packer *pk = head(&m, out, MSG_STAGE, ident ? 7 : pl ? 6 : 5);
   msgpack_pack_uint64(pk, stage);
   pack_str(pk, op);
   msgpack_pack_bin_with_body(pk, cfg_len ? cfg : "", cfg_len);
@@ -77,8 +74,24 @@ int msg_stage_plugin(dbx_buf *out, uint64_t stage, const char *op, const void *c
     pack_str(pk, pl->label);
     msgpack_pack_uint64(pk, pl->xxh64);
     msgpack_pack_bin_with_body(pk, pl->len ? pl->bytes : "", pl->len);
+  } else if (ident) {
+    msgpack_pack_nil(pk);
+  }
+  if (ident) {
+    msgpack_pack_bin(pk, (size_t)npaths * 16);
+    for (uint32_t i = 0; i < npaths; i++) {
+      unsigned char b[16];
+      uint64_t sz = ident->size[i], mt = (uint64_t)ident->mtime_ns[i];
+      for (int k = 0; k < 8; k++) b[k] = (unsigned char)(sz >> (8 * k)), b[8 + k] = (unsigned char)(mt >> (8 * k));
+      msgpack_pack_bin_body(pk, b, 16);
+    }
   }
   return mpk_close(&m);
+}
+
+int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len, const char *bcast,
+              size_t bcast_len, const char *const *paths, uint32_t npaths) {
+  return msg_stage_plugin(out, stage, op, cfg, cfg_len, bcast, bcast_len, paths, npaths, NULL, NULL);
 }
 
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
@@ -283,9 +296,9 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   m->type = (msg_type)type;
   why = "wrong number of fields";
   /* A welcome may carry the coordinator's --max-message as a third field (0: unknown); a
-   * stage may carry a plugin library as a sixth. */
+   * stage may carry a plugin library (or nil) as a sixth and its paths' identity as a seventh. */
   if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3) &&
-      !(type == MSG_STAGE && o->via.array.size == 3 + 6))
+      !(type == MSG_STAGE && (o->via.array.size == 3 + 6 || o->via.array.size == 3 + 7)))
     goto bad;
   const msgpack_object *f = a + 3;
   why = "a field has the wrong type or is out of range";
@@ -315,7 +328,15 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
       if (m->paths[i].type != MSGPACK_OBJECT_STR ||
           (m->paths[i].via.str.size && memchr(m->paths[i].via.str.ptr, 0, m->paths[i].via.str.size)))
         goto bad;
-    if (o->via.array.size == 3 + 6) {
+    if (o->via.array.size == 3 + 7) {
+      /* The planned identity of every path: 16 bytes each, no more, no fewer. */
+      const char *id;
+      size_t idn;
+      if (get_bin(&f[6], &id, &idn) || idn != (size_t)m->npaths * 16) goto bad;
+      m->ident = (const unsigned char *)id;
+      m->ident_len = idn;
+    }
+    if (o->via.array.size >= 3 + 6 && f[5].type != MSGPACK_OBJECT_NIL) {
       /* [label (str <= 255, no NUL), xxh64, library (bin, not empty)] */
       const msgpack_object *pl = &f[5];
       if (pl->type != MSGPACK_OBJECT_ARRAY || pl->via.array.size != 3) goto bad;

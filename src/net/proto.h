@@ -61,6 +61,9 @@ typedef struct msg {
   const char *plugin_label; size_t plugin_label_len;
   uint64_t plugin_xxh64;
   const char *plugin; size_t plugin_len;
+  /* STAGE (optional 7th field): per path, the size and modification time (ns) the
+   * coordinator planned with, 16 bytes each (little-endian u64, i64); NULL when absent. */
+  const unsigned char *ident; size_t ident_len;
   /* TASK */
   batchdesc batch;              /* seg owned by msg; data.data points into the frame */
   /* RESULT */
@@ -89,10 +92,15 @@ typedef struct msg_plugin {
 } msg_plugin;
 int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
               const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths);
-/* msg_stage with the library of a plugin operator as a sixth field; pl NULL: msg_stage. */
+/* msg_stage with the library of a plugin operator as a sixth field (pl NULL: nil) and, when
+ * ident is given, the planned identity of each path as a seventh: sizes[i], mtimes[i]. */
+typedef struct msg_ident {
+  const uint64_t *size;
+  const int64_t *mtime_ns;
+} msg_ident;
 int msg_stage_plugin(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, size_t cfg_len,
                      const char *bcast, size_t bcast_len, const char *const *paths, uint32_t npaths,
-                     const msg_plugin *pl);
+                     const msg_plugin *pl, const msg_ident *ident);
 int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b);
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
                uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,

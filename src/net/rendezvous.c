@@ -104,6 +104,11 @@ static int detect_k8s(rv_getenv get, void *ctx, rv_env *e, dbx_err *err) {
   if (!co || !*co)
     return dbx_seterr(err, DBX_EUSAGE, "--cluster k8s: DBATCH_COORDINATOR (HOST:PORT of the pod of index 0) is not set");
   if (strlen(co) >= sizeof e->coordinator) return dbx_seterr(err, DBX_EUSAGE, "--cluster k8s: DBATCH_COORDINATOR is too long");
+  const char *colon = strrchr(co, ':');
+  long port;
+  if (!colon || colon == co || parse_long(colon + 1, 1, 65535, &port))
+    return dbx_seterr(err, DBX_EUSAGE, "--cluster k8s: DBATCH_COORDINATOR='%.100s' needs HOST:PORT (a port is needed: "
+                      "the one pod 0 listens on)", co);
   snprintf(e->coordinator, sizeof e->coordinator, "%s", co);
   const char *name = get("DBATCH_LAUNCH_ID", ctx);
   launch_id(e->launch, sizeof e->launch, "k8s", name ? name : "job", NULL);
@@ -152,7 +157,8 @@ int rv_write(const char *path, const rv_info *r, dbx_err *err) {
   if (n < 0 || (size_t)n >= sizeof text) return dbx_seterr(err, DBX_EINVAL, "%s: rendezvous too long", path);
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid()) >= sizeof tmp)
     return dbx_seterr(err, DBX_EINVAL, "%s: the path is too long", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  unlink(tmp);  /* ours from a run with the same pid, or planted: never written through */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) return dbx_seterr(err, DBX_EIO, "cannot write the rendezvous %s: %s", tmp, strerror(errno));
   int rc = 0;
   if (write(fd, text, (size_t)n) != n || fsync(fd) != 0)
@@ -202,25 +208,65 @@ int rv_parse(const char *text, size_t len, const char *what, rv_info *r, dbx_err
   return 0;
 }
 
+int rv_dir_trusted(const char *dir, const char *what, dbx_err *err) {
+  struct stat st;
+  if (stat(dir, &st) != 0) return dbx_seterr(err, DBX_ENOENT, "%s %s: %s", what, dir, strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return dbx_seterr(err, DBX_EINVAL, "%s %s: not a directory", what, dir);
+  if (st.st_uid != geteuid())
+    return dbx_seterr(err, DBX_EACCES, "%s %s belongs to another user (uid %u): a launch's keys and rendezvous go "
+                      "only in a directory of its own user's", what, dir, (unsigned)st.st_uid);
+  if (st.st_mode & 022)
+    return dbx_seterr(err, DBX_EACCES, "%s %s can be written by others (mode %03o): whoever can write it chooses "
+                      "the coordinator workers trust; chmod go-w it, or give another --job-dir", what, dir,
+                      (unsigned)(st.st_mode & 0777));
+  return 0;
+}
+
+int rv_read(const char *path, rv_info *r, dbx_err *err) {
+  /* O_NONBLOCK: a FIFO in the file's place must not block (fstat refuses it below). */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    int e = errno;
+    return dbx_seterr(err, e == ENOENT ? DBX_ENOENT : DBX_EIO, "%s: %s", path, strerror(e));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return dbx_seterr(err, DBX_EACCES, "%s: not a regular file: not a rendezvous to trust", path);
+  }
+  if (st.st_uid != geteuid()) {
+    close(fd);
+    return dbx_seterr(err, DBX_EACCES, "%s belongs to another user (uid %u): not a rendezvous to trust", path,
+                      (unsigned)st.st_uid);
+  }
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
+  int rc = rv_dir_trusted(dir, "the rendezvous' directory", err);
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  char text[RV_FILE_MAX];
+  ssize_t n = read(fd, text, sizeof text);
+  close(fd);
+  if (n < 0 || (size_t)n >= sizeof text)
+    return dbx_seterr(err, DBX_ECORRUPT, "%s: unreadable or over %d bytes", path, RV_FILE_MAX);
+  return rv_parse(text, (size_t)n, path, r, err);
+}
+
 int rv_wait(const char *path, const char *launch, double timeout, rv_info *r, dbx_err *err) {
   double t0 = time_mono();
   dbx_err last = {0, ""};
   for (;;) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      char text[RV_FILE_MAX];
-      ssize_t n = read(fd, text, sizeof text);
-      close(fd);
-      if (n >= 0 && (size_t)n < sizeof text) {
-        int rc = rv_parse(text, (size_t)n, path, r, &last);
-        if (!rc && (!launch || !strcmp(launch, r->launch))) return 0;
-        if (!rc) snprintf(last.msg, sizeof last.msg, "%s is of another launch (%s, not %s)", path, r->launch, launch);
-      } else {
-        snprintf(last.msg, sizeof last.msg, "%s: unreadable or over %d bytes", path, RV_FILE_MAX);
-      }
-    } else if (errno != ENOENT) {
-      snprintf(last.msg, sizeof last.msg, "%s: %s", path, strerror(errno));
+    int rc = rv_read(path, r, &last);
+    if (!rc && (!launch || !strcmp(launch, r->launch))) return 0;
+    if (rc == DBX_EACCES) {
+      *err = last;
+      return rc;
     }
+    if (!rc) snprintf(last.msg, sizeof last.msg, "%s is of another launch (%s, not %s)", path, r->launch, launch);
+    if (rc == DBX_ENOENT) last.msg[0] = 0;
     if (timeout > 0 && time_mono() - t0 > timeout)
       return dbx_seterr(err, DBX_ETIMEDOUT, "no coordinator wrote %s within %.0f s%s%s", path, timeout,
                         last.msg[0] ? ": " : "", last.msg);

@@ -42,9 +42,17 @@ typedef struct rv_info {
 int rv_write(const char *path, const rv_info *r, dbx_err *err);
 /* Parse a rendezvous file's text (fuzzed); what names it in errors. */
 int rv_parse(const char *text, size_t len, const char *what, rv_info *r, dbx_err *err);
+/* Read the rendezvous at path once. It must be a regular file of this user's in a directory
+ * of this user's that others cannot write (whoever can write it chooses the coordinator a
+ * worker trusts with its tasks): else DBX_EACCES naming it. DBX_ENOENT when absent. */
+int rv_read(const char *path, rv_info *r, dbx_err *err);
 /* Wait (polling, at most timeout seconds; 0: forever) until path holds the rendezvous of
- * launch (NULL: any). DBX_ETIMEDOUT when it did not come. */
+ * launch (NULL: any). DBX_ETIMEDOUT when it did not come; DBX_EACCES at once for a file or
+ * directory that cannot be trusted. */
 int rv_wait(const char *path, const char *launch, double timeout, rv_info *r, dbx_err *err);
+/* 0 when dir is this user's and others cannot write it, else DBX_EACCES naming what (a
+ * job directory that is to hold a launch's keys and rendezvous). */
+int rv_dir_trusted(const char *dir, const char *what, dbx_err *err);
 
 /* An IPv4 address of this host others can reach: the first one, not loopback, of an
  * interface that is up (127.0.0.1 when there is none). */

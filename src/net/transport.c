@@ -4,6 +4,7 @@
 #define _GNU_SOURCE 1
 #include "net/transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -155,6 +156,10 @@ int tr_keypair_parse(const char *text, size_t len, const char *what, tr_keypair 
     int is_pub = e - i == 10 && !memcmp(line + i, "public-key", 10);
     int is_sec = e - i == 10 && !memcmp(line + i, "secret-key", 10);
     size_t k = skip_blanks(line, n, e), ke = word_end(line, n, k);
+    unsigned char raw[32];
+    if (!is_pub && !is_sec && z85_ok(line + i, e - i, raw))
+      return dbx_seterr(err, DBX_EINVAL, "%s is a public key (a .pub): give the key pair file that 'dbatch keygen' "
+                        "wrote beside it", what);
     if ((!is_pub && !is_sec) || skip_blanks(line, n, ke) != n)
       return dbx_seterr(err, DBX_EINVAL, "%s line %zu: expected 'public-key KEY' or 'secret-key KEY'", what, lineno);
     if (!z85_ok(line + k, ke - k, is_pub ? pub : sec))
@@ -163,7 +168,7 @@ int tr_keypair_parse(const char *text, size_t len, const char *what, tr_keypair 
     if (is_pub) have_pub = 1; else have_sec = 1;
   }
   if (!have_pub || !have_sec)
-    return dbx_seterr(err, DBX_EINVAL, "%s: no %s (is it a .pub file? give the secret key file made by 'dbatch keygen')",
+    return dbx_seterr(err, DBX_EINVAL, "%s: no %s (is it a .pub file? give the key pair file made by 'dbatch keygen')",
                       what, have_pub ? "secret-key line" : "public-key line");
   /* The halves belong together: the public key is derived from the secret one. */
   char derived[TR_KEY_LEN + 1];
@@ -178,13 +183,15 @@ int tr_keypair_load(const char *path, tr_keypair *kp, dbx_err *err) {
   struct stat st;
   int rc = read_small(path, KEYFILE_MAX, &text, &len, &st, err);
   if (rc) return rc;
-  if (st.st_mode & 077) {
-    free(text);
+  /* What the file is first (a .pub given for the pair is not to be chmod-ed), then who may
+   * read it. */
+  rc = tr_keypair_parse(text, len, path, kp, err);
+  free(text);
+  if (!rc && (st.st_mode & 077)) {
+    memset(kp, 0, sizeof *kp);
     return dbx_seterr(err, DBX_EINVAL, "%s: a secret key must not be readable by others (mode %03o): chmod 600 %s",
                       path, (unsigned)(st.st_mode & 0777), path);
   }
-  rc = tr_keypair_parse(text, len, path, kp, err);
-  free(text);
   return rc;
 }
 
@@ -203,11 +210,16 @@ int tr_pubkey_load(const char *arg, char pub[TR_KEY_LEN + 1], dbx_err *err) {
   size_t pos = 0, n, lineno = 0;
   const char *line;
   /* A key pair file has a public-key line too: never take a secret for a public key. */
-  for (const char *p = text; (p = memmem(p, len - (size_t)(p - text), "secret-key", 10)) != NULL; p += 10)
-    if (p == text || p[-1] == '\n' || p[-1] == ' ' || p[-1] == '\t') {
+  for (size_t q = 0; q < len;) {  /* a line that starts (after blanks) with secret-key */
+    size_t i = q;
+    while (i < len && (text[i] == ' ' || text[i] == '\t')) i++;
+    if (len - i >= 11 && !memcmp(text + i, "secret-key", 10) && (text[i + 10] == ' ' || text[i + 10] == '\t')) {
       free(text);
       return dbx_seterr(err, DBX_EINVAL, "%s is a secret key file: give its .pub", arg);
     }
+    const char *nl = memchr(text + q, '\n', len - q);
+    q = nl ? (size_t)(nl - text) + 1 : len;
+  }
   rc = 1;  /* nothing found yet */
   while (next_line(text, len, &pos, &line, &n)) {
     lineno++;
@@ -354,10 +366,16 @@ int tr_endpoint_loopback(const char *ep) {
   /* tcp://IFACE;HOST:PORT names a source address first: judge the destination. */
   const char *semi = strchr(h, ';');
   if (semi) h = semi + 1;
-  if (!strncmp(h, "127.", 4)) return 1;
   if (!strncmp(h, "localhost:", 10)) return 1;
   if (!strncmp(h, "[::1]:", 6)) return 1;
-  return 0;
+  /* 127.0.0.0/8, written as an address: a name such as 127.0.0.1.example.org is not. */
+  const char *colon = strrchr(h, ':');
+  char host[64];
+  struct in_addr a;
+  if (!colon || (size_t)(colon - h) >= sizeof host) return 0;
+  memcpy(host, h, (size_t)(colon - h));
+  host[colon - h] = 0;
+  return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
 /* ---- the coordinator's guard ---- */

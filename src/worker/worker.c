@@ -22,6 +22,7 @@
 #include "engine/job.h"
 #include "net/evidence.h"
 #include "net/proto.h"
+#include "net/rendezvous.h"
 #include "ops/ops.h"
 #include "ops/plugin.h"
 #include "util/log.h"
@@ -39,7 +40,7 @@ typedef struct wstage {
   void *bcast;
   char **paths;
   uint32_t npaths;
-  unsigned char *readable;  /* --allow-read: per path 0 unknown, 1 allowed, 2 refused */
+  unsigned char *ident;     /* per path: planned size and mtime, 16 bytes each, or NULL */
   int refs;
 } wstage;
 
@@ -73,7 +74,7 @@ static void stage_release(wctx *w, wstage *s) {
   if (s->bcast) s->op->bcast_free(s->bcast);
   for (uint32_t i = 0; i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
-  free(s->readable);
+  free(s->ident);
   free(s->cfg);
   plugin_close(s->pl);  /* last: op and bcast_free live in it */
   free(s);
@@ -100,34 +101,53 @@ static void evidence_set(wctx *w, unsigned slot, const msg *m, int running) {
   __atomic_store_n(&e->running, (uint32_t)running, __ATOMIC_RELEASE);
 }
 
-/* May a task read path? Only when it resolves (symbolic links followed) to a place under
- * one of the --allow-read directories. A path that does not resolve is left to the reader,
- * which reports it missing. */
-static int path_allowed(const worker_opts *o, const char *path) {
-  char rp[PATH_MAX];
-  if (!realpath(path, rp)) return errno == ENOENT || errno == ENOTDIR;
-  for (size_t i = 0; i < o->nallow; i++) {
-    const char *d = o->allow_read[i];
-    size_t n = strlen(d);
-    if (n == 1 && d[0] == '/') return 1;
-    if (!strncmp(rp, d, n) && (rp[n] == '/' || rp[n] == 0)) return 1;
-  }
-  return 0;
+/* The check of every file a task opens (loader_check), on its descriptor: what it really
+ * is, not what its name pointed to when a stage began. */
+typedef struct fcheck {
+  const worker_opts *o;
+  const wstage *st;
+} fcheck;
+
+static uint64_t le64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int k = 7; k >= 0; k--) v = v << 8 | p[k];
+  return v;
 }
 
-/* The first path of batch b this worker refuses to read, or NULL. */
-static const char *refused_path(wctx *w, wstage *st, const batchdesc *b) {
-  if (!w->o->restrict_read || b->shipped || !st->readable) return NULL;
-  for (uint32_t i = 0; i < b->nseg; i++) {
-    uint32_t k = b->seg[i].input;
-    unsigned char v = __atomic_load_n(&st->readable[k], __ATOMIC_RELAXED);
-    if (!v) {
-      v = path_allowed(w->o, st->paths[k]) ? 1 : 2;
-      __atomic_store_n(&st->readable[k], v, __ATOMIC_RELAXED);
+static int file_check(void *ctx, uint32_t idx, const char *path, int fd, const struct stat *st, dbx_err *err) {
+  const fcheck *c = ctx;
+  if (c->o->restrict_read) {
+    /* Only files under an --allow-read directory, as the descriptor resolves (symbolic
+     * links and renames included). */
+    char link[64], rp[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, rp, sizeof rp - 1);
+    int ok = 0;
+    if (n > 0) {
+      rp[n] = 0;
+      for (size_t i = 0; i < c->o->nallow && !ok; i++) {
+        const char *d = c->o->allow_read[i];
+        size_t dn = strlen(d);
+        ok = (dn == 1 && d[0] == '/') || (!strncmp(rp, d, dn) && (rp[dn] == '/' || rp[dn] == 0));
+      }
     }
-    if (v == 2) return st->paths[k];
+    if (!ok)
+      return dbx_seterr(err, DBX_EACCES, "this worker refuses to read %s: it is outside its --allow-read directories",
+                        path);
   }
-  return NULL;
+  if (c->st->ident && idx < c->st->npaths) {
+    /* The file the coordinator planned with, not another under the same name (a disk of
+     * this machine's own, a stale copy): the same size and modification time. */
+    uint64_t size = le64(c->st->ident + 16 * (size_t)idx);
+    int64_t mt = (int64_t)le64(c->st->ident + 16 * (size_t)idx + 8);
+    int64_t have = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    if (size != UINT64_MAX && ((uint64_t)st->st_size != size || have != mt))
+      return dbx_seterr(err, DBX_ECHANGED,
+                        "%s on this worker is not the file the coordinator planned with (%llu bytes here, %llu "
+                        "planned%s)", path, (unsigned long long)st->st_size, (unsigned long long)size,
+                        (uint64_t)st->st_size == size ? ", another modification time" : "");
+  }
+  return 0;
 }
 
 static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
@@ -141,10 +161,8 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
   for (uint32_t i = 0; i < m->batch.nseg && !rc; i++)
     if (m->batch.seg[i].input >= st->npaths)
       rc = dbx_seterr(&err, DBX_EPROTO, "task refers to input %u of %u", m->batch.seg[i].input, st->npaths);
-  const char *refused = rc ? NULL : refused_path(w, st, &m->batch);
-  if (refused)
-    rc = dbx_seterr(&err, DBX_EACCES, "this worker refuses to read %s: it is outside its --allow-read directories",
-                    refused);
+  fcheck fc = {w->o, st};
+  loader_check(ld, file_check, &fc);
   double t0 = time_mono();
   evidence_set(w, slot, m, 1);
   ops_task_attempt = (uint32_t)m->attempt;  /* DBATCH_ATTEMPT for commands (ops/exec.c) */
@@ -254,8 +272,11 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
   s->cfg = malloc(m->cfg_len + 1);
   s->npaths = m->npaths;
   s->paths = calloc(m->npaths ? m->npaths : 1, sizeof *s->paths);
-  s->readable = calloc(m->npaths ? m->npaths : 1, 1);
-  if (!s->cfg || !s->paths || !s->readable) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
+  if (m->ident && m->ident_len == (size_t)m->npaths * 16 && m->npaths) {
+    if (!(s->ident = malloc(m->ident_len))) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
+    memcpy(s->ident, m->ident, m->ident_len);
+  }
+  if (!s->cfg || !s->paths) { dbx_seterr(err, DBX_ENOMEM, "out of memory"); goto fail; }
   if (m->cfg_len) memcpy(s->cfg, m->cfg, m->cfg_len);
   for (uint32_t i = 0; i < m->npaths; i++) {
     const msgpack_object_str *p = &m->paths[i].via.str;
@@ -270,7 +291,7 @@ static wstage *make_stage(const msg *m, dbx_err *err) {
 fail:
   for (uint32_t i = 0; s->paths && i < s->npaths; i++) free(s->paths[i]);
   free(s->paths);
-  free(s->readable);
+  free(s->ident);
   free(s->cfg);
   plugin_close(s->pl);
   free(s);
@@ -410,7 +431,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
   double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
   int welcomed = 0, running = 1, ever_welcomed = 0, hs_failed = 0;
-  double t_begin = now, last_said = now, hs_first_fail = 0;
+  double t_begin = now, last_said = now, hs_first_fail = 0, last_rv = now;
   zmq_msg_t zm;
   zmq_msg_init(&zm);
   while (running) {
@@ -439,6 +460,18 @@ int worker_main(const worker_opts *o, dbx_err *err) {
                       o->connect, o->connect_timeout);
       break;
     }
+    if (!welcomed && o->rendezvous && now - last_rv >= 1.0) {
+      /* Nobody answers: the rendezvous may name a coordinator since replaced. */
+      rv_info rv;
+      dbx_err rerr = {0, ""};
+      last_rv = now;
+      if (rv_read(o->rendezvous, &rv, &rerr) == 0 &&
+          (strcmp(rv.endpoint, o->connect) || strcmp(rv.key, o->coordinator_key ? o->coordinator_key : ""))) {
+        log_info("worker: %s now names %s", o->rendezvous, rv.endpoint);
+        rc = WORKER_RENDEZVOUS_CHANGED;
+        break;
+      }
+    }
     if (!welcomed && !o->local && now - last_said >= 10) {
       log_debug("worker: still no answer from the coordinator at %s after %.0f s", o->connect, now - t_begin);
       last_said = now;
@@ -453,8 +486,13 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     }
     if (o->local && getppid() != parent) break;
     if (now - last_heard > o->timeout) {
-      if (o->local || (o->exit_on_loss && ever_welcomed)) {
+      if (o->local) {
         log_warn("worker: coordinator silent for %.0f s; exiting", o->timeout);
+        break;
+      }
+      if (o->exit_on_loss && ever_welcomed) {
+        rc = dbx_seterr(err, DBX_EIO, "the coordinator at %s went silent for %.0f s before the job ended", o->connect,
+                        o->timeout);
         break;
       }
       if (welcomed) log_warn("worker: coordinator silent for %.0f s; waiting for it to come back", o->timeout);

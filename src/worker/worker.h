@@ -22,9 +22,13 @@ typedef struct worker_opts {
   int restrict_read;       /* 1: only paths under allow_read are read */
   double connect_timeout;  /* give up after this long without a coordinator (0: never) */
   int exit_on_loss;        /* exit when the coordinator goes silent (a cluster rank) */
+  const char *rendezvous;  /* re-read while nobody answers: worker_main returns
+                              WORKER_RENDEZVOUS_CHANGED when it names another coordinator */
 } worker_opts;
 
+#define WORKER_RENDEZVOUS_CHANGED 1
+
 /* Run until the job ends (BYE), the coordinator is refused or, for a local worker, gone.
- * 0 on a normal end. */
+ * 0 on a normal end, WORKER_RENDEZVOUS_CHANGED (see above), else an error code. */
 int worker_main(const worker_opts *o, dbx_err *err);
 #endif

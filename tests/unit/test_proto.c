@@ -71,11 +71,62 @@ static void test_hello_slots_bounded(void **state) {
   dbx_buf_free(&out);
 }
 
+/* A stage's planned identity of its paths: 16 bytes per path, exactly, after the plugin
+ * field (nil without a plugin); decoded as sent. */
+static void test_stage_identity(void **state) {
+  (void)state;
+  dbx_buf out = {0};
+  msg m;
+  dbx_err err = {0, ""};
+  const char *paths[] = {"/a", "/b"};
+  uint64_t size[] = {123, UINT64_MAX};
+  int64_t mt[] = {1700000000123456789LL, 0};
+  msg_ident id = {size, mt};
+  assert_int_equal(msg_stage_plugin(&out, 3, "noop", "\0\0\0\0\0\0\0\0", 8, NULL, 0, paths, 2, NULL, &id), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.has_plugin, 0);
+  assert_int_equal(m.ident_len, 32);
+  assert_int_equal(m.ident[0], 123);
+  for (int k = 1; k < 8; k++) assert_int_equal(m.ident[k], 0);
+  uint64_t back = 0;
+  for (int k = 7; k >= 0; k--) back = back << 8 | m.ident[8 + k];
+  assert_int_equal((int64_t)back, mt[0]);
+  for (int k = 16; k < 24; k++) assert_int_equal(m.ident[k], 0xff);
+  msg_free(&m);
+  /* Without it: no identity. */
+  assert_int_equal(msg_stage(&out, 3, "noop", "\0\0\0\0\0\0\0\0", 8, NULL, 0, paths, 2), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_null(m.ident);
+  msg_free(&m);
+  /* An identity of 16 bytes for two paths is refused: a worker would read past it. */
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 10);
+  msgpack_pack_str_with_body(&pk, "DBX", 3);
+  msgpack_pack_uint64(&pk, PROTO_VERSION);
+  msgpack_pack_uint64(&pk, MSG_STAGE);
+  msgpack_pack_uint64(&pk, 3);
+  msgpack_pack_str_with_body(&pk, "noop", 4);
+  msgpack_pack_bin_with_body(&pk, "\0\0\0\0\0\0\0\0", 8);
+  msgpack_pack_bin_with_body(&pk, "", 0);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_str_with_body(&pk, "/a", 2);
+  msgpack_pack_str_with_body(&pk, "/b", 2);
+  msgpack_pack_nil(&pk);
+  msgpack_pack_bin_with_body(&pk, "0123456789abcdef", 16);
+  assert_int_equal(msg_decode(sb.data, sb.size, &m, &err), DBX_EPROTO);
+  msgpack_sbuffer_destroy(&sb);
+  dbx_buf_free(&out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shipped_lengths_must_add_up),
       cmocka_unit_test(test_segment_range_must_not_wrap),
       cmocka_unit_test(test_hello_slots_bounded),
+      cmocka_unit_test(test_stage_identity),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
