@@ -269,7 +269,19 @@ def need_slurm():
 # ---------------------------------------------------------------------------------------
 # Hosts
 
-class Hosts:
+class _Managed:
+    """A test bed used in a with-statement: start() on entry, close() on exit (raising its
+    own errors only when no other exception is on its way)."""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(raise_errors=exc_type is None)
+
+
+class Hosts(_Managed):
     """A bridge plus n network namespaces on it, one per simulated host.
 
     Host i (1-based) has namespace ns(i), interface eth0 with address addr(i) in the
@@ -293,14 +305,7 @@ class Hosts:
         self._cut = set()
         self._closed = False
 
-    # -- lifecycle
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.close(raise_errors=exc_type is None)
+    # -- lifecycle: start(), close(); with-statement from _Managed
 
     def start(self):
         """Create bridge and namespaces; on any failure remove what was made, then raise."""
@@ -497,7 +502,7 @@ def _port_pair(tag_number):
     raise FixtureError("no free TCP port pair in %d..%d" % (lo, hi))
 
 
-class SlurmCluster:
+class SlurmCluster(_Managed):
     """A Slurm 22.05 cluster over a Hosts: node i is host i.
 
     munged and slurmctld run on the machine (slurmctld reached at hosts.bridge_addr);
@@ -531,14 +536,7 @@ class SlurmCluster:
         self._slurmds = []
         self._closed = False
 
-    # -- lifecycle
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.close(raise_errors=exc_type is None)
+    # -- lifecycle: start(), close(); with-statement from _Managed
 
     def node(self, i):
         """Slurm node name of host i."""
