@@ -114,9 +114,10 @@ extern int cli_resume;
   "      --authorized-keys FILE  public keys of the workers admitted, one per line\n" \
   "      --insecure          --listen on a network address without keys: anyone who\n" \
   "                          reaches the port can join, read tasks and send results\n" \
-  "      --cluster auto|slurm|mpi  every rank of srun or mpirun runs this same command:\n" \
-  "                          rank 0 is the coordinator, the others its workers, found\n" \
-  "                          through the job directory, with a fresh key pair per job\n" \
+  "      --cluster auto|slurm|mpi|k8s  every rank of srun, mpirun or an Indexed Job runs\n" \
+  "                          this same command: rank 0 is the coordinator, the others its\n" \
+  "                          workers, found through the job directory, with a fresh key\n" \
+  "                          pair per launch (k8s: --key from a Secret; examples/k8s)\n" \
   "      --wait-workers N    start the first task once N workers have joined\n" \
   "      --policy P          least-loaded (default), round-robin or random\n" \
   "      --seed N            seed of the random policy (reproducible placement)\n" \
