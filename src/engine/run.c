@@ -143,6 +143,12 @@ int engine_map_task(const dbx_op *op, const void *cfg, const void *bcast, loader
                     const batchdesc *b, const char *const *paths, void **partial, dbx_stats *st,
                     uint64_t *bytes, dbx_err *err) {
   dbx_batch view;
+  /* A batch of whole documents names each once, in input order, as the splitter cut it: a
+   * task that names one twice would count it twice (and its partial be refused). */
+  for (uint32_t i = 1; b->whole && i < b->nseg; i++)
+    if (b->seg[i].input <= b->seg[i - 1].input)
+      return dbx_seterr(err, DBX_EPROTO, "task %u names its documents out of order or one twice (input %u after %u)",
+                        b->index, b->seg[i].input, b->seg[i - 1].input);
   void *part = op->partial_new(cfg);
   if (!part) return DBX_ENOMEM;
   int rc = loader_load(ld, b, paths, &view, err);
