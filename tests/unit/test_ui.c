@@ -93,6 +93,55 @@ static void test_final_states_keep_how_workers_ended(void **state) {
   rm_rf(dir);
 }
 
+
+/* Attempts are found again by their ticket: the one ended gets its outcome, others stay
+ * running, a ticket whose entry the ring has since overwritten (5000 newer attempts)
+ * changes nothing, nor does a ticket that names another attempt. */
+static void test_attempt_tickets(void **state) {
+  const char *dir = test_tmpdir();
+  ui *u = open_ui(dir, NULL);
+  job j;
+  memset(&j, 0, sizeof j);
+  ui_worker w[1];
+  worker(&w[0], 1, "alive");
+  uint64_t t0 = ui_attempt_start(u, 1, 0, 1, 1);
+  uint64_t t1 = ui_attempt_start(u, 1, 1, 1, 1);
+  uint64_t t2 = ui_attempt_start(u, 1, 2, 1, 1);
+  ui_attempt_end(u, t1, 1, 1, 1, 1, UI_OK);
+  ui_attempt_end(u, t2, 1, 2, 2, 1, UI_FAILED);  /* another attempt's ticket: ignored */
+  ui_attempt_end(u, t0, 1, 0, 1, 1, UI_FAILED);
+  ui_tick(u, &j, w, 1, "wordcount", 1);
+  char *js = slurp_in(dir, "status.json");
+  assert_non_null(strstr(js, "\"task\":0,\"attempt\":1"));
+  const char *want[] = {"\"task\":0,", "failed", "\"task\":1,", "ok", "\"task\":2,", "running"};
+  const char *p = js;
+  for (int i = 0; i < 6; i++) {
+    p = strstr(p, want[i]);
+    if (!p) fail_msg("status.json lacks %s in order:\n%s", want[i], js);
+  }
+  free(js);
+  /* 5000 newer attempts overwrite t2's entry: ending it later touches none of them. */
+  for (uint32_t k = 0; k < 5000; k++) ui_attempt_start(u, 2, k, 1, 1);
+  ui_attempt_end(u, t2, 1, 2, 1, 1, UI_OK);
+  ui_attempt_end(u, 0, 2, 0, 1, 1, UI_OK);
+  uint64_t last = ui_attempt_start(u, 2, 9999, 1, 1);
+  ui_attempt_end(u, last, 2, 9999, 1, 1, UI_OK);
+  ui_tick(u, &j, w, 1, "wordcount", 1);
+  dbx_err err = {0, ""}, uerr = {0, ""};
+  assert_int_equal(ui_finish(u, &j, 1, &err, &uerr), 0);  /* writes status.json now */
+  js = slurp_in(dir, "status.json");
+  assert_null(strstr(js, "\"outcome\":\"failed\""));
+  p = strstr(js, "\"task\":9999,");
+  assert_non_null(p);
+  assert_non_null(strstr(p, "\"outcome\":\"ok\""));
+  /* Of the 5000, none was ended: only the last attempt is ok. */
+  int oks = 0;
+  for (const char *q = js; (q = strstr(q, "\"outcome\":\"ok\"")) != NULL; q++) oks++;
+  assert_int_equal(oks, 1);
+  free(js);
+  ui_free(u);
+}
+
 static void test_partial_and_failed(void **state) {
   const char *dir = test_tmpdir();
   ui *u = open_ui(dir, NULL);
@@ -213,6 +262,7 @@ static void test_dashboard_thread_blocks_signals(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_final_states_keep_how_workers_ended),
+      cmocka_unit_test(test_attempt_tickets),
       cmocka_unit_test(test_partial_and_failed),
       cmocka_unit_test(test_dashboard_thread_blocks_signals),
   };
