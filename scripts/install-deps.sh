@@ -5,8 +5,8 @@
 set -eu
 what=${1:-test}
 
-build_pkgs="cmake make gcc pkg-config libzmq3-dev libmsgpack-dev libsqlite3-dev libutf8proc-dev zlib1g-dev libzstd-dev libxxhash-dev libmicrohttpd-dev"
-test_pkgs="iproute2 nftables slurm-wlm munge openmpi-bin libcmocka-dev python3 python3-zmq python3-msgpack python3-sklearn python3-prometheus-client chromium sqlite3 gzip zstd procps npm"
+build_pkgs="cmake make gcc pkg-config libzmq3-dev libmsgpack-dev libsqlite3-dev libpq-dev libutf8proc-dev zlib1g-dev libzstd-dev libxxhash-dev libmicrohttpd-dev"
+test_pkgs="iproute2 postgresql-15 nftables slurm-wlm munge openmpi-bin libcmocka-dev python3 python3-zmq python3-msgpack python3-sklearn python3-prometheus-client chromium sqlite3 gzip zstd procps npm"
 demo_pkgs="npm sqlite3"
 bench_pkgs="python3-sklearn python3-distributed python3-pandas parallel bc"
 # libFuzzer targets: clang, its runtimes (only recommended by clang, so named) and llvm-symbolizer

@@ -96,7 +96,8 @@ extern int cli_resume;
   {"authorized-keys", required_argument, NULL, 1029},         \
   {"insecure", no_argument, NULL, 1030},                      \
   {"cluster", required_argument, NULL, 1031},                \
-  {"dashboard-token", required_argument, NULL, 1032}
+  {"dashboard-token", required_argument, NULL, 1032},         \
+  {"header", no_argument, NULL, 1033}
 
 #define CLI_JOB_HELP \
   "Batching and execution:\n" \
@@ -140,11 +141,17 @@ extern int cli_resume;
   "                          document line) is counted and skipped, or fails the job\n" \
   "      --max-record SIZE   longest line accepted (word count; default: no limit)\n" \
   "Output:\n" \
-  "  -o, --out DEST          - (standard output, default), FILE.tsv, FILE.csv, FILE.jsonl,\n" \
-  "                          or sqlite:PATH; files are replaced atomically\n" \
-  "      --format F          tsv, csv or jsonl, when the file name does not say\n" \
-  "      --table NAME        SQLite table (default: the job's name)\n" \
-  "      --append            SQLite: add rows instead of replacing the table\n" \
+  "  -o, --out DEST          - (standard output, default), FILE.tsv (or .txt, or no\n" \
+  "                          extension), FILE.csv, FILE.jsonl (or .ndjson), each also\n" \
+  "                          .gz or .zst (compressed); sqlite:PATH; postgresql://URI\n" \
+  "                          (PG* variables and ~/.pgpass apply). Files and tables are\n" \
+  "                          replaced atomically: a failed job leaves them as they were\n" \
+  "      --format F          tsv, csv or jsonl, whatever the file name says\n" \
+  "      --header            TSV: a first line of column names (CSV always has one)\n" \
+  "      --table NAME        database table (default: the job's name; PostgreSQL:\n" \
+  "                          SCHEMA.NAME too)\n" \
+  "      --append            add to the table or file instead of replacing it, once:\n" \
+  "                          a commit retried never adds the rows twice\n" \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
   "Watching:\n" \
   "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n" \

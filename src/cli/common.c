@@ -93,6 +93,7 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 1003: o->out.format = arg; return 1;
   case 1004: o->out.table = arg; return 1;
   case 1005: o->out.append = 1; return 1;
+  case 1033: o->out.header = 1; return 1;
   case 1006: o->summary_json = arg; return 1;
   case 1007: o->co.listen = arg; return 1;
   case 1008: {
@@ -338,6 +339,12 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     *made = 1;
     dir = o->job_dir_buf;
   }
+  /* The job's identity goes with rows appended to a database: the journal's survives a
+   * resume, so the rows of a commit that did happen are not added again. */
+  char id[40];
+  if (j->jr) snprintf(id, sizeof id, "%s", journal_job_id(j->jr));
+  else journal_new_id(id, sizeof id);
+  sink_set_job_id(id);
   if (o->token_path && (rc2 = read_token(o, err))) return rc2;
   ui_opts uo = {o->dashboard, o->dashboard_public, o->quiet, dir, o->token_path ? o->token : NULL};
   int rc = ui_new(&uo, j->name, &j->ui, err);

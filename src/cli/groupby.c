@@ -410,7 +410,7 @@ int cmd_cooccur(int argc, char **argv) {
     }
     char npath[1100];
     snprintf(npath, sizeof npath, "%s.new", bpath);
-    rc = sink_raw_open(npath, &bout, &err);
+    rc = sink_raw_open(npath, 0, &bout, &err);
   }
   if (!rc) {
     stage s;

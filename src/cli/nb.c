@@ -349,7 +349,7 @@ int cmd_nb(int argc, char **argv) {
   int rc = 0;
   if (o.out.dest) rc = sink_check(&o.out, &err);
   if (!rc && o.out.dest) rc = cli_check_dest("--predictions", o.out.dest, &err);
-  sink_opts mo = {no.metrics, NULL, "metrics", 0};
+  sink_opts mo = {no.metrics, NULL, "metrics", 0, 0};
   if (!rc && no.metrics) rc = sink_check(&mo, &err);
   if (!rc && no.metrics) rc = cli_check_dest("--metrics", no.metrics, &err);
   if (!rc && outs.model_dest) rc = cli_check_dest("--model", outs.model_dest, &err);

@@ -233,7 +233,7 @@ static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *red
   if (!rc) cli_job_size_batches(o, &j.in);
   if (!rc) rc = cli_job_start(o, &j, &co, &err);
   if (!rc && reduce) rc = cli_keyed_prepare(k, &j, o, &rcfg.part, &err);
-  if (!rc) rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, &out, &err);
+  if (!rc) rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, o->out.append, &out, &err);
   if (!rc) {
     stage s;
     if (reduce) cli_stage_init(&s, &j, o, "reduce", &op_reduce, &rcfg, sizeof rcfg, out);
@@ -283,7 +283,7 @@ int cmd_run(int argc, char **argv) {
     if (c == 1024 && optarg) bad_fail = !strcmp(optarg, "fail") ? 1 : !strcmp(optarg, "skip") ? 0 : -2;
     const char *na = c == 1023 ? "--max-record" : c == 1024 && !reduce ? "--on-bad-record" : NULL;
     if (na) return cli_usage_error("run", "%s does not apply to dbatch run (the command or operator decides what a bad record is)", na);
-    if (c == 1003 || c == 1004 || c == 1005) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--append";
+    if (c == 1003 || c == 1004 || c == 1033) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--header";
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_usage_error("run", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
@@ -324,9 +324,9 @@ int cmd_run(int argc, char **argv) {
   if (!map[0]) return cli_usage_error("run", "--map needs a command");
   if (strlen(map) >= sizeof cfg.cmd) return cli_usage_error("run", "--map: the command is longer than %zu bytes; put it in a script", sizeof cfg.cmd - 1);
   if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
-  if (!strncmp(o.out.dest, "sqlite:", 7))
-    return cli_usage_error("run", "--out %s: a map-only job writes the command's bytes; SQLite output is not available for it",
-                           o.out.dest);
+  if (!strncmp(o.out.dest, "sqlite:", 7) || !strncmp(o.out.dest, "postgres", 8))
+    return cli_usage_error("run", "--out %s: a map-only job writes the command's bytes, not rows; give a file (or "
+                           "--reduce to make rows)", o.out.dest);
   snprintf(cfg.cmd, sizeof cfg.cmd, "%s", map);
   cfg.timeout = o.co.task_timeout;  /* also enforced by the worker itself, remote ones included */
   dbx_err err = {0, ""};
@@ -340,7 +340,7 @@ int cmd_run(int argc, char **argv) {
   int rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
   if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
-  if (!rc) rc = sink_raw_open(o.out.dest, &out, &err);
+  if (!rc) rc = sink_raw_open(o.out.dest, o.out.append, &out, &err);
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "map", &op_exec, &cfg, sizeof cfg, out);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/err.h"
@@ -25,6 +26,7 @@ struct journal {
   int resume, in_txn;
   unsigned pending;
   double last_commit;
+  char id[40];  /* the job's identity: made when the job starts, kept by a resume */
 };
 
 /* The job directory lock this process holds (one job per process). */
@@ -245,12 +247,43 @@ int journal_open(const char *dir, int resume, int argc, char **argv, journal **o
     if (!rc) rc = meta_put(jr, "state", "running", 7, err);
     dbx_buf_free(&cmd);
   }
+  /* The job's identity (what a database output records with rows it appends): read back
+   * on a resume, made now for a new job (or an older journal that has none). */
+  char *id = NULL;
+  size_t idn = 0;
+  if (!rc && meta_get(jr, "job_id", &id, &idn) == 0 && idn > 0 && idn < sizeof jr->id) {
+    memcpy(jr->id, id, idn);
+    jr->id[idn] = 0;
+  } else if (!rc) {
+    journal_new_id(jr->id, sizeof jr->id);
+    rc = meta_put(jr, "job_id", jr->id, strlen(jr->id), err);
+  }
+  free(id);
   if (!rc && (sqlite3_prepare_v2(jr->db, "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)", -1, &jr->put, NULL) != SQLITE_OK ||
               sqlite3_prepare_v2(jr->db, "SELECT partial, records, bad, bytes FROM tasks WHERE stage = ? AND idx = ?", -1, &jr->get, NULL) != SQLITE_OK))
     rc = db_error(jr, err, "prepare");
   if (rc) { journal_close(jr); return rc; }  /* and unlock */
   *out = jr;
   return 0;
+}
+
+const char *journal_job_id(const journal *jr) { return jr->id; }
+
+void journal_new_id(char *out, size_t cap) {
+  unsigned char r[16];
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  ssize_t got = fd >= 0 ? read(fd, r, sizeof r) : -1;
+  if (fd >= 0) close(fd);
+  if (got != (ssize_t)sizeof r) {  /* no /dev/urandom: time, pid and address are unique enough */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t a = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, b = (uint64_t)getpid() ^ (uintptr_t)out;
+    memcpy(r, &a, 8);
+    memcpy(r + 8, &b, 8);
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < sizeof r && k + 2 < cap; i++) k += (size_t)snprintf(out + k, cap - k, "%02x", r[i]);
+  out[k] = 0;
 }
 
 void journal_close(journal *jr) {

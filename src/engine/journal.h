@@ -63,6 +63,11 @@ int journal_task(journal *jr, uint32_t stage, uint32_t index, const char *partia
 int journal_lookup(journal *jr, uint32_t stage, uint32_t index, char **partial, size_t *n,
                    uint64_t *records, uint64_t *bad, uint64_t *bytes);
 
+/* The job's identity: 32 hex digits made when the job started, the same after a resume. */
+const char *journal_job_id(const journal *jr);
+/* A fresh identity (32 hex digits) for a job without a journal. */
+void journal_new_id(char *out, size_t cap);
+
 /* Mark the whole job finished (its output committed). */
 int journal_done(journal *jr, dbx_err *err);
 int journal_resuming(const journal *jr);

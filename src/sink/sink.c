@@ -1,43 +1,111 @@
 /* sink.c -- choosing a sink from the destination and format. */
+#include <stdio.h>
 #include <string.h>
 
 #include "sink/sink_internal.h"
+#include "util/afile.h"
 
-static const char *ext_format(const char *dest) {
-  const char *dot = strrchr(dest, '.');
-  const char *slash = strrchr(dest, '/');
-  if (!dot || (slash && dot < slash)) return NULL;
-  if (strcmp(dot, ".tsv") == 0 || strcmp(dot, ".txt") == 0) return "tsv";
-  if (strcmp(dot, ".csv") == 0) return "csv";
-  if (strcmp(dot, ".jsonl") == 0 || strcmp(dot, ".ndjson") == 0) return "jsonl";
+static char g_job_id[80];
+
+void sink_set_job_id(const char *id) { snprintf(g_job_id, sizeof g_job_id, "%s", id ? id : ""); }
+const char *sink_job_id(void) { return g_job_id; }
+
+static int ends_with(const char *s, size_t n, const char *suffix) {
+  size_t k = strlen(suffix);
+  return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+unsigned sink_file_compression(const char *dest) {
+  size_t n = strlen(dest);
+  return ends_with(dest, n, ".gz") ? AFILE_GZIP : ends_with(dest, n, ".zst") ? AFILE_ZSTD : 0;
+}
+
+static int is_postgres(const char *dest) {
+  return !strncmp(dest, "postgresql://", 13) || !strncmp(dest, "postgres://", 11);
+}
+
+#define FORMATS_HELP                                                                                  \
+  "dbatch writes FILE.tsv, .txt, .csv, .jsonl or .ndjson (each also as .gz or .zst), a FILE with no " \
+  "extension as TSV, sqlite:PATH or postgresql://...; or say --format tsv|csv|jsonl"
+
+/* The format a file name asks for: by its extension after any .gz/.zst, "tsv" when the name
+ * has none; NULL for an extension dbatch does not write (*ext is it then). */
+static const char *ext_format(const char *dest, char *ext, size_t cap) {
+  const char *base = strrchr(dest, '/');
+  base = base ? base + 1 : dest;
+  size_t n = strlen(base);
+  unsigned z = sink_file_compression(base);
+  if (z) n -= z == AFILE_GZIP ? 3 : 4;
+  const char *dot = NULL;
+  for (size_t i = 1; i < n; i++)  /* a leading dot names a hidden file, not an extension */
+    if (base[i] == '.') dot = base + i;
+  if (!dot) return "tsv";
+  size_t k = (size_t)(base + n - dot);
+  snprintf(ext, cap, "%.*s", (int)(k < cap ? k : cap - 1), dot);
+  static const char *const known[][2] = {{".tsv", "tsv"}, {".txt", "tsv"},     {".csv", "csv"},
+                                         {".jsonl", "jsonl"}, {".ndjson", "jsonl"}};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (strlen(known[i][0]) == k && !memcmp(dot, known[i][0], k)) return known[i][1];
   return NULL;
 }
 
-static int resolve(const sink_opts *o, const char **format, dbx_err *err) {
-  if (strncmp(o->dest, "sqlite:", 7) == 0) {
+static int resolve(const sink_opts *o, const char **format, unsigned *zf, int probe, dbx_err *err) {
+  *zf = 0;
+  if (strncmp(o->dest, "sqlite:", 7) == 0 || is_postgres(o->dest)) {
+    int pg = is_postgres(o->dest);
+    if (o->header) return dbx_seterr(err, DBX_EUSAGE, "--header applies to TSV files; a table has named columns");
+    if (o->format)
+      return dbx_seterr(err, DBX_EUSAGE, "--format %s applies to files, not to --out %s", o->format,
+                        pg ? "postgresql://..." : "sqlite:PATH");
+    *format = pg ? "postgresql" : "sqlite";
+    if (pg) return sink_pg_check(o, probe, err);
     if (!o->dest[7]) return dbx_seterr(err, DBX_EUSAGE, "--out sqlite: needs a path, as in sqlite:results.db");
-    *format = "sqlite";
     return sink_sqlite_check_table(o->table, err);
   }
-  const char *f = o->format ? o->format : ext_format(o->dest);
+  const char *f = o->format;
+  char ext[32] = "";
+  if (!f && strcmp(o->dest, "-") && !(f = ext_format(o->dest, ext, sizeof ext))) {
+    char lower[32];
+    size_t i = 0;
+    for (; ext[i] && i + 1 < sizeof lower; i++) lower[i] = (char)(ext[i] >= 'A' && ext[i] <= 'Z' ? ext[i] + 32 : ext[i]);
+    lower[i] = 0;
+    const char *hint = !strcmp(lower, ".json") ? " (.jsonl is one JSON object per line)"
+                       : strcmp(lower, ext) && (!strcmp(lower, ".tsv") || !strcmp(lower, ".csv") ||
+                                                !strcmp(lower, ".txt") || !strcmp(lower, ".jsonl"))
+                           ? " (extensions are matched in lower case)"
+                           : "";
+    return dbx_seterr(err, DBX_EUSAGE, "--out %s: unknown extension '%s'%s; " FORMATS_HELP, o->dest, ext, hint);
+  }
   if (!f) f = "tsv";
   if (strcmp(f, "tsv") && strcmp(f, "csv") && strcmp(f, "jsonl"))
-    return dbx_seterr(err, DBX_EUSAGE, "unknown output format '%s' (tsv, csv, jsonl; or --out sqlite:PATH)", f);
+    return dbx_seterr(err, DBX_EUSAGE, "unknown output format '%s' (tsv, csv, jsonl; or --out sqlite:PATH or "
+                      "postgresql://...)", f);
+  if (o->header && strcmp(f, "tsv"))
+    return dbx_seterr(err, DBX_EUSAGE, "--header applies to TSV (CSV always has one; JSONL names every field)");
+  if (!strcmp(o->dest, "-")) {
+    if (o->append)
+      return dbx_seterr(err, DBX_EUSAGE, "--append needs a file or a database; standard output is a stream");
+  } else {
+    *zf = sink_file_compression(o->dest);
+  }
   *format = f;
   return 0;
 }
 
 int sink_check(const sink_opts *o, dbx_err *err) {
   const char *f;
-  return resolve(o, &f, err);
+  unsigned zf;
+  return resolve(o, &f, &zf, 1, err);
 }
 
 int sink_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_err *err) {
   const char *f;
-  int rc = resolve(o, &f, err);
+  unsigned zf;
+  int rc = resolve(o, &f, &zf, 0, err);
   if (rc) return rc;
   if (strcmp(f, "sqlite") == 0) rc = sink_sqlite_open(o, o->dest + 7, schema, out, err);
-  else rc = sink_file_open(o, f, schema, out, err);
+  else if (strcmp(f, "postgresql") == 0) rc = sink_pg_open(o, schema, out, err);
+  else rc = sink_file_open(o, f, zf, schema, out, err);
   if (!rc) {
     (*out)->schema = schema;
     (*out)->rows = 0;

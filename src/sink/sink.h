@@ -1,4 +1,5 @@
-/* sink.h -- where result rows go: standard output, TSV/CSV/JSONL files, SQLite (private).
+/* sink.h -- where result rows go: standard output, TSV/CSV/JSONL files (plain, gzip or zstd),
+ * SQLite, PostgreSQL (private).
  * Every sink is transactional: rows become visible only at sink_commit(); sink_abort()
  * leaves the destination as it was. */
 #ifndef DBX_SINK_SINK_H
@@ -8,11 +9,21 @@
 typedef struct sink sink;
 
 typedef struct sink_opts {
-  const char *dest;     /* "-", FILE.tsv|.csv|.jsonl, sqlite:PATH */
+  const char *dest;     /* "-", FILE.tsv|.txt|.csv|.jsonl|.ndjson[.gz|.zst], sqlite:PATH,
+                           postgresql://... (or postgres://) */
   const char *format;   /* "tsv", "csv", "jsonl", or NULL to infer from the name */
-  const char *table;    /* SQLite table name */
-  int append;           /* SQLite: keep existing rows */
+  const char *table;    /* database table name (PostgreSQL: SCHEMA.TABLE allowed) */
+  int append;           /* keep what is there: rows added to the table, or to the file */
+  int header;           /* TSV: a first line of column names (CSV always has one) */
 } sink_opts;
+
+/* The job's identity, recorded with rows appended to a database so that a commit retried
+ * (after a lost connection, or by 'dbatch resume') never adds them twice. Set once the job
+ * has started; a job without a journal gets a random one. Copied. */
+void sink_set_job_id(const char *id);
+const char *sink_job_id(void);
+/* Compression of a file destination by its name (AFILE_GZIP for .gz, AFILE_ZSTD for .zst). */
+unsigned sink_file_compression(const char *dest);
 
 /* Open a sink for rows of schema (which must outlive the sink). *out is owned by the caller
  * and released by sink_commit or sink_abort. */

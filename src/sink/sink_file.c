@@ -1,7 +1,10 @@
-/* sink_file.c -- TSV, CSV and JSONL output through an atomically committed file.
- * TSV has no header (it feeds Unix tools); CSV has a header row and RFC 4180 quoting;
- * JSONL writes one object per row keyed by column names. TSV escapes tab, newline,
- * carriage return and backslash as \t \n \r \\ so every row stays one line. */
+/* sink_file.c -- TSV, CSV and JSONL output through an atomically committed file, plain or
+ * compressed (.gz, .zst), replaced or appended to (--append).
+ * TSV has no header unless --header (it feeds Unix tools); CSV has a header row and RFC 4180
+ * quoting; JSONL writes one object per row keyed by column names. TSV escapes tab, newline,
+ * carriage return and backslash as \t \n \r \\ so every row stays one line: the escapes
+ * PostgreSQL's COPY text format reads. A file appended to keeps its header, which must be the
+ * one this job would write. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,26 +117,41 @@ static void file_abort(sink *sb) {
   file_free(s);
 }
 
-int sink_file_open(const sink_opts *o, const char *format, const dbx_schema *schema, sink **out,
-                   dbx_err *err) {
+int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, const dbx_schema *schema,
+                   sink **out, dbx_err *err) {
   file_sink *s = calloc(1, sizeof *s);
   if (!s) return DBX_ENOMEM;
   s->fmt = strcmp(format, "tsv") == 0 ? 0 : strcmp(format, "csv") == 0 ? 1 : 2;
-  int rc = afile_open(&s->f, o->dest, err);
+  int header = s->fmt == 1 || (s->fmt == 0 && o->header);
+  unsigned flags = zflags | (o->append ? AFILE_APPEND : 0);
+  int rc = afile_open_ex(&s->f, o->dest, flags, err);
   if (rc) { free(s); return rc; }
   s->base.row = file_row;
   s->base.prepare = file_prepare;
   s->base.commit = file_commit;
   s->base.abort = file_abort;
-  if (s->fmt == 1) {
+  if (header) {
     /* The header is quoted exactly as the rows are: names come from data (class labels). */
     for (uint32_t c = 0; c < schema->ncol && !rc; c++) {
-      if (c) rc = dbx_buf_append(&s->line, ",", 1);
-      if (!rc) rc = put_csv_text(&s->line, schema->names[c], strlen(schema->names[c]));
+      if (c) rc = dbx_buf_append(&s->line, s->fmt == 0 ? "\t" : ",", 1);
+      if (!rc) rc = s->fmt == 0 ? put_tsv_text(&s->line, schema->names[c], strlen(schema->names[c]))
+                                : put_csv_text(&s->line, schema->names[c], strlen(schema->names[c]));
     }
     if (!rc) rc = dbx_buf_append(&s->line, "\n", 1);
-    if (rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory writing the CSV header");
-    else rc = put_line(s, err);
+    if (rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory writing the header");
+    /* Appending to a file with rows: its first line must be this header, and stays the only
+     * one. A file that holds a header over other columns (or none) is not ours to extend. */
+    int have = 0;
+    char head[4096];
+    if (!rc && afile_kept(&s->f) > 0) {
+      have = afile_first_line(o->dest, zflags, head, sizeof head, err);
+      if (have < 0) rc = have;
+      else if (have == 0 || s->line.len - 1 >= sizeof head || strlen(head) != s->line.len - 1 ||
+               memcmp(head, s->line.data, s->line.len - 1))
+        rc = dbx_seterr(err, DBX_EINVAL, "%s: its first line is not the header this job writes (%.*s); --append "
+                        "adds rows to a file of the same columns", o->dest, (int)(s->line.len - 1), s->line.data);
+    }
+    if (!rc && !have) rc = put_line(s, err);
     if (rc) {
       afile_abort(&s->f);
       file_free(s);

@@ -12,8 +12,11 @@ struct sink {
   uint64_t rows;
 };
 
-int sink_file_open(const sink_opts *o, const char *format, const dbx_schema *schema, sink **out,
-                   dbx_err *err);
+int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, const dbx_schema *schema,
+                   sink **out, dbx_err *err);
+/* Check a postgresql:// destination: the URI, the table name; probe: also connect now. */
+int sink_pg_check(const sink_opts *o, int probe, dbx_err *err);
+int sink_pg_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_err *err);
 int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *schema, sink **out,
                      dbx_err *err);
 int sink_sqlite_check_table(const char *table, dbx_err *err);

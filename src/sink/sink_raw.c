@@ -1,5 +1,6 @@
 /* sink_raw.c -- bytes straight to an atomically committed file (or standard output): the
- * output of a map-only `dbatch run`, which is the command's bytes, not rows to format. */
+ * output of a map-only `dbatch run`, which is the command's bytes, not rows to format.
+ * A .gz or .zst name compresses them; --append adds them to the file atomically. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,8 @@ static int raw_row(sink *sb, const dbx_value *row, dbx_err *err) {
   return 0;
 }
 
+static int raw_prepare(sink *sb, dbx_err *err) { return afile_prepare(&((raw_sink *)sb)->f, err); }
+
 static int raw_commit(sink *sb, dbx_err *err) {
   raw_sink *s = (raw_sink *)sb;
   int rc = afile_commit(&s->f, err);
@@ -47,12 +50,18 @@ static void raw_abort(sink *sb) {
   free(s);
 }
 
-int sink_raw_open(const char *dest, sink **out, dbx_err *err) {
+int sink_raw_open(const char *dest, int append, sink **out, dbx_err *err) {
   raw_sink *s = calloc(1, sizeof *s);
   if (!s) return DBX_ENOMEM;
-  int rc = afile_open(&s->f, dest, err);
+  unsigned flags = strcmp(dest, "-") ? sink_file_compression(dest) | (append ? AFILE_APPEND : 0) : 0;
+  if (append && !strcmp(dest, "-")) {
+    free(s);
+    return dbx_seterr(err, DBX_EUSAGE, "--append needs a file; standard output is a stream");
+  }
+  int rc = afile_open_ex(&s->f, dest, flags, err);
   if (rc) { free(s); return rc; }
   s->base.row = raw_row;
+  s->base.prepare = raw_prepare;
   s->base.commit = raw_commit;
   s->base.abort = raw_abort;
   s->base.schema = &raw_schema;

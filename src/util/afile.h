@@ -9,6 +9,7 @@
 #ifndef DBX_UTIL_AFILE_H
 #define DBX_UTIL_AFILE_H
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include "dbatch.h"
 
@@ -24,6 +25,23 @@ typedef struct afile {
 
 /* Open path for writing ("-" means standard output). 0, or an error naming the file. */
 int afile_open(afile *f, const char *path, dbx_err *err);
+
+/* afile_open_ex flags. AFILE_GZIP and AFILE_ZSTD compress what is written (one gzip member or
+ * zstd frame, finished by afile_prepare or afile_commit). AFILE_APPEND keeps what the
+ * destination holds: the temporary file starts as a copy of it, so the commit is still one
+ * rename and a failed job leaves the destination as it was. While the job runs the
+ * destination is locked (flock), so two jobs appending to one file take turns and neither
+ * loses the other's rows. A compressed destination gets a new member or frame, which gzip,
+ * zstd and their libraries read as one stream. Appending to a file whose last byte is not a
+ * newline is refused: its rows would run into ours. */
+enum { AFILE_GZIP = 1, AFILE_ZSTD = 2, AFILE_APPEND = 4 };
+int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err);
+/* Bytes the destination held when it was opened with AFILE_APPEND (0 otherwise). */
+uint64_t afile_kept(const afile *f);
+/* The first line of the existing file path (without its newline, at most cap - 1 bytes,
+ * NUL-terminated), decompressed as flags say: 1 when there is one, 0 when the file is empty
+ * or missing, or an error naming the file. */
+int afile_first_line(const char *path, unsigned flags, char *line, size_t cap, dbx_err *err);
 /* Write n bytes. A failure names the file and the cause ("%s: write failed: No space left on
  * device"); the caller then calls afile_abort. */
 int afile_write(afile *f, const void *p, size_t n, dbx_err *err);

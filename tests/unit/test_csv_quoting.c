@@ -14,7 +14,7 @@ static void test_each_reason_to_quote_alone(void **state) {
   const char *dir = test_tmpdir();
   char p[300];
   snprintf(p, sizeof p, "%s/out.csv", dir);
-  sink_opts o = {p, NULL, "t", 0};
+  sink_opts o = {p, NULL, "t", 0, 0};
   sink *s;
   dbx_err err = {0, ""};
   assert_int_equal(sink_open(&o, &schema, &s, &err), 0);

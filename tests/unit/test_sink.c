@@ -28,7 +28,7 @@ static void test_tsv_csv_jsonl(void **state) {
   const char *dir = test_tmpdir();
   char p[300];
   snprintf(p, sizeof p, "%s/out.tsv", dir);
-  sink_opts o = {p, NULL, "t", 0};
+  sink_opts o = {p, NULL, "t", 0, 0};
   assert_int_equal(write_rows(&o, 1), 0);
   char *got = read_file(p, NULL);
   assert_string_equal(got, "plain\t-1\t0\ntab\\there\t0\t0.1\n"
@@ -56,7 +56,7 @@ static void test_abort_leaves_nothing(void **state) {
   char p[300];
   snprintf(p, sizeof p, "%s/out.tsv", dir);
   write_file(p, "old\n", 4);
-  sink_opts o = {p, NULL, "t", 0};
+  sink_opts o = {p, NULL, "t", 0, 0};
   assert_int_equal(write_rows(&o, 0), 0);
   char *got = read_file(p, NULL);
   assert_string_equal(got, "old\n");  /* the previous file is untouched */
@@ -69,20 +69,20 @@ static void test_abort_leaves_nothing(void **state) {
 
 static void test_errors(void **state) {
   dbx_err err = {0, ""};
-  sink_opts full = {"/dev/full", "tsv", "t", 0};
+  sink_opts full = {"/dev/full", "tsv", "t", 0, 0};
   assert_int_equal(write_rows(&full, 1), DBX_ENOSPC);
   const char *dir = test_tmpdir();
-  sink_opts isdir = {dir, NULL, "t", 0};
+  sink_opts isdir = {dir, NULL, "t", 0, 0};
   assert_int_equal(write_rows(&isdir, 1), DBX_EISDIR);
-  sink_opts badfmt = {"x.out", "xml", "t", 0};
+  sink_opts badfmt = {"x.out", "xml", "t", 0, 0};
   assert_int_equal(sink_check(&badfmt, &err), DBX_EUSAGE);
-  sink_opts badtable = {"sqlite:x.db", NULL, "drop table; --", 0};
+  sink_opts badtable = {"sqlite:x.db", NULL, "drop table; --", 0, 0};
   assert_int_equal(sink_check(&badtable, &err), DBX_EUSAGE);
   char p[300];
   snprintf(p, sizeof p, "%s/ro", dir);
   mkdir(p, 0500);
   snprintf(p, sizeof p, "%s/ro/out.tsv", dir);
-  sink_opts ro = {p, NULL, "t", 0};
+  sink_opts ro = {p, NULL, "t", 0, 0};
   if (geteuid() != 0) assert_int_equal(write_rows(&ro, 1), DBX_EACCES);
   rm_rf(dir);
 }
@@ -109,7 +109,7 @@ static void test_sqlite(void **state) {
   char dest[400], db[300];
   snprintf(db, sizeof db, "%s/r.db", dir);
   snprintf(dest, sizeof dest, "sqlite:%s", db);
-  sink_opts o = {dest, NULL, "words", 0};
+  sink_opts o = {dest, NULL, "words", 0, 0};
   assert_int_equal(write_rows(&o, 1), 0);
   assert_int_equal(count_rows(db, "words"), 5);
   assert_int_equal(write_rows(&o, 1), 0);  /* replaced */
