@@ -226,6 +226,10 @@ static int probe_dir(const char *opt, const char *dest, const char *dir, dbx_err
 
 int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
   if (!dest || !strcmp(dest, "-")) return 0;
+  if (sink_is_postgres(dest)) {  /* connect now: a wrong password shows before any work */
+    sink_opts so = {dest, NULL, "nb_model", 0, 0};
+    return sink_check(&so, err);
+  }
   int db = !strncmp(dest, "sqlite:", 7);
   const char *path = db ? dest + 7 : dest;
   if (!path[0]) return dbx_seterr(err, DBX_EUSAGE, "%s needs a path", opt);

@@ -16,6 +16,7 @@
 
 #include "ops/ops.h"
 #include "ops/tokenize.h"
+#include "sink/sink.h"
 #include "util/afile.h"
 #include "util/json.h"
 #include "util/mpk.h"
@@ -1373,6 +1374,7 @@ done:
 
 int nb_model_save(const char *dest, const char *model, size_t n, dbx_err *err) {
   if (strncmp(dest, "sqlite:", 7) == 0) return sqlite_model(dest + 7, 1, model, n, NULL, err);
+  if (sink_is_postgres(dest)) return sink_pg_model(dest, 1, MODEL_TAG, MODEL_VERSION, model, n, NULL, err);
   afile f;
   int rc = afile_open(&f, dest, err);
   if (rc) return rc;
@@ -1392,6 +1394,8 @@ int nb_model_load(const char *src, dbx_buf *model, dbx_err *err) {
   int rc;
   if (strncmp(src, "sqlite:", 7) == 0) {
     rc = sqlite_model(src + 7, 0, NULL, 0, model, err);
+  } else if (sink_is_postgres(src)) {
+    rc = sink_pg_model(src, 0, MODEL_TAG, MODEL_VERSION, NULL, 0, model, err);
   } else {
     struct stat st;
     if (stat(src, &st) == 0 && S_ISDIR(st.st_mode))

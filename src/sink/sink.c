@@ -20,9 +20,10 @@ unsigned sink_file_compression(const char *dest) {
   return ends_with(dest, n, ".gz") ? AFILE_GZIP : ends_with(dest, n, ".zst") ? AFILE_ZSTD : 0;
 }
 
-static int is_postgres(const char *dest) {
+int sink_is_postgres(const char *dest) {
   return !strncmp(dest, "postgresql://", 13) || !strncmp(dest, "postgres://", 11);
 }
+#define is_postgres sink_is_postgres
 
 #define FORMATS_HELP                                                                                  \
   "dbatch writes FILE.tsv, .txt, .csv, .jsonl or .ndjson (each also as .gz or .zst), a FILE with no " \

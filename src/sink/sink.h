@@ -22,6 +22,12 @@ typedef struct sink_opts {
  * has started; a job without a journal gets a random one. Copied. */
 void sink_set_job_id(const char *id);
 const char *sink_job_id(void);
+/* Is dest a PostgreSQL URI (postgresql:// or postgres://)? */
+int sink_is_postgres(const char *dest);
+/* Store (save) or read a model's bytes as the one row of table nb_model in the PostgreSQL
+ * database dest, in its own transaction. tag and version describe the bytes. */
+int sink_pg_model(const char *dest, int save, const char *tag, int version, const void *bytes, size_t n,
+                  dbx_buf *out, dbx_err *err);
 /* Compression of a file destination by its name (AFILE_GZIP for .gz, AFILE_ZSTD for .zst). */
 unsigned sink_file_compression(const char *dest);
 

@@ -118,24 +118,29 @@ static int split_table(const char *t, char **schema_q, char **table_q, dbx_err *
 
 /* ---- connections ---------------------------------------------------------------------- */
 
-/* libpq's message as one line: "connection to server ... failed: FATAL:  x\n" -> "FATAL: x". */
+/* libpq's message as one line: "connection to server ... failed: FATAL:  x\n" -> "FATAL: x";
+ * lines joined with "; ", control bytes shown as '?', and never a URI quoted back (it may
+ * hold a password). */
 static void one_line(const char *m, char *out, size_t cap) {
   if (!m) m = "";
   const char *f = strstr(m, " failed: ");
   if (f && !strncmp(m, "connection to server", 20)) m = f + 9;
+  const char *uri = strstr(m, " in URI: ");
+  size_t end = uri ? (size_t)(uri - m) : strlen(m);
   size_t k = 0;
-  int space = 0;
-  for (; *m && k + 1 < cap; m++) {
-    unsigned char c = (unsigned char)*m;
+  int space = 0, nl = 0;
+  for (size_t i = 0; i < end && k + 3 < cap; i++) {
+    unsigned char c = (unsigned char)m[i];
     if (isspace(c)) {
       space = 1;
+      nl |= c == '\n';
       continue;
     }
-    if (space && k) {
+    if ((space || nl) && k) {
+      if (nl && out[k - 1] != ';' && out[k - 1] != '.') out[k++] = ';';
       out[k++] = ' ';
-      if (k + 1 >= cap) break;
     }
-    space = 0;
+    space = nl = 0;
     out[k++] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
   }
   out[k] = 0;
@@ -191,9 +196,14 @@ static int conn_lost(pg_db *d, const PGresult *r) {
 }
 
 static int res_err(pg_db *d, PGresult *r, const char *what, dbx_err *err) {
-  char m[600];
-  one_line(r && PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(d->conn), m, sizeof m);
-  int rc = dbx_seterr(err, DBX_EDB, "%s: %s: %s", d->where, what, m);
+  char m[600], det[400] = "";
+  const char *prim = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  const char *detail = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL) : NULL;
+  one_line(prim ? prim : r && PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(d->conn), m,
+           sizeof m);
+  if (detail) one_line(detail, det, sizeof det);
+  int rc = dbx_seterr(err, DBX_EDB, "%s: %s: %s%s%s%s; nothing was written", d->where, what, m, det[0] ? " (" : "",
+                      det, det[0] ? ")" : "");
   PQclear(r);
   return rc;
 }
@@ -577,8 +587,19 @@ int sink_pg_check(const sink_opts *o, int probe, dbx_err *err) {
     if (k > strlen(tail) && !strcmp(m + k - strlen(tail), tail)) m[k - strlen(tail)] = 0;
     return dbx_seterr(err, DBX_EDB, "%s; nothing was run", m);
   }
+  if (o->table && strchr(o->table, '.')) {
+    /* A schema that is not there is found now too (the job would fail at its very end). */
+    char sch[PG_NAME_MAX + 1];
+    snprintf(sch, sizeof sch, "%.*s", (int)(strchr(o->table, '.') - o->table), o->table);
+    const char *params[1] = {sch};
+    PGresult *r = PQexecParams(d.conn, "SELECT 1 FROM pg_namespace WHERE nspname = $1", 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) rc = res_err(&d, r, "cannot look up the schema", err);
+    else if (PQntuples(r) == 0) rc = dbx_seterr(err, DBX_EDB, "%s: --table %s: there is no schema %s (CREATE SCHEMA "
+                                                   "it first); nothing was run", d.where, o->table, sch);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) PQclear(r);
+  }
   db_disconnect(&d);
-  return 0;
+  return rc;
 }
 
 /* A spool file nobody else can see: created in $TMPDIR (or /tmp) and unlinked at once. */
@@ -699,4 +720,45 @@ int sink_pg_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_e
   s->base.schema = schema;
   *out = &s->base;
   return 0;
+}
+
+/* ---- a model: one row of bytes ------------------------------------------------------- */
+
+int sink_pg_model(const char *dest, int save, const char *tag, int version, const void *bytes, size_t n,
+                  dbx_buf *out, dbx_err *err) {
+  pg_db d;
+  memset(&d, 0, sizeof d);
+  d.dest = (char *)dest;
+  int rc = db_connect(&d, err);
+  if (rc) return rc;
+  if (save) {
+    char ver[16];
+    snprintf(ver, sizeof ver, "%d", version);
+    const char *vals[3] = {tag, ver, bytes};
+    int lens[3] = {0, 0, (int)n}, fmts[3] = {0, 0, 1};
+    if (n > 0x7fffffff) rc = dbx_seterr(err, DBX_EDB, "%s: a model of %zu bytes is too large for one value", d.where, n);
+    if (!rc) rc = run_sql(&d, "BEGIN", "cannot begin a transaction", err);
+    if (!rc) rc = run_sql(&d, "CREATE TABLE IF NOT EXISTS nb_model (id integer PRIMARY KEY CHECK (id = 1), "
+                              "format text, version integer, model bytea)", "cannot create nb_model", err);
+    if (!rc) {
+      PGresult *r = PQexecParams(d.conn, "INSERT INTO nb_model VALUES (1, $1, $2::integer, $3) ON CONFLICT (id) DO "
+                                 "UPDATE SET format = excluded.format, version = excluded.version, model = excluded.model",
+                                 3, NULL, vals, lens, fmts, 0);
+      if (PQresultStatus(r) != PGRES_COMMAND_OK) rc = res_err(&d, r, "cannot store the model", err);
+      else PQclear(r);
+    }
+    if (!rc) rc = run_sql(&d, "COMMIT", "cannot commit the model", err);
+  } else {
+    PGresult *r = PQexecParams(d.conn, "SELECT model FROM nb_model WHERE id = 1", 0, NULL, NULL, NULL, NULL, 1);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQgetisnull(r, 0, 0)) {
+      const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      rc = dbx_seterr(err, DBX_EMODEL, "%s: no naive Bayes model stored there (%s)", d.where,
+                      st && !strcmp(st, "42P01") ? "no table nb_model" : PQresultStatus(r) == PGRES_TUPLES_OK ? "nb_model is empty" : PQresultErrorMessage(r));
+    } else if (dbx_buf_append(out, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0))) {
+      rc = DBX_ENOMEM;
+    }
+    PQclear(r);
+  }
+  db_disconnect(&d);
+  return rc;
 }
