@@ -81,8 +81,9 @@ static int resolve(const sink_opts *o, const char **format, unsigned *zf, int pr
   if (strcmp(f, "tsv") && strcmp(f, "csv") && strcmp(f, "jsonl"))
     return dbx_seterr(err, DBX_EUSAGE, "unknown output format '%s' (tsv, csv, jsonl; or --out sqlite:PATH or "
                       "postgresql://...)", f);
-  if (o->header && strcmp(f, "tsv"))
-    return dbx_seterr(err, DBX_EUSAGE, "--header applies to TSV (CSV always has one; JSONL names every field)");
+  if (o->header && !strcmp(f, "jsonl"))
+    return dbx_seterr(err, DBX_EUSAGE, "--header applies to TSV (and CSV, which always has one); JSONL names every "
+                      "field");
   if (!strcmp(o->dest, "-")) {
     if (o->append)
       return dbx_seterr(err, DBX_EUSAGE, "--append needs a file or a database; standard output is a stream");

@@ -28,6 +28,7 @@ struct afile_io {
   int fd;
   int err;       /* first errno of a failed write or close, 0 if none */
   int lockfd;    /* the destination, flock'ed while appending to it; -1 if none */
+  int made;      /* ... made empty by us to hold the lock: removed by an abort */
   uint64_t kept; /* bytes of the destination copied in (AFILE_APPEND) */
   /* Compression (AFILE_GZIP, AFILE_ZSTD): what stdio hands io_write goes through one of
    * these into zbuf and then to fd; io_finish ends the member or frame. */
@@ -222,11 +223,18 @@ static void remove_stale(const char *path, size_t dirlen) {
 /* Lock the regular file path for appending: open it, flock it, and make sure the name still
  * leads to the file locked (another job may have renamed a new one into place meanwhile).
  * *fd is -1 when there is no such file (appending then creates it). */
-static int lock_dest(const char *path, int *fd, struct stat *st, dbx_err *err) {
+static int lock_dest(const char *path, int *fd, struct stat *st, int *made, dbx_err *err) {
+  *made = 0;
   for (int tries = 0; tries < 100; tries++) {
+    /* A file that is not there yet is made (empty) to hold the lock: jobs appending to a new
+     * file take turns too. An abort removes it again while it is still empty. */
     *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0 && errno == ENOENT) {
+      *fd = open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (*fd >= 0) *made = 1;
+      else if (errno == EEXIST) continue;
+    }
     if (*fd < 0) {
-      if (errno == ENOENT) return 0;
       int e = errno;
       return dbx_seterr(err, err_from_errno(e), "%s: cannot open it to append: %s", path, strerror(e));
     }
@@ -242,6 +250,7 @@ static int lock_dest(const char *path, int *fd, struct stat *st, dbx_err *err) {
     }
     if (stat(path, &now) == 0 && now.st_dev == st->st_dev && now.st_ino == st->st_ino) return 0;
     close(*fd);
+    *made = 0;
   }
   *fd = -1;
   return dbx_seterr(err, DBX_EIO, "%s: replaced again and again while waiting to append to it", path);
@@ -315,13 +324,13 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
   }
   int keep = -1;  /* the destination whose bytes the output starts with (appending) */
   if (flags & AFILE_APPEND) {
-    int rc = lock_dest(path, &keep, &st, err);
+    int rc = lock_dest(path, &keep, &st, &f->io->made, err);
     if (rc) {
       afile_abort(f);
       return rc;
     }
     f->io->lockfd = keep;
-    if (keep >= 0 && st.st_size > 0 && !(flags & (AFILE_GZIP | AFILE_ZSTD))) {
+    if (st.st_size > 0 && !(flags & (AFILE_GZIP | AFILE_ZSTD))) {
       char last = 0;
       if (pread(keep, &last, 1, st.st_size - 1) != 1 || last != '\n') {
         afile_abort(f);
@@ -355,7 +364,7 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
     afile_abort(f);
     return dbx_seterr(err, err_from_errno(e), "%s: cannot set the output file's mode: %s", path, strerror(e));
   }
-  if (keep >= 0) {
+  if (keep >= 0 && st.st_size > 0) {
     int e = copy_all(keep, fd, (uint64_t)st.st_size);
     if (e) {
       close(fd);
@@ -489,6 +498,12 @@ void afile_abort(afile *f) {
   if (f->fp && !f->is_stdout) fclose(f->fp);
   f->fp = NULL;
   if (f->tmp) unlink(f->tmp);
+  /* Not committed: the empty file made to hold an append's lock goes too (if it is still
+   * ours and still empty), so a failed job leaves no file where there was none. */
+  struct stat a, b;
+  if (f->tmp && f->io && f->io->made && f->io->lockfd >= 0 && fstat(f->io->lockfd, &a) == 0 && stat(f->path, &b) == 0 &&
+      a.st_dev == b.st_dev && a.st_ino == b.st_ino && b.st_size == 0)
+    unlink(f->path);
   free(f->tmp);
   free(f->path);
   io_free(f->io);

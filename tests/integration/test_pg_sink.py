@@ -1,0 +1,236 @@
+"""Results into PostgreSQL: a real PostgreSQL 15 server (pg_fixture.PgServer: initdb and
+pg_ctl as the postgres user on a private socket), a real proxy that loses or holds the
+protocol's messages (pg_fixture.PgProxy), and dbatch's real CLI. Rows in the table are
+compared with the TSV output of the same job; failures must leave the old table as it was."""
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+from dbx import run, slurp
+from pg_fixture import DBPASSWORD, DBUSER, PgProxy, PgTest
+
+
+def tsv_rows(data):
+    """TSV rows as the strings PostgreSQL's COPY text format gives (the same escapes)."""
+    out = []
+    for line in data.decode().splitlines():
+        f = line.split("\t")
+        out.append(tuple(x.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
+                         for x in f))
+    return out
+
+
+def same(a, b):
+    """Rows equal, numbers as numbers (a double prints as 1e-05 here and 1e-05 or 1.0e-05 there)."""
+    if len(a) != len(b):
+        return False
+    for ra, rb in zip(a, b):
+        if len(ra) != len(rb):
+            return False
+        for x, y in zip(ra, rb):
+            if x == y:
+                continue
+            try:
+                if float(x) != float(y):
+                    return False
+            except (TypeError, ValueError):
+                return False
+    return True
+
+
+def words(n, distinct):
+    return "".join(" ".join("w%d" % ((i * 31 + k) % distinct) for k in range(8)) + "\n" for i in range(n))
+
+
+class PgSink(PgTest):
+    def setUp(self):
+        super().setUp()
+        self.db = "t%d" % (abs(hash(self.id())) % 10 ** 8)
+        self.pg.create_db(self.db, owner="postgres")
+        self.uri = self.pg.uri(db=self.db)
+        self.inp = self.write("in.txt", words(3000, 700))
+
+    def table(self, name, order="1"):
+        return self.pg.copy_out("SELECT * FROM %s ORDER BY %s" % (name, order), db=self.db)
+
+    def coltypes(self, table):
+        return self.pg.copy_out("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '%s' "
+                                "ORDER BY ordinal_position" % table, db=self.db)
+
+    def job(self, *args, check=True, env=None):
+        return run(*args, "--no-job-dir", "-q", check=check, env=env)
+
+    def test_rows_equal_the_tsv_for_every_job_kind(self):
+        csvin = self.write("sales.csv", "region,product,qty,price\n" + "".join(
+            "%s,%s,%d,%s\n" % ("nsew"[i % 4], "p%d" % (i % 7), i % 5, "%.2f" % (i * 0.37)) for i in range(500)))
+        orders = self.write("orders.csv", "user,item\n" + "".join("u%d,i%d\n" % (i % 40, (i * 7) % 13) for i in range(400)))
+        train = self.path("train")
+        for lab in ("spam", "ham", "eggs"):
+            os.makedirs(os.path.join(train, lab))
+            for d in range(6):
+                with open(os.path.join(train, lab, "d%d.txt" % d), "w") as f:
+                    f.write("%s %s common w%d\n" % (lab, lab * (d % 3 + 1), d))
+        kinds = {
+            "wordcount": ["wordcount", self.inp],
+            "groupby": ["groupby", csvin, "--key", "region,product", "--agg", "count,sum:qty,mean:price,max:price"],
+            "cooccur": ["cooccur", orders, "--user", "user", "--item", "item"],
+            "reduce": ["run", "--map", "awk '{print $1\"\\t\"NF}'", "--reduce", "sum,count,mean", self.inp],
+        }
+        for name, cmd in kinds.items():
+            tsv = self.path(name + ".tsv")
+            self.job(*cmd, "-o", tsv)
+            self.job(*cmd, "-o", self.uri, "--table", name)
+            got = self.pg.copy_out("SELECT * FROM %s" % name, db=self.db)  # as loaded: the job's row order
+            self.assertTrue(same(got, tsv_rows(slurp(tsv))), (name, got[:3], tsv_rows(slurp(tsv))[:3]))
+        self.assertEqual(self.coltypes("wordcount"), [("word", "text"), ("count", "bigint")])
+        self.assertIn(("sum:qty", "double precision"), self.coltypes("groupby"))
+        # the classifier: model, predictions with probabilities, metrics
+        self.job("nb", "run", "--train", train, "--test", train, "--model", self.uri, "--predictions", self.uri,
+                 "--metrics", self.uri, "--proba")
+        self.job("nb", "run", "--train", train, "--test", train, "--model", self.path("m.nb"),
+                 "--predictions", self.path("p.tsv"), "--metrics", self.path("m.tsv"), "--proba")
+        self.assertTrue(same(self.pg.copy_out("SELECT * FROM predictions", db=self.db), tsv_rows(slurp(self.path("p.tsv")))))
+        self.assertTrue(same(self.pg.copy_out("SELECT * FROM metrics", db=self.db), tsv_rows(slurp(self.path("m.tsv")))))
+        self.assertEqual([c for c, _ in self.coltypes("predictions")], ["path", "predicted", "p_eggs", "p_ham", "p_spam"])
+        # the model stored in the database predicts as the model file does
+        self.job("nb", "test", "--model", self.uri, "--corpus", train, "--predictions", self.path("p2.tsv"), "--proba")
+        self.assertEqual(slurp(self.path("p2.tsv")), slurp(self.path("p.tsv")))
+
+    def test_labels_with_quotes_commas_and_unicode_become_columns(self):
+        train = self.path("train")
+        labels = ['say "hi"', "a,b", "ünï 字", "x'y"]
+        for i, lab in enumerate(labels):
+            os.makedirs(os.path.join(train, lab))
+            for d in range(4):
+                with open(os.path.join(train, lab, "d%d.txt" % d), "w") as f:
+                    f.write("tok%d tok%d shared\n" % (i, d))
+        self.job("nb", "run", "--train", train, "--test", train, "--model", self.path("m.nb"),
+                 "--predictions", self.uri, "--proba", "--table", "pred;drop")
+        self.job("nb", "run", "--train", train, "--test", train, "--model", self.path("m.nb"),
+                 "--predictions", self.path("p.tsv"), "--proba")
+        cols = [c for c, _ in self.coltypes("pred;drop")]
+        self.assertEqual(sorted(cols[2:]), sorted("p_" + l for l in labels))
+        self.assertTrue(same(self.pg.copy_out('SELECT * FROM "pred;drop"', db=self.db), tsv_rows(slurp(self.path("p.tsv")))))
+        got = {r[1] for r in self.pg.copy_out('SELECT * FROM "pred;drop"', db=self.db)}
+        self.assertEqual(got, set(labels))
+
+    def test_replace_swaps_and_a_failed_job_leaves_the_old_table(self):
+        self.pg.psql('CREATE TABLE words (old text); INSERT INTO words VALUES (\'kept\');', db=self.db)
+        p = self.job("run", "--map", "exit 3", "--reduce", "count", self.inp, "-o", self.uri, "--table", "words",
+                     "--max-attempts", "1", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(self.table("words"), [("kept",)])
+        self.job("wordcount", self.inp, "-o", self.uri, "--table", "words")
+        self.assertEqual(len(self.table("words")), 700)
+        # nothing of the swap is left behind
+        self.assertEqual(self.pg.copy_out("SELECT tablename FROM pg_tables WHERE tablename LIKE 'dbatch%'", db=self.db), [])
+        # schema-qualified, and a name that needs quoting
+        self.pg.psql('CREATE SCHEMA "Stage 1"', db=self.db)
+        self.job("wordcount", self.inp, "-o", self.uri, "--table", 'Stage 1.Words "x"')
+        self.assertEqual(len(self.pg.copy_out('SELECT * FROM "Stage 1"."Words ""x"""', db=self.db)), 700)
+
+    def test_append_adds_once_per_job(self):
+        self.job("wordcount", self.inp, "-o", self.uri, "--table", "w", "--append")
+        self.job("wordcount", self.inp, "-o", self.uri, "--table", "w", "--append")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "1400")
+        commits = self.pg.copy_out("SELECT table_name, rows FROM dbatch_commits", db=self.db)
+        self.assertEqual(commits, [("w", "700"), ("w", "700")])
+
+    def test_append_retried_after_a_lost_commit_reply_inserts_once(self):
+        self.pg.psql("GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s" % (self.db, DBUSER, DBUSER),
+                     db=self.db)
+        with PgProxy(self.pg) as px:
+            uri = self.pg.uri(user=DBUSER, password=DBPASSWORD, host="127.0.0.1", port=px.port, db=self.db)
+            self.job("wordcount", self.inp, "-o", uri, "--table", "w", "--append")
+            px.drop_reply_after_commit()  # the server commits; dbatch never hears
+            p = self.job("wordcount", self.inp, "-o", uri, "--table", "w", "--append", "-v")
+            err = p.stderr.decode()
+            self.assertIn("the connection was lost", err)
+            self.assertIn("already has the rows of this job", err)
+            self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "1400")
+            self.assertEqual(self.pg.value("SELECT count(*) FROM dbatch_commits", db=self.db), "2")
+            self.assertGreaterEqual(sum(1 for q in px.queries if q.strip().upper().startswith("COMMIT")), 3)
+
+    def test_server_killed_during_the_commit_of_a_large_table(self):
+        self.pg.psql("CREATE TABLE big (old text); INSERT INTO big VALUES ('kept');"
+                     "GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s; ALTER TABLE big OWNER TO %s"
+                     % (self.db, DBUSER, DBUSER, DBUSER), db=self.db)
+        inp = self.write("big.txt", words(60000, 200000))
+        try:
+            with PgProxy(self.pg) as px:
+                uri = self.pg.uri(user=DBUSER, password=DBPASSWORD, host="127.0.0.1", port=px.port, db=self.db)
+                px.hold_at_copy_data()
+                proc = subprocess.Popen([os.environ.get("DBATCH", "build/dbatch"), "wordcount", inp, "-o", uri,
+                                         "--table", "big", "--no-job-dir", "-q"], stderr=subprocess.PIPE)
+                self.assertTrue(px.wait_held(60), "the COPY never started")
+                self.pg.kill_immediate()
+                px.release(drop=True)
+                _, err = proc.communicate(timeout=120)
+        finally:
+            self.pg.restart()
+        self.assertEqual(proc.returncode, 1)
+        err = err.decode()
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn("postgresql server 127.0.0.1:%d, database %s" % (px.port, self.db), err)
+        self.assertIn("nothing was written", err)
+        self.assertEqual(self.table("big"), [("kept",)])
+
+    def test_connection_failures_are_one_line_before_any_work(self):
+        self.pg.psql("GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s" % (self.db, DBUSER, DBUSER),
+                     db=self.db)
+        cases = [
+            (self.pg.uri(user=DBUSER, password="wrong", host="127.0.0.1", db=self.db), "password authentication failed"),
+            (self.pg.uri(db="no_such_db"), 'database "no_such_db" does not exist'),
+            ("postgresql://%s@127.0.0.1:%d/%s" % (DBUSER, self.free_port(), self.db), "Connection refused"),
+            ("postgresql://[::1", "not a valid connection URI"),
+        ]
+        for uri, why in cases:
+            p = self.job("wordcount", self.inp, "-o", uri, check=False)
+            err = p.stderr.decode()
+            self.assertEqual(p.returncode, 1, (uri, err))
+            self.assertIn(why, err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertNotIn("wrong", err.replace("wrong password", ""))  # the password is never printed
+            if "URI" not in why:
+                self.assertIn("postgresql server", err)
+                self.assertIn("database", err)
+            self.assertIn("nothing was run", err)
+        self.assertEqual(self.pg.copy_out("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", db=self.db), [])
+        # the password from a password file, and the PG* variables instead of a URI
+        pf = self.pg.write_passfile(self.path("pgpass"))
+        env = self.pg.env(DBUSER, host="127.0.0.1", db=self.db)
+        env["PGPASSFILE"] = pf
+        self.job("wordcount", self.inp, "-o", "postgresql://", "--table", "w", env=env)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "700")
+
+    def test_text_postgresql_cannot_hold_fails_naming_the_row(self):
+        self.pg.psql("CREATE TABLE r (old text); INSERT INTO r VALUES ('kept')", db=self.db)
+        bad = self.write("bad.txt", b"ok\nbad\xff\xfe\n")
+        p = self.job("run", "--map", "awk '{print $0\"\\t1\"}'", "--reduce", "sum", bad, "-o", self.uri, "--table", "r",
+                     check=False)
+        self.assertEqual(p.returncode, 1)
+        err = p.stderr.decode()
+        self.assertIn("row 1, column key: invalid UTF-8", err)
+        self.assertEqual(self.table("r"), [("kept",)])
+
+    def test_usage_errors(self):
+        for args, why in ((["--header"], "--header applies to TSV"), (["--format", "csv"], "--format csv applies to files"),
+                          (["--table", "a.b.c"], "give NAME or SCHEMA.NAME"), (["--table", "x" * 64], "63 bytes"),
+                          (["--table", "nope.t"], "there is no schema nope")):
+            p = self.job("wordcount", self.inp, "-o", self.uri, *args, check=False)
+            self.assertIn(why, p.stderr.decode(), args)
+            self.assertNotEqual(p.returncode, 0)
+
+    def free_port(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
+
+if __name__ == "__main__":
+    unittest.main()
