@@ -150,8 +150,8 @@ extern int cli_resume;
   "      --header            TSV: a first line of column names (CSV always has one)\n" \
   "      --table NAME        database table (default: the job's name; PostgreSQL:\n" \
   "                          SCHEMA.NAME too)\n" \
-  "      --append            add to the table or file instead of replacing it, once:\n" \
-  "                          a commit retried never adds the rows twice\n" \
+  "      --append            add to the table or file instead of replacing it (a table\n" \
+  "                          records the job: a commit retried adds its rows once)\n" \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
   "Watching:\n" \
   "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n" \

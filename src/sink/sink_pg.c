@@ -43,6 +43,7 @@ typedef struct pg_part {  /* one output's rows, owned by its pg_db until it is r
   struct pg_part *next;
   char *schema_q, *table_q;  /* quoted identifiers; schema_q NULL: the search path's */
   char *table_name;          /* as given (recorded in dbatch_commits) */
+  char *tmp_q;               /* replacing: the new table's quoted name, until swapped in */
   char *cols;                /* "col" type, ... */
   char *col_list;            /* "col", ... */
   int append;
@@ -133,7 +134,7 @@ static void one_line(const char *m, char *out, size_t cap) {
     unsigned char c = (unsigned char)m[i];
     if (isspace(c)) {
       space = 1;
-      nl |= c == '\n';
+      nl |= c == '\n' && m[i + 1] != '\t';  /* a tab after a newline continues the line */
       continue;
     }
     if ((space || nl) && k) {
@@ -144,6 +145,13 @@ static void one_line(const char *m, char *out, size_t cap) {
     out[k++] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
   }
   out[k] = 0;
+}
+
+static void notice(void *arg, const char *msg) {
+  (void)arg;
+  char m[400];
+  one_line(msg, m, sizeof m);
+  log_debug("postgresql: %s", m);
 }
 
 static void describe(pg_db *d, PGconn *c) {
@@ -176,8 +184,9 @@ static int db_connect(pg_db *d, dbx_err *err) {
     PQfinish(c);
     return dbx_seterr(err, DBX_EDB, "%s: cannot connect: %s; nothing was written", d->where, m);
   }
-  PGresult *r = PQexec(c, "SET client_min_messages = warning");  /* no NOTICEs on stderr */
-  PQclear(r);
+  /* The server's notices and warnings ("terminating connection due to immediate shutdown")
+   * go to the debug log, not raw onto standard error: what matters is in the error. */
+  PQsetNoticeProcessor(c, notice, NULL);
   d->conn = c;
   return 0;
 }
@@ -273,7 +282,7 @@ static int copy_spool(pg_db *d, pg_part *p, const char *target, dbx_err *err) {
 
 static int load_part(pg_db *d, pg_part *p, dbx_err *err) {
   int rc = 0;
-  char *target = qualified(p, p->table_q), *sql = NULL, *tmp_q = NULL, *tmp = NULL;
+  char *target = qualified(p, p->table_q), *sql = NULL, *tmp = NULL;
   if (!target) return DBX_ENOMEM;
   if (p->append) {
     char *commits = qualified(p, "dbatch_commits");
@@ -317,29 +326,43 @@ static int load_part(pg_db *d, pg_part *p, dbx_err *err) {
     char rnd[40], name[64];
     journal_new_id(rnd, sizeof rnd);
     snprintf(name, sizeof name, "dbatch_new_%.16s", rnd);
-    tmp_q = quote_ident(name, strlen(name));
-    tmp = tmp_q ? qualified(p, tmp_q) : NULL;
+    free(p->tmp_q);
+    p->tmp_q = quote_ident(name, strlen(name));
+    tmp = p->tmp_q ? qualified(p, p->tmp_q) : NULL;
     sql = tmp ? fmt_sql("CREATE TABLE %s (%s)", tmp, p->cols) : NULL;
     rc = sql ? run_sql(d, sql, "cannot create the new table", err) : DBX_ENOMEM;
     if (!rc) rc = copy_spool(d, p, tmp, err);
-    free(sql);
-    sql = NULL;
-    if (!rc) {
-      sql = fmt_sql("DROP TABLE IF EXISTS %s", target);
-      rc = sql ? run_sql(d, sql, "cannot replace the table", err) : DBX_ENOMEM;
-    }
-    free(sql);
-    sql = NULL;
-    if (!rc) {
-      sql = fmt_sql("ALTER TABLE %s RENAME TO %s", tmp, p->table_q);
-      rc = sql ? run_sql(d, sql, "cannot rename the new table into place", err) : DBX_ENOMEM;
-    }
   }
   free(sql);
   free(tmp);
-  free(tmp_q);
   free(target);
   return rc;
+}
+
+/* Put a replacing part's new table in place of the old one. Done for every part after all
+ * rows are in, just before COMMIT: the old table is locked (readers wait) only for that. */
+static int swap_part(pg_db *d, pg_part *p, dbx_err *err) {
+  if (p->append) return 0;
+  char *target = qualified(p, p->table_q), *tmp = target ? qualified(p, p->tmp_q) : NULL;
+  char *drop = tmp ? fmt_sql("DROP TABLE IF EXISTS %s", target) : NULL;
+  char *ren = drop ? fmt_sql("ALTER TABLE %s RENAME TO %s", tmp, p->table_q) : NULL;
+  int rc = ren ? run_sql(d, drop, "cannot replace the table", err) : DBX_ENOMEM;
+  if (!rc) rc = run_sql(d, ren, "cannot rename the new table into place", err);
+  free(ren);
+  free(drop);
+  free(tmp);
+  free(target);
+  return rc;
+}
+
+/* What went wrong, without the server's name in front or "nothing was written" behind:
+ * for a warning that says what happens next. */
+static void reason(const pg_db *d, const char *msg, char *out, size_t cap) {
+  size_t w = strlen(d->where);
+  if (!strncmp(msg, d->where, w) && !strncmp(msg + w, ": ", 2)) msg += w + 2;
+  snprintf(out, cap, "%s", msg);
+  char *tail = strstr(out, "; nothing was written");
+  if (tail) *tail = 0;
 }
 
 /* The whole transaction short of COMMIT, on a fresh connection when the last one was lost.
@@ -347,19 +370,24 @@ static int load_part(pg_db *d, pg_part *p, dbx_err *err) {
  * spools, PG_TRIES times in all. */
 static int db_load(pg_db *d, dbx_err *err) {
   int rc = 0;
+  char why[400] = "", lost[400] = "";
   for (int attempt = 1; attempt <= PG_TRIES; attempt++) {
     if (attempt > 1) {
-      log_warn("%s: the connection was lost (%s); trying again (%d of %d)", d->where, err->msg, attempt, PG_TRIES);
+      log_warn("%s: %s; trying again (%d of %d)", d->where, why, attempt, PG_TRIES);
       struct timespec ts = {attempt - 1, 0};
       nanosleep(&ts, NULL);
     }
     if (d->conn && PQstatus(d->conn) != CONNECTION_OK) db_disconnect(d);
     if (!d->conn && (rc = db_connect(d, err))) {
-      if (attempt > 1) continue;  /* a server restarting: give it the next attempt */
-      return rc;
+      if (attempt == 1) return rc;
+      reason(d, err->msg, why, sizeof why);
+      if (attempt < PG_TRIES) continue;  /* a server restarting: give it the next attempt */
+      return dbx_seterr(err, DBX_EDB, "%s: the connection was lost (%s) and could not be made again (%s); nothing "
+                        "was written", d->where, lost, why);
     }
     rc = run_sql(d, "BEGIN", "cannot begin a transaction", err);
     for (pg_part *p = d->parts; !rc && p; p = p->next) rc = load_part(d, p, err);
+    for (pg_part *p = d->parts; !rc && p; p = p->next) rc = swap_part(d, p, err);
     if (!rc) {
       d->loaded = 1;
       return 0;
@@ -368,6 +396,8 @@ static int db_load(pg_db *d, dbx_err *err) {
       PQclear(PQexec(d->conn, "ROLLBACK"));
       return rc;
     }
+    reason(d, err->msg, why, sizeof why);
+    snprintf(lost, sizeof lost, "%s", why);
     db_disconnect(d);
   }
   return rc;
@@ -379,20 +409,20 @@ static int db_load(pg_db *d, dbx_err *err) {
 static int db_commit(pg_db *d, dbx_err *err) {
   for (int attempt = 1;; attempt++) {
     PGresult *r = PQexec(d->conn, "COMMIT");
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK) {
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
       PQclear(r);
       return 0;
     }
     int lost = conn_lost(d, r);
+    char why[400];
     int rc = res_err(d, r, "COMMIT failed", err);
-    if (!lost || attempt >= PG_TRIES) {
-      if (lost)
-        return dbx_seterr(err, DBX_EDB, "%s: the connection was lost while committing, and again on %d more "
-                          "tries (%s); the old table is as it was unless that commit completed", d->where,
-                          PG_TRIES - 1, err->msg);
-      return rc;
-    }
+    reason(d, err->msg, why, sizeof why);
+    if (!lost) return rc;
+    if (attempt >= PG_TRIES)
+      return dbx_seterr(err, DBX_EDB, "%s: the connection was lost while committing, %d times (%s); the table is "
+                        "as it was, unless the last commit completed before the connection went", d->where, PG_TRIES, why);
+    log_warn("%s: the connection was lost while committing (%s); whether the commit happened is not known: "
+             "connecting again to do it once (%d of %d)", d->where, why, attempt + 1, PG_TRIES);
     d->loaded = 0;
     db_disconnect(d);
     if ((rc = db_load(d, err))) return rc;
@@ -405,6 +435,7 @@ static void part_free(pg_part *p) {
   if (p->spool >= 0) close(p->spool);
   free(p->schema_q);
   free(p->table_q);
+  free(p->tmp_q);
   free(p->table_name);
   free(p->cols);
   free(p->col_list);

@@ -59,8 +59,8 @@ class PgSink(PgTest):
         return self.pg.copy_out("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '%s' "
                                 "ORDER BY ordinal_position" % table, db=self.db)
 
-    def job(self, *args, check=True, env=None):
-        return run(*args, "--no-job-dir", "-q", check=check, env=env)
+    def job(self, *args, check=True, env=None, quiet=True):
+        return run(*args, "--no-job-dir", *(["-q"] if quiet else []), check=check, env=env)
 
     def test_rows_equal_the_tsv_for_every_job_kind(self):
         csvin = self.write("sales.csv", "region,product,qty,price\n" + "".join(
@@ -145,7 +145,7 @@ class PgSink(PgTest):
             uri = self.pg.uri(user=DBUSER, password=DBPASSWORD, host="127.0.0.1", port=px.port, db=self.db)
             self.job("wordcount", self.inp, "-o", uri, "--table", "w", "--append")
             px.drop_reply_after_commit()  # the server commits; dbatch never hears
-            p = self.job("wordcount", self.inp, "-o", uri, "--table", "w", "--append", "-v")
+            p = self.job("wordcount", self.inp, "-o", uri, "--table", "w", "--append", "-v", quiet=False)
             err = p.stderr.decode()
             self.assertIn("the connection was lost", err)
             self.assertIn("already has the rows of this job", err)
@@ -174,8 +174,31 @@ class PgSink(PgTest):
         err = err.decode()
         self.assertEqual(err.count("\n"), 1, err)
         self.assertIn("postgresql server 127.0.0.1:%d, database %s" % (px.port, self.db), err)
+        self.assertIn("the connection was lost", err)
         self.assertIn("nothing was written", err)
         self.assertEqual(self.table("big"), [("kept",)])
+
+    def test_dbatch_killed_while_committing_leaves_the_old_table(self):
+        self.pg.psql("CREATE TABLE w (old text); INSERT INTO w VALUES ('kept');"
+                     "GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s; ALTER TABLE w OWNER TO %s"
+                     % (self.db, DBUSER, DBUSER, DBUSER), db=self.db)
+        with PgProxy(self.pg) as px:
+            uri = self.pg.uri(user=DBUSER, password=DBPASSWORD, host="127.0.0.1", port=px.port, db=self.db)
+            px.hold_at_commit()  # everything sent but the COMMIT
+            proc = subprocess.Popen([os.environ.get("DBATCH", "build/dbatch"), "wordcount", self.inp, "-o", uri,
+                                     "--table", "w", "--no-job-dir", "-q"], stderr=subprocess.PIPE)
+            self.assertTrue(px.wait_held(60), "no COMMIT came")
+            # the new table is complete and swapped in, uncommitted: nobody else sees it
+            self.assertEqual(self.pg.value("SELECT count(*) FROM pg_tables WHERE tablename = 'w'", db=self.db), "1")
+            proc.kill()
+            proc.wait()
+            px.release(drop=True)
+        for _ in range(100):  # the server notices the closed connection and rolls back
+            if self.pg.value("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbatch'") == "0":
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.table("w"), [("kept",)])
+        self.assertEqual(self.pg.copy_out("SELECT tablename FROM pg_tables WHERE tablename LIKE 'dbatch%'", db=self.db), [])
 
     def test_connection_failures_are_one_line_before_any_work(self):
         self.pg.psql("GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s" % (self.db, DBUSER, DBUSER),
