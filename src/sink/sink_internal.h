@@ -17,6 +17,11 @@ int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, cons
 /* Check a postgresql:// destination: the URI, the table name; probe: also connect now. */
 int sink_pg_check(const sink_opts *o, int probe, dbx_err *err);
 int sink_pg_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_err *err);
+/* Append row (row number rowno, for errors) to b as a line of COPY's text format. A text
+ * value PostgreSQL cannot hold (a NUL byte, invalid UTF-8) is an error naming where, the row
+ * and the column. */
+int sink_pg_format_row(dbx_buf *b, const dbx_schema *sc, const dbx_value *row, uint64_t rowno, const char *where,
+                       dbx_err *err);
 int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *schema, sink **out,
                      dbx_err *err);
 int sink_sqlite_check_table(const char *table, dbx_err *err);

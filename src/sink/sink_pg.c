@@ -461,8 +461,7 @@ static void db_release(pg_db *d) {
 
 /* Text for COPY's text format: \ tab newline CR escaped; NUL and invalid UTF-8 refused, as
  * PostgreSQL would refuse them (a text column holds UTF-8 without NUL). */
-static int put_text(pg_sink *s, uint32_t col, const char *t, size_t n, dbx_err *err) {
-  dbx_buf *b = &s->line;
+static int put_text(dbx_buf *b, const char *t, size_t n, size_t *bad) {
   size_t run = 0;
   for (size_t i = 0; i < n;) {
     unsigned char c = (unsigned char)t[i];
@@ -485,11 +484,10 @@ static int put_text(pg_sink *s, uint32_t col, const char *t, size_t n, dbx_err *
       }
       if (len && ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff))))
         len = 0;
-      if (!len)
-        return dbx_seterr(err, DBX_EDB, "%s: row %llu, column %s: %s at byte %zu; PostgreSQL text holds UTF-8 "
-                          "without NUL bytes (write a file instead); nothing was written", s->d->where,
-                          (unsigned long long)s->p->rows + 1, s->base.schema->names[col],
-                          c == 0 ? "a NUL byte" : "invalid UTF-8", i + 1);
+      if (!len) {
+        *bad = i;
+        return DBX_EINVAL;
+      }
       i += len;
       continue;
     }
@@ -515,17 +513,21 @@ static int put_int(dbx_buf *b, int64_t v) {
   return dbx_buf_append(b, t, (size_t)k);
 }
 
-static int pg_row(sink *sb, const dbx_value *row, dbx_err *err) {
-  pg_sink *s = (pg_sink *)sb;
-  const dbx_schema *sc = sb->schema;
-  dbx_buf *b = &s->line;
-  b->len = 0;
+int sink_pg_format_row(dbx_buf *b, const dbx_schema *sc, const dbx_value *row, uint64_t rowno, const char *where,
+                       dbx_err *err) {
   int rc = 0;
   for (uint32_t c = 0; c < sc->ncol && !rc; c++) {
     if (c && dbx_buf_append(b, "\t", 1)) return DBX_ENOMEM;
     const dbx_value *v = &row[c];
+    size_t bad = 0;
     switch (sc->types[c]) {
-    case DBX_COL_TEXT: rc = v->s ? put_text(s, c, v->s, v->n, err) : dbx_buf_append(b, "\\N", 2); break;
+    case DBX_COL_TEXT:
+      rc = v->s ? put_text(b, v->s, v->n, &bad) : dbx_buf_append(b, "\\N", 2);
+      if (rc == DBX_EINVAL)
+        return dbx_seterr(err, DBX_EDB, "%s: row %llu, column %s: %s at byte %zu; PostgreSQL text holds UTF-8 "
+                          "without NUL bytes (write a file instead); nothing was written", where,
+                          (unsigned long long)rowno, sc->names[c], v->s[bad] ? "invalid UTF-8" : "a NUL byte", bad + 1);
+      break;
     case DBX_COL_INT: rc = put_int(b, v->i); break;
     case DBX_COL_REAL: rc = put_double(b, v->d); break;
     case DBX_COL_NUM:
@@ -534,9 +536,16 @@ static int pg_row(sink *sb, const dbx_value *row, dbx_err *err) {
     }
   }
   if (!rc && dbx_buf_append(b, "\n", 1)) rc = DBX_ENOMEM;
-  if (rc == DBX_ENOMEM) return dbx_seterr(err, rc, "%s: out of memory formatting a row", s->d->where);
+  if (rc) return dbx_seterr(err, DBX_ENOMEM, "%s: out of memory formatting a row", where);
+  return 0;
+}
+
+static int pg_row(sink *sb, const dbx_value *row, dbx_err *err) {
+  pg_sink *s = (pg_sink *)sb;
+  s->line.len = 0;
+  int rc = sink_pg_format_row(&s->line, sb->schema, row, s->p->rows + 1, s->d->where, err);
   if (rc) return rc;
-  if (fwrite(b->data, 1, b->len, s->fp) != b->len)
+  if (fwrite(s->line.data, 1, s->line.len, s->fp) != s->line.len)
     return dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "%s: writing the spool file in %s: %s; nothing "
                       "was written", s->d->where, getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
   s->p->rows++;

@@ -127,8 +127,64 @@ static void test_sqlite(void **state) {
   rm_rf(dir);
 }
 
+/* The format comes from a known extension (after .gz/.zst), TSV when there is none; any
+ * other extension is a usage error unless --format says what to write. */
+static void test_extensions(void **state) {
+  static const struct {
+    const char *dest, *format;
+    int rc;
+  } cases[] = {
+      {"x.tsv", NULL, 0},          {"x.txt", NULL, 0},          {"x.csv", NULL, 0},
+      {"x.jsonl", NULL, 0},        {"x.ndjson", NULL, 0},       {"x.tsv.gz", NULL, 0},
+      {"x.csv.zst", NULL, 0},      {"counts", NULL, 0},         {"dir.d/counts", NULL, 0},
+      {".hidden", NULL, 0},        {"x.gz", NULL, 0},           {"-", NULL, 0},
+      {"x.json", NULL, DBX_EUSAGE}, {"x.parquet", NULL, DBX_EUSAGE}, {"X.CSV", NULL, DBX_EUSAGE},
+      {"x.csv.bz2", NULL, DBX_EUSAGE}, {"x.TSV.gz", NULL, DBX_EUSAGE}, {"dir.d/x.out", NULL, DBX_EUSAGE},
+      {"x.json", "jsonl", 0},      {"X.CSV", "csv", 0},         {"x.parquet", "tsv", 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    dbx_err err = {0, ""};
+    sink_opts o = {cases[i].dest, cases[i].format, "t", 0, 0};
+    int rc = sink_check(&o, &err);
+    if (rc != cases[i].rc) fail_msg("%s (format %s): %d, expected %d (%s)", cases[i].dest,
+                                    cases[i].format ? cases[i].format : "-", rc, cases[i].rc, err.msg);
+  }
+  dbx_err err = {0, ""};
+  sink_opts o = {"-", NULL, "t", 1, 0};
+  assert_int_equal(sink_check(&o, &err), DBX_EUSAGE);  /* --append to standard output */
+  sink_opts h = {"x.jsonl", NULL, "t", 0, 1};
+  assert_int_equal(sink_check(&h, &err), DBX_EUSAGE);  /* --header and JSONL */
+}
+
+/* An aborted append leaves the file as it was, and no file where there was none. */
+static void test_append_abort(void **state) {
+  const char *dir = test_tmpdir();
+  char p[300];
+  snprintf(p, sizeof p, "%s/out.tsv", dir);
+  write_file(p, "old\n", 4);
+  sink_opts o = {p, NULL, "t", 1, 0};
+  assert_int_equal(write_rows(&o, 0), 0);
+  char *got = read_file(p, NULL);
+  assert_string_equal(got, "old\n");
+  free(got);
+  assert_int_equal(write_rows(&o, 1), 0);
+  got = read_file(p, NULL);
+  assert_int_equal(strncmp(got, "old\nplain\t-1\t0\n", 15), 0);
+  free(got);
+  snprintf(p, sizeof p, "%s/new.tsv", dir);
+  sink_opts n = {p, NULL, "t", 1, 0};
+  assert_int_equal(write_rows(&n, 0), 0);
+  assert_int_equal(access(p, F_OK), -1);
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 1", dir);
+  assert_int_equal(system(cmd), 0);  /* no temporary file either */
+  rm_rf(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_extensions),
+      cmocka_unit_test(test_append_abort),
       cmocka_unit_test(test_tsv_csv_jsonl),
       cmocka_unit_test(test_abort_leaves_nothing),
       cmocka_unit_test(test_errors),
