@@ -258,12 +258,12 @@ class ReduceFaults(TmpTest):
         path = self.write("inf.tsv", b"k\t1e308\nj\t1\nk\t1e308\n")
         for w, br in (("0", "3"), ("2", "3"), ("0", "1"), ("2", "1")):
             r = run("run", "--no-job-dir", "-q", "--map", "cat", "--reduce", "count,mean", "--workers", w,
-                    "--batch-records", br, "-o", self.path("inf.out"), path, check=False, timeout=120)
+                    "--batch-records", br, "-o", self.path("inf-out.tsv"), path, check=False, timeout=120)
             err = r.stderr.decode(errors="replace")
             self.assertEqual(r.returncode, 1, err)
             self.assertIn("the mean of key 'k' overflows 64-bit floating point", err)
             self.assertNotIn("bad result", err)
-            self.assertFalse(os.path.exists(self.path("inf.out")))
+            self.assertFalse(os.path.exists(self.path("inf-out.tsv")))
         # two that add up to exactly INT64_MAX fit
         ok = b"big\t%d\nsmall\t1\nbig\t%d\nsmall\t1\n" % (2**62, 2**62 - 1)
         r = run("run", "--no-job-dir", "-q", "--map", "cat", "--reduce", "sum,mean", "--workers", "2",

@@ -192,7 +192,10 @@ class Usage(TmpTest):
             (["run", p], "--map CMD is required"),
             (["run", "--map", "cat"], "no INPUT"),
             (["run", "--map", "cat", "--format", "csv", p], "--format does not apply"),
-            (["run", "--map", "cat", "--out", "sqlite:" + self.path("x.db"), p], "SQLite output is not available"),
+            (["run", "--map", "cat", "--out", "sqlite:" + self.path("x.db"), p], "writes the command's bytes, not rows"),
+            (["run", "--map", "cat", "--out", "postgresql:///x", p], "writes the command's bytes, not rows"),
+            (["run", "--map", "cat", "--header", "-o", self.path("y.tsv"), p], "--header does not apply"),
+            (["run", "--map", "cat", "--append", p], "--append needs a file"),
             (["run", "--map", "x" * 5000, p], "longer than"),
         ]
         for args, msg in cases:
