@@ -142,14 +142,18 @@ int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, cons
     /* Appending to a file with rows: its first line must be this header, and stays the only
      * one. A file that holds a header over other columns (or none) is not ours to extend. */
     int have = 0;
-    char head[4096];
+    size_t hn = 0;
+    const char *head = afile_kept_head(&s->f, &hn);
     if (!rc && afile_kept(&s->f) > 0) {
-      have = afile_first_line(o->dest, zflags, head, sizeof head, err);
-      if (have < 0) rc = have;
-      else if (have == 0 || s->line.len - 1 >= sizeof head || strlen(head) != s->line.len - 1 ||
-               memcmp(head, s->line.data, s->line.len - 1))
-        rc = dbx_seterr(err, DBX_EINVAL, "%s: its first line is not the header this job writes (%.*s); --append "
-                        "adds rows to a file of the same columns", o->dest, (int)(s->line.len - 1), s->line.data);
+      /* The header is compared byte for byte (a quoted CSV name may hold a newline). */
+      have = 1;
+      if (hn < s->line.len || memcmp(head, s->line.data, s->line.len)) {
+        size_t eol = strcspn(head, "\n");
+        int crlf = eol > 0 && head[eol - 1] == '\r';
+        rc = dbx_seterr(err, DBX_EINVAL, "%s: its first line is not the header this job writes (%.*s%s)%s; --append "
+                        "adds rows to a file of the same columns", o->dest, (int)(s->line.len - 1 > 200 ? 200 : s->line.len - 1),
+                        s->line.data, s->line.len - 1 > 200 ? "..." : "", crlf ? " (its lines end in CR LF)" : "");
+      }
     }
     if (!rc && !have) rc = put_line(s, err);
     if (rc) {

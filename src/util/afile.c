@@ -29,6 +29,10 @@ struct afile_io {
   int err;       /* first errno of a failed write or close, 0 if none */
   int lockfd;    /* the destination, flock'ed while appending to it; -1 if none */
   int made;      /* ... made empty by us to hold the lock: removed by an abort */
+  int committed; /* renamed into place: nothing for an abort to remove */
+  char *target;  /* the file renamed over: the path, or what its symbolic link leads to */
+  char *head;    /* the first bytes of what an append kept (decompressed), NUL-terminated */
+  size_t headlen;
   uint64_t kept; /* bytes of the destination copied in (AFILE_APPEND) */
   /* Compression (AFILE_GZIP, AFILE_ZSTD): what stdio hands io_write goes through one of
    * these into zbuf and then to fd; io_finish ends the member or frame. */
@@ -105,6 +109,8 @@ static void io_free(struct afile_io *io) {
   }
   ZSTD_freeCCtx(io->zs);
   free(io->zbuf);
+  free(io->target);
+  free(io->head);
   if (io->lockfd >= 0) close(io->lockfd);  /* closing it drops the lock */
   free(io);
 }
@@ -224,6 +230,7 @@ static void remove_stale(const char *path, size_t dirlen) {
  * leads to the file locked (another job may have renamed a new one into place meanwhile).
  * *fd is -1 when there is no such file (appending then creates it). */
 static int lock_dest(const char *path, int *fd, struct stat *st, int *made, dbx_err *err) {
+  *fd = -1;
   *made = 0;
   for (int tries = 0; tries < 100; tries++) {
     /* A file that is not there yet is made (empty) to hold the lock: jobs appending to a new
@@ -285,6 +292,126 @@ static int copy_all(int src, int dst, uint64_t size) {
 
 int afile_open(afile *f, const char *path, dbx_err *err) { return afile_open_ex(f, path, 0, err); }
 
+/* Names of this process's own descriptors: written straight, never renamed over (renaming
+ * over /dev/stdout would replace the machine's link with a file). */
+static int own_stream(const char *path) {
+  return !strcmp(path, "/dev/stdout") || !strcmp(path, "/dev/stderr") || !strncmp(path, "/dev/fd/", 8) ||
+         !strncmp(path, "/proc/self/fd/", 14);
+}
+
+#define HEAD_MAX (1u << 20)  /* the most of an appended file's start kept for a header check */
+
+/* Read all of what an append keeps, as its reader will: a .gz or .zst file must decompress
+ * whole (every member or frame, none cut short), and the text must end with a newline. The
+ * first bytes go to io->head, for the header check. 0 or an error naming the file. */
+static int check_kept(afile *f, int fd, unsigned flags, dbx_err *err) {
+  struct afile_io *io = f->io;
+  if (!(io->head = malloc(HEAD_MAX + 1))) return DBX_ENOMEM;
+  char last = 0;
+  uint64_t total = 0;
+  const char *what = NULL;
+  char in[1 << 16], out[1 << 16];
+  if (!(flags & (AFILE_GZIP | AFILE_ZSTD))) {
+    ssize_t k = pread(fd, io->head, HEAD_MAX, 0);
+    if (k < 0) return dbx_seterr(err, err_from_errno(errno), "%s: cannot read it: %s", f->path, strerror(errno));
+    io->headlen = (size_t)k;
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end > 0 && pread(fd, &last, 1, end - 1) != 1) last = 0;
+    total = end > 0 ? (uint64_t)end : 0;
+  } else if (flags & AFILE_GZIP) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, 15 + 16) != Z_OK) return DBX_ENOMEM;
+    int zr = Z_OK, any = 0;
+    off_t at = 0;
+    for (;;) {
+      ssize_t k = pread(fd, in, sizeof in, at);
+      if (k < 0) { what = strerror(errno); break; }
+      if (k == 0) {
+        if (any && zr != Z_STREAM_END) what = "the last gzip member is cut short";
+        break;
+      }
+      at += k;
+      z.next_in = (Bytef *)in;
+      z.avail_in = (uInt)k;
+      while (z.avail_in > 0 && !what) {
+        if (zr == Z_STREAM_END) inflateReset(&z);  /* the next member */
+        z.next_out = (Bytef *)out;
+        z.avail_out = sizeof out;
+        zr = inflate(&z, Z_NO_FLUSH);
+        any = 1;
+        if (zr != Z_OK && zr != Z_STREAM_END && !(zr == Z_BUF_ERROR && z.avail_in == 0))
+          what = z.msg ? z.msg : "not gzip data";
+        size_t got = sizeof out - z.avail_out;
+        if (got) {
+          if (io->headlen < HEAD_MAX) {
+            size_t take = got < HEAD_MAX - io->headlen ? got : HEAD_MAX - io->headlen;
+            memcpy(io->head + io->headlen, out, take);
+            io->headlen += take;
+          }
+          last = out[got - 1];
+          total += got;
+        }
+      }
+      if (what) break;
+    }
+    inflateEnd(&z);
+    if (what) what = what[0] ? what : "not gzip data";
+  } else {
+    ZSTD_DCtx *dz = ZSTD_createDCtx();
+    if (!dz) return DBX_ENOMEM;
+    size_t left = 0;
+    off_t at = 0;
+    for (;;) {
+      ssize_t k = pread(fd, in, sizeof in, at);
+      if (k < 0) { what = strerror(errno); break; }
+      if (k == 0) {
+        if (left != 0) what = "the last zstd frame is cut short";
+        break;
+      }
+      at += k;
+      ZSTD_inBuffer ib = {in, (size_t)k, 0};
+      while (ib.pos < ib.size) {
+        ZSTD_outBuffer ob = {out, sizeof out, 0};
+        left = ZSTD_decompressStream(dz, &ob, &ib);
+        if (ZSTD_isError(left)) { what = ZSTD_getErrorName(left); break; }
+        if (ob.pos) {
+          if (io->headlen < HEAD_MAX) {
+            size_t take = ob.pos < HEAD_MAX - io->headlen ? ob.pos : HEAD_MAX - io->headlen;
+            memcpy(io->head + io->headlen, out, take);
+            io->headlen += take;
+          }
+          last = out[ob.pos - 1];
+          total += ob.pos;
+        }
+      }
+      if (what) break;
+    }
+    ZSTD_freeDCtx(dz);
+  }
+  io->head[io->headlen] = 0;
+  if (what)
+    return dbx_seterr(err, DBX_ECORRUPT, "%s: cannot append to it: it does not read as %s (%s); nothing was written",
+                      f->path, flags & AFILE_GZIP ? "gzip" : "zstd", what);
+  if (total > 0 && last != '\n')
+    return dbx_seterr(err, DBX_EINVAL, "%s: does not end with a newline; --append refuses to run rows into its "
+                      "last line", f->path);
+  return 0;
+}
+
+const char *afile_kept_head(const afile *f, size_t *n) {
+  *n = f->io ? f->io->headlen : 0;
+  return f->io && f->io->head ? f->io->head : "";
+}
+
+/* Give the new file the mode (and, for root, the owner) of the one it replaces. */
+static void keep_mode(int fd, const struct stat *st) {
+  if (fchmod(fd, st->st_mode & 07777) != 0) { /* the umask's mode stays */ }
+  if (geteuid() == 0 && (st->st_uid != 0 || st->st_gid != 0) && fchown(fd, st->st_uid, st->st_gid) != 0) {
+    /* not ours to give away: keep root's */
+  }
+}
+
 int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
   memset(f, 0, sizeof *f);
   if (strcmp(path, "-") == 0) {
@@ -302,50 +429,59 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
   }
   f->io->fd = -1;
   f->io->lockfd = -1;
+  /* A symbolic link is followed: the file it leads to is the one replaced (or appended to),
+   * and the link stays. */
   struct stat st;
-  if (stat(path, &st) == 0) {
-    if (S_ISDIR(st.st_mode)) {
+  const char *target = path;
+  if (!own_stream(path) && lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+    char *real = realpath(path, NULL);
+    if (!real) {
+      int e = errno;
       afile_abort(f);
-      return dbx_seterr(err, DBX_EISDIR, "%s: is a directory; give a file name for the output", path);
+      return dbx_seterr(err, err_from_errno(e), "%s: a symbolic link that leads nowhere (%s); give the file itself",
+                        path, strerror(e));
     }
-    if (!S_ISREG(st.st_mode)) {
-      int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (flags & AFILE_APPEND ? O_APPEND : O_TRUNC), 0666);
-      if (fd < 0) {
-        int e = errno;
-        afile_abort(f);
-        return dbx_seterr(err, err_from_errno(e), "%s: cannot open for writing: %s", path, strerror(e));
-      }
-      if (!(f->fp = io_stream(f, fd, flags))) {
-        afile_abort(f);
-        return dbx_seterr(err, DBX_ENOMEM, "%s: cannot open output stream: out of memory", path);
-      }
-      return 0;
+    f->io->target = real;
+    target = real;
+  }
+  int exists = stat(target, &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) {
+    afile_abort(f);
+    return dbx_seterr(err, DBX_EISDIR, "%s: is a directory; give a file name for the output", path);
+  }
+  if (own_stream(path) || (exists && !S_ISREG(st.st_mode))) {
+    /* A device, a pipe, a terminal, this process's own stream: written straight. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (flags & AFILE_APPEND ? O_APPEND : O_TRUNC), 0666);
+    if (fd < 0) {
+      int e = errno;
+      afile_abort(f);
+      return dbx_seterr(err, err_from_errno(e), "%s: cannot open for writing: %s", path, strerror(e));
     }
+    if (!(f->fp = io_stream(f, fd, flags))) {
+      afile_abort(f);
+      return dbx_seterr(err, DBX_ENOMEM, "%s: cannot open output stream: out of memory", path);
+    }
+    return 0;
   }
   int keep = -1;  /* the destination whose bytes the output starts with (appending) */
   if (flags & AFILE_APPEND) {
-    int rc = lock_dest(path, &keep, &st, &f->io->made, err);
+    int rc = lock_dest(target, &keep, &st, &f->io->made, err);
+    if (!rc && keep >= 0 && st.st_size > 0) rc = check_kept(f, keep, flags, err);
     if (rc) {
+      if (keep >= 0) f->io->lockfd = keep;
       afile_abort(f);
       return rc;
     }
     f->io->lockfd = keep;
-    if (st.st_size > 0 && !(flags & (AFILE_GZIP | AFILE_ZSTD))) {
-      char last = 0;
-      if (pread(keep, &last, 1, st.st_size - 1) != 1 || last != '\n') {
-        afile_abort(f);
-        return dbx_seterr(err, DBX_EINVAL, "%s: does not end with a newline; --append refuses to run rows into its "
-                          "last line", path);
-      }
-    }
+    exists = 1;
   }
-  size_t n = strlen(path);
-  const char *slash = strrchr(path, '/');
-  size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
-  remove_stale(path, dirlen);
+  size_t n = strlen(target);
+  const char *slash = strrchr(target, '/');
+  size_t dirlen = slash ? (size_t)(slash - target) + 1 : 0;
+  remove_stale(target, dirlen);
   f->tmp = malloc(n + 48);
   if (!f->tmp) { afile_abort(f); return DBX_ENOMEM; }
-  snprintf(f->tmp, n + 48, "%.*s.%s.tmp.%d.XXXXXX", (int)dirlen, path, path + dirlen, (int)getpid());
+  snprintf(f->tmp, n + 48, "%.*s.%s.tmp.%d.XXXXXX", (int)dirlen, target, target + dirlen, (int)getpid());
   int fd = mkstemp(f->tmp);
   if (fd < 0) {
     int e = errno;
@@ -354,18 +490,19 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
     afile_abort(f);
     return dbx_seterr(err, err_from_errno(e), "%s: cannot create output file: %s", path, strerror(e));
   }
-  /* mkstemp makes 0600; give the output the mode a plain create would, or keep the mode of
-   * the file appended to. */
+  /* mkstemp makes 0600; give the output the mode a plain create would, or keep the mode
+   * (and owner) of the file it replaces or appends to. */
   mode_t um = umask(0);
   umask(um);
-  if (fchmod(fd, keep >= 0 ? st.st_mode & 07777 : 0666 & ~um) != 0) {
+  if (exists && !f->io->made) keep_mode(fd, &st);
+  else if (fchmod(fd, 0666 & ~um) != 0) {
     int e = errno;
     close(fd);
     afile_abort(f);
     return dbx_seterr(err, err_from_errno(e), "%s: cannot set the output file's mode: %s", path, strerror(e));
   }
   if (keep >= 0 && st.st_size > 0) {
-    int e = copy_all(keep, fd, (uint64_t)st.st_size);
+    int e = lseek(keep, 0, SEEK_SET) < 0 ? errno : copy_all(keep, fd, (uint64_t)st.st_size);
     if (e) {
       close(fd);
       afile_abort(f);
@@ -379,59 +516,6 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
     return dbx_seterr(err, DBX_ENOMEM, "%s: cannot open output stream: out of memory", path);
   }
   return 0;
-}
-
-/* Read the first line of a gzip file: gzgets reads plain files as they are too. */
-static int head_gz(const char *path, char *line, size_t cap, dbx_err *err) {
-  gzFile g = gzopen(path, "rb");
-  if (!g) return dbx_seterr(err, DBX_EIO, "%s: cannot read it: %s", path, strerror(errno ? errno : EIO));
-  char *got = gzgets(g, line, (int)cap);
-  int ge = 0;
-  const char *msg = got ? NULL : gzerror(g, &ge);
-  gzclose(g);
-  if (!got && ge != Z_OK && ge != Z_BUF_ERROR)
-    return dbx_seterr(err, DBX_ECORRUPT, "%s: not a readable gzip file: %s", path, msg ? msg : "error");
-  return got ? 1 : 0;
-}
-
-static int head_zstd(const char *path, char *line, size_t cap, dbx_err *err) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return dbx_seterr(err, DBX_EIO, "%s: cannot read it: %s", path, strerror(errno));
-  ZSTD_DCtx *dz = ZSTD_createDCtx();
-  char in[1 << 14];
-  size_t got = 0;
-  int rc = 0, eof = 0;
-  while (!rc && !eof && got + 1 < cap && !memchr(line, '\n', got)) {
-    ssize_t k = read(fd, in, sizeof in);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) { eof = 1; break; }
-    ZSTD_inBuffer ib = {in, (size_t)k, 0};
-    while (ib.pos < ib.size && got + 1 < cap) {
-      ZSTD_outBuffer ob = {line + got, cap - 1 - got, 0};
-      size_t r = dz ? ZSTD_decompressStream(dz, &ob, &ib) : (size_t)-1;
-      if (!dz || ZSTD_isError(r)) {
-        rc = dbx_seterr(err, DBX_ECORRUPT, "%s: not a readable zstd file: %s", path,
-                        dz ? ZSTD_getErrorName(r) : "out of memory");
-        break;
-      }
-      got += ob.pos;
-      if (memchr(line, '\n', got)) break;
-    }
-  }
-  ZSTD_freeDCtx(dz);
-  close(fd);
-  line[got] = 0;
-  return rc ? rc : got > 0;
-}
-
-int afile_first_line(const char *path, unsigned flags, char *line, size_t cap, dbx_err *err) {
-  struct stat st;
-  line[0] = 0;
-  if (cap < 2 || stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return 0;
-  memset(line, 0, cap);
-  int rc = flags & AFILE_ZSTD ? head_zstd(path, line, cap, err) : head_gz(path, line, cap, err);
-  if (rc == 1) line[strcspn(line, "\n")] = 0;
-  return rc;
 }
 
 int afile_write(afile *f, const void *p, size_t n, dbx_err *err) {
@@ -476,7 +560,20 @@ int afile_commit(afile *f, dbx_err *err) {
     if ((fclose(f->fp) != 0 || (f->io && f->io->err)) && !e) { e = io_errno(f, errno); what = "close failed"; }
     f->fp = NULL;
   }
-  if (!e && f->tmp && rename(f->tmp, f->path) != 0) { e = errno; what = "cannot rename the temporary file into place"; }
+  const char *target = f->io && f->io->target ? f->io->target : f->path;
+  int lockfd = -1;
+  if (!e && f->tmp && f->io->lockfd < 0) {
+    /* Replacing: wait for a job appending to the file now (it holds the lock), so its rows
+     * are replaced rather than its commit undoing ours. */
+    struct stat st;
+    int made = 0;
+    dbx_err lerr = {0, ""};
+    if (stat(target, &st) == 0 && S_ISREG(st.st_mode) && lock_dest(target, &lockfd, &st, &made, &lerr) == 0 && made) {
+      unlink(target);  /* it vanished meanwhile and lock_dest made it: not ours to leave */
+    }
+  }
+  if (!e && f->tmp && rename(f->tmp, target) != 0) { e = errno; what = "cannot rename the temporary file into place"; }
+  if (lockfd >= 0) close(lockfd);
   if (e) {
     int rc = dbx_seterr(err, err_from_errno(e), "%s: %s: %s; no output was written", f->path, what, strerror(e));
     afile_abort(f);
@@ -486,7 +583,8 @@ int afile_commit(afile *f, dbx_err *err) {
   if (f->tmp) {
     free(f->tmp);
     f->tmp = NULL;  /* in place now: nothing for afile_abort to remove */
-    if ((e = sync_dir(f->path)) != 0)
+    f->io->committed = 1;
+    if ((e = sync_dir(target)) != 0)
       rc = dbx_seterr(err, err_from_errno(e), "%s: written, but syncing its directory failed: %s; "
                       "the file may be lost if the machine crashes now", f->path, strerror(e));
   }
@@ -501,9 +599,10 @@ void afile_abort(afile *f) {
   /* Not committed: the empty file made to hold an append's lock goes too (if it is still
    * ours and still empty), so a failed job leaves no file where there was none. */
   struct stat a, b;
-  if (f->tmp && f->io && f->io->made && f->io->lockfd >= 0 && fstat(f->io->lockfd, &a) == 0 && stat(f->path, &b) == 0 &&
-      a.st_dev == b.st_dev && a.st_ino == b.st_ino && b.st_size == 0)
-    unlink(f->path);
+  const char *target = f->io && f->io->target ? f->io->target : f->path;
+  if (f->io && !f->io->committed && f->io->made && f->io->lockfd >= 0 && fstat(f->io->lockfd, &a) == 0 &&
+      stat(target, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino && b.st_size == 0)
+    unlink(target);
   free(f->tmp);
   free(f->path);
   io_free(f->io);

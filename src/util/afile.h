@@ -29,7 +29,9 @@ int afile_open(afile *f, const char *path, dbx_err *err);
 /* afile_open_ex flags. AFILE_GZIP and AFILE_ZSTD compress what is written (one gzip member or
  * zstd frame, finished by afile_prepare or afile_commit). AFILE_APPEND keeps what the
  * destination holds: the temporary file starts as a copy of it, so the commit is still one
- * rename and a failed job leaves the destination as it was. While the job runs the
+ * rename and a failed job leaves the destination as it was. A symbolic link is followed (the
+ * file it leads to is replaced; the link stays); a replaced file's mode (and, for root, its
+ * owner) is kept; hard links to it keep the old content, as with any rename. While the job runs the
  * destination is locked (flock), so two jobs appending to one file take turns and neither
  * loses the other's rows. A compressed destination gets a new member or frame, which gzip,
  * zstd and their libraries read as one stream. Appending to a file whose last byte is not a
@@ -38,10 +40,10 @@ enum { AFILE_GZIP = 1, AFILE_ZSTD = 2, AFILE_APPEND = 4 };
 int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err);
 /* Bytes the destination held when it was opened with AFILE_APPEND (0 otherwise). */
 uint64_t afile_kept(const afile *f);
-/* The first line of the existing file path (without its newline, at most cap - 1 bytes,
- * NUL-terminated), decompressed as flags say: 1 when there is one, 0 when the file is empty
- * or missing, or an error naming the file. */
-int afile_first_line(const char *path, unsigned flags, char *line, size_t cap, dbx_err *err);
+/* The first bytes (up to 1 MiB, decompressed) of what an append kept, NUL-terminated; *n
+ * of them ("" and 0 when nothing was kept). An append checks the whole kept file first: a
+ * .gz/.zst file must decompress completely, and the text must end with a newline. */
+const char *afile_kept_head(const afile *f, size_t *n);
 /* Write n bytes. A failure names the file and the cause ("%s: write failed: No space left on
  * device"); the caller then calls afile_abort. */
 int afile_write(afile *f, const void *p, size_t n, dbx_err *err);

@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 import unittest
 
 from dbx import TmpTest, run, reference_wordcount, slurp
@@ -191,6 +192,90 @@ class Append(TmpTest):
         self.assertEqual(errs, [])
         want = sorted(b"".join(reference_wordcount([b]) for b in big).splitlines())
         self.assertEqual(sorted(slurp(out).splitlines()), want)
+
+
+class Links(TmpTest):
+    """Symbolic links are followed, never replaced; this process's own streams are written
+    straight."""
+
+    def setUp(self):
+        super().setUp()
+        self.inp = self.write("in.txt", text(50))
+
+    def test_a_symlink_stays_and_its_file_is_written(self):
+        real = self.write("real.tsv", "w999\t1\n")
+        os.chmod(real, 0o640)
+        os.symlink("real.tsv", self.path("link.tsv"))
+        run("wordcount", self.inp, "--no-job-dir", "-q", "-o", self.path("link.tsv"), "--append")
+        self.assertTrue(os.path.islink(self.path("link.tsv")))
+        self.assertEqual(slurp(real), b"w999\t1\n" + reference_wordcount([self.inp]))
+        run("wordcount", self.inp, "--no-job-dir", "-q", "-o", self.path("link.tsv"))
+        self.assertTrue(os.path.islink(self.path("link.tsv")))
+        self.assertEqual(slurp(real), reference_wordcount([self.inp]))
+        self.assertEqual(stat.S_IMODE(os.stat(real).st_mode), 0o640)  # a replaced file keeps its mode
+        os.symlink("nowhere.tsv", self.path("dangling.tsv"))
+        p = run("wordcount", self.inp, "--no-job-dir", "-q", "-o", self.path("dangling.tsv"), "--append", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("a symbolic link that leads nowhere", p.stderr.decode())
+
+    def test_dev_stdout_redirected_to_a_file_is_written_through(self):
+        out = self.path("red.tsv")
+        with open(out, "wb") as f:
+            p = subprocess.run([os.environ.get("DBATCH", "build/dbatch"), "wordcount", self.inp, "--no-job-dir", "-q",
+                                "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(slurp(out), reference_wordcount([self.inp]))
+        self.assertTrue(os.path.islink("/dev/stdout"))
+
+
+class AppendChecks(TmpTest):
+    def setUp(self):
+        super().setUp()
+        self.inp = self.write("in.txt", text(50))
+
+    def refused(self, name, data, why):
+        p = self.write(name, data)
+        r = run("wordcount", self.inp, "--no-job-dir", "-q", "-o", p, "--append", check=False)
+        self.assertEqual(r.returncode, 1, name)
+        self.assertIn(why, r.stderr.decode(), name)
+        self.assertEqual(slurp(p), data if isinstance(data, bytes) else data.encode(), name)
+
+    def test_compressed_files_are_checked_whole(self):
+        good = gzip.compress(b"w1\t1\n")
+        self.refused("plain.tsv.gz", "w1\t1\n", "does not read as gzip")
+        self.refused("cut.tsv.gz", good[:-6], "does not read as gzip")
+        self.refused("corrupt.tsv.gz", good + b"\x1f\x8bgarbage", "does not read as gzip")
+        self.refused("torn.tsv.gz", gzip.compress(b"w1\t1\nw2\t"), "does not end with a newline")
+        self.refused("plain.tsv.zst", "w1\t1\n", "does not read as zstd")
+        z = subprocess.run(["zstd", "-q", "-c"], input=b"w1\t1\n", capture_output=True, check=True).stdout
+        self.refused("cut.tsv.zst", z[:-3], "does not read as zstd")
+
+    def test_header_checks(self):
+        self.refused("crlf.csv", "word,count\r\nw1,1\r\n", "its lines end in CR LF")
+        # a header longer than any line buffer: 80 labels of 70 characters
+        root = self.path("train")
+        for i in range(80):
+            d = os.path.join(root, ("label%02d" % i) + "x" * 63)
+            os.makedirs(d)
+            with open(os.path.join(d, "a.txt"), "w") as f:
+                f.write("tok%d common\n" % i)
+        out = self.path("p.csv")
+        for _ in range(2):
+            run("nb", "run", "--train", root, "--test", root, "--model", self.path("m.nb"), "--predictions", out,
+                "--proba", "--append", "--no-job-dir", "-q")
+        rows = list(csv.reader(io.StringIO(slurp(out).decode())))
+        self.assertEqual(len(rows), 1 + 2 * 80)
+        self.assertEqual(len(rows[0]), 82)
+
+    def test_a_replace_waits_for_an_append_in_progress(self):
+        out = self.write("o.txt", "old\n")
+        slow = subprocess.Popen([os.environ.get("DBATCH", "build/dbatch"), "run", "--map", "sleep 2; cat", self.inp,
+                                 "--no-job-dir", "-q", "--append", "-o", out], stderr=subprocess.PIPE)
+        time.sleep(0.7)  # the append holds the file now
+        run("run", "--map", "echo REPLACED", self.inp, "--no-job-dir", "-q", "-o", out, "--workers", "0")
+        slow.communicate(timeout=60)
+        self.assertEqual(slow.returncode, 0)
+        self.assertEqual(slurp(out), b"REPLACED\n")  # the later replace wins, whole
 
 
 class Header(TmpTest):
