@@ -226,8 +226,10 @@ static int probe_dir(const char *opt, const char *dest, const char *dir, dbx_err
 
 int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
   if (!dest || !strcmp(dest, "-")) return 0;
+  int src = sink_check_scheme(opt, dest, err);
+  if (src) return src;
   if (sink_is_postgres(dest)) {  /* connect now: a wrong password shows before any work */
-    sink_opts so = {dest, NULL, "nb_model", 0, 0};
+    sink_opts so = {dest, NULL, "dbatch_check", 0, 0};  /* only the connection is probed */
     return sink_check(&so, err);
   }
   int db = !strncmp(dest, "sqlite:", 7);

@@ -351,7 +351,22 @@ int cmd_nb(int argc, char **argv) {
   int rc = 0;
   if (o.out.dest) rc = sink_check(&o.out, &err);
   if (!rc && o.out.dest) rc = cli_check_dest("--predictions", o.out.dest, &err);
-  sink_opts mo = {no.metrics, NULL, "metrics", 0, 0};
+  /* --append and --header apply to the metrics too (--header where it can: a TSV file). */
+  sink_opts mo = {no.metrics, NULL, "metrics", o.out.append, 0};
+  if (no.metrics) mo.header = o.out.header && sink_takes_header(&mo);
+  if (!rc && o.out.dest && no.metrics && strcmp(o.out.dest, "-")) {
+    /* Two outputs into one place would overwrite each other. */
+    struct stat a, b;
+    const char *pt = strrchr(o.out.table, '.') ? strrchr(o.out.table, '.') + 1 : o.out.table;
+    int db = (sink_is_postgres(o.out.dest) && sink_is_postgres(no.metrics)) ||
+             (!strncmp(o.out.dest, "sqlite:", 7) && !strncmp(no.metrics, "sqlite:", 7));
+    if (db ? !strcmp(pt, "metrics")
+           : !strcmp(o.out.dest, no.metrics) ||
+                 (stat(o.out.dest, &a) == 0 && stat(no.metrics, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino &&
+                  S_ISREG(a.st_mode)))
+      return cli_usage_error("nb", "--predictions and --metrics go to the same %s; give each its own",
+                             db ? "table ('metrics')" : "file");
+  }
   if (!rc && no.metrics) rc = sink_check(&mo, &err);
   if (!rc && no.metrics) rc = cli_check_dest("--metrics", no.metrics, &err);
   if (!rc && outs.model_dest) rc = cli_check_dest("--model", outs.model_dest, &err);

@@ -136,6 +136,9 @@ static int open_db(const char *dir, int create, journal **out, dbx_err *err) {
     return rc;
   }
   sqlite3_busy_timeout(jr->db, 5000);
+  /* The journal keeps the command line, which may hold a database password: only its owner
+   * reads it (SQLite gives its -wal and -shm files the same mode). */
+  if (create && chmod(jr->path, 0600) != 0) { /* a file system without modes */ }
   /* A new job starts from an empty journal of this schema (an earlier job's tables, maybe
    * of an older schema, are dropped); a resume keeps them, and check_resumable refuses
    * another schema. */

@@ -1,6 +1,7 @@
 /* sink.c -- choosing a sink from the destination and format. */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "sink/sink_internal.h"
 #include "util/afile.h"
@@ -52,6 +53,8 @@ static const char *ext_format(const char *dest, char *ext, size_t cap) {
 
 static int resolve(const sink_opts *o, const char **format, unsigned *zf, int probe, dbx_err *err) {
   *zf = 0;
+  int rc = sink_check_scheme("--out", o->dest, err);
+  if (rc) return rc;
   if (strncmp(o->dest, "sqlite:", 7) == 0 || is_postgres(o->dest)) {
     int pg = is_postgres(o->dest);
     if (o->header) return dbx_seterr(err, DBX_EUSAGE, "--header applies to TSV files; a table has named columns");
@@ -92,6 +95,27 @@ static int resolve(const sink_opts *o, const char **format, unsigned *zf, int pr
   }
   *format = f;
   return 0;
+}
+
+int sink_check_scheme(const char *opt, const char *dest, dbx_err *err) {
+  const char *sep = strstr(dest, "://");
+  if (!sep || sink_is_postgres(dest)) return 0;
+  for (const char *p = dest; p < sep; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '+' || *p == '-' ||
+          *p == '.'))
+      return 0;  /* not a scheme: a file name with "://" further on */
+  int upper = (size_t)(sep - dest) == 10 && !strncasecmp(dest, "postgresql", 10);
+  upper |= (size_t)(sep - dest) == 8 && !strncasecmp(dest, "postgres", 8);
+  return dbx_seterr(err, DBX_EUSAGE, "%s: unknown kind of destination '%.*s://'%s; dbatch writes files, sqlite:PATH and "
+                    "postgresql://...", opt, (int)(sep - dest > 20 ? 20 : sep - dest), dest,
+                    upper ? " (write the scheme in lower case)" : "");
+}
+
+int sink_takes_header(const sink_opts *o) {
+  if (strncmp(o->dest, "sqlite:", 7) == 0 || sink_is_postgres(o->dest) || !strcmp(o->dest, "-")) return 0;
+  char ext[32];
+  const char *f = o->format ? o->format : ext_format(o->dest, ext, sizeof ext);
+  return f && (!strcmp(f, "tsv") || !strcmp(f, "csv"));
 }
 
 int sink_check(const sink_opts *o, dbx_err *err) {

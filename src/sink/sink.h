@@ -22,6 +22,11 @@ typedef struct sink_opts {
  * has started; a job without a journal gets a random one. Copied. */
 void sink_set_job_id(const char *id);
 const char *sink_job_id(void);
+/* Would this destination write a header line (a CSV or TSV file)? */
+int sink_takes_header(const sink_opts *o);
+/* A destination that looks like a URI of a kind dbatch does not write (POSTGRESQL://,
+ * mysql://): a usage error that does not repeat the rest of it (it may hold a password). */
+int sink_check_scheme(const char *opt, const char *dest, dbx_err *err);
 /* Is dest a PostgreSQL URI (postgresql:// or postgres://)? */
 int sink_is_postgres(const char *dest);
 /* Store (save) or read a model's bytes as the one row of table nb_model in the PostgreSQL

@@ -59,6 +59,7 @@ struct pg_db {
   pg_part *parts;
   int nsinks, prepared, committed, done;  /* sinks on it; of those prepared, committed, done */
   int loaded;       /* the transaction holds every part's rows (not yet committed) */
+  char sqlstate[6]; /* of the last error */
   int failed;
 };
 
@@ -108,6 +109,9 @@ static int split_table(const char *t, char **schema_q, char **table_q, dbx_err *
   if (dot && (rc = check_name("--table schema", t, (size_t)(dot - t), err))) return rc;
   const char *name = dot ? dot + 1 : t;
   if ((rc = check_name("--table", name, strlen(name), err))) return rc;
+  if (!strcmp(name, "dbatch_commits") || !strcmp(name, "nb_model"))
+    return dbx_seterr(err, DBX_EUSAGE, "--table %s: the name is dbatch's own (%s); choose another", t,
+                      !strcmp(name, "nb_model") ? "where nb keeps its model" : "where --append records its commits");
   if (dot && !(*schema_q = quote_ident(t, (size_t)(dot - t)))) return DBX_ENOMEM;
   if (!(*table_q = quote_ident(name, strlen(name)))) {
     free(*schema_q);
@@ -167,15 +171,23 @@ static int db_connect(pg_db *d, dbx_err *err) {
   if (!opts) {
     char m[300];
     one_line(perr ? perr : "out of memory", m, sizeof m);
+    char *q = strchr(m, '"');  /* libpq quotes the part it could not read: maybe a password */
+    if (q) *(q > m && q[-1] == ' ' ? q - 1 : q) = 0;
+    size_t k = strlen(m);
+    while (k && (m[k - 1] == ':' || m[k - 1] == ' ')) m[--k] = 0;
     PQfreemem(perr);
     return dbx_seterr(err, DBX_EDB, "--out postgresql: not a valid connection URI: %s; nothing was written", m);
   }
   PQconninfoFree(opts);
-  /* Our own settings go after the user's: text in UTF-8, no waiting forever for a dead
-   * server, a name the server's pg_stat_activity shows. */
-  const char *keys[] = {"dbname", "client_encoding", "application_name", "connect_timeout", NULL};
-  const char *vals[] = {d->dest, "UTF8", "dbatch", "10", NULL};
-  if (getenv("PGCONNECT_TIMEOUT")) keys[3] = vals[3] = NULL;
+  /* dbatch's defaults first, so that the URI (expanded in place of dbname) and the PG*
+   * variables override them: a name in pg_stat_activity, no waiting for ever on a server
+   * that is gone (TCP keepalives, unacknowledged data given up after 60 s). Text is UTF-8
+   * whatever the user says: the rows are. */
+  const char *keys[] = {"application_name", "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                        "keepalives_count", "tcp_user_timeout", "dbname", "client_encoding", NULL};
+  const char *vals[] = {"dbatch", "10", "1", "10", "5", "3", "60000", d->dest, "UTF8", NULL};
+  if (getenv("PGCONNECT_TIMEOUT")) vals[1] = getenv("PGCONNECT_TIMEOUT");
+  if (getenv("PGAPPNAME")) vals[0] = getenv("PGAPPNAME");
   PGconn *c = PQconnectdbParams(keys, vals, 1);
   describe(d, c);
   if (!c || PQstatus(c) != CONNECTION_OK) {
@@ -208,6 +220,10 @@ static int res_err(pg_db *d, PGresult *r, const char *what, dbx_err *err) {
   char m[600], det[400] = "";
   const char *prim = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
   const char *detail = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL) : NULL;
+  const char *ctx = r ? PQresultErrorField(r, PG_DIAG_CONTEXT) : NULL;
+  const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+  snprintf(d->sqlstate, sizeof d->sqlstate, "%s", st ? st : "");
+  if (!detail && ctx && !strncmp(ctx, "COPY ", 5)) detail = ctx;  /* "COPY t, line 5, column count: ..." */
   one_line(prim ? prim : r && PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(d->conn), m,
            sizeof m);
   if (detail) one_line(detail, det, sizeof det);
@@ -243,6 +259,27 @@ static char *qualified(const pg_part *p, const char *name_q) {
 }
 
 /* ---- one part's rows into the transaction --------------------------------------------- */
+
+/* A table named without a schema is the one the search path finds (an existing table of
+ * that name, wherever it is), else a new one in the first schema of the search path, as
+ * CREATE TABLE would put it. Settled once, so every statement names the same table. */
+static int resolve_schema(pg_db *d, pg_part *p, dbx_err *err) {
+  if (p->schema_q) return 0;
+  const char *params[1] = {p->table_q};
+  PGresult *r = PQexecParams(d->conn, "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON "
+                             "n.oid = c.relnamespace WHERE c.oid = to_regclass($1)), current_schema())",
+                             1, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) return res_err(d, r, "cannot find the table's schema", err);
+  if (PQgetisnull(r, 0, 0)) {
+    PQclear(r);
+    return dbx_seterr(err, DBX_EDB, "%s: --table %s: no schema of the search path exists to create it in (name one: "
+                      "SCHEMA.%s); nothing was written", d->where, p->table_name, p->table_name);
+  }
+  const char *nsp = PQgetvalue(r, 0, 0);
+  p->schema_q = quote_ident(nsp, strlen(nsp));
+  PQclear(r);
+  return p->schema_q ? 0 : DBX_ENOMEM;
+}
 
 static int copy_spool(pg_db *d, pg_part *p, const char *target, dbx_err *err) {
   char *sql = fmt_sql("COPY %s (%s) FROM STDIN", target, p->col_list);
@@ -386,6 +423,12 @@ static int db_load(pg_db *d, dbx_err *err) {
                         "was written", d->where, lost, why);
     }
     rc = run_sql(d, "BEGIN", "cannot begin a transaction", err);
+    for (pg_part *p = d->parts; !rc && p; p = p->next) rc = resolve_schema(d, p, err);
+    for (pg_part *p = d->parts; !rc && p; p = p->next)
+      for (pg_part *q = p->next; !rc && q; q = q->next)
+        if (!strcmp(p->schema_q, q->schema_q) && !strcmp(p->table_q, q->table_q))
+          rc = dbx_seterr(err, DBX_EDB, "%s: two outputs of this job go to table %s.%s; nothing was written", d->where,
+                          p->schema_q, p->table_q);
     for (pg_part *p = d->parts; !rc && p; p = p->next) rc = load_part(d, p, err);
     for (pg_part *p = d->parts; !rc && p; p = p->next) rc = swap_part(d, p, err);
     if (!rc) {
@@ -394,6 +437,12 @@ static int db_load(pg_db *d, dbx_err *err) {
     }
     if (!conn_lost(d, NULL)) {
       PQclear(PQexec(d->conn, "ROLLBACK"));
+      /* Another job created dbatch_commits or the table at the same moment (its CREATE
+       * committed first): everything again, finding them there. */
+      if (attempt < PG_TRIES && (!strcmp(d->sqlstate, "23505") || !strcmp(d->sqlstate, "42P07"))) {
+        snprintf(why, sizeof why, "created by another job at the same moment");
+        continue;
+      }
       return rc;
     }
     reason(d, err->msg, why, sizeof why);
@@ -674,7 +723,10 @@ int sink_pg_open(const sink_opts *o, const dbx_schema *schema, sink **out, dbx_e
   dbx_buf cols = {0}, list = {0};
   for (uint32_t c = 0; c < schema->ncol && !rc; c++) {
     const char *nm = schema->names[c];
-    if ((rc = check_name("column", nm, strlen(nm), err))) break;
+    if ((rc = check_name("column", nm, strlen(nm), err))) {
+      rc = err->code = DBX_EDB;  /* found after the work (labels): the job fails, exit 1 */
+      break;
+    }
     for (uint32_t k = 0; k < c && !rc; k++)
       if (!strcmp(schema->names[k], nm)) rc = dbx_seterr(err, DBX_EUSAGE, "column '%s' appears twice", nm);
     char *q = rc ? NULL : quote_ident(nm, strlen(nm));

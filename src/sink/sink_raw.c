@@ -54,6 +54,11 @@ int sink_raw_open(const char *dest, int append, sink **out, dbx_err *err) {
   raw_sink *s = calloc(1, sizeof *s);
   if (!s) return DBX_ENOMEM;
   unsigned flags = strcmp(dest, "-") ? sink_file_compression(dest) | (append ? AFILE_APPEND : 0) : 0;
+  int rc0 = sink_check_scheme("--out", dest, err);
+  if (rc0) {
+    free(s);
+    return rc0;
+  }
   if (append && !strcmp(dest, "-")) {
     free(s);
     return dbx_seterr(err, DBX_EUSAGE, "--append needs a file; standard output is a stream");

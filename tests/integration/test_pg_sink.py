@@ -246,6 +246,79 @@ class PgSink(PgTest):
             self.assertIn(why, p.stderr.decode(), args)
             self.assertNotEqual(p.returncode, 0)
 
+    def test_a_table_named_without_schema_is_the_one_the_search_path_finds(self):
+        self.pg.psql("CREATE TABLE uu (word text, count bigint); CREATE SCHEMA postgres; CREATE SCHEMA s1; "
+                     "CREATE TABLE public.sp (x int)", db=self.db)
+        # "$user" (postgres) comes first on the search path and exists now: the table in public is still the one
+        self.job("wordcount", self.inp, "-o", self.uri, "--table", "uu", "--append")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM public.uu", db=self.db), "700")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM pg_tables WHERE schemaname = 'postgres'", db=self.db), "0")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM public.dbatch_commits", db=self.db), "1")
+        # a search path from the URI: replaced where it is found, not created in the first schema
+        uri = self.uri + "&options=-c%20search_path%3Ds1,public"
+        self.job("wordcount", self.inp, "-o", uri, "--table", "sp")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM public.sp", db=self.db), "700")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM pg_tables WHERE schemaname = 's1'", db=self.db), "0")
+        # a new table goes to the first schema of the search path, as CREATE TABLE puts it
+        self.job("wordcount", self.inp, "-o", uri, "--table", "fresh")
+        self.assertEqual(self.pg.value("SELECT count(*) FROM s1.fresh", db=self.db), "700")
+
+    def test_concurrent_first_appends_all_land(self):
+        errs = []
+
+        def go():
+            p = self.job("wordcount", self.inp, "-o", self.uri, "--table", "racy", "--append", "--workers", "0",
+                         check=False)
+            if p.returncode:
+                errs.append(p.stderr.decode())
+        ts = [threading.Thread(target=go) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(errs, [])
+        self.assertEqual(self.pg.value("SELECT count(*) FROM racy", db=self.db), str(6 * 700))
+        self.assertEqual(self.pg.value("SELECT count(*) FROM dbatch_commits", db=self.db), "6")
+
+    def test_outputs_that_would_collide_are_refused(self):
+        train = self.path("train")
+        for lab in ("a", "b"):
+            os.makedirs(os.path.join(train, lab))
+            with open(os.path.join(train, lab, "d.txt"), "w") as f:
+                f.write("%s x\n" % lab)
+        for table in ("nb_model", "dbatch_commits", "s.nb_model"):
+            p = self.job("wordcount", self.inp, "-o", self.uri, "--table", table, check=False)
+            self.assertEqual(p.returncode, 2, table)
+            self.assertIn("the name is dbatch's own", p.stderr.decode())
+        p = self.job("nb", "run", "--train", train, "--test", train, "--model", self.path("m.nb"),
+                     "--predictions", self.uri, "--table", "public.metrics", "--metrics", self.uri + "&application_name=x",
+                     check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--predictions and --metrics go to the same table", p.stderr.decode())
+        same = self.path("same.tsv")
+        p = self.job("nb", "run", "--train", train, "--test", train, "--model", self.path("m.nb"),
+                     "--predictions", same, "--metrics", same, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("go to the same file", p.stderr.decode())
+
+    def test_a_password_is_never_printed(self):
+        for dest in ("postgresql://u:TOPSECRET%zz@127.0.0.1/db", "POSTGRESQL://u:TOPSECRET@h/db",
+                     "postgresq://u:TOPSECRET@h/db", "postgresql://u:TOPSECRET@127.0.0.1:%d/db" % self.free_port()):
+            p = self.job("wordcount", self.inp, "-o", dest, check=False)
+            self.assertNotEqual(p.returncode, 0, dest)
+            self.assertNotIn("TOPSECRET", p.stderr.decode(), dest)
+            self.assertEqual(p.stderr.decode().count("dbatch wordcount:"), 1, p.stderr)
+
+    def test_copy_errors_name_the_table_line_and_column(self):
+        self.pg.psql("CREATE TABLE w (word bigint, count bigint)", db=self.db)
+        p = self.job("wordcount", self.inp, "-o", self.uri, "--table", "w", "--append", check=False)
+        self.assertEqual(p.returncode, 1)
+        err = p.stderr.decode()
+        self.assertIn('invalid input syntax for type bigint', err)
+        self.assertIn("COPY w, line 1, column word", err)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "0")
+        self.assertEqual(self.pg.copy_out("SELECT * FROM pg_tables WHERE tablename = 'dbatch_commits'", db=self.db), [])
+
     def free_port(self):
         import socket
         s = socket.socket()
