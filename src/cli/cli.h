@@ -150,8 +150,8 @@ extern int cli_resume;
   "      --header            TSV: a first line of column names (CSV always has one)\n" \
   "      --table NAME        database table (default: the job's name; PostgreSQL:\n" \
   "                          SCHEMA.NAME too)\n" \
-  "      --append            add to the table or file instead of replacing it (a table\n" \
-  "                          records the job: a commit retried adds its rows once)\n" \
+  "      --append            add to the table or file instead of replacing it, once: a\n" \
+  "                          commit retried or resumed does not add the rows again\n" \
   "      --summary-json FILE write a summary of the run (inputs, records, tasks, timings)\n" \
   "Watching:\n" \
   "      --dashboard HOST:PORT  serve a live dashboard (/), /api/status and /metrics\n" \
@@ -171,6 +171,10 @@ extern int cli_resume;
   "  -h, --help              this help\n" \
   "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error,\n" \
   "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary).\n"
+
+/* Commit output k of job j: an append to a file that an interrupted run of this job (being
+ * resumed) already committed is not made twice (see sink_append_token). */
+int cli_commit_output(job *j, int k, sink *s, dbx_err *err);
 
 void cli_job_defaults(cli_job *o, const char *job_name);
 /* Without --batch-bytes/--batch-records: engine_default_batch_bytes of the input's size,

@@ -21,6 +21,7 @@
 
 #include "util/err.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -434,6 +435,31 @@ static int summary_commit(cli_job *o, const job *j, int ok, const dbx_err *failu
   return afile_commit(&o->summary, err);
 }
 
+int cli_commit_output(job *j, int k, sink *s, dbx_err *err) {
+  char tok[64], old[64], key[32];
+  snprintf(key, sizeof key, "append.%d", k);
+  if (j->jr && sink_append_token(s, tok, sizeof tok)) {
+    if (journal_resuming(j->jr) && journal_note_get(j->jr, key, old, sizeof old) && sink_append_landed(s, old)) {
+      log_info("output %d: the interrupted run of this job already appended its rows; not appending them again", k + 1);
+      sink_abort(s);
+      return 0;
+    }
+    int rc = journal_note_put(j->jr, key, tok, err);
+    if (rc) {
+      sink_abort(s);
+      return rc;
+    }
+  }
+  return sink_commit(s, err);
+}
+
+/* DBATCH_FAULT=crash_after_commit: die between the outputs' commit and the journal's mark
+ * of a finished job, the moment a resume must not write the outputs again (tests). */
+static void fault_after_commit(void) {
+  const char *f = getenv("DBATCH_FAULT");
+  if (f && strstr(f, "crash_after_commit")) raise(SIGKILL);
+}
+
 int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outputs *outs, int rc, dbx_err *err) {
   size_t nsink = outs ? outs->n : 0, k = 0;
   if (!rc && nsink && outs->sinks[0]) j->rows_out = sink_rows(outs->sinks[0]);
@@ -451,8 +477,9 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
   for (size_t p = 0; !rc && p < nsink; p++)
     if (outs->sinks[p]) rc = sink_prepare(outs->sinks[p], err);
   for (; !rc && k < nsink; k++)
-    if (outs->sinks[k]) rc = sink_commit(outs->sinks[k], err);
+    if (outs->sinks[k]) rc = cli_commit_output(j, (int)k, outs->sinks[k], err);
   for (; k < nsink; k++) sink_abort(outs->sinks[k]);
+  if (!rc) fault_after_commit();
   if (!rc && j->jr) {
     dbx_err jerr = {0, ""};
     if (journal_done(j->jr, &jerr))

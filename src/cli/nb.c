@@ -218,6 +218,7 @@ typedef struct nb_outputs {
   const char *metrics;      /* --metrics DEST */
   const char *pred_dest;    /* --predictions DEST */
   dbx_schema sch;           /* the predictions' columns */
+  job *j;                   /* the job (its journal) */
   const nb_confusion *cf;   /* for late metrics */
   size_t ncf;
   int digits;
@@ -245,13 +246,16 @@ static int nb_commit(void *ctx, int commit, dbx_err *err) {
    * errors (/dev/full) only when committed: commit such a one first, while nothing else is
    * visible yet. */
   sink **order[2] = {&x->met, &x->pred};
+  int index[2] = {1, 0};
   if (x->pred && straight(x->pred_dest) && !(x->met && straight(x->metrics))) {
     order[0] = &x->pred;
     order[1] = &x->met;
+    index[0] = 0;
+    index[1] = 1;
   }
   for (int k = 0; k < 2; k++) {
     if (rc || !*order[k]) continue;
-    rc = sink_commit(*order[k], err);
+    rc = cli_commit_output(x->j, index[k], *order[k], err);
     *order[k] = NULL;
   }
   sink_abort(x->met);
@@ -346,6 +350,7 @@ int cmd_nb(int argc, char **argv) {
   outs.pred_dest = o.out.dest;
   outs.model_dest = train ? no.model : NULL;
   outs.model = &model;
+  outs.j = &j;
   /* Every destination is checked before any work, and all are committed together at the
    * end (nb_commit): the model, the predictions, the metrics. */
   int rc = 0;

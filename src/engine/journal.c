@@ -272,6 +272,23 @@ int journal_open(const char *dir, int resume, int argc, char **argv, journal **o
 
 const char *journal_job_id(const journal *jr) { return jr->id; }
 
+int journal_note_put(journal *jr, const char *key, const char *val, dbx_err *err) {
+  int rc = flush(jr, err);  /* what is pending first: the note is its own transaction */
+  char k[160];
+  snprintf(k, sizeof k, "note:%s", key);
+  return rc ? rc : meta_put(jr, k, val, strlen(val), err);
+}
+
+int journal_note_get(journal *jr, const char *key, char *out, size_t cap) {
+  char k[160], *v = NULL;
+  size_t n = 0;
+  snprintf(k, sizeof k, "note:%s", key);
+  if (flush(jr, NULL) || meta_get(jr, k, &v, &n) != 0) return 0;
+  snprintf(out, cap, "%s", v);
+  free(v);
+  return 1;
+}
+
 void journal_new_id(char *out, size_t cap) {
   unsigned char r[16];
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);

@@ -68,6 +68,11 @@ const char *journal_job_id(const journal *jr);
 /* A fresh identity (32 hex digits) for a job without a journal. */
 void journal_new_id(char *out, size_t cap);
 
+/* A note kept across a resume (written at once, in its own transaction), and reading it
+ * back: 1 when there is one. */
+int journal_note_put(journal *jr, const char *key, const char *val, dbx_err *err);
+int journal_note_get(journal *jr, const char *key, char *out, size_t cap);
+
 /* Mark the whole job finished (its output committed). */
 int journal_done(journal *jr, dbx_err *err);
 int journal_resuming(const journal *jr);

@@ -155,3 +155,6 @@ void sink_abort(sink *s) {
 }
 
 uint64_t sink_rows(const sink *s) { return s->rows; }
+
+int sink_append_token(sink *s, char *out, size_t cap) { return s->file ? afile_append_token(s->file, out, cap) : 0; }
+int sink_append_landed(sink *s, const char *token) { return s->file ? afile_landed(s->file, token) : 0; }

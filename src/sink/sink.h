@@ -48,6 +48,12 @@ int sink_emit(void *ctx, const dbx_value *row, dbx_err *err);
 int sink_prepare(sink *s, dbx_err *err);
 /* Make everything visible atomically, then free the sink. */
 int sink_commit(sink *s, dbx_err *err);
+/* An append to a file has no table to record its commit in: the identity its file will
+ * have once committed (a token) goes into the job's journal before the commit, and a resume
+ * whose destination already carries it knows the rows are there. 0 when s is no append to
+ * a file. */
+int sink_append_token(sink *s, char *out, size_t cap);
+int sink_append_landed(sink *s, const char *token);
 /* Discard and free; accepts NULL. */
 void sink_abort(sink *s);
 /* Rows written so far. */

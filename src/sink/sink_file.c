@@ -130,6 +130,7 @@ int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, cons
   s->base.prepare = file_prepare;
   s->base.commit = file_commit;
   s->base.abort = file_abort;
+  s->base.file = &s->f;
   if (header) {
     /* The header is quoted exactly as the rows are: names come from data (class labels). */
     for (uint32_t c = 0; c < schema->ncol && !rc; c++) {

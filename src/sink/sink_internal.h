@@ -2,12 +2,14 @@
 #ifndef DBX_SINK_INTERNAL_H
 #define DBX_SINK_INTERNAL_H
 #include "sink/sink.h"
+#include "util/afile.h"
 
 struct sink {
   int (*row)(sink *s, const dbx_value *row, dbx_err *err);
   int (*prepare)(sink *s, dbx_err *err);  /* optional: see sink_prepare */
   int (*commit)(sink *s, dbx_err *err);
   void (*abort)(sink *s);
+  afile *file;  /* the file under a file sink (for sink_append_token), else NULL */
   const dbx_schema *schema;
   uint64_t rows;
 };

@@ -69,6 +69,7 @@ int sink_raw_open(const char *dest, int append, sink **out, dbx_err *err) {
   s->base.prepare = raw_prepare;
   s->base.commit = raw_commit;
   s->base.abort = raw_abort;
+  s->base.file = &s->f;
   s->base.schema = &raw_schema;
   *out = &s->base;
   return 0;

@@ -399,6 +399,22 @@ static int check_kept(afile *f, int fd, unsigned flags, dbx_err *err) {
   return 0;
 }
 
+int afile_append_token(const afile *f, char *out, size_t cap) {
+  struct stat st;
+  if (!f->tmp || !f->io || f->io->lockfd < 0 || f->io->fd < 0 || fstat(f->io->fd, &st) != 0) return 0;
+  snprintf(out, cap, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  return 1;
+}
+
+int afile_landed(const afile *f, const char *token) {
+  struct stat st;
+  char now[64];
+  const char *target = f->io && f->io->target ? f->io->target : f->path;
+  if (!target || stat(target, &st) != 0) return 0;
+  snprintf(now, sizeof now, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  return !strcmp(now, token);
+}
+
 const char *afile_kept_head(const afile *f, size_t *n) {
   *n = f->io ? f->io->headlen : 0;
   return f->io && f->io->head ? f->io->head : "";

@@ -225,5 +225,45 @@ class OneJobPerDirectory(TmpTest):
         self.assertEqual(slurp(out), want)
 
 
+class ResumeAfterTheCommit(TmpTest):
+    """Killed after its outputs were committed but before the journal marked the job finished
+    (DBATCH_FAULT=crash_after_commit): the resume finds appended rows there and does not add
+    them again; a replaced output is simply written again."""
+
+    def test_appended_rows_are_not_appended_again(self):
+        inp = self.write("in.txt", "".join("w%d x y\n" % (i % 37) for i in range(2000)))
+        ref = run("wordcount", inp, "--no-job-dir", "-q").stdout
+        for out in (self.write("a.tsv", "old\t1\n"), self.path("b.csv.gz"), self.path("c.jsonl")):
+            before = slurp(out) if os.path.exists(out) else b""
+            jd = self.path("job-" + os.path.basename(out))
+            env = dict(os.environ, DBATCH_FAULT="crash_after_commit")
+            p = subprocess.run([DBATCH, "wordcount", inp, "--job-dir", jd, "-q", "-o", out, "--append"], env=env,
+                               capture_output=True, timeout=120)
+            self.assertEqual(p.returncode, -9, p.stderr)
+            once = slurp(out)
+            p = run("resume", jd, check=False)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(slurp(out), once, out)  # not twice
+            if out.endswith(".tsv"):
+                self.assertEqual(once, before + ref)
+        # the same for the classifier's predictions and metrics, appended to files
+        root = self.path("train")
+        for lab in ("a", "b"):
+            os.makedirs(os.path.join(root, lab))
+            for d in range(3):
+                with open(os.path.join(root, lab, "d%d.txt" % d), "w") as f:
+                    f.write("%s w%d\n" % (lab, d))
+        pred, met, jd = self.path("p.tsv"), self.path("m.csv"), self.path("job-nb")
+        env = dict(os.environ, DBATCH_FAULT="crash_after_commit")
+        p = subprocess.run([DBATCH, "nb", "run", "--train", root, "--test", root, "--model", self.path("m.nb"),
+                            "--predictions", pred, "--metrics", met, "--append", "--job-dir", jd, "-q"], env=env,
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, -9, p.stderr)
+        once = (slurp(pred), slurp(met))
+        self.assertEqual(len(once[0].splitlines()), 6)
+        run("resume", jd)
+        self.assertEqual((slurp(pred), slurp(met)), once)
+
+
 if __name__ == "__main__":
     unittest.main()

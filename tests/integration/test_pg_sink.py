@@ -138,6 +138,17 @@ class PgSink(PgTest):
         commits = self.pg.copy_out("SELECT table_name, rows FROM dbatch_commits", db=self.db)
         self.assertEqual(commits, [("w", "700"), ("w", "700")])
 
+    def test_append_resumed_after_its_commit_inserts_once(self):
+        jd = self.path("job")
+        env = dict(os.environ, DBATCH_FAULT="crash_after_commit")
+        p = subprocess.run([os.environ.get("DBATCH", "build/dbatch"), "wordcount", self.inp, "--job-dir", jd, "-q",
+                            "-o", self.uri, "--table", "w", "--append"], env=env, capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, -9, p.stderr)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "700")
+        p = run("resume", jd, check=False)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.pg.value("SELECT count(*) FROM w", db=self.db), "700")
+
     def test_append_retried_after_a_lost_commit_reply_inserts_once(self):
         self.pg.psql("GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s" % (self.db, DBUSER, DBUSER),
                      db=self.db)
