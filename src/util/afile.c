@@ -203,12 +203,16 @@ int afile_rewrite(afile *f, const void *p, size_t n, dbx_err *err) {
   return 0;
 }
 
+/* The most of a file name that goes into its temporary file's name: a name near the file
+ * system's limit (255 bytes) still leaves room for ".tmp.PID.XXXXXX". */
+#define TMP_BASE_MAX 200
+
 /* A job killed while writing leaves its temporary file (".NAME.tmp.PID.XXXXXX"); the next
  * write of the same destination removes those whose process is gone. */
 static void remove_stale(const char *path, size_t dirlen) {
   char dir[4096], prefix[512];
   snprintf(dir, sizeof dir, "%.*s", dirlen ? (int)dirlen : 1, dirlen ? path : ".");
-  int k = snprintf(prefix, sizeof prefix, ".%s.tmp.", path + dirlen);
+  int k = snprintf(prefix, sizeof prefix, ".%.*s.tmp.", TMP_BASE_MAX, path + dirlen);
   if (k <= 0 || (size_t)k >= sizeof prefix) return;
   DIR *d = opendir(dir);
   if (!d) return;
@@ -497,7 +501,8 @@ int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err) {
   remove_stale(target, dirlen);
   f->tmp = malloc(n + 48);
   if (!f->tmp) { afile_abort(f); return DBX_ENOMEM; }
-  snprintf(f->tmp, n + 48, "%.*s.%s.tmp.%d.XXXXXX", (int)dirlen, target, target + dirlen, (int)getpid());
+  snprintf(f->tmp, n + 48, "%.*s.%.*s.tmp.%d.XXXXXX", (int)dirlen, target, TMP_BASE_MAX, target + dirlen,
+           (int)getpid());
   int fd = mkstemp(f->tmp);
   if (fd < 0) {
     int e = errno;
