@@ -33,7 +33,7 @@ int cmd_bench_tasks(int argc, char **argv) {
   int li = -1;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     int r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("bench-tasks", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("bench-tasks", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1:
@@ -47,7 +47,7 @@ int cmd_bench_tasks(int argc, char **argv) {
       break;
     }
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("bench-tasks", "unknown option");
+    default: return cli_bad_option("bench-tasks", longopts, "o:qvh", argv);
     }
   }
   dbx_err err = {0, ""};

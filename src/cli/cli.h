@@ -41,6 +41,8 @@ typedef struct cli_job {
   const char *cluster_dir;  /* --cluster: the job directory every rank shares */
   const char *token_path; /* --dashboard-token */
   char token[256];        /* its token */
+  int dir_made;           /* the job directory was made by this job (removed after a usage error) */
+  char dir_top[512];      /* the topmost directory made for it (--job-dir a/b: maybe a) */
 } cli_job;
 
 /* Outputs of a job, committed together at its end (cli_job_finish). */
@@ -175,6 +177,15 @@ extern int cli_resume;
 /* Commit output k of job j: an append to a file that an interrupted run of this job (being
  * resumed) already committed is not made twice (see sink_append_token). */
 int cli_commit_output(job *j, int k, sink *s, dbx_err *err);
+
+/* getopt_long said '?': one message, naming the option as typed, with the closest option
+ * when there is one ("unknown option --wrokers (did you mean --workers?)"), or saying that
+ * it needs a value. opterr is 0 (main): getopt prints nothing of its own. */
+int cli_bad_option(const char *cmd, const struct option *lo, const char *shortopts, char **argv);
+/* A value an option does not take: what was given and what is expected. */
+int cli_bad_value(const char *cmd, const struct option *lo, int li, int c, const char *arg);
+/* The name among names closest to word (edit distance), or NULL when none is close. */
+const char *cli_closest(const char *word, const char *const *names, size_t n);
 
 void cli_job_defaults(cli_job *o, const char *job_name);
 /* Without --batch-bytes/--batch-records: engine_default_batch_bytes of the input's size,

@@ -302,6 +302,41 @@ static int read_token(cli_job *o, dbx_err *err) {
   return 0;
 }
 
+/* Make the missing parents of dir (not dir itself); top gets the topmost one made, "" if
+ * none. 0 or an errno. */
+static int make_parents(const char *dir, char *top, size_t cap) {
+  char p[PATH_MAX];
+  top[0] = 0;
+  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return ENAMETOOLONG;
+  size_t n = strlen(p);
+  while (n > 1 && p[n - 1] == '/') p[--n] = 0;
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = 0;
+    if (mkdir(p, 0755) == 0) {
+      if (!top[0]) snprintf(top, cap, "%s", p);
+    } else if (errno != EEXIST) {
+      return errno;
+    }
+    *s = '/';
+  }
+  return 0;
+}
+
+/* Where job directories go when the current directory takes none: $XDG_STATE_HOME/dbatch/jobs
+ * (default ~/.local/state/dbatch/jobs), made as needed. */
+static int state_jobs_dir(char *out, size_t cap) {
+  const char *x = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+  int k = x && x[0] == '/' ? snprintf(out, cap, "%s/dbatch/jobs/", x)
+          : home && home[0] ? snprintf(out, cap, "%s/.local/state/dbatch/jobs/", home) : -1;
+  if (k < 0 || (size_t)k >= cap) return ENOENT;
+  char top[8];
+  out[k - 1] = 0;
+  int e = make_parents(out, top, sizeof top);
+  if (!e && mkdir(out, 0700) != 0 && errno != EEXIST) e = errno;
+  return e;
+}
+
 static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   int rc2;
   rv_env ce;
@@ -310,6 +345,10 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   if (crc) return crc;
   o->co.workers = o->workers;
   j->workers = o->workers;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  if (ncpu > 0 && o->workers > 4 * ncpu)
+    log_warn("--workers %d on %ld cores: each worker is a process with its own memory, and beyond the cores they "
+             "only take turns (more can help commands that wait on I/O)", o->workers, ncpu);
   const char *dir = o->job_dir;
   /* Every destination is checked before any work: the summary is opened now (its temporary
    * file proves the place), and committed with the job's outputs. */
@@ -324,7 +363,9 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   }
   if (o->job_dir) {
     struct stat jst;
-    *made = stat(o->job_dir, &jst) != 0;  /* journal_open creates it */
+    *made = stat(o->job_dir, &jst) != 0;  /* journal_open creates it, make_parents its parents */
+    int pe = *made && !cli_resume ? make_parents(o->job_dir, o->dir_top, sizeof o->dir_top) : 0;
+    if (pe) return dbx_seterr(err, err_from_errno(pe), "--job-dir %s: cannot create it: %s", o->job_dir, strerror(pe));
     int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
     if (rc) return rc;
   } else if (cli_resume) {
@@ -338,9 +379,22 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     localtime_r(&now, &tm);
     char stamp[32];
     strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
-    if (mkdir("dbatch-jobs", 0755) != 0 && errno != EEXIST)
-      return dbx_seterr(err, DBX_EIO, "cannot create ./dbatch-jobs: %s (use --job-dir DIR or --no-job-dir)", strerror(errno));
-    snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "dbatch-jobs/%s-%s-%d", j->name, stamp, (int)getpid());
+    char base[PATH_MAX] = "dbatch-jobs";
+    if (mkdir(base, 0755) != 0 && errno != EEXIST) {
+      /* A current directory that takes no new directory (read-only, another user's): the
+       * job directory goes under the user's state directory instead. */
+      int e = errno;
+      if ((e != EACCES && e != EROFS && e != EPERM) || state_jobs_dir(base, sizeof base) != 0)
+        return dbx_seterr(err, DBX_EIO, "cannot create ./dbatch-jobs: %s (use --job-dir DIR or --no-job-dir)", strerror(e));
+      if (!o->quiet) {
+        fputs("dbatch: the current directory is not writable; the job directory goes under ", stderr);
+        log_fputs_escaped(base, stderr);
+        fputc('\n', stderr);
+      }
+    }
+    if ((size_t)snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "%s/%s-%s-%d", base, j->name, stamp, (int)getpid()) >=
+        sizeof o->job_dir_buf)
+      return dbx_seterr(err, DBX_EINVAL, "%s: the path of the job directory is too long (use --job-dir DIR)", base);
     if (mkdir(o->job_dir_buf, 0755) != 0 && errno != EEXIST)
       return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", o->job_dir_buf, strerror(errno));
     *made = 1;
@@ -363,9 +417,10 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
 }
 
 /* Remove the job directory dir that a job which failed to start created: the files it
- * put there (lock, journal, status), then the directory. Nothing but plain files is
- * removed, and the directory only when that leaves it empty. */
-static void remove_made_dir(const char *dir) {
+ * put there (lock, journal, status), then the directory, then the parents made for it up
+ * to top (if any). Nothing but plain files is removed, and a directory only when that
+ * leaves it empty. */
+static void remove_made_dir(const char *dir, const char *top) {
   DIR *d = opendir(dir);
   if (d) {
     struct dirent *de;
@@ -380,6 +435,14 @@ static void remove_made_dir(const char *dir) {
     closedir(d);
   }
   rmdir(dir);
+  if (!top || !top[0]) return;
+  char p[PATH_MAX];
+  snprintf(p, sizeof p, "%s", dir);
+  size_t tl = strlen(top);
+  for (char *s = strrchr(p, '/'); s && (size_t)(s - p) >= tl; s = strrchr(p, '/')) {
+    *s = 0;
+    if (rmdir(p) != 0) break;
+  }
 }
 
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
@@ -397,8 +460,9 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
       j->ui = NULL;
     }
     j->job_dir = NULL;
-    remove_made_dir(dir);
+    remove_made_dir(dir, o->dir_top);
   }
+  o->dir_made = !rc && made;
   return rc;
 }
 
@@ -486,6 +550,9 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
       log_warn("the output is committed, but the journal could not be marked finished: %s", jerr.msg);
   }
   j->elapsed = time_mono() - j->t_start;
+  /* A usage error found once the job had started (a column that is not there) leaves no job
+   * directory behind, as one found before it does not: nothing ran worth a report. */
+  const char *drop_dir = rc && err->code == DBX_EUSAGE && o->dir_made ? j->job_dir : NULL;
   if (j->ui) {
     dbx_err uerr = {0, ""};
     ui_finish(j->ui, j, rc == 0, err, &uerr);
@@ -493,7 +560,7 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
       char path[600];
       snprintf(path, sizeof path, "%s/summary.json", j->job_dir);
       job_write_summary(j, path, rc == 0, err, &uerr);
-      if (!o->quiet) {
+      if (!o->quiet && !drop_dir) {
         fputs("dbatch: report: ", stderr);
         log_fputs_escaped(j->job_dir, stderr);
         fputs("/report.html\n", stderr);
@@ -506,6 +573,7 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     log_info("resumed: %llu finished task(s) taken from the journal", (unsigned long long)j->resumed);
   journal_close(j->jr);
   j->jr = NULL;
+  if (drop_dir) remove_made_dir(drop_dir, o->dir_top);
   if (o->summary_open) {
     dbx_err serr = {0, ""};
     int src = rc ? summary_write(o, j, 0, err, &serr) : 0;
@@ -540,6 +608,107 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
 int cli_job_end(const char *cmd, cli_job *o, job *j, coord *c, sink *out, int rc, dbx_err *err) {
   cli_outputs outs = {{out}, out ? 1 : 0, NULL, NULL};
   return cli_job_finish(cmd, o, j, c, &outs, rc, err);
+}
+
+/* Levenshtein distance of a and b (each cut at 63 bytes). */
+static size_t edit_distance(const char *a, const char *b) {
+  size_t n = strlen(a), m = strlen(b), row[64];
+  if (n > 63) n = 63;
+  if (m > 63) m = 63;
+  for (size_t j = 0; j <= m; j++) row[j] = j;
+  for (size_t i = 1; i <= n; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= m; j++) {
+      size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      diag = up;
+      row[j] = best;
+    }
+  }
+  return row[m];
+}
+
+const char *cli_closest(const char *word, const char *const *names, size_t n) {
+  const char *best = NULL;
+  size_t bd = (size_t)-1, len = strlen(word);
+  for (size_t i = 0; i < n; i++) {
+    size_t d = edit_distance(word, names[i]);
+    if (d < bd) bd = d, best = names[i];
+  }
+  return best && bd <= (len < 6 ? 1 : len < 12 ? 2 : 3) ? best : NULL;
+}
+
+int cli_bad_option(const char *cmd, const struct option *lo, const char *shortopts, char **argv) {
+  const char *typed = optind > 0 ? argv[optind - 1] : "";
+  if (!strncmp(typed, "--", 2)) {
+    char name[128];
+    snprintf(name, sizeof name, "%s", typed + 2);
+    char *eq = strchr(name, '=');
+    if (eq) *eq = 0;
+    size_t nlo = 0, prefixed = 0;
+    const struct option *exact = NULL;
+    for (const struct option *o = lo; o->name; o++, nlo++) {
+      if (!strcmp(o->name, name)) exact = o;
+      else if (!strncmp(o->name, name, strlen(name))) prefixed++;
+    }
+    if (exact && exact->has_arg == required_argument && !eq)
+      return cli_usage_error(cmd, "--%s needs a value", exact->name);
+    if (exact && exact->has_arg == no_argument && eq) return cli_usage_error(cmd, "--%s takes no value", exact->name);
+    if (!exact && prefixed > 1) {
+      char list[512] = "";
+      size_t k = 0;
+      for (const struct option *o = lo; o->name && k + 40 < sizeof list; o++)
+        if (!strncmp(o->name, name, strlen(name))) k += (size_t)snprintf(list + k, sizeof list - k, "%s--%s", k ? ", " : "", o->name);
+      return cli_usage_error(cmd, "--%s is ambiguous: %s", name, list);
+    }
+    const char **names = calloc(nlo + 1, sizeof *names);
+    const char *near = NULL;
+    if (names) {
+      for (size_t i = 0; i < nlo; i++) names[i] = lo[i].name;
+      near = cli_closest(name, names, nlo);
+    }
+    int rc = near ? cli_usage_error(cmd, "unknown option --%s (did you mean --%s?)", name, near)
+                  : cli_usage_error(cmd, "unknown option --%s", name);
+    free(names);
+    return rc;
+  }
+  const char *at = optopt > 0 && optopt < 256 ? strchr(shortopts, optopt) : NULL;
+  if (at && at[1] == ':') return cli_usage_error(cmd, "-%c needs a value", optopt);
+  if (optopt > 32 && optopt < 127) return cli_usage_error(cmd, "unknown option -%c", optopt);
+  return cli_usage_error(cmd, "unknown option %s", typed);
+}
+
+/* What a job option's value must be, for the message when it is not. */
+static const char *expected(int c) {
+  switch (c) {
+  case 1000: return "a whole number of local worker processes from 0 to 1024";
+  case 1001: return "a size above 0, such as 65536, 512K, 1.5M or 2G";
+  case 1002: return "a whole number of lines, 1 or more";
+  case 1008: return "least-loaded, round-robin or random";
+  case 1009: return "a whole number";
+  case 1011: return "a whole number from 0 to 1024";
+  case 1012: case 1013: return "seconds above 0, at most 86400 (0.5 is fine)";
+  case 1014: return "a whole number from 1 to 1000";
+  case 1015: return "a size of 4K or more, such as 64M or 1G";
+  case 1016: return "a whole number from 0 to 100000";
+  case 1017: return "seconds above 0 (0.5 is fine)";
+  case 1018: return "a whole number from 0 to 16";
+  case 1021: return "fail or skip";
+  case 1023: return "a size above 0, such as 1M";
+  case 1024: return "skip or fail";
+  case 1031: return "auto, slurm, mpi or k8s";
+  case 1100: return "a whole number of partitions (0 merges in this process)";
+  case 1102: return "a size of 1M or more, such as 512M or 2G";
+  default: return NULL;
+  }
+}
+
+int cli_bad_value(const char *cmd, const struct option *lo, int li, int c, const char *arg) {
+  const char *want = expected(c);
+  if (want) return cli_usage_error(cmd, "%s '%s': expected %s", cli_opt_name(lo, li, c), arg ? arg : "", want);
+  return cli_usage_error(cmd, "bad value '%s' for %s", arg ? arg : "", cli_opt_name(lo, li, c));
 }
 
 const char *cli_opt_name(const struct option *lo, int li, int c) {

@@ -205,7 +205,7 @@ int cmd_groupby(int argc, char **argv) {
     if (c == 1023) return cli_usage_error("groupby", "--max-record does not apply to groupby");
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("groupby", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("groupby", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1: keys = optarg; break;
@@ -216,7 +216,7 @@ int cmd_groupby(int argc, char **argv) {
       break;
     case 3: fmt = optarg; break;
     case 'h': fputs(gb_help, stdout); return EXIT_OK;
-    default: return cli_usage_error("groupby", "unknown option");
+    default: return cli_bad_option("groupby", longopts, "o:qvh", argv);
     }
   }
   if (!keys || !keys[0]) return cli_usage_error("groupby", "--key COL[,COL...] is required (the columns to group by)");
@@ -341,7 +341,7 @@ int cmd_cooccur(int argc, char **argv) {
     if (c == 1023) return cli_usage_error("cooccur", "--max-record does not apply to cooccur");
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("cooccur", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("cooccur", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1: user = optarg; break;
@@ -355,7 +355,7 @@ int cmd_cooccur(int argc, char **argv) {
       break;
     case 5: fmt = optarg; break;
     case 'h': fputs(co_help, stdout); return EXIT_OK;
-    default: return cli_usage_error("cooccur", "unknown option");
+    default: return cli_bad_option("cooccur", longopts, "o:qvh", argv);
     }
   }
   if (!user || !user[0] || !item || !item[0]) return cli_usage_error("cooccur", "--user COL and --item COL are required");

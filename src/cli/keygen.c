@@ -33,7 +33,7 @@ int cmd_keygen(int argc, char **argv) {
     case 1: comment = optarg; break;
     case 2: force = 1; break;
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("keygen", "unknown option");
+    default: return cli_bad_option("keygen", longopts, "h", argv);
     }
   }
   if (optind + 1 != argc) return cli_usage_error("keygen", optind == argc ? "give the FILE to write" : "one FILE only");

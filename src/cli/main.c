@@ -9,6 +9,7 @@
 #include "engine/journal.h"
 
 #include "cli/cli.h"
+#include "util/log.h"
 
 static const char usage[] =
     "Usage: dbatch COMMAND [OPTIONS] ...\n"
@@ -98,6 +99,7 @@ int main(int argc, char **argv) { return dispatch(argc, argv); }
 static int dispatch(int argc, char **argv) {
   cli_argc = argc;
   cli_argv = argv;
+  opterr = 0;  /* every command reports a bad option itself, in one line (cli_bad_option) */
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? EXIT_USAGE : EXIT_OK;
@@ -123,6 +125,12 @@ static int dispatch(int argc, char **argv) {
       return commands[i].run(argc - 1, argv + 1);
     }
   }
-  fprintf(stderr, "dbatch: unknown command '%s'\nRun 'dbatch --help' for the list.\n", name);
+  const char *names[sizeof commands / sizeof *commands];
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) names[i] = commands[i].name;
+  const char *near = cli_closest(name, names, sizeof commands / sizeof *commands);
+  char safe[256];
+  log_escape(safe, sizeof safe, name, strlen(name));
+  if (near) fprintf(stderr, "dbatch: unknown command '%s' (did you mean '%s'?)\nRun 'dbatch --help' for the list.\n", safe, near);
+  else fprintf(stderr, "dbatch: unknown command '%s'\nRun 'dbatch --help' for the list.\n", safe);
   return EXIT_USAGE;
 }

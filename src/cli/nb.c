@@ -295,7 +295,7 @@ int cmd_nb(int argc, char **argv) {
   int li = -1;
   while ((c = getopt_long(argc, argv, "o:m:qvh", longopts, &li)) != -1) {
     int r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("nb", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("nb", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1: no.corpus = optarg; break;
@@ -313,7 +313,7 @@ int cmd_nb(int argc, char **argv) {
       break;
     case 8: no.metrics = optarg; break;
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("nb", "unknown option");
+    default: return cli_bad_option("nb", longopts, "o:m:qvh", argv);
     }
   }
   if (optind < argc) return cli_usage_error("nb", "unexpected argument '%s'", argv[optind]);

@@ -286,7 +286,7 @@ int cmd_run(int argc, char **argv) {
     if (c == 1003 || c == 1004 || c == 1033) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--header";
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("run", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("run", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1: map = optarg; break;
@@ -295,7 +295,7 @@ int cmd_run(int argc, char **argv) {
     case 2: reduce = optarg; break;
     case 3: reduce_cmd = optarg; break;
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("run", "unknown option");
+    default: return cli_bad_option("run", longopts, "o:qvh", argv);
     }
   }
   if (map && opspec) return cli_usage_error("run", "--map and --op are exclusive: give one");

@@ -74,7 +74,7 @@ int cmd_wordcount(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     int r = cli_keyed_option(&k, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
-    if (r < 0) return cli_usage_error("wordcount", "bad value \'%s\' for %s", optarg, cli_opt_name(longopts, li, c));
+    if (r < 0) return cli_bad_value("wordcount", longopts, li, c, optarg);
     if (r) continue;
     switch (c) {
     case 1: cfg.case_sensitive = 1; break;
@@ -83,7 +83,7 @@ int cmd_wordcount(int argc, char **argv) {
         return cli_usage_error("wordcount", "--top needs a positive count, not '%s'", optarg);
       break;
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("wordcount", "unknown option");
+    default: return cli_bad_option("wordcount", longopts, "o:qvh", argv);
     }
   }
   cfg.max_record = o.max_record;

@@ -151,7 +151,7 @@ int cmd_worker(int argc, char **argv) {
     case 'q': log_set_level(LOG_ERROR); break;
     case 'v': log_set_level(LOG_DEBUG); break;
     case 'h': fputs(help, stdout); return EXIT_OK;
-    default: return cli_usage_error("worker", "unknown option");
+    default: return cli_bad_option("worker", longopts, "c:s:qvh", argv);
     }
   }
   if (optind < argc) return cli_usage_error("worker", "unexpected argument '%s'", argv[optind]);

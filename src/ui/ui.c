@@ -47,6 +47,7 @@ struct ui {
   pthread_mutex_t mu;       /* guards status and metrics, read by the HTTP thread */
   dbx_buf status, metrics, text;
   struct MHD_Daemon *d;
+  int starting;             /* libmicrohttpd's own words while starting: the error says it */
   char url[96];
   ui_att *att;              /* ring of the latest attempts */
   size_t att_head, natt;
@@ -125,7 +126,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
 /* libmicrohttpd's own messages (a client that went away, a full connection table) go to our
  * log as warnings: escaped, prefixed, and silent under -q like every other warning. */
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-  (void)cls;
+  if (((ui *)cls)->starting) return;
   char line[1024];
   vsnprintf(line, sizeof line, fmt, ap);
   size_t n = strlen(line);
@@ -161,13 +162,18 @@ static int start_http(ui *u, dbx_err *err) {
   sigfillset(&all);
   int prc = pthread_sigmask(SIG_BLOCK, &all, &old);
   if (prc) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot block signals: %s", spec, strerror(prc));
+  u->starting = 1;
   u->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL, answer, u,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)u,  /* first, or MHD warns on stderr */
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
                           MHD_OPTION_END);
   int e = errno;
+  u->starting = 0;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (!u->d) return dbx_seterr(err, DBX_EIO, "--dashboard %s: cannot listen: %s", spec, strerror(e));
+  /* A port taken or an address not ours is the command line's problem, as for --listen. */
+  if (!u->d)
+    return dbx_seterr(err, e == EADDRINUSE || e == EADDRNOTAVAIL || e == EACCES ? DBX_EUSAGE : DBX_EIO,
+                      "--dashboard %s: cannot listen: %s", spec, strerror(e));
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(u->d, MHD_DAEMON_INFO_BIND_PORT);
   snprintf(u->url, sizeof u->url, "http://%s:%u/", host, info ? info->port : (unsigned)port);
   if (!u->o.quiet) fprintf(stderr, "dbatch: dashboard at %s\n", u->url);

@@ -1,0 +1,141 @@
+"""Using the CLI as a person would: a bad value names the option and what it takes, an
+unknown option is one message with the closest one, sizes take fractions, job directories
+are made with their parents (and not left behind by a usage error), a read-only current
+directory sends the job directory to the user's state directory, a busy dashboard port is a
+usage error, and a worker count far above the cores is warned about."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import unittest
+
+from dbx import DBATCH, TmpTest, reference_wordcount, run, slurp
+
+DBATCH = os.path.abspath(DBATCH)  # the tests below run it from other directories
+
+
+class Usage(TmpTest):
+    def setUp(self):
+        super().setUp()
+        self.inp = self.write("in.txt", "a b a\n")
+
+    def bad(self, *args):
+        p = run("wordcount", self.inp, "--no-job-dir", *args, check=False)
+        self.assertEqual(p.returncode, 2, args)
+        lines = p.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 2, lines)  # one message, then "Try 'dbatch wordcount --help'."
+        self.assertEqual(lines[1], "Try 'dbatch wordcount --help'.")
+        return lines[0]
+
+    def test_bad_values_name_the_option_and_what_it_takes(self):
+        self.assertEqual(self.bad("--workers", "two"), "dbatch wordcount: --workers 'two': expected a whole number "
+                                                       "of local worker processes from 0 to 1024")
+        self.assertIn("--batch-bytes '1.5': expected a size above 0, such as 65536, 512K, 1.5M or 2G",
+                      self.bad("--batch-bytes", "1.5"))
+        self.assertIn("--policy 'fastest': expected least-loaded, round-robin or random", self.bad("--policy", "fastest"))
+        self.assertIn("--max-attempts '0': expected a whole number from 1 to 1000", self.bad("--max-attempts", "0"))
+        self.assertIn("--heartbeat 'soon': expected seconds above 0", self.bad("--heartbeat", "soon"))
+
+    def test_unknown_options_are_one_message_with_the_closest(self):
+        self.assertEqual(self.bad("--wrokers", "2"), "dbatch wordcount: unknown option --wrokers (did you mean --workers?)")
+        self.assertEqual(self.bad("--zzzzzz"), "dbatch wordcount: unknown option --zzzzzz")
+        self.assertEqual(self.bad("--workers"), "dbatch wordcount: --workers needs a value")
+        self.assertEqual(self.bad("--quiet=yes"), "dbatch wordcount: --quiet takes no value")
+        self.assertIn("--w is ambiguous: --workers", self.bad("--w", "2"))
+        self.assertEqual(self.bad("-x"), "dbatch wordcount: unknown option -x")
+        self.assertEqual(self.bad("-o"), "dbatch wordcount: -o needs a value")
+        p = run("wordcont", self.inp, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("unknown command 'wordcont' (did you mean 'wordcount'?)", p.stderr.decode())
+        p = run("nb", "train", "--corpsu", "x", check=False)
+        self.assertIn("unknown option --corpsu (did you mean --corpus?)", p.stderr.decode())
+
+    def test_sizes_take_fractions(self):
+        big = self.write("big.txt", "".join("w%d x\n" % (i % 50) for i in range(200000)))
+        p = run("wordcount", big, "--no-job-dir", "-q", "--batch-bytes", "0.25M", "--summary-json",
+                self.path("s.json"))
+        self.assertEqual(p.stdout, reference_wordcount([big]))
+        s = json.loads(slurp(self.path("s.json")))
+        self.assertEqual(s["stages"][0]["batches"], -(-os.path.getsize(big) // (1 << 18)))
+
+    def test_a_busy_dashboard_port_is_a_usage_error(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        try:
+            p = run("wordcount", self.inp, "--no-job-dir", "--dashboard", "127.0.0.1:%d" % s.getsockname()[1],
+                    check=False)
+        finally:
+            s.close()
+        self.assertEqual(p.returncode, 2)
+        lines = p.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("cannot listen: Address already in use", lines[0])
+
+    @unittest.skipIf((os.cpu_count() or 1) > 16, "a worker count far above the cores would be too many processes here")
+    def test_far_more_workers_than_cores_is_warned(self):
+        n = 4 * (os.cpu_count() or 1) + 1
+        p = run("wordcount", self.inp, "--no-job-dir", "--workers", n)
+        self.assertIn("warning: --workers %d on %d cores" % (n, os.cpu_count()), p.stderr.decode())
+        p = run("wordcount", self.inp, "--no-job-dir", "--workers", os.cpu_count())
+        self.assertNotIn("warning", p.stderr.decode())
+
+
+class JobDirectories(TmpTest):
+    def setUp(self):
+        super().setUp()
+        self.inp = self.write("in.txt", "a b a\n")
+        self.csv = self.write("t.csv", "x,y\n1,2\n")
+
+    def test_job_dir_parents_are_made(self):
+        jd = self.path("a", "b", "c")
+        run("wordcount", self.inp, "--job-dir", jd, "-q", "-o", self.path("o.tsv"))
+        self.assertTrue(os.path.isfile(os.path.join(jd, "report.html")))
+
+    def test_a_usage_error_leaves_no_job_directory(self):
+        jd = self.path("a", "b", "c")
+        p = run("groupby", self.csv, "--key", "nope", "--agg", "count", "--job-dir", jd, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no column 'nope'", p.stderr.decode())
+        self.assertNotIn("report", p.stderr.decode())
+        self.assertFalse(os.path.exists(self.path("a")))  # nor the parents made for it
+        # the default job directory (./dbatch-jobs/...) likewise
+        p = subprocess.run([DBATCH, "groupby", self.csv, "--key", "nope", "--agg", "count"], cwd=self.tmp,
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "dbatch-jobs")) if os.path.exists(
+            os.path.join(self.tmp, "dbatch-jobs")) else [], [])
+        # an existing --job-dir stays
+        os.makedirs(self.path("kept"))
+        run("groupby", self.csv, "--key", "nope", "--agg", "count", "--job-dir", self.path("kept"), check=False)
+        self.assertTrue(os.path.isdir(self.path("kept")))
+
+    @unittest.skipUnless(os.geteuid() == 0 and shutil.which("setpriv"), "needs root to run as another user")
+    def test_a_read_only_current_directory_uses_the_state_directory(self):
+        home, ro = self.path("home"), self.path("ro")
+        os.makedirs(home)
+        os.makedirs(ro)
+        os.chown(home, 65534, 65534)
+        os.chmod(ro, 0o555)
+        os.chmod(self.tmp, 0o755)
+        os.chmod(self.inp, 0o644)
+        out = os.path.join(home, "o.tsv")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home}
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", DBATCH, "wordcount",
+                            self.inp, "-o", out], cwd=ro, env=env, capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        state = os.path.join(home, ".local", "state", "dbatch", "jobs")
+        jobs = os.listdir(state)
+        self.assertEqual(len(jobs), 1)
+        self.assertTrue(os.path.isfile(os.path.join(state, jobs[0], "report.html")))
+        self.assertIn("the current directory is not writable", p.stderr.decode())
+        env["XDG_STATE_HOME"] = os.path.join(home, "xdg")
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", DBATCH, "wordcount",
+                            self.inp, "-o", out, "-q"], cwd=ro, env=env, capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(len(os.listdir(os.path.join(home, "xdg", "dbatch", "jobs"))), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
