@@ -94,21 +94,29 @@ class JobDirectories(TmpTest):
         self.assertTrue(os.path.isfile(os.path.join(jd, "report.html")))
 
     def test_a_usage_error_leaves_no_job_directory(self):
+        # found once the job has started: a --spill-dir that is a file, a journaled stream
+        notadir = self.write("notadir", "x\n")
         jd = self.path("a", "b", "c")
-        p = run("groupby", self.csv, "--key", "nope", "--agg", "count", "--job-dir", jd, check=False)
+        p = run("groupby", self.csv, "--key", "x", "--agg", "count", "--spill-dir", notadir, "--partitions", "2",
+                "--job-dir", jd, check=False)
         self.assertEqual(p.returncode, 2)
-        self.assertIn("no column 'nope'", p.stderr.decode())
+        self.assertIn("--spill-dir %s: not a directory" % notadir, p.stderr.decode())
         self.assertNotIn("report", p.stderr.decode())
         self.assertFalse(os.path.exists(self.path("a")))  # nor the parents made for it
+        p = subprocess.run([DBATCH, "wordcount", "-", "--job-dir", jd], input=b"a b\n", capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("is a stream", p.stderr.decode())
+        self.assertFalse(os.path.exists(self.path("a")))
         # the default job directory (./dbatch-jobs/...) likewise
-        p = subprocess.run([DBATCH, "groupby", self.csv, "--key", "nope", "--agg", "count"], cwd=self.tmp,
-                           capture_output=True, timeout=60)
+        p = subprocess.run([DBATCH, "groupby", self.csv, "--key", "x", "--agg", "count", "--spill-dir", notadir,
+                            "--partitions", "2"], cwd=self.tmp, capture_output=True, timeout=60)
         self.assertEqual(p.returncode, 2)
         self.assertEqual(os.listdir(os.path.join(self.tmp, "dbatch-jobs")) if os.path.exists(
             os.path.join(self.tmp, "dbatch-jobs")) else [], [])
         # an existing --job-dir stays
         os.makedirs(self.path("kept"))
-        run("groupby", self.csv, "--key", "nope", "--agg", "count", "--job-dir", self.path("kept"), check=False)
+        run("groupby", self.csv, "--key", "x", "--agg", "count", "--spill-dir", notadir, "--partitions", "2",
+            "--job-dir", self.path("kept"), check=False)
         self.assertTrue(os.path.isdir(self.path("kept")))
 
     @unittest.skipUnless(os.geteuid() == 0 and shutil.which("setpriv"), "needs root to run as another user")
