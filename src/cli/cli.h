@@ -172,7 +172,8 @@ extern int cli_resume;
   "  -v, --verbose           more detail on standard error\n" \
   "  -h, --help              this help\n" \
   "Exit status: 0 success, 1 the job failed (nothing was written), 2 usage error,\n" \
-  "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary).\n"
+  "3 finished without the input of skipped tasks (--on-task-failure=skip; see the summary),\n" \
+  "130 or 143 stopped by Ctrl-C or SIGTERM (resumable with --job-dir).\n"
 
 /* Commit output k of job j: an append to a file that an interrupted run of this job (being
  * resumed) already committed is not made twice (see sink_append_token). */

@@ -596,6 +596,19 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     if (!err->code) err->code = rc;
     snprintf(err->msg, sizeof err->msg, "%s (no further detail was recorded)", dbx_strerror(rc));
   }
+  if (rc && err->code == DBX_EINTR && coord_interrupt_signal()) {
+    /* Stopped by Ctrl-C or SIGTERM, cleanly: the shell's status for it (130, 143), and how
+     * to finish the job when it has a journal. */
+    int sig = coord_interrupt_signal();
+    fprintf(stderr, "dbatch %s: interrupted (%s); no output was written", cmd, sig == SIGINT ? "Ctrl-C" : "SIGTERM");
+    if (o->job_dir) {
+      fputs("; 'dbatch resume ", stderr);
+      log_fputs_escaped(o->job_dir, stderr);
+      fputs("' finishes it", stderr);
+    }
+    fputc('\n', stderr);
+    return 128 + sig;
+  }
   if (rc) return cli_fail(cmd, err);
   if (missing) {
     fprintf(stderr, "dbatch %s: finished without %zu skipped task(s); their input is listed above%s\n", cmd,

@@ -71,6 +71,7 @@ struct coord {
 
 static volatile sig_atomic_t g_interrupted;
 static void on_interrupt(int sig) { g_interrupted = sig; }
+int coord_interrupt_signal(void) { return (int)g_interrupted; }
 
 static int send_rid(coord *c, const unsigned char *rid, size_t n, const dbx_buf *b) {
   if (zmq_send(c->router, rid, n, ZMQ_SNDMORE) < 0) return -1;

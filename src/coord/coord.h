@@ -40,4 +40,6 @@ int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err);
 int coord_listen_endpoint(coord *c, char *out, size_t cap);
 /* Tell workers the job is over, reap local workers, fill j's per-worker summary. NULL ok. */
 void coord_free(coord *c, job *j);
+/* The signal (SIGINT, SIGTERM) that stopped the job, or 0. */
+int coord_interrupt_signal(void);
 #endif

@@ -698,7 +698,9 @@ int ui_finish(ui *u, const job *j, int ok, const dbx_err *failure, dbx_err *err)
   ui_worker *w = final_workers(u, j, &nw);
   if (!w) return dbx_seterr(err, DBX_ENOMEM, "out of memory writing the job's report");
   /* Exit status 3 (--on-task-failure=skip left input out) is not a plain success. */
-  const char *state = !ok ? "failed" : j->nmissing ? "partial" : "done";
+  /* Ctrl-C or SIGTERM: stopped cleanly, resumable from its journal; not a failure. */
+  const char *state = !ok ? (failure && failure->code == DBX_EINTR ? "interrupted" : "failed")
+                      : j->nmissing ? "partial" : "done";
   const char *error = NULL;
   if (!ok) {
     error = failure && failure->msg[0] ? failure->msg

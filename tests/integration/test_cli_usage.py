@@ -82,6 +82,30 @@ class Usage(TmpTest):
         self.assertNotIn("warning", p.stderr.decode())
 
 
+class Interrupt(TmpTest):
+    def test_ctrl_c_exits_130_and_the_job_resumes(self):
+        import signal
+        import time
+        inp = self.write("in.txt", "".join("line %d\n" % i for i in range(100)))
+        for sig, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            jd, out = self.path("job%d" % sig), self.path("out%d.txt" % sig)
+            p = subprocess.Popen([DBATCH, "run", "--map", "sleep 3; cat", inp, "--job-dir", jd, "-o", out],
+                                 stderr=subprocess.PIPE)
+            for _ in range(100):  # until the job runs its task
+                if os.path.exists(os.path.join(jd, "status.json")) and b'"running"' in slurp(os.path.join(jd, "status.json")):
+                    break
+                time.sleep(0.05)
+            p.send_signal(sig)
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, status, err)
+            self.assertIn("interrupted (%s); no output was written; 'dbatch resume %s' finishes it"
+                          % ("Ctrl-C" if sig == signal.SIGINT else "SIGTERM", jd), err.decode())
+            self.assertEqual(json.loads(slurp(os.path.join(jd, "status.json")))["state"], "interrupted")
+            self.assertFalse(os.path.exists(out))
+            run("resume", jd)
+            self.assertEqual(slurp(out), slurp(inp))
+
+
 class JobDirectories(TmpTest):
     def setUp(self):
         super().setUp()
