@@ -183,6 +183,12 @@ int cli_commit_output(job *j, int k, sink *s, dbx_err *err);
  * when there is one ("unknown option --wrokers (did you mean --workers?)"), or saying that
  * it needs a value. opterr is 0 (main): getopt prints nothing of its own. */
 int cli_bad_option(const char *cmd, const struct option *lo, const char *shortopts, char **argv);
+/* Print a help text, leaving out the options named in omit (NULL-terminated long names)
+ * with their continuation lines, and a heading left with no option. */
+void cli_print_help(FILE *f, const char *text, const char *const *omit);
+/* 1 when option c (an id of lo) is not one of omit; else a usage error is printed ("--X does
+ * not apply to dbatch CMD" and hint) and 0 returned. */
+int cli_option_applies(const char *cmd, const struct option *lo, int c, const char *const *omit, const char *hint);
 /* A value an option does not take: what was given and what is expected. */
 int cli_bad_value(const char *cmd, const struct option *lo, int li, int c, const char *arg);
 /* The name among names closest to word (edit distance), or NULL when none is close. */

@@ -724,6 +724,69 @@ int cli_bad_value(const char *cmd, const struct option *lo, int li, int c, const
   return cli_usage_error(cmd, "bad value '%s' for %s", arg ? arg : "", cli_opt_name(lo, li, c));
 }
 
+/* The long name an option line of a help text documents ("  -o, --out DEST  ..." -> "out"),
+ * into name; 0 when line documents none (a heading, a continuation). */
+static int help_option(const char *line, size_t n, char *name, size_t cap) {
+  size_t i = 0;
+  while (i < n && line[i] == ' ') i++;
+  if (i == 0 || i > 8 || i >= n || line[i] != '-') return 0;
+  const char *dd = NULL;
+  for (size_t k = i; k + 1 < n && !dd; k++)
+    if (line[k] == '-' && line[k + 1] == '-') dd = line + k + 2;
+  if (!dd) return 0;
+  if (!strncmp(dd, "[no-]", 5)) dd += 5;
+  size_t k = 0;
+  while (dd + k < line + n && ((dd[k] >= 'a' && dd[k] <= 'z') || dd[k] == '-') && k + 1 < cap) k++;
+  memcpy(name, dd, k);
+  name[k] = 0;
+  return k > 0;
+}
+
+void cli_print_help(FILE *f, const char *text, const char *const *omit) {
+  /* Keep each line unless it documents an omitted option (with its continuation lines); a
+   * heading stays only when an option under it does. */
+  const char *p = text, *heading = NULL;
+  size_t heading_len = 0;
+  int skipping = 0;
+  while (*p) {
+    const char *nl = strchr(p, '\n');
+    size_t n = nl ? (size_t)(nl - p) + 1 : strlen(p);
+    char name[64];
+    int is_opt = help_option(p, n, name, sizeof name);
+    int cont = !is_opt && n > 20 && !strncmp(p, "                    ", 20);
+    if (is_opt) {
+      skipping = 0;
+      for (const char *const *o = omit; o && *o && !skipping; o++) skipping = !strcmp(*o, name);
+    } else if (!cont) {
+      skipping = 0;
+    }
+    if (!skipping) {
+      if (!is_opt && !cont && n > 1 && p[0] != ' ' && p[n - 2] == ':') {
+        heading = p;  /* printed with the first option kept under it */
+        heading_len = n;
+      } else {
+        if (heading) fwrite(heading, 1, heading_len, f);
+        heading = NULL;
+        fwrite(p, 1, n, f);
+      }
+    }
+    p += n;
+  }
+  if (heading) fwrite(heading, 1, heading_len, f);
+}
+
+int cli_option_applies(const char *cmd, const struct option *lo, int c, const char *const *omit, const char *hint) {
+  const struct option *opt = lo;
+  while (opt->name && opt->val != c) opt++;  /* by its id: a short option leaves no index */
+  if (!opt->name) return 1;
+  for (const char *const *o = omit; o && *o; o++)
+    if (!strcmp(*o, opt->name)) {
+      cli_usage_error(cmd, "--%s does not apply to dbatch %s%s", opt->name, cmd, hint && *hint ? hint : "");
+      return 0;
+    }
+  return 1;
+}
+
 const char *cli_opt_name(const struct option *lo, int li, int c) {
   static char buf[80];
   if (li >= 0 && lo[li].val == c) snprintf(buf, sizeof buf, "--%s", lo[li].name);

@@ -37,8 +37,16 @@ static const char help[] =
     "      --digits N          digits in the report (default 2)\n"
     "      --batch-docs N      documents per batch (default: a directory's documents / 16,\n"
     "                          within 1..2000, or 1000 lines of a .tsv/.jsonl corpus; the\n"
-    "                          same for any --workers)\n"
-    CLI_JOB_HELP;
+    "                          same for any --workers)\n";
+
+/* Job options that mean nothing to nb: its batches are documents (--batch-docs), its output
+ * is --predictions (-o is kept as its short form). */
+static const char *const nb_omit[] = {"batch-bytes", "batch-records", "max-record", "out", NULL};
+
+static void nb_help(FILE *f) {
+  fputs(help, f);
+  cli_print_help(f, CLI_JOB_HELP, nb_omit);
+}
 
 typedef struct nb_opts {
   const char *corpus, *train, *test, *model, *metrics;
@@ -275,7 +283,7 @@ int cmd_nb(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fputs(help, argc < 2 ? stderr : stdout);
+    nb_help(argc < 2 ? stderr : stdout);
     return argc < 2 ? EXIT_USAGE : EXIT_OK;
   }
   const char *mode = argv[1];
@@ -294,6 +302,8 @@ int cmd_nb(int argc, char **argv) {
   uint64_t v;
   int li = -1;
   while ((c = getopt_long(argc, argv, "o:m:qvh", longopts, &li)) != -1) {
+    if (c != 'o' && !cli_option_applies("nb", longopts, c, nb_omit, " (documents are batched by --batch-docs)"))
+      return EXIT_USAGE;
     int r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_bad_value("nb", longopts, li, c, optarg);
     if (r) continue;
@@ -312,7 +322,7 @@ int cmd_nb(int argc, char **argv) {
       if (parse_u64(optarg, 1, UINT32_MAX, &no.batch_docs)) return cli_usage_error("nb", "--batch-docs needs a positive count");
       break;
     case 8: no.metrics = optarg; break;
-    case 'h': fputs(help, stdout); return EXIT_OK;
+    case 'h': nb_help(stdout); return EXIT_OK;
     default: return cli_bad_option("nb", longopts, "o:m:qvh", argv);
     }
   }

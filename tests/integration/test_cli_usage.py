@@ -82,6 +82,30 @@ class Usage(TmpTest):
         self.assertNotIn("warning", p.stderr.decode())
 
 
+class HelpListsWhatApplies(TmpTest):
+    def test_nb_and_bench_tasks(self):
+        for cmd, gone, kept in ((["nb"], ["--batch-bytes SIZE", "--batch-records N", "--max-record SIZE", "-o, --out"],
+                                 ["--batch-docs", "--predictions", "--workers", "--format", "--append", "--header",
+                                  "--job-dir", "Exit status"]),
+                                (["bench-tasks"], ["--batch-bytes SIZE", "--out DEST", "--format F", "--table NAME",
+                                                   "      --append", "      --header", "--on-bad-record skip",
+                                                   "--max-record SIZE"],
+                                 ["--tasks", "--workers", "--summary-json", "--policy", "Output:", "Exit status"])):
+            h = run(*cmd, "--help").stdout.decode()
+            for g in gone:
+                self.assertNotIn(g, h, (cmd, g))
+            for k in kept:
+                self.assertIn(k, h, (cmd, k))
+        p = run("nb", "train", "--corpus", "x", "--model", "m", "--batch-bytes", "1M", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--batch-bytes does not apply to dbatch nb (documents are batched by --batch-docs)",
+                      p.stderr.decode())
+        p = run("bench-tasks", "--tasks", "3", "-o", self.path("x.tsv"), check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--out does not apply to dbatch bench-tasks", p.stderr.decode())
+        self.assertFalse(os.path.exists(self.path("x.tsv")))
+
+
 class Interrupt(TmpTest):
     def test_ctrl_c_exits_130_and_the_job_resumes(self):
         import signal
