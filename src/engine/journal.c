@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "util/err.h"
 #include "util/mpk.h"
@@ -27,6 +28,8 @@ struct journal {
   unsigned pending;
   double last_commit;
   char id[40];  /* the job's identity: made when the job starts, kept by a resume */
+  char *zbuf;   /* compressed partials on their way in */
+  size_t zcap;
 };
 
 /* The job directory lock this process holds (one job per process). */
@@ -110,6 +113,7 @@ static void journal_free(journal *jr) {
   sqlite3_finalize(jr->put);
   sqlite3_finalize(jr->get);
   sqlite3_close(jr->db);
+  free(jr->zbuf);
   free(jr->path);
   free(jr);
 }
@@ -478,9 +482,20 @@ int journal_task(journal *jr, uint32_t stage, uint32_t index, const char *partia
     if (rc) return rc;
     jr->in_txn = 1;
   }
+  /* Partials are kept compressed (zstd, fast level): a journal grows with the results, a
+   * fraction of the input, not with the partials' raw bytes. */
+  size_t cap = ZSTD_compressBound(n);
+  if (cap > jr->zcap) {
+    char *z = realloc(jr->zbuf, cap);
+    if (!z) return dbx_seterr(err, DBX_ENOMEM, "journal: out of memory compressing a partial of %zu bytes", n);
+    jr->zbuf = z;
+    jr->zcap = cap;
+  }
+  size_t zn = ZSTD_compress(jr->zbuf, cap, n ? partial : "", n, 1);
+  if (ZSTD_isError(zn)) return dbx_seterr(err, DBX_EIO, "journal: cannot compress a partial: %s", ZSTD_getErrorName(zn));
   sqlite3_bind_int(jr->put, 1, (int)stage);
   sqlite3_bind_int64(jr->put, 2, index);
-  sqlite3_bind_blob64(jr->put, 3, n ? partial : "", n, SQLITE_STATIC);
+  sqlite3_bind_blob64(jr->put, 3, jr->zbuf, zn, SQLITE_STATIC);
   sqlite3_bind_int64(jr->put, 4, (sqlite3_int64)records);
   sqlite3_bind_int64(jr->put, 5, (sqlite3_int64)bad);
   sqlite3_bind_int64(jr->put, 6, (sqlite3_int64)bytes);
@@ -500,10 +515,18 @@ int journal_lookup(journal *jr, uint32_t stage, uint32_t index, char **partial, 
   sqlite3_bind_int64(jr->get, 2, index);
   int found = 0;
   if (sqlite3_step(jr->get) == SQLITE_ROW) {
-    *n = (size_t)sqlite3_column_bytes(jr->get, 0);
-    *partial = malloc(*n ? *n : 1);
+    /* A partial that does not decompress (a damaged journal) is as if the task had not
+     * finished: it runs again. */
+    const void *z = sqlite3_column_blob(jr->get, 0);
+    size_t zn = (size_t)sqlite3_column_bytes(jr->get, 0);
+    unsigned long long size = z ? ZSTD_getFrameContentSize(z, zn) : ZSTD_CONTENTSIZE_ERROR;
+    *partial = size <= (1ull << 36) ? malloc(size ? (size_t)size : 1) : NULL;
+    if (*partial && ZSTD_decompress(*partial, (size_t)size, z, zn) != size) {
+      free(*partial);
+      *partial = NULL;
+    }
+    *n = (size_t)size;
     if (*partial) {
-      if (*n) memcpy(*partial, sqlite3_column_blob(jr->get, 0), *n);
       *records = (uint64_t)sqlite3_column_int64(jr->get, 1);
       *bad = (uint64_t)sqlite3_column_int64(jr->get, 2);
       *bytes = (uint64_t)sqlite3_column_int64(jr->get, 3);

@@ -16,7 +16,7 @@
 typedef struct journal journal;
 
 /* The schema of journal.db; a journal of another schema is refused by resume. */
-#define JOURNAL_SCHEMA "3"  /* 3: inputs record device and inode */
+#define JOURNAL_SCHEMA "4"  /* 3: inputs record device and inode; 4: partials zstd-compressed */
 
 /* Open DIR/journal.db, creating DIR, and take the job directory's lock (journal_lock).
  * resume = 0 starts a new journal for argv (the command line, recorded with the working

@@ -265,5 +265,26 @@ class ResumeAfterTheCommit(TmpTest):
         self.assertEqual((slurp(pred), slurp(met)), once)
 
 
+class DamagedJournal(TmpTest):
+    def test_a_partial_that_does_not_decompress_is_run_again(self):
+        data = big_words_file(self.path("in.txt"), 6)
+        want = run("wordcount", "--workers", "0", data).stdout
+        jd, out, s = self.path("job"), self.path("out.tsv"), self.path("s.json")
+        coord = subprocess.Popen([DBATCH, "wordcount", "--job-dir", jd, "--out", out, "--summary-json", s,
+                                  "--batch-bytes", "1M", "--workers", "1", data], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=fault_env("delay_ms=700"))
+        wait_until(lambda: journal_count(jd) >= 2, "two finished tasks in the journal", proc=coord)
+        kill_coordinator(coord)
+        with sqlite3.connect(os.path.join(jd, "journal.db"), timeout=5) as c:
+            rows = c.execute("SELECT stage, idx, length(partial) FROM tasks ORDER BY idx").fetchall()
+            self.assertGreaterEqual(len(rows), 2)
+            # the first partial cut short, the second not zstd at all
+            c.execute("UPDATE tasks SET partial = substr(partial, 1, length(partial) / 2) WHERE idx = ?", (rows[0][1],))
+            c.execute("UPDATE tasks SET partial = x'00112233' WHERE idx = ?", (rows[1][1],))
+        run("resume", jd)
+        self.assertEqual(slurp(out), want)
+        self.assertEqual(json.loads(slurp(s, True))["resumed_tasks"], len(rows) - 2)
+
+
 if __name__ == "__main__":
     unittest.main()
