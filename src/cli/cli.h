@@ -43,6 +43,7 @@ typedef struct cli_job {
   char token[256];        /* its token */
   int dir_made;           /* the job directory was made by this job (removed after a usage error) */
   char dir_top[512];      /* the topmost directory made for it (--job-dir a/b: maybe a) */
+  char out_shown[600];    /* the output as reports show it (sink_redact) */
 } cli_job;
 
 /* Outputs of a job, committed together at its end (cli_job_finish). */
@@ -301,4 +302,5 @@ int cmd_bench_tasks(int argc, char **argv);
 int cmd_nb(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
+int cmd_jobs(int argc, char **argv);
 #endif

@@ -345,6 +345,11 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   if (crc) return crc;
   o->co.workers = o->workers;
   j->workers = o->workers;
+  j->started_wall = time_wall();
+  if (o->out.dest) {
+    sink_redact(!strcmp(o->out.dest, "-") ? "standard output" : o->out.dest, o->out_shown, sizeof o->out_shown);
+    j->out_dest = o->out_shown;
+  }
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   if (ncpu > 0 && o->workers > 4 * ncpu)
     log_warn("--workers %d on %ld cores: each worker is a process with its own memory, and beyond the cores they "
@@ -587,6 +592,19 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
       log_info("%s: %llu records, %llu bytes, %llu batches in %.3f s", j->stages[i].name,
                (unsigned long long)j->stages[i].records, (unsigned long long)j->stages[i].bytes,
                (unsigned long long)j->stages[i].batches, j->stages[i].seconds);
+  if (!rc && !o->quiet && j->nstages > 0) {
+    /* The one line that stays: what was read, how fast, by how many, where it went. */
+    const stage_stats *s0 = &j->stages[0];
+    double mb = (double)s0->bytes / 1048576.0, secs = j->elapsed > 0 ? j->elapsed : 1e-9;
+    fprintf(stderr, "dbatch: %s: %llu records, %.1f MB in %.2f s (%.1f MB/s), %d worker%s, %zu failure%s", j->name,
+            (unsigned long long)s0->records, mb, j->elapsed, mb / secs, j->workers, j->workers == 1 ? "" : "s",
+            j->nfailures, j->nfailures == 1 ? "" : "s");
+    if (j->out_dest) {
+      fputs(" -> ", stderr);
+      log_fputs_escaped(j->out_dest, stderr);
+    }
+    fputc('\n', stderr);
+  }
   inputs_free(&j->in);
   free(j->winfo);
   j->winfo = NULL;

@@ -27,6 +27,7 @@ static const char usage[] =
     "  keygen FILE          a key pair for authenticated, encrypted links (--key)\n"
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  status JOB_DIR|URL   the live or final state of a job\n"
+    "  jobs [DIR...]        past jobs, newest first: start, duration, state, records, output\n"
     "  resume JOB_DIR       finish a journaled job (--job-dir) whose coordinator died\n"
     "  help [COMMAND]       help for a command\n"
     "  version              print the version\n"
@@ -51,6 +52,7 @@ static const command commands[] = {
     {"resume", cmd_resume},
     {"status", cmd_status},
     {"keygen", cmd_keygen},
+    {"jobs", cmd_jobs},
 };
 
 static int dispatch(int argc, char **argv);

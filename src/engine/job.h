@@ -86,7 +86,8 @@ typedef struct job {
   int nstages;
   double t_start, elapsed;
   uint64_t rows_out;
-  const char *out_dest;
+  const char *out_dest;    /* the output as shown (a URI's password hidden), or NULL */
+  double started_wall;     /* when the job started (seconds since the epoch) */
   const char *policy;      /* NULL when tasks ran in this process */
   worker_info *winfo;      /* filled by the coordinator; owned by the job */
   size_t nwinfo;

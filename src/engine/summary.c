@@ -1,6 +1,7 @@
 /* summary.c -- the job summary as JSON (--summary-json). */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/job.h"
 #include "util/afile.h"
@@ -36,6 +37,19 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   oom |= json_cstr(&b, DBX_VERSION);
   oom |= json_key(&b, "ok", 0);
   oom |= json_raw(&b, ok ? "true" : "false");
+  if (j->started_wall > 0) {
+    char when[40];
+    time_t t = (time_t)j->started_wall;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    oom |= json_key(&b, "started_at", 0);
+    oom |= json_cstr(&b, when);
+  }
+  if (j->out_dest) {
+    oom |= json_key(&b, "output", 0);
+    oom |= json_cstr(&b, j->out_dest);
+  }
   if (!ok && failure) {
     oom |= json_key(&b, "error", 0);
     oom |= json_cstr(&b, failure->msg);

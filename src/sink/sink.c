@@ -111,6 +111,30 @@ int sink_check_scheme(const char *opt, const char *dest, dbx_err *err) {
                     upper ? " (write the scheme in lower case)" : "");
 }
 
+void sink_redact(const char *dest, char *out, size_t cap) {
+  /* user:PASSWORD@ in the authority, password=VALUE in the query: each value becomes ***. */
+  const char *sep = strstr(dest, "://");
+  const char *auth = sep ? sep + 3 : NULL;
+  const char *at = auth ? strchr(auth, '@') : NULL, *slash = auth ? strchr(auth, '/') : NULL;
+  const char *colon = at && (!slash || at < slash) ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+  size_t k = 0;
+  for (const char *p = dest; *p && k + 4 < cap;) {
+    if (colon && p == colon + 1) {
+      memcpy(out + k, "***", 3), k += 3;
+      p = at;
+      continue;
+    }
+    if (sep && !strncmp(p, "password=", 9) && (p == dest || p[-1] == '?' || p[-1] == '&')) {
+      memcpy(out + k, "password=***", 12 < cap - k - 1 ? 12 : cap - k - 1);
+      k += 12 < cap - k - 1 ? 12 : cap - k - 1;
+      p += 9 + strcspn(p + 9, "&");
+      continue;
+    }
+    out[k++] = *p++;
+  }
+  out[k] = 0;
+}
+
 int sink_takes_header(const sink_opts *o) {
   if (strncmp(o->dest, "sqlite:", 7) == 0 || sink_is_postgres(o->dest) || !strcmp(o->dest, "-")) return 0;
   char ext[32];

@@ -27,6 +27,8 @@ int sink_takes_header(const sink_opts *o);
 /* A destination that looks like a URI of a kind dbatch does not write (POSTGRESQL://,
  * mysql://): a usage error that does not repeat the rest of it (it may hold a password). */
 int sink_check_scheme(const char *opt, const char *dest, dbx_err *err);
+/* dest as it may be shown (reports, summaries): a URI's password replaced by "***". */
+void sink_redact(const char *dest, char *out, size_t cap);
 /* Is dest a PostgreSQL URI (postgresql:// or postgres://)? */
 int sink_is_postgres(const char *dest);
 /* Store (save) or read a model's bytes as the one row of table nb_model in the PostgreSQL

@@ -138,7 +138,9 @@ static void one_line(const char *m, char *out, size_t cap) {
     unsigned char c = (unsigned char)m[i];
     if (isspace(c)) {
       space = 1;
-      nl |= c == '\n' && m[i + 1] != '\t';  /* a tab after a newline continues the line */
+      /* A new line starts a new sentence ("; "), unless it goes on in lower case after a tab
+       * ("terminated abnormally\n\tbefore or while processing"). */
+      nl |= c == '\n' && !(m[i + 1] == '\t' && m[i + 2] >= 'a' && m[i + 2] <= 'z');
       continue;
     }
     if ((space || nl) && k) {

@@ -266,8 +266,8 @@ static int jvalue(jr *r, int depth) {
   return -1;
 }
 
-int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,
-                        size_t *off, size_t *len, const char **why) {
+static int object_fields(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out, size_t *off,
+                         size_t *len, const char **why, int scalars) {
   jr r = {p, p + n, NULL};
   out->len = 0;
   for (size_t k = 0; k < nkeys; k++) len[k] = SIZE_MAX;
@@ -296,8 +296,14 @@ int json_object_strings(const char *p, size_t n, const char *const *keys, size_t
       off[which] = out->len;
       if (jstring(&r, out)) goto bad;
       len[which] = out->len - off[which];
-    } else if (jvalue(&r, 1)) {
-      goto bad;
+    } else {
+      const char *v = r.p;
+      if (jvalue(&r, 1)) goto bad;
+      if (which >= 0 && scalars && *v != '{' && *v != '[') {  /* a number, true, false, null: its text */
+        off[which] = out->len;
+        if (dbx_buf_append(out, v, (size_t)(r.p - v))) goto bad;
+        len[which] = out->len - off[which];
+      }
     }
     ws(&r);
     if (r.p < r.end && *r.p == ',') { r.p++; continue; }
@@ -312,4 +318,14 @@ tail:
 bad:
   *why = r.why ? r.why : "out of memory";
   return DBX_ECORRUPT;
+}
+
+int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,
+                        size_t *off, size_t *len, const char **why) {
+  return object_fields(p, n, keys, nkeys, out, off, len, why, 0);
+}
+
+int json_object_fields(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out, size_t *off,
+                       size_t *len, const char **why) {
+  return object_fields(p, n, keys, nkeys, out, off, len, why, 1);
 }

@@ -27,4 +27,7 @@ int json_key(dbx_buf *b, const char *key, int first);
  * short reason in *why for anything that is not one well-formed object (trailing spaces ok). */
 int json_object_strings(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out,
                         size_t *off, size_t *len, const char **why);
+/* The same, and a number, true, false or null comes back as its text ("12", "true"). */
+int json_object_fields(const char *p, size_t n, const char *const *keys, size_t nkeys, dbx_buf *out, size_t *off,
+                       size_t *len, const char **why);
 #endif

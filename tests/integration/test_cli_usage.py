@@ -130,6 +130,43 @@ class Interrupt(TmpTest):
             self.assertEqual(slurp(out), slurp(inp))
 
 
+class JobsHistory(TmpTest):
+    def test_jobs_lists_newest_first(self):
+        import signal
+        import time
+        inp = self.write("in.txt", "a b a\nc\n")
+        work = self.path("work")
+        os.makedirs(work)
+
+        def job(*args, **kw):
+            return subprocess.run([DBATCH, *args], cwd=work, capture_output=True, timeout=60, **kw)
+        self.assertEqual(job("wordcount", inp, "-o", "counts.tsv").returncode, 0)
+        time.sleep(1.1)  # starts a second apart: the order is by start
+        self.assertEqual(job("run", "--map", "exit 3", inp, "--max-attempts", "1", "-o", "x.txt").returncode, 1)
+        time.sleep(1.1)
+        p = subprocess.Popen([DBATCH, "run", "--map", "sleep 3; cat", inp, "--job-dir", "jd", "-o", "y.txt"], cwd=work,
+                             stderr=subprocess.PIPE)
+        for _ in range(100):
+            if os.path.exists(os.path.join(work, "jd", "status.json")):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=60)
+        out = job("jobs").stdout.decode().splitlines()
+        self.assertEqual(out[0].split(), ["STARTED", "DURATION", "STATE", "RECORDS", "JOB", "OUTPUT"])
+        rows = [l.split() for l in out[1:]]
+        self.assertEqual([r[3] for r in rows], ["failed", "done"])  # newest first; jd is not under ./dbatch-jobs
+        self.assertEqual(rows[1][4:], ["2", rows[1][5], "counts.tsv"])  # date, time, duration, state, records, job, output
+        self.assertTrue(rows[1][5].startswith("dbatch-jobs/wordcount-"))
+        both = job("jobs", "dbatch-jobs", "jd").stdout.decode().splitlines()[1:]
+        self.assertEqual([l.split()[3] for l in both], ["interrupted", "failed", "done"])
+        self.assertEqual(both[0].split()[-2:], ["jd", "y.txt"])
+        p = job("jobs", "nowhere")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("nowhere: No such file or directory", p.stderr.decode())
+
+
 class JobDirectories(TmpTest):
     def setUp(self):
         super().setUp()

@@ -181,8 +181,30 @@ static void test_append_abort(void **state) {
   rm_rf(dir);
 }
 
+/* Outputs are shown in summaries and reports without a URI's password. */
+static void test_redact(void **state) {
+  static const char *const cases[][2] = {
+      {"postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"},
+      {"postgresql://u@h/db?sslmode=require&password=pw", "postgresql://u@h/db?sslmode=require&password=***"},
+      {"postgresql://u:a%40b@h/db?password=x&a=1", "postgresql://u:***@h/db?password=***&a=1"},
+      {"postgres://:p@/db", "postgres://:***@/db"},
+      {"postgresql://h/db", "postgresql://h/db"},
+      {"out/pass:word@x.tsv", "out/pass:word@x.tsv"},
+      {"counts.tsv", "counts.tsv"},
+  };
+  char out[128];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    sink_redact(cases[i][0], out, sizeof out);
+    assert_string_equal(out, cases[i][1]);
+  }
+  sink_redact("postgresql://u:secret@host/db", out, 18);  /* cut short, never past the buffer */
+  assert_int_equal(strlen(out) < 18, 1);
+  assert_null(strstr(out, "secret"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_redact),
       cmocka_unit_test(test_extensions),
       cmocka_unit_test(test_append_abort),
       cmocka_unit_test(test_tsv_csv_jsonl),
