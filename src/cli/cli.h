@@ -42,7 +42,8 @@ typedef struct cli_job {
   const char *token_path; /* --dashboard-token */
   char token[256];        /* its token */
   int dir_made;           /* the job directory was made by this job (removed after a usage error) */
-  char dir_top[512];      /* the topmost directory made for it (--job-dir a/b: maybe a) */
+  char dirs_made[2048];   /* the parents made for it, each NUL-terminated, in the order made */
+  size_t ndirs_made;      /* bytes of dirs_made in use */
   char out_shown[600];    /* the output as reports show it (sink_redact) */
 } cli_job;
 

@@ -302,21 +302,28 @@ static int read_token(cli_job *o, dbx_err *err) {
   return 0;
 }
 
-/* Make the missing parents of dir (not dir itself); top gets the topmost one made, "" if
- * none. 0 or an errno. */
-static int make_parents(const char *dir, char *top, size_t cap) {
+/* Make the missing parents of dir (not dir itself). Each one this call made (mkdir
+ * succeeded: not one that was there, nor one another process made meanwhile) is appended
+ * to made[0..*len), NUL-terminated, so that exactly those can be removed again. A parent
+ * that cannot be recorded is not made. 0 or an errno. */
+static int make_parents(const char *dir, char *made, size_t cap, size_t *len) {
   char p[PATH_MAX];
-  top[0] = 0;
   if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return ENAMETOOLONG;
   size_t n = strlen(p);
   while (n > 1 && p[n - 1] == '/') p[--n] = 0;
   for (char *s = p + 1; *s; s++) {
-    if (*s != '/') continue;
+    if (*s != '/' || s[-1] == '/') continue;
     *s = 0;
-    if (mkdir(p, 0755) == 0) {
-      if (!top[0]) snprintf(top, cap, "%s", p);
-    } else if (errno != EEXIST) {
-      return errno;
+    struct stat st;
+    if (stat(p, &st) != 0) {
+      size_t k = strlen(p) + 1;
+      if (made && *len + k > cap) return ENAMETOOLONG;
+      if (mkdir(p, 0755) == 0) {
+        if (made) memcpy(made + *len, p, k);
+        if (made) *len += k;
+      } else if (errno != EEXIST) {
+        return errno;
+      }
     }
     *s = '/';
   }
@@ -330,11 +337,22 @@ static int state_jobs_dir(char *out, size_t cap) {
   int k = x && x[0] == '/' ? snprintf(out, cap, "%s/dbatch/jobs/", x)
           : home && home[0] ? snprintf(out, cap, "%s/.local/state/dbatch/jobs/", home) : -1;
   if (k < 0 || (size_t)k >= cap) return ENOENT;
-  char top[8];
+  size_t len = 0;
   out[k - 1] = 0;
-  int e = make_parents(out, top, sizeof top);
+  int e = make_parents(out, NULL, 0, &len);  /* nothing recorded: a state directory stays */
   if (!e && mkdir(out, 0700) != 0 && errno != EEXIST) e = errno;
   return e;
+}
+
+/* rmdir the parents make_parents made for the job directory, the last made first; one that
+ * is not empty now stays. */
+static void remove_made_parents(cli_job *o) {
+  while (o->ndirs_made > 0) {
+    size_t end = o->ndirs_made - 1, start = end;  /* the last entry: [start, end) + NUL */
+    while (start > 0 && o->dirs_made[start - 1]) start--;
+    rmdir(o->dirs_made + start);
+    o->ndirs_made = start;
+  }
 }
 
 static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
@@ -367,10 +385,24 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     o->summary_open = 1;
   }
   if (o->job_dir) {
-    struct stat jst;
-    *made = stat(o->job_dir, &jst) != 0;  /* journal_open creates it, make_parents its parents */
-    int pe = *made && !cli_resume ? make_parents(o->job_dir, o->dir_top, sizeof o->dir_top) : 0;
-    if (pe) return dbx_seterr(err, err_from_errno(pe), "--job-dir %s: cannot create it: %s", o->job_dir, strerror(pe));
+    if (!o->job_dir[0]) return dbx_seterr(err, DBX_EUSAGE, "--job-dir needs a directory name");
+    /* Known now, before a journal is opened (a new job's would replace what the directory
+     * holds, maybe an interrupted job waiting for its resume). */
+    for (size_t i = 0; i < j->in.n; i++)
+      if (j->in.v[i].kind == IN_STREAM)
+        return dbx_seterr(err, DBX_EUSAGE, "--job-dir: %s is a stream; a job reading a stream cannot be journaled "
+                          "or resumed", j->in.v[i].path);
+    if (!cli_resume) {
+      /* Made here, so that only what this process made is ever removed again (a directory
+       * that was there, or that another process made a moment ago, is not ours). */
+      int pe = make_parents(o->job_dir, o->dirs_made, sizeof o->dirs_made, &o->ndirs_made);
+      if (!pe && mkdir(o->job_dir, 0755) == 0) *made = 1;
+      else if (!pe && errno != EEXIST) pe = errno;
+      if (pe) {
+        remove_made_parents(o);
+        return dbx_seterr(err, err_from_errno(pe), "--job-dir %s: cannot create it: %s", o->job_dir, strerror(pe));
+      }
+    }
     int rc = journal_open(o->job_dir, cli_resume, cli_argc, cli_argv, &j->jr, err);
     if (rc) return rc;
   } else if (cli_resume) {
@@ -389,8 +421,13 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
       /* A current directory that takes no new directory (read-only, another user's): the
        * job directory goes under the user's state directory instead. */
       int e = errno;
-      if ((e != EACCES && e != EROFS && e != EPERM) || state_jobs_dir(base, sizeof base) != 0)
+      int se = e == EACCES || e == EROFS || e == EPERM ? state_jobs_dir(base, sizeof base) : -1;
+      if (se < 0)
         return dbx_seterr(err, DBX_EIO, "cannot create ./dbatch-jobs: %s (use --job-dir DIR or --no-job-dir)", strerror(e));
+      if (se > 0)
+        return dbx_seterr(err, DBX_EIO, "cannot create ./dbatch-jobs (%s), nor the state directory %s (%s); use "
+                          "--job-dir DIR or --no-job-dir", strerror(e), strcmp(base, "dbatch-jobs") ? base : "($HOME unset)",
+                          strerror(se));
       if (!o->quiet) {
         fputs("dbatch: the current directory is not writable; the job directory goes under ", stderr);
         log_fputs_escaped(base, stderr);
@@ -400,9 +437,8 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
     if ((size_t)snprintf(o->job_dir_buf, sizeof o->job_dir_buf, "%s/%s-%s-%d", base, j->name, stamp, (int)getpid()) >=
         sizeof o->job_dir_buf)
       return dbx_seterr(err, DBX_EINVAL, "%s: the path of the job directory is too long (use --job-dir DIR)", base);
-    if (mkdir(o->job_dir_buf, 0755) != 0 && errno != EEXIST)
-      return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", o->job_dir_buf, strerror(errno));
-    *made = 1;
+    if (mkdir(o->job_dir_buf, 0755) == 0) *made = 1;
+    else if (errno != EEXIST) return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", o->job_dir_buf, strerror(errno));
     dir = o->job_dir_buf;
   }
   /* The job's identity goes with rows appended to a database: the journal's survives a
@@ -421,12 +457,12 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   return rc2;
 }
 
-/* Remove the job directory dir that a job which failed to start created: the files it
- * put there (lock, journal, status), then the directory, then the parents made for it up
- * to top (if any). Nothing but plain files is removed, and a directory only when that
- * leaves it empty. */
-static void remove_made_dir(const char *dir, const char *top) {
-  DIR *d = opendir(dir);
+/* Remove the job directory dir that this job made: the files it put there (lock, journal,
+ * status) when it held the directory's lock (files: otherwise they are another process's),
+ * then the directory and the parents made for it. Nothing but plain files is removed, and a
+ * directory only when that leaves it empty. */
+static void remove_made_dir(cli_job *o, const char *dir, int files) {
+  DIR *d = files ? opendir(dir) : NULL;
   if (d) {
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
@@ -440,14 +476,7 @@ static void remove_made_dir(const char *dir, const char *top) {
     closedir(d);
   }
   rmdir(dir);
-  if (!top || !top[0]) return;
-  char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s", dir);
-  size_t tl = strlen(top);
-  for (char *s = strrchr(p, '/'); s && (size_t)(s - p) >= tl; s = strrchr(p, '/')) {
-    *s = 0;
-    if (rmdir(p) != 0) break;
-  }
+  remove_made_parents(o);
 }
 
 int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
@@ -456,7 +485,8 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
   tr_authz_free(&o->authz);  /* the coordinator's guard took it, or the job did not start */
   if (rc && made) {
     /* A job that did not start leaves no job directory behind (a full disk, a bad option
-     * found late): its journal, lock and status go with the directory it created. */
+     * found late): its journal, lock and status go with the directory it created; but
+     * never the files of another process that holds its lock. */
     const char *dir = o->job_dir ? o->job_dir : o->job_dir_buf;
     journal_close(j->jr);
     j->jr = NULL;
@@ -465,7 +495,9 @@ int cli_job_start(cli_job *o, job *j, coord **c, dbx_err *err) {
       j->ui = NULL;
     }
     j->job_dir = NULL;
-    remove_made_dir(dir, o->dir_top);
+    remove_made_dir(o, dir, rc != DBX_EBUSY);
+  } else if (rc) {
+    remove_made_parents(o);
   }
   o->dir_made = !rc && made;
   return rc;
@@ -578,7 +610,7 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     log_info("resumed: %llu finished task(s) taken from the journal", (unsigned long long)j->resumed);
   journal_close(j->jr);
   j->jr = NULL;
-  if (drop_dir) remove_made_dir(drop_dir, o->dir_top);
+  if (drop_dir) remove_made_dir(o, drop_dir, 1);
   if (o->summary_open) {
     dbx_err serr = {0, ""};
     int src = rc ? summary_write(o, j, 0, err, &serr) : 0;
@@ -673,7 +705,18 @@ const char *cli_closest(const char *word, const char *const *names, size_t n) {
 
 int cli_bad_option(const char *cmd, const struct option *lo, const char *shortopts, char **argv) {
   const char *typed = optind > 0 ? argv[optind - 1] : "";
-  if (!strncmp(typed, "--", 2)) {
+  /* Inside a cluster of short options (-qx) getopt has not moved on: argv[optind - 1] is
+   * then the argument before. It is the culprit only when getopt says a long option (optopt
+   * 0: not known; else the id of the long option typed, which lacks its value). */
+  int long_one = !strncmp(typed, "--", 2) && optopt == 0;
+  if (!long_one && !strncmp(typed, "--", 2)) {
+    char nm[128];
+    snprintf(nm, sizeof nm, "%s", typed + 2);
+    nm[strcspn(nm, "=")] = 0;
+    for (const struct option *o = lo; o->name && !long_one; o++)
+      long_one = o->val == optopt && !strncmp(o->name, nm, strlen(nm)) && nm[0];
+  }
+  if (long_one) {
     char name[128];
     snprintf(name, sizeof name, "%s", typed + 2);
     char *eq = strchr(name, '=');
@@ -705,9 +748,10 @@ int cli_bad_option(const char *cmd, const struct option *lo, const char *shortop
     free(names);
     return rc;
   }
-  const char *at = optopt > 0 && optopt < 256 ? strchr(shortopts, optopt) : NULL;
+  const char *at = optopt > 32 && optopt < 127 ? strchr(shortopts, optopt) : NULL;
   if (at && at[1] == ':') return cli_usage_error(cmd, "-%c needs a value", optopt);
   if (optopt > 32 && optopt < 127) return cli_usage_error(cmd, "unknown option -%c", optopt);
+  if (optopt) return cli_usage_error(cmd, "unknown option: a short option (byte 0x%02x) dbatch does not have", optopt & 0xff);
   return cli_usage_error(cmd, "unknown option %s", typed);
 }
 
@@ -715,7 +759,7 @@ int cli_bad_option(const char *cmd, const struct option *lo, const char *shortop
 static const char *expected(int c) {
   switch (c) {
   case 1000: return "a whole number of local worker processes from 0 to 1024";
-  case 1001: return "a size above 0, such as 65536, 512K, 1.5M or 2G";
+  case 1001: return "a size above 0, such as 65536, 512K, 1.5M or 2G (a fraction needs a unit)";
   case 1002: return "a whole number of lines, 1 or more";
   case 1008: return "least-loaded, round-robin or random";
   case 1009: return "a whole number";

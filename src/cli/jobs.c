@@ -4,6 +4,9 @@
 #define _GNU_SOURCE  /* strptime, timegm */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,8 +35,15 @@ typedef struct job_row {
 
 /* The whole of a small file (summaries are kilobytes; 64 MiB at most), or NULL. */
 static char *slurp(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
+  /* Only a regular file: a FIFO or a device named summary.json must not block the listing. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0) return NULL;
+  FILE *f = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "rb") : NULL;
+  if (!f) {
+    close(fd);
+    return NULL;
+  }
   dbx_buf b = {0};
   char chunk[65536];
   size_t k;
@@ -71,7 +81,8 @@ static int fields(const char *path, const char *const *keys, size_t nk, dbx_buf 
 }
 
 static void human_seconds(double s, char *out, size_t cap) {
-  if (s < 60) snprintf(out, cap, "%.2fs", s);
+  if (!(s >= 0) || s > 1e9) snprintf(out, cap, "?");
+  else if (s < 60) snprintf(out, cap, "%.2fs", s);
   else if (s < 3600) snprintf(out, cap, "%dm%02ds", (int)(s / 60), (int)s % 60);
   else snprintf(out, cap, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
 }
@@ -93,11 +104,20 @@ static int read_job(const char *dir, job_row *r) {
   dbx_buf_free(&tb);
   if (!have_s && !have_t) return 0;
   r->dir = strdup(dir);
-  snprintf(r->state, sizeof r->state, "%s", have_t && tv[0] ? tv[0] : have_s && sv[4] ? (strcmp(sv[4], "true") ? "failed" : "done") : "unknown");
+  /* Only the words dbatch writes are shown as they are: anything else in a file is not ours. */
+  const char *st_in = have_t && tv[0] ? tv[0] : have_s && sv[4] ? (strcmp(sv[4], "true") ? "failed" : "done") : "unknown";
+  static const char *const states[] = {"running", "done", "failed", "interrupted", "partial", "lost", "unknown"};
+  snprintf(r->state, sizeof r->state, "unknown");
+  for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+    if (!strcmp(st_in, states[k])) snprintf(r->state, sizeof r->state, "%s", states[k]);
   double elapsed = have_s && sv[1] ? strtod(sv[1], NULL) : have_t && tv[1] ? strtod(tv[1], NULL) : -1;
   if (elapsed >= 0) human_seconds(elapsed, r->duration, sizeof r->duration);
   else snprintf(r->duration, sizeof r->duration, "-");
-  snprintf(r->records, sizeof r->records, "%s", have_s && sv[2] ? sv[2] : "-");
+  unsigned long long recs = 0;
+  char *rend = NULL;
+  if (have_s && sv[2]) recs = strtoull(sv[2], &rend, 10);
+  if (have_s && sv[2] && rend && !*rend && sv[2][0] >= '0' && sv[2][0] <= '9') snprintf(r->records, sizeof r->records, "%llu", recs);
+  else snprintf(r->records, sizeof r->records, "-");
   r->output = strdup(have_s && sv[3] ? sv[3] : "-");
   r->when = stat(dir, &st) == 0 ? (double)st.st_mtime : 0;
   if (have_s && sv[0]) {
@@ -110,6 +130,7 @@ static int read_job(const char *dir, job_row *r) {
   } else if (have_t && tv[2]) {
     r->when = strtod(tv[2], NULL) - (elapsed > 0 ? elapsed : 0);
   }
+  if (!(r->when >= 0) || r->when > 32503680000.0) r->when = 0;  /* before 1970 or after 3000: not a time */
   time_t t = (time_t)r->when;
   struct tm lt;
   localtime_r(&t, &lt);

@@ -111,6 +111,29 @@ int sink_check_scheme(const char *opt, const char *dest, dbx_err *err) {
                     upper ? " (write the scheme in lower case)" : "");
 }
 
+static int hexval(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Does the query parameter at p (up to '=') name the password, percent-decoded as libpq
+ * decodes it ("%70assword")? *vlen: the bytes of "key=" to keep. */
+static int password_key(const char *p, size_t *keylen) {
+  char key[16];
+  size_t k = 0, i = 0;
+  while (p[i] && p[i] != '=' && p[i] != '&' && k < sizeof key - 1) {
+    int hi, lo;
+    if (p[i] == '%' && p[i + 1] && p[i + 2] && (hi = hexval(p[i + 1])) >= 0 && (lo = hexval(p[i + 2])) >= 0) {
+      key[k++] = (char)(hi * 16 + lo);
+      i += 3;
+    } else {
+      key[k++] = p[i++];
+    }
+  }
+  key[k] = 0;
+  *keylen = i + 1;
+  return p[i] == '=' && !strcmp(key, "password");
+}
+
 void sink_redact(const char *dest, char *out, size_t cap) {
   /* user:PASSWORD@ in the authority, password=VALUE in the query: each value becomes ***. */
   const char *sep = strstr(dest, "://");
@@ -124,10 +147,14 @@ void sink_redact(const char *dest, char *out, size_t cap) {
       p = at;
       continue;
     }
-    if (sep && !strncmp(p, "password=", 9) && (p == dest || p[-1] == '?' || p[-1] == '&')) {
-      memcpy(out + k, "password=***", 12 < cap - k - 1 ? 12 : cap - k - 1);
-      k += 12 < cap - k - 1 ? 12 : cap - k - 1;
-      p += 9 + strcspn(p + 9, "&");
+    size_t kl;
+    if (sep && (p[-1] == '?' || p[-1] == '&') && p > dest && password_key(p, &kl)) {
+      size_t take = kl + 3 < cap - k - 1 ? kl + 3 : cap - k - 1;  /* "key=***" */
+      char shown[64];
+      snprintf(shown, sizeof shown, "%.*s***", (int)(kl < 40 ? kl : 40), p);
+      memcpy(out + k, shown, take < strlen(shown) ? take : strlen(shown));
+      k += take < strlen(shown) ? take : strlen(shown);
+      p += kl + strcspn(p + kl, "&");
       continue;
     }
     out[k++] = *p++;

@@ -403,10 +403,20 @@ static int check_kept(afile *f, int fd, unsigned flags, dbx_err *err) {
   return 0;
 }
 
+/* A file's identity for an append: its size and modification time to the nanosecond, which
+ * a rename keeps, and a copy made to put it back (cp -p, rsync -t, a restore) keeps too, so
+ * neither a new inode nor a reused one decides. */
+static void identity(const struct stat *st, char *out, size_t cap) {
+  snprintf(out, cap, "%llu:%lld.%09ld", (unsigned long long)st->st_size, (long long)st->st_mtim.tv_sec,
+           (long)st->st_mtim.tv_nsec);
+}
+
 int afile_append_token(const afile *f, char *out, size_t cap) {
   struct stat st;
-  if (!f->tmp || !f->io || f->io->lockfd < 0 || f->io->fd < 0 || fstat(f->io->fd, &st) != 0) return 0;
-  snprintf(out, cap, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  if (!f->tmp || !f->io || f->io->lockfd < 0 || f->io->fd < 0) return 0;
+  if (f->fp) fflush(f->fp);  /* the size it will have (afile_prepare has ended the stream) */
+  if (fstat(f->io->fd, &st) != 0) return 0;
+  identity(&st, out, cap);
   return 1;
 }
 
@@ -415,7 +425,7 @@ int afile_landed(const afile *f, const char *token) {
   char now[64];
   const char *target = f->io && f->io->target ? f->io->target : f->path;
   if (!target || stat(target, &st) != 0) return 0;
-  snprintf(now, sizeof now, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  identity(&st, now, sizeof now);
   return !strcmp(now, token);
 }
 

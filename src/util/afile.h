@@ -40,8 +40,8 @@ enum { AFILE_GZIP = 1, AFILE_ZSTD = 2, AFILE_APPEND = 4 };
 int afile_open_ex(afile *f, const char *path, unsigned flags, dbx_err *err);
 /* Bytes the destination held when it was opened with AFILE_APPEND (0 otherwise). */
 uint64_t afile_kept(const afile *f);
-/* The identity ("DEV:INO") the destination will have once committed, for an append: the
- * temporary file's. 0 when this is no append to a file (nothing to tell apart). */
+/* The identity ("SIZE:MTIME") the destination will have once committed, for an append: the
+ * prepared temporary file's. 0 when this is no append to a file (nothing to tell apart). */
 int afile_append_token(const afile *f, char *out, size_t cap);
 /* Does the destination of f already carry token (an earlier commit of the same append)? */
 int afile_landed(const afile *f, const char *token);

@@ -45,6 +45,9 @@ class Usage(TmpTest):
         self.assertIn("--w is ambiguous: --workers", self.bad("--w", "2"))
         self.assertEqual(self.bad("-x"), "dbatch wordcount: unknown option -x")
         self.assertEqual(self.bad("-o"), "dbatch wordcount: -o needs a value")
+        # a short option in a cluster after a long one: the message names the short one
+        self.assertEqual(self.bad("--quiet", "-qx"), "dbatch wordcount: unknown option -x")
+        self.assertIn("a short option (byte 0xc3)", self.bad("--workers=2", "-q\u00e9"))
         p = run("wordcont", self.inp, check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("unknown command 'wordcont' (did you mean 'wordcount'?)", p.stderr.decode())
@@ -162,6 +165,18 @@ class JobsHistory(TmpTest):
         both = job("jobs", "dbatch-jobs", "jd").stdout.decode().splitlines()[1:]
         self.assertEqual([l.split()[3] for l in both], ["interrupted", "failed", "done"])
         self.assertEqual(both[0].split()[-2:], ["jd", "y.txt"])
+        # what a job directory holds is shown, never obeyed: escapes, absurd numbers, a FIFO
+        os.makedirs(os.path.join(work, "odd", "esc"))
+        os.makedirs(os.path.join(work, "odd", "fifo"))
+        with open(os.path.join(work, "odd", "esc", "status.json"), "w") as f:
+            f.write('{"state":"\\u001b]0;PWNED\\u0007","elapsed_seconds":1e308,"updated_unix":1e300}')
+        with open(os.path.join(work, "odd", "esc", "summary.json"), "w") as f:
+            f.write('{"records":"\\u001b[31m12","output":"x\\u001b[2Jy","ok":true}')
+        os.mkfifo(os.path.join(work, "odd", "fifo", "summary.json"))
+        p = subprocess.run([DBATCH, "jobs", "odd"], cwd=work, capture_output=True, timeout=20)
+        self.assertEqual(p.returncode, 0)
+        self.assertNotIn(b"\x1b", p.stdout)
+        self.assertEqual(p.stdout.decode().splitlines()[1].split()[2:6], ["?", "unknown", "-", "odd/esc"])
         p = job("jobs", "nowhere")
         self.assertEqual(p.returncode, 1)
         self.assertIn("nowhere: No such file or directory", p.stderr.decode())
@@ -172,6 +187,27 @@ class JobDirectories(TmpTest):
         super().setUp()
         self.inp = self.write("in.txt", "a b a\n")
         self.csv = self.write("t.csv", "x,y\n1,2\n")
+
+    def test_only_what_was_made_is_removed(self):
+        # through "..": the user's empty directory stays, the directory made on the way goes
+        os.makedirs(self.path("emptyuser"))
+        notadir = self.write("notadir", "x\n")
+        p = run("groupby", self.csv, "--key", "x", "--agg", "count", "--spill-dir", notadir, "--partitions", "2",
+                "--job-dir", self.path("new", "..", "emptyuser", "x"), check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertTrue(os.path.isdir(self.path("emptyuser")))
+        self.assertFalse(os.path.exists(self.path("new")))
+        self.assertEqual(os.listdir(self.path("emptyuser")), [])
+        # an existing job directory with the user's files in it keeps them
+        keep = self.path("keep")
+        os.makedirs(keep)
+        self.write("keep/notes.txt", "mine\n")
+        run("groupby", self.csv, "--key", "x", "--agg", "count", "--spill-dir", notadir, "--partitions", "2",
+            "--job-dir", keep, check=False)
+        self.assertEqual(slurp(os.path.join(keep, "notes.txt")), b"mine\n")
+        p = run("wordcount", self.inp, "--job-dir", "", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--job-dir needs a directory name", p.stderr.decode())
 
     def test_job_dir_parents_are_made(self):
         jd = self.path("a", "b", "c")
