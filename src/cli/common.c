@@ -755,6 +755,8 @@ int cli_bad_option(const char *cmd, const struct option *lo, const char *shortop
   return cli_usage_error(cmd, "unknown option %s", typed);
 }
 
+_Static_assert(SHUFFLE_R_MAX == 4096, "the --partitions message below says 4096");
+
 /* What a job option's value must be, for the message when it is not. */
 static const char *expected(int c) {
   switch (c) {
@@ -774,7 +776,7 @@ static const char *expected(int c) {
   case 1023: return "a size above 0, such as 1M";
   case 1024: return "skip or fail";
   case 1031: return "auto, slurm, mpi or k8s";
-  case 1100: return "a whole number of partitions (0 merges in this process)";
+  case 1100: return "a whole number of partitions from 0 to 4096 (0 merges in this process)";
   case 1102: return "a size of 1M or more, such as 512M or 2G";
   default: return NULL;
   }

@@ -439,9 +439,9 @@ class Usage(TmpTest):
     def test_bad_partition_counts(self):
         for v in ("-1", "x", "5000", "4097", "", "1.5"):
             self.refused(("groupby", self.csv, "--key", "k", "--agg", "count", "--partitions", v, "--no-job-dir"),
-                         "bad value '%s'" % v)
+                         "--partitions '%s': expected a whole number of partitions from 0 to 4096" % v)
             self.refused(("run", "--map", "cat", "--reduce", "count", "--partitions", v, self.tsv, "--no-job-dir"),
-                         "bad value '%s'" % v)
+                         "--partitions '%s': expected a whole number of partitions from 0 to 4096" % v)
         # the bound itself is accepted
         r = run("groupby", self.csv, "--key", "k", "--agg", "count,sum:v", "--partitions", "4096", "--workers", "1",
                 "--no-job-dir", "-q")

@@ -23,6 +23,16 @@ def run(*args, input=None, check=True, timeout=120, env=None):
     return p
 
 
+def without_summary_line(err):
+    """stderr of a job without the one line that stays when it ends ("dbatch: JOB: N records,
+    ... MB/s), ... workers, ... failures[ -> OUTPUT]"): what else it printed."""
+    import re as _re
+    lines = err.split(b"\n")
+    keep = [l for l in lines if not _re.match(rb"dbatch: [\w-]+: \d+ records, [\d.]+ MB in [\d.]+ s \([\d.]+ MB/s\), "
+                                             rb"\d+ workers?, \d+ failures?( -> .*)?$", l)]
+    return b"\n".join(keep)
+
+
 def reference_wordcount(paths, lower=True):
     """Word counts as Python computes them: re \\w on text decoded with errors='replace'."""
     c = collections.Counter()

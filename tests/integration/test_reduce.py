@@ -150,7 +150,7 @@ class Reduce(TmpTest):
                           (["--map", "cat", "--reduce", "count", "--reduce-cmd", "cat"], b"exclusive"),
                           (["--map", "cat", "--reduce", "count,"], b"an empty aggregate"),
                           (["--map", "cat", "--reduce-cmd", "cat", "--format", "csv"], b"does not apply"),
-                          (["--map", "cat", "--reduce", "count", "--on-bad-record", "maybe"], b"bad value 'maybe'")]:
+                          (["--map", "cat", "--reduce", "count", "--on-bad-record", "maybe"], b"--on-bad-record 'maybe': expected skip or fail")]:
             res = run("run", *args, "--no-job-dir", p, check=False)
             self.assertEqual(res.returncode, 2, args)
             self.assertIn(msg, res.stderr, args)
