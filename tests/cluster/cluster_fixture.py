@@ -39,6 +39,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from dbx import log_tail, pid_alive  # noqa: E402
+
 NETNS_DIR = "/run/netns"
 # Serialises the choice of names and subnet between fixture instances of all processes.
 LOCK_PATH = os.path.join("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir(),
@@ -117,25 +120,8 @@ class _GlobalLock:
         os.close(self.fd)          # closing the descriptor releases the flock
 
 
-def _tail(path, lines=25):
-    """The last lines of a log file, or a note that it is missing."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode(errors="replace")
-    except OSError as e:
-        return "(%s: %s)" % (path, e.strerror)
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-def _alive(pid):
-    """True while pid exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+_tail = log_tail  # dbx.py: the fixtures share them
+_alive = pid_alive
 
 
 def _stop_processes(procs, grace=5.0, kill_wait=5.0):

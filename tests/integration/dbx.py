@@ -23,6 +23,27 @@ def run(*args, input=None, check=True, timeout=120, env=None):
     return p
 
 
+def log_tail(path, lines=25):
+    """The last lines of a log file, or a note that it is missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError as e:
+        return "(%s: %s)" % (path, e.strerror)
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def without_summary_line(err):
     """stderr of a job without the one line that stays when it ends ("dbatch: JOB: N records,
     ... MB/s), ... workers, ... failures[ -> OUTPUT]"): what else it printed."""

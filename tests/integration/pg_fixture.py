@@ -48,7 +48,7 @@ import unittest
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dbx import TmpTest, free_port  # noqa: E402
+from dbx import TmpTest, free_port, log_tail, pid_alive  # noqa: E402
 
 PGBIN = os.environ.get("DBX_PGBIN", "/usr/lib/postgresql/15/bin")
 PG_OS_USER = "postgres"
@@ -157,25 +157,8 @@ def parse_copy_text(data):
     return out
 
 
-def _tail(path, lines=25):
-    """The last lines of a log file, or a note that it is missing."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode(errors="replace")
-    except OSError as e:
-        return "(%s: %s)" % (path, e.strerror)
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-def _alive(pid):
-    """True while pid exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+_tail = log_tail  # dbx.py: the fixtures share them
+_alive = pid_alive
 
 
 def _children(pid):
