@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "engine/job.h"
@@ -555,9 +556,32 @@ static void progress(ui *u, const job *j, size_t nw_alive, const char *cur, int 
   } else if (s->tasks && s->batches == s->tasks) {
     snprintf(eta, sizeof eta, "0s");
   }
-  fprintf(stderr, "%s%s %llu/%llu batches  %.2fM records  %.1f MB/s  ETA %s  workers %zu  failures %zu%s",
-          line ? "dbatch: progress: " : "\r", s->name, (unsigned long long)s->batches, (unsigned long long)s->tasks,
-          (double)s->records / 1e6, mbs, eta, nw_alive, j->nfailures, line ? "\n" : "\033[K");
+  char text[512];
+  int n = snprintf(text, sizeof text, "%s%s %llu/%llu batches  %.2fM records  %.1f MB/s  ETA %s  workers %zu  failures %zu",
+                   line ? "dbatch: progress: " : "", s->name, (unsigned long long)s->batches,
+                   (unsigned long long)s->tasks, (double)s->records / 1e6, mbs, eta, nw_alive, j->nfailures);
+  size_t len = n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
+  if (!line) {
+    /* The line never wraps (a wrapped line cannot be redrawn in place): the fields that
+     * matter least go first, then it is cut to the terminal's width. */
+    struct winsize ws;
+    size_t width = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
+    static const char *const drop[] = {"  failures ", "  workers ", "M records", "  ETA "};
+    for (size_t k = 0; k < sizeof drop / sizeof drop[0] && len >= width; k++) {
+      char *at = strstr(text, drop[k]);
+      if (!at) continue;
+      char *end = k == 2 ? at + strlen(drop[k]) : strstr(at + 2, "  ");
+      if (k == 2) {  /* "  1.23M records": back to the two spaces before the number */
+        while (at > text && at[-1] != ' ') at--;
+        if (at - text >= 2) at -= 2;
+      }
+      if (!end) end = text + len;
+      memmove(at, end, (size_t)(text + len - end) + 1);
+      len = strlen(text);
+    }
+    if (len >= width) len = width > 1 ? width - 1 : 0;
+  }
+  fprintf(stderr, "%s%.*s%s", line ? "" : "\r", (int)len, text, line ? "\n" : "\033[K");
   u->drawn = !line;
 }
 

@@ -133,6 +133,46 @@ class Interrupt(TmpTest):
             self.assertEqual(slurp(out), slurp(inp))
 
 
+class ProgressLine(TmpTest):
+    def run_on_a_terminal(self, cols, *args):
+        """Run dbatch with its standard error on a pseudo-terminal cols wide; what it drew."""
+        import fcntl
+        import pty
+        import struct
+        import termios
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+        p = subprocess.Popen([DBATCH, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        got = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            got += chunk
+        p.wait(timeout=120)
+        os.close(master)
+        self.assertEqual(p.returncode, 0, got)
+        return got
+
+    def test_the_progress_line_fits_a_narrow_terminal(self):
+        inp = self.write("in.txt", "".join("line %d\n" % i for i in range(40)))
+        got = self.run_on_a_terminal(60, "run", "--map", "sleep 0.3; cat", inp, "--batch-records", "4",
+                                     "--workers", "2", "--no-job-dir", "-o", self.path("o.txt"))
+        drawn = [seg for seg in got.replace(b"\033[K", b"").split(b"\r") if b"batches" in seg]
+        self.assertTrue(drawn, got)
+        for seg in drawn:
+            line = seg.split(b"\n")[0]
+            self.assertLess(len(line), 60, line)  # never wraps
+            self.assertIn(b"batches", line)
+        wide = self.run_on_a_terminal(200, "run", "--map", "sleep 0.3; cat", inp, "--batch-records", "4",
+                                      "--workers", "2", "--no-job-dir", "-o", self.path("o2.txt"))
+        self.assertIn(b"failures 0", wide)  # nothing dropped where there is room
+
+
 class JobsHistory(TmpTest):
     def test_jobs_lists_newest_first(self):
         import signal
