@@ -148,7 +148,7 @@ void sink_redact(const char *dest, char *out, size_t cap) {
       continue;
     }
     size_t kl;
-    if (sep && (p[-1] == '?' || p[-1] == '&') && p > dest && password_key(p, &kl)) {
+    if (sep && p > dest && (p[-1] == '?' || p[-1] == '&') && password_key(p, &kl)) {
       size_t take = kl + 3 < cap - k - 1 ? kl + 3 : cap - k - 1;  /* "key=***" */
       char shown[64];
       snprintf(shown, sizeof shown, "%.*s***", (int)(kl < 40 ? kl : 40), p);

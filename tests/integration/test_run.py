@@ -133,8 +133,9 @@ class Failures(TmpTest):
         s = self.path("s.json")
         for w in ("0", "2"):
             out = self.path("out.txt")
+            # No speculative copy (a slow machine might start one): exactly the two attempts fail.
             r = run("run", "--map", self.FAIL_CMD, "--workers", w, "--batch-records", "10", "--max-attempts", "2",
-                    "--summary-json", s, "--no-job-dir", "-o", out, p, check=False)
+                    "--no-speculation", "--summary-json", s, "--no-job-dir", "-o", out, p, check=False)
             err = r.stderr.decode(errors="replace")
             self.assertEqual(r.returncode, 1, err)
             self.assertFalse(os.path.exists(out), "a failed job left its output")
