@@ -45,6 +45,7 @@ typedef struct cli_job {
   char dirs_made[2048];   /* the parents made for it, each NUL-terminated, in the order made */
   size_t ndirs_made;      /* bytes of dirs_made in use */
   char out_shown[600];    /* the output as reports show it (sink_redact) */
+  int table_set;          /* --table was given */
 } cli_job;
 
 /* Outputs of a job, committed together at its end (cli_job_finish). */

@@ -92,7 +92,7 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
     return 1;
   case 'o': o->out.dest = arg; return 1;
   case 1003: o->out.format = arg; return 1;
-  case 1004: o->out.table = arg; return 1;
+  case 1004: o->out.table = arg; o->table_set = 1; return 1;
   case 1005: o->out.append = 1; return 1;
   case 1033: o->out.header = 1; return 1;
   case 1006: o->summary_json = arg; return 1;
@@ -357,6 +357,10 @@ static void remove_made_parents(cli_job *o) {
 
 static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   int rc2;
+  /* --table names a table: given with a file, it would be ignored without a word. */
+  if (o->table_set && o->out.dest && strncmp(o->out.dest, "sqlite:", 7) && !sink_is_postgres(o->out.dest))
+    return dbx_seterr(err, DBX_EUSAGE, "--table applies to sqlite:PATH and postgresql:// outputs, not to %s",
+                      !strcmp(o->out.dest, "-") ? "standard output" : "a file");
   rv_env ce;
   int crc = o->cluster ? cli_cluster_begin(o, j, &ce, err) : 0;
   if (!crc) crc = cli_job_security(o, err);

@@ -102,7 +102,15 @@ static int read_job(const char *dir, job_row *r) {
   int have_t = fields(p, tkeys, 3, &tb, tv) == 0;
   dbx_buf_free(&sb);
   dbx_buf_free(&tb);
-  if (!have_s && !have_t) return 0;
+  if (!have_s && !have_t) {
+    /* A job directory whose files do not read (cut short, damaged) is listed, as unknown. */
+    struct stat fst;
+    snprintf(p, sizeof p, "%s/summary.json", dir);
+    int exists = stat(p, &fst) == 0 && S_ISREG(fst.st_mode);
+    snprintf(p, sizeof p, "%s/status.json", dir);
+    exists |= stat(p, &fst) == 0 && S_ISREG(fst.st_mode);
+    if (!exists) return 0;
+  }
   r->dir = strdup(dir);
   /* Only the words dbatch writes are shown as they are: anything else in a file is not ours. */
   const char *st_in = have_t && tv[0] ? tv[0] : have_s && sv[4] ? (strcmp(sv[4], "true") ? "failed" : "done") : "unknown";

@@ -36,6 +36,9 @@ class Usage(TmpTest):
         self.assertIn("--policy 'fastest': expected least-loaded, round-robin or random", self.bad("--policy", "fastest"))
         self.assertIn("--max-attempts '0': expected a whole number from 1 to 1000", self.bad("--max-attempts", "0"))
         self.assertIn("--heartbeat 'soon': expected seconds above 0", self.bad("--heartbeat", "soon"))
+        self.assertEqual(self.bad("--table", "t", "-o", self.path("x.tsv")),
+                         "dbatch wordcount: --table applies to sqlite:PATH and postgresql:// outputs, not to a file")
+        self.assertFalse(os.path.exists(self.path("x.tsv")))
 
     def test_unknown_options_are_one_message_with_the_closest(self):
         self.assertEqual(self.bad("--wrokers", "2"), "dbatch wordcount: unknown option --wrokers (did you mean --workers?)")
@@ -213,10 +216,16 @@ class JobsHistory(TmpTest):
         with open(os.path.join(work, "odd", "esc", "summary.json"), "w") as f:
             f.write('{"records":"\\u001b[31m12","output":"x\\u001b[2Jy","ok":true}')
         os.mkfifo(os.path.join(work, "odd", "fifo", "summary.json"))
+        os.makedirs(os.path.join(work, "odd", "cut"))
+        with open(os.path.join(work, "odd", "cut", "status.json"), "w") as f:
+            f.write('{"state":')  # cut short: listed, as unknown
         p = subprocess.run([DBATCH, "jobs", "odd"], cwd=work, capture_output=True, timeout=20)
         self.assertEqual(p.returncode, 0)
         self.assertNotIn(b"\x1b", p.stdout)
-        self.assertEqual(p.stdout.decode().splitlines()[1].split()[2:6], ["?", "unknown", "-", "odd/esc"])
+        listed = {l.split()[5]: l.split()[2:5] for l in p.stdout.decode().splitlines()[1:]}
+        self.assertEqual(listed["odd/esc"], ["?", "unknown", "-"])
+        self.assertEqual(listed["odd/cut"], ["-", "unknown", "-"])
+        self.assertNotIn("odd/fifo", listed)
         p = job("jobs", "nowhere")
         self.assertEqual(p.returncode, 1)
         self.assertIn("nowhere: No such file or directory", p.stderr.decode())
