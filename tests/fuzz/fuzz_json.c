@@ -1,7 +1,9 @@
-/* fuzz_json.c -- the JSON object reader behind JSONL corpora (json_object_strings).
- * Invariants: every value it reports lies inside its output buffer; and a value that is
- * valid UTF-8, written back with the JSON writer (json_str) and read again, comes back
- * byte for byte. */
+/* fuzz_json.c -- the JSON object reader behind JSONL corpora (json_object_strings) and
+ * `dbatch jobs` (json_object_fields, which also returns numbers and literals as text).
+ * Invariants: every value it reports lies inside its output buffer; a value that is valid
+ * UTF-8, written back with the JSON writer (json_str) and read again, comes back byte for
+ * byte; both readers accept the same inputs and agree on every string, and a value only
+ * json_object_fields reports is a number, true, false or null. */
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -55,6 +57,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   } else {
     fuzz_touch(why, strlen(why));
   }
+  dbx_buf fo = {0};
+  size_t foff[3], flen[3];
+  const char *fwhy = NULL;
+  int frc = json_object_fields(p, size, keys, 3, &fo, foff, flen, &fwhy);
+  int src = why ? 1 : 0;  /* json_object_strings set why only when it rejected */
+  if ((frc != 0) != src) fuzz_fail("json_object_fields %s what json_object_strings %s", frc ? "rejects" : "accepts",
+                                   src ? "rejects" : "accepts");
+  for (int k = 0; !frc && k < 3; k++) {
+    if (flen[k] == SIZE_MAX) {
+      if (len[k] != SIZE_MAX) fuzz_fail("value %d: a string json_object_fields does not report", k);
+      continue;
+    }
+    if (foff[k] > fo.len || flen[k] > fo.len - foff[k]) fuzz_fail("field %d outside its buffer", k);
+    if (len[k] != SIZE_MAX) {
+      if (flen[k] != len[k] || (len[k] && memcmp(fo.data + foff[k], out.data + off[k], len[k]))) fuzz_fail("value %d differs", k);
+    } else {
+      char c = flen[k] ? fo.data[foff[k]] : 0;
+      if (!(c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n'))
+        fuzz_fail("value %d: '%c' starts no number or literal", k, c);
+    }
+  }
+  dbx_buf_free(&fo);
   free(p);
   dbx_buf_free(&out);
   return 0;
