@@ -12,6 +12,7 @@
  * Encoding: "DBKV" u8 version, u8 nagg, nagg kinds, u64 nmain, u64 npair, main run, pair run. */
 #define _GNU_SOURCE 1
 #include "engine/kv.h"
+#include "util/strmap.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -346,7 +347,7 @@ static int htab_get_h(htab *h, const char *key, size_t klen, const char *tail, s
 }
 
 static int htab_get(htab *h, const char *key, size_t klen, const char *tail, size_t tlen, char **st) {
-  uint64_t hash = tlen ? XXH3_64bits_withSeed(key, klen, XXH3_64bits(tail, tlen)) : XXH3_64bits(key, klen);
+  uint64_t hash = tlen ? XXH3_64bits_withSeed(key, klen, XXH3_64bits(tail, tlen)) : strmap_hash(key, klen);
   return htab_get_h(h, key, klen, tail, tlen, hash, st);
 }
 
@@ -412,6 +413,10 @@ void kv_free(kvpart *p) {
   if (p->spill_fd >= 0) close(p->spill_fd);
   if (!p->borrowed) dbx_buf_free(&p->run);
   free(p);
+}
+
+int kv_untouched(const kvpart *p) {
+  return kv_count(p) == 0 && p->spill_fd < 0 && p->sbuf.len == 0 && p->spilled == 0 && !p->frozen;
 }
 
 uint64_t kv_count(const kvpart *p) { return p->nmain + (p->h ? p->h->n : 0); }
@@ -645,7 +650,7 @@ static void show_key(char *out, size_t cap, const char *key, size_t klen) {
   out[o] = 0;
 }
 
-uint64_t kv_hash(const char *key, size_t klen) { return XXH3_64bits(key, klen); }
+uint64_t kv_hash(const char *key, size_t klen) { return strmap_hash(key, klen); }
 
 int kv_err_overflow(const dbx_err *e) { return e->code == DBX_EBADREC && strstr(e->msg, " overflows ") != NULL; }
 
@@ -1768,6 +1773,79 @@ done:
   free(nm);
   free(np);
   return rc;
+}
+
+/* sref of a strmap's keys (off: the id), compared as cmp_hent compares a table's. */
+static int cmp_sc(const void *x, const void *y, void *arg) {
+  const sref *ra = x, *rb = y;
+  if (ra->p1 != rb->p1) return ra->p1 < rb->p1 ? -1 : 1;
+  if (ra->p2 != rb->p2) return ra->p2 < rb->p2 ? -1 : 1;
+  size_t la, lb;
+  const char *a = strmap_key(arg, (uint32_t)ra->off, &la), *b = strmap_key(arg, (uint32_t)rb->off, &lb);
+  return cmp_bytes(a, la, b, lb);
+}
+
+int kv_split_counts(const kv_spec *s, const strmap *m, uint32_t r, dbx_buf *out, dbx_err *err) {
+  if (s->nagg == 0 || r == 0) return dbx_seterr(err, DBX_EINVAL, "keyed: counts split under a spec without counts");
+  for (uint32_t i = 0; i < s->nagg; i++)
+    if (s->agg[i].kind != KA_COUNT) return dbx_seterr(err, DBX_EINVAL, "keyed: counts split under a spec with other aggregates");
+  uint64_t n = strmap_count(m);
+  int rc = 0;
+  uint64_t *nm = calloc(r, sizeof *nm);
+  sref *v = malloc((n ? n : 1) * sizeof *v);
+  if (!nm || !v) { rc = DBX_ENOMEM; goto done; }
+  /* The entries in key order, as sort_entries orders a table's. */
+  for (uint64_t i = 0; i < n; i++) {
+    size_t len;
+    const char *key = strmap_key(m, (uint32_t)i, &len);
+    v[i].p1 = prefix8(key, len);
+    v[i].p2 = len > 8 ? prefix8(key + 8, len - 8) : 0;
+    v[i].off = i;
+  }
+  if (n < 64) qsort_r(v, n, sizeof *v, cmp_sc, (void *)m);
+  else if ((rc = radix_p1(v, n))) goto done;
+  for (uint64_t i = 0; i < n;) {
+    uint64_t j = i + 1;
+    while (j < n && v[j].p1 == v[i].p1) j++;
+    if (j - i > 1) qsort_r(v + i, j - i, sizeof *v, cmp_sc, (void *)m);
+    i = j;
+  }
+  size_t hl = header_len(s), st = 8 * (size_t)s->nagg;
+  for (uint32_t i = 0; i < r && !rc; i++) {
+    out[i].len = 0;
+    rc = dbx_buf_reserve(&out[i], hl + (n / r + 1) * (4 + 8 + st));
+    out[i].len = hl;
+  }
+  for (uint64_t i = 0; i < n && !rc; i++) {
+    size_t len;
+    const char *key = strmap_key(m, (uint32_t)v[i].off, &len);
+    uint64_t c = strmap_val(m, (uint32_t)v[i].off);
+    if (c == 0 || c > KV_COUNT_MAX) {
+      rc = dbx_seterr(err, DBX_EBADREC, "keyed: a count of 0 or past 2^62");
+      break;
+    }
+    uint32_t q = kv_partition_of(key, len, r);
+    if ((rc = dbx_buf_reserve(&out[q], 4 + len + st))) break;
+    char *w = out[q].data + out[q].len;
+    put32(w, (uint32_t)len);
+    memcpy(w + 4, key, len);
+    for (uint32_t a = 0; a < s->nagg; a++) put64(w + 4 + len + 8 * a, c);
+    out[q].len += 4 + len + st;
+    nm[q]++;
+  }
+  for (uint32_t i = 0; i < r && !rc; i++) {
+    char *h = out[i].data;
+    memcpy(h, "DBKV", 4);
+    h[4] = KV_VERSION;
+    h[5] = (char)s->nagg;
+    for (uint32_t a = 0; a < s->nagg; a++) h[6 + a] = (char)s->agg[a].kind;
+    put64(h + 6 + s->nagg, nm[i]);
+    put64(h + 14 + s->nagg, 0);
+  }
+done:
+  free(nm);
+  free(v);
+  return rc == DBX_ENOMEM ? dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory splitting a partial") : rc;
 }
 
 int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {

@@ -97,6 +97,8 @@ int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *e
 int kv_add_count_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, uint64_t n, dbx_err *err);
 /* Entries held (sealed or not). */
 uint64_t kv_count(const kvpart *p);
+/* 1 when nothing was ever added to p (no entry, nothing spilled). */
+int kv_untouched(const kvpart *p);
 /* Bytes of memory held. */
 size_t kv_bytes(const kvpart *p);
 
@@ -135,6 +137,11 @@ uint32_t kv_partition_of(const char *key, size_t klen, uint32_t r);
 /* Seal p and split it into r encodings (out[0..r), reused), entry i going to
  * kv_partition_of(its key); a key's value pairs go with it. */
 int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err);
+/* What kv_split makes, byte for byte, of a partial of spec s (all aggregates counts) holding
+ * the keys of m with their values as counts: word count's own table split without moving it
+ * into a keyed table first. */
+typedef struct strmap strmap;
+int kv_split_counts(const kv_spec *s, const strmap *m, uint32_t r, dbx_buf *out, dbx_err *err);
 /* Empty p (it stays usable). */
 void kv_clear(kvpart *p);
 /* kv_decode's checks, then a partial that reads buf[0..n) in place (buf must outlive it and

@@ -219,11 +219,10 @@ static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *w
   return rc;
 }
 
-/* Split p into its R partition files: the final names (level < 0) or a level's. */
-static int write_split(const kv_part_cfg *pc, kvpart *p, uint32_t index, const char *lvl, int level, dbx_err *err) {
-  dbx_buf *parts = calloc(pc->r, sizeof *parts);
-  if (!parts) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  int rc = kv_split(p, pc->r, parts, err);
+/* Unless rc, write the R partition encodings parts[0..R) to their files: the final names
+ * (level < 0) or a level's. parts is freed. */
+static int write_parts(const kv_part_cfg *pc, dbx_buf *parts, uint32_t index, const char *lvl, int level, int rc,
+                       dbx_err *err) {
   for (uint32_t r = 0; r < pc->r && !rc; r++) {
     char path[SHUFFLE_DIR_MAX + 96];
     if (level < 0) map_path(path, sizeof path, pc, index, r);
@@ -233,6 +232,21 @@ static int write_split(const kv_part_cfg *pc, kvpart *p, uint32_t index, const c
   for (uint32_t r = 0; r < pc->r; r++) dbx_buf_free(&parts[r]);
   free(parts);
   return rc;
+}
+
+/* Split p into its R partition files: the final names (level < 0) or a level's. */
+static int write_split(const kv_part_cfg *pc, kvpart *p, uint32_t index, const char *lvl, int level, dbx_err *err) {
+  dbx_buf *parts = calloc(pc->r, sizeof *parts);
+  if (!parts) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  return write_parts(pc, parts, index, lvl, level, kv_split(p, pc->r, parts, err), err);
+}
+
+int shuffle_write_map_counts(const kv_part_cfg *pc, const kv_spec *spec, const strmap *m, uint32_t index, dbx_err *err) {
+  int rc = shuffle_check(pc, err);
+  if (rc || !pc->r) return rc;
+  dbx_buf *parts = calloc(pc->r, sizeof *parts);
+  if (!parts) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  return write_parts(pc, parts, index, NULL, -1, kv_split_counts(spec, m, pc->r, parts, err), err);
 }
 
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err) {

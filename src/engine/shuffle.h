@@ -44,6 +44,9 @@ int shuffle_check(const kv_part_cfg *pc, dbx_err *err);
  * file is the merge of the levels' disjoint runs. A full disk is DBX_ENOSPC naming the
  * directory. */
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err);
+/* The same files from word count's own table m (counts under spec), when nothing of the
+ * batch went into a keyed partial: the same bytes shuffle_write_map writes for those counts. */
+int shuffle_write_map_counts(const kv_part_cfg *pc, const kv_spec *spec, const strmap *m, uint32_t index, dbx_err *err);
 
 /* The empty partitions of map task index (a task skipped under --on-task-failure=skip has no
  * output: its part of the result is missing, not the reduce stage's input). */

@@ -312,7 +312,7 @@ static void *wcp_new(const void *cfg) {
 /* Move the words of m into the keyed partial (under its budget, spilling) and empty m. */
 static int wcp_drain(void *ctx, strmap *m, dbx_err *err) {
   int rc = 0;
-  /* Both tables hash with XXH3: the word's hash is reused, and the keyed table's slot and
+  /* Both tables hash with strmap_hash: the word's hash is reused, and the keyed table's slot and
    * entry are prefetched 16 and 8 words ahead (a big table misses the cache on both). */
   for (uint32_t id = 0, n = (uint32_t)strmap_count(m); !rc && id < n; id++) {
     if (id + 16 < n) kv_prefetch(ctx, strmap_hash_of(m, id + 16));
@@ -338,6 +338,14 @@ static int wcp_map(const void *cfgp, const void *bcast, const dbx_batch *b, void
    * budget it is drained into the keyed partial, which spills. */
   size_t max = cfg->part.memory ? (size_t)cfg->part.memory / 2 : SIZE_MAX;
   rc = wc_map_draining(&cfg->wc, b, m, max, wcp_drain, partial, st, err);
+  /* A batch whose words all stayed in word count's table is split from it straight (one
+   * table less); else the rest joins the keyed partial, which writes the same bytes. */
+  if (!rc && kv_untouched(partial)) {
+    rc = shuffle_write_map_counts(&cfg->part, &wc_count_spec, m, b->index, err);
+    op_wordcount.partial_free(m);
+    return rc;
+  }
+  if (!rc) rc = wcp_drain(partial, m, err);
   op_wordcount.partial_free(m);
   if (!rc) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;

@@ -16,7 +16,8 @@ typedef struct wc_cfg {
 } wc_cfg;
 extern const dbx_op op_wordcount;
 /* Word count's map into m, handing m to drain (which must empty it) whenever it holds more
- * than max bytes, and once at the end: the batch's words in bounded memory. */
+ * than max bytes: the batch's words in bounded memory. What m holds at the end is the
+ * caller's. */
 int wc_map_draining(const wc_cfg *cfg, const dbx_batch *b, strmap *m, size_t max,
                     int (*drain)(void *ctx, strmap *m, dbx_err *err), void *ctx, dbx_stats *st, dbx_err *err);
 

@@ -61,8 +61,13 @@ void tok_init(tok *t, const char *data, size_t n, int lowercase, size_t min_cp) 
 }
 
 void tok_reset(tok *t, const char *data, size_t n) {
-  t->p = (const unsigned char *)data;
-  t->end = t->p + n;
+  t->base = (const unsigned char *)data;
+  t->size = n;
+  t->blk = (size_t)0 - 64;  /* the first block is classified by the first call */
+  t->s = t->h = t->u = t->edges = 0;
+  t->in_word = 0;
+  t->rp = t->rend = NULL;
+  t->scalar = 0;
 }
 
 void tok_free(tok *t) { dbx_buf_free(&t->word); }
@@ -76,12 +81,145 @@ static utf8proc_int32_t decode(const unsigned char *p, const unsigned char *end,
   return c;
 }
 
+static int slow_next(tok *t, const char **w, size_t *n);
+
+/* Classification of 64 bytes at a time: bit i of *s is set when byte i is an ASCII word
+ * character or a byte of 0x80 and more (not a separator), of *h when it is 0x80 and more, of
+ * *u when it is an ASCII capital. Bytes past n count as separators. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline void classify16(const unsigned char *p, uint64_t *s, uint64_t *h, uint64_t *u, unsigned at) {
+  __m128i x = _mm_loadu_si128((const __m128i *)p);
+  /* x - lo < n, unsigned, as a signed compare after moving lo to -128 */
+  __m128i up = _mm_cmplt_epi8(_mm_add_epi8(x, _mm_set1_epi8((char)(0x80 - 'A'))), _mm_set1_epi8((char)(-128 + 26)));
+  __m128i al = _mm_cmplt_epi8(_mm_add_epi8(_mm_or_si128(x, _mm_set1_epi8(0x20)), _mm_set1_epi8((char)(0x80 - 'a'))),
+                              _mm_set1_epi8((char)(-128 + 26)));
+  __m128i dg = _mm_cmplt_epi8(_mm_add_epi8(x, _mm_set1_epi8((char)(0x80 - '0'))), _mm_set1_epi8((char)(-128 + 10)));
+  __m128i un = _mm_cmpeq_epi8(x, _mm_set1_epi8('_'));
+  uint64_t hi = (uint32_t)_mm_movemask_epi8(x);
+  *s |= ((uint64_t)(uint32_t)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(al, dg), un)) | hi) << at;
+  *h |= hi << at;
+  *u |= (uint64_t)(uint32_t)_mm_movemask_epi8(up) << at;
+}
+static void classify(const unsigned char *p, uint64_t *s, uint64_t *h, uint64_t *u) {
+  *s = *h = *u = 0;
+  for (unsigned i = 0; i < 64; i += 16) classify16(p + i, s, h, u, i);
+}
+#else
+static void classify(const unsigned char *p, uint64_t *s, uint64_t *h, uint64_t *u) {
+  *s = *h = *u = 0;
+  for (unsigned i = 0; i < 64; i++) {
+    uint64_t bit = (uint64_t)1 << i;
+    if (cls[p[i]]) *s |= bit;
+    if (p[i] >= 0x80) *h |= bit;
+    if ((unsigned)(p[i] - 'A') < 26u) *u |= bit;
+  }
+}
+#endif
+
+static inline uint64_t bits_between(unsigned a, unsigned b) { /* bits a..b-1, a < 64, a <= b <= 64 */
+  uint64_t hi = b == 64 ? ~(uint64_t)0 : ((uint64_t)1 << b) - 1;
+  return hi & ~(((uint64_t)1 << a) - 1);
+}
+
+/* The next run of non-separator bytes [*s, *e) of the text, and whether it holds a byte of
+ * 0x80 or more (*h) and an ASCII capital (*u); 0 at the end. */
+static int next_run(tok *t, size_t *s, size_t *e, int *h, int *u) {
+  for (;;) {
+    while (t->edges) {
+      unsigned b = (unsigned)__builtin_ctzll(t->edges);
+      t->edges &= t->edges - 1;
+      if (t->s >> b & 1) {
+        t->wstart = t->blk + b;
+        t->sb = b;
+        t->acc_h = t->acc_u = 0;
+        t->in_word = 1;
+        continue;
+      }
+      uint64_t r = bits_between(t->sb, b);
+      *s = t->wstart;
+      *e = t->blk + b;
+      *h = t->acc_h | ((t->h & r) != 0);
+      *u = t->acc_u | ((t->u & r) != 0);
+      t->in_word = 0;
+      return 1;
+    }
+    if (t->in_word) {  /* a run going on into the next block */
+      uint64_t r = bits_between(t->sb, 64);
+      t->acc_h |= (t->h & r) != 0;
+      t->acc_u |= (t->u & r) != 0;
+      t->sb = 0;
+    }
+    t->blk += 64;
+    if (t->blk >= t->size) {
+      t->blk = t->size;
+      t->edges = 0;
+      if (!t->in_word) return 0;
+      *s = t->wstart;
+      *e = t->size;
+      *h = t->acc_h;
+      *u = t->acc_u;
+      t->in_word = 0;
+      return 1;
+    }
+    uint64_t carry = t->in_word;
+    if (t->size - t->blk >= 64) {
+      classify(t->base + t->blk, &t->s, &t->h, &t->u);
+    } else {
+      unsigned char tail[64];
+      memset(tail, ' ', sizeof tail);
+      memcpy(tail, t->base + t->blk, t->size - t->blk);
+      classify(tail, &t->s, &t->h, &t->u);
+    }
+    t->edges = t->s ^ (t->s << 1 | carry);
+  }
+}
+
 int tok_next(tok *t, const char **w, size_t *n) {
-  const unsigned char *p = t->p, *end = t->end;
+  for (;;) {
+    if (t->rp) {
+      int rc = slow_next(t, w, n);
+      if (rc) return rc;
+      t->rp = t->rend = NULL;
+    }
+    size_t s, e;
+    int h, u;
+    if (!next_run(t, &s, &e, &h, &u)) return 0;
+    if (h) {  /* Unicode inside: the general tokenizer on this run alone */
+      t->rp = t->base + s;
+      t->rend = t->base + e;
+      continue;
+    }
+    size_t k = e - s;
+    if (k < t->min_cp) continue;
+    const unsigned char *p = t->base + s;
+    *n = k;
+    if (!u || !t->lower) { *w = (const char *)p; return 1; }
+    if (t->word.cap < k && dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
+    for (size_t i = 0; i < k; i++) t->word.data[i] = (char)lower_ascii[p[i]];
+    t->word.len = k;
+    *w = t->word.data;
+    return 1;
+  }
+}
+
+int tok_next_scalar(tok *t, const char **w, size_t *n) {
+  if (!t->scalar) {
+    t->scalar = 1;
+    t->rp = t->base;
+    t->rend = t->base + t->size;
+  }
+  return t->rp ? slow_next(t, w, n) : 0;
+}
+
+/* The general tokenizer on [t->rp, t->rend): a run of non-separator bytes that holds a byte
+ * of 0x80 or more (the whole text in principle; the block scanner hands it only such runs). */
+static int slow_next(tok *t, const char **w, size_t *n) {
+  const unsigned char *p = t->rp, *end = t->rend;
   for (;;) {
     /* Skip separators. */
     while (p < end && cls[*p] == 0) p++;
-    if (p == end) { t->p = p; return 0; }
+    if (p == end) { t->rp = p; return 0; }
     if (cls[*p] == 1) {
       /* Fast path: an all-ASCII word ending at an ASCII separator or the end is returned
        * in place when it has nothing to lowercase, else lowercased into the scratch. */
@@ -91,7 +229,7 @@ int tok_next(tok *t, const char **w, size_t *n) {
       if (q == end || cls[*q] == 0) {
         size_t k = (size_t)(q - p);
         if (k < t->min_cp) { p = q; continue; }
-        t->p = q;
+        t->rp = q;
         *n = k;
         if (!upper || !t->lower) { *w = (const char *)p; return 1; }
         if (t->word.cap < k && dbx_buf_reserve(&t->word, k)) return DBX_ENOMEM;
@@ -174,7 +312,7 @@ int tok_next(tok *t, const char **w, size_t *n) {
       continue;
     }
     if (ncp < t->min_cp) continue;
-    t->p = p;
+    t->rp = p;
     *w = t->word.data;
     *n = t->word.len;
     return 1;

@@ -57,6 +57,10 @@ static int wc_map_sink(const wc_cfg *cfg, const dbx_batch *b, wc_sink *x, dbx_st
 static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void *partial,
                   dbx_stats *st, dbx_err *err) {
   (void)bcast;
+  /* Room for the batch's vocabulary up front (about one distinct word per 256 bytes of a
+   * batch of e-mail or prose), so the table does not rehash as it fills. */
+  if (!strmap_count(partial) && strmap_reserve(partial, b->size / 256))
+    return dbx_seterr(err, DBX_ENOMEM, "word count: out of memory");
   wc_sink x = {partial, 0, NULL, NULL};
   return wc_map_sink(cfgv, b, &x, st, err);
 }
@@ -64,8 +68,7 @@ static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void 
 int wc_map_draining(const wc_cfg *cfg, const dbx_batch *b, strmap *m, size_t max,
                     int (*drain)(void *ctx, strmap *m, dbx_err *err), void *ctx, dbx_stats *st, dbx_err *err) {
   wc_sink x = {m, max, drain, ctx};
-  int rc = wc_map_sink(cfg, b, &x, st, err);
-  return rc ? rc : drain(ctx, m, err);
+  return wc_map_sink(cfg, b, &x, st, err);
 }
 
 /* With --max-record, lines longer than the limit are bad records: skipped and counted (the
@@ -106,12 +109,13 @@ static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap
   const char *ptr[PIPE];   /* a word in place in data (stable), or NULL: at pend + off */
   size_t off[PIPE], len[PIPE];
   uint64_t hash[PIPE];
-  int k = 0, rc;
+  int k = 0, rc, done = 0;
   tok_init(&t, data, size, !cfg->case_sensitive, 1);
   for (;;) {
     const char *w;
     size_t n;
     rc = tok_next(&t, &w, &n);
+    done = rc == 0;
     if (rc == 1) {
       len[k] = n;
       hash[k] = strmap_hash(w, n);
@@ -131,7 +135,7 @@ static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap
       rc = strmap_add_hashed(m, ptr[i] ? ptr[i] : pend.data + off[i], len[i], hash[i], 1, NULL);
     k = 0;
     pend.len = 0;
-    if (rc || t.p == t.end) break;
+    if (rc || done) break;
   }
   tok_free(&t);
   dbx_buf_free(&pend);

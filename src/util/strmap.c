@@ -7,30 +7,16 @@
  * that walk the map. */
 #include "util/strmap.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "dbatch.h"
 
-#define INLINE_MAX 8
-
-typedef struct slot {
-  uint64_t hash;
-  uint64_t val;
-  uint64_t key;    /* the key bytes when len <= INLINE_MAX, else its arena offset */
-  uint32_t len;    /* 0 = empty slot (keys are never empty) */
-  uint32_t id;
-} slot;
-
-struct strmap {
-  slot *t;
-  size_t mask;
-  uint32_t *order; /* id -> slot index */
-  size_t n, ocap;
-  dbx_buf arena;
-};
+static void free_table(strmap_slot *t, size_t n);
 
 strmap *strmap_new(void) {
   strmap *m = calloc(1, sizeof *m);
@@ -43,7 +29,7 @@ strmap *strmap_new(void) {
 
 void strmap_free(strmap *m) {
   if (!m) return;
-  free(m->t);
+  free_table(m->t, m->mask + 1);
   free(m->order);
   dbx_buf_free(&m->arena);
   free(m);
@@ -55,52 +41,60 @@ void strmap_clear(strmap *m) {
   m->arena.len = 0;
 }
 
+/* Tables from 2 MB up are mapped apart, 2 MB aligned and advised into huge pages: the lookups
+ * of a large vocabulary touch their pages at random, and a TLB miss costs about as much as
+ * the cache miss (more under virtualisation). Each thread keeps the last such table it freed
+ * and reuses it for the next of the same size (a task's table is the size of the last one):
+ * clearing warm memory is several times cheaper than faulting in and zeroing fresh pages. */
+#define BIG_TABLE ((size_t)2 << 20)
+static _Thread_local void *spare;
+static _Thread_local size_t spare_bytes;
+
+static strmap_slot *new_table(size_t n) {
+  size_t bytes = n * sizeof(strmap_slot);
+  if (bytes < BIG_TABLE) return calloc(n, sizeof(strmap_slot));
+  if (spare && spare_bytes == bytes) {
+    void *p = spare;
+    spare = NULL;
+    memset(p, 0, bytes);
+    return p;
+  }
+  char *p = mmap(NULL, bytes + BIG_TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  size_t lead = (BIG_TABLE - (uintptr_t)p % BIG_TABLE) % BIG_TABLE;
+  if (lead) munmap(p, lead);
+  munmap(p + lead + bytes, BIG_TABLE - lead);
+  (void)madvise(p + lead, bytes, MADV_HUGEPAGE);
+  return (strmap_slot *)(p + lead);  /* zero, as mapped */
+}
+
+static void free_table(strmap_slot *t, size_t n) {
+  size_t bytes = n * sizeof(strmap_slot);
+  if (!t) return;
+  if (bytes < BIG_TABLE) { free(t); return; }
+  if (spare) munmap(spare, spare_bytes);
+  spare = t;
+  spare_bytes = bytes;
+}
+
 static int grow(strmap *m) {
   size_t nmask = m->mask * 2 + 1;
-  slot *nt = calloc(nmask + 1, sizeof *nt);
+  strmap_slot *nt = new_table(nmask + 1);
   if (!nt) return DBX_ENOMEM;
   for (size_t i = 0; i < m->n; i++) {
-    const slot *s = &m->t[m->order[i]];
+    const strmap_slot *s = &m->t[m->order[i]];
     size_t j = (size_t)s->hash & nmask;
     while (nt[j].len) j = (j + 1) & nmask;
     nt[j] = *s;
     m->order[i] = (uint32_t)j;
   }
-  free(m->t);
+  free_table(m->t, m->mask + 1);
   m->t = nt;
   m->mask = nmask;
   return 0;
 }
 
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "strmap packs short keys assuming a little-endian machine"
-#endif
-
-/* The key's bytes (len <= 8) in memory order, zero-padded, without a byte-wise copy: a
- * memcpy of variable length followed by a 64-bit load stalls store forwarding. */
-static inline uint64_t inline_key(const char *key, size_t len) {
-  const unsigned char *p = (const unsigned char *)key;
-  if (len >= 4) {
-    uint32_t lo, hi;
-    memcpy(&lo, p, 4);
-    memcpy(&hi, p + len - 4, 4);
-    return (uint64_t)lo | (uint64_t)hi << (8 * (len - 4));
-  }
-  return (uint64_t)p[0] | (uint64_t)p[len >> 1] << (8 * (len >> 1)) |
-         (uint64_t)p[len - 1] << (8 * (len - 1));
-}
-
-static inline int same_key(const strmap *m, const slot *s, const char *key, size_t len, uint64_t ik) {
-  if (s->len != len) return 0;
-  if (len <= INLINE_MAX) return s->key == ik;
-  return memcmp(m->arena.data + s->key, key, len) == 0;
-}
-
-uint64_t strmap_hash(const char *key, size_t len) { return XXH3_64bits(key, len); }
-
-void strmap_prefetch(const strmap *m, uint64_t hash) {
-  __builtin_prefetch(&m->t[(size_t)hash & m->mask]);
-}
+uint64_t strmap_hash_long(const char *key, size_t len) { return XXH3_64bits(key, len); }
 
 int strmap_reserve(strmap *m, size_t n) {
   while (n * 2 > m->mask)
@@ -115,24 +109,11 @@ int strmap_reserve(strmap *m, size_t n) {
 }
 
 int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t *id) {
-  return strmap_add_hashed(m, key, len, XXH3_64bits(key, len), delta, id);
+  return strmap_add_hashed(m, key, len, strmap_hash(key, len), delta, id);
 }
 
-int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t h, uint64_t delta,
-                      uint32_t *id) {
-  if (len == 0 || len > UINT32_MAX) return DBX_EINVAL;
-  uint64_t ik = len <= INLINE_MAX ? inline_key(key, len) : 0;
-  size_t j = (size_t)h & m->mask;
-  for (;;) {
-    slot *s = &m->t[j];
-    if (!s->len) break;
-    if (s->hash == h && same_key(m, s, key, len, ik)) {
-      s->val += delta;
-      if (id) *id = s->id;
-      return 0;
-    }
-    j = (j + 1) & m->mask;
-  }
+int strmap_insert_at(strmap *m, size_t j, const char *key, size_t len, uint64_t h, uint64_t delta, uint32_t *id) {
+  if (len > UINT32_MAX) return DBX_EINVAL;
   if (m->n == m->ocap) {
     size_t nc = m->ocap ? m->ocap * 2 : 512;
     uint32_t *no = realloc(m->order, nc * sizeof *no);
@@ -140,9 +121,9 @@ int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t h, uint64
     m->order = no;
     m->ocap = nc;
   }
-  slot *s = &m->t[j];
-  if (len <= INLINE_MAX) {
-    s->key = ik;
+  strmap_slot *s = &m->t[j];
+  if (len <= STRMAP_INLINE_MAX) {
+    s->key = strmap_inline_key(key, len);
   } else {
     s->key = m->arena.len;
     if (dbx_buf_append(&m->arena, key, len)) return DBX_ENOMEM;
@@ -161,13 +142,13 @@ int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t h, uint64
 
 int64_t strmap_find(const strmap *m, const char *key, size_t len) {
   if (len == 0) return -1;
-  uint64_t h = XXH3_64bits(key, len);
-  uint64_t ik = len <= INLINE_MAX ? inline_key(key, len) : 0;
+  uint64_t h = strmap_hash(key, len);
+  uint64_t ik = len <= STRMAP_INLINE_MAX ? strmap_inline_key(key, len) : 0;
   size_t j = (size_t)h & m->mask;
   for (;;) {
-    const slot *s = &m->t[j];
+    const strmap_slot *s = &m->t[j];
     if (!s->len) return -1;
-    if (s->hash == h && same_key(m, s, key, len, ik)) return s->id;
+    if (s->hash == h && strmap_same_key(m, s, key, len, ik)) return s->id;
     j = (j + 1) & m->mask;
   }
 }
@@ -175,9 +156,9 @@ int64_t strmap_find(const strmap *m, const char *key, size_t len) {
 size_t strmap_count(const strmap *m) { return m->n; }
 
 const char *strmap_key(const strmap *m, uint32_t id, size_t *len) {
-  const slot *s = &m->t[m->order[id]];
+  const strmap_slot *s = &m->t[m->order[id]];
   *len = s->len;
-  return s->len <= INLINE_MAX ? (const char *)&s->key : m->arena.data + s->key;
+  return s->len <= STRMAP_INLINE_MAX ? (const char *)&s->key : m->arena.data + s->key;
 }
 
 uint64_t strmap_val(const strmap *m, uint32_t id) { return m->t[m->order[id]].val; }

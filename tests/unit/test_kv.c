@@ -10,6 +10,7 @@
 #include "engine/agg.h"
 #include "engine/kv.h"
 #include "ops/ops.h"
+#include "util/strmap.h"
 
 /* ---- a seeded generator (xorshift64*) ---- */
 static uint64_t rng_state;
@@ -575,6 +576,44 @@ static void test_split_from_table_equals_split_from_run(void **state) {
   }
 }
 
+/* Word count's table split straight (kv_split_counts) writes the bytes of a keyed partial
+ * holding the same counts split: keys of 1 to 20 bytes (inline and arena keys of the strmap),
+ * shared 8- and 16-byte prefixes, a NUL inside, and enough keys for the radix sort. */
+static void test_split_counts_equals_split(void **state) {
+  (void)state;
+  kv_spec s = wc_count_spec;
+  for (uint32_t r = 1; r <= 13; r += 4) {
+    for (int nkeys = 0; nkeys <= 3000; nkeys += 1500) {
+      rng_state = 7 + r + (uint64_t)nkeys;
+      strmap *m = strmap_new();
+      kvpart *p = kv_new(&s);
+      dbx_err err = {0, ""};
+      for (int i = 0; i < nkeys + 5; i++) {
+        char kb[24];
+        size_t n = 1 + rndn(20);
+        for (size_t j = 0; j < n; j++) kb[j] = (char)(j < 9 && rndn(4) ? "prefix12"[j % 8] : (char)('a' + rndn(3)));
+        if (rndn(50) == 0) kb[rndn((uint32_t)n)] = 0;
+        uint64_t c = 1 + rndn(5);
+        assert_int_equal(strmap_add(m, kb, n, c, NULL), 0);
+        assert_int_equal(kv_add_count(p, kb, n, c, &err), 0);
+      }
+      dbx_buf pa[13], pb[13];
+      memset(pa, 0, sizeof pa);
+      memset(pb, 0, sizeof pb);
+      assert_int_equal(kv_split_counts(&s, m, r, pa, &err), 0);
+      assert_int_equal(kv_split(p, r, pb, &err), 0);
+      for (uint32_t q = 0; q < r; q++) {
+        assert_int_equal(pa[q].len, pb[q].len);
+        assert_memory_equal(pa[q].data, pb[q].data, pa[q].len);
+        dbx_buf_free(&pa[q]);
+        dbx_buf_free(&pb[q]);
+      }
+      strmap_free(m);
+      kv_free(p);
+    }
+  }
+}
+
 static void test_add_after_seal(void **state) {
   (void)state;
   kv_spec s = spec_of("count,sum,first,last,distinct,top:2");
@@ -829,6 +868,7 @@ int main(void) {
       cmocka_unit_test(test_huge_values),
       cmocka_unit_test(test_decode_refuses),
       cmocka_unit_test(test_split_from_table_equals_split_from_run),
+      cmocka_unit_test(test_split_counts_equals_split),
       cmocka_unit_test(test_last_values_do_not_pile_up),
       cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
