@@ -1775,13 +1775,37 @@ done:
   return rc;
 }
 
-/* sref of a strmap's keys (off: the id), compared as cmp_hent compares a table's. */
+/* kv_split_counts sorts sref entries whose off packs what the output needs, so that the big
+ * table is read once in memory order and not again at random in key order: bits 0-31 the
+ * slot, 32-36 the key's length when it is 1 to 16 bytes (then p1, p2 are the whole key), 37-63
+ * the count when it fits (else 0: read from the slot). */
+#define SC_SLOT(o) ((uint32_t)(o))
+#define SC_LEN(o) ((size_t)((o) >> 32 & 31))
+#define SC_COUNT(o) ((o) >> 37)
+#define SC_COUNT_MAX (((uint64_t)1 << 27) - 1)
+
+static const char *sc_key(const strmap *m, const sref *e, char *buf, size_t *len) {
+  size_t n = SC_LEN(e->off);
+  if (!n) {
+    const strmap_slot *s = &m->t[SC_SLOT(e->off)];
+    *len = s->len;
+    return s->len <= STRMAP_INLINE_MAX ? (const char *)&s->key : m->arena.data + s->key;
+  }
+  for (int b = 0; b < 8; b++) buf[b] = (char)(e->p1 >> (56 - 8 * b));
+  for (int b = 0; b < 8; b++) buf[8 + b] = (char)(e->p2 >> (56 - 8 * b));
+  *len = n;
+  return buf;
+}
+
+/* Key order, as cmp_hent's: whole short keys are in p1, p2 (zero-padded: a tie there is
+ * decided by the length). */
 static int cmp_sc(const void *x, const void *y, void *arg) {
   const sref *ra = x, *rb = y;
   if (ra->p1 != rb->p1) return ra->p1 < rb->p1 ? -1 : 1;
   if (ra->p2 != rb->p2) return ra->p2 < rb->p2 ? -1 : 1;
+  char ba[16], bb[16];
   size_t la, lb;
-  const char *a = strmap_key(arg, (uint32_t)ra->off, &la), *b = strmap_key(arg, (uint32_t)rb->off, &lb);
+  const char *a = sc_key(arg, ra, ba, &la), *b = sc_key(arg, rb, bb, &lb);
   return cmp_bytes(a, la, b, lb);
 }
 
@@ -1794,14 +1818,21 @@ int kv_split_counts(const kv_spec *s, const strmap *m, uint32_t r, dbx_buf *out,
   uint64_t *nm = calloc(r, sizeof *nm);
   sref *v = malloc((n ? n : 1) * sizeof *v);
   if (!nm || !v) { rc = DBX_ENOMEM; goto done; }
-  /* The entries in key order, as sort_entries orders a table's. */
-  for (uint64_t i = 0; i < n; i++) {
-    size_t len;
-    const char *key = strmap_key(m, (uint32_t)i, &len);
-    v[i].p1 = prefix8(key, len);
-    v[i].p2 = len > 8 ? prefix8(key + 8, len - 8) : 0;
-    v[i].off = i;
+  /* The slots in memory order (a big table is read straight through once), then sorted by
+   * key as sort_entries sorts a table's entries. */
+  uint64_t k = 0;
+  for (size_t j = 0; j <= m->mask && k < n; j++) {
+    const strmap_slot *sl = &m->t[j];
+    if (!sl->len) continue;
+    const char *key = sl->len <= STRMAP_INLINE_MAX ? (const char *)&sl->key : m->arena.data + sl->key;
+    v[k].p1 = prefix8(key, sl->len);
+    v[k].p2 = sl->len > 8 ? prefix8(key + 8, sl->len - 8) : 0;
+    v[k].off = (uint64_t)j | (uint64_t)(sl->len <= 16 ? sl->len : 0) << 32 |
+               (sl->val <= SC_COUNT_MAX ? sl->val : 0) << 37;
+    k++;
   }
+  if (k != n) { rc = dbx_seterr(err, DBX_EINVAL, "keyed: a word count table of %llu keys holds %llu",
+                                (unsigned long long)n, (unsigned long long)k); goto done; }
   if (n < 64) qsort_r(v, n, sizeof *v, cmp_sc, (void *)m);
   else if ((rc = radix_p1(v, n))) goto done;
   for (uint64_t i = 0; i < n;) {
@@ -1818,8 +1849,9 @@ int kv_split_counts(const kv_spec *s, const strmap *m, uint32_t r, dbx_buf *out,
   }
   for (uint64_t i = 0; i < n && !rc; i++) {
     size_t len;
-    const char *key = strmap_key(m, (uint32_t)v[i].off, &len);
-    uint64_t c = strmap_val(m, (uint32_t)v[i].off);
+    char kb[16];
+    const char *key = sc_key(m, &v[i], kb, &len);
+    uint64_t c = SC_COUNT(v[i].off) ? SC_COUNT(v[i].off) : m->t[SC_SLOT(v[i].off)].val;
     if (c == 0 || c > KV_COUNT_MAX) {
       rc = dbx_seterr(err, DBX_EBADREC, "keyed: a count of 0 or past 2^62");
       break;

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE 1
 #include "engine/shuffle.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -104,6 +105,31 @@ static int write_file(const kv_part_cfg *pc, const char *path, const char *data,
   return rc ? rc : commit_tmp(pc, fd, tmp, path, put_all(pc, fd, data, n, err), err);
 }
 
+/* v[0..n), in key order, into count order (descending, keys ascending among equal counts):
+ * a stable radix sort on the count alone keeps the key order of equal counts, in a pass per
+ * byte in which the counts differ (one or two for the counts of text). */
+static int sort_by_count(cref *v, uint64_t n) {
+  if (n < 2) return 0;
+  uint64_t all_or = 0, all_and = ~(uint64_t)0;
+  for (uint64_t i = 0; i < n; i++) all_or |= ~v[i].c, all_and &= ~v[i].c;
+  cref *tmp = malloc(n * sizeof *tmp);
+  if (!tmp) return DBX_ENOMEM;
+  cref *src = v, *dst = tmp;
+  for (int byte = 0; byte < 8; byte++) {
+    int sh = 8 * byte;
+    if (((all_or ^ all_and) >> sh & 0xff) == 0) continue;  /* the same in every count */
+    uint64_t cnt[256] = {0};
+    for (uint64_t i = 0; i < n; i++) cnt[(~src[i].c >> sh) & 0xff]++;
+    uint64_t sum = 0;
+    for (int b = 0; b < 256; b++) { uint64_t c = cnt[b]; cnt[b] = sum; sum += c; }
+    for (uint64_t i = 0; i < n; i++) dst[cnt[(~src[i].c >> sh) & 0xff]++] = src[i];
+    cref *t = src; src = dst; dst = t;
+  }
+  if (src != v) memcpy(v, src, n * sizeof *v);
+  free(tmp);
+  return 0;
+}
+
 /* The by-count file of partition r from its reduced result, written as it is made (the
  * index of entries, 24 bytes each, is what it holds in memory). */
 static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_err *err) {
@@ -116,7 +142,10 @@ static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_er
   kv_entry e;
   uint64_t k = 0;
   while (k < n && kv_cursor_next(&c, &e)) v[k++] = (cref){e.key, (uint32_t)e.klen, get_u64(e.state)};
-  qsort(v, k, sizeof *v, cmp_cref);
+  if (sort_by_count(v, k)) {
+    free(v);
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  }
   char tmp[SHUFFLE_DIR_MAX + 128];
   int fd = -1;
   dbx_buf out = {0};
@@ -249,6 +278,60 @@ int shuffle_write_map_counts(const kv_part_cfg *pc, const kv_spec *spec, const s
   return write_parts(pc, parts, index, NULL, -1, kv_split_counts(spec, m, pc->r, parts, err), err);
 }
 
+/* Unless rc, merge each partition's runs of levels 0..levels-1 (named after lvl) into the
+ * task's partition file, then note the bytes spilled; the level files are removed either way. */
+static int merge_levels(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, const char *lvl, int levels,
+                        uint64_t total, int rc, dbx_err *err) {
+  char (*paths)[SHUFFLE_DIR_MAX + 96] = calloc((size_t)levels ? (size_t)levels : 1, sizeof *paths);
+  if (!paths && !rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (uint32_t r = 0; r < pc->r && paths; r++) {
+    for (int l = 0; l < levels; l++) snprintf(paths[l], sizeof paths[l], "%s-p%u.%d", lvl, r, l);
+    if (!rc) {
+      char path[SHUFFLE_DIR_MAX + 64];
+      map_path(path, sizeof path, pc, index, r);
+      rc = merge_files(pc, spec, "spilled run", paths, (uint32_t)levels, path, err);
+    }
+    for (int l = 0; l < levels; l++) unlink(paths[l]);
+  }
+  free(paths);
+  if (!rc) {
+    char path[SHUFFLE_DIR_MAX + 64], b[8];
+    put_u64(b, total);
+    spilled_path(path, sizeof path, pc, index);
+    rc = write_file(pc, path, b, sizeof b, err);
+  }
+  return rc;
+}
+
+static void level_name(const kv_part_cfg *pc, char *lvl, size_t cap) {
+  static __thread unsigned seq;
+  snprintf(lvl, cap, "%s/.tmp-lvl-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+}
+
+void shuffle_levels_init(const kv_part_cfg *pc, shuffle_levels *L) {
+  level_name(pc, L->lvl, sizeof L->lvl);
+  L->n = 0;
+  L->bytes = 0;
+}
+
+int shuffle_level_counts(const kv_part_cfg *pc, const kv_spec *spec, const strmap *m, shuffle_levels *L, dbx_err *err) {
+  dbx_buf *parts = calloc(pc->r, sizeof *parts);
+  if (!parts) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  int rc = kv_split_counts(spec, m, pc->r, parts, err);
+  for (uint32_t r = 0; r < pc->r && !rc; r++) L->bytes += parts[r].len;
+  rc = write_parts(pc, parts, 0, L->lvl, L->n, rc, err);
+  L->n++;  /* even when it failed: some of its files may exist */
+  if (!rc && kv_spill_fault) kv_spill_fault();
+  return rc;
+}
+
+int shuffle_levels_finish(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, shuffle_levels *L, int rc,
+                          dbx_err *err) {
+  rc = merge_levels(pc, spec, index, L->lvl, L->n, L->bytes, rc, err);
+  L->n = 0;
+  return rc;
+}
+
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err) {
   int rc = shuffle_check(pc, err);
   if (rc || !pc->r) return rc;
@@ -262,9 +345,8 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
   }
   /* Levels: the table that froze, then tables of the records it spilled, each under the
    * budget, each spilling what it cannot hold to the next. Their keys are disjoint. */
-  static __thread unsigned seq;
   char lvl[SHUFFLE_DIR_MAX + 64];
-  snprintf(lvl, sizeof lvl, "%s/.tmp-lvl-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+  level_name(pc, lvl, sizeof lvl);
   int levels = 0;
   kvpart *cur = p;
   for (;;) {
@@ -291,25 +373,7 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
   }
   kv_free(cur);
   if (fd >= 0) close(fd);
-  char (*paths)[SHUFFLE_DIR_MAX + 96] = calloc((size_t)levels ? (size_t)levels : 1, sizeof *paths);
-  if (!paths && !rc) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  for (uint32_t r = 0; r < pc->r && paths; r++) {
-    for (int l = 0; l < levels; l++) snprintf(paths[l], sizeof paths[l], "%s-p%u.%d", lvl, r, l);
-    if (!rc) {
-      char path[SHUFFLE_DIR_MAX + 64];
-      map_path(path, sizeof path, pc, index, r);
-      rc = merge_files(pc, kv_spec_of(p), "spilled run", paths, (uint32_t)levels, path, err);
-    }
-    for (int l = 0; l < levels; l++) unlink(paths[l]);
-  }
-  free(paths);
-  if (!rc) {
-    char path[SHUFFLE_DIR_MAX + 64], b[8];
-    put_u64(b, total);
-    spilled_path(path, sizeof path, pc, index);
-    rc = write_file(pc, path, b, sizeof b, err);
-  }
-  return rc;
+  return merge_levels(pc, kv_spec_of(p), index, lvl, levels, total, rc, err);
 }
 
 int shuffle_write_empty(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, dbx_err *err) {
@@ -523,6 +587,14 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
     spilled_path(path, sizeof path, pc, i);
     unlink(path);
   }
+  /* Temporary files of a worker killed while it wrote them (a partition file, a level): the
+   * directory is this job's own and no task runs any more. */
+  DIR *d = opendir(pc->dir);
+  struct dirent *e;
+  while (d && (e = readdir(d)))
+    if (!strncmp(e->d_name, ".tmp-", 5) && snprintf(path, sizeof path, "%s/%s", pc->dir, e->d_name) < (int)sizeof path)
+      unlink(path);
+  if (d) closedir(d);
 }
 
 /* ---- the by-count stream ---- */

@@ -47,6 +47,20 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
 /* The same files from word count's own table m (counts under spec), when nothing of the
  * batch went into a keyed partial: the same bytes shuffle_write_map writes for those counts. */
 int shuffle_write_map_counts(const kv_part_cfg *pc, const kv_spec *spec, const strmap *m, uint32_t index, dbx_err *err);
+/* Word count past its memory: each time its table fills, the table is written split into
+ * partition runs (a level: temporary files in pc->dir) and emptied; at the end the task's
+ * partition files are the merge of the levels' runs (counts of a key add up), the same bytes
+ * as one table would give. Spilled bytes are the levels'. */
+typedef struct shuffle_levels {
+  char lvl[SHUFFLE_DIR_MAX + 64];
+  int n;
+  uint64_t bytes;
+} shuffle_levels;
+void shuffle_levels_init(const kv_part_cfg *pc, shuffle_levels *L);
+int shuffle_level_counts(const kv_part_cfg *pc, const kv_spec *spec, const strmap *m, shuffle_levels *L, dbx_err *err);
+/* Unless rc, merge the levels into batch index's partition files; the levels are removed either way. */
+int shuffle_levels_finish(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, shuffle_levels *L, int rc,
+                          dbx_err *err);
 
 /* The empty partitions of map task index (a task skipped under --on-task-failure=skip has no
  * output: its part of the result is missing, not the reduce stage's input). */

@@ -309,45 +309,42 @@ static void *wcp_new(const void *cfg) {
   return kv_new(&wc_count_spec);
 }
 
-/* Move the words of m into the keyed partial (under its budget, spilling) and empty m. */
-static int wcp_drain(void *ctx, strmap *m, dbx_err *err) {
-  int rc = 0;
-  /* Both tables hash with strmap_hash: the word's hash is reused, and the keyed table's slot and
-   * entry are prefetched 16 and 8 words ahead (a big table misses the cache on both). */
-  for (uint32_t id = 0, n = (uint32_t)strmap_count(m); !rc && id < n; id++) {
-    if (id + 16 < n) kv_prefetch(ctx, strmap_hash_of(m, id + 16));
-    if (id + 8 < n) kv_prefetch_entry(ctx, strmap_hash_of(m, id + 8));
-    size_t len;
-    const char *w = strmap_key(m, id, &len);
-    rc = kv_add_count_hashed(ctx, w, len, strmap_hash_of(m, id), strmap_val(m, id), err);
-  }
+/* A map task's levels: word count's table written out split whenever it fills. */
+typedef struct wcp_task {
+  const kv_part_cfg *pc;
+  shuffle_levels lv;
+} wcp_task;
+
+static int wcp_level(void *ctx, strmap *m, dbx_err *err) {
+  wcp_task *x = ctx;
+  int rc = shuffle_level_counts(x->pc, &wc_count_spec, m, &x->lv, err);
   strmap_clear(m);
   return rc;
 }
 
 static int wcp_map(const void *cfgp, const void *bcast, const dbx_batch *b, void *partial, dbx_stats *st, dbx_err *err) {
   (void)bcast;
+  (void)partial;  /* the rows go to partition files; the partial sent back stays empty */
   const wcpart_cfg *cfg = cfgp;
   int rc = shuffle_check(&cfg->part, err);
   if (rc) return rc;
   if (!cfg->part.r) return dbx_seterr(err, DBX_EPROTO, "malformed configuration");
-  shuffle_budget(&cfg->part, partial);
   strmap *m = op_wordcount.partial_new(&cfg->wc);
   if (!m) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  /* Word count's own table takes the words first (the fast path); past a share of the
-   * budget it is drained into the keyed partial, which spills. */
+  /* Word count's own table takes the words. Past half the task's memory it is written out
+   * as a level of partition runs and emptied; a batch that fits (no level) is split from it
+   * straight into its partition files. */
   size_t max = cfg->part.memory ? (size_t)cfg->part.memory / 2 : SIZE_MAX;
-  rc = wc_map_draining(&cfg->wc, b, m, max, wcp_drain, partial, st, err);
-  /* A batch whose words all stayed in word count's table is split from it straight (one
-   * table less); else the rest joins the keyed partial, which writes the same bytes. */
-  if (!rc && kv_untouched(partial)) {
+  wcp_task x = {&cfg->part, {{0}, 0, 0}};
+  shuffle_levels_init(&cfg->part, &x.lv);
+  rc = wc_map_draining(&cfg->wc, b, m, max, wcp_level, &x, st, err);
+  if (!rc && x.lv.n == 0) {
     rc = shuffle_write_map_counts(&cfg->part, &wc_count_spec, m, b->index, err);
-    op_wordcount.partial_free(m);
-    return rc;
+  } else {
+    if (!rc) rc = wcp_level(&x, m, err);
+    rc = shuffle_levels_finish(&cfg->part, &wc_count_spec, b->index, &x.lv, rc, err);
   }
-  if (!rc) rc = wcp_drain(partial, m, err);
   op_wordcount.partial_free(m);
-  if (!rc) rc = shuffle_write_map(&cfg->part, partial, b->index, err);
   return rc;
 }
 

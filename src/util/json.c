@@ -46,10 +46,16 @@ int json_str(dbx_buf *b, const char *s, size_t n) {
 
 int json_cstr(dbx_buf *b, const char *s) { return json_str(b, s, strlen(s)); }
 
+/* Decimal digits by hand: every count of every output row comes through here. */
 int json_int(dbx_buf *b, int64_t v) {
-  char t[32];
-  int k = snprintf(t, sizeof t, "%lld", (long long)v);
-  return dbx_buf_append(b, t, (size_t)k);
+  char t[24], *e = t + sizeof t, *p = e;
+  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0) *--p = '-';
+  return dbx_buf_append(b, p, (size_t)(e - p));
 }
 
 int json_real(dbx_buf *b, double v) {

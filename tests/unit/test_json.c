@@ -103,12 +103,37 @@ static void test_depth_bound(void **state) {
   dbx_buf_free(&b);
 }
 
+/* Integers as printf's %lld writes them, at the edges of int64 and around powers of ten. */
+static void test_int_digits(void **state) {
+  int64_t v[] = {0, 1, -1, 9, 10, -10, 99, 100, 12345678901234LL, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+  for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+    dbx_buf b = {0};
+    char want[32];
+    snprintf(want, sizeof want, "%lld", (long long)v[i]);
+    assert_int_equal(json_int(&b, v[i]), 0);
+    assert_int_equal(b.len, strlen(want));
+    assert_memory_equal(b.data, want, b.len);
+    dbx_buf_free(&b);
+  }
+  for (int64_t p = 1; p < INT64_MAX / 10; p *= 10)
+    for (int64_t d = -1; d <= 1; d++) {
+      dbx_buf b = {0};
+      char want[32];
+      snprintf(want, sizeof want, "%lld", (long long)(p + d));
+      assert_int_equal(json_int(&b, p + d), 0);
+      assert_int_equal(b.len, strlen(want));
+      assert_memory_equal(b.data, want, b.len);
+      dbx_buf_free(&b);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_values_and_escapes),
       cmocka_unit_test(test_malformed),
       cmocka_unit_test(test_strict_table),
       cmocka_unit_test(test_depth_bound),
+      cmocka_unit_test(test_int_digits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -597,6 +597,9 @@ static void test_split_counts_equals_split(void **state) {
         assert_int_equal(strmap_add(m, kb, n, c, NULL), 0);
         assert_int_equal(kv_add_count(p, kb, n, c, &err), 0);
       }
+      /* A count past what the sort's packed entry holds (read back from the table). */
+      assert_int_equal(strmap_add(m, "big", 3, ((uint64_t)1 << 27) + 5, NULL), 0);
+      assert_int_equal(kv_add_count(p, "big", 3, ((uint64_t)1 << 27) + 5, &err), 0);
       dbx_buf pa[13], pb[13];
       memset(pa, 0, sizeof pa);
       memset(pb, 0, sizeof pb);
