@@ -222,7 +222,11 @@ static int bc_load_model(const void *cfg, const char *p, size_t n, void **out, d
  * coordinator, which only finishes stages, never pays for it. */
 static const strmap *bc_vocab(nb_bc *b) {
   pthread_mutex_lock(&b->mu);
-  if (!b->vocab && (b->vocab = strmap_new()))
+  if (!b->vocab && (b->vocab = strmap_new()) && strmap_reserve(b->vocab, b->V)) {
+    strmap_free(b->vocab);
+    b->vocab = NULL;
+  }
+  if (b->vocab && strmap_count(b->vocab) == 0)
     for (uint32_t j = 0; j < b->V; j++)
       if (strmap_add(b->vocab, b->terms[j].via.str.ptr, b->terms[j].via.str.size, 0, NULL)) {
         strmap_free(b->vocab);
@@ -620,6 +624,7 @@ typedef struct tfidf {
   double *w;
   size_t nt, cap;
   tok t;
+  dbx_buf pend;     /* words of the pipeline that live in the tokenizer's scratch */
 } tfidf;
 
 static int tfidf_init(tfidf *x, uint32_t V) {
@@ -634,32 +639,66 @@ static void tfidf_free(tfidf *x) {
   free(x->touch);
   free(x->w);
   tok_free(&x->t);
+  dbx_buf_free(&x->pend);
 }
 
 /* Count the known terms of d, then weights w[k] for terms touch[k]: count * idf, divided by
  * the row's L2 norm (a document with no known term stays all zero). Unknown terms are
  * ignored, as the vectorizer drops them. */
+static int tfidf_term(tfidf *x, int64_t j) {
+  if (j < 0 || x->cnt[j]++) return 0;
+  if (x->nt == x->cap) {
+    size_t nc = x->cap ? x->cap * 2 : 256;
+    uint32_t *nt = realloc(x->touch, nc * sizeof *nt);
+    double *nw = realloc(x->w, nc * sizeof *nw);
+    if (nt) x->touch = nt;
+    if (nw) x->w = nw;
+    if (!nt || !nw) return DBX_ENOMEM;
+    x->cap = nc;
+  }
+  x->touch[x->nt++] = (uint32_t)j;
+  return 0;
+}
+
+/* Terms are looked up TF_PIPE behind the tokenizer, their slots prefetched when they are
+ * hashed: the vocabulary is larger than the cache. */
+#define TF_PIPE 8
+
 static int tfidf_doc(tfidf *x, const nb_bc *b, const strmap *vocab, const nb_doc *d) {
   tok_reset(&x->t, d->text, d->len);
   x->nt = 0;
   const char *w;
   size_t n;
   int rc;
-  while ((rc = tok_next(&x->t, &w, &n)) == 1) {
-    int64_t j = strmap_find(vocab, w, n);
-    if (j < 0) continue;
-    if (x->cnt[j]++ == 0) {
-      if (x->nt == x->cap) {
-        size_t nc = x->cap ? x->cap * 2 : 256;
-        uint32_t *nt = realloc(x->touch, nc * sizeof *nt);
-        double *nw = realloc(x->w, nc * sizeof *nw);
-        if (nt) x->touch = nt;
-        if (nw) x->w = nw;
-        if (!nt || !nw) return DBX_ENOMEM;
-        x->cap = nc;
+  const char *ptr[TF_PIPE];
+  size_t len[TF_PIPE], off[TF_PIPE];
+  uint64_t hash[TF_PIPE];
+  int q = 0;
+  x->pend.len = 0;
+  for (;;) {
+    rc = tok_next(&x->t, &w, &n);
+    int done = rc != 1;
+    if (rc == 1) {
+      len[q] = n;
+      hash[q] = strmap_hash(w, n);
+      strmap_prefetch(vocab, hash[q]);
+      if (w >= d->text && w < d->text + d->len) {
+        ptr[q] = w;
+      } else {
+        ptr[q] = NULL;
+        off[q] = x->pend.len;
+        if (dbx_buf_append(&x->pend, w, n)) return DBX_ENOMEM;
       }
-      x->touch[x->nt++] = (uint32_t)j;
+      if (++q < TF_PIPE) continue;
     }
+    if (rc < 0) return rc;
+    for (int i = 0; i < q; i++) {
+      int r2 = tfidf_term(x, strmap_find_hashed(vocab, ptr[i] ? ptr[i] : x->pend.data + off[i], len[i], hash[i]));
+      if (r2) return r2;
+    }
+    q = 0;
+    x->pend.len = 0;
+    if (done) break;
   }
   if (rc < 0) return rc;
   double ss = 0;

@@ -141,16 +141,7 @@ int strmap_insert_at(strmap *m, size_t j, const char *key, size_t len, uint64_t 
 }
 
 int64_t strmap_find(const strmap *m, const char *key, size_t len) {
-  if (len == 0) return -1;
-  uint64_t h = strmap_hash(key, len);
-  uint64_t ik = len <= STRMAP_INLINE_MAX ? strmap_inline_key(key, len) : 0;
-  size_t j = (size_t)h & m->mask;
-  for (;;) {
-    const strmap_slot *s = &m->t[j];
-    if (!s->len) return -1;
-    if (s->hash == h && strmap_same_key(m, s, key, len, ik)) return s->id;
-    j = (j + 1) & m->mask;
-  }
+  return len ? strmap_find_hashed(m, key, len, strmap_hash(key, len)) : -1;
 }
 
 size_t strmap_count(const strmap *m) { return m->n; }

@@ -28,8 +28,9 @@ static inline uint64_t strmap_hash(const char *key, size_t len);
 static inline void strmap_prefetch(const strmap *m, uint64_t hash);
 static inline int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t hash, uint64_t delta,
                                     uint32_t *id);
-/* Id of key, or -1 when absent. */
+/* Id of key, or -1 when absent; the same with the hash computed ahead (strmap_hash). */
 int64_t strmap_find(const strmap *m, const char *key, size_t len);
+static inline int64_t strmap_find_hashed(const strmap *m, const char *key, size_t len, uint64_t h);
 
 size_t strmap_count(const strmap *m);
 /* The key of id; the pointer is valid until the next insertion. */
@@ -117,6 +118,18 @@ static inline int strmap_add_hashed(strmap *m, const char *key, size_t len, uint
       if (id) *id = s->id;
       return 0;
     }
+    j = (j + 1) & m->mask;
+  }
+}
+
+static inline int64_t strmap_find_hashed(const strmap *m, const char *key, size_t len, uint64_t h) {
+  if (len == 0) return -1;
+  uint64_t ik = len <= STRMAP_INLINE_MAX ? strmap_inline_key(key, len) : 0;
+  size_t j = (size_t)h & m->mask;
+  for (;;) {
+    const strmap_slot *s = &m->t[j];
+    if (!s->len) return -1;
+    if (s->hash == h && strmap_same_key(m, s, key, len, ik)) return s->id;
     j = (j + 1) & m->mask;
   }
 }
