@@ -45,6 +45,7 @@ typedef struct cli_job {
   char dirs_made[2048];   /* the parents made for it, each NUL-terminated, in the order made */
   size_t ndirs_made;      /* bytes of dirs_made in use */
   char out_shown[600];    /* the output as reports show it (sink_redact) */
+  char command_shown[2048]; /* the command line as reports show it (cli_command_line) */
   int table_set;          /* --table was given */
 } cli_job;
 
@@ -60,6 +61,8 @@ typedef struct cli_outputs {
 
 /* The command line being run (for the journal) and whether it is a resume. Set by main. */
 extern int cli_argc;
+extern int cli_typed_argc;      /* argv as typed (before getopt reorders it), for reports */
+extern char **cli_typed_argv;
 extern char **cli_argv;
 extern int cli_resume;
 
@@ -200,6 +203,8 @@ const char *cli_closest(const char *word, const char *const *names, size_t n);
 void cli_job_defaults(cli_job *o, const char *job_name);
 /* Without --batch-bytes/--batch-records: engine_default_batch_bytes of the input's size,
  * never of the worker count or the machine (a resume takes the journal's plan anyway). */
+/* The command line as reports show it (quoted, a URI's password hidden) into out. */
+void cli_command_line(char *out, size_t cap);
 void cli_job_size_batches(cli_job *o, const inputs *in);
 /* Check before the job runs that dest (a file, sqlite:PATH or -) given to option opt can
  * be written: its directory takes a new file (probed), an existing SQLite file opens for

@@ -27,6 +27,8 @@
 
 int cli_argc;
 char **cli_argv;
+int cli_typed_argc;
+char **cli_typed_argv;
 int cli_resume;
 
 void cli_job_defaults(cli_job *o, const char *job_name) {
@@ -172,6 +174,36 @@ int cli_job_option(cli_job *o, int c, const char *arg) {
   case 'q': o->quiet = 1; log_set_level(LOG_ERROR); return 1;
   case 'v': o->verbose = 1; log_set_level(LOG_DEBUG); return 1;
   default: return 0;
+  }
+}
+
+/* The command line as the report shows it: each word shell-quoted when it needs it, a URI's
+ * password hidden (sink_redact), cut at the buffer's end. */
+void cli_command_line(char *out, size_t cap) {
+  size_t n = 0;
+  out[0] = 0;
+  int argc = cli_typed_argv ? cli_typed_argc : cli_argc;
+  char **argv = cli_typed_argv ? cli_typed_argv : cli_argv;
+  for (int i = 0; i < argc && n + 1 < cap; i++) {
+    char word[1024];
+    const char *a = i == 0 ? "dbatch" : argv[i];
+    if (strstr(a, "://")) {
+      sink_redact(a, word, sizeof word);
+      a = word;
+    }
+    int plain = a[0] != 0;
+    for (const char *p = a; *p && plain; p++)
+      plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("-_./=:,@%+", *p);
+    n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? " " : "", plain ? a : "'");
+    if (!plain) {
+      for (const char *p = a; *p && n + 5 < cap; p++) {
+        if (*p == '\'') n += (size_t)snprintf(out + n, cap - n, "'\\''");
+        else out[n++] = *p;
+      }
+      if (n + 1 < cap) out[n++] = '\'';
+      out[n < cap ? n : cap - 1] = 0;
+    }
+    if (n >= cap) n = cap - 1;
   }
 }
 
@@ -368,6 +400,8 @@ static int job_start(cli_job *o, job *j, coord **c, int *made, dbx_err *err) {
   o->co.workers = o->workers;
   j->workers = o->workers;
   j->started_wall = time_wall();
+  cli_command_line(o->command_shown, sizeof o->command_shown);
+  j->command = o->command_shown;
   if (o->out.dest) {
     sink_redact(!strcmp(o->out.dest, "-") ? "standard output" : o->out.dest, o->out_shown, sizeof o->out_shown);
     j->out_dest = o->out_shown;

@@ -415,6 +415,7 @@ int cmd_cooccur(int argc, char **argv) {
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "baskets", &op_baskets, &bcfg, sizeof bcfg, bout);
+    job_plan_stage(&j, "pairs");  /* listed from the start (its reduce, once its partitions are known) */
     s.csv_quotes = rs.fmt == REC_CSV;
     char opts[256], colsd[160];
     plan_cols(colsd, sizeof colsd, &bcfg.cols);

@@ -103,6 +103,7 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
 int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part_cfg *pc, const kv_spec *spec,
                     int by_count, cli_rows_fn rows, void *ctx, dbx_err *err) {
   if (!pc->r) return cli_run_stage(co, j, s, err);
+  job_plan_stage(j, "reduce");  /* listed from the start */
   sink *out = s->out;
   s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
   int rc = cli_run_stage(co, j, s, err);

@@ -101,6 +101,11 @@ int main(int argc, char **argv) { return dispatch(argc, argv); }
 static int dispatch(int argc, char **argv) {
   cli_argc = argc;
   cli_argv = argv;
+  /* The words as typed, for reports: getopt reorders argv as it parses. */
+  static char *typed[4096];
+  cli_typed_argc = argc < 4096 ? argc : 4095;
+  for (int i = 0; i < cli_typed_argc; i++) typed[i] = argv[i];
+  cli_typed_argv = typed;
   opterr = 0;  /* every command reports a bad option itself, in one line (cli_bad_option) */
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);

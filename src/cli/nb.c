@@ -399,6 +399,10 @@ int cmd_nb(int argc, char **argv) {
    * file share its transaction (src/sink/sink_sqlite.c): both appear, or neither. */
   if (!rc && no.metrics) rc = sink_open(&mo, &metric_schema, &outs.met, &err);
   double t_train = 0, t_test = 0;
+  if (!rc) {  /* the stages to come, listed from the start */
+    if (train) job_plan_stage(&j, "vocabulary"), job_plan_stage(&j, "fit");
+    if (test) job_plan_stage(&j, "predict");
+  }
   if (!rc && train) {
     double t0 = time_mono();
     cfg.format = ctr.format;

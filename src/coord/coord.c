@@ -822,6 +822,11 @@ static int handle_message(srun *r, dbx_err *err) {
   } else {
     size_t wi = (size_t)(w - c->wt.w);
     w->last_heard = time_mono();
+    if (m.type == MSG_HEARTBEAT && m.has_usage) {
+      w->cpu_ms = m.cpu_ms;
+      w->rss = m.rss;
+      w->peak_rss = m.peak_rss;
+    }
     if (m.type == MSG_RESULT) rc = on_result(r, wi, &m, err);
     else if (m.type == MSG_FAILURE) rc = on_failure(r, wi, &m, err);
   }
@@ -907,6 +912,8 @@ static void tick_ui(srun *r, double now) {
     u->state = g->end ? g->end : "lost";
     u->tasks = g->info.tasks;
     u->failures = g->info.failures;
+    u->cpu_seconds = g->info.cpu_seconds;
+    u->peak_rss = g->info.peak_rss;
   }
   for (size_t i = 0; i < c->wt.n; i++) {
     const cworker *x = &c->wt.w[i];
@@ -921,6 +928,9 @@ static void tick_ui(srun *r, double now) {
     u->tasks = x->tasks;
     u->failures = x->failures;
     u->heartbeat_age = x->alive ? now - x->last_heard : 0;
+    u->cpu_seconds = (double)x->cpu_ms / 1000.0;
+    u->rss = x->alive ? x->rss : 0;
+    u->peak_rss = x->peak_rss;
     running += u->inflight;
   }
   ui_tick(r->j->ui, r->j, w, n, r->s->st->name, running);
@@ -1081,6 +1091,7 @@ int coord_run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     j->policy = sched_name(c->o.policy);
     rc = run_stage(c, j, s, err);
     s->st->seconds = time_mono() - t0;
+    if (!rc) s->st->state = STAGE_DONE;
   }
   return rc;
 }

@@ -48,6 +48,8 @@ static void to_info(const cworker *w, worker_info *x) {
   x->bytes = w->bytes;
   x->failures = w->failures;
   x->busy_seconds = w->busy;
+  x->cpu_seconds = (double)w->cpu_ms / 1000.0;
+  x->peak_rss = w->peak_rss;
   snprintf(x->state, sizeof x->state, "%s", w->end ? w->end : w->excluded ? "excluded" : w->alive ? "finished" : "lost");
 }
 

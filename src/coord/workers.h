@@ -28,6 +28,7 @@ typedef struct cworker {
   double last_heard, mean_task;
   uint64_t tasks, bytes, failures;
   double busy;
+  uint64_t cpu_ms, rss, peak_rss;  /* its resource use, from its heartbeats */
   uint32_t bad[16], nbad;   /* distinct tasks with a failed attempt here */
   uint32_t overtaken;       /* its attempts that a copy elsewhere finished first */
   double unshared_at;       /* when it stopped reading our files in place (it refused one) */

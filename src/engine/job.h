@@ -24,7 +24,14 @@ typedef struct stage_stats {
   int plan_whole_files;
   char plan_opts[256];
   int recompute;      /* it ran tasks of an earlier stage again: its records are not new */
+  /* Progress: the bytes of its plain-file inputs (0 when it has none, or some are compressed
+   * or streamed: then its tasks count), and whether it has not started yet, is running or
+   * is done (STAGE_PLANNED, STAGE_RUNNING, STAGE_DONE). */
+  uint64_t planned_bytes;
+  int state;
 } stage_stats;
+
+enum { STAGE_PLANNED = 0, STAGE_RUNNING, STAGE_DONE };
 
 typedef struct stage {
   const char *name;
@@ -58,6 +65,8 @@ typedef struct worker_info {
   int local;
   uint64_t tasks, bytes, failures;
   double busy_seconds;
+  double cpu_seconds;      /* its process's and its children's, as last reported (0: unknown) */
+  uint64_t peak_rss;       /* bytes, as last reported (0: unknown) */
   char state[16];          /* at the end: "finished", "killed", "exited", "lost", "excluded" */
 } worker_info;
 
@@ -87,6 +96,7 @@ typedef struct job {
   double t_start, elapsed;
   uint64_t rows_out;
   const char *out_dest;    /* the output as shown (a URI's password hidden), or NULL */
+  const char *command;     /* the command line as shown (quoted, passwords hidden), or NULL */
   double started_wall;     /* when the job started (seconds since the epoch) */
   const char *policy;      /* NULL when tasks ran in this process */
   worker_info *winfo;      /* filled by the coordinator; owned by the job */
@@ -154,6 +164,12 @@ void engine_describe_task(const batchdesc *b, const inputs *in, char *out, size_
 
 /* A new stage_stats slot in j for a stage called name (NULL when full). */
 stage_stats *job_add_stage(job *j, const char *name);
+/* Name a stage the job will run later, so the dashboard and the report list it before it
+ * starts; job_add_stage of that name then takes this entry. */
+void job_plan_stage(job *j, const char *name);
+/* How far the job is, 0..1: each stage counts the same, a stage by its bytes read when its
+ * inputs' size is known, else by its tasks done. */
+double job_progress(const job *j);
 
 /* Write the machine-readable summary (atomically). */
 int job_write_summary(const job *j, const char *path, int ok, const dbx_err *failure, dbx_err *err);

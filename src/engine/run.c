@@ -51,11 +51,42 @@ void job_free_records(job *j) {
 }
 
 stage_stats *job_add_stage(job *j, const char *name) {
+  for (int i = 0; i < j->nstages; i++)
+    if (j->stages[i].state == STAGE_PLANNED && !strncmp(j->stages[i].name, name, sizeof j->stages[i].name - 1)) {
+      j->stages[i].state = STAGE_RUNNING;
+      return &j->stages[i];
+    }
   if (j->nstages == STAGE_MAX) return NULL;
   stage_stats *s = &j->stages[j->nstages++];
   memset(s, 0, sizeof *s);
   snprintf(s->name, sizeof s->name, "%s", name);
+  s->state = STAGE_RUNNING;
   return s;
+}
+
+void job_plan_stage(job *j, const char *name) {
+  for (int i = 0; i < j->nstages; i++)
+    if (j->stages[i].state == STAGE_PLANNED && !strncmp(j->stages[i].name, name, sizeof j->stages[i].name - 1)) return;
+  if (j->nstages == STAGE_MAX) return;
+  stage_stats *s = &j->stages[j->nstages++];
+  memset(s, 0, sizeof *s);
+  snprintf(s->name, sizeof s->name, "%s", name);
+  s->state = STAGE_PLANNED;
+}
+
+double job_progress(const job *j) {
+  double sum = 0;
+  int n = 0;
+  for (int i = 0; i < j->nstages; i++) {
+    const stage_stats *s = &j->stages[i];
+    if (s->recompute) continue;  /* work done again, not more of the job */
+    n++;
+    if (s->state == STAGE_DONE) sum += 1;
+    else if (s->state == STAGE_PLANNED) continue;
+    else if (s->planned_bytes) sum += s->bytes >= s->planned_bytes ? 0.99 : 0.99 * (double)s->bytes / (double)s->planned_bytes;
+    else if (s->tasks) sum += 0.99 * (double)(s->batches < s->tasks ? s->batches : s->tasks) / (double)s->tasks;
+  }
+  return n ? sum / n : 0;
 }
 
 void engine_describe_task(const batchdesc *b, const inputs *in, char *out, size_t cap) {
@@ -94,6 +125,15 @@ int engine_plan_stage(job *j, stage *s, dbx_err *err) {
     return dbx_seterr(err, DBX_EINVAL, "stage %s: its options are too long to record", s->name);
   int rc = journal_plan(j->jr, j->stage_no, s->name, opts, &s->split, err);
   if (rc) return rc;
+  if (s->st && s->in) {
+    uint64_t total = 0;
+    int known = 1;
+    for (size_t i = 0; i < s->in->n; i++) {
+      if (s->in->v[i].kind != IN_PLAIN) known = 0;
+      total += s->in->v[i].size;
+    }
+    s->st->planned_bytes = known ? total : 0;
+  }
   if (s->st) {
     s->st->plan_batch_bytes = s->split.batch_records ? 0 : s->split.batch_bytes;
     s->st->plan_batch_records = s->split.batch_records;
@@ -219,7 +259,7 @@ static int run_local(job *j, stage *s, dbx_err *err) {
     rc = engine_map_task(op, s->cfg, bcast, ld, &b, paths, &part, &bs, &bytes, err);
     ui_attempt_end(j->ui, ticket, s->seq, b.index, 1, 0, rc ? UI_FAILED : UI_OK);
     if (ui_due(j->ui)) {
-      ui_worker self = {0, 1, 0, "this process", (int64_t)getpid(), "alive", st->batches + 1, j->nfailures, 0};
+      ui_worker self = {0, 1, 1, "this process", (int64_t)getpid(), "alive", st->batches + 1, j->nfailures, 0, 0, 0, 0};
       ui_tick(j->ui, j, &self, 1, st->name, 0);
     }
     double t2 = time_mono();
@@ -287,5 +327,6 @@ int engine_run_stage(job *j, stage *s, dbx_err *err) {
   double t0 = time_mono();
   int rc = run_local(j, s, err);
   s->st->seconds = time_mono() - t0;
+  if (!rc) s->st->state = STAGE_DONE;
   return rc;
 }

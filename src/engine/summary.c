@@ -103,6 +103,8 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
     oom |= kv_int(&b, "bytes", w->bytes);
     oom |= kv_int(&b, "failures", w->failures);
     oom |= kv_real(&b, "busy_seconds", w->busy_seconds);
+    oom |= kv_real(&b, "cpu_seconds", w->cpu_seconds);
+    oom |= kv_int(&b, "peak_rss_bytes", w->peak_rss);
     oom |= json_key(&b, "state", 0);
     oom |= json_cstr(&b, w->state[0] ? w->state : "finished");
     oom |= json_raw(&b, "}");

@@ -154,6 +154,15 @@ int msg_simple(dbx_buf *out, msg_type type) {
   return mpk_close(&m);
 }
 
+int msg_heartbeat(dbx_buf *out, uint64_t cpu_ms, uint64_t rss, uint64_t peak_rss) {
+  mpk m;
+  msgpack_packer *pk = head(&m, out, MSG_HEARTBEAT, 3);
+  msgpack_pack_uint64(pk, cpu_ms);
+  msgpack_pack_uint64(pk, rss);
+  msgpack_pack_uint64(pk, peak_rss);
+  return mpk_close(&m);
+}
+
 int msg_cancel(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt) {
   mpk m;
   msgpack_packer *pk = head(&m, out, MSG_CANCEL, 3);
@@ -296,8 +305,10 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   m->type = (msg_type)type;
   why = "wrong number of fields";
   /* A welcome may carry the coordinator's --max-message as a third field (0: unknown); a
-   * stage may carry a plugin library (or nil) as a sixth and its paths' identity as a seventh. */
+   * stage may carry a plugin library (or nil) as a sixth and its paths' identity as a seventh;
+   * a worker's heartbeat carries its resource use (three fields). */
   if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3) &&
+      !(type == MSG_HEARTBEAT && o->via.array.size == 3 + 3) &&
       !(type == MSG_STAGE && (o->via.array.size == 3 + 6 || o->via.array.size == 3 + 7)))
     goto bad;
   const msgpack_object *f = a + 3;
@@ -365,6 +376,12 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||
         get_i64(&f[3], &m->code) || get_str(&f[4], &m->text, &m->text_len) || m->index > UINT32_MAX)
       goto bad;
+    break;
+  case MSG_HEARTBEAT:
+    if (o->via.array.size == 3 + 3) {
+      if (get_u64(&f[0], &m->cpu_ms) || get_u64(&f[1], &m->rss) || get_u64(&f[2], &m->peak_rss)) goto bad;
+      m->has_usage = 1;
+    }
     break;
   case MSG_CANCEL:
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) goto bad;

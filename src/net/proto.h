@@ -66,6 +66,10 @@ typedef struct msg {
   const unsigned char *ident; size_t ident_len;
   /* TASK */
   batchdesc batch;              /* seg owned by msg; data.data points into the frame */
+  /* HEARTBEAT from a worker (optional): CPU milliseconds of the process and its children,
+   * resident bytes now and at the peak. */
+  uint64_t cpu_ms, rss, peak_rss;
+  int has_usage;
   /* RESULT */
   uint64_t records, bad_records, bytes;
   const char *bad_note; size_t bad_note_len;
@@ -108,5 +112,6 @@ int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
 int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
                 const char *text);
 int msg_simple(dbx_buf *out, msg_type type);  /* HEARTBEAT, BYE, REHELLO */
+int msg_heartbeat(dbx_buf *out, uint64_t cpu_ms, uint64_t rss, uint64_t peak_rss);  /* a worker's, with its usage */
 int msg_cancel(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt);
 #endif

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -41,6 +42,10 @@ typedef struct ui_att {
   int outcome;
 } ui_att;
 
+#define UI_DUR_BUCKETS 14
+#define UI_SERIES 512
+static const double dur_le[UI_DUR_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+
 struct ui {
   ui_opts o;
   char *name, *job_dir;
@@ -59,7 +64,37 @@ struct ui {
   char coordinator[128];    /* "PID@HOST": lets `dbatch status` tell a lost job from a live one */
   ui_wrec *wr;              /* sorted by id */
   size_t nwr, wrcap;
+  double progress;          /* the highest job_progress shown: it never goes back */
+  /* Durations of finished attempts, cumulative over the job (the timeline keeps only the
+   * latest): a Prometheus histogram and the report's percentiles. */
+  uint64_t dur_bucket[UI_DUR_BUCKETS + 1], dur_count;
+  double dur_sum;
+  /* The job over time, for the charts: every `every` seconds the input bytes so far and the
+   * share of worker slots busy; when full, every other point goes and the interval doubles,
+   * so a job of any length keeps its whole history in UI_SERIES points. */
+  struct { double t, busy; uint64_t bytes; } series[UI_SERIES];
+  size_t nseries;
+  double every, last_sample;
 };
+
+/* The job's progress (0..1, never decreasing) and the seconds left at the rate so far (-1
+ * while too little is done to say). A finished job is 1 and 0. */
+static double ui_progress(ui *u, const job *j, const char *state, double *eta) {
+  double p = job_progress(j);
+  if (state && (!strcmp(state, "done") || !strcmp(state, "partial"))) p = 1;
+  if (p > u->progress) u->progress = p;
+  p = u->progress;
+  double el = time_mono() - u->t0;
+  *eta = p >= 1 ? 0 : p >= 0.005 && el > 0 ? el * (1 - p) / p : -1;
+  return p;
+}
+
+static const char *stage_state(const stage_stats *s, const char *job_state) {
+  int live = !strcmp(job_state, "running") || !strcmp(job_state, "starting");
+  if (s->state == STAGE_DONE) return "done";
+  if (s->state == STAGE_PLANNED) return live ? "planned" : "not run";
+  return live ? "running" : "stopped";
+}
 
 /* ---- HTTP ---- */
 
@@ -185,7 +220,8 @@ static int start_http(ui *u, dbx_err *err) {
 
 static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *cur,
                          uint64_t running, const char *state, const char *error);
-static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running);
+static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running,
+                          const char *state);
 static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *state,
                        const char *error);
 
@@ -216,7 +252,7 @@ int ui_new(const ui_opts *o, const char *job_name, ui **out, dbx_err *err) {
   job none;
   memset(&none, 0, sizeof none);
   build_status(u, &u->status, &none, NULL, 0, NULL, 0, "starting", NULL);
-  build_metrics(u, &u->metrics, &none, NULL, 0, 0);
+  build_metrics(u, &u->metrics, &none, NULL, 0, 0, "starting");
   build_text(u, &u->text, &none, NULL, 0, "starting", NULL);
   if (o->dashboard) {
     int rc = start_http(u, err);
@@ -264,6 +300,12 @@ void ui_attempt_end(ui *u, uint64_t ticket, uint32_t stg, uint32_t task, uint32_
   if (a->stage == stg && a->task == task && a->attempt == attempt && a->worker == worker && a->outcome == UI_RUNNING) {
     a->end = time_mono() - u->t0;
     a->outcome = outcome;
+    double d = a->end - a->start;
+    size_t k = 0;
+    while (k < UI_DUR_BUCKETS && d > dur_le[k]) k++;
+    u->dur_bucket[k]++;
+    u->dur_count++;
+    u->dur_sum += d;
   }
 }
 
@@ -298,10 +340,22 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
     kv_s(b, "warning", note);
   }
   kv_s(b, "coordinator", u->coordinator);
+  if (j->command) kv_s(b, "command", j->command);
+  if (j->out_dest) kv_s(b, "output", j->out_dest);
+  if (j->started_wall > 0) {
+    json_key(b, "started_unix", 0);
+    json_ms(b, j->started_wall);
+  }
   json_key(b, "updated_unix", 0);
   json_ms(b, time_wall());
   kv_d(b, "elapsed_seconds", now);
   kv_s(b, "stage", cur ? cur : "");
+  double eta, progress = ui_progress(u, j, state, &eta);
+  json_key(b, "progress", 0);
+  json_real(b, progress);
+  json_key(b, "eta_seconds", 0);
+  if (eta < 0) json_raw(b, "null");
+  else json_ms(b, eta);
   kv_s(b, "policy", j->policy ? j->policy : "in-process");
   uint64_t tasks = 0, done = 0, attempts = 0, records = 0, bytes = 0, bad = 0;
   json_key(b, "stages", 0);
@@ -311,6 +365,8 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
     json_raw(b, i ? ",{" : "{");
     json_key(b, "name", 1);
     json_cstr(b, s->name);
+    kv_s(b, "state", stage_state(s, state));
+    kv_u(b, "planned_bytes", s->planned_bytes);
     kv_u(b, "tasks", s->tasks);
     kv_u(b, "done", s->batches);
     kv_u(b, "attempts", s->attempts);
@@ -355,9 +411,41 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
     kv_u(b, "tasks", w[i].tasks);
     kv_u(b, "failures", w[i].failures);
     kv_d(b, "heartbeat_age", w[i].heartbeat_age);
+    kv_d(b, "cpu_seconds", w[i].cpu_seconds);
+    kv_u(b, "rss_bytes", w[i].rss);
+    kv_u(b, "peak_rss_bytes", w[i].peak_rss);
     json_raw(b, "}");
   }
   json_raw(b, "]");
+  /* The whole job in aggregate (the timeline below holds only the latest attempts). */
+  json_key(b, "task_durations", 0);
+  json_raw(b, "{\"le\":[");
+  for (size_t k = 0; k < UI_DUR_BUCKETS; k++) {
+    if (k) json_raw(b, ",");
+    json_real(b, dur_le[k]);
+  }
+  json_raw(b, "],\"counts\":[");
+  for (size_t k = 0; k <= UI_DUR_BUCKETS; k++) {
+    if (k) json_raw(b, ",");
+    json_int(b, (int64_t)u->dur_bucket[k]);
+  }
+  json_raw(b, "]");
+  kv_u(b, "count", u->dur_count);
+  kv_d(b, "sum", u->dur_sum);
+  json_raw(b, "}");
+  json_key(b, "series", 0);
+  json_raw(b, "[");
+  for (size_t i = 0; i < u->nseries; i++) {
+    json_raw(b, i ? ",[" : "[");
+    json_ms(b, u->series[i].t);
+    json_raw(b, ",");
+    json_int(b, (int64_t)u->series[i].bytes);
+    json_raw(b, ",");
+    json_real(b, u->series[i].busy);
+    json_raw(b, "]");
+  }
+  json_raw(b, "]");
+  kv_u(b, "attempts_total", u->att_started);
   /* The timeline: the latest attempts only, so a snapshot stays cheap on a long job. */
   json_key(b, "attempts", 0);
   json_raw(b, "[");
@@ -423,8 +511,11 @@ static void tx(dbx_buf *b, const char *fmt, ...) {
 static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, const char *state,
                        const char *error) {
   b->len = 0;
-  tx(b, "job %s: %s after %.1f s (policy %s)\n", u->name, state, time_mono() - u->t0,
-     j->policy ? j->policy : "in-process");
+  double eta, progress = ui_progress(u, j, state, &eta);
+  tx(b, "job %s: %s after %.1f s (policy %s), %.0f%% done", u->name, state, time_mono() - u->t0,
+     j->policy ? j->policy : "in-process", 100 * progress);
+  if (eta > 0) tx(b, ", about %.0f s left", eta);
+  tx(b, "\n");
   if (error) tx(b, "error: %.1000s\n", error);
   if (!strcmp(state, "partial")) {
     char note[160];
@@ -433,16 +524,17 @@ static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size
   }
   for (int i = 0; i < j->nstages; i++) {
     const stage_stats *s = &j->stages[i];
-    tx(b, "stage %-12s %6llu/%-6llu tasks done  %6llu attempts  %10llu records  %9.1f MB  %llu bad records\n", s->name,
-       (unsigned long long)s->batches, (unsigned long long)s->tasks, (unsigned long long)s->attempts,
-       (unsigned long long)s->records, (double)s->bytes / 1048576.0, (unsigned long long)s->bad_records);
+    tx(b, "stage %-12s %-8s %6llu/%-6llu tasks done  %6llu attempts  %10llu records  %9.1f MB  %llu bad records\n",
+       s->name, stage_state(s, state), (unsigned long long)s->batches, (unsigned long long)s->tasks,
+       (unsigned long long)s->attempts, (unsigned long long)s->records, (double)s->bytes / 1048576.0,
+       (unsigned long long)s->bad_records);
   }
-  if (nw) tx(b, "%-6s %-9s %-20s %8s %5s %7s %7s %8s %9s\n", "worker", "state", "host", "pid", "slots", "load",
-             "tasks", "failures", "heartbeat");
+  if (nw) tx(b, "%-6s %-9s %-20s %8s %5s %7s %7s %8s %9s %8s %8s\n", "worker", "state", "host", "pid", "slots", "load",
+             "tasks", "failures", "heartbeat", "cpu", "peak MB");
   for (size_t i = 0; i < nw; i++)
-    tx(b, "%-6u %-9s %-20.20s %8lld %5u %3u/%-3u %7llu %8llu %8.1fs\n", w[i].id, w[i].state, w[i].host,
+    tx(b, "%-6u %-9s %-20.20s %8lld %5u %3u/%-3u %7llu %8llu %8.1fs %7.1fs %8.0f\n", w[i].id, w[i].state, w[i].host,
        (long long)w[i].pid, w[i].slots, w[i].inflight, w[i].slots, (unsigned long long)w[i].tasks,
-       (unsigned long long)w[i].failures, w[i].heartbeat_age);
+       (unsigned long long)w[i].failures, w[i].heartbeat_age, w[i].cpu_seconds, (double)w[i].peak_rss / 1048576.0);
   tx(b, "failures: %zu\n", j->nfailures);
   for (size_t i = 0; i < j->nfailures && i < 10; i++) {
     const job_failure *f = &j->failures[i];
@@ -469,19 +561,77 @@ static void pr(dbx_buf *b, const char *fmt, ...) {
   if (n > 0) dbx_buf_append(b, t, (size_t)n < sizeof t ? (size_t)n : sizeof t - 1);
 }
 
-/* Prometheus text exposition format 0.0.4. */
-static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running) {
+/* One sample: NAME{job="...",LABELS} VALUE (labels given pre-escaped, may be ""). */
+static void sample(ui *u, dbx_buf *b, const char *name, const char *labels, const char *value) {
+  dbx_buf_append(b, name, strlen(name));
+  dbx_buf_append(b, "{job=\"", 6);
+  prom_label(b, u->name);
+  dbx_buf_append(b, "\"", 1);
+  if (labels[0]) {
+    dbx_buf_append(b, ",", 1);
+    dbx_buf_append(b, labels, strlen(labels));
+  }
+  pr(b, "} %s\n", value);
+}
+
+static void family(dbx_buf *b, const char *name, const char *type, const char *help) {
+  pr(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void sample_u(ui *u, dbx_buf *b, const char *name, const char *labels, uint64_t v) {
+  char t[32];
+  snprintf(t, sizeof t, "%llu", (unsigned long long)v);
+  sample(u, b, name, labels, t);
+}
+
+static void sample_d(ui *u, dbx_buf *b, const char *name, const char *labels, double v) {
+  char t[48];
+  snprintf(t, sizeof t, "%.6g", v);
+  sample(u, b, name, labels, t);
+}
+
+/* A label value escaped, as stage="..." or worker="...",host="...". */
+static void lbl(char *out, size_t cap, const char *k1, const char *v1, const char *k2, const char *v2) {
+  dbx_buf t = {0};
+  pr(&t, "%s=\"", k1);
+  prom_label(&t, v1);
+  dbx_buf_append(&t, "\"", 1);
+  if (k2) {
+    pr(&t, ",%s=\"", k2);
+    prom_label(&t, v2);
+    dbx_buf_append(&t, "\"", 1);
+  }
+  snprintf(out, cap, "%.*s", t.data ? (int)t.len : 0, t.data ? t.data : "");
+  dbx_buf_free(&t);
+}
+
+/* Prometheus text exposition format 0.0.4. Every sample carries job="NAME" (the job's
+ * command); a scraper's own job label, if it sets one, is kept apart as exported_job. */
+static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size_t nw, uint64_t running,
+                          const char *state) {
+  char l[512], id[16];
   b->len = 0;
-  pr(b, "# HELP dbatch_tasks Tasks of each stage by state.\n# TYPE dbatch_tasks gauge\n");
+  family(b, "dbatch_job_state", "gauge", "1 for the job's state now (it stays until the process exits).");
+  static const char *const states[] = {"starting", "running", "done", "partial", "failed", "interrupted"};
+  for (size_t i = 0; i < sizeof states / sizeof *states; i++) {
+    lbl(l, sizeof l, "state", states[i], NULL, NULL);
+    sample_u(u, b, "dbatch_job_state", l, !strcmp(state, states[i]));
+  }
+  double eta, p = ui_progress(u, j, state, &eta);
+  family(b, "dbatch_progress", "gauge", "How far the job is, 0 to 1 (from input bytes where known).");
+  sample_d(u, b, "dbatch_progress", "", p);
+  if (eta >= 0) {
+    family(b, "dbatch_eta_seconds", "gauge", "Seconds left at the rate so far.");
+    sample_d(u, b, "dbatch_eta_seconds", "", eta);
+  }
+  family(b, "dbatch_tasks", "gauge", "Tasks of each stage by state.");
   for (int i = 0; i < j->nstages; i++) {
     const stage_stats *s = &j->stages[i];
     uint64_t left = s->tasks > s->batches ? s->tasks - s->batches : 0;
-    dbx_buf_append(b, "dbatch_tasks{stage=\"", 20);
-    prom_label(b, s->name);
-    pr(b, "\",state=\"done\"} %llu\n", (unsigned long long)s->batches);
-    dbx_buf_append(b, "dbatch_tasks{stage=\"", 20);
-    prom_label(b, s->name);
-    pr(b, "\",state=\"planned\"} %llu\n", (unsigned long long)left);
+    lbl(l, sizeof l, "stage", s->name, "state", "done");
+    sample_u(u, b, "dbatch_tasks", l, s->batches);
+    lbl(l, sizeof l, "stage", s->name, "state", "planned");
+    sample_u(u, b, "dbatch_tasks", l, left);
   }
   uint64_t attempts = 0, records = 0, bytes = 0, bad = 0;
   for (int i = 0; i < j->nstages; i++) {
@@ -491,35 +641,60 @@ static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, s
     bytes += j->stages[i].bytes;
     bad += j->stages[i].bad_records;
   }
-  pr(b, "# HELP dbatch_tasks_running Attempts running now.\n# TYPE dbatch_tasks_running gauge\ndbatch_tasks_running %llu\n",
-     (unsigned long long)running);
-  pr(b, "# HELP dbatch_attempts_total Task attempts started.\n# TYPE dbatch_attempts_total counter\ndbatch_attempts_total %llu\n",
-     (unsigned long long)attempts);
-  pr(b, "# HELP dbatch_failures_total Failed task attempts.\n# TYPE dbatch_failures_total counter\ndbatch_failures_total %zu\n",
-     j->nfailures);
-  pr(b, "# HELP dbatch_bytes_total Input bytes processed.\n# TYPE dbatch_bytes_total counter\ndbatch_bytes_total %llu\n",
-     (unsigned long long)bytes);
-  pr(b, "# HELP dbatch_records_total Input records processed.\n# TYPE dbatch_records_total counter\ndbatch_records_total %llu\n",
-     (unsigned long long)records);
-  pr(b, "# HELP dbatch_bad_records_total Bad records skipped.\n# TYPE dbatch_bad_records_total counter\ndbatch_bad_records_total %llu\n",
-     (unsigned long long)bad);
-  pr(b, "# HELP dbatch_elapsed_seconds Seconds since the job started.\n# TYPE dbatch_elapsed_seconds gauge\ndbatch_elapsed_seconds %.3f\n",
-     time_mono() - u->t0);
-  pr(b, "# HELP dbatch_worker_load Attempts in flight per slot, per worker.\n# TYPE dbatch_worker_load gauge\n");
-  for (size_t i = 0; i < nw; i++) {
-    pr(b, "dbatch_worker_load{worker=\"%u\",host=\"", w[i].id);
-    prom_label(b, w[i].host);
-    pr(b, "\"} %.3f\n", w[i].slots ? (double)w[i].inflight / w[i].slots : 0.0);
+  family(b, "dbatch_tasks_running", "gauge", "Attempts running now.");
+  sample_u(u, b, "dbatch_tasks_running", "", running);
+  family(b, "dbatch_attempts_total", "counter", "Task attempts started.");
+  sample_u(u, b, "dbatch_attempts_total", "", attempts);
+  family(b, "dbatch_failures_total", "counter", "Failed task attempts.");
+  sample_u(u, b, "dbatch_failures_total", "", j->nfailures);
+  family(b, "dbatch_bytes_total", "counter", "Input bytes processed.");
+  sample_u(u, b, "dbatch_bytes_total", "", bytes);
+  family(b, "dbatch_records_total", "counter", "Input records processed.");
+  sample_u(u, b, "dbatch_records_total", "", records);
+  family(b, "dbatch_bad_records_total", "counter", "Bad records skipped.");
+  sample_u(u, b, "dbatch_bad_records_total", "", bad);
+  family(b, "dbatch_elapsed_seconds", "gauge", "Seconds since the job started.");
+  sample_d(u, b, "dbatch_elapsed_seconds", "", time_mono() - u->t0);
+  family(b, "dbatch_task_duration_seconds", "histogram", "Wall time of finished task attempts.");
+  uint64_t cum = 0;
+  for (size_t k = 0; k <= UI_DUR_BUCKETS; k++) {
+    char le[32];
+    cum += u->dur_bucket[k];
+    if (k < UI_DUR_BUCKETS) snprintf(le, sizeof le, "%g", dur_le[k]);
+    else snprintf(le, sizeof le, "+Inf");
+    lbl(l, sizeof l, "le", le, NULL, NULL);
+    sample_u(u, b, "dbatch_task_duration_seconds_bucket", l, cum);
   }
-  pr(b, "# HELP dbatch_worker_tasks_total Tasks finished per worker.\n# TYPE dbatch_worker_tasks_total counter\n");
+  sample_d(u, b, "dbatch_task_duration_seconds_sum", "", u->dur_sum);
+  sample_u(u, b, "dbatch_task_duration_seconds_count", "", u->dur_count);
+  family(b, "dbatch_worker_load", "gauge", "Attempts in flight per slot, per worker.");
   for (size_t i = 0; i < nw; i++) {
-    pr(b, "dbatch_worker_tasks_total{worker=\"%u\",host=\"", w[i].id);
-    prom_label(b, w[i].host);
-    pr(b, "\"} %llu\n", (unsigned long long)w[i].tasks);
+    snprintf(id, sizeof id, "%u", w[i].id);
+    lbl(l, sizeof l, "worker", id, "host", w[i].host);
+    sample_d(u, b, "dbatch_worker_load", l, w[i].slots ? (double)w[i].inflight / w[i].slots : 0.0);
+  }
+  family(b, "dbatch_worker_tasks_total", "counter", "Tasks finished per worker.");
+  for (size_t i = 0; i < nw; i++) {
+    snprintf(id, sizeof id, "%u", w[i].id);
+    lbl(l, sizeof l, "worker", id, "host", w[i].host);
+    sample_u(u, b, "dbatch_worker_tasks_total", l, w[i].tasks);
+  }
+  family(b, "dbatch_worker_cpu_seconds_total", "counter", "CPU time of each worker process and its children.");
+  for (size_t i = 0; i < nw; i++) {
+    snprintf(id, sizeof id, "%u", w[i].id);
+    lbl(l, sizeof l, "worker", id, "host", w[i].host);
+    sample_d(u, b, "dbatch_worker_cpu_seconds_total", l, w[i].cpu_seconds);
+  }
+  family(b, "dbatch_worker_rss_bytes", "gauge", "Resident memory of each live worker process.");
+  for (size_t i = 0; i < nw; i++) {
+    snprintf(id, sizeof id, "%u", w[i].id);
+    lbl(l, sizeof l, "worker", id, "host", w[i].host);
+    sample_u(u, b, "dbatch_worker_rss_bytes", l, w[i].rss);
   }
   size_t alive = 0;
   for (size_t i = 0; i < nw; i++) alive += !strcmp(w[i].state, "alive");
-  pr(b, "# HELP dbatch_workers_alive Workers taking tasks.\n# TYPE dbatch_workers_alive gauge\ndbatch_workers_alive %zu\n", alive);
+  family(b, "dbatch_workers_alive", "gauge", "Workers taking tasks.");
+  sample_u(u, b, "dbatch_workers_alive", "", alive);
 }
 
 static int write_file(const char *dir, const char *name, const char *data, size_t n, dbx_err *err) {
@@ -549,17 +724,19 @@ static void progress(ui *u, const job *j, size_t nw_alive, const char *cur, int 
   if (!s) return;
   double el = time_mono() - u->t0;
   double mbs = el > 0 ? (double)s->bytes / 1048576.0 / el : 0;
+  /* How far the whole job is, from bytes where the inputs' size is known (the batch count
+   * grows while inputs are cut, so it cannot say). */
+  double left, p = ui_progress(u, j, "running", &left);
   char eta[32] = "?";
-  if (s->batches && s->tasks > s->batches) {
-    /* Elapsed time of this stage is not tracked apart; the job's rate is a fair guess. */
-    snprintf(eta, sizeof eta, "%.0fs", el * (double)(s->tasks - s->batches) / (double)s->batches);
-  } else if (s->tasks && s->batches == s->tasks) {
-    snprintf(eta, sizeof eta, "0s");
+  if (left >= 0) {
+    if (left < 100) snprintf(eta, sizeof eta, "%.0fs", left);
+    else if (left < 6000) snprintf(eta, sizeof eta, "%.0fm%02.0fs", floor(left / 60), fmod(left, 60));
+    else snprintf(eta, sizeof eta, "%.0fh%02.0fm", floor(left / 3600), fmod(floor(left / 60), 60));
   }
   char text[512];
-  int n = snprintf(text, sizeof text, "%s%s %llu/%llu batches  %.2fM records  %.1f MB/s  ETA %s  workers %zu  failures %zu",
-                   line ? "dbatch: progress: " : "", s->name, (unsigned long long)s->batches,
-                   (unsigned long long)s->tasks, (double)s->records / 1e6, mbs, eta, nw_alive, j->nfailures);
+  int n = snprintf(text, sizeof text, "%s%s %3.0f%%  %.2fM records  %.1f MB/s  ETA %s  workers %zu  failures %zu",
+                   line ? "dbatch: progress: " : "", s->name, floor(100 * p), (double)s->records / 1e6, mbs, eta,
+                   nw_alive, j->nfailures);
   size_t len = n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
   if (!line) {
     /* The line never wraps (a wrapped line cannot be redrawn in place): the fields that
@@ -629,10 +806,36 @@ static void set_state(ui *u, const char *state) {
   pthread_mutex_unlock(&u->mu);
 }
 
+static uint64_t job_bytes(const job *j) {
+  uint64_t b = 0;
+  for (int i = 0; i < j->nstages; i++)
+    if (!j->stages[i].recompute) b += j->stages[i].bytes;
+  return b;
+}
+
+static void sample_series(ui *u, const job *j, const ui_worker *w, size_t nw, double now, int force) {
+  if (!u->every) u->every = 1.0;
+  if (!force && u->nseries && now - u->last_sample < u->every) return;
+  if (u->nseries == UI_SERIES) {
+    for (size_t i = 0; i < UI_SERIES / 2; i++) u->series[i] = u->series[2 * i + 1];
+    u->nseries = UI_SERIES / 2;
+    u->every *= 2;
+  }
+  uint64_t slots = 0, busy = 0;
+  for (size_t i = 0; i < nw; i++)
+    if (!strcmp(w[i].state, "alive")) slots += w[i].slots, busy += w[i].inflight;
+  u->series[u->nseries].t = now - u->t0;
+  u->series[u->nseries].bytes = job_bytes(j);
+  u->series[u->nseries].busy = slots ? (double)(busy < slots ? busy : slots) / (double)slots : 0;
+  u->nseries++;
+  u->last_sample = now;
+}
+
 void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur, uint64_t running) {
   if (!u) return;
   remember_workers(u, w, nw);
   double now = time_mono();
+  sample_series(u, j, w, nw, now, 0);
   size_t alive = 0;
   for (size_t i = 0; i < nw; i++) alive += !strcmp(w[i].state, "alive");
   if (u->tty && now - u->last_draw >= 0.2) {
@@ -654,7 +857,7 @@ void ui_tick(ui *u, const job *j, const ui_worker *w, size_t nw, const char *cur
     u->last_file = now;
   }
   if (snap) {
-    build_metrics(u, &m, j, w, nw, running);
+    build_metrics(u, &m, j, w, nw, running, "running");
     pthread_mutex_lock(&u->mu);
     dbx_buf t = u->status;
     u->status = s;
@@ -691,9 +894,14 @@ static ui_worker *final_workers(const ui *u, const job *j, size_t *nout) {
     o->slots = x->slots;
     snprintf(o->host, sizeof o->host, "%s", x->host);
     o->pid = x->pid;
-    o->state = found && !state_is_live(u->wr[k].state) ? u->wr[k].state : "finished";
+    /* How it ended, as the coordinator recorded it (killed, exited, lost, excluded), over what
+     * the last refresh saw: a worker killed between two refreshes still shows as killed. */
+    o->state = x->state[0] && strcmp(x->state, "finished") ? x->state
+             : found && !state_is_live(u->wr[k].state) ? u->wr[k].state : "finished";
     o->tasks = x->tasks;
     o->failures = x->failures;
+    o->cpu_seconds = x->cpu_seconds;
+    o->peak_rss = x->peak_rss;
   }
   for (size_t k = 0; k < u->nwr; k++) {
     int known = 0;
@@ -732,8 +940,9 @@ int ui_finish(ui *u, const job *j, int ok, const dbx_err *failure, dbx_err *err)
   }
   set_state(u, state);
   dbx_buf s = {0}, m = {0}, x = {0};
+  sample_series(u, j, w, nw, time_mono(), 1);
   build_status(u, &s, j, w, nw, NULL, 0, state, error);
-  build_metrics(u, &m, j, w, nw, 0);
+  build_metrics(u, &m, j, w, nw, 0, state);
   build_text(u, &x, j, w, nw, state, error);
   free(w);
   int rc = 0;

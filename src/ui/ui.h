@@ -24,6 +24,8 @@ typedef struct ui_worker {
   const char *state;       /* "alive", "joining", "excluded", "dead" */
   uint64_t tasks, failures;
   double heartbeat_age;
+  double cpu_seconds;      /* from its heartbeats (0: not reported) */
+  uint64_t rss, peak_rss;  /* bytes: now (0 once gone) and at the peak */
 } ui_worker;
 
 enum { UI_RUNNING = 0, UI_OK, UI_FAILED, UI_CANCELLED };

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -357,6 +358,25 @@ static evidence_page *evidence_map(uint32_t slots) {
   __atomic_store_n(&ev->magic, EVIDENCE_MAGIC, __ATOMIC_RELEASE);
   return ev;
 }
+/* This process's CPU time with its children's (a --map command's), in ms; its resident
+ * bytes now (/proc/self/statm) and at the peak. What it cannot read is 0. */
+static void usage(uint64_t *cpu_ms, uint64_t *rss, uint64_t *peak) {
+  struct rusage s, c;
+  *cpu_ms = *rss = *peak = 0;
+  if (getrusage(RUSAGE_SELF, &s) == 0) {
+    *cpu_ms = (uint64_t)s.ru_utime.tv_sec * 1000 + (uint64_t)s.ru_utime.tv_usec / 1000 +
+              (uint64_t)s.ru_stime.tv_sec * 1000 + (uint64_t)s.ru_stime.tv_usec / 1000;
+    *peak = (uint64_t)s.ru_maxrss * 1024;
+  }
+  if (getrusage(RUSAGE_CHILDREN, &c) == 0)
+    *cpu_ms += (uint64_t)c.ru_utime.tv_sec * 1000 + (uint64_t)c.ru_utime.tv_usec / 1000 +
+               (uint64_t)c.ru_stime.tv_sec * 1000 + (uint64_t)c.ru_stime.tv_usec / 1000;
+  FILE *f = fopen("/proc/self/statm", "re");
+  unsigned long long pages = 0, res = 0;
+  if (f && fscanf(f, "%llu %llu", &pages, &res) == 2) *rss = res * (uint64_t)sysconf(_SC_PAGESIZE);
+  if (f) fclose(f);
+}
+
 
 int worker_main(const worker_opts *o, dbx_err *err) {
   fault_setup();
@@ -429,7 +449,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
   uint64_t bad_stage = UINT64_MAX;  /* the last stage refused, and why */
   char bad_stage_why[DBX_ERR_LEN + 64] = "";
   double hb = o->heartbeat > 0 ? o->heartbeat : 1.0;
-  double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0;
+  double now = time_mono(), last_heard = now, last_sent = 0, last_hello = 0, last_usage = 0;
   int welcomed = 0, running = 1, ever_welcomed = 0, hs_failed = 0;
   double t_begin = now, last_said = now, hs_first_fail = 0, last_rv = now;
   zmq_msg_t zm;
@@ -480,9 +500,11 @@ int worker_main(const worker_opts *o, dbx_err *err) {
       if (!msg_hello(&out, nthreads, host, (uint64_t)getpid(), o->shared_fs)) send_buf(dealer, &out);
       last_hello = last_sent = now;
     }
-    if (welcomed && now - last_sent >= hb) {
-      if (!msg_simple(&out, MSG_HEARTBEAT)) send_buf(dealer, &out);
-      last_sent = now;
+    if (welcomed && now - last_usage >= hb) {  /* also when results went out: the usage is news */
+      uint64_t cpu_ms, rss, peak;
+      usage(&cpu_ms, &rss, &peak);
+      if (!msg_heartbeat(&out, cpu_ms, rss, peak)) send_buf(dealer, &out);
+      last_sent = last_usage = now;
     }
     if (o->local && getppid() != parent) break;
     if (now - last_heard > o->timeout) {
@@ -504,8 +526,12 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     if (n < 0) break;
     while (items[1].revents & ZMQ_POLLIN) {  /* results from task threads */
       if (zmq_msg_recv(&zm, pull, ZMQ_DONTWAIT) < 0) break;
+      /* The usage first, with the task's work in it: the last result may end the job. */
+      uint64_t cpu_ms, rss, peak;
+      usage(&cpu_ms, &rss, &peak);
+      if (!msg_heartbeat(&out, cpu_ms, rss, peak)) send_buf(dealer, &out);
       zmq_send(dealer, zmq_msg_data(&zm), zmq_msg_size(&zm), 0);
-      last_sent = time_mono();
+      last_sent = last_usage = time_mono();
     }
     if (!(items[0].revents & ZMQ_POLLIN)) continue;
     while (zmq_msg_recv(&zm, dealer, ZMQ_DONTWAIT) >= 0) {

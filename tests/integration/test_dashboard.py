@@ -69,11 +69,38 @@ class Dashboard(TmpTest):
                          "dbatch_worker_load", "dbatch_workers_alive"):
                 self.assertIn(name, fams, text)
             values.append(next(s.value for s in fams["dbatch_attempts"].samples))
+            for f in fams.values():
+                for smp in f.samples:
+                    self.assertEqual(smp.labels.get("job"), "wordcount", smp)
+            state = {smp.labels["state"]: smp.value for smp in fams["dbatch_job_state"].samples}
+            self.assertEqual(sum(state.values()), 1, state)
+            hist = {smp.name: smp for smp in fams["dbatch_task_duration_seconds"].samples if "le" not in smp.labels}
+            inf = [smp.value for smp in fams["dbatch_task_duration_seconds"].samples if smp.labels.get("le") == "+Inf"]
+            self.assertEqual(inf, [hist["dbatch_task_duration_seconds_count"].value])
+            for name in ("dbatch_progress", "dbatch_worker_cpu_seconds", "dbatch_worker_rss_bytes"):
+                self.assertIn(name, fams, text)
         self.assertEqual(values, sorted(values))
+        # Progress from bytes: never back, and an estimate of the time left while running.
+        progress = [s["progress"] for s in running]
+        self.assertEqual(progress, sorted(progress))
+        self.assertTrue(0 < progress[-1] < 1, progress)
+        self.assertTrue(any(s["eta_seconds"] is not None and s["eta_seconds"] > 0 for s in running))
+        self.assertEqual(running[-1]["stages"][0]["planned_bytes"], os.path.getsize(self.path("l.txt")))
+        # Workers report their CPU time and memory in their heartbeats.
+        self.assertTrue(any(w["rss_bytes"] > 0 and w["cpu_seconds"] > 0 for w in running[-1]["workers"]),
+                        running[-1]["workers"])
         # The final state agrees with the summary.
         summary = json.loads(slurp(self.path("s.json"), True))
         final = json.loads(slurp(os.path.join(self.jd, "status.json"), True))
         self.assertEqual(final["state"], "done")
+        self.assertEqual((final["progress"], final["eta_seconds"]), (1, 0))
+        self.assertIn("wordcount --workers 2 --batch-records 10", final["command"])
+        self.assertEqual(final["output"], "/dev/null")
+        self.assertEqual(final["task_durations"]["count"], summary["attempts"])
+        self.assertGreaterEqual(len(final["series"]), 2)
+        for w in summary["worker_stats"]:
+            self.assertGreater(w["cpu_seconds"], 0, w)
+            self.assertGreater(w["peak_rss_bytes"], 1 << 20, w)
         self.assertEqual(final["totals"]["done"], summary["batches"])
         self.assertEqual(final["totals"]["attempts"], summary["attempts"])
         self.assertEqual(final["totals"]["records"], summary["records"])
@@ -146,8 +173,96 @@ class Dashboard(TmpTest):
         workers = re.search(r'<table id="workers">.*?<tbody>(.*?)</tbody>', dom, re.S).group(1)
         self.assertGreaterEqual(workers.count("<tr>"), 2, "worker table is empty")
         self.assertGreater(dom.count('class="attempt '), 5, "timeline has no attempts")
+        self.assertEqual(dom.count('class="hbar"'), 15, "the task-duration histogram has no bars")
+        self.assertRegex(dom, r'<code id="command">dbatch wordcount ')
         if not live:
             self.assertIn('class="state done"', dom)
+            self.assertIn('class="series throughput"', dom)
+            self.assertIn('class="series utilisation"', dom)
+            self.assertRegex(dom, r'id="pcts">p50 [\d.]+ s · p90 [\d.]+ s · p99 [\d.]+ s \(\d+ attempts\)')
+
+
+class States(TmpTest):
+    def test_stages_are_listed_before_they_start(self):
+        """nb run lists vocabulary, fit and predict from its first snapshot; the later ones
+        are "planned" until they start, and every stage is "done" at the end."""
+        port = free_port()
+        jd = self.path("job")
+        corpus = os.path.join(os.environ.get("DBX_TEST_DATA", "tests/data"), "nbcorpus")
+        p = start("nb", "run", "--train", os.path.join(corpus, "train"), "--test", os.path.join(corpus, "test"),
+                  "--workers", "2", "--batch-docs", "1", "--dashboard", "127.0.0.1:%d" % port, "--job-dir", jd,
+                  "--predictions", self.path("p.tsv"), env=fault_env("delay_ms=150"))
+        try:
+            wait_for_line(p.stderr, "dashboard at")
+            first = None
+            for _ in range(100):
+                try:
+                    s = json.loads(get("http://127.0.0.1:%d/api/status" % port))
+                except (OSError, ValueError):
+                    s = None
+                if s and s["state"] == "running":
+                    first = s
+                    break
+                time.sleep(0.05)
+            p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        self.assertEqual(p.returncode, 0)
+        self.assertIsNotNone(first)
+        self.assertEqual([(x["name"], x["state"]) for x in first["stages"]],
+                         [("vocabulary", "running"), ("fit", "planned"), ("predict", "planned")])
+        final = json.loads(slurp(os.path.join(jd, "status.json"), True))
+        self.assertEqual([(x["name"], x["state"]) for x in final["stages"]],
+                         [("vocabulary", "done"), ("fit", "done"), ("predict", "done")])
+
+    def test_killed_workers_and_skipped_input_in_the_report(self):
+        """A worker that dies by a signal is "killed" (red), not "finished", in status.json,
+        status.txt and the report; a job that left input out under --on-task-failure=skip
+        is "partial" (amber), not "done" (green)."""
+        data = self.path("l.txt")
+        with open(data, "w") as f:
+            for i in range(200):
+                f.write("POISON here\n" if i == 57 else "line %d alpha\n" % i)
+        jd = self.path("job")
+        r = run("wordcount", "--workers", "2", "--batch-records", "10", "--on-task-failure", "skip", "--job-dir", jd,
+                "--out", self.path("o.tsv"), "-q", data, check=False, env=fault_env("crash_on=POISON"))
+        self.assertEqual(r.returncode, 3, r.stderr)
+        final = json.loads(slurp(os.path.join(jd, "status.json"), True))
+        self.assertEqual(final["state"], "partial")
+        states = [w["state"] for w in final["workers"]]
+        self.assertIn("killed", states, final["workers"])
+        self.assertNotIn("alive", states)
+        self.assertRegex(slurp(os.path.join(jd, "status.txt"), True), r"\n\d+ +killed ")
+        report = slurp(os.path.join(jd, "report.html"), True)
+        self.assertIn('<span id="state" class="state partial">done with skipped input</span>', report)
+        if shutil.which("chromium"):
+            p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                "--virtual-time-budget=3000", "--user-data-dir=" + self.path("chrome"), "--dump-dom",
+                                "file://" + os.path.join(jd, "report.html")], capture_output=True, timeout=120)
+            dom = p.stdout.decode(errors="replace")
+            self.assertIn('class="wstate killed"', dom)
+            self.assertIn('class="state partial"', dom)
+            self.assertNotIn('class="wstate alive"', dom)
+
+
+class WorkerUsage(TmpTest):
+    def test_cpu_time_counts_up_to_the_last_result(self):
+        """A worker sends its usage with every result, not only with its heartbeats: with
+        heartbeats 60 s apart, the summary still has each worker's CPU time for the word
+        count it did (at least half its busy time: the work is CPU-bound)."""
+        data = self.path("w.txt")
+        with open(data, "w") as f:
+            for i in range(400000):
+                f.write("alpha beta gamma w%d delta epsilon zeta eta theta\n" % (i % 5000))
+        s = self.path("s.json")
+        run("wordcount", "--workers", "2", "--heartbeat", "60", "--worker-timeout", "600", "--batch-bytes", "2M",
+            "--out", "/dev/null", "--no-job-dir", "-q", "--summary-json", s, data)
+        stats = json.loads(slurp(s, True))["worker_stats"]
+        cpu = sum(w["cpu_seconds"] for w in stats)
+        busy = sum(w["busy_seconds"] for w in stats)
+        self.assertGreater(busy, 0.02, stats)
+        self.assertGreater(cpu, 0.5 * busy, stats)
 
 
 class Progress(TmpTest):
@@ -159,10 +274,14 @@ class Progress(TmpTest):
         p = subprocess.run(["script", "-qfec", cmd, "/dev/null"], capture_output=True, env=env, timeout=120)
         out = p.stdout.decode(errors="replace")
         self.assertEqual(p.returncode, 0, out)
-        self.assertRegex(out, r"\rwordcount \d+/\d+ batches .* MB/s  ETA \S+  workers 2  failures 0")
+        self.assertRegex(out, r"\rwordcount +\d+%  [\d.]+M records  [\d.]+ MB/s  ETA \S+  workers 2  failures 0")
+        # The percentage, from bytes, never goes back.
+        pcts = [int(x) for x in re.findall(r"\rwordcount +(\d+)%", out)]
+        self.assertGreater(len(pcts), 2, out)
+        self.assertEqual(pcts, sorted(pcts), pcts)
         self.assertIn("\033[K", out)
         q = subprocess.run(["script", "-qfec", cmd + " --quiet", "/dev/null"], capture_output=True, env=env, timeout=120)
-        self.assertNotIn("batches", q.stdout.decode(errors="replace"))
+        self.assertNotIn("MB/s", q.stdout.decode(errors="replace"))
 
 
 if __name__ == "__main__":
