@@ -310,4 +310,5 @@ int cmd_nb(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 int cmd_jobs(int argc, char **argv);
+int cmd_dashboard(int argc, char **argv);
 #endif

@@ -34,7 +34,8 @@ int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
 
 int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err) {
   memset(pc, 0, sizeof *pc);
-  pc->stage = (uint32_t)j->nstages;
+  pc->stage = 0;  /* the stages begun before this one (stages listed ahead of time do not count) */
+  for (int i = 0; i < j->nstages; i++) pc->stage += j->stages[i].state != STAGE_PLANNED;
   /* By default jobs with local workers merge in CLI_KEYED_DEFAULT_R partitions: a number
    * of the job, not of the machine, so a journaled job resumes on another machine with the
    * plan it recorded. Workers started elsewhere (--listen) may not see this machine's files:

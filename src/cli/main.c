@@ -28,6 +28,7 @@ static const char usage[] =
     "  bench-tasks --tasks N             no-op tasks through the scheduler: its rate\n"
     "  status JOB_DIR|URL   the live or final state of a job\n"
     "  jobs [DIR...]        past jobs, newest first: start, duration, state, records, output\n"
+    "  dashboard [DIR...]   the same history as a web page, with each job's report\n"
     "  resume JOB_DIR       finish a journaled job (--job-dir) whose coordinator died\n"
     "  help [COMMAND]       help for a command\n"
     "  version              print the version\n"
@@ -53,6 +54,7 @@ static const command commands[] = {
     {"status", cmd_status},
     {"keygen", cmd_keygen},
     {"jobs", cmd_jobs},
+    {"dashboard", cmd_dashboard},
 };
 
 static int dispatch(int argc, char **argv);

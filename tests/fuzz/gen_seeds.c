@@ -89,6 +89,8 @@ static void wire_seeds(const fuzz_nb *nb) {
   msg_simple(&m, MSG_HEARTBEAT); seq.len = 0; frame(&seq, &m);
   msg_simple(&m, MSG_BYE); frame(&seq, &m);
   msg_simple(&m, MSG_REHELLO); frame(&seq, &m); put("wire", "heartbeat-bye-rehello", seq.data, seq.len);
+  msg_heartbeat(&m, 1234, 56u << 20, 78u << 20); seq.len = 0; frame(&seq, &m);
+  put("wire", "heartbeat-usage", seq.data, seq.len);
 
   /* Word count: a stage, shipped tasks of 1 and 3 segments, tasks by reference, a result. */
   seq.len = 0;

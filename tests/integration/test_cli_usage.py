@@ -5,6 +5,7 @@ directory sends the job directory to the user's state directory, a busy dashboar
 usage error, and a worker count far above the cores is warned about."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -165,12 +166,12 @@ class ProgressLine(TmpTest):
         inp = self.write("in.txt", "".join("line %d\n" % i for i in range(40)))
         got = self.run_on_a_terminal(60, "run", "--map", "sleep 0.3; cat", inp, "--batch-records", "4",
                                      "--workers", "2", "--no-job-dir", "-o", self.path("o.txt"))
-        drawn = [seg for seg in got.replace(b"\033[K", b"").split(b"\r") if b"batches" in seg]
+        drawn = [seg for seg in got.replace(b"\033[K", b"").split(b"\r") if re.match(rb"map +\d+%", seg)]
         self.assertTrue(drawn, got)
         for seg in drawn:
             line = seg.split(b"\n")[0]
             self.assertLess(len(line), 60, line)  # never wraps
-            self.assertIn(b"batches", line)
+            self.assertRegex(line, rb"^map +\d+%  .*MB/s")  # the stage, how far, the rate: kept
         wide = self.run_on_a_terminal(200, "run", "--map", "sleep 0.3; cat", inp, "--batch-records", "4",
                                       "--workers", "2", "--no-job-dir", "-o", self.path("o2.txt"))
         self.assertIn(b"failures 0", wide)  # nothing dropped where there is room

@@ -71,6 +71,31 @@ static void test_hello_slots_bounded(void **state) {
   dbx_buf_free(&out);
 }
 
+/* A heartbeat is empty or carries a worker's usage (three counts), nothing in between. */
+static void test_heartbeat_usage(void **state) {
+  (void)state;
+  dbx_buf out = {0};
+  msg m;
+  dbx_err err = {0, ""};
+  assert_int_equal(msg_heartbeat(&out, 1500, 10u << 20, 12u << 20), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.type, MSG_HEARTBEAT);
+  assert_int_equal(m.has_usage, 1);
+  assert_int_equal(m.cpu_ms, 1500);
+  assert_int_equal(m.rss, 10u << 20);
+  assert_int_equal(m.peak_rss, 12u << 20);
+  msg_free(&m);
+  assert_int_equal(msg_simple(&out, MSG_HEARTBEAT), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.has_usage, 0);
+  msg_free(&m);
+  /* A usage that is not three unsigned counts: refused. */
+  assert_int_equal(msg_heartbeat(&out, 1, 2, 3), 0);
+  out.data[out.len - 1] = (char)0xff;  /* the last count becomes -1 (a negative fixint) */
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), DBX_EPROTO);
+  dbx_buf_free(&out);
+}
+
 /* A stage's planned identity of its paths: 16 bytes per path, exactly, after the plugin
  * field (nil without a plugin); decoded as sent. */
 static void test_stage_identity(void **state) {
@@ -127,6 +152,7 @@ int main(void) {
       cmocka_unit_test(test_segment_range_must_not_wrap),
       cmocka_unit_test(test_hello_slots_bounded),
       cmocka_unit_test(test_stage_identity),
+      cmocka_unit_test(test_heartbeat_usage),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
