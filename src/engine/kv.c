@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include <zstd.h>
 
 #define KV_VERSION 1
 /* The largest count a partial holds, decoded or merged: one bound for both, so what a merge
@@ -384,7 +385,7 @@ struct kvpart {
   const char *spill_dir;
   int frozen;
   int spill_fd;
-  dbx_buf sbuf;
+  dbx_buf sbuf, zbuf;        /* records to spill; their compressed frame */
   uint64_t spilled;
 };
 
@@ -410,6 +411,7 @@ void kv_free(kvpart *p) {
   dbx_buf_free(&p->blob);
   dbx_buf_free(&p->tail);
   dbx_buf_free(&p->sbuf);
+  dbx_buf_free(&p->zbuf);
   if (p->spill_fd >= 0) close(p->spill_fd);
   if (!p->borrowed) dbx_buf_free(&p->run);
   free(p);
@@ -437,8 +439,20 @@ static int spill_err(const kvpart *p, int e, dbx_err *err) {
   return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", p->spill_dir, strerror(e));
 }
 
+/* Spilled records go to the file as zstd frames (fast level, checksummed), one per flush,
+ * each holding whole records and its decompressed size: kv_replay reads a frame at a time. */
 static int spill_flush(kvpart *p, dbx_err *err) {
   if (!p->sbuf.len) return 0;
+  size_t cap = ZSTD_compressBound(p->sbuf.len);
+  if (p->zbuf.cap < cap && dbx_buf_reserve(&p->zbuf, cap)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory spilling");
+  /* With a checksum: a spill file damaged on disk is refused, not replayed as other records. */
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  if (!cc) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory spilling");
+  ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
+  ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
+  size_t zn = ZSTD_compress2(cc, p->zbuf.data, cap, p->sbuf.data, p->sbuf.len);
+  ZSTD_freeCCtx(cc);
+  if (ZSTD_isError(zn)) return dbx_seterr(err, DBX_EIO, "keyed: cannot compress spilled records: %s", ZSTD_getErrorName(zn));
   if (p->spill_fd < 0) {
     char path[4200];
     snprintf(path, sizeof path, "%s/.tmp-spill-XXXXXX", p->spill_dir);
@@ -447,8 +461,8 @@ static int spill_flush(kvpart *p, dbx_err *err) {
     unlink(path);  /* nothing is left behind by a killed worker */
   }
   size_t done = 0;
-  while (done < p->sbuf.len) {
-    ssize_t k = write(p->spill_fd, p->sbuf.data + done, p->sbuf.len - done);
+  while (done < zn) {
+    ssize_t k = write(p->spill_fd, p->zbuf.data + done, zn - done);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) return spill_err(p, k < 0 ? errno : ENOSPC, err);
     done += (size_t)k;
@@ -521,6 +535,36 @@ int kv_take_spill(kvpart *p, int *fd, uint64_t *bytes, dbx_err *err) {
 }
 
 int kv_replay(kvpart *p, const char *d, size_t n, dbx_err *err) {
+  dbx_buf raw = {0};
+  size_t o = 0;
+  int rc = 0;
+  while (o < n && !rc) {
+    size_t fn = ZSTD_findFrameCompressedSize(d + o, n - o);
+    unsigned long long rn = ZSTD_isError(fn) ? ZSTD_CONTENTSIZE_ERROR : ZSTD_getFrameContentSize(d + o, fn);
+    /* A frame holds what one flush held: a buffer's worth plus one record, within 4 GiB. */
+    if (ZSTD_isError(fn) || rn == ZSTD_CONTENTSIZE_ERROR || rn == ZSTD_CONTENTSIZE_UNKNOWN || rn > UINT32_MAX) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu (not a whole zstd frame)", o);
+      break;
+    }
+    raw.len = 0;
+    if (raw.cap < rn + 1 && dbx_buf_reserve(&raw, (size_t)rn + 1)) {
+      rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory reading spilled records");
+      break;
+    }
+    size_t got = ZSTD_decompress(raw.data, (size_t)rn, d + o, fn);
+    if (ZSTD_isError(got) || got != rn) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "a spill file is damaged at byte %zu (%s)", o,
+                      ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short frame");
+      break;
+    }
+    rc = kv_replay_records(p, raw.data, got, err);
+    o += fn;
+  }
+  dbx_buf_free(&raw);
+  return rc;
+}
+
+int kv_replay_records(kvpart *p, const char *d, size_t n, dbx_err *err) {
   kv_val vals[KV_AGG_MAX];
   size_t o = 0;
   while (o < n) {

@@ -162,8 +162,10 @@ const kv_spec *kv_spec_of(const kvpart *p);
 extern void (*kv_spill_fault)(void);
 /* A new empty partial with p's aggregates and budget. */
 kvpart *kv_new_like(const kvpart *p);
-/* Add the raw records of a spill file (its bytes) to p, in order. */
+/* Add the records of a spill file (its bytes: zstd frames of records) to p, in order. */
 int kv_replay(kvpart *p, const char *data, size_t n, dbx_err *err);
+/* The same for records not compressed (one frame's content). */
+int kv_replay_records(kvpart *p, const char *data, size_t n, dbx_err *err);
 /* Merge n sealed partials into one encoding written to fd (at offset 0, an empty file), in
  * bounded memory: src[i] holds batch idx[i] (increasing, < nbatch) and each key's states
  * fold in the engine's tree over nbatch batch indices (engine/agg.c), so the bytes are those

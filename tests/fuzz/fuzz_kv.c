@@ -6,13 +6,16 @@
  * Invariants besides memory safety: encode(decode(x)) == x (the encoding is the run); what a
  * merge makes, decode accepts again; merges fail only as bad records or corrupt counts; the
  * streaming merge of the reduce side (kv_merge_to_fd) writes the very bytes of the in-memory
- * merge in the batch tree, or fails where it fails. The same bytes also go to kv_replay, the
- * reader of spilled raw records. */
+ * merge in the batch tree, or fails where it fails. The same bytes also go to the readers of
+ * spilled raw records: kv_replay_records as records, and kv_replay as a spill file (zstd
+ * frames), and once compressed as one frame to kv_replay, which must read them as
+ * kv_replay_records did. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -175,8 +178,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* as spilled raw records */
   kvpart *sp = kv_new(&S[si]);
   if (!sp) fuzz_fail("kv_new");
-  int rr = kv_replay(sp, p, n, &err);
-  if (rr && rr != DBX_ECORRUPT && rr != DBX_EBADREC) fuzz_fail("kv_replay: %d %s", rr, err.msg);
+  int rr = kv_replay_records(sp, p, n, &err);
+  if (rr && rr != DBX_ECORRUPT && rr != DBX_EBADREC) fuzz_fail("kv_replay_records: %d %s", rr, err.msg);
+  kvpart *sz = kv_new(&S[si]);
+  if (!sz) fuzz_fail("kv_new");
+  int rz = kv_replay(sz, p, n, &err);
+  if (rz && rz != DBX_ECORRUPT && rz != DBX_EBADREC) fuzz_fail("kv_replay: %d %s", rz, err.msg);
+  kv_free(sz);
+  /* The same records as a spill file holds them: compressed, they read the same. */
+  size_t zcap = ZSTD_compressBound(n);
+  char *z = malloc(zcap);
+  size_t zn = z ? ZSTD_compress(z, zcap, p, n, 1) : 0;
+  if (z && !ZSTD_isError(zn)) {
+    kvpart *sc = kv_new(&S[si]);
+    if (!sc) fuzz_fail("kv_new");
+    int rc2 = kv_replay(sc, z, zn, &err);
+    if ((rc2 == 0) != (rr == 0)) fuzz_fail("kv_replay of the compressed records: %d, as records: %d", rc2, rr);
+    if (!rr) {
+      dbx_buf ea = {0}, eb = {0};
+      if (kv_encode(sp, &ea, &err) || kv_encode(sc, &eb, &err)) fuzz_fail("encode after replay");
+      if (ea.len != eb.len || memcmp(ea.data, eb.data, ea.len)) fuzz_fail("compressed records replay differently");
+      dbx_buf_free(&ea);
+      dbx_buf_free(&eb);
+    }
+    kv_free(sc);
+  }
+  free(z);
   kv_free(sp);
   if (kv_decode(&S[si], p, n, &x, &err)) {
     free(p);

@@ -617,6 +617,58 @@ static void test_split_counts_equals_split(void **state) {
   }
 }
 
+/* Records past the budget go to the spill file as zstd frames (a file far smaller than the
+ * records on repetitive keys), and replaying the file gives the states the records would
+ * have given. */
+static void test_spill_file_is_compressed_and_replays(void **state) {
+  (void)state;
+  kv_spec s = spec_of("count,sum,distinct");
+  char dir[] = "/tmp/dbx-kv-spill-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  kvpart *a = kv_new(&s), *ref = kv_new(&s);
+  kv_set_budget(a, 4096, dir);
+  dbx_err err = {0, ""};
+  uint64_t raw = 0;
+  for (int i = 0; i < 20000; i++) {
+    char kb[32], vb[16];
+    int kn = snprintf(kb, sizeof kb, "key-%05d", i % 5000), vn = snprintf(vb, sizeof vb, "%d", i % 7);
+    kv_val v = {vb, (size_t)vn, 0};
+    assert_int_equal(kv_add(a, kb, (size_t)kn, &v, &err), 0);
+    assert_int_equal(kv_add(ref, kb, (size_t)kn, &v, &err), 0);
+    raw += 5 + (uint64_t)kn + 5 + (uint64_t)vn;
+  }
+  int fd = -1;
+  uint64_t bytes = 0;
+  assert_int_equal(kv_take_spill(a, &fd, &bytes, &err), 0);
+  assert_true(fd >= 0);
+  assert_true(bytes > 0 && bytes < raw / 3);  /* most records spilled, and compressed */
+  char *m = malloc(bytes);
+  assert_int_equal(pread(fd, m, bytes, 0), (ssize_t)bytes);
+  close(fd);
+  assert_memory_equal(m, "\x28\xb5\x2f\xfd", 4);  /* a zstd frame */
+  kvpart *b = kv_new(&s);
+  assert_int_equal(kv_replay(b, m, bytes, &err), 0);
+  /* a holds the keys it froze with, b the others: disjoint, together the reference. */
+  assert_int_equal(kv_merge(a, b, &err), 0);
+  dbx_buf ea = {0}, er = {0};
+  assert_int_equal(kv_encode(a, &ea, &err), 0);
+  assert_int_equal(kv_encode(ref, &er, &err), 0);
+  assert_int_equal(ea.len, er.len);
+  assert_memory_equal(ea.data, er.data, ea.len);
+  /* A damaged frame is refused, not read. */
+  m[bytes / 2] ^= 0x55;
+  kvpart *c = kv_new(&s);
+  assert_int_equal(kv_replay(c, m, bytes, &err), DBX_ECORRUPT);
+  dbx_buf_free(&ea);
+  dbx_buf_free(&er);
+  free(m);
+  kv_free(a);
+  kv_free(b);
+  kv_free(c);
+  kv_free(ref);
+  rmdir(dir);
+}
+
 static void test_add_after_seal(void **state) {
   (void)state;
   kv_spec s = spec_of("count,sum,first,last,distinct,top:2");
@@ -872,6 +924,7 @@ int main(void) {
       cmocka_unit_test(test_decode_refuses),
       cmocka_unit_test(test_split_from_table_equals_split_from_run),
       cmocka_unit_test(test_split_counts_equals_split),
+      cmocka_unit_test(test_spill_file_is_compressed_and_replays),
       cmocka_unit_test(test_last_values_do_not_pile_up),
       cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
