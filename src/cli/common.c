@@ -612,7 +612,8 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     int src = outs->save(outs->save_ctx, !rc, err);
     if (!rc) rc = src;
   }
-  /* Every output written out and synced before any becomes visible. */
+  /* Every output written out and synced before any becomes visible; the journal first. */
+  if (!rc && j->jr) rc = journal_sync(j->jr, err);
   for (size_t p = 0; !rc && p < nsink; p++)
     if (outs->sinks[p]) rc = sink_prepare(outs->sinks[p], err);
   for (; !rc && k < nsink; k++)

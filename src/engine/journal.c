@@ -537,8 +537,17 @@ int journal_lookup(journal *jr, uint32_t stage, uint32_t index, char **partial, 
   return found;
 }
 
+int journal_sync(journal *jr, dbx_err *err) { return jr ? flush(jr, err) : 0; }
+
 int journal_done(journal *jr, dbx_err *err) {
   if (!jr) return 0;
   int rc = flush(jr, err);
-  return rc ? rc : meta_put(jr, "state", "done", 4, err);
+  if (!rc) rc = meta_put(jr, "state", "done", 4, err);
+  if (rc) return rc;
+  /* A finished job is not resumed (check_resumable): its partial results are dead weight.
+   * What stays is the plan, the inputs and the notes, a few kilobytes whatever the input.
+   * Failing to shrink the file costs only space. */
+  dbx_err ignore = {0, ""};
+  if (!exec(jr, "DELETE FROM tasks", &ignore)) exec(jr, "VACUUM", &ignore);
+  return 0;
 }

@@ -73,7 +73,11 @@ void journal_new_id(char *out, size_t cap);
 int journal_note_put(journal *jr, const char *key, const char *val, dbx_err *err);
 int journal_note_get(journal *jr, const char *key, char *out, size_t cap);
 
-/* Mark the whole job finished (its output committed). */
+/* Commit the tasks journaled so far (they go in groups): before the outputs are committed,
+ * so a crash after that commit resumes with every task done. */
+int journal_sync(journal *jr, dbx_err *err);
+/* Mark the whole job finished (its output committed), then drop the tasks' partial results:
+ * a finished job is not resumed. */
 int journal_done(journal *jr, dbx_err *err);
 int journal_resuming(const journal *jr);
 #endif

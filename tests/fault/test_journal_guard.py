@@ -56,7 +56,7 @@ class JournalKeepsFinishedTasks(TmpTest):
         self.assertEqual(j["resumed_tasks"], len(held))
         self.assertEqual(j["attempts"], j["tasks"] - j["resumed_tasks"])
         self.assertEqual(j["records"], 4000)
-        self.assertEqual(journal_rows(jd), list(range(80)))
+        self.assertEqual(journal_rows(jd), [])  # finished: the partial results are dropped
 
     def test_every_finished_task_is_journaled(self):
         data = words_file(self.path("in.txt"), 3000)
@@ -64,21 +64,22 @@ class JournalKeepsFinishedTasks(TmpTest):
         for workers in ("0", "2"):
             with self.subTest(workers=workers):
                 jd, out, s = self.path("job" + workers), self.path("out%s.tsv" % workers), self.path("s.json")
-                run("wordcount", "--workers", workers, "--batch-records", "25", "--job-dir", jd, "--out", out,
-                    "--summary-json", s, data)
+                # Killed between the output's commit and the journal's "done": every task is there.
+                r = run("wordcount", "--workers", workers, "--batch-records", "25", "--job-dir", jd, "--out", out,
+                        "--summary-json", s, data, check=False, env=dict(os.environ, DBATCH_FAULT="crash_after_commit"))
+                self.assertEqual(r.returncode, -signal.SIGKILL, r.stderr)
                 self.assertEqual(slurp(out), want)
                 self.assertEqual(journal_rows(jd), list(range(120)))
-                # As if killed after its last task but before it was marked finished.
-                con = sqlite3.connect(os.path.join(jd, "journal.db"))
-                con.execute("UPDATE meta SET value = 'running' WHERE key = 'state'")
-                con.commit()
-                con.close()
                 os.unlink(out)
                 run("resume", jd)
                 self.assertEqual(slurp(out), want)
                 j = json.loads(slurp(s, True))
                 self.assertEqual((j["tasks"], j["resumed_tasks"], j["attempts"]), (120, 120, 0))
                 self.assertEqual(j["records"], 3000)
+                # Finished: a finished job is not resumed, so its journal keeps no partial results.
+                self.assertEqual(journal_rows(jd), [])
+                self.assertLess(os.path.getsize(os.path.join(jd, "journal.db")), 256 * 1024)
+                self.assertIn("nothing to resume", run("resume", jd, check=False).stderr.decode())
 
 
 if __name__ == "__main__":
