@@ -6,12 +6,15 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 DBATCH=${1:-$top/build/dbatch}
 DATA=${DBX_DATA_DIR:-$top/data}
 
-# Seconds (wall) taken by a command, output discarded.
+# Seconds (wall) taken by a command, output discarded (its standard error too, unless it
+# fails: dbatch's end-of-job line would interleave with the table).
 secs() {
-  local t0 t1
+  local t0 t1 e
+  e=$(mktemp)
   t0=$(date +%s.%N)
-  "$@" >/dev/null
+  if ! "$@" >/dev/null 2>"$e"; then cat "$e" >&2; fi
   t1=$(date +%s.%N)
+  rm -f "$e"
   echo "$t1 - $t0" | bc -l
 }
 
