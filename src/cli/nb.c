@@ -462,6 +462,7 @@ int cmd_nb(int argc, char **argv) {
     if (!rc && outs.pred) j.rows_out = sink_rows(outs.pred);
     if (!rc) rc = report(cf, ncf, no.digits, outs.met, &rep, &err);
     if (!rc) fwrite(rep.data, 1, rep.len, stdout);
+    if (!rc && !dbx_buf_append(&rep, "", 1)) j.results = rep.data;  /* the report shows it too */
     if (!rc) {
       uint64_t bytes = 0;
       for (int k = 0; k < j.nstages; k++) bytes += j.stages[k].bytes;

@@ -97,6 +97,8 @@ typedef struct job {
   uint64_t rows_out;
   const char *out_dest;    /* the output as shown (a URI's password hidden), or NULL */
   const char *command;     /* the command line as shown (quoted, passwords hidden), or NULL */
+  const char *results;     /* what the job reports besides its output (the classifier's
+                              metrics), as text for the report, or NULL */
   double started_wall;     /* when the job started (seconds since the epoch) */
   const char *policy;      /* NULL when tasks ran in this process */
   worker_info *winfo;      /* filled by the coordinator; owned by the job */

@@ -342,6 +342,7 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
   kv_s(b, "coordinator", u->coordinator);
   if (j->command) kv_s(b, "command", j->command);
   if (j->out_dest) kv_s(b, "output", j->out_dest);
+  if (j->results) kv_s(b, "results", j->results);
   if (j->started_wall > 0) {
     json_key(b, "started_unix", 0);
     json_ms(b, j->started_wall);
@@ -374,6 +375,12 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
     kv_u(b, "bad_records", s->bad_records);
     kv_u(b, "bytes", s->bytes);
     kv_d(b, "seconds", s->seconds);
+    /* Where its time went: the coordinator reading and planning, the tasks' own time
+     * (summed over workers), merging partial results, finishing and writing the output. */
+    kv_d(b, "read_seconds", s->t_read);
+    kv_d(b, "map_seconds", s->t_map);
+    kv_d(b, "merge_seconds", s->t_merge);
+    kv_d(b, "finish_seconds", s->t_finish);
     json_raw(b, "}");
     tasks += s->tasks;
     done += s->batches;

@@ -217,6 +217,14 @@ class States(TmpTest):
         final = json.loads(slurp(os.path.join(jd, "status.json"), True))
         self.assertEqual([(x["name"], x["state"]) for x in final["stages"]],
                          [("vocabulary", "done"), ("fit", "done"), ("predict", "done")])
+        # Where each stage's time went, and the classifier's metrics in the report.
+        for x in final["stages"]:
+            self.assertGreater(x["map_seconds"], 0.1, x)  # every task took at least the 150 ms delay
+            for k in ("read_seconds", "merge_seconds", "finish_seconds"):
+                self.assertGreaterEqual(x[k], 0, x)
+        self.assertRegex(final["results"], r"precision +recall +f1-score +support")
+        self.assertIn("accuracy", final["results"])
+        self.assertIn('"results":', slurp(os.path.join(jd, "report.html"), True))
 
     def test_killed_workers_and_skipped_input_in_the_report(self):
         """A worker that dies by a signal is "killed" (red), not "finished", in status.json,
