@@ -1746,6 +1746,17 @@ uint32_t kv_partition_of(const char *key, size_t klen, uint32_t r) {
   return (uint32_t)(XXH3_64bits_withSeed(key, klen, 0x64626174) % r);
 }
 
+/* The header of a split's encoding (header_len bytes at h): magic, version, aggregates,
+ * entry and pair counts. */
+static void put_split_header(char *h, const kv_spec *s, uint64_t nmain, uint64_t npair) {
+  memcpy(h, "DBKV", 4);
+  h[4] = KV_VERSION;
+  h[5] = (char)s->nagg;
+  for (uint32_t a = 0; a < s->nagg; a++) h[6 + a] = (char)s->agg[a].kind;
+  put64(h + 6 + s->nagg, nmain);
+  put64(h + 14 + s->nagg, npair);
+}
+
 int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
   /* A table never sealed splits straight from its entries (no run in between: one copy of
    * the data less, in time and at the memory peak of a map task); else from the run. */
@@ -1802,13 +1813,7 @@ int kv_split(kvpart *p, uint32_t r, dbx_buf *out, dbx_err *err) {
   }
   for (uint32_t i = 0; i < r && !rc; i++) {
     if (pairs[i].len && dbx_buf_append(&out[i], pairs[i].data, pairs[i].len)) { rc = DBX_ENOMEM; break; }
-    char *h = out[i].data;
-    memcpy(h, "DBKV", 4);
-    h[4] = KV_VERSION;
-    h[5] = (char)s->nagg;
-    for (uint32_t a = 0; a < s->nagg; a++) h[6 + a] = (char)s->agg[a].kind;
-    put64(h + 6 + s->nagg, nm[i]);
-    put64(h + 14 + s->nagg, np[i]);
+    put_split_header(out[i].data, s, nm[i], np[i]);
   }
 done:
   if (rc == DBX_ENOMEM) rc = dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory splitting a partial");
@@ -1909,15 +1914,7 @@ int kv_split_counts(const kv_spec *s, const strmap *m, uint32_t r, dbx_buf *out,
     out[q].len += 4 + len + st;
     nm[q]++;
   }
-  for (uint32_t i = 0; i < r && !rc; i++) {
-    char *h = out[i].data;
-    memcpy(h, "DBKV", 4);
-    h[4] = KV_VERSION;
-    h[5] = (char)s->nagg;
-    for (uint32_t a = 0; a < s->nagg; a++) h[6 + a] = (char)s->agg[a].kind;
-    put64(h + 6 + s->nagg, nm[i]);
-    put64(h + 14 + s->nagg, 0);
-  }
+  for (uint32_t i = 0; i < r && !rc; i++) put_split_header(out[i].data, s, nm[i], 0);
 done:
   free(nm);
   free(v);
