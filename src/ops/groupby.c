@@ -21,6 +21,10 @@ static int cols_check(const rec_cols *c, uint32_t min, dbx_err *err) {
  * bad_fail, the task's error with the record's place. 0 when skipped. */
 static int bad_record(const dbx_batch *b, int bad_fail, size_t at, const dbx_err *e, dbx_stats *st, dbx_err *err) {
   char where[512];
+  if (!bad_fail && !kv_err_overflow(e) && st->bad_records) {  /* only the first is noted: no need to find where */
+    st->bad_records++;
+    return 0;
+  }
   dbx_batch_where(b, at, where, sizeof where);
   if (bad_fail || kv_err_overflow(e)) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, e->msg);
   if (!st->bad_records++) {

@@ -279,6 +279,10 @@ static void doc_iter_free(doc_iter *it) { dbx_buf_free(&it->json); }
 /* A line that is not a document: noted and skipped, or DBX_EBADREC under --on-bad-record=fail. */
 static int bad_line(doc_iter *it, const char *line, const char *why, dbx_stats *st, dbx_err *err) {
   char where[512];
+  if (!it->cfg->bad_fail && st->bad_records) {  /* only the first is noted: no need to find where */
+    st->bad_records++;
+    return 0;
+  }
   dbx_batch_where(it->b, (size_t)(line - it->b->data), where, sizeof where);
   if (it->cfg->bad_fail) return dbx_seterr(err, DBX_EBADREC, "bad record at %s: %s", where, why);
   if (!st->bad_records++) snprintf(st->bad_note, sizeof st->bad_note, "%.200s: %s", where, why);

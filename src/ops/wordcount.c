@@ -86,8 +86,10 @@ static int wc_map_sink(const wc_cfg *cfg, const dbx_batch *b, wc_sink *x, dbx_st
     st->records++;
     uint64_t len = (uint64_t)(le - p) - (nl != NULL);  /* without its newline, as --max-record counts */
     if (len > cfg->max_record) {
+      /* Where: only for the message that uses it (dbx_batch_where counts the lines from the
+       * batch's start: for every bad record, a batch of them took quadratic time). */
       char where[512];
-      dbx_batch_where(b, (size_t)(p - b->data), where, sizeof where);
+      if (cfg->bad_fail || !st->bad_records) dbx_batch_where(b, (size_t)(p - b->data), where, sizeof where);
       if (cfg->bad_fail)
         return dbx_seterr(err, DBX_EBADREC, "bad record at %s: a line of %llu bytes, longer than --max-record %llu",
                           where, (unsigned long long)len, (unsigned long long)cfg->max_record);
