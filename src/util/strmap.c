@@ -41,6 +41,19 @@ void strmap_clear(strmap *m) {
   m->arena.len = 0;
 }
 
+int strmap_reset(strmap *m) {
+  strmap_slot *t = calloc(1024, sizeof *t);
+  if (!t) return DBX_ENOMEM;
+  free_table(m->t, m->mask + 1);
+  m->t = t;
+  m->mask = 1023;
+  free(m->order);
+  m->order = NULL;
+  m->n = m->ocap = 0;
+  dbx_buf_free(&m->arena);
+  return 0;
+}
+
 /* Tables from 2 MB up are mapped apart, 2 MB aligned and advised into huge pages: the lookups
  * of a large vocabulary touch their pages at random, and a TLB miss costs about as much as
  * the cache miss (more under virtualisation). Each thread keeps the last such table it freed

@@ -17,6 +17,9 @@ int strmap_reserve(strmap *m, size_t n);
 void strmap_free(strmap *m);
 /* Remove every key; the memory held stays (for the next keys). */
 void strmap_clear(strmap *m);
+/* Remove every key and give the memory back: the map is as strmap_new made it (its size,
+ * strmap_bytes, small again). 0 or DBX_ENOMEM (then the map is unchanged). */
+int strmap_reset(strmap *m);
 
 /* Find key, inserting it with value 0 if absent, then add delta to its value.
  * OUT *id: the key's dense id (ids are 0..count-1 in insertion order). 0 or DBX_ENOMEM. */

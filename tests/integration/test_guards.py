@@ -131,6 +131,35 @@ class MaxRecordBoundary(TmpTest):
         self.assertFalse(os.path.exists(out))
 
 
+class ManyBadRecords(TmpTest):
+    """Every other line over --max-record in one big batch: the place of only the first bad
+    record is looked for (it counted the lines from the batch's start for each one: quadratic,
+    minutes for 16 MB), and a partitioned word count under --memory writes a level when its
+    table fills, not after every run of good lines once it has filled once (its cleared table
+    kept its size, over the budget: a level per good line, 12,000 levels for 8 MB)."""
+
+    def test_linear_time_same_answer(self):
+        words = ["w%d" % (i % 50000) for i in range(400000)]
+        lines = []
+        for i in range(0, len(words), 2):
+            lines.append("%s %s\n" % (words[i], words[i + 1]))
+            lines.append("x" * 60 + " %s\n" % words[i])
+        data = self.write("in.txt", "".join(lines))
+        good = self.write("good.txt", "".join(l for l in lines if not l.startswith("x")))
+        want = run("wordcount", "--workers", "0", "--no-job-dir", good).stdout
+        spill = self.path("spill")
+        os.mkdir(spill)
+        for opts in (["--workers", "0"],
+                     ["--workers", "1", "--partitions", "4", "--memory", "1M", "--spill-dir", spill]):
+            with self.subTest(opts=opts):
+                s = self.path("s.json")
+                p = run("wordcount", *opts, "--batch-bytes", "64M", "--max-record", "40", "--no-job-dir",
+                        "--summary-json", s, data, timeout=60)
+                self.assertEqual(p.stdout, want)
+                self.assertEqual(json.loads(slurp(s, True))["bad_records"], len(lines) // 2)
+                self.assertEqual(os.listdir(spill), [])
+
+
 class SqliteReplaceThenFail(TmpTest):
     def test_old_table_kept_exactly(self):
         db = self.path("out.db")
