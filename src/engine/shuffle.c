@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 
@@ -58,11 +60,13 @@ static int cmp_cref(const void *x, const void *y) {
   return c ? c : a->n < b->n ? -1 : a->n > b->n;
 }
 
-/* A private temporary file in the spill directory: *fd and its name in tmp. */
+/* A private temporary file in the spill directory: *fd and its name in tmp. The name is
+ * made unique by mkostemp (O_EXCL), not by the process and thread ids: workers on other
+ * machines or in other containers share the directory, and there the same ids are common
+ * (each container's worker is pid 1). */
 static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err) {
-  static __thread unsigned seq;
-  snprintf(tmp, cap, "%s/.tmp-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
-  *fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  snprintf(tmp, cap, "%s/.tmp-XXXXXX", pc->dir);
+  *fd = mkostemp(tmp, O_CLOEXEC);
   if (*fd < 0) {
     int e = errno;
     return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
@@ -303,9 +307,19 @@ static int merge_levels(const kv_part_cfg *pc, const kv_spec *spec, uint32_t ind
   return rc;
 }
 
+/* The prefix of a task's level files: 128 random bits, never the same as another task's
+ * anywhere (the process and thread ids repeat across the machines and containers that share
+ * the spill directory, and two tasks under one name merged each other's runs). */
 static void level_name(const kv_part_cfg *pc, char *lvl, size_t cap) {
   static __thread unsigned seq;
-  snprintf(lvl, cap, "%s/.tmp-lvl-%d-%lx-%u", pc->dir, (int)getpid(), (unsigned long)gettid(), seq++);
+  uint64_t r[2] = {0, 0};
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r[0] ^= (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    r[1] ^= (uint64_t)getpid() << 32 ^ (uint64_t)gettid() ^ (uint64_t)(uintptr_t)&seq;
+  }
+  snprintf(lvl, cap, "%s/.tmp-lvl-%016llx%016llx-%u", pc->dir, (unsigned long long)r[0], (unsigned long long)r[1], seq++);
 }
 
 void shuffle_levels_init(const kv_part_cfg *pc, shuffle_levels *L) {

@@ -15,12 +15,13 @@ import random
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, TmpfsTest, children, in_spill, spill_files, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+from dbx import DBATCH, TmpTest, TmpfsTest, children, in_spill, spill_files, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -520,6 +521,54 @@ class SharedSpillDir(TmpTest):
         for n in ("a", "b"):
             self.assertEqual(procs[n].returncode, 0, got[n][1])
             self.assertEqual(got[n][0], want[n], n)
+
+
+def _unshare_pid_works():
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class WorkersWithTheSamePid(TmpTest):
+    # Was a bug: a map task's temporary and level files were named after the process and thread
+    # ids (.tmp-PID-TID-SEQ, .tmp-lvl-PID-TID-SEQ-pR.L). Workers on other machines or in other
+    # containers share the spill directory and have the same ids (each container's worker is
+    # pid 1), so two tasks wrote, renamed and merged each other's level files: a wrong count,
+    # exit 0, in about one run in three. Here two workers in PID namespaces of their own.
+    @unittest.skipUnless(_unshare_pid_works(), "needs unshare --pid (root or user namespaces)")
+    def test_two_workers_pid_1_share_the_spill_dir(self):
+        p = self.path("in.txt")
+        rng = random.Random(5)
+        vocab = ["w%d" % i for i in range(60000)]
+        with open(p, "w") as f:
+            for _ in range(150000):
+                f.write(" ".join(rng.choice(vocab) for _ in range(8)) + "\n")
+        want = reference_wordcount([p])
+        spill = self.path("spill")
+        os.mkdir(spill)
+        for attempt in range(3):
+            port = free_port()
+            coord = start("wordcount", "--workers", "0", "--listen", "127.0.0.1:%d" % port, "--wait-workers", "2",
+                          "--partitions", "7", "--memory", "1M", "--spill-dir", spill, "--batch-bytes", "1M",
+                          "--no-speculation", "--no-job-dir", "-q", p)
+            ws = [subprocess.Popen(["unshare", "--pid", "--fork", DBATCH, "worker", "--connect",
+                                    "127.0.0.1:%d" % port, "--allow-read", self.tmp, "-s", "1", "-q"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+            try:
+                out, err = coord.communicate(timeout=180)
+                for w in ws:
+                    w.wait(timeout=60)
+            finally:
+                stop(coord)
+                for w in ws:
+                    if w.poll() is None:
+                        w.kill()
+                        w.wait()
+            with self.subTest(attempt=attempt):
+                self.assertEqual(coord.returncode, 0, err)
+                self.assertEqual(out, want)
+                self.assertEqual(os.listdir(spill), [])
 
 
 class SkippedMapTask(TmpTest):
