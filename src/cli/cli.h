@@ -225,6 +225,9 @@ int cli_fail(const char *cmd, const dbx_err *err);
  * "-x" for a short one. Static storage. */
 const char *cli_opt_name(const struct option *lo, int li, int c);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The token of --dashboard-token FILE into token[cap]: a regular file only its owner reads,
+ * its first line of 16+ printable ASCII characters without '&', '%' or '#'; DBX_EUSAGE. */
+int cli_read_token(const char *path, char *token, size_t cap, dbx_err *err);
 
 /* ---- links (cluster.c) ---- */
 /* --listen as an endpoint, the keys loaded, and a network --listen without keys refused

@@ -297,11 +297,10 @@ int cli_check_dest(const char *opt, const char *dest, dbx_err *err) {
   return probe_dir(opt, dest, dir, err);
 }
 
-/* --dashboard-token FILE: its first line, kept from others like a key. */
-static int read_token(cli_job *o, dbx_err *err) {
-  const char *p = o->token_path;
-  if (!o->dashboard) return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token needs --dashboard HOST:PORT");
-  int fd = open(p, O_RDONLY | O_CLOEXEC);
+/* --dashboard-token FILE: its first line, kept from others like a key (a job's dashboard and
+ * dbatch dashboard both). */
+int cli_read_token(const char *p, char *token, size_t cap, dbx_err *err) {
+  int fd = open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0) {
     int e = errno;
@@ -317,21 +316,26 @@ static int read_token(cli_job *o, dbx_err *err) {
     return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: others may read it (mode %03o): chmod 600 %s", p,
                       (unsigned)(st.st_mode & 0777), p);
   }
-  ssize_t n = read(fd, o->token, sizeof o->token - 1);
+  ssize_t n = read(fd, token, cap - 1);
   close(fd);
   if (n < 0) return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: %s", p, strerror(errno));
-  o->token[n] = 0;
-  o->token[strcspn(o->token, "\r\n")] = 0;
-  size_t len = strlen(o->token);
+  token[n] = 0;
+  token[strcspn(token, "\r\n")] = 0;
+  size_t len = strlen(token);
   for (size_t i = 0; i < len; i++)
-    if ((unsigned char)o->token[i] <= 0x20 || (unsigned char)o->token[i] >= 0x7f || o->token[i] == '&' ||
-        o->token[i] == '%' || o->token[i] == '#')
+    if ((unsigned char)token[i] <= 0x20 || (unsigned char)token[i] >= 0x7f || token[i] == '&' ||
+        token[i] == '%' || token[i] == '#')
       return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: the token has a blank, '&', '%%', '#' or a byte "
                         "outside printable ASCII at character %zu", p, i + 1);
   if (len < 16)
     return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token %s: a token of %zu characters is too short (16 at least; "
                       "e.g. head -c 24 /dev/urandom | base64 > %s)", p, len, p);
   return 0;
+}
+
+static int read_token(cli_job *o, dbx_err *err) {
+  if (!o->dashboard) return dbx_seterr(err, DBX_EUSAGE, "--dashboard-token needs --dashboard HOST:PORT");
+  return cli_read_token(o->token_path, o->token, sizeof o->token, err);
 }
 
 /* Make the missing parents of dir (not dir itself). Each one this call made (mkdir

@@ -36,13 +36,14 @@ typedef struct job_row {
   char *dir;
   char start[32], duration[24], state[16], records[24];
   char *output;
+  size_t name_at;  /* where dir's last part starts, under the DIR listed; 0: dir is a DIR given */
   double when;  /* for the order: the start, else the directory's modification time */
 } job_row;
 
 /* The whole of a small file (summaries are kilobytes; 64 MiB at most), or NULL. */
 static char *slurp(const char *path, size_t *n) {
   /* Only a regular file: a FIFO or a device named summary.json must not block the listing. */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);  /* and not a link: dbatch writes none */
   struct stat st;
   if (fd < 0) return NULL;
   FILE *f = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "rb") : NULL;
@@ -112,9 +113,9 @@ static int read_job(const char *dir, job_row *r) {
     /* A job directory whose files do not read (cut short, damaged) is listed, as unknown. */
     struct stat fst;
     snprintf(p, sizeof p, "%s/summary.json", dir);
-    int exists = stat(p, &fst) == 0 && S_ISREG(fst.st_mode);
+    int exists = lstat(p, &fst) == 0 && S_ISREG(fst.st_mode);
     snprintf(p, sizeof p, "%s/status.json", dir);
-    exists |= stat(p, &fst) == 0 && S_ISREG(fst.st_mode);
+    exists |= lstat(p, &fst) == 0 && S_ISREG(fst.st_mode);
     if (!exists) return 0;
   }
   r->dir = strdup(dir);
@@ -159,7 +160,9 @@ static int newest_first(const void *a, const void *b) {
   return x->when < y->when ? 1 : x->when > y->when ? -1 : strcmp(x->dir, y->dir);
 }
 
-static int add_root(const char *root, job_row **rows, size_t *n, size_t *cap, int named) {
+/* The jobs of root (a job directory itself, or the job directories in it). nofollow: not a
+ * directory in root that is a symbolic link (the dashboard serves only what is there). */
+static int add_root(const char *root, job_row **rows, size_t *n, size_t *cap, int named, int nofollow) {
   job_row r;
   if (read_job(root, &r)) {  /* a job directory itself */
     if (*n == *cap) {
@@ -185,7 +188,10 @@ static int add_root(const char *root, job_row **rows, size_t *n, size_t *cap, in
     if (de->d_name[0] == '.') continue;
     char p[PATH_MAX];
     if ((size_t)snprintf(p, sizeof p, "%s/%s", root, de->d_name) >= sizeof p) continue;
+    struct stat lst;
+    if (nofollow && (fstatat(dirfd(d), de->d_name, &lst, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(lst.st_mode))) continue;
     if (!read_job(p, &r)) continue;
+    r.name_at = strlen(root) + 1;
     if (*n == *cap) {
       job_row *m = realloc(*rows, (*cap = *cap ? *cap * 2 : 16) * sizeof **rows);
       if (!m) {
@@ -209,19 +215,19 @@ static void free_rows(job_row *rows, size_t n) {
 }
 
 /* The jobs under roots[0..nroots) (none: the default places), newest first. */
-static int collect(char **roots, int nroots, job_row **out, size_t *nout) {
+static int collect(char **roots, int nroots, int nofollow, job_row **out, size_t *nout) {
   job_row *rows = NULL;
   size_t n = 0, cap = 0;
   int rc = 0;
   if (nroots > 0) {
-    for (int i = 0; i < nroots && !rc; i++) rc = add_root(roots[i], &rows, &n, &cap, 1);
+    for (int i = 0; i < nroots && !rc; i++) rc = add_root(roots[i], &rows, &n, &cap, 1, nofollow);
   } else {
-    rc = add_root("dbatch-jobs", &rows, &n, &cap, 0);
+    rc = add_root("dbatch-jobs", &rows, &n, &cap, 0, nofollow);
     char state[PATH_MAX];
     const char *x = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
     int k = x && x[0] == '/' ? snprintf(state, sizeof state, "%s/dbatch/jobs", x)
             : home && home[0] ? snprintf(state, sizeof state, "%s/.local/state/dbatch/jobs", home) : -1;
-    if (!rc && k > 0 && (size_t)k < sizeof state) rc = add_root(state, &rows, &n, &cap, 0);
+    if (!rc && k > 0 && (size_t)k < sizeof state) rc = add_root(state, &rows, &n, &cap, 0, nofollow);
   }
   if (n) qsort(rows, n, sizeof *rows, newest_first);
   *out = rows;
@@ -239,7 +245,7 @@ int cmd_jobs(int argc, char **argv) {
   }
   job_row *rows = NULL;
   size_t n = 0;
-  int rc = collect(argv + 1, argc - 1, &rows, &n);
+  int rc = collect(argv + 1, argc - 1, 0, &rows, &n);
   if (rc == DBX_ENOMEM) fputs("dbatch jobs: out of memory\n", stderr);
   if (!rc) {
     if (!n) {
@@ -268,8 +274,9 @@ static const char dash_help[] =
     "./dbatch-jobs and $XDG_STATE_HOME/dbatch/jobs), newest first, each with its report, its\n"
     "summary and its status. The list is read again on every request. Runs until Ctrl-C.\n"
     "  --listen HOST:PORT       where to serve (default 127.0.0.1:18080; port 0: any free port)\n"
-    "  --dashboard-token FILE   every request must carry the token in FILE's first line\n"
-    "                           ('Authorization: Bearer TOKEN' or ?token=TOKEN)\n"
+    "  --dashboard-token FILE   every request must carry the token in FILE's first line (16+\n"
+    "                           characters, mode 0600): 'Authorization: Bearer TOKEN' or\n"
+    "                           ?token=TOKEN\n"
     "  --dashboard-public       allow a non-loopback address without a token\n";
 
 typedef struct hist {
@@ -311,7 +318,7 @@ static void url_part(dbx_buf *b, const char *s) {
 static void index_page(const hist *h, const char *token, dbx_buf *b) {
   job_row *rows = NULL;
   size_t n = 0;
-  collect(h->roots, h->nroots, &rows, &n);
+  collect(h->roots, h->nroots, 1, &rows, &n);
   json_raw(b, "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dbatch jobs</title>"
               "<meta http-equiv=\"refresh\" content=\"5\"><style>"
               "body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#fafafa;color:#1d1d1f}"
@@ -384,14 +391,28 @@ static int job_file(const hist *h, const char *dir, const char *file, dbx_buf *b
   if (f < 0 || !dir) return 0;
   job_row *rows = NULL;
   size_t n = 0, k;
-  collect(h->roots, h->nroots, &rows, &n);
+  collect(h->roots, h->nroots, 1, &rows, &n);
   for (k = 0; k < n && strcmp(rows[k].dir, dir); k++) {}
+  size_t name_at = k < n ? rows[k].name_at : 0;
   int found = k < n;
   free_rows(rows, n);
   if (!found) return 0;
+  /* The directory as listed: a DIR given as it is, a directory in one not through a link
+   * (it may have been replaced by one since it was listed), then the file, not a link. */
   char p[PATH_MAX];
-  if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, files[f]) >= sizeof p) return 0;
-  int fd = open(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if ((size_t)snprintf(p, sizeof p, "%s", dir) >= sizeof p) return 0;
+  int dfd;
+  if (name_at) {
+    p[name_at - 1] = 0;
+    int rfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dfd = rfd < 0 ? -1 : openat(rfd, p + name_at, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (rfd >= 0) close(rfd);
+  } else {
+    dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
+  if (dfd < 0) return 0;
+  int fd = openat(dfd, files[f], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  close(dfd);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     if (fd >= 0) close(fd);
@@ -479,15 +500,11 @@ int cmd_dashboard(int argc, char **argv) {
   }
   h.roots = roots;
   if (token_file) {
-    FILE *f = fopen(token_file, "re");
-    if (!f || !fgets(h.token, sizeof h.token, f)) {
-      if (f) fclose(f);
+    dbx_err e = {0, ""};
+    if (cli_read_token(token_file, h.token, sizeof h.token, &e)) {
       free(roots);
-      return cli_usage_error("dashboard", "--dashboard-token %s: cannot read its first line", token_file);
+      return cli_usage_error("dashboard", "%s", e.msg);
     }
-    fclose(f);
-    h.token[strcspn(h.token, "\r\n")] = 0;
-    if (!h.token[0]) { free(roots); return cli_usage_error("dashboard", "--dashboard-token %s: the first line is empty", token_file); }
     h.has_token = 1;
   }
   for (int i = 0; i < h.nroots; i++) {

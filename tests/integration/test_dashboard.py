@@ -280,6 +280,80 @@ class WorkerUsage(TmpTest):
         self.assertLessEqual(cpu, used + 0.05, (used, stats))
 
 
+class History(TmpTest):
+    def test_dashboard_of_past_jobs(self):
+        """`dbatch dashboard DIR` lists the job directories under DIR, newest first, with their
+        state, and serves each one's report, summary and status; nothing else (no other
+        directory, no other file, no symbolic link), read-only, behind its token when given."""
+        root = self.path("jobs")
+        data = lines_file(self.path("l.txt"), 50)
+        run("wordcount", "--workers", "1", "--job-dir", os.path.join(root, "good <one>"), "-o", self.path("o.tsv"),
+            "-q", data)
+        bad = run("run", "--map", "exit 3", "--workers", "0", "--job-dir", os.path.join(root, "bad"), "-o",
+                  self.path("o2.tsv"), "-q", data, check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        os.unlink(os.path.join(root, "bad", "status.txt"))
+        os.symlink("/etc/passwd", os.path.join(root, "bad", "status.txt"))  # planted: never followed
+        # A job directory in the list that is a link to another directory (a job's elsewhere):
+        # neither listed nor served, as a file that is a link is not.
+        elsewhere = self.path("elsewhere")
+        run("wordcount", "--workers", "0", "--job-dir", elsewhere, "-o", self.path("o3.tsv"), "-q", data)
+        os.symlink(elsewhere, os.path.join(root, "linked"))
+        # The token as for a job's dashboard: 16 characters at least, in a file only its owner reads.
+        for text, mode, why in (("s3cret\n", 0o600, "too short"), ("s3cret-history-0123\n", 0o644, "others may read it")):
+            with open(self.path("weak"), "w") as f:
+                f.write(text)
+            os.chmod(self.path("weak"), mode)
+            r = run("dashboard", root, "--listen", "0.0.0.0:0", "--dashboard-token", self.path("weak"), check=False)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(why, r.stderr.decode())
+        with open(self.path("token"), "w") as f:
+            f.write("s3cret-history-0123\n")
+        os.chmod(self.path("token"), 0o600)
+        port = free_port()
+        p = start("dashboard", root, "--listen", "127.0.0.1:%d" % port, "--dashboard-token", self.path("token"))
+        try:
+            wait_for_line(p.stderr, "dashboard of past jobs at http://127.0.0.1:%d/" % port)
+            base = "http://127.0.0.1:%d" % port
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                get(base + "/")
+            self.assertEqual(cm.exception.code, 401)
+            page = get(base + "/?token=s3cret-history-0123")
+            self.assertIn("good &lt;one&gt;", page)
+            self.assertNotIn("linked", page)
+            self.assertRegex(page, r'class="state done">done</span>')
+            self.assertRegex(page, r'class="state (failed|unknown)">')
+            link = re.search(r'<a class="job" href="([^"]*good[^"]*)"', page).group(1).replace("&amp;", "&")
+            self.assertIn("token=s3cret-history-0123", link)
+            report = get(base + link)
+            self.assertIn("window.DBX_STATUS", report)
+            summary = json.loads(get(base + link.replace("report.html", "summary.json")))
+            self.assertTrue(summary["ok"])
+            for url in ("/job?dir=/etc&file=report.html", "/job?dir=%s&file=report.html" % os.path.join(root, "linked"), "/job?dir=%s&file=../../../etc/passwd" % os.path.join(root, "bad"),
+                        "/job?dir=%s/..&file=summary.json" % root, "/job?dir=%s&file=status.txt" % os.path.join(root, "bad"),
+                        "/etc/passwd"):
+                with self.assertRaises(urllib.error.HTTPError, msg=url) as cm:
+                    get(base + url + ("&" if "?" in url else "?") + "token=s3cret-history-0123")
+                self.assertEqual(cm.exception.code, 404, url)
+            req = urllib.request.Request(base + "/?token=s3cret-history-0123", data=b"x", method="POST")
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                urllib.request.urlopen(req, timeout=5)
+            self.assertEqual(cm.exception.code, 405)
+            # The same port again: one line, exit 2.
+            busy = run("dashboard", root, "--listen", "127.0.0.1:%d" % port, check=False)
+            self.assertEqual(busy.returncode, 2)
+            self.assertEqual(busy.stderr.decode().count("\n"), 1, busy.stderr)
+            self.assertIn("cannot listen", busy.stderr.decode())
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0)
+        # A public address needs a token or consent.
+        r = run("dashboard", root, "--listen", "0.0.0.0:0", check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--dashboard-token", r.stderr.decode())
+
+
 class Progress(TmpTest):
     def test_terminal_progress_line_and_quiet(self):
         data = lines_file(self.path("l.txt"), 400)
