@@ -381,7 +381,7 @@ static void index_page(const hist *h, const char *token, dbx_buf *b) {
 
 /* A file of a listed job directory: only the directories the list holds now, only the files
  * dbatch writes there, only regular files (not through a symbolic link). */
-static int job_file(const hist *h, const char *dir, const char *file, dbx_buf *b, const char **type) {
+static int job_file(const hist *h, const char *dir, const char *file, int *out_fd, uint64_t *size, const char **type) {
   static const char *const files[] = {"report.html", "summary.json", "status.json", "status.txt"};
   static const char *const types[] = {"text/html; charset=utf-8", "application/json", "application/json",
                                       "text/plain; charset=utf-8"};
@@ -418,10 +418,10 @@ static int job_file(const hist *h, const char *dir, const char *file, dbx_buf *b
     if (fd >= 0) close(fd);
     return 0;
   }
-  char chunk[65536];
-  ssize_t r;
-  while ((r = read(fd, chunk, sizeof chunk)) > 0 && b->len < (256u << 20)) dbx_buf_append(b, chunk, (size_t)r);
-  close(fd);
+  /* Served from the file as it is sent (no copy in memory: a large file read whole for each
+   * of several slow clients held hundreds of MB apiece). */
+  *out_fd = fd;
+  *size = (uint64_t)st.st_size;
   *type = types[f];
   return 1;
 }
@@ -433,6 +433,8 @@ static enum MHD_Result h_answer(void *cls, struct MHD_Connection *c, const char 
   dbx_buf b = {0};
   const char *type = "text/plain; charset=utf-8";
   unsigned code = MHD_HTTP_OK;
+  int fd = -1;
+  uint64_t fsize = 0;
   const char *q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "token");
   const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
   int ok = !h->has_token || (q && h_same(q, h->token)) || (auth && !strncmp(auth, "Bearer ", 7) && h_same(auth + 7, h->token));
@@ -447,16 +449,20 @@ static enum MHD_Result h_answer(void *cls, struct MHD_Connection *c, const char 
     type = "text/html; charset=utf-8";
   } else if (!strcmp(url, "/job") &&
              job_file(h, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "dir"),
-                      MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "file"), &b, &type)) {
+                      MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "file"), &fd, &fsize, &type)) {
   } else {
     b.len = 0;
     json_raw(&b, "not found: the list is at /\n");
     code = MHD_HTTP_NOT_FOUND;
     type = "text/plain; charset=utf-8";
   }
-  struct MHD_Response *r = MHD_create_response_from_buffer(b.len, b.data ? b.data : "", MHD_RESPMEM_MUST_COPY);
+  struct MHD_Response *r = fd >= 0 ? MHD_create_response_from_fd64(fsize, fd)
+                                   : MHD_create_response_from_buffer(b.len, b.data ? b.data : "", MHD_RESPMEM_MUST_COPY);
   dbx_buf_free(&b);
-  if (!r) return MHD_NO;
+  if (!r) {
+    if (fd >= 0) close(fd);
+    return MHD_NO;
+  }
   MHD_add_response_header(r, "Content-Type", type);
   MHD_add_response_header(r, "Cache-Control", "no-store");
   if (code == MHD_HTTP_UNAUTHORIZED) MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"dbatch\"");
