@@ -825,7 +825,9 @@ static int handle_message(srun *r, dbx_err *err) {
     if (m.type == MSG_HEARTBEAT && m.has_usage) {
       w->cpu_ms = m.cpu_ms;
       w->rss = m.rss;
-      w->peak_rss = m.peak_rss;
+      /* The peak never goes below what was seen (nor below the resident bytes now). */
+      if (w->peak_rss < m.peak_rss) w->peak_rss = m.peak_rss;
+      if (w->peak_rss < m.rss) w->peak_rss = m.rss;
     }
     if (m.type == MSG_RESULT) rc = on_result(r, wi, &m, err);
     else if (m.type == MSG_FAILURE) rc = on_failure(r, wi, &m, err);

@@ -375,6 +375,9 @@ static void usage(uint64_t *cpu_ms, uint64_t *rss, uint64_t *peak) {
   unsigned long long pages = 0, res = 0;
   if (f && fscanf(f, "%llu %llu", &pages, &res) == 2) *rss = res * (uint64_t)sysconf(_SC_PAGESIZE);
   if (f) fclose(f);
+  /* ru_maxrss is the kernel's high-water mark, brought up to date only now and then (when
+   * memory is unmapped, for one): it may be below the resident bytes read just now. */
+  if (*peak < *rss) *peak = *rss;
 }
 
 

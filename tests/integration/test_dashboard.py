@@ -92,6 +92,10 @@ class Dashboard(TmpTest):
         # Workers report their CPU time and memory in their heartbeats.
         self.assertTrue(any(w["rss_bytes"] > 0 and w["cpu_seconds"] > 0 for w in running[-1]["workers"]),
                         running[-1]["workers"])
+        # A peak is never below the resident bytes beside it (ru_maxrss lags behind statm).
+        for s in running:
+            for w in s["workers"]:
+                self.assertGreaterEqual(w["peak_rss_bytes"], w["rss_bytes"], w)
         # The final state agrees with the summary.
         summary = json.loads(slurp(self.path("s.json"), True))
         final = json.loads(slurp(os.path.join(self.jd, "status.json"), True))
