@@ -29,9 +29,33 @@ static int is_word_cp(utf8proc_int32_t c) {
   }
 }
 
+/* Unicode's Cased (Lu, Ll, Lt, Other_Lowercase, Other_Uppercase), as str.lower() tests it
+ * for the final sigma. Of Other_*, only what is not also Case_Ignorable counts there: the
+ * final sigma skips case-ignorable characters before testing. */
 static int is_cased(utf8proc_int32_t c) {
   utf8proc_category_t k = utf8proc_category(c);
-  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+  return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT || c == 0xaa ||
+         c == 0xba || (c >= 0x2160 && c <= 0x217f) || (c >= 0x24b6 && c <= 0x24e9) ||
+         (c >= 0x1f130 && c <= 0x1f149) || (c >= 0x1f150 && c <= 0x1f169) || (c >= 0x1f170 && c <= 0x1f189);
+}
+
+/* Unicode's Case_Ignorable: Mn, Me, Cf, Lm, Sk and the word-break MidLetter, MidNumLet and
+ * Single_Quote characters (' . : and their kin). */
+static int is_case_ignorable(utf8proc_int32_t c) {
+  switch (utf8proc_category(c)) {
+  case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_CF:
+  case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_SK:
+    return 1;
+  default:
+    break;
+  }
+  switch (c) {
+  case 0x27: case 0x2e: case 0x3a: case 0xb7: case 0x387: case 0x55f: case 0x5f4: case 0x2018: case 0x2019:
+  case 0x2024: case 0x2027: case 0xfe13: case 0xfe52: case 0xfe55: case 0xff07: case 0xff0e: case 0xff1a:
+    return 1;
+  default:
+    return 0;
+  }
 }
 
 static void init_tables(void) {
@@ -82,6 +106,50 @@ static utf8proc_int32_t decode(const unsigned char *p, const unsigned char *end,
 }
 
 static int slow_next(tok *t, const char **w, size_t *n);
+
+/* The code point that ends at q (lo < q, q the start of a code point), as decoding forward
+ * sees it: *start is where it begins; -1 for an invalid byte (then *start = q - 1). */
+static utf8proc_int32_t decode_back(const unsigned char *lo, const unsigned char *q, const unsigned char **start) {
+  const unsigned char *s = q - 1;
+  for (int k = 0; k < 3 && s > lo && (*s & 0xc0) == 0x80; k++) s--;
+  size_t len;
+  utf8proc_int32_t c = decode(s, q, &len);
+  if (c >= 0 && s + len == q) {
+    *start = s;
+    return c;
+  }
+  *start = q - 1;
+  return -1;
+}
+
+/* Python's Final_Sigma context of the capital sigma at [at, after) in the whole text: a cased
+ * letter before it and none after it, case-ignorable characters skipped either way (which may
+ * be outside the word: "A.Σ" and "Α\u0301Σ" end in ς). */
+static int final_sigma(const tok *t, const unsigned char *at, const unsigned char *after) {
+  const unsigned char *lo = t->base, *hi = t->base + t->size;
+  int before = 0;
+  for (const unsigned char *q = at; q > lo;) {
+    const unsigned char *s;
+    utf8proc_int32_t c = decode_back(lo, q, &s);
+    if (c >= 0 && is_case_ignorable(c)) {
+      q = s;
+      continue;
+    }
+    before = c >= 0 && is_cased(c);
+    break;
+  }
+  if (!before) return 0;
+  for (const unsigned char *q = after; q < hi;) {
+    size_t len;
+    utf8proc_int32_t c = decode(q, hi, &len);
+    if (c >= 0 && is_case_ignorable(c)) {
+      q += len;
+      continue;
+    }
+    return !(c >= 0 && is_cased(c));
+  }
+  return 1;
+}
 
 /* Classification of 64 bytes at a time: bit i of *s is set when byte i is an ASCII word
  * character or a byte of 0x80 and more (not a separator), of *h when it is 0x80 and more, of
@@ -241,7 +309,7 @@ static int slow_next(tok *t, const char **w, size_t *n) {
     }
     t->word.len = 0;
     size_t ncp = 0;
-    int prev_cased = 0, stop_after = 0;
+    int stop_after = 0;
     while (p < end && !stop_after) {
       unsigned char b = *p;
       if (cls[b] == 1) {
@@ -255,8 +323,6 @@ static int slow_next(tok *t, const char **w, size_t *n) {
         else memcpy(o, p, k);
         t->word.len += k;
         ncp += k;
-        unsigned char last = q[-1];
-        prev_cased = (last | 32) >= 'a' && (last | 32) <= 'z';
         p = q;
         continue;
       }
@@ -269,7 +335,6 @@ static int slow_next(tok *t, const char **w, size_t *n) {
         if (c != 0x3a3 && c != 0x130 && small_lower[c] < SMALL_CP) {
           utf8proc_int32_t lc = t->lower ? small_lower[c] : c;
           if (!(small_cls[lc] & 1)) break;
-          prev_cased = small_cls[c] >> 1;
           unsigned char *o;
           if (t->word.cap - t->word.len < 4 && dbx_buf_reserve(&t->word, 4)) return DBX_ENOMEM;
           o = (unsigned char *)t->word.data + t->word.len;
@@ -288,16 +353,12 @@ static int slow_next(tok *t, const char **w, size_t *n) {
           lc = 'i';
           stop_after = 1;  /* "i" + U+0307, and U+0307 is not a word character */
         } else if (c == 0x3a3) {
-          /* Final sigma: after a cased letter and not before one. */
-          size_t nlen;
-          utf8proc_int32_t nx = p + len < end ? decode(p + len, end, &nlen) : -1;
-          lc = prev_cased && !(nx >= 0 && is_cased(nx)) ? 0x3c2 : 0x3c3;
+          lc = final_sigma(t, p, p + len) ? 0x3c2 : 0x3c3;
         } else {
           lc = utf8proc_tolower(c);
         }
       }
       if (!is_word_cp(lc)) break;
-      prev_cased = is_cased(c);
       unsigned char enc[4];
       utf8proc_ssize_t el = utf8proc_encode_char(lc, enc);
       if (dbx_buf_append(&t->word, enc, (size_t)el)) return DBX_ENOMEM;

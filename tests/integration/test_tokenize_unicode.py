@@ -48,5 +48,24 @@ class EveryCodePoint(TmpTest):
             self.assertEqual(sorted(words), sorted(re.findall(r"\w+", s.lower())))
 
 
+    def test_final_sigma_context_matches_python(self):
+        """The capital sigma after and before every code point, in the text and not only in
+        its word: Python skips case-ignorable characters (' . : combining marks, modifier
+        letters) and counts Cased wider than Lu/Ll/Lt (ª, Ⅻ, ⓐ, 🄰)."""
+        lines = []
+        for ch in code_points():
+            lines.append("A%sΣ 1%sΣ ΑΣ%sB ΑΣ%s1\n" % (ch, ch, ch, ch))
+        text = "".join(lines)
+        path = self.write("sigma.txt", text.encode("utf-8"))
+        want = collections.Counter(re.findall(r"\w+", text.lower()))
+        out = run("wordcount", "--workers", "0", path, timeout=600).stdout.decode("utf-8")
+        got = collections.Counter()
+        for line in out.splitlines():
+            w, n = line.rsplit("\t", 1)
+            got[w] = int(n)
+        diff = sorted(w for w in set(want) | set(got) if want[w] != got[w])
+        self.assertEqual(diff[:20], [], "%d words differ" % len(diff))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -48,6 +48,15 @@ static void test_special_casing(void **state) {
   /* Final sigma. */
   assert_string_equal(W("ΟΔΟΣ ΣΑΣ Σ"), "οδος|σας|σ");
   assert_string_equal(words("ΟΔΟΣ", 8, 0, 1), "ΟΔΟΣ");
+  /* Its context is the text's, not the word's: case-ignorable characters (' . : Mn Lm ...)
+   * are skipped either way, and Cased is wider than Lu/Ll/Lt (ª, Ⅻ, ⓐ). */
+  assert_string_equal(W("A.Σ"), "a|ς");
+  assert_string_equal(W("Α\u0301Σ"), "α|ς");
+  assert_string_equal(W("ΑΣ'Β"), "ασ|β");
+  assert_string_equal(W("ΑΣ\u0301Β"), "ασ|β");
+  assert_string_equal(W("ªΣ ⓐΣ ΑΣª"), "ªς|ς|ασª");
+  assert_string_equal(W("ıʰΣ"), "ıʰς");
+  assert_string_equal(W("1.Σ \xff'Σ"), "1|σ|σ");
 }
 
 static void test_invalid_utf8_separates(void **state) {
