@@ -19,6 +19,8 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <utf8proc.h>
+
 #include "engine/job.h"
 #include "util/afile.h"
 #include "util/json.h"
@@ -552,10 +554,22 @@ static void build_text(ui *u, dbx_buf *b, const job *j, const ui_worker *w, size
 }
 
 static void prom_label(dbx_buf *b, const char *s) {
-  for (; *s; s++) {
-    if (*s == '\\' || *s == '"') dbx_buf_append(b, "\\", 1);
-    if (*s == '\n') { dbx_buf_append(b, "\\n", 2); continue; }
-    dbx_buf_append(b, s, 1);
+  /* The exposition is UTF-8: a byte that is not (a worker's host name as it sent it, or cut
+   * short in the middle of a character) is U+FFFD, or a scraper rejects the whole page. */
+  size_t n = strlen(s);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x80) {
+      utf8proc_int32_t cp;
+      utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+      if (k < 0) { dbx_buf_append(b, "\xef\xbf\xbd", 3); i++; }
+      else { dbx_buf_append(b, s + i, (size_t)k); i += (size_t)k; }
+      continue;
+    }
+    if (c == '\\' || c == '"') dbx_buf_append(b, "\\", 1);
+    if (c == '\n') dbx_buf_append(b, "\\n", 2);
+    else dbx_buf_append(b, s + i, 1);
+    i++;
   }
 }
 

@@ -4,6 +4,7 @@ A worker facing a coordinator of another protocol version says so and exits."""
 import os
 import time
 import unittest
+import urllib.request
 
 import msgpack
 import zmq
@@ -60,6 +61,46 @@ class HostilePeers(TmpTest):
             ctx.term()
             if coord.poll() is None:
                 coord.kill()
+
+    def test_host_name_not_utf8_keeps_metrics_parseable(self):
+        """A peer whose hello names its host in bytes that are not UTF-8 (and heartbeats with
+        usage): /metrics stays UTF-8 (U+FFFD in the label), parseable by Prometheus's parser,
+        and the job is exact."""
+        from prometheus_client.parser import text_string_to_metric_families
+        data = lines_file(self.path("lines.txt"), 2000)
+        want = run("wordcount", "--workers", "0", data).stdout
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        dport = free_port()
+        coord = start("wordcount", "--workers", "0", "--listen", ep, "--batch-records", "100",
+                      "--dashboard", "127.0.0.1:%d" % dport, "--no-job-dir", "-v", data)
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            wait_for_line(coord.stderr, "waiting for workers")
+            s.connect(ep)
+            host = b"bad\xff\xfehost"
+            hello = (b"\x97\xa3DBX\x01\x01\x01" + bytes([0xa0 | len(host)]) + host + msgpack.packb(os.getpid())
+                     + b"\xc3")  # a str field holding bytes that are not UTF-8
+            s.send(hello)
+            wait_for_line(coord.stderr, "worker 1 joined")
+            s.send(msgpack.packb(["DBX", 1, 8, 1500, 40 << 20, 50 << 20]))
+            time.sleep(0.5)
+            page = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % dport, timeout=10).read()
+            text = page.decode("utf-8")  # strict: raises on bytes that are not UTF-8
+            hosts = {smp.labels.get("host") for f in text_string_to_metric_families(text) for smp in f.samples}
+            self.assertIn("bad\ufffd\ufffdhost", hosts)
+            w = start("worker", "--connect", ep, "--slots", "1")
+            out, err = coord.communicate(timeout=120)
+            self.assertEqual(coord.returncode, 0, err)
+            self.assertEqual(out, want)
+            self.assertEqual(w.wait(timeout=10), 0)
+        finally:
+            s.close()
+            ctx.term()
+            if coord.poll() is None:
+                coord.kill()
+                coord.communicate()
 
     def test_worker_refuses_other_version(self):
         ctx = zmq.Context()
