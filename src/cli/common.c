@@ -671,8 +671,10 @@ int cli_job_finish(const char *cmd, cli_job *o, job *j, coord *c, const cli_outp
     /* The one line that stays: what was read, how fast, by how many, where it went. */
     const stage_stats *s0 = &j->stages[0];
     double mb = (double)s0->bytes / 1048576.0, secs = j->elapsed > 0 ? j->elapsed : 1e-9;
-    fprintf(stderr, "dbatch: %s: %llu records, %.1f MB in %.2f s (%.1f MB/s), %d worker%s, %zu failure%s", j->name,
-            (unsigned long long)s0->records, mb, j->elapsed, mb / secs, j->workers, j->workers == 1 ? "" : "s",
+    /* The workers that took part (those joined on --listen too), not only the local ones. */
+    size_t nw = j->nwinfo > (size_t)(j->workers > 0 ? j->workers : 0) ? j->nwinfo : (size_t)(j->workers > 0 ? j->workers : 0);
+    fprintf(stderr, "dbatch: %s: %llu records, %.1f MB in %.2f s (%.1f MB/s), %zu worker%s, %zu failure%s", j->name,
+            (unsigned long long)s0->records, mb, j->elapsed, mb / secs, nw, nw == 1 ? "" : "s",
             j->nfailures, j->nfailures == 1 ? "" : "s");
     if (j->out_dest) {
       fputs(" -> ", stderr);

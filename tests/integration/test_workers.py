@@ -52,6 +52,8 @@ class Workers(TmpTest):
         self.assertEqual(sum(tasks), 6000)
         self.assertGreater(tasks[1], 0, "the worker that joined mid-job got no task")
         self.assertFalse(any(w["local"] for w in s["worker_stats"]))
+        # The line that stays counts the workers that took part, not the local ones (it said 0).
+        self.assertIn(b", 2 workers, 0 failures", err.encode() if isinstance(err, str) else err)
 
     def run_remote(self, policy, slots, n, task_ms):
         """bench-tasks on remote workers with the given slots; tasks per worker by slots*1000+id."""
