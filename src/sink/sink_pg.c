@@ -442,10 +442,12 @@ static int db_load(pg_db *d, dbx_err *err) {
     if (!conn_lost(d, NULL)) {
       PQclear(PQexec(d->conn, "ROLLBACK"));
       /* Another job created dbatch_commits or the table at the same moment (its CREATE
-       * committed first): everything again, finding them there. Not a lost connection, so
-       * not one of PG_TRIES: each race is lost to a job that then has its table, and several
-       * jobs appending at once can each lose a few (test_pg_sink: six lost three in a row). */
-      if (races < PG_RACES && (!strcmp(d->sqlstate, "23505") || !strcmp(d->sqlstate, "42P07"))) {
+       * committed first; PostgreSQL says so as a unique violation, a duplicate table or, for
+       * the table's row type, a duplicate object: "type ... already exists", 42710): everything
+       * again, finding them there. Not a lost connection, so not one of PG_TRIES: each race
+       * is lost to a job that then has its table. */
+      if (races < PG_RACES && (!strcmp(d->sqlstate, "23505") || !strcmp(d->sqlstate, "42P07") ||
+                               !strcmp(d->sqlstate, "42710"))) {
         races++;
         attempt--;
         struct timespec ts = {0, 20000000L * races};
