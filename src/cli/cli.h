@@ -273,8 +273,9 @@ typedef struct cli_keyed {
   "                          (default: 8 with local workers; 0 for word count, with\n"  \
   "                          --listen and with --workers 0)\n"                          \
   "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
-  "                          private directory under $TMPDIR); every worker must reach it\n" \
-  "                          at the same path\n"                                          \
+  "                          private directory under $TMPDIR). Naming it says remote\n"   \
+  "                          workers reach it too; a worker that cannot gets its files\n"  \
+  "                          relayed over its connection\n"                              \
   "      --memory SIZE       memory of one task (a local worker runs one at a time): past\n" \
   "                          it, keys spill to the spill directory and merge from disk,\n" \
   "                          the same bytes out (default: RAM / (workers + 1) / 2; word\n" \

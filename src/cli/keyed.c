@@ -98,6 +98,7 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
     free(real);
   }
   snprintf(pc->dir, sizeof pc->dir, "%s", k->dir);
+  pc->shared = k->spill_dir != NULL;
   return 0;
 }
 
@@ -107,7 +108,11 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   job_plan_stage(j, "reduce");  /* listed from the start */
   sink *out = s->out;
   s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
+  /* Workers that cannot reach the spill directory get their files through us. */
+  shuffle_relay map_relay = {.pc = *pc}, red_relay = {.pc = *pc, .reduce = 1, .by_count = by_count};
+  s->relay = &map_relay;
   int rc = cli_run_stage(co, j, s, err);
+  s->relay = NULL;
   if (rc) return rc;
   /* Map tasks given up under --on-task-failure=skip wrote nothing: their part is missing from
    * the result (and reported), their partitions are empty. */
@@ -120,8 +125,10 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   sc->pc = *pc;
   sc->nmap = (uint32_t)s->st->tasks;  /* every planned batch (batches counts the finished ones) */
   sc->by_count = (uint32_t)by_count;
+  red_relay.nmap = sc->nmap;
   stage r;
   cli_stage_init(&r, j, o, "reduce", &op_shuffle_reduce, sc, sizeof *sc, NULL);
+  r.relay = &red_relay;
   r.in = NULL;
   r.virtual_tasks = pc->r;
   r.never_skip = 1;
@@ -157,6 +164,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
     log_warn("%s; %u map task(s) run again", why, lost);
     if (lost) {
       stage m = *s;
+      m.relay = &map_relay;
       m.out = NULL;
       memset(&m.bcast_out, 0, sizeof m.bcast_out);
       m.only = maps;
@@ -176,6 +184,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
       break;
     }
     again.never_skip = 1;
+    again.relay = &red_relay;
     again.in = NULL;
     again.virtual_tasks = pc->r;
     again.plan_opts = opts;

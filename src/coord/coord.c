@@ -16,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -25,6 +28,7 @@
 #include "coord/workers.h"
 #include "engine/agg.h"
 #include "engine/journal.h"
+#include "engine/shuffle.h"
 #include "ui/ui.h"
 #include "net/proto.h"
 #include "net/rendezvous.h"
@@ -425,6 +429,110 @@ static int worker_lost(srun *r, size_t wi, const char *end, const char *why, dbx
   return rc;
 }
 
+/* A partitioned reduce's files go through us for a worker that cannot reach the spill
+ * directory: one that reads nothing by path, or a remote one when the directory is not one the
+ * user said the workers share (--spill-dir). */
+static int relays(const cworker *w, const stage *s) {
+  return s->relay && (!w->shared_fs || (!w->local && !s->relay->pc.shared));
+}
+
+/* Encode task t's attempt with its relayed files in c->out: none for a map task (it sends its
+ * outputs back), a reduce task's partition of every map output. A batch with input goes
+ * shipped. 0, -1 (cannot encode), -2 (a file cannot be read: err, DBX_ELOST when a map output
+ * is missing, so the caller runs its map task again). */
+static int send_relayed(srun *r, const ctask *t, uint32_t attempt, dbx_err *err) {
+  const shuffle_relay *rl = r->s->relay;
+  batchdesc shipped;
+  const batchdesc *b = &t->b;
+  int have_ship = 0, rc = 0;
+  if (!t->b.shipped && t->b.nseg) {
+    dbx_batch view;
+    dbx_err lerr = {0, ""};
+    if (loader_load(r->ld, &t->b, r->paths, &view, &lerr)) {
+      dbx_seterr(err, lerr.code ? lerr.code : DBX_EIO, "cannot read task %u to ship it: %s", t->b.index, lerr.msg);
+      return -2;
+    }
+    if (batchdesc_ship(&shipped, &t->b, &view)) return -1;
+    b = &shipped;
+    have_ship = 1;
+  }
+  uint32_t n = rl->reduce ? rl->nmap : 0;
+  msg_file *files = n ? calloc(n, sizeof *files) : NULL;
+  char (*names)[PROTO_FILE_NAME_MAX + 1] = n ? calloc(n, sizeof *names) : NULL;
+  if (n && (!files || !names)) rc = -1;
+  uint32_t mapped = 0;
+  for (; mapped < n && !rc; mapped++) {
+    char path[SHUFFLE_DIR_MAX + 128];
+    size_t off;
+    shuffle_relay_input(rl, mapped, t->b.index, path, sizeof path, &off);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+      int e = errno;
+      if (fd >= 0) close(fd);
+      dbx_seterr(err, e == ENOENT ? DBX_ELOST : DBX_EIO, "map output %s: %s", path, strerror(e));
+      rc = -2;
+      break;
+    }
+    void *m = sb.st_size ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (m == MAP_FAILED) {
+      dbx_seterr(err, DBX_EIO, "map output %s: %s", path, strerror(errno));
+      rc = -2;
+      break;
+    }
+    snprintf(names[mapped], sizeof names[mapped], "%s", path + off);
+    files[mapped] = (msg_file){names[mapped], strlen(names[mapped]), m, (size_t)sb.st_size};
+  }
+  if (!rc && msg_task_files(&r->c->out, r->id, attempt, b, files, n)) rc = -1;
+  for (uint32_t i = 0; i < mapped && i < n; i++)
+    if (files[i].len) munmap((void *)files[i].data, files[i].len);
+  free(files);
+  free(names);
+  if (have_ship) batchdesc_free(&shipped);
+  return rc;
+}
+
+/* The files a relayed attempt of task idx sent back: checked (exactly the names its task
+ * writes, the required ones all there, none twice) and, with write, written into the spill
+ * directory. 0; 1 with why set when the result is bad (a failed attempt); < 0 when they
+ * cannot be written (err: a full spill directory fails the job). */
+static int accept_relayed(srun *r, uint32_t idx, const msg *m, int write, char *why, size_t cap, dbx_err *err) {
+  const shuffle_relay *rl = r->s->relay;
+  if (!rl) return snprintf(why, cap, "files for a stage that has none"), 1;
+  uint32_t need = 0;
+  size_t nseen = (size_t)rl->pc.r + 2;
+  uint8_t *seen = calloc(nseen, 1);
+  if (!seen) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  uint32_t have = 0;
+  int bad = 0;
+  for (uint32_t i = 0; i < m->nfiles && !bad; i++) {
+    msg_file f;
+    msg_file_at(m, i, &f);
+    int k = shuffle_relay_output(rl, idx, f.name, f.name_len, &need);
+    if (k < 0 || (size_t)k >= nseen || seen[k]) {
+      snprintf(why, cap, "%s file '%.*s'", k < 0 ? "an unexpected" : "a repeated", (int)f.name_len, f.name);
+      bad = 1;
+    } else {
+      seen[k] = 1;
+      have += (uint32_t)k < need;
+    }
+  }
+  if (!bad && m->nfiles == 0) shuffle_relay_output(rl, idx, "", 0, &need);
+  if (!bad && have != need) snprintf(why, cap, "%u of the %u files its task writes", have, need), bad = 1;
+  free(seen);
+  if (bad) return 1;
+  for (uint32_t i = 0; i < m->nfiles && write; i++) {
+    msg_file f;
+    char name[PROTO_FILE_NAME_MAX + 1];
+    msg_file_at(m, i, &f);
+    snprintf(name, sizeof name, "%.*s", (int)f.name_len, f.name);
+    int rc = shuffle_put_file(&rl->pc, name, f.data, f.len, err);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 /* Start an attempt of task idx on worker wi, as attempt slot k (1 = speculative copy).
  * 0, -1 when the worker cannot be reached, -2 when the input cannot be read (err set). */
 static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
@@ -451,7 +559,10 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
   }
   uint32_t attempt = t->attempts + 1;
   int rc;
-  if (!t->b.shipped && (c->o.ship || !w->shared_fs)) {
+  if (relays(w, r->s)) {
+    rc = send_relayed(r, t, attempt, err);
+    if (rc == -2) return -2;
+  } else if (!t->b.shipped && (c->o.ship || !w->shared_fs)) {
     /* The worker cannot read our files: send the bytes. */
     dbx_batch view;
     batchdesc shipped;
@@ -690,12 +801,26 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
    * elsewhere, never a failure of the whole job. */
   void *part = NULL;
   dbx_err derr = {0, ""};
+  char bad_files[160];
+  if (m->has_files && accept_relayed(r, idx, m, 0, bad_files, sizeof bad_files, err)) {
+    char why[240];
+    snprintf(why, sizeof why, "sent a bad result: %s", bad_files);
+    return attempt_failed(r, idx, k, why, err);
+  }
   if (r->s->op->decode(r->s->cfg, m->partial, m->partial_len, &part, &derr) ||
       ops_check_result(r->s->op, r->s->cfg, r->bcast, part, m->records, m->bad_records, &derr)) {
     if (part) r->s->op->partial_free(part);
     char why[DBX_ERR_LEN + 32];
     snprintf(why, sizeof why, "sent a bad result: %s", derr.msg[0] ? derr.msg : dbx_strerror(derr.code));
     return attempt_failed(r, idx, k, why, err);
+  }
+  /* Its outputs are written before the attempt counts: the journal may say so. */
+  if (m->has_files) {
+    int x = accept_relayed(r, idx, m, 1, bad_files, sizeof bad_files, err);
+    if (x) {
+      if (part) r->s->op->partial_free(part);
+      return x;
+    }
   }
   ctask *t = &r->tt.t[idx];
   if (w->inflight) w->inflight--;

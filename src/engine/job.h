@@ -54,6 +54,8 @@ typedef struct stage {
   const uint8_t *only;     /* or NULL: run only the tasks i < nonly with only[i] set; the others
                               count as done with empty partials (a recompute of lost outputs) */
   uint32_t nonly;
+  const struct shuffle_relay *relay;  /* or NULL: the partitioned-reduce files its tasks read and
+                                         write, relayed for workers that cannot reach them */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;

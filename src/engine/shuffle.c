@@ -22,17 +22,24 @@ int shuffle_check(const kv_part_cfg *pc, dbx_err *err) {
   return 0;
 }
 
+/* The directory a configuration's files are in: its own, or in this thread the one
+ * shuffle_use_dir gave (a worker that cannot reach the coordinator's spill directory runs a
+ * relayed task in a private one). */
+static __thread const char *local_dir;
+void shuffle_use_dir(const char *dir) { local_dir = dir; }
+static const char *pdir(const kv_part_cfg *pc) { return local_dir ? local_dir : pc->dir; }
+
 static void map_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t index, uint32_t r) {
-  snprintf(out, cap, "%s/s%u-m%u-p%u.kv", pc->dir, pc->stage, index, r);
+  snprintf(out, cap, "%s/s%u-m%u-p%u.kv", pdir(pc), pc->stage, index, r);
 }
 
 static void red_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
-  snprintf(out, cap, "%s/s%u-r%u.kv", pc->dir, pc->stage, r);
+  snprintf(out, cap, "%s/s%u-r%u.kv", pdir(pc), pc->stage, r);
 }
 
 
 static void cnt_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t r) {
-  snprintf(out, cap, "%s/s%u-c%u.kv", pc->dir, pc->stage, r);
+  snprintf(out, cap, "%s/s%u-c%u.kv", pdir(pc), pc->stage, r);
 }
 
 static void put_u64(char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i)); }
@@ -65,12 +72,12 @@ static int cmp_cref(const void *x, const void *y) {
  * machines or in other containers share the directory, and there the same ids are common
  * (each container's worker is pid 1). */
 static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_err *err) {
-  snprintf(tmp, cap, "%s/.tmp-XXXXXX", pc->dir);
+  snprintf(tmp, cap, "%s/.tmp-XXXXXX", pdir(pc));
   *fd = mkostemp(tmp, O_CLOEXEC);
   if (*fd < 0) {
     int e = errno;
     return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot create a partition file: %s",
-                      pc->dir, strerror(e));
+                      pdir(pc), strerror(e));
   }
   return 0;
 }
@@ -84,7 +91,7 @@ static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, db
     if (k <= 0) {
       int e = k < 0 ? errno : ENOSPC;
       return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: writing a partition file: %s",
-                        pc->dir, strerror(e));
+                        pdir(pc), strerror(e));
     }
     done += (size_t)k;
   }
@@ -95,8 +102,8 @@ static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, db
  * is an error; on any error tmp is removed. */
 static int commit_tmp(const kv_part_cfg *pc, int fd, const char *tmp, const char *path, int rc, dbx_err *err) {
   if (close(fd) != 0 && !rc)
-    rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
-  if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+    rc = dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: %s", pdir(pc), strerror(errno));
+  if (!rc && rename(tmp, path) != 0) rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pdir(pc), strerror(errno));
   if (rc) unlink(tmp);
   return rc;
 }
@@ -178,11 +185,11 @@ static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_er
 }
 
 void shuffle_budget(const kv_part_cfg *pc, kvpart *p) {
-  if (pc->r && pc->memory) kv_set_budget(p, (size_t)pc->memory, pc->dir);
+  if (pc->r && pc->memory) kv_set_budget(p, (size_t)pc->memory, pdir(pc));
 }
 
 static void spilled_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t index) {
-  snprintf(out, cap, "%s/s%u-m%u.spilled", pc->dir, pc->stage, index);
+  snprintf(out, cap, "%s/s%u-m%u.spilled", pdir(pc), pc->stage, index);
 }
 
 /* Map a file read-only (len 0: no mapping). */
@@ -239,7 +246,7 @@ static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *w
   int fd = -1;
   if (!rc) rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
   if (!rc) {
-    rc = commit_tmp(pc, fd, tmp, path, kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pc->dir, err), err);
+    rc = commit_tmp(pc, fd, tmp, path, kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pdir(pc), err), err);
   }
   for (uint32_t i = 0; i < n && parts; i++) {
     kv_free(parts[i]);
@@ -319,7 +326,7 @@ static void level_name(const kv_part_cfg *pc, char *lvl, size_t cap) {
     r[0] ^= (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     r[1] ^= (uint64_t)getpid() << 32 ^ (uint64_t)gettid() ^ (uint64_t)(uintptr_t)&seq;
   }
-  snprintf(lvl, cap, "%s/.tmp-lvl-%016llx%016llx-%u", pc->dir, (unsigned long long)r[0], (unsigned long long)r[1], seq++);
+  snprintf(lvl, cap, "%s/.tmp-lvl-%016llx%016llx-%u", pdir(pc), (unsigned long long)r[0], (unsigned long long)r[1], seq++);
 }
 
 void shuffle_levels_init(const kv_part_cfg *pc, shuffle_levels *L) {
@@ -375,7 +382,7 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
     char *m = NULL;
     if (bytes) {
       m = mmap(NULL, (size_t)bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (m == MAP_FAILED) m = NULL, rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pc->dir, strerror(errno));
+      if (m == MAP_FAILED) m = NULL, rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pdir(pc), strerror(errno));
     }
     close(fd);
     fd = -1;
@@ -603,10 +610,10 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
   }
   /* Temporary files of a worker killed while it wrote them (a partition file, a level): the
    * directory is this job's own and no task runs any more. */
-  DIR *d = opendir(pc->dir);
+  DIR *d = opendir(pdir(pc));
   struct dirent *e;
   while (d && (e = readdir(d)))
-    if (!strncmp(e->d_name, ".tmp-", 5) && snprintf(path, sizeof path, "%s/%s", pc->dir, e->d_name) < (int)sizeof path)
+    if (!strncmp(e->d_name, ".tmp-", 5) && snprintf(path, sizeof path, "%s/%s", pdir(pc), e->d_name) < (int)sizeof path)
       unlink(path);
   if (d) closedir(d);
 }
@@ -762,4 +769,46 @@ uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap) {
     close(fd);
   }
   return total;
+}
+
+/* ---- relayed files ---- */
+
+int shuffle_relay_output(const shuffle_relay *rl, uint32_t index, const char *name, size_t n, uint32_t *required) {
+  char want[64];
+  const kv_part_cfg *pc = &rl->pc;
+  if (!rl->reduce) {
+    /* s<stage>-m<index>-p<r>.kv for r < R (required), s<stage>-m<index>.spilled */
+    *required = pc->r;
+    int k = snprintf(want, sizeof want, "s%u-m%u-p", pc->stage, index);
+    if (n > (size_t)k + 3 && !memcmp(name, want, (size_t)k) && !memcmp(name + n - 3, ".kv", 3)) {
+      uint64_t r = 0;
+      size_t i = (size_t)k;
+      if (name[i] == '0' && n - 3 != i + 1) return -1;  /* no leading zeros: one name per file */
+      for (; i < n - 3; i++) {
+        if (name[i] < '0' || name[i] > '9' || r > SHUFFLE_R_MAX) return -1;
+        r = r * 10 + (uint64_t)(name[i] - '0');
+      }
+      return r < pc->r ? (int)r : -1;
+    }
+    k = snprintf(want, sizeof want, "s%u-m%u.spilled", pc->stage, index);
+    return n == (size_t)k && !memcmp(name, want, n) ? (int)pc->r : -1;
+  }
+  /* s<stage>-r<index>.kv (required), s<stage>-c<index>.kv (required when by count) */
+  *required = rl->by_count ? 2 : 1;
+  int k = snprintf(want, sizeof want, "s%u-r%u.kv", pc->stage, index);
+  if (n == (size_t)k && !memcmp(name, want, n)) return 0;
+  k = snprintf(want, sizeof want, "s%u-c%u.kv", pc->stage, index);
+  if (rl->by_count && n == (size_t)k && !memcmp(name, want, n)) return 1;
+  return -1;
+}
+
+void shuffle_relay_input(const shuffle_relay *rl, uint32_t i, uint32_t index, char *path, size_t cap, size_t *name_off) {
+  map_path(path, cap, &rl->pc, i, index);
+  *name_off = strlen(pdir(&rl->pc)) + 1;
+}
+
+int shuffle_put_file(const kv_part_cfg *pc, const char *name, const char *data, size_t n, dbx_err *err) {
+  char path[SHUFFLE_DIR_MAX + 128];
+  snprintf(path, sizeof path, "%s/%s", pdir(pc), name);
+  return write_file(pc, path, data, n, err);
 }

@@ -27,7 +27,7 @@
 typedef struct kv_part_cfg {
   uint32_t r;                   /* partitions; 0 = every partial merges on the coordinator */
   uint32_t stage;               /* the stage's number in its job: names its files */
-  uint32_t pad;
+  uint32_t shared;              /* workers elsewhere reach dir too (the user gave it: --spill-dir) */
   uint64_t memory;              /* bytes a map task's table may hold before it spills (0: no bound) */
   char dir[SHUFFLE_DIR_MAX];    /* absolute, NUL-terminated */
 } kv_part_cfg;
@@ -98,6 +98,27 @@ void count_stream_close(count_stream *s);
 uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds);
 /* Bytes of a stage's files on disk now (map outputs and reduced partitions). */
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);
+/* Relaying. A worker that cannot reach the spill directory (a remote one without a shared file
+ * system) gets a reduce task's inputs in the task and sends a task's outputs back in its
+ * result; the coordinator keeps them in its spill directory. The worker runs the task in a
+ * private directory of its own (shuffle_use_dir). */
+typedef struct shuffle_relay {
+  kv_part_cfg pc;
+  int reduce;          /* 0: a map stage (task i writes its R partition files); 1: the reduce stage */
+  int by_count;        /* the reduce stage also writes the by-count file */
+  uint32_t nmap;       /* the reduce stage: map tasks */
+} shuffle_relay;
+/* In this thread, read and write files in dir instead of a configuration's (NULL: stop). */
+void shuffle_use_dir(const char *dir);
+/* What a file of task index named name (n bytes) is: 0 .. *required - 1 for the files the task
+ * must send back, *required for an optional one (a map task's spilled-bytes note), -1 for a
+ * name the task does not write. */
+int shuffle_relay_output(const shuffle_relay *rl, uint32_t index, const char *name, size_t n, uint32_t *required);
+/* The path of reduce task index's input from map task i; its file name starts at *name_off. */
+void shuffle_relay_input(const shuffle_relay *rl, uint32_t i, uint32_t index, char *path, size_t cap, size_t *name_off);
+/* Write a relayed file (a checked name) into the configuration's directory, atomically. */
+int shuffle_put_file(const kv_part_cfg *pc, const char *name, const char *data, size_t n, dbx_err *err);
+
 /* Remove a stage's files (after its result is written). */
 void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap);
 #endif

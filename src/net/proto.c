@@ -94,10 +94,35 @@ int msg_stage(dbx_buf *out, uint64_t stage, const char *op, const void *cfg, siz
   return msg_stage_plugin(out, stage, op, cfg, cfg_len, bcast, bcast_len, paths, npaths, NULL, NULL);
 }
 
-int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
+int msg_file_name_ok(const char *name, size_t n) {
+  if (n == 0 || n > PROTO_FILE_NAME_MAX || name[0] == '.') return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+          c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+/* [[name, bytes], ...] */
+static int pack_files(msgpack_packer *pk, const msg_file *files, uint32_t n) {
+  if (n > PROTO_MAX_FILES) return DBX_EINVAL;
+  msgpack_pack_array(pk, n);
+  for (uint32_t i = 0; i < n; i++) {
+    if (!msg_file_name_ok(files[i].name, files[i].name_len) || files[i].len > UINT32_MAX) return DBX_EINVAL;
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_str_with_body(pk, files[i].name, files[i].name_len);
+    msgpack_pack_bin_with_body(pk, files[i].len ? files[i].data : "", files[i].len);
+  }
+  return 0;
+}
+
+static int task_msg(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b, int with_files,
+                    const msg_file *files, uint32_t nfiles) {
   if (too_big(out, b->shipped ? b->data.len : 0)) return DBX_EINVAL;
   mpk m;
-  msgpack_packer *pk = head(&m, out, MSG_TASK, 7);
+  msgpack_packer *pk = head(&m, out, MSG_TASK, 7 + (uint32_t)with_files);
   msgpack_pack_uint64(pk, stage);
   msgpack_pack_uint64(pk, b->index);
   msgpack_pack_uint64(pk, attempt);
@@ -115,15 +140,27 @@ int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b)
   if (b->shipped) msgpack_pack_true(pk); else msgpack_pack_false(pk);
   msgpack_pack_bin_with_body(pk, b->shipped && b->data.len ? b->data.data : "", b->shipped ? b->data.len : 0);
   if (b->whole) msgpack_pack_true(pk); else msgpack_pack_false(pk);
-  return mpk_close(&m);
+  int rc = with_files ? pack_files(pk, files, nfiles) : 0;
+  int rc2 = mpk_close(&m);
+  if (rc) out->len = 0;
+  return rc ? rc : rc2;
 }
 
-int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
-               uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
-               double map_seconds, const char *partial, size_t partial_len) {
+int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b) {
+  return task_msg(out, stage, attempt, b, 0, NULL, 0);
+}
+
+int msg_task_files(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b, const msg_file *files,
+                   uint32_t nfiles) {
+  return task_msg(out, stage, attempt, b, 1, files, nfiles);
+}
+
+static int result_msg(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, uint64_t records, uint64_t bad,
+                      const char *bad_note, uint64_t bytes, double map_seconds, const char *partial,
+                      size_t partial_len, int with_files, const msg_file *files, uint32_t nfiles) {
   if (too_big(out, partial_len)) return DBX_EINVAL;
   mpk m;
-  msgpack_packer *pk = head(&m, out, MSG_RESULT, 9);
+  msgpack_packer *pk = head(&m, out, MSG_RESULT, 9 + (uint32_t)with_files);
   msgpack_pack_uint64(pk, stage);
   msgpack_pack_uint64(pk, index);
   msgpack_pack_uint64(pk, attempt);
@@ -133,7 +170,32 @@ int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
   msgpack_pack_double(pk, map_seconds);
   msgpack_pack_bin_with_body(pk, partial_len ? partial : "", partial_len);
   pack_str(pk, bad_note);
-  return mpk_close(&m);
+  int rc = with_files ? pack_files(pk, files, nfiles) : 0;
+  int rc2 = mpk_close(&m);
+  if (rc) out->len = 0;
+  return rc ? rc : rc2;
+}
+
+int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
+               uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
+               double map_seconds, const char *partial, size_t partial_len) {
+  return result_msg(out, stage, index, attempt, records, bad, bad_note, bytes, map_seconds, partial, partial_len, 0,
+                    NULL, 0);
+}
+
+int msg_result_files(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, uint64_t records, uint64_t bad,
+                     const char *bad_note, uint64_t bytes, double map_seconds, const char *partial,
+                     size_t partial_len, const msg_file *files, uint32_t nfiles) {
+  return result_msg(out, stage, index, attempt, records, bad, bad_note, bytes, map_seconds, partial, partial_len, 1,
+                    files, nfiles);
+}
+
+void msg_file_at(const msg *m, uint32_t i, msg_file *f) {
+  const msgpack_object *v = m->files[i].via.array.ptr;
+  f->name = v[0].via.str.ptr;
+  f->name_len = v[0].via.str.size;
+  f->data = v[1].via.bin.ptr;
+  f->len = v[1].via.bin.size;
 }
 
 int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
@@ -226,6 +288,23 @@ static const uint32_t nfields[MSG_TYPE_MAX] = {
     [MSG_REHELLO] = 0,
 };
 
+/* An optional list of relayed files: [[name (str, msg_file_name_ok), bytes (bin)], ...]. */
+static int decode_files(const msgpack_object *o, msg *m) {
+  if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > PROTO_MAX_FILES) return -1;
+  for (uint32_t i = 0; i < o->via.array.size; i++) {
+    const msgpack_object *e = &o->via.array.ptr[i];
+    if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2) return -1;
+    const msgpack_object *v = e->via.array.ptr;
+    if (v[0].type != MSGPACK_OBJECT_STR || !msg_file_name_ok(v[0].via.str.ptr, v[0].via.str.size) ||
+        v[1].type != MSGPACK_OBJECT_BIN)
+      return -1;
+  }
+  m->has_files = 1;
+  m->nfiles = o->via.array.size;
+  m->files = o->via.array.ptr;
+  return 0;
+}
+
 static int decode_task(const msgpack_object *f, msg *m) {
   if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt)) return -1;
   if (m->index > UINT32_MAX) return -1;
@@ -306,9 +385,11 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   why = "wrong number of fields";
   /* A welcome may carry the coordinator's --max-message as a third field (0: unknown); a
    * stage may carry a plugin library (or nil) as a sixth and its paths' identity as a seventh;
-   * a worker's heartbeat carries its resource use (three fields). */
+   * a worker's heartbeat carries its resource use (three fields); a task or a result may carry
+   * relayed files as a last field. */
   if (o->via.array.size != 3 + nfields[type] && !(type == MSG_WELCOME && o->via.array.size == 3 + 3) &&
       !(type == MSG_HEARTBEAT && o->via.array.size == 3 + 3) &&
+      !((type == MSG_TASK || type == MSG_RESULT) && o->via.array.size == 3 + nfields[type] + 1) &&
       !(type == MSG_STAGE && (o->via.array.size == 3 + 6 || o->via.array.size == 3 + 7)))
     goto bad;
   const msgpack_object *f = a + 3;
@@ -362,6 +443,8 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
   case MSG_TASK:
     why = "a task field has the wrong type or is out of range (segment lengths must add up to the shipped bytes)";
     if (decode_task(f, m)) goto bad;
+    why = "a task's relayed files are malformed (names are [A-Za-z0-9_.-], 1 to 64 bytes, not starting with '.')";
+    if (o->via.array.size == 3 + 8 && decode_files(&f[7], m)) goto bad;
     m->ids_ok = 0;
     break;
   case MSG_RESULT:
@@ -371,6 +454,8 @@ int msg_decode(const char *p, size_t n, msg *m, dbx_err *err) {
         get_bin(&f[7], &m->partial, &m->partial_len) || get_str(&f[8], &m->bad_note, &m->bad_note_len) ||
         m->bad_note_len > 1024 || m->index > UINT32_MAX)
       goto bad;
+    why = "a result's relayed files are malformed (names are [A-Za-z0-9_.-], 1 to 64 bytes, not starting with '.')";
+    if (o->via.array.size == 3 + 10 && decode_files(&f[9], m)) goto bad;
     break;
   case MSG_FAILURE:
     if (get_u64(&f[0], &m->stage) || get_u64(&f[1], &m->index) || get_u64(&f[2], &m->attempt) ||

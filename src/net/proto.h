@@ -14,6 +14,17 @@
 #define PROTO_MAX_SEGS 65536
 #define PROTO_MAX_PATHS (1u << 24)
 #define PROTO_MAX_RECORD (1ull << 47)  /* record numbers and counts of a segment */
+#define PROTO_MAX_FILES (1u << 20)     /* files relayed with one task or result */
+#define PROTO_FILE_NAME_MAX 64         /* a relayed file's name: [A-Za-z0-9_.-], not starting with '.' */
+
+/* A file relayed with a task or a result (a partitioned reduce's map outputs, for a worker
+ * that cannot reach the coordinator's spill directory). */
+typedef struct msg_file {
+  const char *name;
+  size_t name_len;
+  const char *data;
+  size_t len;
+} msg_file;
 
 typedef enum {
   MSG_HELLO = 1,     /* worker -> coordinator: slots, host, pid, shared_fs */
@@ -66,6 +77,12 @@ typedef struct msg {
   const unsigned char *ident; size_t ident_len;
   /* TASK */
   batchdesc batch;              /* seg owned by msg; data.data points into the frame */
+  /* TASK, RESULT (optional last field): files relayed with it; has_files = 0 when absent (an
+   * empty list is not absent: a task with one asks for its outputs back as files). Names are
+   * checked when decoded; msg_file_at reads one. */
+  int has_files;
+  uint32_t nfiles;
+  const msgpack_object *files;
   /* HEARTBEAT from a worker (optional): CPU milliseconds of the process and its children,
    * resident bytes now and at the peak. */
   uint64_t cpu_ms, rss, peak_rss;
@@ -109,6 +126,16 @@ int msg_task(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b)
 int msg_result(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt,
                uint64_t records, uint64_t bad, const char *bad_note, uint64_t bytes,
                double map_seconds, const char *partial, size_t partial_len);
+/* The same with files relayed (files may be NULL when nfiles is 0: the list is still sent). */
+int msg_task_files(dbx_buf *out, uint64_t stage, uint64_t attempt, const batchdesc *b, const msg_file *files,
+                   uint32_t nfiles);
+int msg_result_files(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, uint64_t records, uint64_t bad,
+                     const char *bad_note, uint64_t bytes, double map_seconds, const char *partial,
+                     size_t partial_len, const msg_file *files, uint32_t nfiles);
+/* File i < m->nfiles of a decoded TASK or RESULT. */
+void msg_file_at(const msg *m, uint32_t i, msg_file *f);
+/* 1 when name (n bytes) is a name a relayed file may have. */
+int msg_file_name_ok(const char *name, size_t n);
 int msg_failure(dbx_buf *out, uint64_t stage, uint64_t index, uint64_t attempt, int64_t code,
                 const char *text);
 int msg_simple(dbx_buf *out, msg_type type);  /* HEARTBEAT, BYE, REHELLO */

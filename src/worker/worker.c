@@ -17,10 +17,13 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <dirent.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "engine/job.h"
+#include "engine/shuffle.h"
 #include "net/evidence.h"
 #include "net/proto.h"
 #include "net/rendezvous.h"
@@ -151,6 +154,126 @@ static int file_check(void *ctx, uint32_t idx, const char *path, int fd, const s
   return 0;
 }
 
+/* A relayed task (docs/keyed.md) runs in a private directory of this worker's: the files that
+ * came with it are written there first, and what the task writes there is sent back. */
+typedef struct relay_dir {
+  char path[PATH_MAX];
+  msg_file *out;
+  char (*names)[PROTO_FILE_NAME_MAX + 1];
+  uint32_t nout;
+} relay_dir;
+
+static void relay_clean(relay_dir *rd) {
+  for (uint32_t i = 0; i < rd->nout; i++)
+    if (rd->out[i].len) munmap((void *)rd->out[i].data, rd->out[i].len);
+  free(rd->out);
+  free(rd->names);
+  rd->out = NULL;
+  rd->names = NULL;
+  rd->nout = 0;
+  if (!rd->path[0]) return;
+  DIR *d = opendir(rd->path);
+  struct dirent *e;
+  char p[PATH_MAX + 300];
+  while (d && (e = readdir(d)))
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+        snprintf(p, sizeof p, "%s/%s", rd->path, e->d_name) < (int)sizeof p)
+      unlink(p);
+  if (d) closedir(d);
+  rmdir(rd->path);
+  rd->path[0] = 0;
+}
+
+static int relay_write(const char *dir, const char *name, size_t nlen, const char *data, size_t len, dbx_err *err) {
+  char p[PATH_MAX + 80];
+  snprintf(p, sizeof p, "%s/%.*s", dir, (int)nlen, name);
+  int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return dbx_seterr(err, errno == EEXIST ? DBX_EPROTO : errno == ENOSPC ? DBX_ENOSPC : DBX_EIO,
+                      "relayed file %s: %s", p, errno == EEXIST ? "sent twice" : strerror(errno));
+  size_t done = 0;
+  while (done < len) {
+    ssize_t k = write(fd, data + done, len - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      int e = k < 0 ? errno : ENOSPC;
+      close(fd);
+      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "relayed file %s: %s", p, strerror(e));
+    }
+    done += (size_t)k;
+  }
+  if (close(fd) != 0) return dbx_seterr(err, errno == ENOSPC ? DBX_ENOSPC : DBX_EIO, "relayed file %s: %s", p, strerror(errno));
+  return 0;
+}
+
+/* Make the private directory and write the task's files into it. */
+static int relay_begin(relay_dir *rd, const msg *m, dbx_err *err) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(rd->path, sizeof rd->path, "%s/dbatch-relay-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+  if (!mkdtemp(rd->path)) {
+    int e = errno;
+    char was[PATH_MAX];
+    snprintf(was, sizeof was, "%s", rd->path);
+    rd->path[0] = 0;
+    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "cannot create a directory for a relayed task (%s): %s",
+                      was, strerror(e));
+  }
+  for (uint32_t i = 0; i < m->nfiles; i++) {
+    msg_file f;
+    msg_file_at(m, i, &f);
+    int rc = relay_write(rd->path, f.name, f.name_len, f.data, f.len, err);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* After the task: its inputs removed, every other file it left (not a temporary one) is an
+ * output, mapped into rd->out. */
+static int relay_collect(relay_dir *rd, const msg *m, dbx_err *err) {
+  char p[PATH_MAX + 80];
+  for (uint32_t i = 0; i < m->nfiles; i++) {
+    msg_file f;
+    msg_file_at(m, i, &f);
+    snprintf(p, sizeof p, "%s/%.*s", rd->path, (int)f.name_len, f.name);
+    unlink(p);
+  }
+  DIR *d = opendir(rd->path);
+  if (!d) return dbx_seterr(err, DBX_EIO, "%s: %s", rd->path, strerror(errno));
+  uint32_t cap = 0;
+  struct dirent *e;
+  int rc = 0;
+  while (!rc && (e = readdir(d))) {
+    size_t n = strlen(e->d_name);
+    if (e->d_name[0] == '.' || !msg_file_name_ok(e->d_name, n)) continue;
+    if (rd->nout == cap) {
+      uint32_t nc = cap ? cap * 2 : 16;
+      msg_file *no = realloc(rd->out, nc * sizeof *no);
+      if (no) rd->out = no;
+      char (*nn)[PROTO_FILE_NAME_MAX + 1] = no ? realloc(rd->names, nc * sizeof *nn) : NULL;
+      if (nn) rd->names = nn;
+      if (!no || !nn) { rc = dbx_seterr(err, DBX_ENOMEM, "out of memory"); break; }
+      cap = nc;
+    }
+    snprintf(p, sizeof p, "%s/%s", rd->path, e->d_name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+      if (fd >= 0) close(fd);
+      continue;
+    }
+    void *map = sb.st_size ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (map == MAP_FAILED) { rc = dbx_seterr(err, DBX_EIO, "%s: %s", p, strerror(errno)); break; }
+    snprintf(rd->names[rd->nout], sizeof rd->names[0], "%s", e->d_name);
+    rd->out[rd->nout] = (msg_file){rd->names[rd->nout], n, map, (size_t)sb.st_size};
+    rd->nout++;
+  }
+  closedir(d);
+  /* names point into rd->names, which may have moved while it grew */
+  for (uint32_t i = 0; i < rd->nout; i++) rd->out[i].name = rd->names[i];
+  return rc;
+}
+
 static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, dbx_buf *out, dbx_buf *enc) {
   msg *m = &it->m;
   wstage *st = it->st;
@@ -167,15 +290,24 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
   double t0 = time_mono();
   evidence_set(w, slot, m, 1);
   ops_task_attempt = (uint32_t)m->attempt;  /* DBATCH_ATTEMPT for commands (ops/exec.c) */
+  relay_dir rd = {.path = ""};
+  if (!rc && m->has_files) {
+    rc = relay_begin(&rd, m, &err);
+    if (!rc) shuffle_use_dir(rd.path);
+  }
   if (!rc) rc = engine_map_task(st->op, st->cfg, st->bcast, ld, &m->batch, (const char *const *)st->paths,
                                 &part, &bs, &bytes, &err);
+  shuffle_use_dir(NULL);
+  if (!rc && m->has_files) rc = relay_collect(&rd, m, &err);
   double dt = time_mono() - t0;
   enc->len = 0;
   if (!rc) rc = st->op->encode(st->cfg, part, enc, &err);
   if (part) st->op->partial_free(part);
   if (!rc &&
-      (rc = msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bs.bad_note, bytes, dt,
-                       enc->data, enc->len)))
+      (rc = m->has_files ? msg_result_files(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records,
+                                            bs.bad_note, bytes, dt, enc->data, enc->len, rd.out, rd.nout)
+                         : msg_result(out, m->stage, m->index, m->attempt, bs.records, bs.bad_records, bs.bad_note,
+                                      bytes, dt, enc->data, enc->len)))
     dbx_seterr(&err, rc, "cannot encode the result of task %llu (%zu bytes): %s", (unsigned long long)m->index,
                enc->len, dbx_strerror(rc));
   /* The coordinator drops a connection that sends more than its --max-message: say so
@@ -191,12 +323,14 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
     dbx_buf_free(enc);
     dbx_buf_free(out);
     if (msg_failure(out, m->stage, m->index, m->attempt, rc, err.msg[0] ? err.msg : dbx_strerror(rc))) {
+      relay_clean(&rd);
       evidence_set(w, slot, m, 0);
       log_error("worker: task %llu failed (%s) and not even the failure could be encoded", (unsigned long long)m->index,
                 dbx_strerror(rc));
       return;  /* the coordinator's task timeout takes it from here */
     }
   }
+  relay_clean(&rd);
   evidence_set(w, slot, m, 0);
   zmq_send(push, out->data, out->len, 0);
 }

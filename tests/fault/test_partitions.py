@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -569,6 +570,137 @@ class WorkersWithTheSamePid(TmpTest):
                 self.assertEqual(coord.returncode, 0, err)
                 self.assertEqual(out, want)
                 self.assertEqual(os.listdir(spill), [])
+
+
+def _unshare_mount_works():
+    try:
+        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@unittest.skipUnless(_unshare_mount_works(), "needs unshare -m and mount (root)")
+class RelayedFiles(TmpTest):
+    """2. Workers elsewhere without a shared file system: each remote worker here runs in a
+    mount namespace of its own where a fresh tmpfs hides the test's directory (the coordinator's
+    job directory, its spill directory and the inputs), as on another machine. Its batches come
+    shipped, its map outputs go back in its results, its reduce tasks get their pieces in the
+    task. The answer is the same bytes as in one process."""
+
+    def job(self, args, remote=2, local=0, env=None, want_rc=0, on_reduce=None):
+        port = free_port()
+        s = self.path("s.json")
+        coord = start(*args, "--workers", str(local), "--listen", "127.0.0.1:%d" % port, "--wait-workers",
+                      str(remote + local), "--job-dir", self.path("job"), "--summary-json", s, "-q", env=env)
+        ws = [subprocess.Popen(["unshare", "-m", "sh", "-c",
+                                'mount -t tmpfs tmpfs "$1" && TMPDIR="$1" exec "$2" worker --connect "$3" -s 1 -q',
+                                "sh", self.tmp, DBATCH, "127.0.0.1:%d" % port],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(remote)]
+        try:
+            if on_reduce:
+                on_reduce(coord, ws)
+            out, err = coord.communicate(timeout=300)
+            for w in ws:
+                if w.poll() is None:
+                    w.wait(timeout=60)
+        finally:
+            stop(coord)
+            for w in ws:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+        self.assertEqual(coord.returncode, want_rc, err.decode(errors="replace"))
+        with open(s) as f:
+            summary = json.load(f)
+        shutil.rmtree(self.path("job"))
+        return out, summary
+
+    def test_wordcount_groupby_reduce_cooccur(self):
+        rnd = random.Random(8)
+        pool = ["w%d" % i for i in range(20000)] + ["ünï", "日本"]
+        words = self.write("words.txt", "".join(" ".join(rnd.choice(pool) for _ in range(9)) + "\n"
+                                                for _ in range(20000)))
+        want = reference_wordcount([words])
+        for r in ("1", "7"):
+            # --memory 1M: a map task's table fills and is written out in levels, in its private directory
+            out, sm = self.job(("wordcount", words, "--partitions", r, "--memory", "1M", "--batch-bytes", "64K"))
+            self.assertEqual(out, want, "wordcount --partitions " + r)
+            self.assertEqual(sm["failures"], [])
+            self.assertGreater(sm["spilled_bytes"], 0)
+            self.assertEqual([w["local"] for w in sm["worker_stats"]], [False, False])
+        sales = self.path("sales.csv")
+        gen_keyed.csv_sales(sales, 30000, 400, seed=3, quoted=0.1)
+        _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", GB_SPECS)
+        out, sm = self.job(("groupby", sales, "--key", "product", "--agg", GB_SPECS, "--batch-bytes", "32K",
+                            "--partitions", "5"))
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        self.assertEqual([x["name"] for x in sm["stages"]], ["groupby", "reduce"])
+        data = "".join("k%d\t%d\n" % (rnd.randrange(500), rnd.randrange(-9, 99)) for _ in range(20000)).encode()
+        tsv = self.write("in.tsv", data)
+        rows, _ = keyed_ref.reduce_ref(data, RUN_AGGS)
+        out, _ = self.job(("run", "--map", "cat", "--reduce", RUN_AGGS, "--batch-records", "3000", "--partitions", "3",
+                           tsv))
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        orders = self.path("orders.csv")
+        gen_keyed.orders(orders, 3000, 300, 50, heavy_users=1, heavy_orders=80)
+        rows, _, _ = keyed_ref.cooccur_ref([orders], None, "user", "item", 4, 60)
+        out, _ = self.job(("cooccur", orders, "--user", "user", "--item", "item", "--top", "4", "--max-basket", "60",
+                           "--batch-bytes", "4K", "--partitions", "4"))
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+
+    def test_local_and_remote_workers_together(self):
+        sales = self.path("sales.csv")
+        gen_keyed.csv_sales(sales, 30000, 2000, seed=9)
+        _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", GB_SPECS)
+        out, sm = self.job(("groupby", sales, "--key", "product", "--agg", GB_SPECS, "--batch-bytes", "16K",
+                            "--partitions", "6", "--policy", "round-robin"), remote=1, local=1)
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        self.assertEqual(sorted(w["local"] for w in sm["worker_stats"]), [False, True])
+        self.assertTrue(all(w["tasks"] > 0 for w in sm["worker_stats"]), sm["worker_stats"])
+
+    def test_kill_9_of_a_remote_worker_during_the_reduce_stage(self):
+        """Its map outputs are with the coordinator already: nothing is recomputed, only the
+        reduce task it was running goes again."""
+        sales = self.path("sales.csv")
+        gen_keyed.csv_sales(sales, 40000, 3000, seed=12)
+        specs = "count,sum:qty,first:region"
+        _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", specs)
+        spill = self.path("job", "spill")
+
+        def kill_in_reduce(coord, ws):
+            wait_until(lambda: glob.glob(os.path.join(spill, "s0-r*.kv")) or coord.poll() is not None,
+                       "the reduce stage", timeout=120)
+            self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
+            ws[0].kill()
+
+        out, sm = self.job(("groupby", sales, "--key", "product", "--agg", specs, "--batch-bytes", "16K",
+                            "--partitions", "12", "--max-attempts", "10"), env=fault_env("delay_ms=300"),
+                           on_reduce=kill_in_reduce)
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        self.assertNotIn("recompute", [x["name"] for x in sm["stages"]])
+        self.assertEqual({f["stage"] for f in sm["failures"]}, {"reduce"})
+
+    def test_private_directories_are_removed(self):
+        """A worker that reads nothing by path (--no-shared-fs) on this machine is relayed too;
+        its private directories are gone after each task."""
+        words = self.write("w.txt", "".join("a%d b c%d\n" % (i % 97, i % 13) for i in range(30000)))
+        wtmp = self.path("wtmp")
+        os.mkdir(wtmp)
+        port = free_port()
+        coord = start("wordcount", words, "--workers", "0", "--listen", "127.0.0.1:%d" % port, "--wait-workers", "1",
+                      "--partitions", "3", "--batch-bytes", "32K", "--no-job-dir", "-q")
+        w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "2",
+                              "-q"], env=dict(os.environ, TMPDIR=wtmp), stderr=subprocess.PIPE)
+        try:
+            out, err = coord.communicate(timeout=120)
+            w.wait(timeout=60)
+        finally:
+            stop(coord)
+            stop(w)
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, reference_wordcount([words]))
+        self.assertEqual(os.listdir(wtmp), [])
 
 
 class SkippedMapTask(TmpTest):

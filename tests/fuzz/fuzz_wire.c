@@ -117,6 +117,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     dbx_err err = {0, ""};
     if (msg_decode(frame, n, &m, &err) == 0) {
       fuzz_touch(msg_type_name((int)m.type), 1);
+      /* Relayed files: every name decoded is one a worker or the coordinator may create. */
+      for (uint32_t i = 0; m.has_files && i < m.nfiles; i++) {
+        msg_file f;
+        msg_file_at(&m, i, &f);
+        if (!msg_file_name_ok(f.name, f.name_len) || memchr(f.name, '/', f.name_len)) fuzz_fail("a relayed file name that climbs out");
+        fuzz_touch(f.data, f.len);
+      }
       switch (m.type) {
       case MSG_STAGE: stage_make(&s, &m); break;
       case MSG_TASK: if (s.op) run_task(&s, &m, ld); break;

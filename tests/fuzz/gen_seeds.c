@@ -91,6 +91,16 @@ static void wire_seeds(const fuzz_nb *nb) {
   msg_simple(&m, MSG_REHELLO); frame(&seq, &m); put("wire", "heartbeat-bye-rehello", seq.data, seq.len);
   msg_heartbeat(&m, 1234, 56u << 20, 78u << 20); seq.len = 0; frame(&seq, &m);
   put("wire", "heartbeat-usage", seq.data, seq.len);
+  {
+    /* A reduce task with its relayed pieces, and a map result sending its partitions back. */
+    batchdesc rb;
+    memset(&rb, 0, sizeof rb);
+    rb.index = 2;
+    msg_file rf[2] = {{"s0-m0-p2.kv", 11, "DBKV....", 8}, {"s0-m1-p2.kv", 11, "", 0}};
+    msg_task_files(&m, 1, 1, &rb, rf, 2); seq.len = 0; frame(&seq, &m);
+    msg_result_files(&m, 1, 2, 1, 0, 0, "", 0, 0.1, "", 0, rf, 2); frame(&seq, &m);
+    put("wire", "relayed-files", seq.data, seq.len);
+  }
 
   /* Word count: a stage, shipped tasks of 1 and 3 segments, tasks by reference, a result. */
   seq.len = 0;

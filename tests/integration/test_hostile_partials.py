@@ -15,7 +15,7 @@ import unittest
 import msgpack
 import zmq
 
-from dbx import DATA, TmpTest, free_port, run, slurp, start, wait_for_line
+from dbx import DATA, TmpTest, free_port, run, slurp, start, stop, wait_for_line
 
 FIX = os.path.join(DATA, "nbcorpus")
 U64 = 2 ** 64 - 1
@@ -215,3 +215,71 @@ class HostileCoordinator(TmpTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HostileRelayedFiles(TmpTest):
+    """A fake worker that reads nothing by path gets a partitioned reduce's files relayed, and
+    sends back crafted ones: a name that climbs out of the spill directory, a file of another
+    task, none of the files its task writes. None is written; the attempt (or the worker) is
+    refused; the real worker redoes the task and the answer is exact."""
+
+    def relayed_job(self, kind):
+        import keyed_ref  # noqa: E402
+        import gen_keyed  # noqa: E402
+        sales = self.path("sales.csv")
+        gen_keyed.CHUNK = 500
+        gen_keyed.csv_sales(sales, 3000, 50, seed=2)
+        _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", "count,sum:qty")
+        port = free_port()
+        ep = "tcp://127.0.0.1:%d" % port
+        coord = start("groupby", sales, "--key", "product", "--agg", "count,sum:qty", "--partitions", "3",
+                      "--batch-bytes", "8K", "--workers", "1", "--listen", "127.0.0.1:%d" % port, "--wait-workers",
+                      "2", "--policy", "round-robin", "--job-dir", self.path("job"))
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ep)
+        s.send(pack(1, 1, "fake-evil", os.getpid(), False))
+        answered = []
+        try:
+            end = time.time() + 60
+            while time.time() < end and coord.poll() is None:
+                if not s.poll(100):
+                    continue
+                m = msgpack.unpackb(s.recv(), raw=False)
+                if m[2] == 5 and len(m) == 11:   # a task with relayed files (its last field)
+                    stage, index, attempt = m[3], m[4], m[5]
+                    if kind == "climb":
+                        files = [["../../evil-%d.kv" % index, b"x"]]
+                    elif kind == "other-task":
+                        files = [["s0-m%d-p%d.kv" % (index + 1, r), b"x"] for r in range(3)]
+                    else:
+                        files = []
+                    s.send(pack(6, stage, index, attempt, 1, 0, 10, 0.001, b"", "", files))
+                    answered.append(index)
+                elif m[2] == 8:
+                    s.send(pack(8))
+            out, err = coord.communicate(timeout=120)
+        finally:
+            stop(coord)
+            s.close()
+            ctx.term()
+        return coord.returncode, out, err.decode(errors="replace"), keyed_ref.write_tsv(rows), answered
+
+    def check(self, kind, needle):
+        rc, out, err, want, answered = self.relayed_job(kind)
+        self.assertTrue(answered, "the fake worker was given no relayed task")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, want)
+        self.assertIn(needle, err)
+        self.assertEqual([p for p in os.listdir(self.tmp) + os.listdir(self.path("job")) if "evil" in p], [])
+        self.assertEqual(os.listdir(self.path("job", "spill")), [])
+
+    def test_a_name_that_leaves_the_directory(self):
+        self.check("climb", "relayed files are malformed")
+
+    def test_files_of_another_task(self):
+        self.check("other-task", "sent a bad result: an unexpected file 's0-m")
+
+    def test_none_of_the_files_its_task_writes(self):
+        self.check("none", "sent a bad result: 0 of the 3 files its task writes")

@@ -9,6 +9,7 @@
 
 #include "engine/agg.h"
 #include "engine/kv.h"
+#include "engine/shuffle.h"
 #include "ops/ops.h"
 #include "util/strmap.h"
 
@@ -910,9 +911,39 @@ static void test_real_sum_overflow(void **state) {
   }
 }
 
+
+/* The names the coordinator takes back from a relayed task: exactly the files that task
+ * writes, nothing of another task, stage or partition, one spelling per file. */
+static int relay_out(const shuffle_relay *rl, uint32_t idx, const char *name, uint32_t *need) {
+  return shuffle_relay_output(rl, idx, name, strlen(name), need);
+}
+
+static void test_relay_output_names(void **state) {
+  (void)state;
+  shuffle_relay map = {.pc = {.r = 7, .stage = 2}}, red = {.pc = {.r = 7, .stage = 2}, .reduce = 1};
+  uint32_t need = 0;
+  assert_int_equal(relay_out(&map, 5, "s2-m5-p0.kv", &need), 0);
+  assert_int_equal(need, 7);
+  assert_int_equal(relay_out(&map, 5, "s2-m5-p6.kv", &need), 6);
+  assert_int_equal(relay_out(&map, 5, "s2-m5.spilled", &need), 7);
+  const char *no[] = {"s2-m5-p7.kv", "s2-m5-p06.kv", "s2-m5-p00.kv", "s2-m4-p0.kv", "s1-m5-p0.kv", "s2-m5-p.kv",
+                      "s2-m5-p1.kvx", "s2-m5-p1", "s2-m5-p-1.kv", "s2-m55-p0.kv", "s2-m5-p99999999999999999999.kv",
+                      "s2-m4.spilled", "s2-r5.kv", "s2-c5.kv", "x"};
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) assert_int_equal(relay_out(&map, 5, no[i], &need), -1);
+  assert_int_equal(relay_out(&red, 5, "s2-r5.kv", &need), 0);
+  assert_int_equal(need, 1);
+  assert_int_equal(relay_out(&red, 5, "s2-c5.kv", &need), -1);
+  assert_int_equal(relay_out(&red, 5, "s2-r4.kv", &need), -1);
+  assert_int_equal(relay_out(&red, 5, "s2-m5-p0.kv", &need), -1);
+  red.by_count = 1;
+  assert_int_equal(relay_out(&red, 5, "s2-c5.kv", &need), 1);
+  assert_int_equal(need, 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_num),
+      cmocka_unit_test(test_relay_output_names),
       cmocka_unit_test(test_bad_number_adds_nothing),
       cmocka_unit_test(test_sum_overflow_at_add),
       cmocka_unit_test(test_sum_overflow_at_merge),

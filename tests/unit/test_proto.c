@@ -146,6 +146,114 @@ static void test_stage_identity(void **state) {
   dbx_buf_free(&out);
 }
 
+
+/* A task and a result may carry relayed files: names and bytes come back as sent, an empty
+ * list is not an absent one, and a name that could leave the directory (or is not one dbatch
+ * writes) is refused where it is decoded. */
+static void test_relayed_files(void **state) {
+  (void)state;
+  dbx_buf out = {0};
+  msg m;
+  dbx_err err = {0, ""};
+  batchdesc b;
+  memset(&b, 0, sizeof b);
+  b.index = 3;
+  msg_file f[2] = {{"s0-m1-p3.kv", 11, "abc", 3}, {"s0-m2-p3.kv", 11, "", 0}};
+  assert_int_equal(msg_task_files(&out, 1, 2, &b, f, 2), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.has_files, 1);
+  assert_int_equal(m.nfiles, 2);
+  msg_file g;
+  msg_file_at(&m, 0, &g);
+  assert_int_equal(g.name_len, 11);
+  assert_memory_equal(g.name, "s0-m1-p3.kv", 11);
+  assert_int_equal(g.len, 3);
+  assert_memory_equal(g.data, "abc", 3);
+  msg_file_at(&m, 1, &g);
+  assert_int_equal(g.len, 0);
+  msg_free(&m);
+  /* an empty list: present (a map task that sends its outputs back) */
+  assert_int_equal(msg_task_files(&out, 1, 2, &b, NULL, 0), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.has_files, 1);
+  assert_int_equal(m.nfiles, 0);
+  msg_free(&m);
+  assert_int_equal(msg_task(&out, 1, 2, &b), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.has_files, 0);
+  msg_free(&m);
+  assert_int_equal(msg_result_files(&out, 1, 3, 2, 10, 0, "", 100, 0.5, "p", 1, f, 1), 0);
+  assert_int_equal(msg_decode(out.data, out.len, &m, &err), 0);
+  assert_int_equal(m.type, MSG_RESULT);
+  assert_int_equal(m.has_files, 1);
+  assert_int_equal(m.nfiles, 1);
+  assert_int_equal(m.partial_len, 1);
+  msg_free(&m);
+  /* names the encoder refuses to send */
+  const char *bad[] = {"", ".tmp-x", "../x", "a/b", "..", "a b", "x\n", "s0-\xc3\xa9.kv",
+                       "0123456789012345678901234567890123456789012345678901234567890123456789"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    msg_file x = {bad[i], strlen(bad[i]), "z", 1};
+    assert_int_equal(msg_file_name_ok(bad[i], strlen(bad[i])), 0);
+    assert_int_equal(msg_task_files(&out, 1, 2, &b, &x, 1), DBX_EINVAL);
+    assert_int_equal(out.len, 0);
+  }
+  /* ... and the decoder refuses them from a peer that sends them anyway: a task's last field,
+   * then a result's, with a bad name, a name that is not a string, bytes that are not bin, a
+   * pair of three */
+  for (int which = 0; which < 2; which++)
+    for (int k = 0; k < 5; k++) {
+      msgpack_sbuffer sb;
+      msgpack_sbuffer_init(&sb);
+      msgpack_packer pk;
+      msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+      msgpack_pack_array(&pk, which ? 13 : 11);
+      msgpack_pack_str_with_body(&pk, "DBX", 3);
+      msgpack_pack_uint64(&pk, PROTO_VERSION);
+      if (which == 0) {
+        msgpack_pack_uint64(&pk, MSG_TASK);
+        msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_uint64(&pk, 3);
+        msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_array(&pk, 0);
+        msgpack_pack_false(&pk);
+        msgpack_pack_bin_with_body(&pk, "", 0);
+        msgpack_pack_false(&pk);
+      } else {
+        msgpack_pack_uint64(&pk, MSG_RESULT);
+        for (int i = 0; i < 6; i++) msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_double(&pk, 0.1);
+        msgpack_pack_bin_with_body(&pk, "", 0);
+        msgpack_pack_str_with_body(&pk, "", 0);
+      }
+      msgpack_pack_array(&pk, 1);
+      if (k == 4) {
+        msgpack_pack_array(&pk, 3);
+        msgpack_pack_str_with_body(&pk, "ok.kv", 5);
+        msgpack_pack_bin_with_body(&pk, "z", 1);
+        msgpack_pack_nil(&pk);
+      } else {
+        msgpack_pack_array(&pk, 2);
+        if (k == 0) msgpack_pack_str_with_body(&pk, "ok.kv", 5);
+        else if (k == 1) msgpack_pack_str_with_body(&pk, "../../etc/x", 11);
+        else if (k == 2) msgpack_pack_bin_with_body(&pk, "ok.kv", 5);
+        else msgpack_pack_str_with_body(&pk, "ok.kv", 5);
+        if (k == 3) msgpack_pack_str_with_body(&pk, "z", 1);
+        else msgpack_pack_bin_with_body(&pk, "z", 1);
+      }
+      int rc = msg_decode(sb.data, sb.size, &m, &err);
+      assert_int_equal(rc, k == 0 ? 0 : DBX_EPROTO);
+      if (k == 0) {
+        assert_int_equal(m.nfiles, 1);
+        msg_free(&m);
+      } else {
+        assert_non_null(strstr(err.msg, "relayed files"));
+      }
+      msgpack_sbuffer_destroy(&sb);
+    }
+  dbx_buf_free(&out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shipped_lengths_must_add_up),
@@ -153,6 +261,7 @@ int main(void) {
       cmocka_unit_test(test_hello_slots_bounded),
       cmocka_unit_test(test_stage_identity),
       cmocka_unit_test(test_heartbeat_usage),
+      cmocka_unit_test(test_relayed_files),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
