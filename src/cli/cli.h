@@ -281,6 +281,35 @@ typedef struct cli_keyed {
   "                          the same bytes out (default: RAM / (workers + 1) / 2; word\n" \
   "                          count partitions with 8 when it is given)\n"
 #define CLI_KEYED_DEFAULT_R 8
+
+/* --follow (cli/follow.c, docs/follow.md): a job that goes on over data as it arrives. */
+typedef struct cli_follow {
+  int on;
+  double interval;     /* --interval: seconds between micro-batches (default 5) */
+  double until_idle;   /* --until-idle: stop after this long without new data (0: never) */
+  int header;          /* the inputs' first line is a header (CSV, TSV): one per file */
+  const dbx_schema *schema;  /* the rows' schema, when the operator has none of its own */
+} cli_follow;
+#define CLI_FOLLOW_OPTIONS                          \
+  {"follow", no_argument, NULL, 1200},              \
+  {"interval", required_argument, NULL, 1201},      \
+  {"until-idle", required_argument, NULL, 1202}
+#define CLI_FOLLOW_HELP                                                                    \
+  "Following data as it arrives:\n"                                                         \
+  "      --follow            keep running: files appended to and files added to a watched\n" \
+  "                          directory are read in micro-batches; the output holds the\n"   \
+  "                          result over everything so far, committed after each one,\n"    \
+  "                          exactly once (with --job-dir, a killed job goes on where its\n" \
+  "                          last commit left off). Ctrl-C or SIGTERM: finish, commit, exit 0\n" \
+  "      --interval SECS     a micro-batch every SECS (default 5; 30s, 2m, 1h are fine)\n"   \
+  "      --until-idle SECS   stop after SECS without new data; lines without their newline\n" \
+  "                          then count, as in a batch run\n"
+/* 1 handled, 0 not a --follow option, < 0 a bad value. */
+int cli_follow_option(cli_follow *f, int c, const char *arg);
+/* Run tmpl (a stage whose merged partial can be kept: s->keep) over args as they grow, until
+ * stopped. Rows go to o->out, written again after each micro-batch. */
+int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tmpl, char *const *args, size_t nargs,
+                   dbx_err *err);
 /* Times lost map outputs are recomputed before the job gives up. */
 #define KEYED_RECOMPUTE_ROUNDS 3
 /* 1 handled, 0 not a keyed option, < 0 a bad value. */

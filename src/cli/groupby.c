@@ -49,6 +49,7 @@ static const char gb_help[] =
     "      --agg SPEC[,SPEC...]  the aggregates\n"
     REC_OPTIONS_HELP
     CLI_KEYED_HELP
+    CLI_FOLLOW_HELP
     CLI_JOB_HELP;
 
 static const char co_help[] =
@@ -187,6 +188,7 @@ int cmd_groupby(int argc, char **argv) {
       {"agg", required_argument, NULL, 2},
       {"input-format", required_argument, NULL, 3},
       CLI_KEYED_OPTIONS,
+      CLI_FOLLOW_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
@@ -195,6 +197,8 @@ int cmd_groupby(int argc, char **argv) {
   cli_keyed k;
   memset(&k, 0, sizeof k);
   cli_job o;
+  cli_follow fl;
+  memset(&fl, 0, sizeof fl);
   const char *keys = NULL, *fmt = NULL;
   char aggs[4096] = "";
   cli_job_defaults(&o, "groupby");
@@ -204,6 +208,7 @@ int cmd_groupby(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     if (c == 1023) return cli_usage_error("groupby", "--max-record does not apply to groupby");
     int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_follow_option(&fl, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_bad_value("groupby", longopts, li, c, optarg);
     if (r) continue;
@@ -267,8 +272,9 @@ int cmd_groupby(int argc, char **argv) {
   rc = sink_check(&o.out, &err);
   if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  if (fl.on) k.partitions = 0, k.partitions_set = 1;  /* a followed job's state is one partial */
   if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &cfg.part, &err);
-  if (!rc) rc = sink_open(&o.out, &schema, &out, &err);
+  if (!rc && !fl.on) rc = sink_open(&o.out, &schema, &out, &err);
   if (!rc) {
     stage s;
     cli_stage_init(&s, &j, &o, "groupby", &op_groupby, &cfg, sizeof cfg, out);
@@ -279,7 +285,10 @@ int cmd_groupby(int argc, char **argv) {
              (unsigned long long)XXH64(&cfg.spec, sizeof cfg.spec, 0), cfg.bad_fail ? "fail" : "skip", cfg.part.r);
     s.plan_opts = opts;
     cli_keyed_rows_ctx rx = {&cfg.spec, cfg.nkey};
-    rc = cli_keyed_stage(co, &j, &o, &s, &cfg.part, &cfg.spec, 0, cli_keyed_rows, &rx, &err);
+    fl.header = rs.fmt != REC_JSONL;
+    fl.schema = &schema;
+    if (fl.on) rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
+    else rc = cli_keyed_stage(co, &j, &o, &s, &cfg.part, &cfg.spec, 0, cli_keyed_rows, &rx, &err);
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("groupby", &o, &j, co, out, rc, &err);

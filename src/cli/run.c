@@ -74,6 +74,8 @@ static const char help[] =
     "      --partitions R, --spill-dir DIR, --memory SIZE  with --reduce: merge on the\n"
     "                          workers in R partitions, each task within SIZE of memory\n"
     "                          (see 'dbatch groupby --help')\n"
+    "      --follow, --interval SECS, --until-idle SECS  with --reduce: keep running over\n"
+    "                          data as it arrives (see 'dbatch groupby --help')\n"
     "Batching and execution:\n"
     "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
     "                          (default: the input size / 16, within 8M..64M; units K, M, G)\n"
@@ -187,8 +189,8 @@ static int run_op(cli_job *o, const char *spec, const char *arg, int nin, char *
 
 /* `dbatch run --map CMD --reduce AGG,...` (rows to any sink) or `--reduce-cmd RCMD` (the
  * reduce command's bytes). */
-static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *reduce, const char *reduce_cmd, int bad_fail,
-                      int nin, char **in) {
+static int run_reduce(cli_job *o, cli_keyed *k, const cli_follow *fl, const char *map, const char *reduce,
+                      const char *reduce_cmd, int bad_fail, int nin, char **in) {
   static reduce_cfg rcfg;
   static reduce_cmd_cfg ccfg;
   memset(&rcfg, 0, sizeof rcfg);
@@ -232,8 +234,10 @@ static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *red
   if (!rc) rc = inputs_expand(in, (size_t)nin, &j.in, &err);
   if (!rc) cli_job_size_batches(o, &j.in);
   if (!rc) rc = cli_job_start(o, &j, &co, &err);
+  if (fl->on) k->partitions = 0, k->partitions_set = 1;  /* a followed job's state is one partial */
   if (!rc && reduce) rc = cli_keyed_prepare(k, &j, o, &rcfg.part, &err);
-  if (!rc) rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, o->out.append, &out, &err);
+  if (!rc && !fl->on)
+    rc = reduce ? sink_open(&o->out, &schema, &out, &err) : sink_raw_open(o->out.dest, o->out.append, &out, &err);
   if (!rc) {
     stage s;
     if (reduce) cli_stage_init(&s, &j, o, "reduce", &op_reduce, &rcfg, sizeof rcfg, out);
@@ -245,8 +249,11 @@ static int run_reduce(cli_job *o, cli_keyed *k, const char *map, const char *red
              bad_fail, rcfg.part.r);
     s.plan_opts = opts;
     cli_keyed_rows_ctx rx = {&rcfg.spec, 1};
-    rc = reduce ? cli_keyed_stage(co, &j, o, &s, &rcfg.part, &rcfg.spec, 0, cli_keyed_rows, &rx, &err)
-                : cli_run_stage(co, &j, &s, &err);
+    cli_follow f = *fl;
+    f.schema = &schema;
+    if (fl->on) rc = cli_follow_run(co, &j, o, &f, &s, in, (size_t)nin, &err);
+    else rc = reduce ? cli_keyed_stage(co, &j, o, &s, &rcfg.part, &rcfg.spec, 0, cli_keyed_rows, &rx, &err)
+                     : cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("run", o, &j, co, out, rc, &err);
@@ -262,12 +269,15 @@ int cmd_run(int argc, char **argv) {
       {"op", required_argument, NULL, 4},
       {"op-arg", required_argument, NULL, 5},
       CLI_KEYED_OPTIONS,
+      CLI_FOLLOW_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   cli_job o;
   cli_keyed k;
   memset(&k, 0, sizeof k);
+  cli_follow fl;
+  memset(&fl, 0, sizeof fl);
   static exec_cfg cfg;  /* 4 KiB: not on the stack; plain bytes shipped to workers */
   memset(&cfg, 0, sizeof cfg);
   const char *map = NULL, *opspec = NULL, *oparg = NULL, *reduce = NULL, *reduce_cmd = NULL;
@@ -285,6 +295,7 @@ int cmd_run(int argc, char **argv) {
     if (na) return cli_usage_error("run", "%s does not apply to dbatch run (the command or operator decides what a bad record is)", na);
     if (c == 1003 || c == 1004 || c == 1033) row_opt = c == 1003 ? "--format" : c == 1004 ? "--table" : "--header";
     int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_follow_option(&fl, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_bad_value("run", longopts, li, c, optarg);
     if (r) continue;
@@ -299,6 +310,9 @@ int cmd_run(int argc, char **argv) {
     }
   }
   if (map && opspec) return cli_usage_error("run", "--map and --op are exclusive: give one");
+  if ((fl.on || fl.interval > 0 || fl.until_idle > 0) && (!reduce || reduce_cmd || opspec))
+    return cli_usage_error("run", "--follow%s goes with --map CMD --reduce AGG (a running result by key)",
+                           fl.on ? "" : fl.interval > 0 ? "'s --interval" : "'s --until-idle");
   if (oparg && !opspec) return cli_usage_error("run", "--op-arg needs --op LIB.so[:NAME]");
   if (opspec) {
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
@@ -315,7 +329,7 @@ int cmd_run(int argc, char **argv) {
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
     if (reduce_cmd && (k.partitions_set || k.spill_dir || k.memory))
       return cli_usage_error("run", "--partitions, --spill-dir and --memory apply to --reduce, not --reduce-cmd");
-    return run_reduce(&o, &k, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
+    return run_reduce(&o, &k, &fl, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
   if (k.partitions_set || k.spill_dir || k.memory)
     return cli_usage_error("run", "--partitions, --spill-dir and --memory apply to --reduce only");

@@ -19,6 +19,7 @@ static const char help[] =
     "      --case-sensitive    keep case (default: Unicode lowercase, as str.lower())\n"
     "      --top K             keep only the first K rows\n"
     CLI_KEYED_HELP
+    CLI_FOLLOW_HELP
     CLI_JOB_HELP;
 
 typedef struct wc_rows_ctx {
@@ -58,6 +59,7 @@ int cmd_wordcount(int argc, char **argv) {
       {"case-sensitive", no_argument, NULL, 1},
       {"top", required_argument, NULL, 2},
       CLI_KEYED_OPTIONS,
+      CLI_FOLLOW_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
@@ -67,12 +69,15 @@ int cmd_wordcount(int argc, char **argv) {
   memset(&pcfg, 0, sizeof pcfg);
   cli_keyed k;
   memset(&k, 0, sizeof k);
+  cli_follow fl;
+  memset(&fl, 0, sizeof fl);
   cli_job_defaults(&o, "wordcount");
   optind = 1;
   int c;
   int li = -1;
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_follow_option(&fl, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_bad_value("wordcount", longopts, li, c, optarg);
     if (r) continue;
@@ -104,9 +109,18 @@ int cmd_wordcount(int argc, char **argv) {
   /* Word count merges on the coordinator unless --partitions asks otherwise: its summary,
    * journal and failure records keep the shape they had. */
   if (!k.partitions_set) k.partitions_set = 1, k.partitions = k.memory && o.workers > 0 ? CLI_KEYED_DEFAULT_R : 0;
+  if (fl.on) k.partitions = 0;  /* a followed job's state is one partial, kept between micro-batches */
   if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
-  if (!rc) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
-  if (!rc && pcfg.part.r) {
+  if (!rc && !fl.on) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
+  if (!rc && fl.on) {
+    stage s;
+    cli_stage_init(&s, &j, &o, "wordcount", &op_wordcount, &cfg, sizeof cfg, NULL);
+    char opts[160];
+    snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s", cfg.case_sensitive,
+             (unsigned long long)cfg.max_record, cfg.bad_fail ? "fail" : "skip");
+    s.plan_opts = opts;
+    rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
+  } else if (!rc && pcfg.part.r) {
     /* Merged on the workers in partitions: the same rows, never all in this process. */
     stage s;
     pcfg.wc = cfg;

@@ -73,9 +73,21 @@ struct coord {
   tr_guard *guard;          /* admits keyed workers on --listen (NULL without keys) */
 };
 
-static volatile sig_atomic_t g_interrupted;
-static void on_interrupt(int sig) { g_interrupted = sig; }
+static volatile sig_atomic_t g_interrupted, g_defer, g_stop;
+static void on_interrupt(int sig) {
+  if (g_defer) g_stop = sig;
+  else g_interrupted = sig;
+}
 int coord_interrupt_signal(void) { return (int)g_interrupted; }
+void coord_defer_interrupts(void) {
+  g_defer = 1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+int coord_stop_signal(void) { return (int)g_stop; }
 
 static int send_rid(coord *c, const unsigned char *rid, size_t n, const dbx_buf *b) {
   if (zmq_send(c->router, rid, n, ZMQ_SNDMORE) < 0) return -1;
@@ -1187,7 +1199,8 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   if ((rc = agg_finish(r.ag, (uint32_t)r.tt.n, &result, err))) goto done;
   double t4 = time_mono();
   s->st->t_merge += t4 - t3;
-  rc = s->op->finish(s->cfg, r.bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
+  if (s->keep) *s->keep = result, result = NULL;
+  else rc = s->op->finish(s->cfg, r.bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
   s->st->t_finish += time_mono() - t4;
 done:
   if (result) s->op->partial_free(result);

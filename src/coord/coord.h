@@ -42,4 +42,8 @@ int coord_listen_endpoint(coord *c, char *out, size_t cap);
 void coord_free(coord *c, job *j);
 /* The signal (SIGINT, SIGTERM) that stopped the job, or 0. */
 int coord_interrupt_signal(void);
+/* From now on Ctrl-C and SIGTERM do not stop a stage: they are only recorded, for
+ * coord_stop_signal (a followed job finishes its micro-batch, commits it, then stops). */
+void coord_defer_interrupts(void);
+int coord_stop_signal(void);
 #endif

@@ -56,6 +56,8 @@ typedef struct stage {
   uint32_t nonly;
   const struct shuffle_relay *relay;  /* or NULL: the partitioned-reduce files its tasks read and
                                          write, relayed for workers that cannot reach them */
+  void **keep;             /* or NULL: the merged partial is handed here (owned by the caller)
+                              instead of being finished into rows */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
   stage_stats *st;         /* OUT */
 } stage;
@@ -118,6 +120,11 @@ typedef struct job {
   struct ui *ui;           /* progress, dashboard, report (NULL: none) */
   const char *job_dir;     /* where the report goes (NULL: none) */
   uint64_t spilled_bytes;  /* partition files written by keyed stages (engine/shuffle.h) */
+  /* --follow: micro-batches committed, bytes seen and not yet consumed, the wall-clock time
+   * of the last commit, and the seconds from a micro-batch's scan to its commit (p50, p99). */
+  int follow;
+  uint64_t follow_epochs, follow_lag_bytes;
+  double follow_last_commit, follow_p50, follow_p99;
   uint64_t left_out;       /* records the job left out by design (cooccur: users over --max-basket) */
   char left_out_what[96];  /* what they are ("users with more than 1000 items"), "" when none */
 } job;

@@ -310,7 +310,8 @@ static int run_local(job *j, stage *s, dbx_err *err) {
   if ((rc = agg_finish(ag, (uint32_t)st->batches, &result, err))) goto done;
   double t4 = time_mono();
   st->t_merge += t4 - t3;
-  rc = op->finish(s->cfg, bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
+  if (s->keep) *s->keep = result, result = NULL;
+  else rc = op->finish(s->cfg, bcast, result, s->out ? sink_emit : NULL, s->out, &s->bcast_out, err);
   st->t_finish += time_mono() - t4;
 done:
   if (result) op->partial_free(result);

@@ -1,0 +1,690 @@
+/* follow.c -- --follow: a job that keeps running over data as it arrives, in micro-batches,
+ * exactly once (docs/follow.md).
+ *
+ * Every --interval the watched inputs are scanned. Files are known by identity (device,
+ * inode), not by name, so a file renamed inside a watched directory goes on where it was, and
+ * one renamed out of it (log rotation) is read to its end, its last line even without a
+ * newline, before any file seen after it. New bytes up to the last newline of each file are
+ * copied into a spool file, and the spool is run as an ordinary stage (batches, workers,
+ * retries, the same operator). Its merged partial is merged into the running state, and
+ * then:
+ *   1. the state, the offsets consumed and the micro-batch's number are written to
+ *      JOB_DIR/follow.state (a temporary file, synced, renamed: all or nothing);
+ *   2. the output is written again from the state and committed (a file renamed into place,
+ *      or one database transaction).
+ * After a crash between 1 and 2 the same command with the same --job-dir commits the output
+ * of the state it finds first, then goes on from its offsets: no record is lost or counted
+ * twice. SIGTERM and Ctrl-C let the running micro-batch finish and commit; --until-idle SECS
+ * stops after that long without new data (lines without their newline then count as lines,
+ * as in a batch run over the same files). */
+#define _GNU_SOURCE 1
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "cli/cli.h"
+#include "util/log.h"
+#include "util/parse.h"
+#include "util/timeutil.h"
+
+#define FOLLOW_MAGIC "DBFOLLOW1\n"
+#define FOLLOW_CHUNK (4u << 20)
+
+/* "5", "0.5", "30s", "2m", "1h": seconds. */
+static int parse_secs(const char *arg, double *v) {
+  char *end;
+  *v = strtod(arg, &end);
+  if (end == arg) return -1;
+  if (*end == 'm') *v *= 60, end++;
+  else if (*end == 'h') *v *= 3600, end++;
+  else if (*end == 's') end++;
+  return *end || !(*v > 0) || *v > 86400.0 * 365 ? -1 : 0;
+}
+
+int cli_follow_option(cli_follow *f, int c, const char *arg) {
+  double v;
+  switch (c) {
+  case 1200: f->on = 1; return 1;
+  case 1201:
+  case 1202:
+    if (parse_secs(arg, &v)) return -1;
+    if (c == 1201) f->interval = v;
+    else f->until_idle = v;
+    return 1;
+  default: return 0;
+  }
+}
+
+/* A file being followed. */
+typedef struct fsrc {
+  char *path;          /* its latest name */
+  uint64_t dev, ino;
+  uint64_t off;        /* bytes consumed: always just after a newline, or the end of a finished file */
+  int fd;              /* -1 until found again (after a restart) */
+  int seen;            /* found by the latest scan */
+} fsrc;
+
+typedef struct follower {
+  const cli_follow *f;
+  char *const *args;
+  size_t nargs;
+  fsrc *v;
+  size_t n, cap;
+  uint64_t epoch;
+  uint64_t fingerprint;
+  char state_path[PATH_MAX];
+  char spool_path[PATH_MAX];
+  char spool_dir[PATH_MAX - 64];
+  int spool_made;      /* spool_dir is ours to remove */
+  int ino_fd;          /* inotify, or -1 */
+  int changed;         /* inotify said something happened since the last scan */
+  dbx_buf hdr;         /* CSV, TSV: the header line, the spool's first (one per file is skipped) */
+  unsigned ticks;
+  uint64_t lag_bytes;  /* bytes seen in the files and not yet consumed */
+} follower;
+
+static fsrc *find_ident(follower *w, uint64_t dev, uint64_t ino) {
+  for (size_t i = 0; i < w->n; i++)
+    if (w->v[i].dev == dev && w->v[i].ino == ino) return &w->v[i];
+  return NULL;
+}
+
+static int add_src(follower *w, const char *path, uint64_t dev, uint64_t ino, uint64_t off) {
+  if (w->n == w->cap) {
+    size_t nc = w->cap ? w->cap * 2 : 16;
+    fsrc *nv = realloc(w->v, nc * sizeof *nv);
+    if (!nv) return DBX_ENOMEM;
+    w->v = nv;
+    w->cap = nc;
+  }
+  fsrc *s = &w->v[w->n];
+  memset(s, 0, sizeof *s);
+  if (!(s->path = strdup(path))) return DBX_ENOMEM;
+  s->dev = dev, s->ino = ino, s->off = off, s->fd = -1;
+  w->n++;
+  return 0;
+}
+
+static void drop_src(follower *w, size_t i) {
+  if (w->v[i].fd >= 0) close(w->v[i].fd);
+  free(w->v[i].path);
+  memmove(&w->v[i], &w->v[i + 1], (w->n - i - 1) * sizeof *w->v);
+  w->n--;
+}
+
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* One regular file found by a scan: tracked from byte 0 when new. */
+static int found(follower *w, const char *path, dbx_err *err) {
+  struct stat sb;
+  if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;  /* gone since it was listed */
+  in_kind k = input_kind_of(path);
+  if (k == IN_GZ || k == IN_ZST)
+    return dbx_seterr(err, DBX_EUSAGE, "--follow: %s is compressed; a followed file is read as it grows, so it must be "
+                      "plain text", path);
+  fsrc *s = find_ident(w, (uint64_t)sb.st_dev, (uint64_t)sb.st_ino);
+  if (!s) {
+    int rc = add_src(w, path, (uint64_t)sb.st_dev, (uint64_t)sb.st_ino, 0);
+    if (rc) return dbx_seterr(err, rc, "out of memory");
+    s = &w->v[w->n - 1];
+  } else if (strcmp(s->path, path)) {
+    char *p = strdup(path);
+    if (!p) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    free(s->path);
+    s->path = p;
+  }
+  if (s->fd < 0) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat fb;
+    if (fd < 0) return 0;  /* replaced or gone since the stat: the next scan sees it */
+    if (fstat(fd, &fb) != 0 || (uint64_t)fb.st_dev != s->dev || (uint64_t)fb.st_ino != s->ino) {
+      close(fd);
+      return 0;
+    }
+    s->fd = fd;
+  }
+  s->seen = 1;
+  return 0;
+}
+
+static int walk(follower *w, const char *dir, int depth, dbx_err *err) {
+  if (depth > 64) return 0;
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.' || e->d_name[0] == '_') continue;  /* as a batch job: hidden files, markers */
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 32;
+      char **nn = realloc(names, nc * sizeof *nn);
+      if (!nn) { rc = DBX_ENOMEM; break; }
+      names = nn, cap = nc;
+    }
+    if (!(names[n] = strdup(e->d_name))) { rc = DBX_ENOMEM; break; }
+    n++;
+  }
+  closedir(d);
+  if (rc) rc = dbx_seterr(err, rc, "out of memory");
+  qsort(names, n, sizeof *names, name_cmp);
+  for (size_t i = 0; i < n && !rc; i++) {
+    char p[PATH_MAX];
+    struct stat sb;
+    if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, names[i]) >= sizeof p || lstat(p, &sb) != 0) continue;
+    if (S_ISDIR(sb.st_mode)) {
+      if (w->ino_fd >= 0) inotify_add_watch(w->ino_fd, p, IN_CREATE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE);
+      rc = walk(w, p, depth + 1, err);
+    } else if (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) {
+      rc = found(w, p, err);
+    }
+  }
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+  return rc;
+}
+
+/* Find every file the arguments name now. */
+static int scan(follower *w, dbx_err *err) {
+  for (size_t i = 0; i < w->n; i++) w->v[i].seen = 0;
+  for (size_t a = 0; a < w->nargs; a++) {
+    struct stat sb;
+    if (stat(w->args[a], &sb) != 0) continue;  /* not there (yet, or any more) */
+    int rc = S_ISDIR(sb.st_mode) ? (w->ino_fd >= 0 ? (void)inotify_add_watch(w->ino_fd, w->args[a],
+                                                                             IN_CREATE | IN_MODIFY | IN_MOVED_TO |
+                                                                                 IN_MOVED_FROM | IN_DELETE)
+                                                   : (void)0,
+                                    walk(w, w->args[a], 0, err))
+                                 : found(w, w->args[a], err);
+    if (rc) return rc;
+    if (!S_ISDIR(sb.st_mode) && w->ino_fd >= 0) inotify_add_watch(w->ino_fd, w->args[a], IN_MODIFY | IN_MOVE_SELF);
+  }
+  return 0;
+}
+
+/* Copy [from, to) of fd to out; 0 or an error naming path. */
+static int copy_range(int fd, const char *path, uint64_t from, uint64_t to, int out, char *buf, dbx_err *err) {
+  while (from < to) {
+    size_t want = to - from < FOLLOW_CHUNK ? (size_t)(to - from) : FOLLOW_CHUNK;
+    ssize_t k = pread(fd, buf, want, (off_t)from);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) return dbx_seterr(err, DBX_EIO, "%s: %s", path, strerror(errno));
+    if (k == 0) return dbx_seterr(err, DBX_ECHANGED, "%s: shorter than it was a moment ago (truncated while followed)", path);
+    for (ssize_t d = 0; d < k;) {
+      ssize_t x = write(out, buf + d, (size_t)(k - d));
+      if (x < 0 && errno == EINTR) continue;
+      if (x <= 0) {
+        int e = x < 0 ? errno : ENOSPC;
+        return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spool file: %s", strerror(e));
+      }
+      d += x;
+    }
+    from += (uint64_t)k;
+  }
+  return 0;
+}
+
+/* The new lines of every file into the spool (truncated first). finish: every file is read to
+ * its end, a last line without its newline included (the data is complete). *bytes: the
+ * spool's size. Files renamed out of the inputs are finished and dropped. */
+static int spool(follower *w, int finish, uint64_t *bytes, dbx_err *err) {
+  *bytes = 0;
+  w->lag_bytes = 0;
+  int out = open(w->spool_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (out < 0) return dbx_seterr(err, DBX_EIO, "spool file %s: %s", w->spool_path, strerror(errno));
+  char *buf = malloc(FOLLOW_CHUNK);
+  int rc = buf ? 0 : dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  uint64_t pos = 0;
+  if (!rc && w->f->header) {
+    /* The header, from the first file that has a whole first line (they all have the same). */
+    for (size_t i = 0; i < w->n && !w->hdr.len; i++) {
+      if (w->v[i].fd < 0) continue;
+      ssize_t k = pread(w->v[i].fd, buf, FOLLOW_CHUNK, 0);
+      const char *nl = k > 0 ? memchr(buf, '\n', (size_t)k) : NULL;
+      if (nl && dbx_buf_append(&w->hdr, buf, (size_t)(nl - buf) + 1)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    }
+    if (!w->hdr.len) {  /* no header yet: no data either */
+      free(buf);
+      close(out);
+      return rc;
+    }
+    if (!rc && write(out, w->hdr.data, w->hdr.len) != (ssize_t)w->hdr.len)
+      rc = dbx_seterr(err, DBX_ENOSPC, "spool file %s: %s", w->spool_path, strerror(errno));
+    pos = w->hdr.len;
+  }
+  uint64_t base = pos;
+  for (size_t i = 0; i < w->n && !rc;) {
+    fsrc *s = &w->v[i];
+    if (s->fd < 0) {  /* known from the state, not found since */
+      if (!s->seen) log_warn("--follow: %s (consumed up to byte %llu) is no longer among the inputs; its rest, if any, "
+                             "was not read", s->path, (unsigned long long)s->off);
+      drop_src(w, i);
+      continue;
+    }
+    struct stat sb;
+    if (fstat(s->fd, &sb) != 0) { rc = dbx_seterr(err, DBX_EIO, "%s: %s", s->path, strerror(errno)); break; }
+    uint64_t size = (uint64_t)sb.st_size;
+    if (size < s->off) {
+      rc = dbx_seterr(err, DBX_ECHANGED, "%s shrank from %llu to %llu bytes while followed (truncated in place): "
+                      "which of its lines were counted cannot be told; rotate logs by renaming instead", s->path,
+                      (unsigned long long)s->off, (unsigned long long)size);
+      break;
+    }
+    int last = finish || !s->seen;  /* nothing more will be appended that we would see */
+    if (w->f->header && s->off == 0 && size > 0) {
+      /* Each file's own header line is not data. */
+      ssize_t k = pread(s->fd, buf, FOLLOW_CHUNK, 0);
+      const char *nl = k > 0 ? memchr(buf, '\n', (size_t)k) : NULL;
+      if (nl) s->off = (uint64_t)(nl - buf) + 1;
+      else if (last) s->off = size;
+      else if (k == FOLLOW_CHUNK) {
+        rc = dbx_seterr(err, DBX_EBADREC, "%s: a header line over %u bytes", s->path, FOLLOW_CHUNK);
+        break;
+      } else {  /* its header is not whole yet */
+        w->lag_bytes += size;
+        i++;
+        continue;
+      }
+    }
+    if (size > s->off) {
+      if ((rc = copy_range(s->fd, s->path, s->off, size, out, buf, err))) break;
+      /* Keep whole lines only: cut the spool back to just after the copy's last newline. */
+      uint64_t end = pos + (size - s->off), keep = pos;
+      for (uint64_t at = end; at > pos && keep == pos;) {
+        size_t want = at - pos < FOLLOW_CHUNK ? (size_t)(at - pos) : FOLLOW_CHUNK;
+        ssize_t k = pread(out, buf, want, (off_t)(at - want));
+        if (k != (ssize_t)want) { rc = dbx_seterr(err, DBX_EIO, "spool file %s: %s", w->spool_path, strerror(errno)); break; }
+        const char *nl = memrchr(buf, '\n', want);
+        if (nl) keep = at - want + (uint64_t)(nl - buf) + 1;
+        at -= want;
+      }
+      if (rc) break;
+      if (last && keep < end) {  /* the last line of a finished file counts, as in a batch run */
+        if (write(out, "\n", 1) != 1) { rc = dbx_seterr(err, DBX_ENOSPC, "spool file %s: %s", w->spool_path, strerror(errno)); break; }
+        keep = end + 1;
+        s->off = size;
+      } else {
+        if (ftruncate(out, (off_t)keep) != 0 || lseek(out, (off_t)keep, SEEK_SET) < 0) {
+          rc = dbx_seterr(err, DBX_EIO, "spool file %s: %s", w->spool_path, strerror(errno));
+          break;
+        }
+        s->off += keep - pos;
+      }
+      pos = keep;
+    }
+    w->lag_bytes += size - s->off;
+    if (!s->seen) {  /* renamed away or removed: finished */
+      drop_src(w, i);
+      continue;
+    }
+    i++;
+  }
+  free(buf);
+  if (close(out) != 0 && !rc) rc = dbx_seterr(err, DBX_EIO, "spool file %s: %s", w->spool_path, strerror(errno));
+  *bytes = pos > base ? pos : 0;
+  return rc;
+}
+
+/* ---- the state file ---- */
+
+static void put64(dbx_buf *b, uint64_t v) {
+  char c[8];
+  for (int i = 0; i < 8; i++) c[i] = (char)(v >> (8 * i));
+  dbx_buf_append(b, c, 8);
+}
+
+static int get64(const char **p, const char *end, uint64_t *v) {
+  if (end - *p < 8) return -1;
+  *v = 0;
+  for (int i = 7; i >= 0; i--) *v = (*v << 8) | (unsigned char)(*p)[i];
+  *p += 8;
+  return 0;
+}
+
+/* Write the state file: magic, fingerprint, epoch, files (dev, ino, off, path), state, then
+ * XXH64 of all that. Synced and renamed into place, the directory synced. */
+static int save_state(follower *w, const char *state, size_t n, dbx_err *err) {
+  dbx_buf b = {0};
+  dbx_buf_append(&b, FOLLOW_MAGIC, strlen(FOLLOW_MAGIC));
+  put64(&b, w->fingerprint);
+  put64(&b, w->epoch);
+  put64(&b, w->n);
+  for (size_t i = 0; i < w->n; i++) {
+    put64(&b, w->v[i].dev);
+    put64(&b, w->v[i].ino);
+    put64(&b, w->v[i].off);
+    size_t pl = strlen(w->v[i].path);
+    put64(&b, pl);
+    dbx_buf_append(&b, w->v[i].path, pl);
+  }
+  put64(&b, n);
+  if (n) dbx_buf_append(&b, state, n);
+  if (dbx_buf_reserve(&b, b.len + 8)) {
+    dbx_buf_free(&b);
+    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  }
+  put64(&b, XXH64(b.data, b.len, 0));
+  char tmp[PATH_MAX + 16];
+  snprintf(tmp, sizeof tmp, "%s.tmp", w->state_path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int rc = 0;
+  if (fd < 0) rc = errno;
+  for (size_t d = 0; !rc && d < b.len;) {
+    ssize_t k = write(fd, b.data + d, b.len - d);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) rc = k < 0 ? errno : ENOSPC;
+    else d += (size_t)k;
+  }
+  if (!rc && fdatasync(fd) != 0) rc = errno;
+  if (fd >= 0 && close(fd) != 0 && !rc) rc = errno;
+  if (!rc && rename(tmp, w->state_path) != 0) rc = errno;
+  dbx_buf_free(&b);
+  if (rc) {
+    unlink(tmp);
+    return dbx_seterr(err, rc == ENOSPC ? DBX_ENOSPC : DBX_EIO, "%s: %s", w->state_path, strerror(rc));
+  }
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", w->state_path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = 0;
+  int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  return 0;
+}
+
+/* Read the state file, when there is one: 0 and *state (owned, NULL when none), or an error
+ * (damaged, another job's). */
+static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
+  *state = NULL;
+  *n = 0;
+  int fd = open(w->state_path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : dbx_seterr(err, DBX_EIO, "%s: %s", w->state_path, strerror(errno));
+  struct stat sb;
+  dbx_buf b = {0};
+  int rc = fstat(fd, &sb) != 0 || dbx_buf_reserve(&b, (size_t)sb.st_size + 1) ? DBX_EIO : 0;
+  while (!rc) {
+    ssize_t k = read(fd, b.data + b.len, (size_t)sb.st_size + 1 - b.len);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) rc = DBX_EIO;
+    if (k <= 0) break;
+    b.len += (size_t)k;
+    if (b.len > (size_t)sb.st_size) break;
+  }
+  close(fd);
+  const char *p = b.data, *end = b.data + b.len;
+  uint64_t sum, fp, nf, sn;
+  size_t ml = strlen(FOLLOW_MAGIC);
+  if (!rc && (b.len < ml + 8 || memcmp(p, FOLLOW_MAGIC, ml))) rc = DBX_ECORRUPT;
+  if (!rc) {
+    const char *q = end - 8;
+    get64(&q, end, &sum);
+    if (XXH64(b.data, b.len - 8, 0) != sum) rc = DBX_ECORRUPT;
+    end -= 8;
+    p += ml;
+  }
+  if (!rc && (get64(&p, end, &fp) || get64(&p, end, &w->epoch) || get64(&p, end, &nf))) rc = DBX_ECORRUPT;
+  if (!rc && fp != w->fingerprint) {
+    dbx_buf_free(&b);
+    return dbx_seterr(err, DBX_EUSAGE, "%s holds the state of another followed job (other inputs or options): use "
+                      "another --job-dir, or remove it to start again", w->state_path);
+  }
+  for (uint64_t i = 0; !rc && i < nf; i++) {
+    uint64_t dev, ino, off, pl;
+    if (get64(&p, end, &dev) || get64(&p, end, &ino) || get64(&p, end, &off) || get64(&p, end, &pl) ||
+        pl >= PATH_MAX || (uint64_t)(end - p) < pl) {
+      rc = DBX_ECORRUPT;
+      break;
+    }
+    char path[PATH_MAX];
+    memcpy(path, p, (size_t)pl);
+    path[pl] = 0;
+    p += pl;
+    if (add_src(w, path, dev, ino, off)) rc = DBX_ENOMEM;
+  }
+  if (!rc && (get64(&p, end, &sn) || sn != (uint64_t)(end - p))) rc = DBX_ECORRUPT;
+  if (!rc && sn) {
+    if (!(*state = malloc((size_t)sn))) rc = DBX_ENOMEM;
+    else memcpy(*state, p, (size_t)sn), *n = (size_t)sn;
+  }
+  dbx_buf_free(&b);
+  if (rc == DBX_ECORRUPT) return dbx_seterr(err, rc, "%s is damaged (not a state dbatch wrote, or cut short)", w->state_path);
+  if (rc) return dbx_seterr(err, rc, "%s: cannot read it", w->state_path);
+  return 0;
+}
+
+/* ---- committing ---- */
+
+/* The output, written again from the state's encoding (the state itself stays as it is). */
+static int commit_output(const stage *tmpl, cli_job *o, const dbx_schema *schema, const char *enc, size_t n,
+                         dbx_err *err) {
+  const dbx_op *op = tmpl->op;
+  void *copy = NULL;
+  sink *out = NULL;
+  int rc = n ? op->decode(tmpl->cfg, enc, n, &copy, err) : 0;
+  if (!rc && !copy && !(copy = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  if (!rc) rc = sink_open(&o->out, schema ? schema : op->schema, &out, err);
+  if (!rc) rc = op->finish(tmpl->cfg, NULL, copy, sink_emit, out, NULL, err);
+  if (!rc) rc = sink_commit(out, err);
+  else sink_abort(out);
+  if (copy) op->partial_free(copy);
+  return rc;
+}
+
+static uint64_t fingerprint(const stage *tmpl, char *const *args, size_t nargs) {
+  XXH64_state_t *x = XXH64_createState();
+  XXH64_reset(x, 0);
+  XXH64_update(x, tmpl->op->name, strlen(tmpl->op->name) + 1);
+  if (tmpl->plan_opts) XXH64_update(x, tmpl->plan_opts, strlen(tmpl->plan_opts) + 1);
+  for (size_t i = 0; i < nargs; i++) {
+    char *real = realpath(args[i], NULL);
+    const char *a = real ? real : args[i];
+    XXH64_update(x, a, strlen(a) + 1);
+    free(real);
+  }
+  uint64_t h = XXH64_digest(x);
+  XXH64_freeState(x);
+  return h;
+}
+
+static void fold_stats(stage_stats *cum, const stage_stats *mb) {
+  cum->batches += mb->batches;
+  cum->tasks += mb->tasks;
+  cum->attempts += mb->attempts;
+  cum->records += mb->records;
+  cum->bad_records += mb->bad_records;
+  cum->bytes += mb->bytes;
+  cum->seconds += mb->seconds;
+  cum->t_read += mb->t_read;
+  cum->t_map += mb->t_map;
+  cum->t_merge += mb->t_merge;
+  cum->t_finish += mb->t_finish;
+  memcpy(cum->plan_opts, mb->plan_opts, sizeof cum->plan_opts);
+  cum->plan_batch_bytes = mb->plan_batch_bytes;
+}
+
+/* Sleep until `until` (monotonic seconds) or a stop signal; note inotify events. */
+static void wait_until_tick(follower *w, double until) {
+  for (;;) {
+    double left = until - time_mono();
+    if (left <= 0 || coord_stop_signal()) return;
+    struct pollfd pf = {w->ino_fd, POLLIN, 0};
+    int ms = (int)(left * 1000) + 1;
+    if (ms > 200) ms = 200;  /* signals are checked at least this often */
+    if (w->ino_fd < 0) {
+      struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    if (poll(&pf, 1, ms) > 0) {
+      char evbuf[4096];
+      while (read(w->ino_fd, evbuf, sizeof evbuf) > 0) {}
+      w->changed = 1;
+    }
+  }
+}
+
+static double percentile(double *v, size_t n, double q) {
+  if (!n) return 0;
+  for (size_t i = 1; i < n; i++)
+    for (size_t k = i; k > 0 && v[k - 1] > v[k]; k--) {
+      double t = v[k];
+      v[k] = v[k - 1];
+      v[k - 1] = t;
+    }
+  size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+  return v[i < n ? i : n - 1];
+}
+
+int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tmpl, char *const *args, size_t nargs,
+                   dbx_err *err) {
+  follower w;
+  memset(&w, 0, sizeof w);
+  w.f = f;
+  w.args = args;
+  w.nargs = nargs;
+  w.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  w.fingerprint = fingerprint(tmpl, args, nargs);
+  double interval = f->interval > 0 ? f->interval : 5.0;
+  int rc = 0;
+  /* Where the spool and the state live: the job directory, else a private directory. */
+  if (j->job_dir) {
+    if (strlen(j->job_dir) >= sizeof w.spool_dir) return dbx_seterr(err, DBX_EUSAGE, "%s: the path is too long", j->job_dir);
+    snprintf(w.spool_dir, sizeof w.spool_dir, "%s", j->job_dir);
+  } else {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(w.spool_dir, sizeof w.spool_dir, "%s/dbatch-follow-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+    if (!mkdtemp(w.spool_dir)) return dbx_seterr(err, DBX_EIO, "cannot create %s: %s", w.spool_dir, strerror(errno));
+    w.spool_made = 1;
+  }
+  snprintf(w.spool_path, sizeof w.spool_path, "%s/follow-spool.txt", w.spool_dir);
+  snprintf(w.state_path, sizeof w.state_path, "%s/follow.state", w.spool_dir);
+  /* Micro-batches are not journaled task by task: the state file is their journal. */
+  struct journal *jr = j->jr;
+  j->jr = NULL;
+  void *state = NULL;
+  dbx_buf enc = {0};
+  char *saved = NULL;
+  size_t saved_n = 0;
+  const dbx_op *op = tmpl->op;
+  if (j->job_dir) rc = load_state(&w, &saved, &saved_n, err);
+  if (!rc && saved_n) rc = op->decode(tmpl->cfg, saved, saved_n, &state, err);
+  if (!rc && (saved || w.epoch)) {
+    /* The output of the last state written, again: it may not have been committed. */
+    log_info("--follow: going on from micro-batch %llu (%zu file(s) followed)", (unsigned long long)w.epoch, w.n);
+    rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
+  }
+  free(saved);
+  if (!rc && !state && !(state = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  coord_defer_interrupts();
+  stage_stats *cum = tmpl->st;
+  double *lat = NULL;
+  size_t nlat = 0, latcap = 0;
+  double last_data = time_mono(), next = time_mono();
+  uint32_t seq0 = j->stage_no;
+  int committed_once = w.epoch > 0;
+  while (!rc) {
+    int stopping = coord_stop_signal() != 0;
+    int idle_out = f->until_idle > 0 && time_mono() - last_data >= f->until_idle;
+    double t_tick = time_mono();
+    /* Scan when inotify saw something, every tenth tick anyway (a network file system may
+     * say nothing), and before stopping. */
+    uint64_t nb = 0;
+    if (w.changed || w.ino_fd < 0 || w.ticks++ % 10 == 0 || stopping || idle_out || !committed_once) {
+      w.changed = 0;
+      if ((rc = scan(&w, err))) break;
+      if ((rc = spool(&w, idle_out, &nb, err))) break;
+    }
+    if (nb || !committed_once) {
+      stage s = *tmpl;
+      stage_stats mb;
+      memset(&mb, 0, sizeof mb);
+      snprintf(mb.name, sizeof mb.name, "%s", cum->name);
+      mb.state = STAGE_RUNNING;
+      s.st = &mb;
+      s.out = NULL;
+      void *part = NULL;
+      s.keep = &part;
+      inputs in = {0};
+      if (nb) {
+        char *sp = w.spool_path;
+        rc = inputs_expand(&sp, 1, &in, err);
+        s.in = &in;
+        if (!o->batch_set) s.split.batch_bytes = engine_default_batch_bytes(nb);
+        j->stage_no = seq0;
+        if (!rc) rc = cli_run_stage(co, j, &s, err);
+        inputs_free(&in);
+        fold_stats(cum, &mb);
+        if (!rc) rc = op->merge(tmpl->cfg, state, part, err);
+        if (part) op->partial_free(part);
+      }
+      if (rc) break;
+      w.epoch++;
+      enc.len = 0;
+      if (!(rc = op->encode(tmpl->cfg, state, &enc, err)) && j->job_dir) rc = save_state(&w, enc.data, enc.len, err);
+      if (!rc) rc = commit_output(tmpl, o, f->schema, enc.data, enc.len, err);
+      if (rc) break;
+      committed_once = 1;
+      double dt = time_mono() - t_tick;
+      if (nlat == latcap) {
+        size_t nc = latcap ? latcap * 2 : 64;
+        double *nl = realloc(lat, nc * sizeof *nl);
+        if (nl) lat = nl, latcap = nc;
+      }
+      if (nlat < latcap) lat[nlat++] = dt;
+      j->follow_epochs = w.epoch;
+      j->follow_last_commit = (double)time(NULL);
+      j->follow_lag_bytes = w.lag_bytes;
+      if (nb) {
+        last_data = time_mono();
+        log_info("--follow: micro-batch %llu: %llu bytes in %.3f s, committed", (unsigned long long)w.epoch,
+                 (unsigned long long)nb, dt);
+      }
+    }
+    if (stopping || idle_out) break;
+    next += interval;
+    if (next < time_mono()) next = time_mono();  /* behind: the next tick is now */
+    wait_until_tick(&w, next);
+  }
+  if (nlat) {
+    double *c = malloc(nlat * sizeof *c);
+    if (c) {
+      memcpy(c, lat, nlat * sizeof *c);
+      j->follow_p50 = percentile(c, nlat, 0.5);
+      j->follow_p99 = percentile(c, nlat, 0.99);
+      free(c);
+    }
+  }
+  j->follow_epochs = w.epoch;
+  j->follow = 1;
+  free(lat);
+  if (!rc) cum->state = STAGE_DONE;
+  if (state) op->partial_free(state);
+  dbx_buf_free(&enc);
+  dbx_buf_free(&w.hdr);
+  unlink(w.spool_path);
+  if (w.spool_made) {
+    rmdir(w.spool_dir);
+  }
+  for (size_t i = 0; i < w.n; i++) {
+    if (w.v[i].fd >= 0) close(w.v[i].fd);
+    free(w.v[i].path);
+  }
+  free(w.v);
+  if (w.ino_fd >= 0) close(w.ino_fd);
+  j->jr = jr;
+  return rc;
+}
