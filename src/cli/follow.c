@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -484,6 +485,14 @@ static int commit_output(const stage *tmpl, cli_job *o, const dbx_schema *schema
   return rc;
 }
 
+/* DBATCH_FAULT=follow_crash_before_output=N: die (SIGKILL) once micro-batch N's state is
+ * written and before its output is committed, the moment a restart must commit it (tests). */
+static void fault_before_output(uint64_t epoch) {
+  const char *f = getenv("DBATCH_FAULT");
+  const char *k = f ? strstr(f, "follow_crash_before_output=") : NULL;
+  if (k && strtoull(k + strlen("follow_crash_before_output="), NULL, 10) == epoch) raise(SIGKILL);
+}
+
 static uint64_t fingerprint(const stage *tmpl, char *const *args, size_t nargs) {
   XXH64_state_t *x = XXH64_createState();
   XXH64_reset(x, 0);
@@ -635,6 +644,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       w.epoch++;
       enc.len = 0;
       if (!(rc = op->encode(tmpl->cfg, state, &enc, err)) && j->job_dir) rc = save_state(&w, enc.data, enc.len, err);
+      fault_before_output(w.epoch);
       if (!rc) rc = commit_output(tmpl, o, f->schema, enc.data, enc.len, err);
       if (rc) break;
       committed_once = 1;

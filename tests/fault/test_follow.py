@@ -1,0 +1,276 @@
+"""--follow (issue 17): jobs that keep running over data as it arrives, exactly once.
+
+Files are written and appended to while a job follows them: lines cut in the middle, a
+rotation (a file renamed inside the watched directory, a new one under its name), an empty
+file, files added. The coordinator is killed with SIGKILL mid-stream and started again with
+the same command and --job-dir. When it stops (--until-idle), its output must be byte for
+byte what a batch run over the final files gives: no record lost, none counted twice. The
+same for the SQLite sink, with CSV files each carrying its own header. No timing is asserted:
+the test waits for commits (the micro-batch number in JOB_DIR/follow.state) where it needs
+them."""
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from dbx import TmpTest, children, fault_env, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+import keyed_ref  # noqa: E402
+
+
+def epoch(job):
+    """The number of the last micro-batch committed in job (0: none)."""
+    try:
+        with open(os.path.join(job, "follow.state"), "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return 0
+    return struct.unpack("<Q", head[18:26])[0] if len(head) == 26 else 0
+
+
+class Follower:
+    """The followed job: started again with the same command whenever it is killed."""
+
+    def __init__(self, test, args):
+        self.test, self.args, self.p, self.starts = test, args, None, 0
+
+    def start(self):
+        self.p = start(*self.args)
+        self.starts += 1
+
+    def kill9(self):
+        self.p.kill()
+        self.p.wait(timeout=30)
+        for f in (self.p.stdout, self.p.stderr):
+            f.close()
+
+    def running(self):
+        """Started again when it stopped on its own (--until-idle on a slow machine): the
+        same command goes on where it left off."""
+        if self.p.poll() is not None:
+            self.test.assertEqual(self.p.returncode, 0, self.p.stderr.read().decode(errors="replace"))
+            self.p.stdout.close()
+            self.p.stderr.close()
+            self.start()
+        return self.p
+
+    def finish(self):
+        out, err = self.p.communicate(timeout=300)
+        return self.p.returncode, out, err.decode(errors="replace")
+
+
+class FollowFiles(TmpTest):
+    def append(self, name, data):
+        with open(self.path("logs", name), "ab") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+    def steps(self):
+        """(what, write it, a commit follows) in order. Lines are cut inside words too."""
+        words = ["w%d" % i for i in range(200)] + ["Ünïcode", "日本語", "MiXeD"]
+        blob = lambda k, n: "".join(" ".join(words[(k * 7 + i * 3 + j) % len(words)] for j in range(9)) + "\n"
+                                    for i in range(n))
+        return [
+            ("a: whole lines", lambda: self.append("a.log", blob(1, 50)), True),
+            # each cut comes with a whole line elsewhere: the commit that follows says a scan saw the cut
+            ("a: a line cut inside a word", lambda: (self.append("a.log", "half wo"), self.append("e.log", "e1\n")), True),
+            ("a: its end, more, and a cut after them", lambda: self.append("a.log", "rd done\n" + blob(2, 30) + "third cu"),
+             True),
+            ("b: a new file, and the cut line's end", lambda: (self.append("b.log", blob(3, 40)), self.append("a.log", "t\n")),
+             True),
+            ("c: an empty file", lambda: self.append("c.log", ""), False),
+            ("a: cut again, no newline yet", lambda: (self.append("a.log", "rotated li"), self.append("e.log", "e2\n")),
+             True),
+            ("a: rotated (renamed inside the directory)",
+             lambda: os.rename(self.path("logs", "a.log"), self.path("logs", "a.log.1")), False),
+            ("a.1: its last line ends after the rotation", lambda: self.append("a.log.1", "ne\n"), True),
+            ("a: the successor", lambda: self.append("a.log", blob(4, 25) + "crlf line\r\n"), True),
+            ("b: more", lambda: self.append("b.log", blob(5, 60)), True),
+            ("d: a last file without a final newline", lambda: self.append("d.log", blob(6, 5) + "no newline at the end"),
+             True),
+        ]
+
+    def test_wordcount_appends_rotation_partial_lines_two_kills(self):
+        os.mkdir(self.path("logs"))
+        job, out = self.path("job"), self.path("out.tsv")
+        f = Follower(self, ("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--until-idle", "4",
+                            "--workers", "2", "--job-dir", job, "-o", out, "-q"))
+        f.start()
+        wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f.p)
+        kills = 0
+        for i, (what, write, commits) in enumerate(self.steps()):
+            e = epoch(job)
+            write()
+            if commits:
+                wait_until(lambda: epoch(job) > e, "a commit after: " + what, proc=f.running())
+            if i in (2, 7):  # killed right after a commit, and once more with data waiting
+                f.kill9()
+                kills += 1
+                if i == 7:
+                    self.append("b.log", "written while the job was down\n")
+                f.start()
+        rc, got, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(kills, 2)
+        files = sorted(os.path.join(self.path("logs"), n) for n in os.listdir(self.path("logs")))
+        want = reference_wordcount(files)
+        self.assertEqual(slurp(out), want)
+        self.assertEqual(run("wordcount", self.path("logs"), "--workers", "2", "--no-job-dir", "-q").stdout, want)
+        self.assertFalse(os.path.exists(os.path.join(job, "follow-spool.txt")))
+
+    def test_groupby_csv_to_sqlite_one_kill(self):
+        os.mkdir(self.path("logs"))
+        job, db = self.path("job"), self.path("out.db")
+        head = "product,region,qty\n"
+        self.append("1.csv", head + "".join("p%d,r%d,%d\n" % (i % 13, i % 3, i) for i in range(300)))
+        f = Follower(self, ("groupby", self.path("logs"), "--key", "product", "--agg", "count,sum:qty,distinct:region",
+                            "--on-bad-record", "fail", "--follow", "--interval", "0.1", "--until-idle", "4",
+                            "--workers", "2", "--job-dir", job, "-o", "sqlite:" + db, "--table", "sales", "-q"))
+        f.start()
+        wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f.p)
+        e = epoch(job)
+        self.append("1.csv", "p1,r1,1000\np2,r")
+        self.append("2.csv", "product,reg")  # its header is not whole yet
+        wait_until(lambda: epoch(job) > e, "a commit", proc=f.running())
+        e = epoch(job)
+        self.append("2.csv", "ion,qty\n" + "".join("q%d,r%d,%d\n" % (i % 5, i % 2, i) for i in range(100)))
+        wait_until(lambda: epoch(job) > e, "a commit", proc=f.running())
+        f.kill9()
+        self.append("1.csv", "2,7\n")
+        self.append("3.csv", head)  # a header alone
+        f.start()
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        ref = self.path("ref.db")
+        run("groupby", self.path("logs"), "--key", "product", "--agg", "count,sum:qty,distinct:region", "--workers", "2",
+            "--on-bad-record", "fail", "-o", "sqlite:" + ref, "--table", "sales", "--no-job-dir", "-q")
+        rows = lambda p: sqlite3.connect(p).execute("SELECT * FROM sales ORDER BY product").fetchall()
+        self.assertEqual(rows(db), rows(ref))
+        _, ref_rows, _ = keyed_ref.groupby_ref(sorted(os.path.join(self.path("logs"), n)
+                                                      for n in os.listdir(self.path("logs"))),
+                                               None, "product", "count,sum:qty,distinct:region")
+        self.assertEqual(len(rows(db)), len(ref_rows))
+        # p2: 23 whole rows at first, and one cut across a kill ("p2,r" then "2,7")
+        self.assertIn(("p2", 24, sum(range(2, 300, 13)) + 7, 3), rows(db))
+
+    def test_killed_between_its_state_and_its_output(self):
+        """The state of micro-batch 2 is written, its output is not: the same command commits
+        that output first (its data is consumed already, and is not read again)."""
+        os.mkdir(self.path("logs"))
+        job, out = self.path("job"), self.path("out.tsv")
+        self.append("a.log", "a b\n")
+        args = ("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--workers", "1", "--job-dir", job,
+                "-o", out, "-q")
+        p = start(*args, env=fault_env("follow_crash_before_output=2"))
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+            self.append("a.log", "c b\n")
+            p.wait(timeout=60)
+        finally:
+            stop(p)
+        self.assertEqual(p.returncode, -signal.SIGKILL)
+        self.assertEqual(epoch(job), 2)
+        self.assertEqual(slurp(out), b"a\t1\nb\t1\n")  # micro-batch 1's
+        r = run(*args, "--until-idle", "0.5")
+        self.assertEqual(slurp(out), b"b\t2\na\t1\nc\t1\n", r.stderr)
+        self.assertEqual(epoch(job), 2)
+
+    def test_sigterm_finishes_and_commits(self):
+        os.mkdir(self.path("logs"))
+        job, out = self.path("job"), self.path("out.tsv")
+        self.append("a.log", "one two\n")
+        p = start("wordcount", self.path("logs"), "--follow", "--interval", "3600", "--workers", "1", "--job-dir", job,
+                  "-o", out, "-q")
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+            self.assertEqual(slurp(out), b"one\t1\ntwo\t1\n")
+            self.append("a.log", "two three\nthree four")  # the last line is not whole: it waits
+            p.send_signal(signal.SIGTERM)
+            got, err = p.communicate(timeout=120)
+        finally:
+            stop(p)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(slurp(out), b"two\t2\none\t1\nthree\t1\n")
+        self.assertEqual(epoch(job), 2)
+
+    def test_worker_killed_mid_stream(self):
+        os.mkdir(self.path("logs"))
+        job, out = self.path("job"), self.path("out.tsv")
+        f = Follower(self, ("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--until-idle", "4",
+                            "--workers", "2", "--batch-bytes", "64K", "--job-dir", job, "-o", out, "-q"))
+        f.start()
+        for k in range(6):
+            e = epoch(job)
+            self.append("x.log", "".join("k%d w%d z\n" % (k, i % 977) for i in range(40000)))
+            if k == 3:
+                kids = children(f.p.pid)
+                self.assertTrue(kids)
+                os.kill(kids[0], signal.SIGKILL)
+            wait_until(lambda: epoch(job) > e, "a commit", proc=f.running())
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(slurp(out), reference_wordcount([self.path("logs", "x.log")]))
+
+
+class FollowErrors(TmpTest):
+    def test_a_file_truncated_in_place_fails_naming_it(self):
+        os.mkdir(self.path("logs"))
+        p = self.write("logs/a.log", "a b c\n" * 100)
+        job = self.path("job")
+        f = start("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--job-dir", job, "-o",
+                  self.path("o.tsv"), "-q")
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f)
+            with open(p, "wb") as fh:
+                fh.write(b"x\n")
+            _, err = f.communicate(timeout=60)
+        finally:
+            stop(f)
+        self.assertNotEqual(f.returncode, 0)
+        self.assertIn(("%s shrank from 600 to 2 bytes while followed" % p).encode(), err)
+
+    def test_usage(self):
+        cases = [
+            (("run", "--map", "cat", "--follow", self.write("a", "x\n")), "--follow goes with --map CMD --reduce AGG"),
+            (("wordcount", "--follow", "--interval", "0", self.write("b", "x\n")), "--interval"),
+            (("wordcount", "--follow", "--until-idle", "soon", self.write("c", "x\n")), "--until-idle"),
+        ]
+        for args, needle in cases:
+            r = run(*args, check=False)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(needle.encode(), r.stderr)
+        gz = self.path("d.log.gz")
+        with open(gz, "wb") as fh:
+            import gzip
+            fh.write(gzip.compress(b"x\n"))
+        r = run("wordcount", "--follow", "--until-idle", "1", gz, "--no-job-dir", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"is compressed", r.stderr)
+
+    def test_state_of_another_job_and_a_damaged_state(self):
+        a = self.write("logs/a.log", "a b\n")
+        job = self.path("job")
+        run("wordcount", self.path("logs"), "--follow", "--until-idle", "0.2", "--interval", "0.1", "--job-dir", job,
+            "-o", self.path("o.tsv"), "-q")
+        self.assertGreaterEqual(epoch(job), 1)
+        r = run("wordcount", self.path("logs"), "--case-sensitive", "--follow", "--until-idle", "0.2", "--job-dir", job,
+                "-o", self.path("o.tsv"), "-q", check=False)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn(b"holds the state of another followed job", r.stderr)
+        st = os.path.join(job, "follow.state")
+        data = bytearray(slurp(st))
+        data[30] ^= 1
+        with open(st, "wb") as fh:
+            fh.write(data)
+        r = run("wordcount", self.path("logs"), "--follow", "--until-idle", "0.2", "--job-dir", job, "-o",
+                self.path("o.tsv"), "-q", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(("%s is damaged" % st).encode(), r.stderr)
+        self.assertEqual(slurp(self.path("o.tsv")), b"a\t1\nb\t1\n")
+        del a
+
+
+if __name__ == "__main__":
+    unittest.main()
