@@ -527,6 +527,8 @@ static void fold_stats(stage_stats *cum, const stage_stats *mb) {
 
 /* Sleep until `until` (monotonic seconds) or a stop signal; note inotify events. */
 static void wait_until_tick(follower *w, double until) {
+  char evbuf[4096];
+  while (w->ino_fd >= 0 && read(w->ino_fd, evbuf, sizeof evbuf) > 0) w->changed = 1;
   for (;;) {
     double left = until - time_mono();
     if (left <= 0 || coord_stop_signal()) return;
@@ -539,7 +541,6 @@ static void wait_until_tick(follower *w, double until) {
       continue;
     }
     if (poll(&pf, 1, ms) > 0) {
-      char evbuf[4096];
       while (read(w->ino_fd, evbuf, sizeof evbuf) > 0) {}
       w->changed = 1;
     }
@@ -667,6 +668,26 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
     if (stopping || idle_out) break;
     next += interval;
     if (next < time_mono()) next = time_mono();  /* behind: the next tick is now */
+    if (coord_has_workers(co)) {
+      /* Workers go on hearing from us (and new ones join) while we wait. */
+      stage hold;
+      stage_stats hs;
+      void *none = NULL;
+      memset(&hold, 0, sizeof hold);
+      memset(&hs, 0, sizeof hs);
+      snprintf(hs.name, sizeof hs.name, "%s", cum->name);
+      hold.name = cum->name;
+      hold.op = op;
+      hold.cfg = tmpl->cfg;
+      hold.cfg_size = tmpl->cfg_size;
+      hold.st = &hs;
+      hold.keep = &none;
+      hold.hold_until = next;
+      j->stage_no = seq0;
+      rc = coord_run_stage(co, j, &hold, err);
+      if (none) op->partial_free(none);
+      if (rc) break;
+    }
     wait_until_tick(&w, next);
   }
   if (nlat) {

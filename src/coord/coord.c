@@ -88,6 +88,7 @@ void coord_defer_interrupts(void) {
   sigaction(SIGTERM, &sa, NULL);
 }
 int coord_stop_signal(void) { return (int)g_stop; }
+int coord_has_workers(const coord *c) { return c && c->router; }
 
 static int send_rid(coord *c, const unsigned char *rid, size_t n, const dbx_buf *b) {
   if (zmq_send(c->router, rid, n, ZMQ_SNDMORE) < 0) return -1;
@@ -1120,7 +1121,9 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     double t0 = time_mono();
     if ((rc = top_up(&r, err))) goto done;
     s->st->t_read += time_mono() - t0;
-    if (r.split_eof && r.tt.done == r.tt.n) break;
+    if (r.split_eof && r.tt.done == r.tt.n &&
+        !(s->hold_until > 0 && time_mono() < s->hold_until && !g_stop))
+      break;
     int nalive = 0, nusable = 0;
     for (size_t i = 0; i < c->wt.n; i++) {
       nalive += c->wt.w[i].alive && c->wt.w[i].welcomed;
@@ -1161,6 +1164,11 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
     /* Short waits while retries back off or copies may be due; half a heartbeat otherwise. */
     long wait_ms = (r.tt.ndelayed || (c->o.speculation && !r.tt.qlen && r.tt.running)) ? 20
                                                                                       : (long)(c->o.heartbeat * 1000 / 2);
+    if (s->hold_until > 0) {  /* holding: wake up in time, and for stop signals */
+      long left = (long)((s->hold_until - time_mono()) * 1000) + 1;
+      if (left < wait_ms) wait_ms = left < 0 ? 0 : left;
+      if (wait_ms > 200) wait_ms = 200;
+    }
     int n = zmq_poll(items, 2, wait_ms);
     if (n < 0 && zmq_errno() != EINTR) { rc = dbx_seterr(err, DBX_EIO, "poll: %s", zmq_strerror(zmq_errno())); goto done; }
     if (items[0].revents & ZMQ_POLLIN) {

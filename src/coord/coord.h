@@ -46,4 +46,6 @@ int coord_interrupt_signal(void);
  * coord_stop_signal (a followed job finishes its micro-batch, commits it, then stops). */
 void coord_defer_interrupts(void);
 int coord_stop_signal(void);
+/* Has the job workers (local or --listen), which need heartbeats between stages too? */
+int coord_has_workers(const coord *c);
 #endif

@@ -56,6 +56,9 @@ typedef struct stage {
   uint32_t nonly;
   const struct shuffle_relay *relay;  /* or NULL: the partitioned-reduce files its tasks read and
                                          write, relayed for workers that cannot reach them */
+  double hold_until;       /* > 0: a stage without tasks that keeps the workers company (their
+                              heartbeats, workers joining) until this time (time_mono) or a
+                              deferred stop signal (coord_defer_interrupts) */
   void **keep;             /* or NULL: the merged partial is handed here (owned by the caller)
                               instead of being finished into rows */
   dbx_buf bcast_out;       /* OUT: this stage's broadcast blob */
