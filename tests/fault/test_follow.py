@@ -8,6 +8,7 @@ byte what a batch run over the final files gives: no record lost, none counted t
 same for the SQLite sink, with CSV files each carrying its own header. No timing is asserted:
 the test waits for commits (the micro-batch number in JOB_DIR/follow.state) where it needs
 them."""
+import json
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import TmpTest, children, fault_env, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+from dbx import DBATCH, TmpTest, children, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import keyed_ref  # noqa: E402
 
 
@@ -194,6 +195,35 @@ class FollowFiles(TmpTest):
         self.assertEqual(p.returncode, 0, err)
         self.assertEqual(slurp(out), b"two\t2\none\t1\nthree\t1\n")
         self.assertEqual(epoch(job), 2)
+
+    def test_workers_hear_heartbeats_between_micro_batches(self):
+        """An interval three times the worker's patience with a silent coordinator (its
+        --timeout): the same worker does every micro-batch, none goes silent and leaves."""
+        os.mkdir(self.path("logs"))
+        job, out, summ = self.path("job"), self.path("out.tsv"), self.path("s.json")
+        self.append("a.log", "a b\n")
+        port = free_port()
+        p = start("wordcount", self.path("logs"), "--follow", "--interval", "3", "--heartbeat", "0.2", "--workers", "0",
+                  "--listen", "127.0.0.1:%d" % port, "--wait-workers", "1", "--job-dir", job, "-o", out,
+                  "--summary-json", summ, "-q")
+        w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--timeout", "1", "--heartbeat",
+                              "0.2", "-s", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+            self.append("a.log", "c\n")
+            wait_until(lambda: epoch(job) >= 2, "the second commit", proc=p, timeout=120)
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=120)
+            _, werr = w.communicate(timeout=60)
+        finally:
+            stop(p)
+            stop(w)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertNotIn(b"silent", werr)
+        self.assertEqual(slurp(out), b"a\t1\nb\t1\nc\t1\n")
+        with open(summ) as f:
+            sm = json.load(f)
+        self.assertEqual([(x["state"], x["tasks"]) for x in sm["worker_stats"]], [("finished", 2)])
 
     def test_worker_killed_mid_stream(self):
         os.mkdir(self.path("logs"))
