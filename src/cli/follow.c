@@ -36,10 +36,12 @@
 #include "cli/cli.h"
 #include "util/log.h"
 #include "util/parse.h"
+#include "ui/ui.h"
 #include "util/timeutil.h"
 
 #define FOLLOW_MAGIC "DBFOLLOW1\n"
 #define FOLLOW_CHUNK (4u << 20)
+#define FOLLOW_LAT 1024  /* micro-batch latencies kept for the percentiles */
 
 /* "5", "0.5", "30s", "2m", "1h": seconds. */
 static int parse_secs(const char *arg, double *v) {
@@ -526,12 +528,13 @@ static void fold_stats(stage_stats *cum, const stage_stats *mb) {
 }
 
 /* Sleep until `until` (monotonic seconds) or a stop signal; note inotify events. */
-static void wait_until_tick(follower *w, double until) {
+static void wait_until_tick(follower *w, job *j, const char *name, double until) {
   char evbuf[4096];
   while (w->ino_fd >= 0 && read(w->ino_fd, evbuf, sizeof evbuf) > 0) w->changed = 1;
   for (;;) {
     double left = until - time_mono();
     if (left <= 0 || coord_stop_signal()) return;
+    if (ui_due(j->ui)) ui_tick(j->ui, j, NULL, 0, name, 0);
     struct pollfd pf = {w->ino_fd, POLLIN, 0};
     int ms = (int)(left * 1000) + 1;
     if (ms > 200) ms = 200;  /* signals are checked at least this often */
@@ -601,8 +604,9 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
   if (!rc && !state && !(state = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   coord_defer_interrupts();
   stage_stats *cum = tmpl->st;
-  double *lat = NULL;
-  size_t nlat = 0, latcap = 0;
+  double lat[FOLLOW_LAT], sorted[FOLLOW_LAT], last_batch = 0, waiting_since = 0;
+  size_t nlat = 0;
+  j->follow = 1;
   double last_data = time_mono(), next = time_mono();
   uint32_t seq0 = j->stage_no;
   int committed_once = w.epoch > 0;
@@ -617,7 +621,12 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       w.changed = 0;
       if ((rc = scan(&w, err))) break;
       if ((rc = spool(&w, idle_out, &nb, err))) break;
+      j->follow_lag_bytes = w.lag_bytes + nb;
+      j->follow_files = w.n;
+      if (!j->follow_lag_bytes) waiting_since = 0;
+      else if (!waiting_since) waiting_since = t_tick;
     }
+    j->follow_lag_seconds = waiting_since > 0 ? time_mono() - waiting_since : 0;
     if (nb || !committed_once) {
       stage s = *tmpl;
       stage_stats mb;
@@ -649,18 +658,21 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       if (!rc) rc = commit_output(tmpl, o, f->schema, enc.data, enc.len, err);
       if (rc) break;
       committed_once = 1;
-      double dt = time_mono() - t_tick;
-      if (nlat == latcap) {
-        size_t nc = latcap ? latcap * 2 : 64;
-        double *nl = realloc(lat, nc * sizeof *nl);
-        if (nl) lat = nl, latcap = nc;
-      }
-      if (nlat < latcap) lat[nlat++] = dt;
-      j->follow_epochs = w.epoch;
-      j->follow_last_commit = (double)time(NULL);
       j->follow_lag_bytes = w.lag_bytes;
+      if (!w.lag_bytes) waiting_since = 0, j->follow_lag_seconds = 0;
+      double dt = time_mono() - t_tick;
+      lat[nlat++ % FOLLOW_LAT] = dt;  /* the latest FOLLOW_LAT micro-batches */
+      size_t have = nlat < FOLLOW_LAT ? nlat : FOLLOW_LAT;
+      memcpy(sorted, lat, have * sizeof *sorted);
+      j->follow_p50 = percentile(sorted, have, 0.5);
+      j->follow_p99 = percentile(sorted, have, 0.99);
+      j->follow_epochs = w.epoch;
+      j->follow_last_commit = time_wall();
       if (nb) {
-        last_data = time_mono();
+        double now = time_mono();
+        j->follow_rate = last_batch > 0 && now > last_batch ? (double)nb / (now - last_batch) : 0;
+        last_batch = now;
+        last_data = now;
         log_info("--follow: micro-batch %llu: %llu bytes in %.3f s, committed", (unsigned long long)w.epoch,
                  (unsigned long long)nb, dt);
       }
@@ -688,20 +700,9 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       if (none) op->partial_free(none);
       if (rc) break;
     }
-    wait_until_tick(&w, next);
-  }
-  if (nlat) {
-    double *c = malloc(nlat * sizeof *c);
-    if (c) {
-      memcpy(c, lat, nlat * sizeof *c);
-      j->follow_p50 = percentile(c, nlat, 0.5);
-      j->follow_p99 = percentile(c, nlat, 0.99);
-      free(c);
-    }
+    wait_until_tick(&w, j, cum->name, next);
   }
   j->follow_epochs = w.epoch;
-  j->follow = 1;
-  free(lat);
   if (!rc) cum->state = STAGE_DONE;
   if (state) op->partial_free(state);
   dbx_buf_free(&enc);

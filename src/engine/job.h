@@ -126,8 +126,10 @@ typedef struct job {
   /* --follow: micro-batches committed, bytes seen and not yet consumed, the wall-clock time
    * of the last commit, and the seconds from a micro-batch's scan to its commit (p50, p99). */
   int follow;
-  uint64_t follow_epochs, follow_lag_bytes;
+  uint64_t follow_epochs, follow_lag_bytes, follow_files;
   double follow_last_commit, follow_p50, follow_p99;
+  double follow_rate;        /* bytes per second consumed by the last micro-batches */
+  double follow_lag_seconds; /* how long data has waited unconsumed (0: none waits) */
   uint64_t left_out;       /* records the job left out by design (cooccur: users over --max-basket) */
   char left_out_what[96];  /* what they are ("users with more than 1000 items"), "" when none */
 } job;

@@ -74,6 +74,19 @@ int job_render_summary(const job *j, int ok, const dbx_err *failure, dbx_buf *ou
   oom |= kv_int(&b, "resumed_tasks", j->resumed);
   oom |= kv_int(&b, "rows_out", j->rows_out);
   oom |= kv_int(&b, "spilled_bytes", j->spilled_bytes);
+  if (j->follow) {
+    oom |= json_key(&b, "follow", 0);
+    oom |= json_raw(&b, "{");
+    oom |= json_key(&b, "micro_batches", 1) | json_int(&b, (int64_t)j->follow_epochs);
+    oom |= kv_int(&b, "files", j->follow_files);
+    oom |= kv_int(&b, "lag_bytes", j->follow_lag_bytes);
+    oom |= kv_real(&b, "lag_seconds", j->follow_lag_seconds);
+    oom |= kv_real(&b, "input_bytes_per_second", j->follow_rate);
+    oom |= kv_real(&b, "last_commit_unix", j->follow_last_commit);
+    oom |= kv_real(&b, "micro_batch_seconds_p50", j->follow_p50);
+    oom |= kv_real(&b, "micro_batch_seconds_p99", j->follow_p99);
+    oom |= json_raw(&b, "}");
+  }
   if (j->left_out_what[0]) {
     oom |= json_key(&b, "left_out", 0);
     oom |= json_raw(&b, "{");

@@ -360,6 +360,22 @@ static void build_status(ui *u, dbx_buf *b, const job *j, const ui_worker *w, si
   if (eta < 0) json_raw(b, "null");
   else json_ms(b, eta);
   kv_s(b, "policy", j->policy ? j->policy : "in-process");
+  if (j->follow) {
+    json_key(b, "follow", 0);
+    json_raw(b, "{");
+    json_key(b, "micro_batches", 1);
+    json_int(b, (int64_t)j->follow_epochs);
+    kv_u(b, "files", j->follow_files);
+    kv_u(b, "lag_bytes", j->follow_lag_bytes);
+    kv_d(b, "lag_seconds", j->follow_lag_seconds);
+    kv_d(b, "input_bytes_per_second", j->follow_rate);
+    json_key(b, "last_commit_unix", 0);
+    if (j->follow_last_commit > 0) json_ms(b, j->follow_last_commit);
+    else json_raw(b, "null");
+    kv_d(b, "micro_batch_seconds_p50", j->follow_p50);
+    kv_d(b, "micro_batch_seconds_p99", j->follow_p99);
+    json_raw(b, "}");
+  }
   uint64_t tasks = 0, done = 0, attempts = 0, records = 0, bytes = 0, bad = 0;
   json_key(b, "stages", 0);
   json_raw(b, "[");
@@ -644,6 +660,26 @@ static void build_metrics(ui *u, dbx_buf *b, const job *j, const ui_worker *w, s
   if (eta >= 0) {
     family(b, "dbatch_eta_seconds", "gauge", "Seconds left at the rate so far.");
     sample_d(u, b, "dbatch_eta_seconds", "", eta);
+  }
+  if (j->follow) {
+    family(b, "dbatch_follow_micro_batches_total", "counter", "Micro-batches committed (--follow).");
+    sample_u(u, b, "dbatch_follow_micro_batches_total", "", j->follow_epochs);
+    family(b, "dbatch_follow_lag_bytes", "gauge", "Bytes of the followed files not consumed yet.");
+    sample_u(u, b, "dbatch_follow_lag_bytes", "", j->follow_lag_bytes);
+    family(b, "dbatch_follow_lag_seconds", "gauge", "How long data has waited unconsumed (0: none waits).");
+    sample_d(u, b, "dbatch_follow_lag_seconds", "", j->follow_lag_seconds);
+    family(b, "dbatch_follow_input_bytes_per_second", "gauge", "Bytes per second consumed by the last micro-batches.");
+    sample_d(u, b, "dbatch_follow_input_bytes_per_second", "", j->follow_rate);
+    if (j->follow_last_commit > 0) {
+      family(b, "dbatch_follow_last_commit_timestamp_seconds", "gauge", "Unix time of the last commit.");
+      sample_d(u, b, "dbatch_follow_last_commit_timestamp_seconds", "", j->follow_last_commit);
+    }
+    family(b, "dbatch_follow_micro_batch_seconds", "gauge", "Seconds from a micro-batch's scan to its commit.");
+    char ql[64];
+    lbl(ql, sizeof ql, "quantile", "0.5", NULL, NULL);
+    sample_d(u, b, "dbatch_follow_micro_batch_seconds", ql, j->follow_p50);
+    lbl(ql, sizeof ql, "quantile", "0.99", NULL, NULL);
+    sample_d(u, b, "dbatch_follow_micro_batch_seconds", ql, j->follow_p99);
   }
   family(b, "dbatch_tasks", "gauge", "Tasks of each stage by state.");
   for (int i = 0; i < j->nstages; i++) {

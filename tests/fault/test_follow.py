@@ -182,8 +182,9 @@ class FollowFiles(TmpTest):
         os.mkdir(self.path("logs"))
         job, out = self.path("job"), self.path("out.tsv")
         self.append("a.log", "one two\n")
+        summ = self.path("s.json")
         p = start("wordcount", self.path("logs"), "--follow", "--interval", "3600", "--workers", "1", "--job-dir", job,
-                  "-o", out, "-q")
+                  "-o", out, "--summary-json", summ, "-q")
         try:
             wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
             self.assertEqual(slurp(out), b"one\t1\ntwo\t1\n")
@@ -195,6 +196,17 @@ class FollowFiles(TmpTest):
         self.assertEqual(p.returncode, 0, err)
         self.assertEqual(slurp(out), b"two\t2\none\t1\nthree\t1\n")
         self.assertEqual(epoch(job), 2)
+        # what the status file and the summary say: two micro-batches, 10 bytes ("three four")
+        # waiting for their newline, one file
+        with open(summ) as fh:
+            fo = json.load(fh)["follow"]
+        with open(os.path.join(job, "status.json")) as fh:
+            st = json.load(fh)["follow"]
+        for x in (fo, st):
+            self.assertEqual((x["micro_batches"], x["lag_bytes"], x["files"]), (2, 10, 1), x)
+            self.assertGreater(x["last_commit_unix"], 1.7e9)
+            self.assertGreaterEqual(x["micro_batch_seconds_p99"], x["micro_batch_seconds_p50"])
+            self.assertGreater(x["micro_batch_seconds_p50"], 0)
 
     def test_workers_hear_heartbeats_between_micro_batches(self):
         """An interval three times the worker's patience with a silent coordinator (its
