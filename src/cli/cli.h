@@ -287,13 +287,15 @@ typedef struct cli_follow {
   int on;
   double interval;     /* --interval: seconds between micro-batches (default 5) */
   double until_idle;   /* --until-idle: stop after this long without new data (0: never) */
+  double window;       /* --window: tumbling windows of this many seconds by arrival (0: a running result) */
   int header;          /* the inputs' first line is a header (CSV, TSV): one per file */
   const dbx_schema *schema;  /* the rows' schema, when the operator has none of its own */
 } cli_follow;
 #define CLI_FOLLOW_OPTIONS                          \
   {"follow", no_argument, NULL, 1200},              \
   {"interval", required_argument, NULL, 1201},      \
-  {"until-idle", required_argument, NULL, 1202}
+  {"until-idle", required_argument, NULL, 1202},     \
+  {"window", required_argument, NULL, 1203}
 #define CLI_FOLLOW_HELP                                                                    \
   "Following data as it arrives:\n"                                                         \
   "      --follow            keep running: files appended to and files added to a watched\n" \
@@ -303,7 +305,10 @@ typedef struct cli_follow {
   "                          last commit left off). Ctrl-C or SIGTERM: finish, commit, exit 0\n" \
   "      --interval SECS     a micro-batch every SECS (default 5; 30s, 2m, 1h are fine)\n"   \
   "      --until-idle SECS   stop after SECS without new data; lines without their newline\n" \
-  "                          then count, as in a batch run\n"
+  "                          then count, as in a batch run\n"                               \
+  "      --window SECS       tumbling windows by arrival time instead (whole seconds; 1m,\n" \
+  "                          1h): each window's rows, with a first column window_start,\n"  \
+  "                          are appended once it closes, exactly once\n"
 /* 1 handled, 0 not a --follow option, < 0 a bad value. */
 int cli_follow_option(cli_follow *f, int c, const char *arg);
 /* Run tmpl (a stage whose merged partial can be kept: s->keep) over args as they grow, until

@@ -813,6 +813,7 @@ static const char *expected(int c) {
   case 1011: return "a whole number from 0 to 1024";
   case 1012: case 1013: return "seconds above 0, at most 86400 (0.5 is fine)";
   case 1201: case 1202: return "seconds above 0 (0.5, 30s, 2m and 1h are fine)";
+  case 1203: return "whole seconds, 1 or more (30, 30s, 5m and 1h are fine)";
   case 1014: return "a whole number from 1 to 1000";
   case 1015: return "a size of 4K or more, such as 64M or 1G";
   case 1016: return "a whole number from 0 to 100000";

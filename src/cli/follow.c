@@ -34,14 +34,17 @@
 #include <xxhash.h>
 
 #include "cli/cli.h"
+#include "io/records.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "ui/ui.h"
 #include "util/timeutil.h"
 
-#define FOLLOW_MAGIC "DBFOLLOW1\n"
+#define FOLLOW_MAGIC "DBFOLLOW2\n"
 #define FOLLOW_CHUNK (4u << 20)
 #define FOLLOW_LAT 1024  /* micro-batch latencies kept for the percentiles */
+#define FOLLOW_COLS 256  /* columns of a windowed row: window_start and the rows' own */
 
 /* "5", "0.5", "30s", "2m", "1h": seconds. */
 static int parse_secs(const char *arg, double *v) {
@@ -60,13 +63,22 @@ int cli_follow_option(cli_follow *f, int c, const char *arg) {
   case 1200: f->on = 1; return 1;
   case 1201:
   case 1202:
+  case 1203:
     if (parse_secs(arg, &v)) return -1;
+    if (c == 1203 && (v < 1 || v != (double)(int64_t)v)) return -1;  /* whole seconds */
     if (c == 1201) f->interval = v;
-    else f->until_idle = v;
+    else if (c == 1202) f->until_idle = v;
+    else f->window = v;
     return 1;
   default: return 0;
   }
 }
+
+/* Bytes [from, to) of a followed file, in a window. */
+typedef struct wrange {
+  char *path;
+  uint64_t from, to;
+} wrange;
 
 /* A file being followed. */
 typedef struct fsrc {
@@ -86,12 +98,30 @@ typedef struct follower {
   uint64_t epoch;
   uint64_t fingerprint;
   char state_path[PATH_MAX];
+  int durable;         /* a job directory holds the state file */
   char spool_path[PATH_MAX];
   char spool_dir[PATH_MAX - 64];
   int spool_made;      /* spool_dir is ours to remove */
   int ino_fd;          /* inotify, or -1 */
   int changed;         /* inotify said something happened since the last scan */
   dbx_buf hdr;         /* CSV, TSV: the header line, the spool's first (one per file is skipped) */
+  dbx_buf cur;         /* the running state's encoding, as the state file has it */
+  /* --window: the open window's start (Unix seconds, 0: none yet), how many windows were
+   * closed, the byte ranges it holds so far; a closed window whose rows may not have been
+   * appended yet (pending), kept in the state file until they are. */
+  int64_t wstart;
+  uint64_t wclosed;
+  wrange *wr;
+  size_t nwr, wrcap;
+  struct {
+    int on;
+    uint64_t k;
+    int64_t start;
+    char token[128];
+    dbx_buf enc;
+    wrange *wr;
+    size_t nwr;
+  } pend;
   unsigned ticks;
   uint64_t lag_bytes;  /* bytes seen in the files and not yet consumed */
 } follower;
@@ -123,6 +153,29 @@ static void drop_src(follower *w, size_t i) {
   free(w->v[i].path);
   memmove(&w->v[i], &w->v[i + 1], (w->n - i - 1) * sizeof *w->v);
   w->n--;
+}
+
+/* Add [from, to) of path to a window's ranges (joined to the last one when it goes on). */
+static int add_range(wrange **v, size_t *n, size_t *cap, const char *path, uint64_t from, uint64_t to) {
+  if (*n && (*v)[*n - 1].to == from && !strcmp((*v)[*n - 1].path, path)) {
+    (*v)[*n - 1].to = to;
+    return 0;
+  }
+  if (*n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 8;
+    wrange *nv = realloc(*v, nc * sizeof *nv);
+    if (!nv) return DBX_ENOMEM;
+    *v = nv, *cap = nc;
+  }
+  if (!((*v)[*n].path = strdup(path))) return DBX_ENOMEM;
+  (*v)[*n].from = from, (*v)[*n].to = to;
+  (*n)++;
+  return 0;
+}
+
+static void free_ranges(wrange *v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i].path);
+  free(v);
 }
 
 static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -301,6 +354,7 @@ static int spool(follower *w, int finish, uint64_t *bytes, dbx_err *err) {
       }
     }
     if (size > s->off) {
+      uint64_t was = s->off;
       if ((rc = copy_range(s->fd, s->path, s->off, size, out, buf, err))) break;
       /* Keep whole lines only: cut the spool back to just after the copy's last newline. */
       uint64_t end = pos + (size - s->off), keep = pos;
@@ -323,6 +377,10 @@ static int spool(follower *w, int finish, uint64_t *bytes, dbx_err *err) {
           break;
         }
         s->off += keep - pos;
+      }
+      if (w->f->window > 0 && s->off > was && (rc = add_range(&w->wr, &w->nwr, &w->wrcap, s->path, was, s->off))) {
+        rc = dbx_seterr(err, rc, "out of memory");
+        break;
       }
       pos = keep;
     }
@@ -355,9 +413,39 @@ static int get64(const char **p, const char *end, uint64_t *v) {
   return 0;
 }
 
+static void put_ranges(dbx_buf *b, const wrange *v, size_t n) {
+  put64(b, n);
+  for (size_t i = 0; i < n; i++) {
+    size_t pl = strlen(v[i].path);
+    put64(b, pl);
+    dbx_buf_append(b, v[i].path, pl);
+    put64(b, v[i].from);
+    put64(b, v[i].to);
+  }
+}
+
+static int get_ranges(const char **p, const char *end, wrange **v, size_t *n) {
+  uint64_t k;
+  size_t cap = 0;
+  if (get64(p, end, &k) || k > (uint64_t)(end - *p)) return DBX_ECORRUPT;
+  for (uint64_t i = 0; i < k; i++) {
+    uint64_t pl, from, to;
+    char path[PATH_MAX];
+    if (get64(p, end, &pl) || pl >= PATH_MAX || (uint64_t)(end - *p) < pl) return DBX_ECORRUPT;
+    memcpy(path, *p, (size_t)pl);
+    path[pl] = 0;
+    *p += pl;
+    if (get64(p, end, &from) || get64(p, end, &to) || to < from) return DBX_ECORRUPT;
+    if (add_range(v, n, &cap, path, from, to)) return DBX_ENOMEM;
+  }
+  return 0;
+}
+
 /* Write the state file: magic, fingerprint, epoch, files (dev, ino, off, path), state, then
  * XXH64 of all that. Synced and renamed into place, the directory synced. */
-static int save_state(follower *w, const char *state, size_t n, dbx_err *err) {
+static int save_state(follower *w, dbx_err *err) {
+  const char *state = w->cur.data;
+  size_t n = w->cur.len;
   dbx_buf b = {0};
   dbx_buf_append(&b, FOLLOW_MAGIC, strlen(FOLLOW_MAGIC));
   put64(&b, w->fingerprint);
@@ -373,6 +461,21 @@ static int save_state(follower *w, const char *state, size_t n, dbx_err *err) {
   }
   put64(&b, n);
   if (n) dbx_buf_append(&b, state, n);
+  /* --window: the open window and the closed one not appended yet */
+  put64(&b, (uint64_t)w->wstart);
+  put64(&b, w->wclosed);
+  put_ranges(&b, w->wr, w->nwr);
+  put64(&b, (uint64_t)w->pend.on);
+  if (w->pend.on) {
+    put64(&b, w->pend.k);
+    put64(&b, (uint64_t)w->pend.start);
+    size_t tl = strlen(w->pend.token);
+    put64(&b, tl);
+    dbx_buf_append(&b, w->pend.token, tl);
+    put64(&b, w->pend.enc.len);
+    if (w->pend.enc.len) dbx_buf_append(&b, w->pend.enc.data, w->pend.enc.len);
+    put_ranges(&b, w->pend.wr, w->pend.nwr);
+  }
   if (dbx_buf_reserve(&b, b.len + 8)) {
     dbx_buf_free(&b);
     return dbx_seterr(err, DBX_ENOMEM, "out of memory");
@@ -458,11 +561,35 @@ static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
     p += pl;
     if (add_src(w, path, dev, ino, off)) rc = DBX_ENOMEM;
   }
-  if (!rc && (get64(&p, end, &sn) || sn != (uint64_t)(end - p))) rc = DBX_ECORRUPT;
+  if (!rc && (get64(&p, end, &sn) || sn > (uint64_t)(end - p))) rc = DBX_ECORRUPT;
   if (!rc && sn) {
     if (!(*state = malloc((size_t)sn))) rc = DBX_ENOMEM;
     else memcpy(*state, p, (size_t)sn), *n = (size_t)sn;
   }
+  p += rc ? 0 : sn;
+  uint64_t ws, on = 0;
+  if (!rc && (get64(&p, end, &ws) || get64(&p, end, &w->wclosed))) rc = DBX_ECORRUPT;
+  if (!rc) w->wstart = (int64_t)ws, rc = get_ranges(&p, end, &w->wr, &w->nwr);
+  if (!rc && get64(&p, end, &on)) rc = DBX_ECORRUPT;
+  if (!rc && on) {
+    uint64_t k, st, tl, el;
+    if (get64(&p, end, &k) || get64(&p, end, &st) || get64(&p, end, &tl) || tl >= sizeof w->pend.token ||
+        (uint64_t)(end - p) < tl)
+      rc = DBX_ECORRUPT;
+    if (!rc) {
+      memcpy(w->pend.token, p, (size_t)tl);
+      w->pend.token[tl] = 0;
+      p += tl;
+      if (get64(&p, end, &el) || el > (uint64_t)(end - p)) rc = DBX_ECORRUPT;
+    }
+    if (!rc && el && dbx_buf_append(&w->pend.enc, p, (size_t)el)) rc = DBX_ENOMEM;
+    if (!rc) {
+      p += el;
+      w->pend.on = 1, w->pend.k = k, w->pend.start = (int64_t)st;
+      rc = get_ranges(&p, end, &w->pend.wr, &w->pend.nwr);
+    }
+  }
+  if (!rc && p != end) rc = DBX_ECORRUPT;
   dbx_buf_free(&b);
   if (rc == DBX_ECORRUPT) return dbx_seterr(err, rc, "%s is damaged (not a state dbatch wrote, or cut short)", w->state_path);
   if (rc) return dbx_seterr(err, rc, "%s: cannot read it", w->state_path);
@@ -495,9 +622,145 @@ static void fault_before_output(uint64_t epoch) {
   if (k && strtoull(k + strlen("follow_crash_before_output="), NULL, 10) == epoch) raise(SIGKILL);
 }
 
-static uint64_t fingerprint(const stage *tmpl, char *const *args, size_t nargs) {
+/* ---- windows ---- */
+
+typedef struct win_emit {
+  sink *out;
+  char start[32];      /* window_start as text: ISO 8601, UTC */
+  dbx_value row[FOLLOW_COLS];
+  uint32_t ncol;
+} win_emit;
+
+static int win_row(void *ctx, const dbx_value *row, dbx_err *err) {
+  win_emit *x = ctx;
+  memset(&x->row[0], 0, sizeof x->row[0]);
+  x->row[0].s = x->start;
+  x->row[0].n = strlen(x->start);
+  memcpy(&x->row[1], row, x->ncol * sizeof *row);
+  return sink_row(x->out, x->row, err);
+}
+
+static void iso_utc(int64_t t, char *out, size_t cap) {
+  time_t tt = (time_t)t;
+  struct tm tm;
+  gmtime_r(&tt, &tm);
+  strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The rows of the pending (closed) window, appended once: a file keeps the identity it will
+ * have in the state first, so a restart that finds it there does not append them again; a
+ * database records the commit under an id of the job and window (dbatch_commits). Then the
+ * window's line in JOB_DIR/windows.jsonl, and the pending window is cleared. */
+static int finish_pending(follower *w, const stage *tmpl, cli_job *o, const dbx_schema *ws, const char *jsonl,
+                          dbx_err *err) {
+  const dbx_op *op = tmpl->op;
+  sink_opts so = o->out;
+  so.append = 1;
+  char id[80];
+  snprintf(id, sizeof id, "%016llx-window-%llu", (unsigned long long)w->fingerprint, (unsigned long long)w->pend.k);
+  sink_set_job_id(id);
+  void *copy = NULL;
+  sink *out = NULL;
+  win_emit *x = calloc(1, sizeof *x);
+  int rc = x ? 0 : dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  if (!rc && w->pend.enc.len) rc = op->decode(tmpl->cfg, w->pend.enc.data, w->pend.enc.len, &copy, err);
+  if (!rc && !copy && !(copy = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  if (!rc) rc = sink_open(&so, ws, &out, err);
+  if (!rc) {
+    x->out = out;
+    x->ncol = ws->ncol - 1;
+    iso_utc(w->pend.start, x->start, sizeof x->start);
+    rc = op->finish(tmpl->cfg, NULL, copy, win_row, x, NULL, err);
+  }
+  uint64_t rows = out ? sink_rows(out) : 0;
+  if (!rc) rc = sink_prepare(out, err);
+  if (!rc && w->pend.token[0] && sink_append_landed(out, w->pend.token)) {
+    log_info("--follow: window %s was appended before the restart; not appending it again", x->start);
+    sink_abort(out);
+  } else if (!rc) {
+    char tok[sizeof w->pend.token];
+    if (sink_append_token(out, tok, sizeof tok)) {
+      snprintf(w->pend.token, sizeof w->pend.token, "%s", tok);
+      if (w->durable) rc = save_state(w, err);
+    }
+    if (!rc) rc = sink_commit(out, err);
+    else sink_abort(out);
+  } else {
+    sink_abort(out);
+  }
+  if (copy) op->partial_free(copy);
+  if (!rc && jsonl) {
+    dbx_buf b = {0};
+    json_raw(&b, "{");
+    json_key(&b, "window_start", 1);
+    json_cstr(&b, x->start);
+    json_key(&b, "window_start_unix", 0);
+    json_int(&b, w->pend.start);
+    json_key(&b, "rows", 0);
+    json_int(&b, (int64_t)rows);
+    json_key(&b, "inputs", 0);
+    json_raw(&b, "[");
+    for (size_t i = 0; i < w->pend.nwr; i++) {
+      json_raw(&b, i ? ",{" : "{");
+      json_key(&b, "path", 1);
+      json_cstr(&b, w->pend.wr[i].path);
+      json_key(&b, "from", 0);
+      json_int(&b, (int64_t)w->pend.wr[i].from);
+      json_key(&b, "to", 0);
+      json_int(&b, (int64_t)w->pend.wr[i].to);
+      json_raw(&b, "}");
+    }
+    json_raw(&b, "]}\n");
+    int fd = open(jsonl, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, b.data, b.len) != (ssize_t)b.len)
+      log_warn("--follow: %s: %s", jsonl, strerror(errno));
+    if (fd >= 0) close(fd);
+    dbx_buf_free(&b);
+  }
+  free(x);
+  if (rc) return rc;
+  w->pend.on = 0;
+  w->pend.token[0] = 0;
+  w->pend.enc.len = 0;
+  free_ranges(w->pend.wr, w->pend.nwr);
+  w->pend.wr = NULL;
+  w->pend.nwr = 0;
+  return 0;
+}
+
+/* The open window ends: it becomes the pending one (its rows appended by finish_pending), and
+ * a new empty state opens the window starting at next. An empty window appends nothing. */
+static int close_window(follower *w, const stage *tmpl, cli_job *o, const dbx_schema *ws, const char *jsonl,
+                        void **state, int64_t next, dbx_err *err) {
+  const dbx_op *op = tmpl->op;
+  if (!w->nwr) {
+    w->wstart = next;
+    return 0;
+  }
+  w->pend.enc.len = 0;
+  int rc = op->encode(tmpl->cfg, *state, &w->pend.enc, err);
+  if (rc) return rc;
+  w->pend.on = 1;
+  w->pend.k = w->wclosed;
+  w->pend.start = w->wstart;
+  w->pend.token[0] = 0;
+  w->pend.wr = w->wr, w->pend.nwr = w->nwr;
+  w->wr = NULL, w->nwr = w->wrcap = 0;
+  op->partial_free(*state);
+  if (!(*state = op->partial_new(tmpl->cfg))) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  w->cur.len = 0;
+  if ((rc = op->encode(tmpl->cfg, *state, &w->cur, err))) return rc;
+  w->wclosed++;
+  w->wstart = next;
+  if (w->durable && (rc = save_state(w, err))) return rc;
+  if ((rc = finish_pending(w, tmpl, o, ws, jsonl, err))) return rc;
+  return w->durable ? save_state(w, err) : 0;
+}
+
+static uint64_t fingerprint(const stage *tmpl, char *const *args, size_t nargs, double window) {
   XXH64_state_t *x = XXH64_createState();
   XXH64_reset(x, 0);
+  XXH64_update(x, &window, sizeof window);
   XXH64_update(x, tmpl->op->name, strlen(tmpl->op->name) + 1);
   if (tmpl->plan_opts) XXH64_update(x, tmpl->plan_opts, strlen(tmpl->plan_opts) + 1);
   for (size_t i = 0; i < nargs; i++) {
@@ -570,7 +833,8 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
   w.args = args;
   w.nargs = nargs;
   w.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  w.fingerprint = fingerprint(tmpl, args, nargs);
+  w.fingerprint = fingerprint(tmpl, args, nargs, f->window);
+  w.durable = j->job_dir != NULL;
   double interval = f->interval > 0 ? f->interval : 5.0;
   int rc = 0;
   /* Where the spool and the state live: the job directory, else a private directory. */
@@ -589,16 +853,34 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
   struct journal *jr = j->jr;
   j->jr = NULL;
   void *state = NULL;
-  dbx_buf enc = {0};
   char *saved = NULL;
   size_t saved_n = 0;
   const dbx_op *op = tmpl->op;
   if (j->job_dir) rc = load_state(&w, &saved, &saved_n, err);
   if (!rc && saved_n) rc = op->decode(tmpl->cfg, saved, saved_n, &state, err);
+  /* --window: rows get a first column, window_start (text, ISO 8601 in UTC). */
+  int windowed = f->window > 0;
+  const dbx_schema *base = f->schema ? f->schema : op->schema;
+  const char *wnames[FOLLOW_COLS];
+  dbx_coltype wtypes[FOLLOW_COLS];
+  dbx_schema wsch = {0, wnames, wtypes};
+  if (windowed && base->ncol + 1 > sizeof wnames / sizeof *wnames)
+    rc = dbx_seterr(err, DBX_EUSAGE, "--window: too many columns");
+  if (windowed && !rc) {
+    wnames[0] = "window_start", wtypes[0] = DBX_COL_TEXT;
+    for (uint32_t i = 0; i < base->ncol; i++) wnames[i + 1] = base->names[i], wtypes[i + 1] = base->types[i];
+    wsch.ncol = base->ncol + 1;
+  }
+  char jsonl[PATH_MAX];
+  snprintf(jsonl, sizeof jsonl, "%s/windows.jsonl", w.spool_dir);
+  const char *wlog = j->job_dir ? jsonl : NULL;
+  if (!rc && saved_n) w.cur.len = 0, rc = dbx_buf_append(&w.cur, saved, saved_n) ? DBX_ENOMEM : 0;
   if (!rc && (saved || w.epoch)) {
-    /* The output of the last state written, again: it may not have been committed. */
     log_info("--follow: going on from micro-batch %llu (%zu file(s) followed)", (unsigned long long)w.epoch, w.n);
-    rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
+    /* The output of the last state written, again: it may not have been committed. A
+     * window closed and not appended yet is appended now. */
+    if (!windowed) rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
+    else if (w.pend.on && !(rc = finish_pending(&w, tmpl, o, &wsch, wlog, err))) rc = save_state(&w, err);
   }
   free(saved);
   if (!rc && !state && !(state = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
@@ -616,6 +898,11 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
     double t_tick = time_mono();
     /* Scan when inotify saw something, every tenth tick anyway (a network file system may
      * say nothing), and before stopping. */
+    if (windowed) {  /* the window that data found now belongs to */
+      int64_t now_s = (int64_t)time_wall(), d = (int64_t)f->window, ws = now_s - now_s % d;
+      if (!w.wstart) w.wstart = ws;
+      else if (ws > w.wstart && (rc = close_window(&w, tmpl, o, &wsch, wlog, &state, ws, err))) break;
+    }
     uint64_t nb = 0;
     if (w.changed || w.ino_fd < 0 || w.ticks++ % 10 == 0 || stopping || idle_out || !committed_once) {
       w.changed = 0;
@@ -652,10 +939,10 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       }
       if (rc) break;
       w.epoch++;
-      enc.len = 0;
-      if (!(rc = op->encode(tmpl->cfg, state, &enc, err)) && j->job_dir) rc = save_state(&w, enc.data, enc.len, err);
+      w.cur.len = 0;
+      if (!(rc = op->encode(tmpl->cfg, state, &w.cur, err)) && j->job_dir) rc = save_state(&w, err);
       fault_before_output(w.epoch);
-      if (!rc) rc = commit_output(tmpl, o, f->schema, enc.data, enc.len, err);
+      if (!rc && !windowed) rc = commit_output(tmpl, o, f->schema, w.cur.data, w.cur.len, err);
       if (rc) break;
       committed_once = 1;
       j->follow_lag_bytes = w.lag_bytes;
@@ -673,10 +960,13 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
         j->follow_rate = last_batch > 0 && now > last_batch ? (double)nb / (now - last_batch) : 0;
         last_batch = now;
         last_data = now;
-        log_info("--follow: micro-batch %llu: %llu bytes in %.3f s, committed", (unsigned long long)w.epoch,
-                 (unsigned long long)nb, dt);
+        log_info("--follow: micro-batch %llu: %llu bytes in %.3f s, %s", (unsigned long long)w.epoch,
+                 (unsigned long long)nb, dt, windowed ? "in its window" : "committed");
       }
     }
+    /* Out of data for good: the open window closes too. */
+    if (windowed && idle_out && (rc = close_window(&w, tmpl, o, &wsch, wlog, &state, w.wstart + (int64_t)f->window, err)))
+      break;
     if (stopping || idle_out) break;
     next += interval;
     if (next < time_mono()) next = time_mono();  /* behind: the next tick is now */
@@ -705,8 +995,11 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
   j->follow_epochs = w.epoch;
   if (!rc) cum->state = STAGE_DONE;
   if (state) op->partial_free(state);
-  dbx_buf_free(&enc);
+  dbx_buf_free(&w.cur);
   dbx_buf_free(&w.hdr);
+  dbx_buf_free(&w.pend.enc);
+  free_ranges(w.wr, w.nwr);
+  free_ranges(w.pend.wr, w.pend.nwr);
   unlink(w.spool_path);
   if (w.spool_made) {
     rmdir(w.spool_dir);

@@ -74,7 +74,7 @@ static const char help[] =
     "      --partitions R, --spill-dir DIR, --memory SIZE  with --reduce: merge on the\n"
     "                          workers in R partitions, each task within SIZE of memory\n"
     "                          (see 'dbatch groupby --help')\n"
-    "      --follow, --interval SECS, --until-idle SECS  with --reduce: keep running over\n"
+    "      --follow, --interval SECS, --until-idle SECS, --window SECS  with --reduce: keep running over\n"
     "                          data as it arrives (see 'dbatch groupby --help')\n"
     "Batching and execution:\n"
     "      --batch-bytes SIZE  cut inputs into batches of about SIZE bytes, aligned to lines\n"
@@ -310,9 +310,9 @@ int cmd_run(int argc, char **argv) {
     }
   }
   if (map && opspec) return cli_usage_error("run", "--map and --op are exclusive: give one");
-  if ((fl.on || fl.interval > 0 || fl.until_idle > 0) && (!reduce || reduce_cmd || opspec))
+  if ((fl.on || fl.interval > 0 || fl.until_idle > 0 || fl.window > 0) && (!reduce || reduce_cmd || opspec))
     return cli_usage_error("run", "--follow%s goes with --map CMD --reduce AGG (a running result by key)",
-                           fl.on ? "" : fl.interval > 0 ? "'s --interval" : "'s --until-idle");
+                           fl.on ? "" : fl.interval > 0 ? "'s --interval" : fl.until_idle > 0 ? "'s --until-idle" : "'s --window");
   if (oparg && !opspec) return cli_usage_error("run", "--op-arg needs --op LIB.so[:NAME]");
   if (opspec) {
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
