@@ -614,12 +614,15 @@ static int commit_output(const stage *tmpl, cli_job *o, const dbx_schema *schema
   return rc;
 }
 
-/* DBATCH_FAULT=follow_crash_before_output=N: die (SIGKILL) once micro-batch N's state is
- * written and before its output is committed, the moment a restart must commit it (tests). */
-static void fault_before_output(uint64_t epoch) {
+
+/* DBATCH_FAULT=NAME=N: die (SIGKILL) at the point NAME of micro-batch or window N (tests):
+ *   follow_crash_before_output  micro-batch N's state is written, its output is not;
+ *   follow_crash_before_append  window N's rows are written, not committed;
+ *   follow_crash_after_append   window N's rows are committed, the state still says pending. */
+static void fault_at(const char *name, uint64_t n) {
   const char *f = getenv("DBATCH_FAULT");
-  const char *k = f ? strstr(f, "follow_crash_before_output=") : NULL;
-  if (k && strtoull(k + strlen("follow_crash_before_output="), NULL, 10) == epoch) raise(SIGKILL);
+  const char *k = f ? strstr(f, name) : NULL;
+  if (k && k[strlen(name)] == '=' && strtoull(k + strlen(name) + 1, NULL, 10) == n) raise(SIGKILL);
 }
 
 /* ---- windows ---- */
@@ -683,8 +686,10 @@ static int finish_pending(follower *w, const stage *tmpl, cli_job *o, const dbx_
       snprintf(w->pend.token, sizeof w->pend.token, "%s", tok);
       if (w->durable) rc = save_state(w, err);
     }
+    fault_at("follow_crash_before_append", w->pend.k);
     if (!rc) rc = sink_commit(out, err);
     else sink_abort(out);
+    if (!rc) fault_at("follow_crash_after_append", w->pend.k);
   } else {
     sink_abort(out);
   }
@@ -941,7 +946,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       w.epoch++;
       w.cur.len = 0;
       if (!(rc = op->encode(tmpl->cfg, state, &w.cur, err)) && j->job_dir) rc = save_state(&w, err);
-      fault_before_output(w.epoch);
+      fault_at("follow_crash_before_output", w.epoch);
       if (!rc && !windowed) rc = commit_output(tmpl, o, f->schema, w.cur.data, w.cur.len, err);
       if (rc) break;
       committed_once = 1;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "sink/sink_internal.h"
+#include "util/log.h"
 
 /* One open database and its transaction, shared by the sinks writing into it. */
 typedef struct sqlite_db {
@@ -38,6 +39,8 @@ typedef struct sqlite_sink {
   sqlite3 *db;       /* d->db */
   sqlite3_stmt *ins;
   char *path;
+  char *table;       /* appending: recorded in dbatch_commits under the job's id */
+  int landed;        /* appending: this job's rows are in the table already (a retried commit) */
 } sqlite_sink;
 
 int sink_sqlite_check_table(const char *t, dbx_err *err) {
@@ -72,6 +75,7 @@ static void db_release(sqlite_db *d, int remove_file) {
 static void sqlite_free(sqlite_sink *s) {
   sqlite3_finalize(s->ins);
   free(s->path);
+  free(s->table);
   free(s);
 }
 
@@ -116,6 +120,7 @@ static int run_one(sqlite_sink *s, sqlite3_str *q, sqlite3_stmt **keep, const ch
 static int sqlite_row(sink *sb, const dbx_value *row, dbx_err *err) {
   sqlite_sink *s = (sqlite_sink *)sb;
   const dbx_schema *sc = sb->schema;
+  if (s->landed) return 0;  /* this job's rows are there already */
   for (uint32_t c = 0; c < sc->ncol; c++) {
     int i = (int)c + 1;
     switch (sc->types[c]) {
@@ -138,6 +143,23 @@ static int sqlite_row(sink *sb, const dbx_value *row, dbx_err *err) {
   return 0;
 }
 
+/* dbatch_commits: one row per (job id, table) of rows appended, written in the transaction
+ * that appends them, so a commit retried (a job resumed, a followed window appended again
+ * after a crash) finds its rows there and adds none. */
+static int commits_step(sqlite_sink *s, const char *sql, int bind_rows, int *found, dbx_err *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "dbatch_commits");
+  sqlite3_bind_text(st, 1, sink_job_id(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, s->table, -1, SQLITE_STATIC);
+  if (bind_rows) sqlite3_bind_int64(st, 3, (sqlite3_int64)s->base.rows);
+  int r = sqlite3_step(st);
+  if (found) *found = r == SQLITE_ROW;
+  if (r != SQLITE_ROW && r != SQLITE_DONE) rc = db_err(s, err, "dbatch_commits");
+  sqlite3_finalize(st);
+  return rc;
+}
+
 static int sqlite_commit(sink *sb, dbx_err *err) {
   sqlite_sink *s = (sqlite_sink *)sb;
   sqlite_db *d = s->d;
@@ -145,7 +167,15 @@ static int sqlite_commit(sink *sb, dbx_err *err) {
   pthread_mutex_lock(&g_mu);
   sqlite3_finalize(s->ins);
   s->ins = NULL;
-  if (d->failed) {
+  if (!d->failed && s->table && s->landed)
+    log_info("sqlite:%s: table %s already has the rows of this job (job %s); not adding them again", s->path, s->table,
+             sink_job_id());
+  else if (!d->failed && s->table &&
+           (rc = commits_step(s, "INSERT INTO dbatch_commits (job_id, table_name, rows) VALUES (?1, ?2, ?3)", 1, NULL, err)))
+    d->failed = 1;
+  if (rc) {
+    if (d->open == 1) exec(s, "ROLLBACK", NULL);
+  } else if (d->failed) {
     rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: another output into the same database failed; nothing was written",
                     s->path);
   } else if (d->open == 1) {  /* the last one: commit them all */
@@ -243,6 +273,17 @@ int sink_sqlite_open(const sink_opts *o, const char *path, const dbx_schema *sch
     q = sqlite3_str_new(s->db);
     sqlite3_str_appendf(q, "DROP TABLE IF EXISTS \"%w\"", o->table);
     if ((rc = run_one(s, q, NULL, "cannot replace the table", err))) goto fail;
+  }
+  if (o->append && sink_job_id()[0]) {
+    if (!(s->table = strdup(o->table))) {
+      rc = DBX_ENOMEM;
+      goto fail;
+    }
+    if ((rc = exec(s, "CREATE TABLE IF NOT EXISTS dbatch_commits (job_id TEXT NOT NULL, table_name TEXT NOT NULL, "
+                      "rows INTEGER NOT NULL, committed_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+                      "PRIMARY KEY (job_id, table_name))", err)) ||
+        (rc = commits_step(s, "SELECT 1 FROM dbatch_commits WHERE job_id = ?1 AND table_name = ?2", 0, &s->landed, err)))
+      goto fail;
   }
   q = sqlite3_str_new(s->db);
   sqlite3_str_appendf(q, "CREATE TABLE IF NOT EXISTS \"%w\" (", o->table);

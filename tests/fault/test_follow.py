@@ -316,3 +316,114 @@ class FollowErrors(TmpTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def wc_rows(data):
+    """Word count rows of bytes, as reference_wordcount gives them (lines)."""
+    import collections
+    import re
+    c = collections.Counter(re.findall(r"\w+", data.decode("utf-8", errors="replace").lower()))
+    return ["%s\t%d" % kv for kv in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+class Windows(TmpTest):
+    """--window: the rows of each window are a batch run over that window's data, which
+    JOB_DIR/windows.jsonl names as byte ranges; the ranges cover every file exactly once, across
+    a kill -9 and at the crash points of a window's append."""
+
+    def windows(self, job):
+        try:
+            with open(os.path.join(job, "windows.jsonl")) as f:
+                return [json.loads(l) for l in f]
+        except FileNotFoundError:
+            return []
+
+    def check(self, rows_by_window, job, logs):
+        wins = self.windows(job)
+        self.assertEqual([w["window_start"] for w in wins], sorted(set(w["window_start"] for w in wins)))
+        self.assertEqual(sorted(rows_by_window), [w["window_start"] for w in wins])
+        covered = {}
+        for w in wins:
+            data = b""
+            for r in w["inputs"]:
+                with open(r["path"], "rb") as f:
+                    f.seek(r["from"])
+                    data += f.read(r["to"] - r["from"])
+                covered.setdefault(os.path.realpath(r["path"]), []).append((r["from"], r["to"]))
+            self.assertEqual(rows_by_window[w["window_start"]], wc_rows(data), w)
+            self.assertEqual(w["rows"], len(rows_by_window[w["window_start"]]))
+        for name in os.listdir(logs):  # every byte of every file in exactly one window
+            p = os.path.realpath(os.path.join(logs, name))
+            spans = sorted(covered.get(p, []))
+            self.assertEqual(spans[0][0] if spans else 0, 0, p)
+            for (a, b), (c, d) in zip(spans, spans[1:]):
+                self.assertEqual(b, c, (p, spans))
+            self.assertEqual(spans[-1][1] if spans else 0, os.path.getsize(p), p)
+
+    def rows_tsv(self, path):
+        out = {}
+        for line in slurp(path).decode().splitlines():
+            ws, rest = line.split("\t", 1)
+            out.setdefault(ws, []).append(rest)
+        return out
+
+    def test_windows_across_a_kill(self):
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        args = ("wordcount", logs, "--follow", "--window", "1", "--interval", "0.1", "--until-idle", "2.5",
+                "--workers", "2", "--job-dir", job, "-o", out, "-q")
+        f = Follower(self, args)
+        f.start()
+        for k in range(4):
+            n = len(self.windows(job))
+            with open(os.path.join(logs, "a.log"), "a") as fh:
+                fh.write("".join("k%d w%d x\n" % (k, i % 17) for i in range(200 + k)) + ("cut wo" if k == 1 else "rd\n"))
+            wait_until(lambda: len(self.windows(job)) > n, "window %d to close" % k, proc=f.running())
+            if k == 1:
+                f.kill9()
+                f.start()
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        self.check(self.rows_tsv(out), job, logs)
+        self.assertGreaterEqual(len(self.windows(job)), 4)
+
+    def crash_point(self, fault, sqlite):
+        logs, job = self.path("logs"), self.path("job")
+        os.mkdir(logs)
+        out = self.path("out.db") if sqlite else self.path("out.tsv")
+        dest = ("-o", "sqlite:" + out, "--table", "wc") if sqlite else ("-o", out)
+        args = ("wordcount", logs, "--follow", "--window", "1", "--interval", "0.1", "--workers", "1",
+                "--job-dir", job, *dest, "-q")
+        self.write("logs/a.log", "one two two\n")
+        p = start(*args, env=fault_env(fault + "=0"))
+        try:
+            p.wait(timeout=60)  # window 0 closes within a second or two, and the fault kills it
+        finally:
+            stop(p)
+        self.assertEqual(p.returncode, -signal.SIGKILL)
+        with open(os.path.join(logs, "a.log"), "a") as fh:
+            fh.write("three\n")
+        run(*args, "--until-idle", "1.5")
+        if sqlite:
+            db = sqlite3.connect(out)
+            got = {}
+            for ws, word, n in db.execute("SELECT * FROM wc ORDER BY rowid"):
+                got.setdefault(ws, []).append("%s\t%d" % (word, n))
+            self.assertEqual(len(db.execute("SELECT * FROM dbatch_commits").fetchall()), len(got))
+        else:
+            got = self.rows_tsv(out)
+        self.check(got, job, logs)
+        first = self.windows(job)[0]["window_start"]
+        self.assertEqual(got[first], ["two\t2", "one\t1"])
+
+    def test_crash_before_append_file(self):
+        self.crash_point("follow_crash_before_append", False)
+
+    def test_crash_after_append_file(self):
+        self.crash_point("follow_crash_after_append", False)
+
+    def test_crash_before_append_sqlite(self):
+        self.crash_point("follow_crash_before_append", True)
+
+    def test_crash_after_append_sqlite(self):
+        self.crash_point("follow_crash_after_append", True)
