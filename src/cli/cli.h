@@ -311,6 +311,8 @@ typedef struct cli_follow {
   "                          are appended once it closes, exactly once\n"
 /* 1 handled, 0 not a --follow option, < 0 a bad value. */
 int cli_follow_option(cli_follow *f, int c, const char *arg);
+/* After the options: a usage error's exit status (printed) when they do not go together, else 0. */
+int cli_follow_misuse(const cli_follow *f, const char *cmd, char *const *args, size_t nargs);
 /* Run tmpl (a stage whose merged partial can be kept: s->keep) over args as they grow, until
  * stopped. Rows go to o->out, written again after each micro-batch. */
 int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tmpl, char *const *args, size_t nargs,

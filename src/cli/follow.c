@@ -80,6 +80,17 @@ typedef struct wrange {
   uint64_t from, to;
 } wrange;
 
+int cli_follow_misuse(const cli_follow *f, const char *cmd, char *const *args, size_t nargs) {
+  if (!f->on && (f->interval > 0 || f->until_idle > 0 || f->window > 0))
+    return cli_usage_error(cmd, "%s goes with --follow", f->interval > 0 ? "--interval" : f->until_idle > 0 ? "--until-idle"
+                                                                                                        : "--window");
+  for (size_t i = 0; f->on && i < nargs; i++)
+    if (!strcmp(args[i], "-"))
+      return cli_usage_error(cmd, "--follow reads files as they grow: standard input cannot be followed (give files or "
+                                  "directories)");
+  return 0;
+}
+
 /* A file being followed. */
 typedef struct fsrc {
   char *path;          /* its latest name */
@@ -99,6 +110,7 @@ typedef struct follower {
   uint64_t fingerprint;
   char state_path[PATH_MAX];
   int durable;         /* a job directory holds the state file */
+  char job_key[PATH_MAX];  /* names the job in a database's dbatch_follow: its job directory */
   char spool_path[PATH_MAX];
   char spool_dir[PATH_MAX - 64];
   int spool_made;      /* spool_dir is ours to remove */
@@ -625,6 +637,32 @@ static void fault_at(const char *name, uint64_t n) {
   if (k && k[strlen(name)] == '=' && strtoull(k + strlen(name) + 1, NULL, 10) == n) raise(SIGKILL);
 }
 
+/* What the output covers, for a database's dbatch_follow (sink_set_follow_note). */
+static void note_offsets(const follower *w) {
+  dbx_buf b = {0};
+  json_raw(&b, "{");
+  json_key(&b, "micro_batch", 1);
+  json_int(&b, (int64_t)w->epoch);
+  json_key(&b, "files", 0);
+  json_raw(&b, "[");
+  for (size_t i = 0; i < w->n; i++) {
+    json_raw(&b, i ? ",{" : "{");
+    json_key(&b, "path", 1);
+    json_cstr(&b, w->v[i].path);
+    json_key(&b, "offset", 0);
+    json_int(&b, (int64_t)w->v[i].off);
+    json_key(&b, "dev", 0);
+    json_int(&b, (int64_t)w->v[i].dev);
+    json_key(&b, "ino", 0);
+    json_int(&b, (int64_t)w->v[i].ino);
+    json_raw(&b, "}");
+  }
+  json_raw(&b, "]}");
+  dbx_buf_append(&b, "", 1);
+  sink_set_follow_note(w->job_key, w->epoch, b.data ? b.data : "{}");
+  dbx_buf_free(&b);
+}
+
 /* ---- windows ---- */
 
 typedef struct win_emit {
@@ -840,6 +878,10 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
   w.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   w.fingerprint = fingerprint(tmpl, args, nargs, f->window);
   w.durable = j->job_dir != NULL;
+  char *real = j->job_dir ? realpath(j->job_dir, NULL) : NULL;
+  if (real) snprintf(w.job_key, sizeof w.job_key, "%s", real);
+  else snprintf(w.job_key, sizeof w.job_key, "%016llx", (unsigned long long)w.fingerprint);
+  free(real);
   double interval = f->interval > 0 ? f->interval : 5.0;
   int rc = 0;
   /* Where the spool and the state live: the job directory, else a private directory. */
@@ -884,7 +926,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
     log_info("--follow: going on from micro-batch %llu (%zu file(s) followed)", (unsigned long long)w.epoch, w.n);
     /* The output of the last state written, again: it may not have been committed. A
      * window closed and not appended yet is appended now. */
-    if (!windowed) rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
+    if (!windowed) note_offsets(&w), rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
     else if (w.pend.on && !(rc = finish_pending(&w, tmpl, o, &wsch, wlog, err))) rc = save_state(&w, err);
   }
   free(saved);
@@ -947,7 +989,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       w.cur.len = 0;
       if (!(rc = op->encode(tmpl->cfg, state, &w.cur, err)) && j->job_dir) rc = save_state(&w, err);
       fault_at("follow_crash_before_output", w.epoch);
-      if (!rc && !windowed) rc = commit_output(tmpl, o, f->schema, w.cur.data, w.cur.len, err);
+      if (!rc && !windowed) note_offsets(&w), rc = commit_output(tmpl, o, f->schema, w.cur.data, w.cur.len, err);
       if (rc) break;
       committed_once = 1;
       j->follow_lag_bytes = w.lag_bytes;
@@ -998,6 +1040,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
     wait_until_tick(&w, j, cum->name, next);
   }
   j->follow_epochs = w.epoch;
+  sink_set_follow_note(NULL, 0, NULL);
   if (!rc) cum->state = STAGE_DONE;
   if (state) op->partial_free(state);
   dbx_buf_free(&w.cur);

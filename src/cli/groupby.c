@@ -235,6 +235,8 @@ int cmd_groupby(int argc, char **argv) {
   j.t_start = time_mono();
   rec_setup rs;
   memset(&rs, 0, sizeof rs);
+  int mu = cli_follow_misuse(&fl, "groupby", argv + optind, (size_t)(argc - optind));
+  if (mu) return mu;
   int rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
   if (rc) return cli_fail("groupby", &err);
   if ((rc = rec_prepare("groupby", fmt, &j.in, &rs, &err))) {

@@ -329,6 +329,8 @@ int cmd_run(int argc, char **argv) {
     if (optind >= argc) return cli_usage_error("run", "no INPUT given (use - for standard input)");
     if (reduce_cmd && (k.partitions_set || k.spill_dir || k.memory))
       return cli_usage_error("run", "--partitions, --spill-dir and --memory apply to --reduce, not --reduce-cmd");
+    int mu = cli_follow_misuse(&fl, "run", argv + optind, (size_t)(argc - optind));
+    if (mu) return mu;
     return run_reduce(&o, &k, &fl, map, reduce, reduce_cmd, bad_fail == 1, argc - optind, argv + optind);
   }
   if (k.partitions_set || k.spill_dir || k.memory)

@@ -94,6 +94,8 @@ int cmd_wordcount(int argc, char **argv) {
   cfg.max_record = o.max_record;
   cfg.bad_fail = o.bad_fail;
   if (optind >= argc) return cli_usage_error("wordcount", "no INPUT given (use - for standard input)");
+  int mu = cli_follow_misuse(&fl, "wordcount", argv + optind, (size_t)(argc - optind));
+  if (mu) return mu;
   dbx_err err = {0, ""};
   job j;
   memset(&j, 0, sizeof j);

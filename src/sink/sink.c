@@ -1,5 +1,6 @@
 /* sink.c -- choosing a sink from the destination and format. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -10,6 +11,30 @@ static char g_job_id[80];
 
 void sink_set_job_id(const char *id) { snprintf(g_job_id, sizeof g_job_id, "%s", id ? id : ""); }
 const char *sink_job_id(void) { return g_job_id; }
+
+static char *g_follow_job, *g_follow_offsets;
+static uint64_t g_follow_mb;
+
+void sink_set_follow_note(const char *job, uint64_t micro_batch, const char *offsets) {
+  free(g_follow_job);
+  free(g_follow_offsets);
+  g_follow_job = job ? strdup(job) : NULL;
+  g_follow_offsets = job ? strdup(offsets ? offsets : "") : NULL;
+  if (!g_follow_job || !g_follow_offsets) {
+    free(g_follow_job);
+    free(g_follow_offsets);
+    g_follow_job = g_follow_offsets = NULL;
+  }
+  g_follow_mb = micro_batch;
+}
+
+int sink_follow_note(const char **job, uint64_t *micro_batch, const char **offsets) {
+  if (!g_follow_job) return 0;
+  *job = g_follow_job;
+  *micro_batch = g_follow_mb;
+  *offsets = g_follow_offsets;
+  return 1;
+}
 
 static int ends_with(const char *s, size_t n, const char *suffix) {
   size_t k = strlen(suffix);

@@ -22,6 +22,13 @@ typedef struct sink_opts {
  * has started; a job without a journal gets a random one. Copied. */
 void sink_set_job_id(const char *id);
 const char *sink_job_id(void);
+/* A followed job's progress (--follow): database outputs record it in table dbatch_follow
+ * (job, micro_batch, offsets as JSON), in the transaction that commits their rows, so what a
+ * table holds and the input it covers are committed together. job NULL: none (the default).
+ * Copied. */
+void sink_set_follow_note(const char *job, uint64_t micro_batch, const char *offsets);
+/* 1 and the note when there is one. */
+int sink_follow_note(const char **job, uint64_t *micro_batch, const char **offsets);
 /* Would this destination write a header line (a CSV or TSV file)? */
 int sink_takes_header(const sink_opts *o);
 /* A destination that looks like a URI of a kind dbatch does not write (POSTGRESQL://,

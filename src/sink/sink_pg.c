@@ -395,6 +395,36 @@ static int swap_part(pg_db *d, pg_part *p, dbx_err *err) {
   return rc;
 }
 
+/* A followed job's progress, in the transaction of its rows (sink_set_follow_note), next to
+ * the first output's table. */
+static int follow_note(pg_db *d, dbx_err *err) {
+  const char *job, *offsets;
+  uint64_t mb;
+  if (!d->parts || !sink_follow_note(&job, &mb, &offsets)) return 0;
+  char *t = qualified(d->parts, "dbatch_follow");
+  char *sql = t ? fmt_sql("CREATE TABLE IF NOT EXISTS %s (job text PRIMARY KEY, micro_batch bigint NOT NULL, offsets "
+                          "text NOT NULL, committed_at timestamptz NOT NULL DEFAULT now())", t)
+                : NULL;
+  int rc = sql ? run_sql(d, sql, "cannot create dbatch_follow", err) : DBX_ENOMEM;
+  free(sql);
+  sql = NULL;
+  if (!rc && !(sql = fmt_sql("INSERT INTO %s (job, micro_batch, offsets) VALUES ($1, $2, $3) ON CONFLICT (job) DO "
+                             "UPDATE SET micro_batch = EXCLUDED.micro_batch, offsets = EXCLUDED.offsets, "
+                             "committed_at = now()", t)))
+    rc = DBX_ENOMEM;
+  if (!rc) {
+    char mbs[32];
+    snprintf(mbs, sizeof mbs, "%llu", (unsigned long long)mb);
+    const char *params[3] = {job, mbs, offsets};
+    PGresult *r = PQexecParams(d->conn, sql, 3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) rc = res_err(d, r, "cannot record the followed input in dbatch_follow", err);
+    else PQclear(r);
+  }
+  free(sql);
+  free(t);
+  return rc;
+}
+
 /* What went wrong, without the server's name in front or "nothing was written" behind:
  * for a warning that says what happens next. */
 static void reason(const pg_db *d, const char *msg, char *out, size_t cap) {
@@ -435,6 +465,7 @@ static int db_load(pg_db *d, dbx_err *err) {
                           p->schema_q, p->table_q);
     for (pg_part *p = d->parts; !rc && p; p = p->next) rc = load_part(d, p, err);
     for (pg_part *p = d->parts; !rc && p; p = p->next) rc = swap_part(d, p, err);
+    if (!rc) rc = follow_note(d, err);
     if (!rc) {
       d->loaded = 1;
       return 0;

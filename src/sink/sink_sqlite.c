@@ -160,6 +160,27 @@ static int commits_step(sqlite_sink *s, const char *sql, int bind_rows, int *fou
   return rc;
 }
 
+/* A followed job's progress, in the transaction of its rows (sink_set_follow_note). */
+static int follow_note(sqlite_sink *s, dbx_err *err) {
+  const char *job, *offsets;
+  uint64_t mb;
+  if (!sink_follow_note(&job, &mb, &offsets)) return 0;
+  int rc = exec(s, "CREATE TABLE IF NOT EXISTS dbatch_follow (job TEXT PRIMARY KEY, micro_batch INTEGER NOT NULL, "
+                   "offsets TEXT NOT NULL, committed_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)", err);
+  sqlite3_stmt *st = NULL;
+  if (!rc && sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO dbatch_follow (job, micro_batch, offsets) VALUES (?1, ?2, ?3)",
+                                -1, &st, NULL) != SQLITE_OK)
+    rc = db_err(s, err, "dbatch_follow");
+  if (!rc) {
+    sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)mb);
+    sqlite3_bind_text(st, 3, offsets, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_err(s, err, "dbatch_follow");
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
 static int sqlite_commit(sink *sb, dbx_err *err) {
   sqlite_sink *s = (sqlite_sink *)sb;
   sqlite_db *d = s->d;
@@ -179,7 +200,8 @@ static int sqlite_commit(sink *sb, dbx_err *err) {
     rc = dbx_seterr(err, DBX_EDB, "sqlite:%s: another output into the same database failed; nothing was written",
                     s->path);
   } else if (d->open == 1) {  /* the last one: commit them all */
-    rc = exec(s, "COMMIT", err);
+    rc = follow_note(s, err);
+    if (!rc) rc = exec(s, "COMMIT", err);
     if (rc) exec(s, "ROLLBACK", NULL);
   }
   if (--d->open == 0) db_release(d, rc != 0 || d->failed);

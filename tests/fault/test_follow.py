@@ -155,6 +155,11 @@ class FollowFiles(TmpTest):
         self.assertEqual(len(rows(db)), len(ref_rows))
         # p2: 23 whole rows at first, and one cut across a kill ("p2,r" then "2,7")
         self.assertIn(("p2", 24, sum(range(2, 300, 13)) + 7, 3), rows(db))
+        # the input the table covers, committed with it: every file to its end
+        (key, mb, offsets), = sqlite3.connect(db).execute("SELECT job, micro_batch, offsets FROM dbatch_follow")
+        self.assertEqual((key, mb), (os.path.realpath(job), epoch(job)))
+        got = {os.path.basename(x["path"]): x["offset"] for x in json.loads(offsets)["files"]}
+        self.assertEqual(got, {n: os.path.getsize(self.path("logs", n)) for n in ("1.csv", "2.csv", "3.csv")})
 
     def test_killed_between_its_state_and_its_output(self):
         """The state of micro-batch 2 is written, its output is not: the same command commits
@@ -278,6 +283,11 @@ class FollowErrors(TmpTest):
             (("run", "--map", "cat", "--follow", self.write("a", "x\n")), "--follow goes with --map CMD --reduce AGG"),
             (("wordcount", "--follow", "--interval", "0", self.write("b", "x\n")), "--interval"),
             (("wordcount", "--follow", "--until-idle", "soon", self.write("c", "x\n")), "--until-idle"),
+            (("wordcount", "--interval", "3", self.write("e", "x\n")), "--interval goes with --follow"),
+            (("groupby", "--window", "60", "--key", "a", "--agg", "count", self.write("f.csv", "a\n")),
+             "--window goes with --follow"),
+            (("wordcount", "--follow", "--window", "1.5", self.write("g", "x\n")), "whole seconds"),
+            (("wordcount", "--follow", "-"), "standard input cannot be followed"),
         ]
         for args, needle in cases:
             r = run(*args, check=False)
