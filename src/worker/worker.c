@@ -254,7 +254,8 @@ static int relay_collect(relay_dir *rd, const msg *m, dbx_err *err) {
       if (!no || !nn) { rc = dbx_seterr(err, DBX_ENOMEM, "out of memory"); break; }
       cap = nc;
     }
-    snprintf(p, sizeof p, "%s/%s", rd->path, e->d_name);
+    /* n <= PROTO_FILE_NAME_MAX (msg_file_name_ok) */
+    snprintf(p, sizeof p, "%s/%.*s", rd->path, PROTO_FILE_NAME_MAX, e->d_name);
     int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -264,7 +265,8 @@ static int relay_collect(relay_dir *rd, const msg *m, dbx_err *err) {
     void *map = sb.st_size ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
     close(fd);
     if (map == MAP_FAILED) { rc = dbx_seterr(err, DBX_EIO, "%s: %s", p, strerror(errno)); break; }
-    snprintf(rd->names[rd->nout], sizeof rd->names[0], "%s", e->d_name);
+    memcpy(rd->names[rd->nout], e->d_name, n);
+    rd->names[rd->nout][n] = 0;
     rd->out[rd->nout] = (msg_file){rd->names[rd->nout], n, map, (size_t)sb.st_size};
     rd->nout++;
   }
