@@ -10,6 +10,8 @@ the test waits for commits (the micro-batch number in JOB_DIR/follow.state) wher
 them."""
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import struct
@@ -259,6 +261,24 @@ class FollowFiles(TmpTest):
         rc, _, err = f.finish()
         self.assertEqual(rc, 0, err)
         self.assertEqual(slurp(out), reference_wordcount([self.path("logs", "x.log")]))
+
+
+class FollowReport(TmpTest):
+    @unittest.skipUnless(shutil.which("chromium"), "chromium is not installed")
+    def test_report_shows_what_was_followed(self):
+        """The report (the dashboard's page with the final status) says what was followed:
+        files, micro-batches, the rate in, the lag, the last commit and micro-batch times."""
+        self.write("logs/a.log", "a b c\n" * 100 + "unfinished")
+        job = self.path("job")
+        run("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--until-idle", "0.5", "--job-dir", job,
+            "-o", self.path("o.tsv"), "-q")
+        args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--virtual-time-budget=4000", "--user-data-dir=" + self.path("chrome"), "--dump-dom",
+                "file://" + os.path.join(job, "report.html")]
+        dom = subprocess.run(args, capture_output=True, timeout=120).stdout.decode(errors="replace")
+        self.assertIsNone(re.search(r"<body[^>]*data-errors=", dom), "a script error was logged")
+        self.assertRegex(dom, r'id="follow">following 1 file\(s\) · micro-batch 2 · [\d.]+ MB/s in · lag 0\.00 MB, '
+                              r'0\.0 s · last commit 20\d\d-\d\d-\d\d [\d:]+ UTC · micro-batch p50 [\d.]+ s, p99 [\d.]+ s<')
 
 
 class FollowErrors(TmpTest):
