@@ -246,7 +246,7 @@ static int walk(follower *w, const char *dir, int depth, dbx_err *err) {
   }
   closedir(d);
   if (rc) rc = dbx_seterr(err, rc, "out of memory");
-  qsort(names, n, sizeof *names, name_cmp);
+  if (n) qsort(names, n, sizeof *names, name_cmp);
   for (size_t i = 0; i < n && !rc; i++) {
     char p[PATH_MAX];
     struct stat sb;
