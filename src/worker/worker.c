@@ -209,7 +209,17 @@ static int relay_write(const char *dir, const char *name, size_t nlen, const cha
 /* Make the private directory and write the task's files into it. */
 static int relay_begin(relay_dir *rd, const msg *m, dbx_err *err) {
   const char *tmp = getenv("TMPDIR");
-  snprintf(rd->path, sizeof rd->path, "%s/dbatch-relay-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+  if (!tmp || !tmp[0]) tmp = "/tmp";
+  int n = snprintf(rd->path, sizeof rd->path, "%s/dbatch-relay-XXXXXX", tmp);
+  /* The task makes its file names in buffers sized for a spill directory (SHUFFLE_DIR_MAX): a
+   * longer one would be cut short, and files would land outside it. */
+  if (n < 0 || n >= SHUFFLE_DIR_MAX) {
+    rd->path[0] = 0;
+    return dbx_seterr(err, DBX_EIO,
+                      "$TMPDIR %.200s... is too long for a relayed task's directory (at most %d bytes with "
+                      "/dbatch-relay-XXXXXX): give this worker a shorter TMPDIR",
+                      tmp, SHUFFLE_DIR_MAX - 1);
+  }
   if (!mkdtemp(rd->path)) {
     int e = errno;
     char was[PATH_MAX];

@@ -703,6 +703,44 @@ class RelayedFiles(TmpTest):
         self.assertEqual(os.listdir(wtmp), [])
 
 
+class RelayedWorkerTmpdir(TmpfsTest):
+    """A relayed worker whose $TMPDIR cannot hold its private directories is that worker's
+    problem: its tasks fail, naming its $TMPDIR, and go to the other workers; the job's answer
+    is exact and nothing is left in that $TMPDIR."""
+
+    def job(self, wtmp):
+        sales = self.path("sales.csv")
+        gen_keyed.csv_sales(sales, 20000, 300, seed=4)
+        _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", "count,sum:qty")
+        port = free_port()
+        coord = start("groupby", sales, "--key", "product", "--agg", "count,sum:qty", "--partitions", "6",
+                      "--batch-bytes", "64K", "--workers", "1", "--listen", "127.0.0.1:%d" % port, "--wait-workers",
+                      "2", "--policy", "round-robin", "--no-job-dir")
+        w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "1", "-q"],
+                             env=dict(os.environ, TMPDIR=wtmp), stderr=subprocess.DEVNULL)
+        try:
+            out, err = coord.communicate(timeout=120)
+            w.wait(timeout=60)
+        finally:
+            stop(coord)
+            stop(w)
+        err = err.decode(errors="replace")
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, keyed_ref.write_tsv(rows))
+        self.assertEqual(spill_files(wtmp), [])
+        return err
+
+    def test_a_tmpdir_too_long_for_partition_file_names(self):
+        """Names longer than a spill directory's were cut short: the reduced partition was
+        written into $TMPDIR itself, outside the private directory, and left there."""
+        d = self.path("t")
+        while len(d) < 480:
+            d = os.path.join(d, "d" * 40)
+        d = os.path.join(d, "e" * (500 - len(d) - 1))
+        os.makedirs(d)
+        err = self.job(d)
+        self.assertIn("too long for a relayed task's directory", err)
+
 class SkippedMapTask(TmpTest):
     """--on-task-failure=skip with partitions: a map task given up wrote no partition files; its
     records are missing from the result (and reported), and the reduce stage goes on without them."""
