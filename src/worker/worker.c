@@ -330,6 +330,10 @@ static void run_item(wctx *w, unsigned slot, witem *it, loader *ld, void *push, 
                     "its result is %zu bytes, over the coordinator's --max-message of %llu bytes: raise "
                     "--max-message or use smaller batches (--batch-bytes, --batch-records)",
                     out->len, (unsigned long long)max);
+  /* A relayed task writes only in this worker's own $TMPDIR: that one being full is this
+   * worker's problem, a failed attempt that goes elsewhere, not the coordinator's full spill
+   * directory that fails the job. */
+  if (rc == DBX_ENOSPC && m->has_files) rc = DBX_EIO;
   if (rc) {
     /* Drop the scratch buffers first: the failure must get through even after ENOMEM. */
     dbx_buf_free(enc);

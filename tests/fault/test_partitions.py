@@ -708,9 +708,9 @@ class RelayedWorkerTmpdir(TmpfsTest):
     problem: its tasks fail, naming its $TMPDIR, and go to the other workers; the job's answer
     is exact and nothing is left in that $TMPDIR."""
 
-    def job(self, wtmp):
+    def job(self, wtmp, products=300, size=20000):
         sales = self.path("sales.csv")
-        gen_keyed.csv_sales(sales, 20000, 300, seed=4)
+        gen_keyed.csv_sales(sales, size, products, seed=4)
         _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", "count,sum:qty")
         port = free_port()
         coord = start("groupby", sales, "--key", "product", "--agg", "count,sum:qty", "--partitions", "6",
@@ -740,6 +740,12 @@ class RelayedWorkerTmpdir(TmpfsTest):
         os.makedirs(d)
         err = self.job(d)
         self.assertIn("too long for a relayed task's directory", err)
+
+    def test_a_full_tmpdir(self):
+        """A full $TMPDIR of one worker's failed the whole job as if the coordinator's spill
+        directory were full."""
+        err = self.job(self.small, products=20000, size=2000000)
+        self.assertRegex(err, r"failed on worker \d+ .*dbatch-relay-.*No space left on device")
 
 class SkippedMapTask(TmpTest):
     """--on-task-failure=skip with partitions: a map task given up wrote no partition files; its
