@@ -565,7 +565,11 @@ int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, 
     if (!rc) rc = kv_cursor_init(&x->c, x->p, err);
     if (!rc && x->map) x->drop_m = 0, x->drop_q = (size_t)(x->c.q - x->map);
     if (!rc) x->have = kv_cursor_next(&x->c, &x->head);
-    else if (rc == DBX_ECORRUPT) rc = dbx_seterr(err, rc, "reduced partition %s: %s", path, err->msg);
+    else if (rc == DBX_ECORRUPT) {
+      char why[DBX_ERR_LEN];  /* err->msg cannot be formatted into itself */
+      snprintf(why, sizeof why, "%s", err->msg);
+      rc = dbx_seterr(err, rc, "reduced partition %s: %s", path, why);
+    }
   }
   if (rc) {
     kv_stream_close(s);

@@ -940,8 +940,41 @@ static void test_relay_output_names(void **state) {
   assert_int_equal(need, 2);
 }
 
+/* A damaged reduced partition (one a relayed worker sent, say) is refused naming the file and
+ * why, once: the message was formatted into itself and came out as the path twice, no reason. */
+static void test_stream_refuses_damaged_partition(void **state) {
+  (void)state;
+  kv_spec s = spec_of("count");
+  kvpart *p = kv_new(&s);
+  dbx_err err = {0, ""};
+  assert_int_equal(add1(p, (kstr)KS("a"), "x", 1, &err), 0);
+  dbx_buf b = {0};
+  assert_int_equal(kv_encode(p, &b, &err), 0);
+  kv_part_cfg pc = {.r = 1, .stage = 3};
+  char tmpl[] = "/tmp/test_kv-XXXXXX";
+  assert_non_null(mkdtemp(tmpl));
+  snprintf(pc.dir, sizeof pc.dir, "%s", tmpl);
+  char path[600];
+  snprintf(path, sizeof path, "%s/s3-r0.kv", tmpl);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b.data, 1, b.len - 1, f), b.len - 1);  /* the last byte cut off */
+  fclose(f);
+  kv_stream *st = NULL;
+  assert_int_equal(kv_stream_open(&pc, &s, &st, &err), DBX_ECORRUPT);
+  char want[700];
+  snprintf(want, sizeof want, "reduced partition %s: keyed partial: ", path);
+  if (strncmp(err.msg, want, strlen(want)) || strstr(err.msg + strlen(want), "reduced partition"))
+    fail_msg("message '%s', want '%s...'", err.msg, want);
+  unlink(path);
+  rmdir(tmpl);
+  dbx_buf_free(&b);
+  kv_free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_stream_refuses_damaged_partition),
       cmocka_unit_test(test_parse_num),
       cmocka_unit_test(test_relay_output_names),
       cmocka_unit_test(test_bad_number_adds_nothing),
