@@ -109,7 +109,8 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   sink *out = s->out;
   s->out = NULL;  /* the map stage's merged partial is empty: its rows come after the reduce */
   /* Workers that cannot reach the spill directory get their files through us. */
-  shuffle_relay map_relay = {.pc = *pc}, red_relay = {.pc = *pc, .reduce = 1, .by_count = by_count};
+  shuffle_relay map_relay = {.pc = *pc, .spec = *spec},
+                red_relay = {.pc = *pc, .spec = *spec, .reduce = 1, .by_count = by_count};
   s->relay = &map_relay;
   int rc = cli_run_stage(co, j, s, err);
   s->relay = NULL;

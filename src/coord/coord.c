@@ -507,8 +507,8 @@ static int send_relayed(srun *r, const ctask *t, uint32_t attempt, dbx_err *err)
 }
 
 /* The files a relayed attempt of task idx sent back: checked (exactly the names its task
- * writes, the required ones all there, none twice) and, with write, written into the spill
- * directory. 0; 1 with why set when the result is bad (a failed attempt); < 0 when they
+ * writes, the required ones all there, none twice; without write, their contents too, O(bytes))
+ * and, with write, written into the spill directory. 0; 1 with why set when the result is bad (a failed attempt); < 0 when they
  * cannot be written (err: a full spill directory fails the job). */
 static int accept_relayed(srun *r, uint32_t idx, const msg *m, int write, char *why, size_t cap, dbx_err *err) {
   const shuffle_relay *rl = r->s->relay;
@@ -523,8 +523,14 @@ static int accept_relayed(srun *r, uint32_t idx, const msg *m, int write, char *
     msg_file f;
     msg_file_at(m, i, &f);
     int k = shuffle_relay_output(rl, idx, f.name, f.name_len, &need);
+    dbx_err cerr = {0, ""};
     if (k < 0 || (size_t)k >= nseen || seen[k]) {
       snprintf(why, cap, "%s file '%.*s'", k < 0 ? "an unexpected" : "a repeated", (int)f.name_len, f.name);
+      bad = 1;
+    } else if (!write && shuffle_relay_check(rl, idx, k, f.data, f.len, &cerr)) {
+      /* Checked here, not when the reduce or the final merge reads it: one worker's damaged
+       * file is its failed attempt, not the whole job's failure. */
+      snprintf(why, cap, "a damaged file '%.*s': %s", (int)f.name_len, f.name, cerr.msg);
       bad = 1;
     } else {
       seen[k] = 1;
@@ -814,9 +820,9 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
    * elsewhere, never a failure of the whole job. */
   void *part = NULL;
   dbx_err derr = {0, ""};
-  char bad_files[160];
+  char bad_files[400];
   if (m->has_files && accept_relayed(r, idx, m, 0, bad_files, sizeof bad_files, err)) {
-    char why[240];
+    char why[440];
     snprintf(why, sizeof why, "sent a bad result: %s", bad_files);
     return attempt_failed(r, idx, k, why, err);
   }

@@ -628,6 +628,7 @@ typedef struct cpart {
   char *map;
   size_t len, pos;
   size_t dropped;     /* pages before this offset were given back */
+  int keep;           /* give nothing back: the bytes are a message's, not a mapped file's */
   const char *key;
   size_t klen;
   uint64_t count;
@@ -670,7 +671,7 @@ static int cpart_next(cpart *x, dbx_err *err) {
   /* Give back the pages behind the previous entry (it is still the caller's): the stream's
    * memory stays small whatever the size of the partitions. */
   size_t behind = (size_t)(k - x->map) - 12;
-  if (behind > x->dropped + (16u << 20)) x->dropped = release_prefix(x->map, x->dropped, behind);
+  if (!x->keep && behind > x->dropped + (16u << 20)) x->dropped = release_prefix(x->map, x->dropped, behind);
   return 0;
 }
 
@@ -804,6 +805,34 @@ int shuffle_relay_output(const shuffle_relay *rl, uint32_t index, const char *na
   k = snprintf(want, sizeof want, "s%u-c%u.kv", pc->stage, index);
   if (rl->by_count && n == (size_t)k && !memcmp(name, want, n)) return 1;
   return -1;
+}
+
+int shuffle_relay_check(const shuffle_relay *rl, uint32_t index, int k, const char *data, size_t n, dbx_err *err) {
+  const kv_part_cfg *pc = &rl->pc;
+  if (!rl->reduce && (uint32_t)k == pc->r)
+    return n == 8 ? 0 : dbx_seterr(err, DBX_ECORRUPT, "a spilled-bytes note of %zu bytes, not 8", n);
+  uint32_t want = rl->reduce ? index : (uint32_t)k;
+  int rc = 0;
+  if (rl->reduce && k == 1) {  /* the by-count file: "DBWC", then entries as cpart_next reads them */
+    cpart x = {.map = (char *)data, .len = n, .pos = 4, .keep = 1};
+    if (n < 4 || memcmp(data, "DBWC", 4)) return dbx_seterr(err, DBX_ECORRUPT, "a by-count file: bad header");
+    while (!(rc = cpart_next(&x, err)) && x.have)
+      if (kv_partition_of(x.key, x.klen, pc->r) != want)
+        return dbx_seterr(err, DBX_ECORRUPT, "a by-count file holds a key of partition %u, not %u",
+                          kv_partition_of(x.key, x.klen, pc->r), want);
+    return rc;
+  }
+  kvpart *p = NULL;
+  kv_cursor c;
+  kv_entry e;
+  rc = kv_decode_view(&rl->spec, n ? data : "", n, &p, err);
+  if (!rc) rc = kv_cursor_init(&c, p, err);
+  while (!rc && kv_cursor_next(&c, &e))
+    if (kv_partition_of(e.key, e.klen, pc->r) != want)
+      rc = dbx_seterr(err, DBX_ECORRUPT, "a partition file holds a key of partition %u, not %u",
+                      kv_partition_of(e.key, e.klen, pc->r), want);
+  kv_free(p);
+  return rc;
 }
 
 void shuffle_relay_input(const shuffle_relay *rl, uint32_t i, uint32_t index, char *path, size_t cap, size_t *name_off) {

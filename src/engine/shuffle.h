@@ -104,6 +104,7 @@ uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);
  * private directory of its own (shuffle_use_dir). */
 typedef struct shuffle_relay {
   kv_part_cfg pc;
+  kv_spec spec;        /* what its partition files hold */
   int reduce;          /* 0: a map stage (task i writes its R partition files); 1: the reduce stage */
   int by_count;        /* the reduce stage also writes the by-count file */
   uint32_t nmap;       /* the reduce stage: map tasks */
@@ -114,6 +115,10 @@ void shuffle_use_dir(const char *dir);
  * must send back, *required for an optional one (a map task's spilled-bytes note), -1 for a
  * name the task does not write. */
 int shuffle_relay_output(const shuffle_relay *rl, uint32_t index, const char *name, size_t n, uint32_t *required);
+/* Check the bytes of a relayed file of task index, kind k (what shuffle_relay_output said):
+ * a partition file must decode, in order, holding only keys of its partition; a by-count file
+ * likewise; a spilled-bytes note is 8 bytes. 0, or DBX_ECORRUPT with why in err. O(n). */
+int shuffle_relay_check(const shuffle_relay *rl, uint32_t index, int k, const char *data, size_t n, dbx_err *err);
 /* The path of reduce task index's input from map task i; its file name starts at *name_off. */
 void shuffle_relay_input(const shuffle_relay *rl, uint32_t i, uint32_t index, char *path, size_t cap, size_t *name_off);
 /* Write a relayed file (a checked name) into the configuration's directory, atomically. */

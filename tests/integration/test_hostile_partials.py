@@ -241,6 +241,7 @@ class HostileRelayedFiles(TmpTest):
         s.connect(ep)
         s.send(pack(1, 1, "fake-evil", os.getpid(), False))
         answered = []
+        inputs = {}
         try:
             end = time.time() + 60
             while time.time() < end and coord.poll() is None:
@@ -249,6 +250,10 @@ class HostileRelayedFiles(TmpTest):
                 m = msgpack.unpackb(s.recv(), raw=False)
                 if m[2] == 5 and len(m) == 11:   # a task with relayed files (its last field)
                     stage, index, attempt = m[3], m[4], m[5]
+                    if kind == "damaged":
+                        if self.crafted(kind, s, m, stage, index, attempt, inputs):
+                            answered.append(index)
+                        continue
                     if kind == "climb":
                         files = [["../../evil-%d.kv" % index, b"x"]]
                     elif kind == "other-task":
@@ -265,6 +270,20 @@ class HostileRelayedFiles(TmpTest):
             s.close()
             ctx.term()
         return coord.returncode, out, err.decode(errors="replace"), keyed_ref.write_tsv(rows), answered
+
+    # An empty keyed partial of count,sum:qty: magic, version 1, two aggregates (count 1, sum
+    # 2), no entries, no pairs. What a map or reduce task of this job sends as its partial.
+    EMPTY = b"DBKV\x01\x02\x01\x02" + b"\0" * 16
+
+    def crafted(self, kind, s, m, stage, index, attempt, inputs):
+        """Right names, a valid partial, damaged contents: map tasks answered with partition
+        files that claim one entry and hold none. 1 if answered with files."""
+        if m[10] != []:
+            s.send(pack(7, stage, index, attempt, -3, "fake: no reduce tasks here"))
+            return 0
+        files = [["s0-m%d-p%d.kv" % (index, r), self.EMPTY[:8] + b"\x01" + b"\0" * 15] for r in range(3)]
+        s.send(pack(6, stage, index, attempt, 1, 0, 10, 0.001, self.EMPTY, "", files))
+        return 1
 
     def check(self, kind, needle):
         rc, out, err, want, answered = self.relayed_job(kind)
@@ -283,3 +302,8 @@ class HostileRelayedFiles(TmpTest):
 
     def test_none_of_the_files_its_task_writes(self):
         self.check("none", "sent a bad result: 0 of the 3 files its task writes")
+
+    def test_damaged_files_with_the_right_names(self):
+        """They were written as they came: the reduce tasks that read them failed, and so did
+        the job."""
+        self.check("damaged", "sent a bad result: a damaged file 's0-m")

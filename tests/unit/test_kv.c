@@ -972,8 +972,37 @@ static void test_stream_refuses_damaged_partition(void **state) {
   kv_free(p);
 }
 
+/* The contents the coordinator takes back from a relayed task: a partition file must decode
+ * and hold only keys of its partition (a well-formed file of another partition's keys was
+ * taken, and the answer had those keys twice); a spilled-bytes note is 8 bytes. */
+static void test_relay_check_contents(void **state) {
+  (void)state;
+  kv_spec s = spec_of("count");
+  shuffle_relay map = {.pc = {.r = 2, .stage = 0}, .spec = s}, red = {.pc = {.r = 2, .stage = 0}, .spec = s, .reduce = 1};
+  kvpart *p = kv_new(&s);
+  dbx_err err = {0, ""};
+  char key[8];
+  for (int i = 0; i < 20; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    if (kv_partition_of(key, strlen(key), 2) == 1) assert_int_equal(add1(p, (kstr){key, strlen(key)}, "x", 1, &err), 0);
+  }
+  dbx_buf b = {0};
+  assert_int_equal(kv_encode(p, &b, &err), 0);
+  assert_int_equal(shuffle_relay_check(&map, 4, 1, b.data, b.len, &err), 0);
+  assert_int_equal(shuffle_relay_check(&red, 1, 0, b.data, b.len, &err), 0);
+  assert_int_equal(shuffle_relay_check(&map, 4, 0, b.data, b.len, &err), DBX_ECORRUPT);
+  assert_non_null(strstr(err.msg, "holds a key of partition 1, not 0"));
+  assert_int_equal(shuffle_relay_check(&red, 0, 0, b.data, b.len, &err), DBX_ECORRUPT);
+  assert_int_equal(shuffle_relay_check(&map, 4, 1, b.data, b.len - 1, &err), DBX_ECORRUPT);
+  assert_int_equal(shuffle_relay_check(&map, 4, 2, "12345678", 8, &err), 0);
+  assert_int_equal(shuffle_relay_check(&map, 4, 2, b.data, b.len, &err), DBX_ECORRUPT);
+  dbx_buf_free(&b);
+  kv_free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_relay_check_contents),
       cmocka_unit_test(test_stream_refuses_damaged_partition),
       cmocka_unit_test(test_parse_num),
       cmocka_unit_test(test_relay_output_names),
