@@ -577,8 +577,8 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
     w->stage_sent = r->id;
   }
   uint32_t attempt = t->attempts + 1;
-  int rc;
-  if (relays(w, r->s)) {
+  int rc, relayed = relays(w, r->s);
+  if (relayed) {
     rc = send_relayed(r, t, attempt, err);
     if (rc == -2) return -2;
   } else if (!t->b.shipped && (c->o.ship || !w->shared_fs)) {
@@ -601,6 +601,7 @@ static int send_task(srun *r, size_t wi, uint32_t idx, int k, dbx_err *err) {
   r->s->st->attempts++;
   w->inflight++;
   t->run_ticket[k] = ui_attempt_start(r->j->ui, r->s->seq, idx, attempt, w->id);
+  t->run_relayed[k] = (uint8_t)relayed;
   return 0;
 }
 
@@ -821,6 +822,8 @@ static int on_result(srun *r, size_t wi, const msg *m, dbx_err *err) {
   void *part = NULL;
   dbx_err derr = {0, ""};
   char bad_files[400];
+  if (r->tt.t[idx].run_relayed[k] && !m->has_files)  /* its outputs are nowhere else */
+    return attempt_failed(r, idx, k, "sent a bad result: no files, for a task whose outputs it was to send back", err);
   if (m->has_files && accept_relayed(r, idx, m, 0, bad_files, sizeof bad_files, err)) {
     char why[440];
     snprintf(why, sizeof why, "sent a bad result: %s", bad_files);
@@ -897,7 +900,10 @@ static int on_failure(srun *r, size_t wi, const msg *m, dbx_err *err) {
   /* An output of an earlier stage is gone (a map output of a partitioned reduce): no retry of
    * this task can help until the stage that made it runs again, which the caller does. The
    * attempt is recorded; its worker is not to blame. */
-  if (m->code == DBX_ELOST) {
+  /* A relayed task's inputs came with it: it cannot have lost them, so that claim is the
+   * worker's own failure (a reduce stage whose tasks keep saying so would otherwise run the
+   * map stage again for nothing, round after round). */
+  if (m->code == DBX_ELOST && !r->tt.t[m->index].run_relayed[k]) {
     record_failure(r, (uint32_t)m->index, k, cause);
     return dbx_seterr(err, DBX_ELOST, "%s: %s", who, cause);
   }

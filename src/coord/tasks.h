@@ -29,6 +29,7 @@ typedef struct ctask {
   uint32_t run_attempt[2];
   double run_start[2];
   uint64_t run_ticket[2];  /* the dashboard's ticket of each running attempt */
+  uint8_t run_relayed[2]; /* each running attempt went with relayed files (its outputs must come back) */
   double not_before;      /* retry backoff */
   uint32_t avoid[TT_AVOID]; /* ids of workers where an attempt failed */
   uint32_t navoid;

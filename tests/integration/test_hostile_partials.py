@@ -19,6 +19,7 @@ from dbx import DATA, TmpTest, free_port, run, slurp, start, stop, wait_for_line
 
 FIX = os.path.join(DATA, "nbcorpus")
 U64 = 2 ** 64 - 1
+DBX_ELOST = -21  # "an earlier stage's output is lost" (include/dbatch.h)
 
 
 def pack(*fields):
@@ -223,7 +224,7 @@ class HostileRelayedFiles(TmpTest):
     task, none of the files its task writes. None is written; the attempt (or the worker) is
     refused; the real worker redoes the task and the answer is exact."""
 
-    def relayed_job(self, kind):
+    def relayed_job(self, kind, more=()):
         import keyed_ref  # noqa: E402
         import gen_keyed  # noqa: E402
         sales = self.path("sales.csv")
@@ -234,7 +235,7 @@ class HostileRelayedFiles(TmpTest):
         ep = "tcp://127.0.0.1:%d" % port
         coord = start("groupby", sales, "--key", "product", "--agg", "count,sum:qty", "--partitions", "3",
                       "--batch-bytes", "8K", "--workers", "1", "--listen", "127.0.0.1:%d" % port, "--wait-workers",
-                      "2", "--policy", "round-robin", "--job-dir", self.path("job"))
+                      "2", "--policy", "round-robin", "--job-dir", self.path("job"), *more)
         ctx = zmq.Context()
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -253,6 +254,14 @@ class HostileRelayedFiles(TmpTest):
                     if kind == "damaged":
                         if self.crafted(kind, s, m, stage, index, attempt, inputs):
                             answered.append(index)
+                        continue
+                    if kind == "no-field":  # a plain result, as if it had written the files itself
+                        s.send(pack(6, stage, index, attempt, 1, 0, 10, 0.001, self.EMPTY, ""))
+                        answered.append(index)
+                        continue
+                    if kind == "lost" and m[10] != []:  # a reduce task says its inputs are gone
+                        s.send(pack(7, stage, index, attempt, DBX_ELOST, "fake: an earlier stage's output is lost"))
+                        answered.append(index)
                         continue
                     if kind == "climb":
                         files = [["../../evil-%d.kv" % index, b"x"]]
@@ -302,6 +311,20 @@ class HostileRelayedFiles(TmpTest):
 
     def test_none_of_the_files_its_task_writes(self):
         self.check("none", "sent a bad result: 0 of the 3 files its task writes")
+
+    def test_a_plain_result_for_a_relayed_task(self):
+        self.check("no-field", "sent a bad result: no files, for a task whose outputs it was to send back")
+
+    def test_a_relayed_reduce_task_said_lost(self):
+        """Its inputs came with it: the claim is the worker's failure, retried elsewhere, and
+        no map task runs again for it."""
+        # its map tasks fail too (it cannot write them): not excluded for that before the reduce
+        rc, out, err, want, answered = self.relayed_job("lost", ("--exclude-after", "16", "--max-attempts", "20"))
+        self.assertTrue(answered, "the fake worker was given no relayed reduce task")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, want)
+        self.assertIn("fake: an earlier stage's output is lost", err)
+        self.assertNotIn("run again", err)
 
     def test_damaged_files_with_the_right_names(self):
         """They were written as they came: the reduce tasks that read them failed, and so did
