@@ -83,6 +83,8 @@ def session(rate_mb, secs, probe_every=0.5):
             if now - last_poll >= 0.02:
                 last_poll = now
                 poll(now)
+        log.write(b"\n")  # the last line whole: everything written can be consumed
+        written += 1
         log.flush()
         stop = time.time()
         end = written
