@@ -290,6 +290,10 @@ typedef struct cli_follow {
   double window;       /* --window: tumbling windows of this many seconds by arrival (0: a running result) */
   int header;          /* the inputs' first line is a header (CSV, TSV): one per file */
   const dbx_schema *schema;  /* the rows' schema, when the operator has none of its own */
+  /* The rows of a state (a partial of the stage's operator, the caller's to keep) through
+   * emit; NULL: the operator's finish. cooccur runs its second stage here. */
+  int (*render)(void *ctx, void *state, dbx_emit_fn emit, void *emit_ctx, dbx_err *err);
+  void *render_ctx;
 } cli_follow;
 #define CLI_FOLLOW_OPTIONS                          \
   {"follow", no_argument, NULL, 1200},              \

@@ -611,15 +611,20 @@ static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
 /* ---- committing ---- */
 
 /* The output, written again from the state's encoding (the state itself stays as it is). */
-static int commit_output(const stage *tmpl, cli_job *o, const dbx_schema *schema, const char *enc, size_t n,
-                         dbx_err *err) {
+static int render(const cli_follow *f, const stage *tmpl, void *state, dbx_emit_fn emit, void *ctx, dbx_err *err) {
+  return f->render ? f->render(f->render_ctx, state, emit, ctx, err)
+                   : tmpl->op->finish(tmpl->cfg, NULL, state, emit, ctx, NULL, err);
+}
+
+static int commit_output(const cli_follow *f, const stage *tmpl, cli_job *o, const dbx_schema *schema, const char *enc,
+                         size_t n, dbx_err *err) {
   const dbx_op *op = tmpl->op;
   void *copy = NULL;
   sink *out = NULL;
   int rc = n ? op->decode(tmpl->cfg, enc, n, &copy, err) : 0;
   if (!rc && !copy && !(copy = op->partial_new(tmpl->cfg))) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   if (!rc) rc = sink_open(&o->out, schema ? schema : op->schema, &out, err);
-  if (!rc) rc = op->finish(tmpl->cfg, NULL, copy, sink_emit, out, NULL, err);
+  if (!rc) rc = render(f, tmpl, copy, sink_emit, out, err);
   if (!rc) rc = sink_commit(out, err);
   else sink_abort(out);
   if (copy) op->partial_free(copy);
@@ -711,7 +716,7 @@ static int finish_pending(follower *w, const stage *tmpl, cli_job *o, const dbx_
     x->out = out;
     x->ncol = ws->ncol - 1;
     iso_utc(w->pend.start, x->start, sizeof x->start);
-    rc = op->finish(tmpl->cfg, NULL, copy, win_row, x, NULL, err);
+    rc = render(w->f, tmpl, copy, win_row, x, err);
   }
   uint64_t rows = out ? sink_rows(out) : 0;
   if (!rc) rc = sink_prepare(out, err);
@@ -926,7 +931,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
     log_info("--follow: going on from micro-batch %llu (%zu file(s) followed)", (unsigned long long)w.epoch, w.n);
     /* The output of the last state written, again: it may not have been committed. A
      * window closed and not appended yet is appended now. */
-    if (!windowed) note_offsets(&w), rc = commit_output(tmpl, o, f->schema, saved, saved_n, err);
+    if (!windowed) note_offsets(&w), rc = commit_output(f, tmpl, o, f->schema, saved, saved_n, err);
     else if (w.pend.on && !(rc = finish_pending(&w, tmpl, o, &wsch, wlog, err))) rc = save_state(&w, err);
   }
   free(saved);
@@ -989,7 +994,7 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       w.cur.len = 0;
       if (!(rc = op->encode(tmpl->cfg, state, &w.cur, err)) && j->job_dir) rc = save_state(&w, err);
       fault_at("follow_crash_before_output", w.epoch);
-      if (!rc && !windowed) note_offsets(&w), rc = commit_output(tmpl, o, f->schema, w.cur.data, w.cur.len, err);
+      if (!rc && !windowed) note_offsets(&w), rc = commit_output(f, tmpl, o, f->schema, w.cur.data, w.cur.len, err);
       if (rc) break;
       committed_once = 1;
       j->follow_lag_bytes = w.lag_bytes;

@@ -73,6 +73,7 @@ static const char co_help[] =
     "      --max-basket N      leave out users with more than N distinct items (default 1000)\n"
     REC_OPTIONS_HELP
     CLI_KEYED_HELP
+    CLI_FOLLOW_HELP
     CLI_JOB_HELP;
 
 /* ---- records: format and header ---- */
@@ -323,6 +324,58 @@ static int pair_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {
   return cooccur_rows(ctx, st, sink_emit, out, err);
 }
 
+/* --follow: the rows of the baskets so far (a partial of op_baskets): its finish writes them
+ * to the baskets file, the pairs stage runs over that file, its rows go through emit. */
+typedef struct co_render {
+  coord *co;
+  job *j;
+  const stage *pairs;
+  const baskets_cfg *bcfg;
+  const dbx_schema *schema;
+  char bpath[1024];
+} co_render;
+
+static int cooccur_render(void *ctx, void *baskets, dbx_emit_fn emit, void *emit_ctx, dbx_err *err) {
+  co_render *x = ctx;
+  sink *bout = NULL, *cb = NULL;
+  inputs bin;
+  memset(&bin, 0, sizeof bin);
+  char npath[1100];
+  snprintf(npath, sizeof npath, "%s.new", x->bpath);
+  int rc = sink_raw_open(npath, 0, &bout, err);
+  if (!rc) rc = op_baskets.finish(x->bcfg, NULL, baskets, sink_emit, bout, NULL, err);
+  if (!rc) {
+    sink *b = bout;
+    bout = NULL;
+    rc = sink_commit(b, err);
+  }
+  x->j->left_out = cooccur_left_out();
+  if (!rc && rename(npath, x->bpath) != 0) rc = dbx_seterr(err, DBX_EIO, "%s: %s", x->bpath, strerror(errno));
+  if (!rc) rc = inputs_expand((char *[]){x->bpath}, 1, &bin, err);
+  if (!rc) rc = sink_callback_open(emit, emit_ctx, x->schema, &cb) ? dbx_seterr(err, DBX_ENOMEM, "out of memory") : 0;
+  if (!rc) {
+    stage s = *x->pairs;
+    stage_stats mb;
+    memset(&mb, 0, sizeof mb);
+    snprintf(mb.name, sizeof mb.name, "%s", x->pairs->st->name);
+    s.st = &mb;
+    s.in = &bin;
+    s.out = cb;
+    uint64_t size = bin.n ? bin.v[0].size : 0;
+    s.split.batch_records = 0;
+    s.split.batch_bytes = size / 8 < (256u << 10) ? (256u << 10) : size / 8;
+    rc = cli_run_stage(x->co, x->j, &s, err);
+    stage_stats *cum = x->pairs->st;
+    cum->batches += mb.batches, cum->tasks += mb.tasks, cum->attempts += mb.attempts, cum->records += mb.records;
+    cum->bytes += mb.bytes, cum->seconds += mb.seconds, cum->t_map += mb.t_map, cum->t_merge += mb.t_merge;
+    cum->t_finish += mb.t_finish, cum->state = STAGE_DONE;
+  }
+  if (bout) sink_abort(bout);
+  if (cb) rc ? sink_abort(cb) : (void)sink_commit(cb, NULL);
+  inputs_free(&bin);
+  return rc;
+}
+
 int cmd_cooccur(int argc, char **argv) {
   static const struct option longopts[] = {
       {"user", required_argument, NULL, 1},
@@ -331,6 +384,7 @@ int cmd_cooccur(int argc, char **argv) {
       {"max-basket", required_argument, NULL, 4},
       {"input-format", required_argument, NULL, 5},
       CLI_KEYED_OPTIONS,
+      CLI_FOLLOW_OPTIONS,
       CLI_JOB_OPTIONS,
       {NULL, 0, NULL, 0},
   };
@@ -343,6 +397,8 @@ int cmd_cooccur(int argc, char **argv) {
   cli_keyed k;
   memset(&k, 0, sizeof k);
   cli_job o;
+  cli_follow fl;
+  memset(&fl, 0, sizeof fl);
   const char *user = NULL, *item = NULL, *fmt = NULL;
   cli_job_defaults(&o, "cooccur");
   optind = 1;
@@ -351,6 +407,7 @@ int cmd_cooccur(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "o:qvh", longopts, &li)) != -1) {
     if (c == 1023) return cli_usage_error("cooccur", "--max-record does not apply to cooccur");
     int r = cli_keyed_option(&k, c, optarg);
+    if (!r) r = cli_follow_option(&fl, c, optarg);
     if (!r) r = cli_job_option(&o, c, optarg);
     if (r < 0) return cli_bad_value("cooccur", longopts, li, c, optarg);
     if (r) continue;
@@ -379,6 +436,8 @@ int cmd_cooccur(int argc, char **argv) {
   j.workers = o.workers;
   j.t_start = time_mono();
   rec_setup rs;
+  int mu = cli_follow_misuse(&fl, "cooccur", argv + optind, (size_t)(argc - optind));
+  if (mu) return mu;
   int rc = inputs_expand(argv + optind, (size_t)(argc - optind), &j.in, &err);
   if (rc) return cli_fail("cooccur", &err);
   if ((rc = rec_prepare("cooccur", fmt, &j.in, &rs, &err))) {
@@ -409,6 +468,34 @@ int cmd_cooccur(int argc, char **argv) {
   rc = sink_check(&o.out, &err);
   if (!rc) cli_job_size_batches(&o, &j.in);
   if (!rc) rc = cli_job_start(&o, &j, &co, &err);
+  if (fl.on) {
+    /* Followed: the state is the baskets so far; each output is the pairs stage over them. */
+    k.partitions = 0, k.partitions_set = 1;
+    if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
+    if (!rc) {
+      stage s, ps;
+      cli_stage_init(&s, &j, &o, "baskets", &op_baskets, &bcfg, sizeof bcfg, NULL);
+      s.csv_quotes = rs.fmt == REC_CSV;
+      char opts[256], colsd[160];
+      plan_cols(colsd, sizeof colsd, &bcfg.cols);
+      snprintf(opts, sizeof opts, "%s max_basket=%llu on_bad_record=%s top=%llu", colsd,
+               (unsigned long long)bcfg.max_basket, bcfg.bad_fail ? "fail" : "skip", (unsigned long long)pcfg.top);
+      s.plan_opts = opts;
+      cli_stage_init(&ps, &j, &o, "pairs", &op_pairs, &pcfg, sizeof pcfg, NULL);
+      co_render rx = {co, &j, &ps, &bcfg, &schema, ""};
+      if (j.job_dir) snprintf(rx.bpath, sizeof rx.bpath, "%s/baskets.tsv", j.job_dir);
+      else snprintf(rx.bpath, sizeof rx.bpath, "%s/dbatch-baskets-%d.tsv", getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp", (int)getpid());
+      fl.header = rs.fmt != REC_JSONL;
+      fl.schema = &schema;
+      fl.render = cooccur_render;
+      fl.render_ctx = &rx;
+      rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
+      if (!j.job_dir) unlink(rx.bpath);
+    }
+    rc = cli_job_end("cooccur", &o, &j, co, NULL, rc, &err);
+    cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
+    return rc;
+  }
   /* The baskets between the stages: in the job directory (a resume finds them there), or a
    * private temporary file. */
   if (!rc) {

@@ -223,6 +223,32 @@ int sink_row(sink *s, const dbx_value *row, dbx_err *err) {
 
 int sink_emit(void *ctx, const dbx_value *row, dbx_err *err) { return sink_row(ctx, row, err); }
 
+typedef struct cb_sink {
+  sink base;
+  dbx_emit_fn fn;
+  void *ctx;
+} cb_sink;
+static int cb_row(sink *s, const dbx_value *row, dbx_err *err) { return ((cb_sink *)s)->fn(((cb_sink *)s)->ctx, row, err); }
+static int cb_commit(sink *s, dbx_err *err) {
+  (void)err;
+  free(s);
+  return 0;
+}
+static void cb_abort(sink *s) { free(s); }
+
+int sink_callback_open(dbx_emit_fn fn, void *ctx, const dbx_schema *schema, sink **out) {
+  cb_sink *c = calloc(1, sizeof *c);
+  if (!c) return DBX_ENOMEM;
+  c->base.row = cb_row;
+  c->base.commit = cb_commit;
+  c->base.abort = cb_abort;
+  c->base.schema = schema;
+  c->fn = fn;
+  c->ctx = ctx;
+  *out = &c->base;
+  return 0;
+}
+
 int sink_prepare(sink *s, dbx_err *err) { return s->prepare ? s->prepare(s, err) : 0; }
 int sink_commit(sink *s, dbx_err *err) { return s->commit(s, err); }
 

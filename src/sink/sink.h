@@ -63,6 +63,9 @@ int sink_commit(sink *s, dbx_err *err);
  * a file. */
 int sink_append_token(sink *s, char *out, size_t cap);
 int sink_append_landed(sink *s, const char *token);
+/* A sink that hands each row to fn(ctx, row) and commits nothing of its own (a stage's rows
+ * passed on to another writer). */
+int sink_callback_open(dbx_emit_fn fn, void *ctx, const dbx_schema *schema, sink **out);
 /* Discard and free; accepts NULL. */
 void sink_abort(sink *s);
 /* Rows written so far. */

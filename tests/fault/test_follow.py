@@ -163,6 +163,46 @@ class FollowFiles(TmpTest):
         got = {os.path.basename(x["path"]): x["offset"] for x in json.loads(offsets)["files"]}
         self.assertEqual(got, {n: os.path.getsize(self.path("logs", n)) for n in ("1.csv", "2.csv", "3.csv")})
 
+    def test_cooccur_and_run_reduce_across_a_kill(self):
+        """cooccur's state is the baskets so far (its pairs stage runs over them for each
+        output); run --reduce's is its keyed partial. Both equal a batch run at the end."""
+        import random
+        rnd = random.Random(4)
+        os.mkdir(self.path("logs"))
+        self.append("a.csv", "user,item\n" + "".join("u%d,i%d\n" % (rnd.randrange(200), rnd.randrange(30))
+                                                     for _ in range(2000)))
+        self.append("k.tsv", "".join("k%d\t%d\n" % (rnd.randrange(50), rnd.randrange(100)) for _ in range(2000)))
+        jobs = {
+            "cooccur": ["cooccur", self.path("logs", "a.csv"), self.path("logs", "b.csv"), "--user", "user", "--item",
+                        "item", "--top", "3"],
+            "reduce": ["run", "--map", "cat", "--reduce", "count,sum,min,max,distinct", self.path("logs", "k.tsv")],
+        }
+        self.append("b.csv", "user,item\n")
+        fs = {}
+        for name, args in jobs.items():
+            fs[name] = Follower(self, (*args, "--follow", "--interval", "0.1", "--until-idle", "4", "--workers", "2",
+                                       "--job-dir", self.path("job-" + name), "-o", self.path(name + ".tsv"), "-q"))
+            fs[name].start()
+        for name in jobs:
+            wait_until(lambda: epoch(self.path("job-" + name)) >= 1, "the first commit of " + name, proc=fs[name].p)
+        es = {n: epoch(self.path("job-" + n)) for n in jobs}
+        self.append("b.csv", "".join("u%d,i%d\n" % (rnd.randrange(200), rnd.randrange(30)) for _ in range(1000)))
+        self.append("k.tsv", "".join("k%d\t%d\n" % (rnd.randrange(60), rnd.randrange(100)) for _ in range(1000)) + "k7\t")
+        for name in jobs:
+            wait_until(lambda: epoch(self.path("job-" + name)) > es[name], "a commit of " + name,
+                       proc=fs[name].running())
+            fs[name].kill9()
+        self.append("a.csv", "u1,i1\nu1,i2\nu2,i1\n")
+        self.append("k.tsv", "5\n")
+        for name in jobs:
+            fs[name].start()
+        for name, args in jobs.items():
+            rc, _, err = fs[name].finish()
+            self.assertEqual(rc, 0, err)
+            want = run(*args, "--workers", "2", "--no-job-dir", "-q").stdout
+            self.assertEqual(slurp(self.path(name + ".tsv")), want, name)
+            self.assertGreater(len(want), 100)
+
     def test_killed_between_its_state_and_its_output(self):
         """The state of micro-batch 2 is written, its output is not: the same command commits
         that output first (its data is consumed already, and is not read again)."""
