@@ -25,13 +25,15 @@ TEXT = TEXT[: TEXT.rfind(b"\n") + 1]
 
 
 def state_offset(job):
-    """The offset consumed in the first followed file, as the state file says (0: none)."""
+    """(modification time in ns, offset consumed in the first followed file) of the state file
+    as it is now, read from one open file (it is replaced by a rename), or None."""
     try:
         with open(os.path.join(job, "follow.state"), "rb") as f:
+            m = os.fstat(f.fileno()).st_mtime_ns
             h = f.read(58)
-        return struct.unpack("<Q", h[50:58])[0] if len(h) == 58 and struct.unpack("<Q", h[26:34])[0] else 0
+        return (m, struct.unpack("<Q", h[50:58])[0]) if len(h) == 58 and struct.unpack("<Q", h[26:34])[0] else None
     except OSError:
-        return 0
+        return None
 
 
 def session(rate_mb, secs, probe_every=0.5):
@@ -51,14 +53,21 @@ def session(rate_mb, secs, probe_every=0.5):
         next_probe, last_poll, prev_off, prev_m = t0, 0.0, 0, os.stat(out).st_mtime_ns
         step = max(4096, int(rate_mb * 1e6 / 200))  # ~200 writes a second
 
+        states = []  # (state's mtime, its offset), as seen
+
         def poll(now):
+            # The output is committed from the latest state written before it: the one with
+            # the largest offset among those not newer than the output.
             nonlocal prev_off, prev_m
-            off, m = state_offset(job), os.stat(out).st_mtime_ns
-            if m != prev_m:  # committed: from a state at least as far as the last one seen before
+            st = state_offset(job)
+            if st and (not states or states[-1] != st):
+                states.append(st)
+            m = os.stat(out).st_mtime_ns
+            if m != prev_m:
+                prev_off = max([o for sm, o in states if sm <= m] + [prev_off])
                 while probes and probes[0][0] <= prev_off:
                     lat.append(now - probes.pop(0)[1])
                 prev_m = m
-            prev_off = off
 
         while True:
             now = time.time()
