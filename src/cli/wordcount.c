@@ -114,15 +114,7 @@ int cmd_wordcount(int argc, char **argv) {
   if (fl.on) k.partitions = 0;  /* a followed job's state is one partial, kept between micro-batches */
   if (!rc) rc = cli_keyed_prepare(&k, &j, &o, &pcfg.part, &err);
   if (!rc && !fl.on) rc = sink_open(&o.out, op_wordcount.schema, &out, &err);
-  if (!rc && fl.on) {
-    stage s;
-    cli_stage_init(&s, &j, &o, "wordcount", &op_wordcount, &cfg, sizeof cfg, NULL);
-    char opts[160];
-    snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s", cfg.case_sensitive,
-             (unsigned long long)cfg.max_record, cfg.bad_fail ? "fail" : "skip");
-    s.plan_opts = opts;
-    rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
-  } else if (!rc && pcfg.part.r) {
+  if (!rc && pcfg.part.r) {
     /* Merged on the workers in partitions: the same rows, never all in this process. */
     stage s;
     pcfg.wc = cfg;
@@ -144,7 +136,9 @@ int cmd_wordcount(int argc, char **argv) {
     snprintf(opts, sizeof opts, "case_sensitive=%d max_record=%llu on_bad_record=%s", cfg.case_sensitive,
              (unsigned long long)cfg.max_record, cfg.bad_fail ? "fail" : "skip");
     s.plan_opts = opts;
-    rc = cli_run_stage(co, &j, &s, &err);
+    /* Followed: one partial kept between micro-batches, the rows written after each one. */
+    rc = fl.on ? cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err)
+               : cli_run_stage(co, &j, &s, &err);
     dbx_buf_free(&s.bcast_out);
   }
   rc = cli_job_end("wordcount", &o, &j, co, out, rc, &err);

@@ -524,6 +524,15 @@ class SharedSpillDir(TmpTest):
             self.assertEqual(got[n][0], want[n], n)
 
 
+def stop_all(coord, workers):
+    """Stop the coordinator and kill and reap the workers still running."""
+    stop(coord)
+    for w in workers:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+
+
 def _unshare_pid_works():
     try:
         return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10).returncode == 0
@@ -561,11 +570,7 @@ class WorkersWithTheSamePid(TmpTest):
                 for w in ws:
                     w.wait(timeout=60)
             finally:
-                stop(coord)
-                for w in ws:
-                    if w.poll() is None:
-                        w.kill()
-                        w.wait()
+                stop_all(coord, ws)
             with self.subTest(attempt=attempt):
                 self.assertEqual(coord.returncode, 0, err)
                 self.assertEqual(out, want)
@@ -605,11 +610,7 @@ class RelayedFiles(TmpTest):
                 if w.poll() is None:
                     w.wait(timeout=60)
         finally:
-            stop(coord)
-            for w in ws:
-                if w.poll() is None:
-                    w.kill()
-                    w.wait()
+            stop_all(coord, ws)
         self.assertEqual(coord.returncode, want_rc, err.decode(errors="replace"))
         with open(s) as f:
             summary = json.load(f)
