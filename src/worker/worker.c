@@ -206,18 +206,41 @@ static int relay_write(const char *dir, const char *name, size_t nlen, const cha
   return 0;
 }
 
+/* Private directories left by workers that were killed (named dbatch-relay-PID-...): removed
+ * when that process is gone and the directory is this user's. */
+static void relay_sweep(void) {
+  const char *tmp = getenv("TMPDIR");
+  if (!tmp || !tmp[0]) tmp = "/tmp";
+  DIR *d = opendir(tmp);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, "dbatch-relay-", 13)) continue;
+    char *end;
+    long pid = strtol(e->d_name + 13, &end, 10);
+    struct stat sb;
+    relay_dir rd;
+    memset(&rd, 0, sizeof rd);
+    if (pid <= 0 || *end != '-' || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH ||
+        (size_t)snprintf(rd.path, sizeof rd.path, "%s/%s", tmp, e->d_name) >= sizeof rd.path ||
+        lstat(rd.path, &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != getuid())
+      continue;
+    relay_clean(&rd);
+  }
+  if (d) closedir(d);
+}
+
 /* Make the private directory and write the task's files into it. */
 static int relay_begin(relay_dir *rd, const msg *m, dbx_err *err) {
   const char *tmp = getenv("TMPDIR");
   if (!tmp || !tmp[0]) tmp = "/tmp";
-  int n = snprintf(rd->path, sizeof rd->path, "%s/dbatch-relay-XXXXXX", tmp);
+  int n = snprintf(rd->path, sizeof rd->path, "%s/dbatch-relay-%d-XXXXXX", tmp, (int)getpid());
   /* The task makes its file names in buffers sized for a spill directory (SHUFFLE_DIR_MAX): a
    * longer one would be cut short, and files would land outside it. */
   if (n < 0 || n >= SHUFFLE_DIR_MAX) {
     rd->path[0] = 0;
     return dbx_seterr(err, DBX_EIO,
                       "$TMPDIR %.200s... is too long for a relayed task's directory (at most %d bytes with "
-                      "/dbatch-relay-XXXXXX): give this worker a shorter TMPDIR",
+                      "/dbatch-relay-PID-XXXXXX): give this worker a shorter TMPDIR",
                       tmp, SHUFFLE_DIR_MAX - 1);
   }
   if (!mkdtemp(rd->path)) {
@@ -541,6 +564,7 @@ int worker_main(const worker_opts *o, dbx_err *err) {
     if (o->parent) parent = (pid_t)o->parent;
     if (getppid() != parent) return 0;
   }
+  if (!o->local || !o->shared_fs) relay_sweep();  /* a worker that may be relayed to */
   wctx w;
   memset(&w, 0, sizeof w);
   pthread_mutex_init(&w.mu, NULL);

@@ -682,6 +682,36 @@ class RelayedFiles(TmpTest):
         self.assertNotIn("recompute", [x["name"] for x in sm["stages"]])
         self.assertEqual({f["stage"] for f in sm["failures"]}, {"reduce"})
 
+    def test_a_killed_workers_private_directory_is_removed_by_the_next(self):
+        """A worker killed in the middle of a relayed task leaves its private directory; the
+        next worker started with that TMPDIR removes it (its process is gone)."""
+        words = self.write("w.txt", "".join("a%d b c%d\n" % (i % 97, i % 13) for i in range(30000)))
+        wtmp = self.path("wtmp")
+        os.mkdir(wtmp)
+        port = free_port()
+        coord = start("wordcount", words, "--workers", "0", "--listen", "127.0.0.1:%d" % port, "--wait-workers", "1",
+                      "--partitions", "3", "--batch-bytes", "32K", "--no-job-dir", "-q", "--worker-timeout", "2")
+        env = dict(os.environ, TMPDIR=wtmp)
+        w1 = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "1", "-q"],
+                              env=fault_env("delay_ms=3000", TMPDIR=wtmp), stderr=subprocess.DEVNULL)
+        w2 = None
+        try:
+            wait_until(lambda: os.listdir(wtmp), "a private directory", timeout=60, proc=coord)
+            left = os.listdir(wtmp)
+            w1.kill()
+            w1.wait()
+            self.assertEqual(os.listdir(wtmp), left)
+            self.assertRegex(left[0], r"^dbatch-relay-%d-" % w1.pid)
+            w2 = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "1",
+                                   "-q"], env=env, stderr=subprocess.DEVNULL)
+            out, err = coord.communicate(timeout=120)
+            w2.wait(timeout=60)
+        finally:
+            stop_all(coord, [w1] + ([w2] if w2 else []))
+        self.assertEqual(coord.returncode, 0, err)
+        self.assertEqual(out, reference_wordcount([words]))
+        self.assertEqual(os.listdir(wtmp), [])
+
     def test_private_directories_are_removed(self):
         """A worker that reads nothing by path (--no-shared-fs) on this machine is relayed too;
         its private directories are gone after each task."""
