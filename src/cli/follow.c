@@ -436,9 +436,9 @@ static void put_ranges(dbx_buf *b, const wrange *v, size_t n) {
   }
 }
 
-static int get_ranges(const char **p, const char *end, wrange **v, size_t *n) {
+/* Ranges read back into *v (owned, grown by add_range: *cap is its capacity, kept with it). */
+static int get_ranges(const char **p, const char *end, wrange **v, size_t *n, size_t *cap) {
   uint64_t k;
-  size_t cap = 0;
   if (get64(p, end, &k) || k > (uint64_t)(end - *p)) return DBX_ECORRUPT;
   for (uint64_t i = 0; i < k; i++) {
     uint64_t pl, from, to;
@@ -448,7 +448,7 @@ static int get_ranges(const char **p, const char *end, wrange **v, size_t *n) {
     path[pl] = 0;
     *p += pl;
     if (get64(p, end, &from) || get64(p, end, &to) || to < from) return DBX_ECORRUPT;
-    if (add_range(v, n, &cap, path, from, to)) return DBX_ENOMEM;
+    if (add_range(v, n, cap, path, from, to)) return DBX_ENOMEM;
   }
   return 0;
 }
@@ -581,7 +581,7 @@ static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
   p += rc ? 0 : sn;
   uint64_t ws, on = 0;
   if (!rc && (get64(&p, end, &ws) || get64(&p, end, &w->wclosed))) rc = DBX_ECORRUPT;
-  if (!rc) w->wstart = (int64_t)ws, rc = get_ranges(&p, end, &w->wr, &w->nwr);
+  if (!rc) w->wstart = (int64_t)ws, rc = get_ranges(&p, end, &w->wr, &w->nwr, &w->wrcap);
   if (!rc && get64(&p, end, &on)) rc = DBX_ECORRUPT;
   if (!rc && on) {
     uint64_t k, st, tl, el;
@@ -598,7 +598,8 @@ static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
     if (!rc) {
       p += el;
       w->pend.on = 1, w->pend.k = k, w->pend.start = (int64_t)st;
-      rc = get_ranges(&p, end, &w->pend.wr, &w->pend.nwr);
+      size_t pcap = 0;  /* a pending window's ranges are not added to */
+      rc = get_ranges(&p, end, &w->pend.wr, &w->pend.nwr, &pcap);
     }
   }
   if (!rc && p != end) rc = DBX_ECORRUPT;

@@ -1,0 +1,58 @@
+"""--follow under attack: restarts with window state to grow, many files, inputs that come and
+go. Each test was written against a bug it found; each checks the answer against a batch run
+or the byte ranges JOB_DIR/windows.jsonl names, and waits on observable state (the micro-batch
+number in JOB_DIR/follow.state), never on time."""
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from dbx import TmpTest, reference_wordcount, run, slurp, wait_until  # noqa: E402
+import test_follow  # noqa: E402
+from test_follow import Follower, epoch  # noqa: E402
+
+
+class Adversarial(TmpTest):
+    windows, check, rows_tsv = test_follow.Windows.windows, test_follow.Windows.check, test_follow.Windows.rows_tsv
+
+    def append(self, name, data):
+        with open(self.path("logs", name), "a") as f:
+            f.write(data)
+
+    def committed(self, f, job, write):
+        """write(), then wait for the micro-batch that consumes it."""
+        e = epoch(job)
+        write()
+        wait_until(lambda: epoch(job) > e, "a commit", proc=f.running())
+
+    def test_window_ranges_grow_after_a_restart(self):
+        # The open window's ranges were read back from the state without their capacity: after
+        # a restart, more than the few ranges read back were written past the end of the array.
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        f = Follower(self, ("wordcount", logs, "--follow", "--window", "1h", "--interval", "0.05", "--job-dir", job,
+                            "-o", out, "-q"))
+        f.start()
+        for i in range(3):  # a.log and b.log in turn: one range per micro-batch
+            self.committed(f, job, lambda: self.append("a.log", "a%d x\n" % i))
+            self.committed(f, job, lambda: self.append("b.log", "b%d y\n" % i))
+        f.kill9()
+        f.start()
+        for i in range(3, 40):
+            self.committed(f, job, lambda: self.append("a.log", "a%d x\n" % i))
+            self.committed(f, job, lambda: self.append("b.log", "b%d y\n" % i))
+        f.p.terminate()  # SIGTERM: the open window stays open (not idle), the state holds it
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        f.args = f.args + ("--until-idle", "0.5")
+        f.start()
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        self.check(self.rows_tsv(out), job, logs)
+        self.assertEqual(len(self.windows(job)), 1)
+        self.assertEqual(len(self.windows(job)[0]["inputs"]), 80)
+
+
+if __name__ == "__main__":
+    unittest.main()
