@@ -384,10 +384,6 @@ class FollowErrors(TmpTest):
         del a
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 def wc_rows(data):
     """Word count rows of bytes, as reference_wordcount gives them (lines)."""
     import collections
@@ -497,3 +493,7 @@ class Windows(TmpTest):
 
     def test_crash_after_append_sqlite(self):
         self.crash_point("follow_crash_after_append", True)
+
+
+if __name__ == "__main__":
+    unittest.main()
