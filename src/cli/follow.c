@@ -957,17 +957,23 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
       else if (ws > w.wstart && (rc = close_window(&w, tmpl, o, &wsch, wlog, &state, ws, err))) break;
     }
     uint64_t nb = 0;
+    int gone = 0;  /* files finished and dropped by this scan: the state must forget them too */
     if (w.changed || w.ino_fd < 0 || w.ticks++ % 10 == 0 || stopping || idle_out || !committed_once) {
       w.changed = 0;
       if ((rc = scan(&w, err))) break;
+      size_t known = w.n;
       if ((rc = spool(&w, idle_out, &nb, err))) break;
+      /* A finished file's identity is dropped for good only once the state is written without
+       * it: else a restart would take a new file that got its inode number for it, and skip
+       * that file's first bytes (and warn that the finished file's rest was not read). */
+      gone = w.n < known;
       j->follow_lag_bytes = w.lag_bytes + nb;
       j->follow_files = w.n;
       if (!j->follow_lag_bytes) waiting_since = 0;
       else if (!waiting_since) waiting_since = t_tick;
     }
     j->follow_lag_seconds = waiting_since > 0 ? time_mono() - waiting_since : 0;
-    if (nb || !committed_once) {
+    if (nb || gone || !committed_once) {
       stage s = *tmpl;
       stage_stats mb;
       memset(&mb, 0, sizeof mb);

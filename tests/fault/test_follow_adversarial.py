@@ -53,6 +53,28 @@ class Adversarial(TmpTest):
         self.assertEqual(len(self.windows(job)), 1)
         self.assertEqual(len(self.windows(job)[0]["inputs"]), 80)
 
+    def test_a_finished_file_is_forgotten_by_the_state(self):
+        # A file removed when it had nothing left to read was dropped in memory only: no
+        # micro-batch followed (no new bytes), so follow.state kept its identity and offset. The
+        # next start warned that its rest was not read, and a new file that got its inode number
+        # (ext4 gives it out again at once) would have been read from that offset on.
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        self.append("a.log", "alpha beta\n" * 100)
+        args = ("wordcount", logs, "--follow", "--interval", "0.05", "--job-dir", job, "-o", out)
+        f = Follower(self, args + ("-q",))
+        f.start()
+        wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f.p)
+        os.unlink(self.path("logs", "a.log"))
+        f.p.terminate()  # the last scan sees it gone
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        self.append("b.log", "gamma delta\n" * 200)
+        r = run(*args, "--until-idle", "0.5")
+        self.assertNotIn(b"no longer among the inputs", r.stderr)
+        got = dict(l.split("\t") for l in slurp(out, text=True).splitlines())
+        self.assertEqual(got, {"alpha": "100", "beta": "100", "gamma": "200", "delta": "200"})
+
 
 if __name__ == "__main__":
     unittest.main()
