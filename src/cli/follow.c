@@ -193,9 +193,22 @@ static void free_ranges(wrange *v, size_t n) {
 static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* One regular file found by a scan: tracked from byte 0 when new. */
+/* A file or directory that is there but cannot be read is an error naming it, as in a batch
+ * run: taken for gone, it would be finished (a last line without its newline counted), dropped,
+ * and read again from its start once readable. Gone (ENOENT, ENOTDIR) is not an error. */
+static int unreadable(follower *w, const char *what, const char *path, int e, dbx_err *err) {
+  if (e == EMFILE || e == ENFILE)
+    return dbx_seterr(err, DBX_EIO, "%s: %s: --follow keeps every file it follows open (%zu now): raise the "
+                      "limit of open files (ulimit -n)", path, strerror(e), w->n);
+  return dbx_seterr(err, e == ENOMEM ? DBX_ENOMEM : DBX_EIO, "%s: %s: %s", path, what, strerror(e));
+}
+
+static int gone(int e) { return e == ENOENT || e == ENOTDIR; }
+
 static int found(follower *w, const char *path, dbx_err *err) {
   struct stat sb;
-  if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;  /* gone since it was listed */
+  if (stat(path, &sb) != 0) return gone(errno) ? 0 : unreadable(w, "cannot read", path, errno, err);
+  if (!S_ISREG(sb.st_mode)) return 0;
   in_kind k = input_kind_of(path);
   if (k == IN_GZ || k == IN_ZST)
     return dbx_seterr(err, DBX_EUSAGE, "--follow: %s is compressed; a followed file is read as it grows, so it must be "
@@ -214,6 +227,7 @@ static int found(follower *w, const char *path, dbx_err *err) {
   if (s->fd < 0) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat fb;
+    if (fd < 0 && !gone(errno)) return unreadable(w, "cannot read", path, errno, err);
     if (fd < 0) return 0;  /* replaced or gone since the stat: the next scan sees it */
     if (fstat(fd, &fb) != 0 || (uint64_t)fb.st_dev != s->dev || (uint64_t)fb.st_ino != s->ino) {
       close(fd);
@@ -228,7 +242,7 @@ static int found(follower *w, const char *path, dbx_err *err) {
 static int walk(follower *w, const char *dir, int depth, dbx_err *err) {
   if (depth > 64) return 0;
   DIR *d = opendir(dir);
-  if (!d) return 0;
+  if (!d) return gone(errno) ? 0 : unreadable(w, "cannot read directory", dir, errno, err);
   char **names = NULL;
   size_t n = 0, cap = 0;
   struct dirent *e;
@@ -250,7 +264,11 @@ static int walk(follower *w, const char *dir, int depth, dbx_err *err) {
   for (size_t i = 0; i < n && !rc; i++) {
     char p[PATH_MAX];
     struct stat sb;
-    if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, names[i]) >= sizeof p || lstat(p, &sb) != 0) continue;
+    if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, names[i]) >= sizeof p) continue;
+    if (lstat(p, &sb) != 0) {
+      if (!gone(errno)) rc = unreadable(w, "cannot read", p, errno, err);
+      continue;
+    }
     if (S_ISDIR(sb.st_mode)) {
       if (w->ino_fd >= 0) inotify_add_watch(w->ino_fd, p, IN_CREATE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE);
       rc = walk(w, p, depth + 1, err);
@@ -268,7 +286,10 @@ static int scan(follower *w, dbx_err *err) {
   for (size_t i = 0; i < w->n; i++) w->v[i].seen = 0;
   for (size_t a = 0; a < w->nargs; a++) {
     struct stat sb;
-    if (stat(w->args[a], &sb) != 0) continue;  /* not there (yet, or any more) */
+    if (stat(w->args[a], &sb) != 0) {
+      if (gone(errno)) continue;  /* not there (yet, or any more) */
+      return unreadable(w, "cannot read", w->args[a], errno, err);
+    }
     int rc = S_ISDIR(sb.st_mode) ? (w->ino_fd >= 0 ? (void)inotify_add_watch(w->ino_fd, w->args[a],
                                                                              IN_CREATE | IN_MODIFY | IN_MOVED_TO |
                                                                                  IN_MOVED_FROM | IN_DELETE)

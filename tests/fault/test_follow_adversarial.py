@@ -75,6 +75,47 @@ class Adversarial(TmpTest):
         got = dict(l.split("\t") for l in slurp(out, text=True).splitlines())
         self.assertEqual(got, {"alpha": "100", "beta": "100", "gamma": "200", "delta": "200"})
 
+    def test_an_unreadable_file_is_an_error_not_a_file_gone(self):
+        # A file added to a watched directory that could not be opened was taken for gone:
+        # warned about at every scan ('no longer among the inputs') and left out, and the job
+        # ended with exit 0 without its lines (a batch run refuses it). Now it fails, naming it.
+        # Root reads everything: the job runs as nobody then.
+        os.chmod(self.tmp, 0o777)
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        os.chmod(logs, 0o777)
+        self.append("a.log", "alpha beta\n")
+        nobody = (lambda: (os.setgid(65534), os.setuid(65534))) if os.geteuid() == 0 else None
+        p = test_follow.start("wordcount", logs, "--follow", "--interval", "0.05", "--until-idle", "2", "--job-dir",
+                              job, "-o", out, "-q", preexec_fn=nobody)
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+            with open(self.path("logs", "b.log"), "w") as fh:
+                fh.write("gamma\n")
+            os.chmod(self.path("logs", "b.log"), 0)
+            _, err = p.communicate(timeout=120)
+        finally:
+            test_follow.stop(p)
+        self.assertNotEqual(p.returncode, 0, err)
+        self.assertIn(("%s: cannot read: Permission denied" % self.path("logs", "b.log")).encode(), err)
+        self.assertNotIn(b"no longer among the inputs", err)
+
+    def test_too_many_files_for_the_open_files_limit_says_so(self):
+        # Every followed file is kept open: past the limit of open files the job failed with
+        # 'spool file ...: Too many open files', which blames the spool.
+        import resource
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        for i in range(100):
+            self.append("f%03d.log" % i, "w%d\n" % i)
+        lim = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        r = test_follow.subprocess.run([test_follow.DBATCH, "wordcount", logs, "--follow", "--until-idle", "1",
+                                        "--workers", "0", "--job-dir", job, "-o", out, "-q"], capture_output=True,
+                                       timeout=120, preexec_fn=lim)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"--follow keeps every file it follows open", r.stderr)
+        self.assertIn(b"ulimit -n", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
