@@ -281,6 +281,37 @@ static int walk(follower *w, const char *dir, int depth, dbx_err *err) {
   return rc;
 }
 
+/* Whether the open file fd is, right now, where a scan finds files: under a directory argument
+ * (no hidden or '_' name on the way) or a file argument itself. A scan lists a directory, then
+ * looks at each name: a file renamed in between (a rotation) is missed by that scan although it
+ * never left, and taken for finished it would be dropped and read again from its start by the
+ * next scan. Asked for each file a scan missed; costs a realpath per argument then. Linux keeps
+ * the current name of an open file in /proc/self/fd (without /proc, a file missed is finished). */
+static int still_in(const follower *w, int fd) {
+  char link[64], now[PATH_MAX];
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || sb.st_nlink == 0) return 0;  /* removed */
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t k = readlink(link, now, sizeof now);
+  if (k < 0) return 0;
+  if ((size_t)k >= sizeof now) return 1;  /* cut short: keep it rather than read it twice */
+  now[k] = 0;
+  int in = 0;
+  for (size_t a = 0; a < w->nargs && !in; a++) {
+    char *real = realpath(w->args[a], NULL);
+    if (!real) continue;
+    size_t rl = strlen(real);
+    if (!strcmp(now, real)) in = 1;  /* a file argument */
+    else if (rl > 1 && !strncmp(now, real, rl) && now[rl] == '/') {
+      in = 1;
+      for (const char *c = now + rl; c && in; c = strchr(c + 1, '/'))  /* c: each '/' on the way */
+        in = c[1] && c[1] != '.' && c[1] != '_';
+    }
+    free(real);
+  }
+  return in;
+}
+
 /* Find every file the arguments name now. */
 static int scan(follower *w, dbx_err *err) {
   for (size_t i = 0; i < w->n; i++) w->v[i].seen = 0;
@@ -299,6 +330,8 @@ static int scan(follower *w, dbx_err *err) {
     if (rc) return rc;
     if (!S_ISDIR(sb.st_mode) && w->ino_fd >= 0) inotify_add_watch(w->ino_fd, w->args[a], IN_MODIFY | IN_MOVE_SELF);
   }
+  for (size_t i = 0; i < w->n; i++)
+    if (!w->v[i].seen && w->v[i].fd >= 0 && still_in(w, w->v[i].fd)) w->v[i].seen = 1;
   return 0;
 }
 

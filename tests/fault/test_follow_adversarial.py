@@ -116,6 +116,36 @@ class Adversarial(TmpTest):
         self.assertIn(b"--follow keeps every file it follows open", r.stderr)
         self.assertIn(b"ulimit -n", r.stderr)
 
+    def test_files_renamed_while_a_scan_runs_are_not_read_twice(self):
+        # A scan lists a directory, then looks at each name: a file renamed in between (log
+        # rotation) was missed by that scan, taken for finished and dropped, and the next scan
+        # found it under its new name as a new file, read from byte 0: counted twice, exit 0.
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        for i in range(20):
+            self.append("f%06d.log" % i, "x%d y\n" % i * 10)
+        args = ("wordcount", logs, "--follow", "--interval", "0.005", "--workers", "0", "--job-dir", job, "-o", out)
+        f = Follower(self, args + ("-q",))
+        f.start()
+        wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f.p)
+        e0, k = epoch(job), 1000
+        while epoch(job) < e0 + 40:  # renames go on for 40 micro-batches (each after an append)
+            self.alive(f.p)
+            for n in sorted(os.listdir(logs)):
+                os.rename(os.path.join(logs, n), self.path("logs", "f%06d.log" % k))
+                k += 1
+            with open(self.path("logs", "f%06d.log" % (k - 1)), "a") as fh:
+                fh.write("y\n")
+        f.p.terminate()
+        rc, _, err = f.finish()
+        self.assertEqual(rc, 0, err)
+        run(*args, "--until-idle", "0.3", "-q")
+        want = run("wordcount", logs, "--workers", "0", "--no-job-dir", "-q").stdout
+        self.assertEqual(slurp(out), want)
+
+    def alive(self, p):
+        self.assertIsNone(p.poll(), "the follower ended")
+
 
 if __name__ == "__main__":
     unittest.main()
