@@ -80,12 +80,22 @@ static void on_interrupt(int sig) {
 }
 int coord_interrupt_signal(void) { return (int)g_interrupted; }
 void coord_defer_interrupts(void) {
-  g_defer = 1;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_interrupt;
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  /* A signal that came while the job started (workers spawned, a restart's output committed)
+   * is deferred too: it would fail the first stage, as an interrupted batch job ('dbatch resume
+   * finishes it', which a followed job cannot do). Blocked, so none comes in between. */
+  sigset_t both, was;
+  sigemptyset(&both);
+  sigaddset(&both, SIGINT);
+  sigaddset(&both, SIGTERM);
+  sigprocmask(SIG_BLOCK, &both, &was);
+  g_defer = 1;
+  if (g_interrupted) g_stop = g_interrupted, g_interrupted = 0;
+  sigprocmask(SIG_SETMASK, &was, NULL);
 }
 int coord_stop_signal(void) { return (int)g_stop; }
 int coord_has_workers(const coord *c) { return c && c->router; }

@@ -146,6 +146,37 @@ class Adversarial(TmpTest):
     def alive(self, p):
         self.assertIsNone(p.poll(), "the follower ended")
 
+    def test_sigterm_while_it_starts_again_is_deferred(self):
+        # SIGTERM before the loop began (here: while a restart commits the output of its state,
+        # waiting for a locked database) failed the first micro-batch as an interrupted batch
+        # job: exit 143 and "'dbatch resume JOB' finishes it", which a followed job cannot do.
+        import signal
+        import sqlite3
+        logs, job, db = self.path("logs"), self.path("job"), self.path("out.db")
+        os.mkdir(logs)
+        self.append("a.log", "alpha beta\n")
+        args = ("wordcount", logs, "--follow", "--interval", "0.05", "--job-dir", job, "-o", "sqlite:" + db,
+                "--table", "wc", "-q")
+        run(*args, "--until-idle", "0.2")
+        self.append("a.log", "gamma\n")
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        p = test_follow.start(*args)
+        try:
+            wait_until(lambda: any(os.path.realpath(os.path.join("/proc/%d/fd" % p.pid, fd)) == db
+                                   for fd in os.listdir("/proc/%d/fd" % p.pid)), "the restart to open the output",
+                       proc=p)
+            p.send_signal(signal.SIGTERM)
+            lock.execute("ROLLBACK")
+            _, err = p.communicate(timeout=120)
+        finally:
+            lock.close()
+            test_follow.stop(p)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertNotIn(b"resume", err)
+        got = sorted(sqlite3.connect(db).execute("SELECT * FROM wc").fetchall())
+        self.assertEqual(got, [("alpha", 1), ("beta", 1), ("gamma", 1)])
+
 
 if __name__ == "__main__":
     unittest.main()
