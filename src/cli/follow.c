@@ -408,6 +408,16 @@ static int spool(follower *w, int finish, uint64_t *bytes, dbx_err *err) {
       /* Each file's own header line is not data. */
       ssize_t k = pread(s->fd, buf, FOLLOW_CHUNK, 0);
       const char *nl = k > 0 ? memchr(buf, '\n', (size_t)k) : NULL;
+      /* Its columns are read by the spool's header: they must be the same (a batch run refuses
+       * inputs whose headers differ). Compared as bytes, '\r\n' and '\n' alike. */
+      size_t hl = nl ? (size_t)(nl - buf) : 0, wl = w->hdr.len - 1;
+      if (hl && buf[hl - 1] == '\r') hl--;
+      if (wl && w->hdr.data[wl - 1] == '\r') wl--;
+      if (nl && (hl != wl || memcmp(buf, w->hdr.data, hl))) {
+        rc = dbx_seterr(err, DBX_EBADREC, "%s: its header differs from the one of the files followed before it (%.*s); "
+                        "every input must have the same columns", s->path, (int)(wl < 200 ? wl : 200), w->hdr.data);
+        break;
+      }
       if (nl) s->off = (uint64_t)(nl - buf) + 1;
       else if (last) s->off = size;
       else if (k == FOLLOW_CHUNK) {

@@ -177,6 +177,25 @@ class Adversarial(TmpTest):
         got = sorted(sqlite3.connect(db).execute("SELECT * FROM wc").fetchall())
         self.assertEqual(got, [("alpha", 1), ("beta", 1), ("gamma", 1)])
 
+    def test_a_csv_file_with_other_columns_is_refused(self):
+        # Each file's header was skipped and its rows read with the first file's columns: a
+        # file added later with its columns in another order was summed under the wrong key
+        # (r1 100 as a product), exit 0. A batch run refuses such inputs; so does this now.
+        logs, job, out = self.path("logs"), self.path("job"), self.path("out.tsv")
+        os.mkdir(logs)
+        self.append("1.csv", "product,region,qty\np1,r1,5\n")
+        args = ("groupby", logs, "--key", "product", "--agg", "sum:qty", "--follow", "--interval", "0.05", "--until-idle", "3",
+                "--job-dir", job, "-o", out, "-q")
+        f = Follower(self, args)
+        f.start()
+        wait_until(lambda: epoch(job) >= 1, "the first commit", proc=f.p)
+        self.committed(f, job, lambda: self.append("2.csv", "product,region,qty\r\np1,r2,7\r\n"))  # the same
+        self.append("3.csv", "region,product,qty\nr1,p1,100\n")
+        rc, _, err = f.finish()
+        self.assertNotEqual(rc, 0, err)
+        self.assertIn("%s: its header differs" % self.path("logs", "3.csv"), err)
+        self.assertEqual(slurp(out), b"p1\t12\n")
+
 
 if __name__ == "__main__":
     unittest.main()
