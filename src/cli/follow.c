@@ -34,6 +34,7 @@
 #include <xxhash.h>
 
 #include "cli/cli.h"
+#include "engine/fstate.h"
 #include "io/records.h"
 #include "util/json.h"
 #include "util/log.h"
@@ -41,7 +42,6 @@
 #include "ui/ui.h"
 #include "util/timeutil.h"
 
-#define FOLLOW_MAGIC "DBFOLLOW2\n"
 #define FOLLOW_CHUNK (4u << 20)
 #define FOLLOW_LAT 1024  /* micro-batch latencies kept for the percentiles */
 #define FOLLOW_COLS 256  /* columns of a windowed row: window_start and the rows' own */
@@ -75,10 +75,7 @@ int cli_follow_option(cli_follow *f, int c, const char *arg) {
 }
 
 /* Bytes [from, to) of a followed file, in a window. */
-typedef struct wrange {
-  char *path;
-  uint64_t from, to;
-} wrange;
+typedef fstate_range wrange;  /* bytes [from, to) of a followed file, in a window */
 
 int cli_follow_misuse(const cli_follow *f, const char *cmd, char *const *args, size_t nargs) {
   if (!f->on && (f->interval > 0 || f->until_idle > 0 || f->window > 0))
@@ -169,26 +166,10 @@ static void drop_src(follower *w, size_t i) {
 
 /* Add [from, to) of path to a window's ranges (joined to the last one when it goes on). */
 static int add_range(wrange **v, size_t *n, size_t *cap, const char *path, uint64_t from, uint64_t to) {
-  if (*n && (*v)[*n - 1].to == from && !strcmp((*v)[*n - 1].path, path)) {
-    (*v)[*n - 1].to = to;
-    return 0;
-  }
-  if (*n == *cap) {
-    size_t nc = *cap ? *cap * 2 : 8;
-    wrange *nv = realloc(*v, nc * sizeof *nv);
-    if (!nv) return DBX_ENOMEM;
-    *v = nv, *cap = nc;
-  }
-  if (!((*v)[*n].path = strdup(path))) return DBX_ENOMEM;
-  (*v)[*n].from = from, (*v)[*n].to = to;
-  (*n)++;
-  return 0;
+  return fstate_add_range(v, n, cap, path, from, to);
 }
 
-static void free_ranges(wrange *v, size_t n) {
-  for (size_t i = 0; i < n; i++) free(v[i].path);
-  free(v);
-}
+static void free_ranges(wrange *v, size_t n) { fstate_free_ranges(v, n); }
 
 static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -475,88 +456,38 @@ static int spool(follower *w, int finish, uint64_t *bytes, dbx_err *err) {
 
 /* ---- the state file ---- */
 
-static void put64(dbx_buf *b, uint64_t v) {
-  char c[8];
-  for (int i = 0; i < 8; i++) c[i] = (char)(v >> (8 * i));
-  dbx_buf_append(b, c, 8);
-}
-
-static int get64(const char **p, const char *end, uint64_t *v) {
-  if (end - *p < 8) return -1;
-  *v = 0;
-  for (int i = 7; i >= 0; i--) *v = (*v << 8) | (unsigned char)(*p)[i];
-  *p += 8;
-  return 0;
-}
-
-static void put_ranges(dbx_buf *b, const wrange *v, size_t n) {
-  put64(b, n);
-  for (size_t i = 0; i < n; i++) {
-    size_t pl = strlen(v[i].path);
-    put64(b, pl);
-    dbx_buf_append(b, v[i].path, pl);
-    put64(b, v[i].from);
-    put64(b, v[i].to);
-  }
-}
-
-/* Ranges read back into *v (owned, grown by add_range: *cap is its capacity, kept with it). */
-static int get_ranges(const char **p, const char *end, wrange **v, size_t *n, size_t *cap) {
-  uint64_t k;
-  if (get64(p, end, &k) || k > (uint64_t)(end - *p)) return DBX_ECORRUPT;
-  for (uint64_t i = 0; i < k; i++) {
-    uint64_t pl, from, to;
-    char path[PATH_MAX];
-    if (get64(p, end, &pl) || pl >= PATH_MAX || (uint64_t)(end - *p) < pl) return DBX_ECORRUPT;
-    memcpy(path, *p, (size_t)pl);
-    path[pl] = 0;
-    *p += pl;
-    if (get64(p, end, &from) || get64(p, end, &to) || to < from) return DBX_ECORRUPT;
-    if (add_range(v, n, cap, path, from, to)) return DBX_ENOMEM;
-  }
-  return 0;
-}
-
-/* Write the state file: magic, fingerprint, epoch, files (dev, ino, off, path), state, then
- * XXH64 of all that. Synced and renamed into place, the directory synced. */
+/* Write the state file (engine/fstate.c encodes it), under a temporary name, synced and
+ * renamed into place, the directory synced. */
 static int save_state(follower *w, dbx_err *err) {
-  const char *state = w->cur.data;
-  size_t n = w->cur.len;
-  dbx_buf b = {0};
-  dbx_buf_append(&b, FOLLOW_MAGIC, strlen(FOLLOW_MAGIC));
-  put64(&b, w->fingerprint);
-  put64(&b, w->epoch);
-  put64(&b, w->n);
-  for (size_t i = 0; i < w->n; i++) {
-    put64(&b, w->v[i].dev);
-    put64(&b, w->v[i].ino);
-    put64(&b, w->v[i].off);
-    size_t pl = strlen(w->v[i].path);
-    put64(&b, pl);
-    dbx_buf_append(&b, w->v[i].path, pl);
-  }
-  put64(&b, n);
-  if (n) dbx_buf_append(&b, state, n);
-  /* --window: the open window and the closed one not appended yet */
-  put64(&b, (uint64_t)w->wstart);
-  put64(&b, w->wclosed);
-  put_ranges(&b, w->wr, w->nwr);
-  put64(&b, (uint64_t)w->pend.on);
+  fstate s;
+  memset(&s, 0, sizeof s);
+  s.fingerprint = w->fingerprint;
+  s.epoch = w->epoch;
+  s.nfiles = w->n;
+  if (w->n && !(s.files = calloc(w->n, sizeof *s.files))) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (size_t i = 0; i < w->n; i++)
+    s.files[i] = (fstate_file){w->v[i].path, w->v[i].dev, w->v[i].ino, w->v[i].off};
+  s.state = w->cur.data;
+  s.state_len = w->cur.len;
+  s.wstart = w->wstart;
+  s.wclosed = w->wclosed;
+  s.wr = w->wr, s.nwr = w->nwr;
+  s.pend_on = w->pend.on;
   if (w->pend.on) {
-    put64(&b, w->pend.k);
-    put64(&b, (uint64_t)w->pend.start);
-    size_t tl = strlen(w->pend.token);
-    put64(&b, tl);
-    dbx_buf_append(&b, w->pend.token, tl);
-    put64(&b, w->pend.enc.len);
-    if (w->pend.enc.len) dbx_buf_append(&b, w->pend.enc.data, w->pend.enc.len);
-    put_ranges(&b, w->pend.wr, w->pend.nwr);
+    s.pend_k = w->pend.k;
+    s.pend_start = w->pend.start;
+    snprintf(s.pend_token, sizeof s.pend_token, "%s", w->pend.token);
+    s.pend_enc = w->pend.enc.data;
+    s.pend_enc_len = w->pend.enc.len;
+    s.pend_wr = w->pend.wr, s.pend_nwr = w->pend.nwr;
   }
-  if (dbx_buf_reserve(&b, b.len + 8)) {
+  dbx_buf b = {0};
+  int enc = fstate_encode(&s, &b);
+  free(s.files);
+  if (enc) {
     dbx_buf_free(&b);
     return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   }
-  put64(&b, XXH64(b.data, b.len, 0));
   char tmp[PATH_MAX + 16];
   snprintf(tmp, sizeof tmp, "%s.tmp", w->state_path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -607,66 +538,39 @@ static int load_state(follower *w, char **state, size_t *n, dbx_err *err) {
     if (b.len > (size_t)sb.st_size) break;
   }
   close(fd);
-  const char *p = b.data, *end = b.data + b.len;
-  uint64_t sum, fp, nf, sn;
-  size_t ml = strlen(FOLLOW_MAGIC);
-  if (!rc && (b.len < ml + 8 || memcmp(p, FOLLOW_MAGIC, ml))) rc = DBX_ECORRUPT;
-  if (!rc) {
-    const char *q = end - 8;
-    get64(&q, end, &sum);
-    if (XXH64(b.data, b.len - 8, 0) != sum) rc = DBX_ECORRUPT;
-    end -= 8;
-    p += ml;
-  }
-  if (!rc && (get64(&p, end, &fp) || get64(&p, end, &w->epoch) || get64(&p, end, &nf))) rc = DBX_ECORRUPT;
-  if (!rc && fp != w->fingerprint) {
+  fstate s;
+  memset(&s, 0, sizeof s);
+  if (!rc) rc = fstate_decode(b.data, b.len, &s);
+  if (!rc && s.fingerprint != w->fingerprint) {
+    fstate_free(&s);
     dbx_buf_free(&b);
     return dbx_seterr(err, DBX_EUSAGE, "%s holds the state of another followed job (other inputs or options): use "
                       "another --job-dir, or remove it to start again", w->state_path);
   }
-  for (uint64_t i = 0; !rc && i < nf; i++) {
-    uint64_t dev, ino, off, pl;
-    if (get64(&p, end, &dev) || get64(&p, end, &ino) || get64(&p, end, &off) || get64(&p, end, &pl) ||
-        pl >= PATH_MAX || (uint64_t)(end - p) < pl) {
-      rc = DBX_ECORRUPT;
-      break;
-    }
-    char path[PATH_MAX];
-    memcpy(path, p, (size_t)pl);
-    path[pl] = 0;
-    p += pl;
-    if (add_src(w, path, dev, ino, off)) rc = DBX_ENOMEM;
+  if (!rc) {
+    w->epoch = s.epoch;
+    for (size_t i = 0; i < s.nfiles && !rc; i++)
+      if (add_src(w, s.files[i].path, s.files[i].dev, s.files[i].ino, s.files[i].off)) rc = DBX_ENOMEM;
   }
-  if (!rc && (get64(&p, end, &sn) || sn > (uint64_t)(end - p))) rc = DBX_ECORRUPT;
-  if (!rc && sn) {
-    if (!(*state = malloc((size_t)sn))) rc = DBX_ENOMEM;
-    else memcpy(*state, p, (size_t)sn), *n = (size_t)sn;
+  if (!rc && s.state_len) {
+    if (!(*state = malloc(s.state_len))) rc = DBX_ENOMEM;
+    else memcpy(*state, s.state, s.state_len), *n = s.state_len;
   }
-  p += rc ? 0 : sn;
-  uint64_t ws, on = 0;
-  if (!rc && (get64(&p, end, &ws) || get64(&p, end, &w->wclosed))) rc = DBX_ECORRUPT;
-  if (!rc) w->wstart = (int64_t)ws, rc = get_ranges(&p, end, &w->wr, &w->nwr, &w->wrcap);
-  if (!rc && get64(&p, end, &on)) rc = DBX_ECORRUPT;
-  if (!rc && on) {
-    uint64_t k, st, tl, el;
-    if (get64(&p, end, &k) || get64(&p, end, &st) || get64(&p, end, &tl) || tl >= sizeof w->pend.token ||
-        (uint64_t)(end - p) < tl)
-      rc = DBX_ECORRUPT;
-    if (!rc) {
-      memcpy(w->pend.token, p, (size_t)tl);
-      w->pend.token[tl] = 0;
-      p += tl;
-      if (get64(&p, end, &el) || el > (uint64_t)(end - p)) rc = DBX_ECORRUPT;
-    }
-    if (!rc && el && dbx_buf_append(&w->pend.enc, p, (size_t)el)) rc = DBX_ENOMEM;
-    if (!rc) {
-      p += el;
-      w->pend.on = 1, w->pend.k = k, w->pend.start = (int64_t)st;
-      size_t pcap = 0;  /* a pending window's ranges are not added to */
-      rc = get_ranges(&p, end, &w->pend.wr, &w->pend.nwr, &pcap);
+  if (!rc) {
+    w->wstart = s.wstart;
+    w->wclosed = s.wclosed;
+    /* the open window's ranges are added to: their capacity is their count */
+    w->wr = s.wr, w->nwr = w->wrcap = s.nwr;
+    s.wr = NULL, s.nwr = 0;
+    if (s.pend_on) {
+      w->pend.on = 1, w->pend.k = s.pend_k, w->pend.start = s.pend_start;
+      snprintf(w->pend.token, sizeof w->pend.token, "%s", s.pend_token);
+      if (s.pend_enc_len && dbx_buf_append(&w->pend.enc, s.pend_enc, s.pend_enc_len)) rc = DBX_ENOMEM;
+      w->pend.wr = s.pend_wr, w->pend.nwr = s.pend_nwr;
+      s.pend_wr = NULL, s.pend_nwr = 0;
     }
   }
-  if (!rc && p != end) rc = DBX_ECORRUPT;
+  fstate_free(&s);
   dbx_buf_free(&b);
   if (rc == DBX_ECORRUPT) return dbx_seterr(err, rc, "%s is damaged (not a state dbatch wrote, or cut short)", w->state_path);
   if (rc) return dbx_seterr(err, rc, "%s: cannot read it", w->state_path);

@@ -7,6 +7,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "engine/fstate.h"
 #include "fuzz_common.h"
 #include "io/batch.h"
 #include "io/corpus.h"
@@ -323,12 +324,46 @@ static void compressed_seeds(void) {
   dbx_buf_free(&b);
 }
 
+/* follow_state: a running state of two files, and a windowed one with a pending window. */
+static void follow_state_seeds(void) {
+  fstate_file files[2] = {{"logs/a.log", 2049, 131, 4096}, {"logs/b.log", 2049, 132, 17}};
+  fstate_range wr[2] = {{"logs/a.log", 100, 4096}, {"logs/b.log", 0, 17}}, pr[1] = {{"logs/a.log", 0, 100}};
+  fstate s;
+  memset(&s, 0, sizeof s);
+  s.fingerprint = 0x1234abcd;
+  s.epoch = 7;
+  s.files = files;
+  s.nfiles = 2;
+  s.state = "DBKV\x01\x01\x01\0";
+  s.state_len = 8;
+  dbx_buf b = {0};
+  fstate_encode(&s, &b);
+  put("follow_state", "running", b.data, b.len);
+  s.wstart = 1795852560;
+  s.wclosed = 3;
+  s.wr = wr;
+  s.nwr = 2;
+  s.pend_on = 1;
+  s.pend_k = 2;
+  s.pend_start = 1795852500;
+  snprintf(s.pend_token, sizeof s.pend_token, "%s", "123:456:789");
+  s.pend_enc = "DBKV\x01\x01\x01\0";
+  s.pend_enc_len = 8;
+  s.pend_wr = pr;
+  s.pend_nwr = 1;
+  b.len = 0;
+  fstate_encode(&s, &b);
+  put("follow_state", "windowed", b.data, b.len);
+  dbx_buf_free(&b);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: gen_seeds DIR\n");
     return 2;
   }
   root = argv[1];
+  follow_state_seeds();
   const fuzz_nb *nb = fuzz_nb_get();
   wire_seeds(nb);
   op_seeds(nb);
