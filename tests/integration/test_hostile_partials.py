@@ -214,8 +214,6 @@ class HostileCoordinator(TmpTest):
         self.finish()
 
 
-if __name__ == "__main__":
-    unittest.main()
 
 
 class HostileRelayedFiles(TmpTest):
@@ -330,3 +328,7 @@ class HostileRelayedFiles(TmpTest):
         """They were written as they came: the reduce tasks that read them failed, and so did
         the job."""
         self.check("damaged", "sent a bad result: a damaged file 's0-m")
+
+
+if __name__ == "__main__":
+    unittest.main()
