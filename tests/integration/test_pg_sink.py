@@ -116,6 +116,44 @@ class PgSink(PgTest):
         got = {r[1] for r in self.pg.copy_out('SELECT * FROM "pred;drop"', db=self.db)}
         self.assertEqual(got, set(labels))
 
+    def test_follow_running_result_and_windows(self):
+        """--follow into PostgreSQL: the running result's table and its dbatch_follow row
+        (the input it covers) are committed together; a window appended and then killed
+        before its state says so is not appended again (dbatch_commits)."""
+        import json
+        import signal
+        logs, job = self.path("logs"), self.path("job")
+        os.mkdir(logs)
+        log = os.path.join(logs, "a.log")
+        with open(log, "w") as f:
+            f.write(words(500, 90))
+        args = ("wordcount", logs, "--follow", "--interval", "0.1", "--until-idle", "0.5", "--job-dir", job, "-o",
+                self.uri, "--table", "words", "-q")
+        run(*args)
+        with open(log, "a") as f:
+            f.write(words(300, 120) + "tail without newline")
+        run(*args)  # goes on from its state
+        want = tsv_rows(run("wordcount", logs, "--no-job-dir", "-q").stdout)
+        self.assertTrue(same(self.table("words", "2 DESC, 1"), want))
+        (key, mb, offsets), = self.pg.copy_out("SELECT job, micro_batch, offsets FROM dbatch_follow", db=self.db)
+        self.assertEqual(key, os.path.realpath(job))
+        self.assertEqual(json.loads(offsets)["files"][0]["offset"], os.path.getsize(log))
+        self.assertEqual(int(mb), json.loads(offsets)["micro_batch"])
+        # windows: killed right after window 0's rows are committed
+        wlogs, wjob = self.path("wlogs"), self.path("wjob")
+        os.mkdir(wlogs)
+        with open(os.path.join(wlogs, "b.log"), "w") as f:
+            f.write("one two two\n")
+        wargs = ("wordcount", wlogs, "--follow", "--window", "1", "--interval", "0.1", "--job-dir", wjob, "-o",
+                 self.uri, "--table", "per_second", "-q")
+        env = dict(os.environ, DBATCH_FAULT="follow_crash_after_append=0")
+        self.assertEqual(run(*wargs, check=False, env=env).returncode, -signal.SIGKILL)
+        run(*wargs, "--until-idle", "1")
+        rows = self.table("per_second", "1, 3 DESC, 2")
+        self.assertEqual([r[1:] for r in rows], [("two", "2"), ("one", "1")])
+        self.assertEqual(len(self.pg.copy_out("SELECT * FROM dbatch_commits WHERE table_name = 'per_second'",
+                                              db=self.db)), 1)
+
     def test_replace_swaps_and_a_failed_job_leaves_the_old_table(self):
         self.pg.psql('CREATE TABLE words (old text); INSERT INTO words VALUES (\'kept\');', db=self.db)
         p = self.job("run", "--map", "exit 3", "--reduce", "count", self.inp, "-o", self.uri, "--table", "words",
