@@ -533,6 +533,20 @@ def stop_all(coord, workers):
             w.wait()
 
 
+def with_relayed_worker(port, tmpdir, slots, *coord_args):
+    """Run a coordinator (coord_args) with one worker on port that reads nothing by path
+    (--no-shared-fs) and has TMPDIR=tmpdir; (coordinator, its stdout, its stderr) once both end."""
+    coord = start(*coord_args)
+    w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", slots, "-q"],
+                         env=dict(os.environ, TMPDIR=tmpdir), stderr=subprocess.DEVNULL)
+    try:
+        out, err = coord.communicate(timeout=120)
+        w.wait(timeout=60)
+    finally:
+        stop_all(coord, [w])
+    return coord, out, err
+
+
 def _unshare_pid_works():
     try:
         return subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10).returncode == 0
@@ -719,16 +733,9 @@ class RelayedFiles(TmpTest):
         wtmp = self.path("wtmp")
         os.mkdir(wtmp)
         port = free_port()
-        coord = start("wordcount", words, "--workers", "0", "--listen", "127.0.0.1:%d" % port, "--wait-workers", "1",
-                      "--partitions", "3", "--batch-bytes", "32K", "--no-job-dir", "-q")
-        w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "2",
-                              "-q"], env=dict(os.environ, TMPDIR=wtmp), stderr=subprocess.PIPE)
-        try:
-            out, err = coord.communicate(timeout=120)
-            w.wait(timeout=60)
-        finally:
-            stop(coord)
-            stop(w)
+        coord, out, err = with_relayed_worker(port, wtmp, "2", "wordcount", words, "--workers", "0", "--listen",
+                                              "127.0.0.1:%d" % port, "--wait-workers", "1", "--partitions", "3",
+                                              "--batch-bytes", "32K", "--no-job-dir", "-q")
         self.assertEqual(coord.returncode, 0, err)
         self.assertEqual(out, reference_wordcount([words]))
         self.assertEqual(os.listdir(wtmp), [])
@@ -744,17 +751,10 @@ class RelayedWorkerTmpdir(TmpfsTest):
         gen_keyed.csv_sales(sales, size, products, seed=4)
         _, rows, _ = keyed_ref.groupby_ref([sales], None, "product", "count,sum:qty")
         port = free_port()
-        coord = start("groupby", sales, "--key", "product", "--agg", "count,sum:qty", "--partitions", "6",
-                      "--batch-bytes", "64K", "--workers", "1", "--listen", "127.0.0.1:%d" % port, "--wait-workers",
-                      "2", "--policy", "round-robin", "--no-job-dir")
-        w = subprocess.Popen([DBATCH, "worker", "--connect", "127.0.0.1:%d" % port, "--no-shared-fs", "-s", "1", "-q"],
-                             env=dict(os.environ, TMPDIR=wtmp), stderr=subprocess.DEVNULL)
-        try:
-            out, err = coord.communicate(timeout=120)
-            w.wait(timeout=60)
-        finally:
-            stop(coord)
-            stop(w)
+        coord, out, err = with_relayed_worker(port, wtmp, "1", "groupby", sales, "--key", "product", "--agg",
+                                              "count,sum:qty", "--partitions", "6", "--batch-bytes", "64K", "--workers",
+                                              "1", "--listen", "127.0.0.1:%d" % port, "--wait-workers", "2",
+                                              "--policy", "round-robin", "--no-job-dir")
         err = err.decode(errors="replace")
         self.assertEqual(coord.returncode, 0, err)
         self.assertEqual(out, keyed_ref.write_tsv(rows))
