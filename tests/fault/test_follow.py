@@ -91,6 +91,9 @@ class FollowFiles(TmpTest):
             ("a.1: its last line ends after the rotation", lambda: self.append("a.log.1", "ne\n"), True),
             ("a: the successor", lambda: self.append("a.log", blob(4, 25) + "crlf line\r\n"), True),
             ("b: more", lambda: self.append("b.log", blob(5, 60)), True),
+            ("f: invalid UTF-8, a NUL, binary bytes, a long line",
+             lambda: self.append("f.log", b"caf\xc3\xa9 bad\xff\xfebytes nul\x00here \x01\x02\x7f end\n" +
+                                 b"long " * 200000 + b"\n"), True),
             ("d: a last file without a final newline", lambda: self.append("d.log", blob(6, 5) + "no newline at the end"),
              True),
         ]
