@@ -324,6 +324,40 @@ class FollowReport(TmpTest):
                               r'0\.0 s · last commit 20\d\d-\d\d-\d\d [\d:]+ UTC · micro-batch p50 [\d.]+ s, p99 [\d.]+ s<')
 
 
+class FollowMetrics(TmpTest):
+    def test_metrics_while_following(self):
+        """/metrics of a followed job: micro-batches committed, the bytes waiting for their
+        newline, the last commit and the micro-batch seconds."""
+        import urllib.request
+        from dbx import free_port
+        self.write("logs/a.log", "a b c\n" * 10 + "waits")
+        job, port = self.path("job"), free_port()
+        p = start("wordcount", self.path("logs"), "--follow", "--interval", "0.1", "--workers", "1", "--job-dir", job,
+                  "--dashboard", "127.0.0.1:%d" % port, "-o", self.path("o.tsv"), "-q")
+        try:
+            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+
+            def sample(text, name):
+                m = re.search(r"(?m)^%s(\{[^}]*\})? ([0-9.e+-]+)$" % re.escape(name), text)
+                return float(m.group(2)) if m else None
+            got = {}
+
+            def scraped():
+                text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+                got.update((n, sample(text, n)) for n in ("dbatch_follow_micro_batches_total", "dbatch_follow_lag_bytes",
+                                                         "dbatch_follow_last_commit_timestamp_seconds",
+                                                         "dbatch_follow_micro_batch_seconds"))
+                return got["dbatch_follow_micro_batches_total"] and got["dbatch_follow_lag_bytes"] == 5
+            wait_until(scraped, "/metrics with the first micro-batch", proc=p)
+            self.assertGreater(got["dbatch_follow_last_commit_timestamp_seconds"], 1.7e9)
+            self.assertGreater(got["dbatch_follow_micro_batch_seconds"], 0)
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=60)
+        finally:
+            stop(p)
+        self.assertEqual(p.returncode, 0)
+
+
 class FollowErrors(TmpTest):
     def test_a_file_truncated_in_place_fails_naming_it(self):
         os.mkdir(self.path("logs"))
