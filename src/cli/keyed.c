@@ -200,7 +200,7 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   if (!rc && !by_count) rc = kv_stream_open(pc, spec, &st, err);
   if (!rc) rc = rows(ctx, st, out, err);
   kv_stream_close(st);
-  if (!rc) shuffle_remove(pc, sc->nmap);
+  if (!rc) shuffle_remove(pc, sc->nmap);  /* the reduced partitions stay until the commit */
   free(sc);
   return rc;
 }

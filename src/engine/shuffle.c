@@ -603,10 +603,6 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
       map_path(path, sizeof path, pc, i, r);
       unlink(path);
     }
-    red_path(path, sizeof path, pc, r);
-    unlink(path);
-    cnt_path(path, sizeof path, pc, r);
-    unlink(path);
   }
   for (uint32_t i = 0; i < nmap; i++) {
     spilled_path(path, sizeof path, pc, i);

@@ -124,6 +124,9 @@ void shuffle_relay_input(const shuffle_relay *rl, uint32_t i, uint32_t index, ch
 /* Write a relayed file (a checked name) into the configuration's directory, atomically. */
 int shuffle_put_file(const kv_part_cfg *pc, const char *name, const char *data, size_t n, dbx_err *err);
 
-/* Remove a stage's files (after its result is written). */
+/* Remove a stage's map outputs once its partitions are reduced. The reduced partitions stay
+ * until the job's outputs are committed (cli_keyed_done): a job killed between its commit and
+ * the journal's mark of a finished job is resumed from them, and its sinks then find their
+ * rows already there. */
 void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap);
 #endif

@@ -274,7 +274,8 @@ class Coordinator(TmpTest):
 
     def test_result_over_max_message_names_the_option(self):
         data = self.write("uniq.txt", "".join("word%d\n" % i for i in range(20000)))
-        for args in (["--workers", "2"], ["--workers", "0", "--listen", "tcp://127.0.0.1:%d" % free_port()]):
+        # (--partitions 0: the partials come to the coordinator, as they do under --listen)
+        for args in (["--workers", "2", "--partitions", "0"], ["--workers", "0", "--listen", "tcp://127.0.0.1:%d" % free_port()]):
             with self.subTest(args=args):
                 c = self.coord(*args, "--max-message", "64K", "--no-job-dir", data)
                 if "--listen" in args:

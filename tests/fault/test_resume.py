@@ -121,7 +121,7 @@ class ResumeOnAnotherMachine(TmpTest):
         self.assertEqual(slurp(out), self.want)
         j = json.loads(slurp(s, True))
         self.assertEqual(j["stages"][0]["plan"]["batch_bytes"], 4 * MB)
-        self.assertEqual(j["batches"], -(-os.path.getsize(self.data) // (4 * MB)))
+        self.assertEqual(j["stages"][0]["batches"], -(-os.path.getsize(self.data) // (4 * MB)))
         self.assertGreaterEqual(j["resumed_tasks"], 1, "finished tasks were run again")
 
     def killed_job(self):
@@ -266,6 +266,31 @@ class ResumeAfterTheCommit(TmpTest):
         self.assertEqual(len(once[0].splitlines()), 6)
         run("resume", jd)
         self.assertEqual((slurp(pred), slurp(met)), once)
+
+
+    # Was a bug: a partitioned job (groupby, and word count with workers) removed its reduced
+    # partitions as soon as it had streamed them, so a resume after the commit failed ("reduced
+    # partition .../s0-r0.kv: No such file or directory", exit 1). They now stay until the commit.
+    def test_partitioned_job_killed_after_its_commit_resumes(self):
+        inp = self.write("in.csv", "k,v\n" + "".join("k%d,%d\n" % (i % 37, i) for i in range(2000)))
+        want = {"k%d" % k: str(sum(1 for i in range(2000) if i % 37 == k)) for k in range(37)}
+        for cmd in (["groupby", inp, "--key", "k", "--agg", "count"], ["wordcount", inp, "--workers", "2"]):
+            out, jd = self.write("out-%s.tsv" % cmd[0], "old\t1\n"), self.path("job-" + cmd[0])
+            env = dict(os.environ, DBATCH_FAULT="crash_after_commit")
+            p = subprocess.run([DBATCH] + cmd + ["--partitions", "3", "--job-dir", jd, "-q", "-o", out, "--append"],
+                               env=env, capture_output=True, timeout=120)
+            self.assertEqual(p.returncode, -9, p.stderr)
+            once = slurp(out)
+            p = run("resume", jd, check=False)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(slurp(out), once)  # not twice
+            self.assertEqual(os.listdir(os.path.join(jd, "spill")), [])
+            rows = [ln.split("\t") for ln in once.decode().splitlines()]
+            self.assertEqual(rows[0], ["old", "1"])
+            if cmd[0] == "groupby":
+                self.assertEqual({r[0]: r[1] for r in rows[1:]}, want)  # appended without a header
+            else:
+                self.assertEqual(sum(int(r[1]) for r in rows[1:]), 2000 * 2 + 2)
 
 
 class DamagedJournal(TmpTest):

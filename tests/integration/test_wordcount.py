@@ -83,10 +83,12 @@ class WordCount(TmpTest):
         lines = slurp(MULTI).count(b"\n") + 1
         self.assertTrue(j["ok"])
         self.assertEqual(j["records"], lines)
-        self.assertEqual(j["batches"], (lines + 3) // 4)
-        self.assertEqual(j["tasks"], j["batches"])
+        # Merged on the workers in 8 partitions by default: a map stage, then a reduce stage.
+        self.assertEqual([st["name"] for st in j["stages"]], ["wordcount", "reduce"])
+        self.assertEqual(j["stages"][0]["batches"], (lines + 3) // 4)
+        self.assertEqual(j["stages"][1]["tasks"], 8)
+        self.assertEqual(j["tasks"], (lines + 3) // 4 + 8)
         self.assertEqual(j["inputs"][0]["size"], os.path.getsize(MULTI))
-        self.assertEqual(j["stages"][0]["name"], "wordcount")
 
 
 class Errors(TmpTest):
