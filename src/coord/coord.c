@@ -1099,6 +1099,44 @@ static void tick_ui(srun *r, double now) {
   free(w);
 }
 
+/* The last directory resolved by abs_path, and what it resolved to. */
+typedef struct abs_dir {
+  char *dir, *real;
+  size_t len;
+} abs_dir;
+
+/* realpath(p), resolving each directory once: a corpus of thousands of files in a few
+ * directories cost a realpath (a readlink per component) per file per stage. The same path
+ * as realpath's: DIR/NAME is realpath(DIR)/NAME when NAME is not a symbolic link, "." or "..";
+ * otherwise (and for a name without a directory) realpath is asked. NULL with errno set. */
+static char *abs_path(const char *p, abs_dir *c) {
+  const char *slash = strrchr(p, '/'), *name = slash ? slash + 1 : NULL;
+  struct stat st;
+  if (!slash || slash == p || !*name || !strcmp(name, ".") || !strcmp(name, "..") || lstat(p, &st) != 0 ||
+      S_ISLNK(st.st_mode))
+    return realpath(p, NULL);
+  size_t dl = (size_t)(slash - p);
+  if (!c->dir || c->len != dl || memcmp(c->dir, p, dl)) {
+    free(c->dir), free(c->real);
+    c->real = NULL;
+    if (!(c->dir = strndup(p, dl))) return NULL;
+    c->len = dl;
+    if (!(c->real = realpath(c->dir, NULL))) {
+      free(c->dir);
+      c->dir = NULL;
+      return NULL;
+    }
+  }
+  size_t rl = strlen(c->real), nl = strlen(name);
+  int sep = rl && c->real[rl - 1] != '/';
+  char *out = malloc(rl + (size_t)sep + nl + 1);
+  if (!out) return NULL;
+  memcpy(out, c->real, rl);
+  if (sep) out[rl] = '/';
+  memcpy(out + rl + sep, name, nl + 1);
+  return out;
+}
+
 static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   srun r;
   memset(&r, 0, sizeof r);
@@ -1120,17 +1158,19 @@ static int run_stage(coord *c, job *j, stage *s, dbx_err *err) {
   r.idsize = calloc(r.npaths + 1, sizeof *r.idsize);
   r.idmtime = calloc(r.npaths + 1, sizeof *r.idmtime);
   if (!r.ag || !r.ld || !r.paths || !r.abs || !r.idsize || !r.idmtime) { rc = DBX_ENOMEM; goto done; }
+  abs_dir dcache = {NULL, NULL, 0};
   for (size_t i = 0; i < r.npaths; i++) {
     const char *p = s->in->v[i].path;
     /* What a worker reading the file in place must find there (a stream: nothing). */
     r.idsize[i] = s->in->v[i].kind == IN_STREAM ? UINT64_MAX : s->in->v[i].size;
     r.idmtime[i] = s->in->v[i].mtime_ns;
-    if (strcmp(p, "-") && !(r.abs[i] = realpath(p, NULL))) {
+    if (strcmp(p, "-") && !(r.abs[i] = abs_path(p, &dcache))) {
       rc = dbx_seterr(err, DBX_EIO, "%s: %s", p, strerror(errno));
       goto done;
     }
     r.paths[i] = r.abs[i] ? r.abs[i] : p;
   }
+  free(dcache.dir), free(dcache.real);
   /* The broadcast checks partials as they arrive, and finish() needs it too (the
    * vocabulary to name model columns...). */
   if (s->op->bcast_load && s->bcast_in &&

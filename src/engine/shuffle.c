@@ -60,12 +60,6 @@ static size_t release_prefix(char *map, size_t from, size_t to) {
 
 /* By-count file: "DBWC", then entries [u64 count][u32 klen][key], count descending, then key. */
 typedef struct cref { const char *k; uint32_t n; uint64_t c; } cref;
-static int cmp_cref(const void *x, const void *y) {
-  const cref *a = x, *b = y;
-  if (a->c != b->c) return a->c > b->c ? -1 : 1;
-  int c = memcmp(a->k, b->k, a->n < b->n ? a->n : b->n);
-  return c ? c : a->n < b->n ? -1 : a->n > b->n;
-}
 
 /* A private temporary file in the spill directory: *fd and its name in tmp. The name is
  * made unique by mkostemp (O_EXCL), not by the process and thread ids: workers on other
@@ -634,13 +628,39 @@ typedef struct cpart {
 struct count_stream {
   uint32_t n;
   cpart *v;
+  uint32_t *heap;  /* the partitions with an entry, the next row's first (cpart_before) */
+  uint32_t nheap;
 };
+
+/* Does partition a's entry come out before b's: a greater count, then a smaller key, then
+ * (never for honest files: a key is in one partition) the lower partition. */
+static int cpart_before(const count_stream *s, uint32_t a, uint32_t b) {
+  const cpart *x = &s->v[a], *y = &s->v[b];
+  if (x->count != y->count) return x->count > y->count;
+  int m = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
+  if (m) return m < 0;
+  return x->klen != y->klen ? x->klen < y->klen : a < b;
+}
+
+static void cheap_down(count_stream *s, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < s->nheap && cpart_before(s, s->heap[l], s->heap[m])) m = l;
+    if (r < s->nheap && cpart_before(s, s->heap[r], s->heap[m])) m = r;
+    if (m == i) return;
+    uint32_t t = s->heap[i];
+    s->heap[i] = s->heap[m];
+    s->heap[m] = t;
+    i = m;
+  }
+}
 
 void count_stream_close(count_stream *s) {
   if (!s) return;
   for (uint32_t i = 0; i < s->n; i++)
     if (s->v[i].map && s->v[i].len) munmap(s->v[i].map, s->v[i].len);
   free(s->v);
+  free(s->heap);
   free(s);
 }
 
@@ -673,7 +693,8 @@ static int cpart_next(cpart *x, dbx_err *err) {
 
 int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
   count_stream *s = calloc(1, sizeof *s);
-  if (!s || !(s->v = calloc(pc->r ? pc->r : 1, sizeof *s->v))) {
+  if (!s || !(s->v = calloc(pc->r ? pc->r : 1, sizeof *s->v)) || !(s->heap = calloc(pc->r ? pc->r : 1, sizeof *s->heap))) {
+    if (s) free(s->v);
     free(s);
     return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   }
@@ -705,28 +726,27 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
     }
     x->pos = 4;
     rc = cpart_next(x, err);
+    if (!rc && x->have) s->heap[s->nheap++] = r;
   }
   if (rc) {
     count_stream_close(s);
     return rc;
   }
+  for (uint32_t i = s->nheap / 2; i-- > 0;) cheap_down(s, i);
   *out = s;
   return 0;
 }
 
+/* The next row of the merge: a heap over the partitions (log R comparisons a row). */
 int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err) {
-  cpart *best = NULL;
-  for (uint32_t i = 0; i < s->n; i++) {
-    cpart *x = &s->v[i];
-    if (!x->have) continue;
-    if (!best || x->count > best->count ||
-        (x->count == best->count && cmp_cref(&(cref){x->key, (uint32_t)x->klen, 0}, &(cref){best->key, (uint32_t)best->klen, 0}) < 0))
-      best = x;
-  }
-  if (!best) return 0;
+  if (!s->nheap) return 0;
+  cpart *best = &s->v[s->heap[0]];
   *key = best->key, *klen = best->klen, *count = best->count;
   int rc = cpart_next(best, err);
-  return rc ? rc : 1;
+  if (rc) return rc;
+  if (!best->have) s->heap[0] = s->heap[--s->nheap];
+  cheap_down(s, 0);
+  return 1;
 }
 
 uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds) {

@@ -470,49 +470,35 @@ static int v_encode(const void *cfg, const void *part, dbx_buf *out, dbx_err *er
   return mpk_close(&m) ? dbx_seterr(err, DBX_ENOMEM, "naive Bayes: out of memory encoding a partial result") : 0;
 }
 
-/* [key, count, ...] with counts 1..max and each key once; keys are names (labels), or terms
- * the tokenizer can emit (terms = 1: ops_word_ok, at least 2 code points). *sum = the sum of
- * the counts (no overflow). -1 if not so, DBX_ENOMEM. */
-static int check_map(const msgpack_object *o, uint64_t max, int terms, uint64_t *sum) {
+/* Fill the fresh map m from [key, count, ...]: counts 1..max and each key once; keys are names
+ * (labels), or terms the tokenizer can emit (terms = 1: ops_word_ok, at least 2 code points).
+ * *sum = the sum of the counts (no overflow). One pass: a key met twice is found by the map
+ * not growing. -1 if not so, DBX_ENOMEM. */
+static int fill_map(const msgpack_object *o, uint64_t max, int terms, strmap *m, uint64_t *sum) {
   if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 2) return -1;
-  strmap *seen = strmap_new();
-  if (!seen || strmap_reserve(seen, o->via.array.size / 2)) { strmap_free(seen); return DBX_ENOMEM; }
+  if (strmap_count(m)) return -1;
+  if (strmap_reserve(m, o->via.array.size / 2)) return DBX_ENOMEM;
   uint64_t t = 0;
-  int rc = 0;
-  for (uint32_t i = 0; i < o->via.array.size && !rc; i += 2) {
+  for (uint32_t i = 0; i < o->via.array.size; i += 2) {
     const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
-    uint32_t id = 0;
     if (k->type != MSGPACK_OBJECT_STR || !good_name(k->via.str.ptr, k->via.str.size) ||
         (terms && (!ops_word_ok(k->via.str.ptr, k->via.str.size) || k->via.str.size < 2)) ||
         v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 == 0 || v->via.u64 > max || t + v->via.u64 < t)
-      rc = -1;
-    else if (strmap_add(seen, k->via.str.ptr, k->via.str.size, 1, &id))
-      rc = DBX_ENOMEM;
-    else if (strmap_val(seen, id) > 1)
-      rc = -1;  /* a key twice: an honest partial counts each once */
+      return -1;
+    size_t before = strmap_count(m);
+    if (strmap_add(m, k->via.str.ptr, k->via.str.size, v->via.u64, NULL)) return DBX_ENOMEM;
+    if (strmap_count(m) == before) return -1;  /* a key twice: an honest partial counts each once */
     t += v->via.u64;
   }
-  strmap_free(seen);
-  if (!rc && sum) *sum = t;
-  return rc;
-}
-
-static int unpack_map(const msgpack_object *o, strmap *m) {
-  size_t have = strmap_count(m), n = o->via.array.size / 2;
-  if (strmap_reserve(m, n > have ? n : have)) return -1;
-  for (uint32_t i = 0; i < o->via.array.size; i += 2) {
-    const msgpack_object *k = &o->via.array.ptr[i], *v = &o->via.array.ptr[i + 1];
-    if (strmap_add(m, k->via.str.ptr, k->via.str.size, v->via.u64, NULL)) return -1;
-  }
+  if (sum) *sum = t;
   return 0;
 }
 
-/* left += an encoded partial, in one pass. It is checked whole before anything is added, so a
- * rejected partial (DBX_ECORRUPT) leaves left unchanged; only DBX_ENOMEM can leave it half
- * merged (and fails the job). A partial is consistent: every document has one label (the
- * label counts add up to the documents), and a term is in 1..documents documents. */
-static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
-  vpart *v = left;
+/* A partial from its encoding, checked whole (DBX_ECORRUPT): every document has one label
+ * (the label counts add up to the documents), and a term is in 1..documents documents. */
+static int v_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  vpart *v = v_new(cfg);
+  if (!v) return DBX_ENOMEM;
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
   size_t off = 0;
@@ -524,26 +510,28 @@ static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n,
     a = u.data.via.array.ptr;
   if (a) nd = a[0].via.u64;
   int c1 = 0, c2 = 0;
-  if (a && nd <= NB_DOCS_MAX) c1 = check_map(&a[1], nd, 0, &labelled);
-  if (a && nd <= NB_DOCS_MAX && !c1) c2 = check_map(&a[2], nd, 1, NULL);
+  if (a && nd <= NB_DOCS_MAX) c1 = fill_map(&a[1], nd, 0, v->labels, &labelled);
+  if (a && nd <= NB_DOCS_MAX && !c1) c2 = fill_map(&a[2], nd, 1, v->terms, NULL);
   if (c1 == DBX_ENOMEM || c2 == DBX_ENOMEM)
     rc = DBX_ENOMEM;
-  else if (!a || nd > NB_DOCS_MAX || c1 || labelled != nd || c2 || v->ndocs + nd < v->ndocs)
+  else if (!a || nd > NB_DOCS_MAX || c1 || labelled != nd || c2)
     rc = dbx_seterr(err, DBX_ECORRUPT, "naive Bayes: malformed partial result (document frequencies)");
-  else if (unpack_map(&u.data.via.array.ptr[1], v->labels) || unpack_map(&u.data.via.array.ptr[2], v->terms))
-    rc = DBX_ENOMEM;
   else
-    v->ndocs += u.data.via.array.ptr[0].via.u64;
+    v->ndocs = nd;
   msgpack_unpacked_destroy(&u);
+  if (rc) v_free(v);
+  else *out = v;
   return rc;
 }
 
-static int v_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
-  vpart *v = v_new(cfg);
-  if (!v) return DBX_ENOMEM;
-  int rc = v_merge_encoded(cfg, v, p, n, err);
-  if (rc) v_free(v);
-  else *out = v;
+/* left += an encoded partial. It is decoded and checked whole before anything is added, so a
+ * rejected partial (DBX_ECORRUPT) leaves left unchanged; only DBX_ENOMEM can leave it half
+ * merged (and fails the job). */
+static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n, dbx_err *err) {
+  void *r = NULL;
+  int rc = v_decode(cfg, p, n, &r, err);
+  if (!rc) rc = v_merge(cfg, left, r, err);
+  v_free(r);
   return rc;
 }
 

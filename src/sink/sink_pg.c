@@ -430,7 +430,11 @@ static int follow_note(pg_db *d, dbx_err *err) {
 static void reason(const pg_db *d, const char *msg, char *out, size_t cap) {
   size_t w = strlen(d->where);
   if (!strncmp(msg, d->where, w) && !strncmp(msg + w, ": ", 2)) msg += w + 2;
-  snprintf(out, cap, "%s", msg);
+  if (!cap) return;
+  size_t n = strlen(msg);  /* cut to fit (not snprintf: -O3 warns of the truncation it means) */
+  if (n >= cap) n = cap - 1;
+  memcpy(out, msg, n);
+  out[n] = 0;
   char *tail = strstr(out, "; nothing was written");
   if (tail) *tail = 0;
 }

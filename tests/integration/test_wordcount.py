@@ -91,6 +91,36 @@ class WordCount(TmpTest):
         self.assertEqual(j["inputs"][0]["size"], os.path.getsize(MULTI))
 
 
+class InputPaths(TmpTest):
+    """Workers read each file by the absolute path the coordinator resolves once per directory
+    (abs_path in coord.c): relative names, '.' and '..', symbolic links to files and to
+    directories, a link in the last place, all from another working directory."""
+
+    def test_every_spelling_of_a_path_reads_the_same_file(self):
+        os.makedirs(self.path("d/sub"))
+        os.makedirs(self.path("elsewhere"))
+        texts = {"d/a.txt": "alpha beta\n", "d/sub/b.txt": "beta gamma\n", "elsewhere/c.txt": "gamma delta\n"}
+        for name, text in texts.items():
+            with open(self.path(name), "w") as f:
+                f.write(text)
+        os.symlink(self.path("elsewhere"), self.path("d/linkdir"))       # a directory by a link
+        os.symlink(self.path("elsewhere/c.txt"), self.path("d/sub/c.lnk"))  # a file by a link
+        os.symlink("../a.txt", self.path("d/sub/rel.lnk"))                  # a relative link
+        args = ["d/sub/../a.txt", "./d/sub/b.txt", "d/linkdir/c.txt", "d/sub/c.lnk", "d/sub/rel.lnk", "d/linkdir/../a.txt"]
+        # d/a.txt twice (once by rel.lnk), b.txt, c.txt twice; d/linkdir/.. is the directory above the
+        # link's target, as the kernel resolves it (not d): its a.txt is another file.
+        with open(self.path("a.txt"), "w") as f:
+            f.write("epsilon\n")
+        want = b"beta\t3\ngamma\t3\nalpha\t2\ndelta\t2\nepsilon\t1\n"
+        outs = []
+        for workers in ("0", "2"):
+            p = subprocess.run([DBATCH, "wordcount", "--workers", workers, "-q", "--no-job-dir"] + args,
+                               cwd=self.path(""), capture_output=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            outs.append(p.stdout)
+        self.assertEqual(outs, [want, want])
+
+
 class Errors(TmpTest):
     def assertFails(self, args, status, *needles, input=None):
         p = run(*args, check=False, input=input)

@@ -389,6 +389,32 @@ static void test_vocab_partials(void **state) {
     assert_memory_equal(after.data, before.data, before.len);  /* unchanged */
     dbx_buf_free(&enc);
   }
+  /* A key twice: a label (its counts still add up to the documents), a term. */
+  for (int twice = 0; twice < 2; twice++) {
+    mb b;
+    msgpack_packer *pk = mb_open(&b);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint64(pk, 3);
+    msgpack_pack_array(pk, 4);
+    str(pk, "alpha");
+    msgpack_pack_uint64(pk, 2);
+    str(pk, twice ? "beta" : "alpha");
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_array(pk, 4);
+    str(pk, "aa");
+    msgpack_pack_uint64(pk, 1);
+    str(pk, twice ? "aa" : "bb");
+    msgpack_pack_uint64(pk, 1);
+    assert_int_equal(mpk_close(&b.m), 0);
+    void *p = NULL;
+    assert_int_equal(op_nb_vocab.decode(&cfg, b.buf.data, b.buf.len, &p, &err), DBX_ECORRUPT);
+    assert_null(p);
+    assert_int_equal(op_nb_vocab.merge_encoded(&cfg, agg, b.buf.data, b.buf.len, &err), DBX_ECORRUPT);
+    after.len = 0;
+    assert_int_equal(op_nb_vocab.encode(&cfg, agg, &after, &err), 0);
+    assert_memory_equal(after.data, before.data, before.len);  /* unchanged */
+    dbx_buf_free(&b.buf);
+  }
   op_nb_vocab.partial_free(agg);
   dbx_buf_free(&good);
   dbx_buf_free(&before);
