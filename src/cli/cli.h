@@ -270,16 +270,15 @@ typedef struct cli_keyed {
   "      --partitions R      merge on the workers in R partitions by key hash, the result\n" \
   "                          streamed to the output from files, never held by this\n"      \
   "                          process; 0 merges here, in memory. The same bytes for any R\n" \
-  "                          (default: 8 with local workers; 0 for word count, with\n"  \
-  "                          --listen and with --workers 0)\n"                          \
+  "                          (default: 8 with local workers; 0 with --listen, with\n"   \
+  "                          --workers 0 and with --follow)\n"                          \
   "      --spill-dir DIR     where partitions are written (default: JOB_DIR/spill, else a\n" \
   "                          private directory under $TMPDIR). Naming it says remote\n"   \
   "                          workers reach it too; a worker that cannot gets its files\n"  \
   "                          relayed over its connection\n"                              \
   "      --memory SIZE       memory of one task (a local worker runs one at a time): past\n" \
   "                          it, keys spill to the spill directory and merge from disk,\n" \
-  "                          the same bytes out (default: RAM / (workers + 1) / 2; word\n" \
-  "                          count partitions with 8 when it is given)\n"
+  "                          the same bytes out (default: RAM / (workers + 1) / 2)\n"
 #define CLI_KEYED_DEFAULT_R 8
 
 /* --follow (cli/follow.c, docs/follow.md): a job that goes on over data as it arrives. */
