@@ -387,6 +387,11 @@ struct kvpart {
   int spill_fd;
   dbx_buf sbuf, zbuf;        /* records to spill; their compressed frame */
   uint64_t spilled;
+  /* Value pairs (distinct:, top:) of the keys the table holds, past half the budget: written
+   * out as sorted runs, each [u64 length][a partial of pair carriers] (pair_flush), to an
+   * unlinked file in spill_dir. Their counts add, so where they are counted changes nothing. */
+  int pair_fd;
+  uint64_t pair_bytes;
 };
 
 kvpart *kv_new(const kv_spec *s) {
@@ -395,6 +400,7 @@ kvpart *kv_new(const kv_spec *s) {
   if (!p) return NULL;
   p->s = *s;
   p->spill_fd = -1;
+  p->pair_fd = -1;
   size_t o = 0;
   for (uint32_t i = 0; i < s->nagg; i++) {
     p->off[i] = o;
@@ -413,12 +419,13 @@ void kv_free(kvpart *p) {
   dbx_buf_free(&p->sbuf);
   dbx_buf_free(&p->zbuf);
   if (p->spill_fd >= 0) close(p->spill_fd);
+  if (p->pair_fd >= 0) close(p->pair_fd);
   if (!p->borrowed) dbx_buf_free(&p->run);
   free(p);
 }
 
 int kv_untouched(const kvpart *p) {
-  return kv_count(p) == 0 && p->spill_fd < 0 && p->sbuf.len == 0 && p->spilled == 0 && !p->frozen;
+  return kv_count(p) == 0 && p->spill_fd < 0 && p->sbuf.len == 0 && p->spilled == 0 && !p->frozen && p->pair_fd < 0;
 }
 
 uint64_t kv_count(const kvpart *p) { return p->nmain + (p->h ? p->h->n : 0); }
@@ -698,6 +705,92 @@ uint64_t kv_hash(const char *key, size_t klen) { return strmap_hash(key, klen); 
 
 int kv_err_overflow(const dbx_err *e) { return e->code == DBX_EBADREC && strstr(e->msg, " overflows ") != NULL; }
 
+static int sort_entries(htab *h, uint64_t **out);
+static int put_pair(hent *e, dbx_buf *out);
+static size_t header_len(const kv_spec *s);
+static void put_split_header(char *h, const kv_spec *s, uint64_t nmain, uint64_t npair);
+
+/* Bytes of the empty states of one entry (kv_decode_level_view): a count of 0, numbers
+ * without values, no first/last value. */
+static size_t empty_states_len(const kv_spec *s) {
+  size_t n = 0;
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    int kd = s->agg[i].kind;
+    n += kd == KA_COUNT ? 8 : kind_num(kd) ? 17 : kind_text(kd) ? 5 : 0;
+  }
+  return n;
+}
+
+/* Write the pair table out as one sorted run and start it again empty. The run is a partial
+ * whose main entries are carriers: each key of its pairs once, with empty states (legal in a
+ * task's level files only). The key's real states stay in the table. */
+static int pair_flush(kvpart *p, dbx_err *err) {
+  const kv_spec *s = &p->s;
+  uint64_t *ix = NULL;
+  dbx_buf run = {0}, pairs = {0};
+  uint64_t nmain = 0;
+  size_t es = empty_states_len(s), hl = header_len(s);
+  int rc = sort_entries(p->hp, &ix);
+  if (!rc && dbx_buf_append(&run, "\0\0\0\0\0\0\0\0", 8)) rc = DBX_ENOMEM;  /* its length, below */
+  if (!rc && dbx_buf_reserve(&run, 8 + hl)) rc = DBX_ENOMEM;
+  if (!rc) memset(run.data + 8, 0, hl), run.len = 8 + hl;
+  const hent *prev = NULL;
+  for (uint64_t k = 0; k < p->hp->n && !rc; k++) {
+    hent *e = ent_at(p->hp, ix[k]);
+    if (!prev || prev->klen != e->klen || memcmp(ent_bytes((hent *)prev), ent_bytes(e), e->klen)) {
+      char kl[4];
+      put32(kl, e->klen);
+      if (dbx_buf_append(&run, kl, 4) || dbx_buf_append(&run, ent_bytes(e), e->klen) || dbx_buf_reserve(&run, es)) {
+        rc = DBX_ENOMEM;
+        break;
+      }
+      memset(run.data + run.len, 0, es);
+      run.len += es;
+      nmain++;
+      prev = e;
+    }
+    if (put_pair(e, &pairs)) rc = DBX_ENOMEM;
+  }
+  if (!rc && dbx_buf_append(&run, pairs.data ? pairs.data : "", pairs.len)) rc = DBX_ENOMEM;
+  uint64_t npair = p->hp->n;
+  free(ix);
+  dbx_buf_free(&pairs);
+  if (rc) {
+    dbx_buf_free(&run);
+    return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory spilling value pairs");
+  }
+  put64(run.data, run.len - 8);
+  put_split_header(run.data + 8, s, nmain, npair);
+  if (p->pair_fd < 0) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.tmp-pairs-XXXXXX", p->spill_dir);
+    p->pair_fd = mkostemp(path, O_CLOEXEC);
+    if (p->pair_fd < 0) rc = spill_err(p, errno, err);
+    else unlink(path);  /* nothing is left behind by a killed worker */
+  }
+  for (size_t done = 0; !rc && done < run.len;) {
+    ssize_t w = write(p->pair_fd, run.data + done, run.len - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) rc = spill_err(p, w < 0 ? errno : ENOSPC, err);
+    else done += (size_t)w;
+  }
+  if (!rc) p->pair_bytes += run.len;
+  dbx_buf_free(&run);
+  if (rc) return rc;
+  htab_free(p->hp);
+  if (!(p->hp = htab_new(8))) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+  if (kv_spill_fault) kv_spill_fault();
+  return 0;
+}
+
+int kv_take_pairs(kvpart *p, int *fd, uint64_t *bytes) {
+  *fd = p->pair_fd;
+  *bytes = p->pair_bytes;
+  p->pair_fd = -1;
+  p->pair_bytes = 0;
+  return 0;
+}
+
 void kv_prefetch(const kvpart *p, uint64_t hash) {
   const htab *h = p->h;
   if (h && h->cap) __builtin_prefetch(&h->slot[hash & (h->cap - 1)]);
@@ -813,6 +906,10 @@ int kv_add_hashed(kvpart *p, const char *key, size_t klen, uint64_t hash, const 
       char *c;
       if (htab_get(p->hp, key, klen, p->tail.data, p->tail.len, &c)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
       put64(c, get64(c) + 1);
+      if (p->budget && p->hp->cap * sizeof *p->hp->slot + p->hp->a.cap > p->budget / 2) {
+        int rc = pair_flush(p, err);
+        if (rc) return rc;
+      }
       break;
     }
     }
@@ -1216,8 +1313,20 @@ int kv_encode(kvpart *p, dbx_buf *out, dbx_err *err) {
 
 #define BAD(...) do { rc = dbx_seterr(err, DBX_ECORRUPT, "keyed partial: " __VA_ARGS__); goto fail; } while (0)
 
+/* Give back the whole pages of a read-only file mapping in [from, to): they are read again
+ * from the file if touched again. The new release point. */
+static const char *drop_pages(const char *from, const char *to) {
+  uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)from + pg - 1) & ~(pg - 1),
+            b = (uintptr_t)to & ~(pg - 1);
+  if (b <= a) return from;
+  madvise((void *)a, b - a, MADV_DONTNEED);
+  return (const char *)b;
+}
+
 /* Validate buf; then copy it (borrow 0) or read it in place (borrow 1, kv_decode_view). */
-static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, kvpart **out, dbx_err *err) {
+static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, int level, int mapped, kvpart **out,
+                       dbx_err *err) {
+  const char *dropped = buf;  /* mapped: pages before this were given back (by each walk) */
   int rc = 0;
   kvpart *p = NULL;
   size_t hl = header_len(s);
@@ -1242,7 +1351,7 @@ static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, 
       if (kd == KA_COUNT) {
         if (left < 8) BAD("truncated state");
         uint64_t c = get64(q + o);
-        if (!c || c > KV_COUNT_MAX) BAD("count %llu", (unsigned long long)c);
+        if ((!c && !level) || c > KV_COUNT_MAX) BAD("count %llu", (unsigned long long)c);  /* 0: a carrier */
         o += 8;
       } else if (kind_num(kd)) {
         if (left < 17) BAD("truncated state");
@@ -1263,9 +1372,11 @@ static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, 
     if (prev && cmp_main(prev, q) >= 0) BAD("keys out of order at entry %llu", (unsigned long long)k);
     prev = q;
     q += o;
+    if (mapped && prev > dropped + (1u << 20)) dropped = drop_pages(dropped, prev);
   }
   const char *pairs = q;
-  const char *m = buf + hl, *mend = pairs;
+  const char *m = buf + hl, *mend = pairs, *dropped_m = m;
+  dropped = pairs;
   prev = NULL;
   for (uint64_t k = 0; k < np; k++) {
     size_t left = (size_t)(end - q);
@@ -1286,6 +1397,8 @@ static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, 
     if (m >= mend || cmp_bytes(m + 4, get32(m), q + 4, kl)) BAD("a pair whose key has no entry");
     prev = q;
     q += pair_len(q);
+    if (mapped && prev > dropped + (1u << 20)) dropped = drop_pages(dropped, prev);
+    if (mapped && m > dropped_m + (1u << 20)) dropped_m = drop_pages(dropped_m, m);
   }
   if (q != end) BAD("%zu bytes after the last entry", (size_t)(end - q));
   if (!(p = kv_new(s))) return DBX_ENOMEM;
@@ -1306,7 +1419,7 @@ fail:
 }
 
 int kv_decode(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
-  return decode_impl(s, buf, n, 0, out, err);
+  return decode_impl(s, buf, n, 0, 0, 0, out, err);
 }
 
 /* ---- reading a sealed partial ---- */
@@ -1319,6 +1432,7 @@ int kv_cursor_init(kv_cursor *c, kvpart *p, dbx_err *err) {
   c->mend = p->run.data ? p->run.data + p->pair_off : NULL;
   c->q = c->mend;
   c->qend = p->run.data ? p->run.data + p->run.len : NULL;
+  c->mapped = 0;
   return 0;
 }
 
@@ -1330,9 +1444,12 @@ int kv_cursor_next(kv_cursor *c, kv_entry *e) {
   e->state = c->m + 4 + e->klen;
   e->pairs = c->q;
   e->npairs = 0;
+  e->mapped = c->mapped;
+  const char *dropped = c->q;
   while (c->q < c->qend && !cmp_bytes(c->q + 4, get32(c->q), e->key, e->klen)) {
     c->q += pair_len(c->q);
     e->npairs++;
+    if (c->mapped && c->q > dropped + (16u << 10)) dropped = drop_pages(dropped, c->q);
   }
   c->m += main_len(s, c->m);
   return 1;
@@ -1382,17 +1499,38 @@ int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, 
     uint32_t slot = i;
     for (uint32_t j = 0; j < i; j++)
       if (kind_pairs(s->agg[j].kind) && s->agg[j].col == a->col) { slot = j; break; }
-    uint64_t nv = 0;
+    uint64_t nv = 0, nt = 0;
     const char *q = e->pairs;
     scratch->len = 0;
+    /* top: the best a->k values so far, in a heap whose root is the worst of them, so a key
+     * with millions of values holds k of them, not all. */
+    const char *dropped = e->pairs;
     for (uint64_t k = 0; k < e->npairs; k++, q += pair_len(q)) {
+      if (e->mapped && (k & 65535) == 65535 && q > dropped + (16u << 20)) dropped = drop_pages(dropped, q);
       uint32_t kl = get32(q);
       if ((unsigned char)q[4 + kl] != slot) continue;
       nv++;
-      if (a->kind == KA_TOP) {
-        topv t = {q + 4 + kl + 5, get32(q + 4 + kl + 1), get64(q + pair_len(q) - 8)};
+      if (a->kind != KA_TOP || !a->k) continue;
+      topv t = {q + 4 + kl + 5, get32(q + 4 + kl + 1), get64(q + pair_len(q) - 8)};
+      uint64_t at = 0;
+      if (nt < a->k) {
         if (dbx_buf_append(scratch, &t, sizeof t)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+        topv *h = (topv *)(void *)scratch->data;
+        for (at = nt++; at && cmp_top(&h[(at - 1) / 2], &t) < 0; at = (at - 1) / 2) h[at] = h[(at - 1) / 2];
+        h[at] = t;
+        continue;
       }
+      topv *h = (topv *)(void *)scratch->data;
+      if (cmp_top(&t, &h[0]) >= 0) continue;
+      for (;;) {  /* t replaces the root, sifted down */
+        uint64_t l = 2 * at + 1, m = l;
+        if (l >= nt) break;
+        if (l + 1 < nt && cmp_top(&h[l + 1], &h[l]) > 0) m = l + 1;
+        if (cmp_top(&h[m], &t) <= 0) break;
+        h[at] = h[m];
+        at = m;
+      }
+      h[at] = t;
     }
     if (a->kind == KA_DISTINCT) {
       if (nv) v->i = (int64_t)nv;
@@ -1401,9 +1539,9 @@ int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, 
     }
     if (!nv) return 0;
     topv *t = (topv *)(void *)scratch->data;
-    qsort(t, nv, sizeof *t, cmp_top);
-    size_t used = (size_t)nv * sizeof *t;
-    uint64_t k = nv < a->k ? nv : a->k;
+    qsort(t, nt, sizeof *t, cmp_top);
+    size_t used = (size_t)nt * sizeof *t;
+    uint64_t k = nt;
     for (uint64_t j = 0; j < k; j++) {
       /* A copy: every append may move the buffer t lives in. */
       topv cur = ((const topv *)(const void *)scratch->data)[j];
@@ -1484,8 +1622,19 @@ static int wout_flush(wout *w, dbx_err *err) {
 }
 
 static int wout_put(wout *w, const void *p, size_t n, dbx_err *err) {
-  if (dbx_buf_append(&w->b, p, n)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
-  return w->b.len >= SPILL_BUF ? wout_flush(w, err) : 0;
+  if (n < SPILL_BUF) {
+    if (dbx_buf_append(&w->b, p, n)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+    return w->b.len >= SPILL_BUF ? wout_flush(w, err) : 0;
+  }
+  /* A long range (the value pairs of a key with millions of values) goes out in pieces of
+   * the buffer's size, not through a copy of its own size. */
+  int rc = wout_flush(w, err);
+  for (size_t o = 0; !rc && o < n; o += SPILL_BUF) {
+    size_t k = n - o < SPILL_BUF ? n - o : SPILL_BUF;
+    if (dbx_buf_append(&w->b, (const char *)p + o, k)) return dbx_seterr(err, DBX_ENOMEM, "keyed: out of memory");
+    rc = wout_flush(w, err);
+  }
+  return rc;
 }
 
 /* Heap order: key, then batch index. */
@@ -1552,7 +1701,7 @@ static int fold(const kv_spec *s, msrc **g, uint32_t a, uint32_t b, uint64_t lo,
 
 /* The value pairs of one key held by g[0..n): merged through a heap of pair cursors
  * (pq: n slots), counts added. */
-typedef struct pcur { const char *q; uint64_t left; } pcur;
+typedef struct pcur { const char *q; uint64_t left; const char *dropped; } pcur;
 static int pcur_less(const pcur *a, const pcur *b) { return cmp_pair(a->q, b->q) < 0; }
 static void pheap_down(pcur *h, uint32_t n, uint32_t i) {
   for (;;) {
@@ -1567,10 +1716,12 @@ static void pheap_down(pcur *h, uint32_t n, uint32_t i) {
   }
 }
 
-static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, dbx_err *err) {
+/* mapped: the runs are read-only file mappings, whose pages behind each cursor are given back
+ * as it goes (one key may hold millions of pairs). */
+static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, int mapped, dbx_err *err) {
   uint32_t nh = 0;
   for (uint32_t j = 0; j < n; j++)
-    if (g[j]->e.npairs) h[nh++] = (pcur){g[j]->e.pairs, g[j]->e.npairs};
+    if (g[j]->e.npairs) h[nh++] = (pcur){g[j]->e.pairs, g[j]->e.npairs, g[j]->e.pairs};
   for (uint32_t i = nh / 2; i-- > 0;) pheap_down(h, nh, i);
   const char *cur = NULL;
   uint64_t sum = 0;
@@ -1589,8 +1740,14 @@ static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, d
     if (!cur) cur = q, sum = 0;
     sum += get64(q + l - 8);
     if (sum > KV_COUNT_MAX) return dbx_seterr(err, DBX_ECORRUPT, "keyed: a count overflows");
-    if (--h[0].left) h[0].q = q + l;
-    else h[0] = h[--nh];
+    if (--h[0].left) {
+      h[0].q = q + l;
+      /* (cur may lie in a page given back: it is read again from the file) */
+      if (mapped && h[0].q > h[0].dropped + (16u << 10)) h[0].dropped = drop_pages(h[0].dropped, q);
+    } else {
+      if (mapped) drop_pages(h[0].dropped, q + l);  /* done with this run's pairs of the key */
+      h[0] = h[--nh];
+    }
     pheap_down(h, nh, 0);
   }
   return rc;
@@ -1611,8 +1768,27 @@ static void release_behind(msrc *x) {
   }
 }
 
+/* Are the states of main entry m all empty (a carrier of value pairs, or an entry as empty as one)? */
+static int states_empty(const kv_spec *s, const char *m) {
+  const char *x = m + 4 + get32(m);
+  for (uint32_t i = 0; i < s->nagg; i++) {
+    int kd = s->agg[i].kind;
+    if (kd == KA_COUNT) {
+      if (get64(x)) return 0;
+      x += 8;
+    } else if (kind_num(kd)) {
+      if (get64(x)) return 0;
+      x += 17;
+    } else if (kind_text(kd)) {
+      if (x[0]) return 0;
+      x += 5 + get32(x + 1);
+    }
+  }
+  return 1;
+}
+
 int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t n, uint32_t nbatch, int mapped,
-                   int fd, const char *dir, dbx_err *err) {
+                   int levels, int fd, const char *dir, dbx_err *err) {
   int rc = 0, pair_fd = -1, has_pairs = 0;
   msrc *v = calloc(n ? n : 1, sizeof *v);
   msrc **h = calloc(n ? n : 1, sizeof *h), **g = calloc(n ? n : 1, sizeof *g);
@@ -1630,6 +1806,7 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
     if (idx[i] >= (nbatch ? nbatch : 1)) rc = dbx_seterr(err, DBX_EINVAL, "internal error: run of batch %u of %u", idx[i], nbatch);
     if (!rc) rc = kv_cursor_init(&v[i].c, src[i], err);
     if (rc) break;
+    v[i].c.mapped = mapped;
     v[i].idx = idx[i];
     v[i].dropped_m = v[i].c.m;
     v[i].dropped_q = v[i].c.q;
@@ -1663,7 +1840,13 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
     }
     arena.len = 0;
     fref f;
-    rc = fold(s, g, 0, k, 0, L, &arena, &f, err);
+    /* A task's levels hold a key's states in one of them; the others carry only its value
+     * pairs, with empty states: the states are the one non-empty entry's, as they were. */
+    uint32_t real = 0, nreal = 0;
+    for (uint32_t j = 0; levels && j < k; j++)
+      if (!states_empty(s, g[j]->e.key - 4)) real = j, nreal++;
+    if (levels && nreal <= 1) f.p = g[real]->e.key - 4, f.off = 0;
+    else rc = fold(s, g, 0, k, 0, L, &arena, &f, err);
     const char *ent = rc ? NULL : fref_at(&f, &arena);
     if (!rc) rc = wout_put(&mw, ent, main_len(s, ent), err);
     nmain++;
@@ -1671,10 +1854,16 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
       if (k == 1) {
         const char *q = g[0]->e.pairs;
         for (uint64_t j = 0; j < g[0]->e.npairs; j++) q += pair_len(q);
-        if (q > g[0]->e.pairs) rc = wout_put(&pw, g[0]->e.pairs, (size_t)(q - g[0]->e.pairs), err);
+        /* In pieces, the pages behind each given back: one key may hold millions of pairs. */
+        for (const char *at = g[0]->e.pairs; !rc && at < q;) {
+          size_t piece = (size_t)(q - at) < (16u << 20) ? (size_t)(q - at) : 16u << 20;
+          rc = wout_put(&pw, at, piece, err);
+          at += piece;
+          if (mapped && at < q) drop_pages(g[0]->e.pairs, at);
+        }
         npair += g[0]->e.npairs;
       } else {
-        rc = fold_pairs(g, k, ph, &pw, &npair, err);
+        rc = fold_pairs(g, k, ph, &pw, &npair, mapped, err);
       }
     }
     for (uint32_t j = 0; j < k && !rc; j++) {
@@ -1922,7 +2111,15 @@ done:
 }
 
 int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
-  return decode_impl(s, buf, n, 1, out, err);
+  return decode_impl(s, buf, n, 1, 0, 0, out, err);
+}
+
+int kv_decode_level_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err) {
+  return decode_impl(s, buf, n, 1, 1, 0, out, err);
+}
+
+int kv_decode_file_view(const kv_spec *s, const char *map, size_t n, int level, kvpart **out, dbx_err *err) {
+  return decode_impl(s, map, n, 1, level, 1, out, err);
 }
 
 int kv_add_count(kvpart *p, const char *key, size_t klen, uint64_t n, dbx_err *err) {

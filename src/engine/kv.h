@@ -114,11 +114,16 @@ typedef struct kv_entry {
   const char *state;         /* the serialized states of its aggregates */
   const char *pairs;         /* its (aggregate, value, count) pairs, in order */
   uint64_t npairs;
+  int mapped;                /* the bytes are a read-only file mapping's (kv_value gives back
+                                the pages of the pairs it has read) */
 } kv_entry;
 typedef struct kv_cursor {
   const kvpart *p;
   const char *m, *mend;      /* main run */
   const char *q, *qend;      /* pair run */
+  int mapped;                /* set by the caller: the run is a read-only file mapping, whose
+                                pages a long run of one key's pairs is given back as it is
+                                walked (they are read again from the file when used) */
 } kv_cursor;
 int kv_cursor_init(kv_cursor *c, kvpart *p, dbx_err *err);  /* seals p */
 /* 1 and *e for the next key, 0 at the end. */
@@ -147,6 +152,13 @@ void kv_clear(kvpart *p);
 /* kv_decode's checks, then a partial that reads buf[0..n) in place (buf must outlive it and
  * it must not be merged into): for results too big to copy, from a mapped file. */
 int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
+/* The same for a run of a task's own level files, which may hold carriers: main entries with
+ * a count of 0 and every state empty, there for their value pairs (kv_take_pairs). Never for
+ * bytes from a peer. */
+int kv_decode_level_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
+/* kv_decode_view (level 0) or kv_decode_level_view (level 1) of a read-only file mapping,
+ * whose pages are given back as they are checked: a file bigger than memory is read through. */
+int kv_decode_file_view(const kv_spec *s, const char *map, size_t n, int level, kvpart **out, dbx_err *err);
 
 /* Bounded memory. Once p holds more than budget bytes (kv_bytes) its table is frozen: records
  * of keys it holds still go in, records of other keys are written raw, in input order, to an
@@ -156,6 +168,11 @@ void kv_set_budget(kvpart *p, size_t budget, const char *spill_dir);
 /* The spill file (*fd, positioned at its end; -1 when nothing spilled) and its size; p forgets
  * it and is no longer frozen. A full disk is DBX_ENOSPC naming the directory. */
 int kv_take_spill(kvpart *p, int *fd, uint64_t *bytes, dbx_err *err);
+/* The value pairs p wrote out (a budget holds them too: past half of it the pair table is
+ * written out as a sorted run and started again): *fd an unlinked file of *bytes, a sequence
+ * of [u64 length][a partial of carriers and pairs] (kv_decode_level_view), or -1. The caller
+ * closes it. */
+int kv_take_pairs(kvpart *p, int *fd, uint64_t *bytes);
 const kv_spec *kv_spec_of(const kvpart *p);
 /* Fault injection (tests only, DBATCH_FAULT crash_in_spill): called after spilled records
  * are written. */
@@ -172,7 +189,9 @@ int kv_replay_records(kvpart *p, const char *data, size_t n, dbx_err *err);
  * of merging the partials in an agg. Value pairs wait in an unlinked file in dir. mapped:
  * the runs are read-only file mappings, whose pages behind the merge are given back. */
 int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t n, uint32_t nbatch, int mapped,
-                   int fd, const char *dir, dbx_err *err);
+                   int levels, int fd, const char *dir, dbx_err *err);
+/* levels: the runs are one task's levels (shuffle.c), whose keys' states are each in one
+ * level, other levels holding only carriers of the key's value pairs (kv_take_pairs). */
 
 /* A whole keyed result as rows: the key split at NUL bytes into nkeycol columns (1: the key
  * as is), then every aggregate. */

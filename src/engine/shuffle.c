@@ -213,20 +213,21 @@ static int map_file(const char *path, const char *what, char **map, size_t *len,
 
 /* Validate a mapped run as a keyed partial of spec (then give its pages back: the merge
  * reads them again in order). */
-static int view_file(const kv_spec *spec, const char *path, const char *what, char **map, size_t *len, kvpart **p,
-                     dbx_err *err) {
+static int view_file(const kv_spec *spec, const char *path, const char *what, int level, char **map, size_t *len,
+                     kvpart **p, dbx_err *err) {
   int rc = map_file(path, what, map, len, err);
   if (rc) return rc;
   dbx_err e = {0, ""};
-  rc = kv_decode_view(spec, *map ? *map : "", *len, p, &e);
+  rc = *map ? kv_decode_file_view(spec, *map, *len, level, p, &e) : kv_decode_view(spec, "", 0, p, &e);
   if (rc) return dbx_seterr(err, rc == DBX_ENOMEM ? rc : DBX_ECORRUPT, "%s %s: %s", what, path, e.msg);
   if (*len) madvise(*map, *len, MADV_DONTNEED);
   return 0;
 }
 
-/* Merge the runs in files paths[0..n) (batch i = i of nbatch) into path, atomically. */
+/* Merge the runs in files paths[0..n) (batch i = i of nbatch) into path, atomically. levels:
+ * they are one task's levels (kv_merge_to_fd). */
 static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *what, char (*paths)[SHUFFLE_DIR_MAX + 96],
-                       uint32_t n, const char *path, dbx_err *err) {
+                       uint32_t n, int levels, const char *path, dbx_err *err) {
   char **maps = calloc(n ? n : 1, sizeof *maps);
   size_t *lens = calloc(n ? n : 1, sizeof *lens);
   kvpart **parts = calloc(n ? n : 1, sizeof *parts);
@@ -234,13 +235,13 @@ static int merge_files(const kv_part_cfg *pc, const kv_spec *spec, const char *w
   int rc = maps && lens && parts && idx ? 0 : dbx_seterr(err, DBX_ENOMEM, "out of memory");
   for (uint32_t i = 0; i < n && !rc; i++) {
     idx[i] = i;
-    rc = view_file(spec, paths[i], what, &maps[i], &lens[i], &parts[i], err);
+    rc = view_file(spec, paths[i], what, levels, &maps[i], &lens[i], &parts[i], err);
   }
   char tmp[SHUFFLE_DIR_MAX + 128];
   int fd = -1;
   if (!rc) rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
   if (!rc) {
-    rc = commit_tmp(pc, fd, tmp, path, kv_merge_to_fd(spec, parts, idx, n, n, 1, fd, pdir(pc), err), err);
+    rc = commit_tmp(pc, fd, tmp, path, kv_merge_to_fd(spec, parts, idx, n, n, 1, levels, fd, pdir(pc), err), err);
   }
   for (uint32_t i = 0; i < n && parts; i++) {
     kv_free(parts[i]);
@@ -294,7 +295,7 @@ static int merge_levels(const kv_part_cfg *pc, const kv_spec *spec, uint32_t ind
     if (!rc) {
       char path[SHUFFLE_DIR_MAX + 64];
       map_path(path, sizeof path, pc, index, r);
-      rc = merge_files(pc, spec, "spilled run", paths, (uint32_t)levels, path, err);
+      rc = merge_files(pc, spec, "spilled run", paths, (uint32_t)levels, 1, path, err);
     }
     for (int l = 0; l < levels; l++) unlink(paths[l]);
   }
@@ -347,19 +348,57 @@ int shuffle_levels_finish(const kv_part_cfg *pc, const kv_spec *spec, uint32_t i
   return rc;
 }
 
+/* Write the runs of value pairs a level's table wrote out (kv_take_pairs: fd of bytes, closed
+ * here) as further levels, *levels counting them. */
+static int write_pair_levels(const kv_part_cfg *pc, const kv_spec *spec, int fd, uint64_t bytes, uint32_t index,
+                             const char *lvl, int *levels, dbx_err *err) {
+  if (fd < 0) return 0;
+  int rc = 0;
+  char *m = NULL;
+  if (bytes) {
+    m = mmap(NULL, (size_t)bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) m = NULL, rc = dbx_seterr(err, DBX_EIO, "spill directory %s: %s", pdir(pc), strerror(errno));
+  }
+  close(fd);
+  size_t dropped = 0;
+  for (uint64_t o = 0; !rc && o < bytes;) {
+    uint64_t n = bytes - o < 8 ? UINT64_MAX : get_u64(m + o);
+    if (n > bytes - o - 8) {
+      rc = dbx_seterr(err, DBX_ECORRUPT, "spill directory %s: a run of value pairs is damaged", pdir(pc));
+      break;
+    }
+    kvpart *part = NULL;
+    dbx_err e = {0, ""};
+    if ((rc = kv_decode_file_view(spec, m + o + 8, (size_t)n, 1, &part, &e))) {
+      rc = dbx_seterr(err, rc == DBX_ENOMEM ? rc : DBX_ECORRUPT, "spill directory %s: a run of value pairs: %s", pdir(pc),
+                      e.msg);
+      break;
+    }
+    rc = write_split(pc, part, index, lvl, *levels, err);
+    (*levels)++;  /* even when it failed: some of its files may exist */
+    kv_free(part);
+    o += 8 + n;
+    dropped = release_prefix(m, dropped, (size_t)o);  /* a run at a time in memory */
+  }
+  if (m) munmap(m, (size_t)bytes);
+  return rc;
+}
+
 int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err *err) {
   int rc = shuffle_check(pc, err);
   if (rc || !pc->r) return rc;
-  int fd = -1;
-  uint64_t bytes = 0, total = 0;
+  int fd = -1, pfd = -1;
+  uint64_t bytes = 0, pbytes = 0, total = 0;
   if ((rc = kv_take_spill(p, &fd, &bytes, err))) return rc;
-  if (fd < 0) {
+  kv_take_pairs(p, &pfd, &pbytes);
+  if (fd < 0 && pfd < 0) {
     rc = write_split(pc, p, index, NULL, -1, err);
     if (!rc) kv_clear(p);
     return rc;
   }
   /* Levels: the table that froze, then tables of the records it spilled, each under the
-   * budget, each spilling what it cannot hold to the next. Their keys are disjoint. */
+   * budget, each spilling what it cannot hold to the next. Their keys are disjoint. The runs
+   * of value pairs each table wrote out follow it as levels of their own. */
   char lvl[SHUFFLE_DIR_MAX + 64];
   level_name(pc, lvl, sizeof lvl);
   int levels = 0;
@@ -369,8 +408,12 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
     if (cur != p) kv_free(cur);
     else kv_clear(p);
     cur = NULL;
+    levels++;  /* even when it failed: some of its files may exist */
+    total += pbytes;
+    int prc = write_pair_levels(pc, kv_spec_of(p), pfd, pbytes, index, lvl, &levels, err);
+    pfd = -1;
+    if (!rc) rc = prc;
     if (rc) break;
-    levels++;
     if (fd < 0) break;
     total += bytes;
     char *m = NULL;
@@ -384,10 +427,12 @@ int shuffle_write_map(const kv_part_cfg *pc, kvpart *p, uint32_t index, dbx_err 
     if (!rc) rc = kv_replay(cur, m, (size_t)bytes, err);
     if (m) munmap(m, (size_t)bytes);
     if (!rc) rc = kv_take_spill(cur, &fd, &bytes, err);
+    if (cur) kv_take_pairs(cur, &pfd, &pbytes);
     if (rc) break;
   }
   kv_free(cur);
   if (fd >= 0) close(fd);
+  if (pfd >= 0) close(pfd);
   return merge_levels(pc, kv_spec_of(p), index, lvl, levels, total, rc, err);
 }
 
@@ -432,7 +477,7 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   for (uint32_t i = 0; i < c->nmap; i++) map_path(paths[i], sizeof paths[i], &c->pc, i, r);
   char path[SHUFFLE_DIR_MAX + 64];
   red_path(path, sizeof path, &c->pc, r);
-  rc = merge_files(&c->pc, &c->spec, "map output", paths, c->nmap, path, err);
+  rc = merge_files(&c->pc, &c->spec, "map output", paths, c->nmap, 0, path, err);
   free(paths);
   /* A map output that is not there was lost (deleted, or never reached this file system):
    * its map task must run again, which no retry of this task does. */
@@ -445,7 +490,7 @@ static int sh_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     char *m = NULL;
     size_t n = 0;
     kvpart *res = NULL;
-    rc = view_file(&c->spec, path, "reduced partition", &m, &n, &res, err);
+    rc = view_file(&c->spec, path, "reduced partition", 0, &m, &n, &res, err);
     if (!rc) rc = write_by_count(&c->pc, r, res, err);
     kv_free(res);
     if (m) munmap(m, n);
@@ -554,9 +599,10 @@ int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, 
       }
     }
     close(fd);
-    if (!rc) rc = kv_decode_view(spec, x->map ? x->map : "", x->len, &x->p, err);
+    if (!rc) rc = x->map ? kv_decode_file_view(spec, x->map, x->len, 0, &x->p, err) : kv_decode_view(spec, "", 0, &x->p, err);
     if (!rc && x->len) madvise(x->map, x->len, MADV_DONTNEED);  /* read again in order, page by page */
     if (!rc) rc = kv_cursor_init(&x->c, x->p, err);
+    if (!rc) x->c.mapped = x->map != NULL;
     if (!rc && x->map) x->drop_m = 0, x->drop_q = (size_t)(x->c.q - x->map);
     if (!rc) x->have = kv_cursor_next(&x->c, &x->head);
     else if (rc == DBX_ECORRUPT) {

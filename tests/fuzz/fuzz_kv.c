@@ -111,11 +111,12 @@ static void merge_emit(size_t si, kvpart *l, kvpart *r) {
 
 /* The bytes kv_merge_to_fd writes for runs[0..n) at batch indices idx of nbatch, or NULL
  * when it fails (*len = 0). */
-static char *merge_fd(size_t si, kvpart **runs, const uint32_t *idx, uint32_t n, uint32_t nbatch, size_t *len) {
+static char *merge_fd_levels(size_t si, kvpart **runs, const uint32_t *idx, uint32_t n, uint32_t nbatch, int levels,
+                             size_t *len) {
   int fd = memfd_create("fuzz-kv", MFD_CLOEXEC);
   if (fd < 0) fuzz_fail("memfd_create");
   dbx_err err = {0, ""};
-  int rc = kv_merge_to_fd(&S[si], runs, idx, n, nbatch, 0, fd, "/tmp", &err);
+  int rc = kv_merge_to_fd(&S[si], runs, idx, n, nbatch, 0, levels, fd, "/tmp", &err);
   char *out = NULL;
   *len = 0;
   if (rc && rc != DBX_EBADREC && rc != DBX_ECORRUPT) fuzz_fail("kv_merge_to_fd: %d %s", rc, err.msg);
@@ -127,6 +128,32 @@ static char *merge_fd(size_t si, kvpart **runs, const uint32_t *idx, uint32_t n,
   }
   close(fd);
   return out;
+}
+
+static char *merge_fd(size_t si, kvpart **runs, const uint32_t *idx, uint32_t n, uint32_t nbatch, size_t *len) {
+  return merge_fd_levels(si, runs, idx, n, nbatch, 0, len);
+}
+
+/* The bytes as one of a task's level files (carriers allowed): merged as levels with a valid
+ * partial on either side, whatever comes out must read back as a level file. */
+static void as_level(size_t si, const char *p, size_t n) {
+  kvpart *x = NULL;
+  dbx_err err = {0, ""};
+  if (kv_decode_level_view(&S[si], p, n, &x, &err)) return;
+  for (int side = 0; side < 2; side++) {
+    kvpart *runs[2];
+    runs[side] = x;
+    runs[1 - side] = decode_or_die(si, VALID[si].data, VALID[si].len);
+    uint32_t idx[2] = {0, 1};
+    size_t got_len;
+    char *got = merge_fd_levels(si, runs, idx, 2, 2, 1, &got_len);
+    kvpart *back = NULL;
+    if (got && kv_decode_level_view(&S[si], got, got_len, &back, &err)) fuzz_fail("a merge of levels does not read back: %s", err.msg);
+    kv_free(back);
+    free(got);
+    kv_free(runs[1 - side]);
+  }
+  kv_free(x);
 }
 
 /* x (bytes p[0..n)) with the valid partial V in the batch tree of three: x at 0, V at 1, x at
@@ -205,6 +232,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   free(z);
   kv_free(sp);
+  as_level(si, p, n);
   if (kv_decode(&S[si], p, n, &x, &err)) {
     free(p);
     return 0;
