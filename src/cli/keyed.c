@@ -143,11 +143,14 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
   for (int round = 0; !rc; round++) {
     rc = cli_run_stage(co, j, &r, err);
     dbx_buf_free(&r.bcast_out);
+    /* Reduce tasks taken from the journal wrote their files in an earlier run: those may be
+     * gone since (a spill directory cleared), and are then made again like lost map outputs. */
+    if (!rc) rc = shuffle_check_reduced(pc, by_count, err);
     /* Map outputs lost (Spark's fetch failure): their map tasks run again, once more than
      * the number of times it may take, then the reduce tasks still to do. A stream cannot be
      * read again. */
     if (rc != DBX_ELOST || round == KEYED_RECOMPUTE_ROUNDS || streamed) break;
-    uint32_t lost = shuffle_lost(pc, sc->nmap, maps, reds);
+    uint32_t lost = shuffle_lost(pc, sc->nmap, by_count, maps, reds);
     char why[DBX_ERR_LEN];
     snprintf(why, sizeof why, "%s", err->msg);
     rc = 0;

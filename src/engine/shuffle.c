@@ -795,7 +795,20 @@ int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t 
   return 1;
 }
 
-uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds) {
+int shuffle_check_reduced(const kv_part_cfg *pc, int by_count, dbx_err *err) {
+  char path[SHUFFLE_DIR_MAX + 64];
+  struct stat sb;
+  for (uint32_t r = 0; r < pc->r; r++) {
+    red_path(path, sizeof path, pc, r);
+    if (stat(path, &sb) != 0) return dbx_seterr(err, DBX_ELOST, "reduced partition %s: %s", path, strerror(errno));
+    if (!by_count) continue;
+    cnt_path(path, sizeof path, pc, r);
+    if (stat(path, &sb) != 0) return dbx_seterr(err, DBX_ELOST, "by-count partition %s: %s", path, strerror(errno));
+  }
+  return 0;
+}
+
+uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, int by_count, uint8_t *maps, uint8_t *reds) {
   char path[SHUFFLE_DIR_MAX + 64];
   struct stat sb;
   uint32_t lost = 0;
@@ -810,6 +823,10 @@ uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8
   for (uint32_t r = 0; r < pc->r; r++) {
     red_path(path, sizeof path, pc, r);
     reds[r] = stat(path, &sb) != 0;
+    if (by_count && !reds[r]) {
+      cnt_path(path, sizeof path, pc, r);
+      reds[r] = stat(path, &sb) != 0;
+    }
   }
   return lost;
 }

@@ -92,10 +92,14 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err);
 int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err);
 void count_stream_close(count_stream *s);
 
+/* 0 when every reduce task's files are there (with by_count, its by-count file too), else
+ * DBX_ELOST naming the first one missing: a stage whose reduce tasks are all in the journal
+ * may have lost them since (a spill directory cleared, a resume on another machine). */
+int shuffle_check_reduced(const kv_part_cfg *pc, int by_count, dbx_err *err);
 /* After a reduce stage failed with DBX_ELOST: maps[i] = 1 for each map task i of nmap whose
  * outputs are not all there (their count is returned), reds[r] = 1 for each reduce task r
- * still to run. */
-uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, uint8_t *maps, uint8_t *reds);
+ * still to run (its reduced partition, or with by_count its by-count file, is missing). */
+uint32_t shuffle_lost(const kv_part_cfg *pc, uint32_t nmap, int by_count, uint8_t *maps, uint8_t *reds);
 /* Bytes of a stage's files on disk now (map outputs and reduced partitions). */
 uint64_t shuffle_bytes(const kv_part_cfg *pc, uint32_t nmap);
 /* Relaying. A worker that cannot reach the spill directory (a remote one without a shared file

@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, fault_env, run, slurp, start, TmpTest, wait_until  # noqa: E402
+from dbx import DBATCH, fault_env, run, slurp, spill_files, start, TmpTest, wait_until  # noqa: E402
 
 import msgpack  # noqa: E402  (Debian's python3-msgpack, as the protocol tests use)
 
@@ -291,6 +291,31 @@ class ResumeAfterTheCommit(TmpTest):
                 self.assertEqual({r[0]: r[1] for r in rows[1:]}, want)  # appended without a header
             else:
                 self.assertEqual(sum(int(r[1]) for r in rows[1:]), 2000 * 2 + 2)
+
+    # Was a bug: a job whose reduce tasks were all in the journal streamed its reduced partitions
+    # without looking whether they were still there. Lost with their spill directory (a
+    # --spill-dir on a tmpfs cleared by a reboot, a resume on another machine), the resume
+    # failed every time ("by-count partition .../s0-c0.kv: No such file or directory", exit 1)
+    # where a lost map output is computed again.
+    def test_partitioned_job_resumes_after_its_reduced_partitions_were_lost(self):
+        inp = self.write("in.csv", "k,v\n" + "".join("k%d,%d\n" % (i % 37, i) for i in range(2000)))
+        for cmd in (["groupby", inp, "--key", "k", "--agg", "count"], ["wordcount", inp, "--workers", "2"]):
+            ref = self.write("ref-%s.tsv" % cmd[0], "old\t1\n")  # merged on the coordinator, no journal
+            run(*(cmd + ["--partitions", "0", "--no-job-dir", "-q", "-o", ref, "--append"]))
+            out, jd = self.write("out-%s.tsv" % cmd[0], "old\t1\n"), self.path("job-" + cmd[0])
+            spill = self.path("spill-" + cmd[0])
+            p = subprocess.run([DBATCH] + cmd + ["--partitions", "3", "--spill-dir", spill, "--job-dir", jd, "-q",
+                                                 "-o", out, "--append"],
+                               env=dict(os.environ, DBATCH_FAULT="crash_after_commit"), capture_output=True,
+                               timeout=120)
+            self.assertEqual(p.returncode, -9, p.stderr)
+            self.assertEqual(slurp(out), slurp(ref))
+            self.assertNotEqual(spill_files(spill), [])
+            shutil.rmtree(spill)  # the reduced partitions and the map outputs, all gone
+            p = run("resume", jd, check=False)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(slurp(out), slurp(ref))  # the same rows, not twice
+            self.assertEqual(spill_files(spill), [])
 
 
 class DamagedJournal(TmpTest):
