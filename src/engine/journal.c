@@ -355,6 +355,17 @@ int journal_command(const char *dir, int *argc, char ***argv, char **cwd, dbx_er
   return rc;
 }
 
+int journal_planned(journal *jr, uint32_t stage, char *opts, size_t cap) {
+  if (!jr || !jr->resume || !cap || flush(jr, NULL)) return 0;
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(jr->db, "SELECT opts FROM stages WHERE stage = ?", -1, &st, NULL) != SQLITE_OK) return 0;
+  sqlite3_bind_int64(st, 1, stage);
+  int found = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0);
+  if (found) snprintf(opts, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  return found;
+}
+
 int journal_plan(journal *jr, uint32_t stage, const char *name, const char *opts, split_opts *split,
                  dbx_err *err) {
   if (!jr) return 0;

@@ -46,6 +46,9 @@ int journal_command(const char *dir, int *argc, char ***argv, char **cwd, dbx_er
  * stage the job had not reached is planned afresh and recorded. */
 int journal_plan(journal *jr, uint32_t stage, const char *name, const char *opts, split_opts *split,
                  dbx_err *err);
+/* Resuming: 1 and the options recorded for stage `stage` (cut to cap) if the job planned it,
+ * else 0. For a command whose defaults changed since a job was journaled (OUT: opts). */
+int journal_planned(journal *jr, uint32_t stage, char *opts, size_t cap);
 
 /* Stage number `stage` plans from in: record the inputs (a new job, or a stage the resumed
  * job had not reached), or, when resuming a stage planned before, check they are unchanged

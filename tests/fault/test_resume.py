@@ -318,6 +318,29 @@ class ResumeAfterTheCommit(TmpTest):
             self.assertEqual(spill_files(spill), [])
 
 
+    # Was a bug: word count used to merge on the coordinator unless --partitions was given; a
+    # job journaled then (stage 0 planned without partitions=) could not be resumed once word
+    # count partitioned by default ("the journal's plan cannot be reproduced; run the job
+    # afresh", exit 1), and running it afresh after its commit appended its rows twice.
+    def test_word_count_journaled_before_partitions_were_the_default_resumes(self):
+        inp = self.write("in.txt", "".join("w%d x y\n" % (i % 37) for i in range(2000)))
+        ref = run("wordcount", inp, "--no-job-dir", "-q", "--workers", "0").stdout
+        out, jd = self.write("out.tsv", "old\t1\n"), self.path("job")
+        p = subprocess.run([DBATCH, "wordcount", inp, "--workers", "2", "--partitions", "0", "--job-dir", jd, "-q",
+                            "-o", out, "--append"], env=dict(os.environ, DBATCH_FAULT="crash_after_commit"),
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, -9, p.stderr)
+        self.assertEqual(slurp(out), b"old\t1\n" + ref)
+        with sqlite3.connect(os.path.join(jd, "journal.db"), timeout=5) as c:  # the command as it was typed then
+            argv = msgpack.unpackb(c.execute("SELECT value FROM meta WHERE key = 'argv'").fetchone()[0])
+            i = argv.index("--partitions")
+            c.execute("UPDATE meta SET value = ? WHERE key = 'argv'", (msgpack.packb(argv[:i] + argv[i + 2:]),))
+            self.assertNotIn("partitions=", c.execute("SELECT opts FROM stages WHERE stage = 0").fetchone()[0])
+        p = run("resume", jd, check=False)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(slurp(out), b"old\t1\n" + ref)  # not twice
+
+
 class DamagedJournal(TmpTest):
     def test_a_partial_that_does_not_decompress_is_run_again(self):
         data = big_words_file(self.path("in.txt"), 6)
