@@ -260,6 +260,7 @@ typedef struct cli_keyed {
   uint64_t memory;         /* --memory SIZE (0: a share of this machine's RAM) */
   char dir[SHUFFLE_DIR_MAX];  /* the spill directory in use */
   int made_tmp;            /* dir is a private temporary directory, removed at the end */
+  int locked, lock_fd;     /* locked: lock_fd holds an flock on dir/.lock (cli_keyed_prepare) */
 } cli_keyed;
 #define CLI_KEYED_OPTIONS                                     \
   {"partitions", required_argument, NULL, 1100},              \

@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -30,6 +33,71 @@ int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
     return 1;
   default: return 0;
   }
+}
+
+/* Is name a spill file of ours (s<N>-*.kv, s<N>-*.spilled, .tmp-*)? */
+static int spill_file_name(const char *name) {
+  size_t n = strlen(name);
+  return !strncmp(name, ".tmp-", 5) ||
+         (name[0] == 's' && strchr(name, '-') &&
+          ((n > 3 && !strcmp(name + n - 3, ".kv")) || (n > 8 && !strcmp(name + n - 8, ".spilled"))));
+}
+
+/* Remove our files from dir (and, with lock, its .lock). */
+static void remove_spill_files(const char *dir, int lock) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (!spill_file_name(e->d_name) && !(lock && !strcmp(e->d_name, ".lock"))) continue;
+    char path[SHUFFLE_DIR_MAX + 300];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < sizeof path) unlink(path);
+  }
+  if (d) closedir(d);
+}
+
+/* A private spill directory (no journal: nothing resumes from it) is held for the whole job
+ * by an flock on its .lock. One left by a job that was killed (kill -9, a machine that went
+ * down) is free: the next job that makes a private directory beside it removes it. An flock
+ * is seen across PID namespaces (containers sharing /tmp), where a pid would not be; a lock
+ * file younger than a minute is left alone (its job may not hold it yet). */
+static void sweep_private(const char *parent, const char *prefix, size_t name_len) {
+  DIR *d = opendir(parent);
+  struct dirent *e;
+  time_t now = time(NULL);
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) || strlen(e->d_name) != name_len) continue;
+    char dir[SHUFFLE_DIR_MAX + 100], lock[SHUFFLE_DIR_MAX + 120];
+    struct stat sd, sl;
+    if ((size_t)snprintf(dir, sizeof dir, "%s/%s", parent, e->d_name) >= sizeof dir ||
+        (size_t)snprintf(lock, sizeof lock, "%s/.lock", dir) >= sizeof lock || lstat(dir, &sd) != 0 ||
+        !S_ISDIR(sd.st_mode) || sd.st_uid != getuid())
+      continue;
+    int fd = open(lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (fstat(fd, &sl) == 0 && S_ISREG(sl.st_mode) && now - sl.st_mtime > 60 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      log_info("removing the spill directory %s of a job that is gone", dir);
+      remove_spill_files(dir, 1);
+      rmdir(dir);
+    }
+    close(fd);
+  }
+  if (d) closedir(d);
+}
+
+/* Hold the new private directory dir (sweep_private). 0, or an error naming it. */
+static int lock_private(cli_keyed *k, const char *dir, dbx_err *err) {
+  char lock[PATH_MAX + 8];
+  snprintf(lock, sizeof lock, "%s/.lock", dir);
+  int fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    rmdir(dir);
+    return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: cannot lock it: %s", dir, strerror(e));
+  }
+  k->locked = 1;
+  k->lock_fd = fd;
+  return 0;
 }
 
 int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err) {
@@ -71,8 +139,11 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
         if (mkdir(want, 0700) != 0 && errno != EEXIST)
           return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", want, strerror(errno));
       } else {
+        sweep_private(k->spill_dir, "dbatch-", strlen("dbatch-XXXXXX"));
         snprintf(want, sizeof want, "%s/dbatch-XXXXXX", k->spill_dir);
         if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "--spill-dir %s: %s", k->spill_dir, strerror(errno));
+        int rc = lock_private(k, want, err);
+        if (rc) return rc;
       }
       k->made_tmp = 1;
     } else if (j->job_dir) {
@@ -80,9 +151,13 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
       if (mkdir(want, 0700) != 0 && errno != EEXIST) return dbx_seterr(err, DBX_EIO, "%s: %s", want, strerror(errno));
     } else {
       const char *tmp = getenv("TMPDIR");
-      snprintf(want, sizeof want, "%s/dbatch-spill-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+      if (!tmp || !tmp[0]) tmp = "/tmp";
+      sweep_private(tmp, "dbatch-spill-", strlen("dbatch-spill-XXXXXX"));
+      snprintf(want, sizeof want, "%s/dbatch-spill-XXXXXX", tmp);
       if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "cannot create a spill directory %s: %s", want, strerror(errno));
       k->made_tmp = 1;
+      int rc = lock_private(k, want, err);
+      if (rc) return rc;
     }
     char *real = realpath(want, NULL);
     struct stat sb;
@@ -209,24 +284,15 @@ int cli_keyed_stage(coord *co, job *j, const cli_job *o, stage *s, const kv_part
 }
 
 void cli_keyed_done(cli_keyed *k, int keep) {
-  if (!k->dir[0] || keep) return;
   /* A finished stage removed its files; a failed job that cannot be resumed leaves partial
    * ones (and a killed worker's temporaries), and a map task's copy still running when its
-   * stage ended may have written its files again: ours are s<N>-*.kv, s<N>-*.spilled and .tmp-*. */
-  DIR *d = opendir(k->dir);
-  struct dirent *e;
-  while (d && (e = readdir(d))) {
-    size_t n = strlen(e->d_name);
-    int ours = !strncmp(e->d_name, ".tmp-", 5) ||
-               (e->d_name[0] == 's' && strchr(e->d_name, '-') &&
-                ((n > 3 && !strcmp(e->d_name + n - 3, ".kv")) || (n > 8 && !strcmp(e->d_name + n - 8, ".spilled"))));
-    if (!ours) continue;
-    char path[SHUFFLE_DIR_MAX + 300];
-    snprintf(path, sizeof path, "%s/%s", k->dir, e->d_name);
-    unlink(path);
+   * stage ended may have written its files again. */
+  if (k->dir[0] && !keep) {
+    remove_spill_files(k->dir, k->locked);
+    if (k->made_tmp) rmdir(k->dir);
   }
-  if (d) closedir(d);
-  if (k->made_tmp) rmdir(k->dir);
+  if (k->locked) close(k->lock_fd);
+  k->locked = 0;
 }
 
 int cli_keyed_rows(void *ctx, kv_stream *st, sink *out, dbx_err *err) {

@@ -422,6 +422,74 @@ class SpillLifetime(TmpTest):
         self.assertEqual(os.listdir(self.tmpdir), [])
 
 
+class OrphanedPrivateSpillDirs(TmpTest):
+    """A job killed with kill -9 cannot remove its private spill directory. The next job that
+    makes one beside it does, once nobody holds the directory's .lock (an flock the live job
+    keeps) and the lock is older than a minute. A directory whose job is alive stays."""
+
+    def start_slow(self, p, env, *extra):
+        c = start("groupby", p, "--key", "product", "--agg", "count,sum:qty", "--workers", "2", "--batch-bytes", "4K",
+                  "--no-job-dir", "-q", *extra, env=env)
+        return c
+
+    def test_the_next_job_removes_a_killed_jobs_directory(self):
+        p = self.path("sales.csv")
+        gen_keyed.csv_sales(p, 30000, 200, seed=3)
+        _, rows, _ = keyed_ref.groupby_ref([p], None, "product", "count,sum:qty")
+        want = keyed_ref.write_tsv(rows)
+        for where in ("tmpdir", "spill-dir"):
+            with self.subTest(where=where):
+                parent = self.path(where)
+                os.mkdir(parent)
+                extra = ("--spill-dir", parent) if where == "spill-dir" else ()
+                env = fault_env("delay_ms=100", TMPDIR=parent)
+                pattern = os.path.join(parent, "dbatch-spill-*" if where == "tmpdir" else "dbatch-??????")
+                dead = self.start_slow(p, env, *extra)
+                wait_until(lambda: glob.glob(os.path.join(pattern, ".lock")) or dead.poll() is not None, "a spill directory")
+                dead.kill()
+                dead.communicate()
+                time.sleep(0.5)  # its workers die with it
+                orphan = glob.glob(pattern)
+                self.assertEqual(len(orphan), 1)
+                alive = self.start_slow(p, env, *extra)
+                wait_until(lambda: len(glob.glob(os.path.join(pattern, ".lock"))) == 2 or alive.poll() is not None,
+                           "the live job's spill directory")
+                held = [d for d in glob.glob(pattern) if d not in orphan]
+                self.assertEqual(len(held), 1)
+                old = time.time() - 3600
+                for d in orphan + held:
+                    os.utime(os.path.join(d, ".lock"), (old, old))
+                # The next job removes the killed job's directory and leaves the live one's.
+                young = run("groupby", p, "--key", "product", "--agg", "count,sum:qty", "--workers", "2", "--no-job-dir",
+                            "-q", *extra, env=dict(os.environ, TMPDIR=parent))
+                self.assertEqual(young.stdout, want)
+                self.assertFalse(os.path.exists(orphan[0]), "the killed job's directory is still there")
+                self.assertTrue(os.path.isdir(held[0]), "the live job's directory was removed")
+                out, err = alive.communicate(timeout=300)
+                self.assertEqual(alive.returncode, 0, err)
+                self.assertEqual(out, want)
+                self.assertEqual(os.listdir(parent), [])
+
+    def test_a_young_free_lock_is_left_alone(self):
+        parent = self.path("tmpdir")
+        os.mkdir(parent)
+        d = os.path.join(parent, "dbatch-spill-abcdef")
+        os.mkdir(d)
+        with open(os.path.join(d, ".lock"), "w"):
+            pass
+        with open(os.path.join(d, "s0-m0-p0.kv"), "w"):
+            pass
+        p = self.write("in.csv", "product,qty\na,1\n")
+        self.assertEqual(run("groupby", p, "--key", "product", "--agg", "count", "--workers", "2", "--no-job-dir", "-q",
+                             env=dict(os.environ, TMPDIR=parent)).stdout, b"a\t1\n")
+        self.assertEqual(sorted(os.listdir(d)), [".lock", "s0-m0-p0.kv"])  # a minute old at most: kept
+        old = time.time() - 120
+        os.utime(os.path.join(d, ".lock"), (old, old))
+        run("groupby", p, "--key", "product", "--agg", "count", "--workers", "2", "--no-job-dir", "-q",
+            env=dict(os.environ, TMPDIR=parent))
+        self.assertEqual(os.listdir(parent), [])
+
+
 class Usage(TmpTest):
     """5. Options refused, and what --listen does by default."""
 
