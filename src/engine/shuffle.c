@@ -534,6 +534,9 @@ typedef struct part {
 struct kv_stream {
   uint32_t n;
   part *v;
+  uint32_t *heap;  /* the parts with an entry, the smallest key first (by part on a tie) */
+  uint32_t nheap;
+  int heaped;      /* heap built (at the first kv_stream_next) */
 };
 
 static int cmp_key(const kv_entry *a, const kv_entry *b) {
@@ -548,12 +551,14 @@ void kv_stream_close(kv_stream *s) {
     if (s->v[i].map && s->v[i].len) munmap(s->v[i].map, s->v[i].len);
   }
   free(s->v);
+  free(s->heap);
   free(s);
 }
 
 static kv_stream *stream_new(uint32_t n) {
   kv_stream *s = calloc(1, sizeof *s);
-  if (!s || !(s->v = calloc(n ? n : 1, sizeof *s->v))) {
+  if (!s || !(s->v = calloc(n ? n : 1, sizeof *s->v)) || !(s->heap = calloc(n ? n : 1, sizeof *s->heap))) {
+    if (s) free(s->v);
     free(s);
     return NULL;
   }
@@ -619,13 +624,38 @@ int kv_stream_open(const kv_part_cfg *pc, const kv_spec *spec, kv_stream **out, 
   return 0;
 }
 
+static int part_before(const kv_stream *s, uint32_t a, uint32_t b) {
+  int c = cmp_key(&s->v[a].head, &s->v[b].head);
+  return c ? c < 0 : a < b;
+}
+
+static void part_down(kv_stream *s, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < s->nheap && part_before(s, s->heap[l], s->heap[m])) m = l;
+    if (r < s->nheap && part_before(s, s->heap[r], s->heap[m])) m = r;
+    if (m == i) return;
+    uint32_t t = s->heap[i];
+    s->heap[i] = s->heap[m];
+    s->heap[m] = t;
+    i = m;
+  }
+}
+
+/* The next entry in key order: a heap over the partitions (log R comparisons an entry). */
 int kv_stream_next(kv_stream *s, kv_entry *e) {
-  part *best = NULL;
-  for (uint32_t i = 0; i < s->n; i++)
-    if (s->v[i].have && (!best || cmp_key(&s->v[i].head, &best->head) < 0)) best = &s->v[i];
-  if (!best) return 0;
+  if (!s->heaped) {
+    for (uint32_t i = 0; i < s->n; i++)
+      if (s->v[i].have) s->heap[s->nheap++] = i;
+    for (uint32_t i = s->nheap / 2; i-- > 0;) part_down(s, i);
+    s->heaped = 1;
+  }
+  if (!s->nheap) return 0;
+  part *best = &s->v[s->heap[0]];
   *e = best->head;
   best->have = kv_cursor_next(&best->c, &best->head);
+  if (!best->have) s->heap[0] = s->heap[--s->nheap];
+  part_down(s, 0);
   if (best->map) {
     /* Pages behind the entry handed out (it stays the caller's until the next call). */
     size_t m = (size_t)(e->key - 4 - best->map), q = (size_t)(e->pairs - best->map);
