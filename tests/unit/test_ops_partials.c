@@ -423,6 +423,75 @@ static void test_vocab_partials(void **state) {
 
 /* nb_vocab needs its broadcast (the input table): an empty one is refused when the stage is
  * loaded, and map without one fails cleanly. */
+/* A vocabulary of the classes alpha, beta and three terms, as the fit stage's broadcast. */
+static void *fit_bcast(const nb_cfg *cfg, const char *t0, const char *t1, const char *t2) {
+  double idf[3] = {1, 1.5, 2};
+  mb b;
+  msgpack_packer *pk = mb_open(&b);
+  msgpack_pack_array(pk, 6);
+  str(pk, "dbatch-nb-vocab");
+  msgpack_pack_uint64(pk, 4);
+  msgpack_pack_array(pk, 2);
+  str(pk, "alpha");
+  str(pk, "beta");
+  msgpack_pack_array(pk, 2);
+  msgpack_pack_uint64(pk, 2);
+  msgpack_pack_uint64(pk, 2);
+  msgpack_pack_array(pk, 3);
+  str(pk, t0);
+  str(pk, t1);
+  str(pk, t2);
+  bin(pk, idf, sizeof idf);
+  assert_int_equal(mpk_close(&b.m), 0);
+  dbx_buf env = {0};
+  envelope(&env, &b.buf);
+  void *bc = NULL;
+  dbx_err err = {0, ""};
+  assert_int_equal(op_nb_fit.bcast_load(cfg, env.data, env.len, &bc, &err), 0);
+  dbx_buf_free(&b.buf);
+  dbx_buf_free(&env);
+  return bc;
+}
+
+/* The fit stage's vocabulary map is kept for the next stage of the process (nbayes.c
+ * vc_map), and used again only for exactly the same terms: a document "aa cc dd" of class
+ * alpha under the terms (aa, bb, cc), then (aa, cc, dd), then (aa, bb, cc) again. */
+static void test_vocab_map_kept_only_for_the_same_terms(void **state) {
+  nb_cfg cfg = {1, 0, 0};  /* CORPUS_DIR: a document per input file, labelled by the envelope */
+  const char *terms[3][3] = {{"aa", "bb", "cc"}, {"aa", "cc", "dd"}, {"aa", "bb", "cc"}};
+  const int nonzero[3][3] = {{1, 0, 1}, {1, 1, 1}, {1, 0, 1}};
+  for (int k = 0; k < 3; k++) {
+    void *bc = fit_bcast(&cfg, terms[k][0], terms[k][1], terms[k][2]);
+    for (int again = 0; again < 2; again++) {  /* the second task of the stage uses its map */
+      void *p = op_nb_fit.partial_new(&cfg);
+      const char *doc = "aa cc dd\n";
+      dbx_segment seg = {"a.txt", 0, 0, 9, 0, 1, 0, 0, 9};
+      dbx_batch b = {0, 1, &seg, doc, 9};
+      dbx_stats st = {0, 0, ""};
+      dbx_err err = {0, ""};
+      assert_int_equal(op_nb_fit.map(&cfg, bc, &b, p, &st, &err), 0);
+      dbx_buf enc = {0};
+      assert_int_equal(op_nb_fit.encode(&cfg, p, &enc, &err), 0);
+      msgpack_unpacked u;
+      msgpack_unpacked_init(&u);
+      assert_int_equal(msgpack_unpack_next(&u, enc.data, enc.len, NULL), MSGPACK_UNPACK_SUCCESS);
+      const msgpack_object *a = u.data.via.array.ptr;
+      assert_int_equal(a[0].via.u64, 2);
+      assert_int_equal(a[1].via.u64, 3);
+      assert_int_equal(a[3].via.bin.size, 6 * sizeof(double));
+      for (int j = 0; j < 3; j++) {  /* class alpha's row */
+        double w;
+        memcpy(&w, a[3].via.bin.ptr + j * sizeof(double), sizeof w);
+        assert_int_equal(w > 0, nonzero[k][j]);
+      }
+      msgpack_unpacked_destroy(&u);
+      dbx_buf_free(&enc);
+      op_nb_fit.partial_free(p);
+    }
+    op_nb_fit.bcast_free(bc);
+  }
+}
+
 static void test_vocab_without_broadcast(void **state) {
   nb_cfg cfg = {0, 0, 0};
   void *bc = NULL;
@@ -737,6 +806,7 @@ int main(void) {
       cmocka_unit_test(test_fit_shape_against_vocabulary),
       cmocka_unit_test(test_fit_sums_finite),
       cmocka_unit_test(test_vocab_partials),
+      cmocka_unit_test(test_vocab_map_kept_only_for_the_same_terms),
       cmocka_unit_test(test_vocab_without_broadcast),
       cmocka_unit_test(test_wordcount_zero_counts),
       cmocka_unit_test(test_model_with_nan_or_inf_weight),
