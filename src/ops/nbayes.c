@@ -582,6 +582,7 @@ static int v_merge_encoded(const void *cfg, void *left, const char *p, size_t n,
 }
 
 typedef struct kref {
+  uint64_t pre;  /* the key's first 8 bytes, big-endian, zero-padded: most comparisons end here */
   const char *k;
   size_t n;
   uint64_t v;
@@ -589,6 +590,7 @@ typedef struct kref {
 
 static int cmp_kref(const void *a, const void *b) {
   const kref *x = a, *y = b;
+  if (x->pre != y->pre) return x->pre < y->pre ? -1 : 1;
   int c = memcmp(x->k, y->k, x->n < y->n ? x->n : y->n);
   return c ? c : (x->n > y->n) - (x->n < y->n);
 }
@@ -601,6 +603,8 @@ static kref *sorted_keys(const strmap *m) {
   for (uint32_t i = 0; i < n; i++) {
     r[i].k = strmap_key(m, i, &r[i].n);
     r[i].v = strmap_val(m, i);
+    r[i].pre = 0;
+    for (size_t b = 0; b < 8; b++) r[i].pre = r[i].pre << 8 | (b < r[i].n ? (unsigned char)r[i].k[b] : 0);
   }
   qsort(r, n, sizeof *r, cmp_kref);
   return r;
