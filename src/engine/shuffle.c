@@ -521,6 +521,21 @@ const dbx_op op_shuffle_reduce = {
 
 /* ---- the ordered stream ---- */
 
+/* Sift entry i of a heap of indices down: before(ctx, a, b) says a comes out first. */
+static void heap_down(uint32_t *heap, uint32_t n, uint32_t i, int (*before)(const void *ctx, uint32_t a, uint32_t b),
+                      const void *ctx) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < n && before(ctx, heap[l], heap[m])) m = l;
+    if (r < n && before(ctx, heap[r], heap[m])) m = r;
+    if (m == i) return;
+    uint32_t t = heap[i];
+    heap[i] = heap[m];
+    heap[m] = t;
+    i = m;
+  }
+}
+
 typedef struct part {
   char *map;          /* the mapped file */
   size_t len;
@@ -629,18 +644,8 @@ static int part_before(const kv_stream *s, uint32_t a, uint32_t b) {
   return c ? c < 0 : a < b;
 }
 
-static void part_down(kv_stream *s, uint32_t i) {
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < s->nheap && part_before(s, s->heap[l], s->heap[m])) m = l;
-    if (r < s->nheap && part_before(s, s->heap[r], s->heap[m])) m = r;
-    if (m == i) return;
-    uint32_t t = s->heap[i];
-    s->heap[i] = s->heap[m];
-    s->heap[m] = t;
-    i = m;
-  }
-}
+static int part_before_v(const void *s, uint32_t a, uint32_t b) { return part_before(s, a, b); }
+static void part_down(kv_stream *s, uint32_t i) { heap_down(s->heap, s->nheap, i, part_before_v, s); }
 
 /* The next entry in key order: a heap over the partitions (log R comparisons an entry). */
 int kv_stream_next(kv_stream *s, kv_entry *e) {
@@ -718,18 +723,8 @@ static int cpart_before(const count_stream *s, uint32_t a, uint32_t b) {
   return x->klen != y->klen ? x->klen < y->klen : a < b;
 }
 
-static void cheap_down(count_stream *s, uint32_t i) {
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < s->nheap && cpart_before(s, s->heap[l], s->heap[m])) m = l;
-    if (r < s->nheap && cpart_before(s, s->heap[r], s->heap[m])) m = r;
-    if (m == i) return;
-    uint32_t t = s->heap[i];
-    s->heap[i] = s->heap[m];
-    s->heap[m] = t;
-    i = m;
-  }
-}
+static int cpart_before_v(const void *s, uint32_t a, uint32_t b) { return cpart_before(s, a, b); }
+static void cheap_down(count_stream *s, uint32_t i) { heap_down(s->heap, s->nheap, i, cpart_before_v, s); }
 
 void count_stream_close(count_stream *s) {
   if (!s) return;

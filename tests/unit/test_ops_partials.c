@@ -79,7 +79,8 @@ static void model_payload(dbx_buf *out, int bad_weight, double w) {
   *out = b.buf;
 }
 
-static void vocab_payload(dbx_buf *out) {
+/* A vocabulary of the classes alpha, beta and the terms t0 < t1 < t2. */
+static void vocab_payload_of(dbx_buf *out, const char *t0, const char *t1, const char *t2) {
   double idf[3] = {1, 1.5, 2};
   mb b;
   msgpack_packer *pk = mb_open(&b);
@@ -93,13 +94,15 @@ static void vocab_payload(dbx_buf *out) {
   msgpack_pack_uint64(pk, 2);
   msgpack_pack_uint64(pk, 2);
   msgpack_pack_array(pk, 3);
-  str(pk, "aa");
-  str(pk, "bb");
-  str(pk, "cc");
+  str(pk, t0);
+  str(pk, t1);
+  str(pk, t2);
   bin(pk, idf, sizeof idf);
   assert_int_equal(mpk_close(&b.m), 0);
   *out = b.buf;
 }
+
+static void vocab_payload(dbx_buf *out) { vocab_payload_of(out, "aa", "bb", "cc"); }
 
 static void *load_bcast(const dbx_op *op, const nb_cfg *cfg, int model) {
   dbx_buf payload = {0}, env = {0};
@@ -423,32 +426,15 @@ static void test_vocab_partials(void **state) {
 
 /* nb_vocab needs its broadcast (the input table): an empty one is refused when the stage is
  * loaded, and map without one fails cleanly. */
-/* A vocabulary of the classes alpha, beta and three terms, as the fit stage's broadcast. */
+/* The fit stage's broadcast of vocab_payload_of(t0, t1, t2). */
 static void *fit_bcast(const nb_cfg *cfg, const char *t0, const char *t1, const char *t2) {
-  double idf[3] = {1, 1.5, 2};
-  mb b;
-  msgpack_packer *pk = mb_open(&b);
-  msgpack_pack_array(pk, 6);
-  str(pk, "dbatch-nb-vocab");
-  msgpack_pack_uint64(pk, 4);
-  msgpack_pack_array(pk, 2);
-  str(pk, "alpha");
-  str(pk, "beta");
-  msgpack_pack_array(pk, 2);
-  msgpack_pack_uint64(pk, 2);
-  msgpack_pack_uint64(pk, 2);
-  msgpack_pack_array(pk, 3);
-  str(pk, t0);
-  str(pk, t1);
-  str(pk, t2);
-  bin(pk, idf, sizeof idf);
-  assert_int_equal(mpk_close(&b.m), 0);
-  dbx_buf env = {0};
-  envelope(&env, &b.buf);
+  dbx_buf payload = {0}, env = {0};
+  vocab_payload_of(&payload, t0, t1, t2);
+  envelope(&env, &payload);
   void *bc = NULL;
   dbx_err err = {0, ""};
   assert_int_equal(op_nb_fit.bcast_load(cfg, env.data, env.len, &bc, &err), 0);
-  dbx_buf_free(&b.buf);
+  dbx_buf_free(&payload);
   dbx_buf_free(&env);
   return bc;
 }
