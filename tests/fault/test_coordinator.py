@@ -268,9 +268,11 @@ class Coordinator(TmpTest):
         self.assertEqual(c.returncode, 0, err.decode(errors="replace"))
         self.assertEqual(out, want)
         j = json.loads(slurp(s, True))
-        # (workers killed before they said hello are not in the summary)
+        # (workers killed before they said hello are not in the summary: how many depends on how
+        # fast a worker starts, slower under the sanitizers on a loaded machine, where 151 of the
+        # 280 had said hello once)
         killed = [w for w in j["worker_stats"] if w["state"] == "killed"]
-        self.assertGreaterEqual(len(killed), 200)
+        self.assertGreaterEqual(len(killed), 100)
 
     def test_result_over_max_message_names_the_option(self):
         data = self.write("uniq.txt", "".join("word%d\n" % i for i in range(20000)))
