@@ -327,6 +327,9 @@ int cli_follow_run(coord *co, job *j, cli_job *o, const cli_follow *f, stage *tm
 int cli_keyed_option(cli_keyed *k, int c, const char *arg);
 /* The partition configuration of the job's next stage (call after cli_job_start). */
 int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err);
+/* A private directory $TMPDIR/dbatch-spill-XXXXXX held by an flock (removed by a later job
+ * once its holder is gone) as k->dir, and pc's (pc may be NULL). cli_keyed_done removes it. */
+int cli_keyed_private_tmp(cli_keyed *k, kv_part_cfg *pc, dbx_err *err);
 /* Rows of a keyed result, in key order, into out. */
 typedef int (*cli_rows_fn)(void *ctx, kv_stream *st, sink *out, dbx_err *err);
 typedef struct cli_keyed_rows_ctx {

@@ -394,8 +394,9 @@ int cmd_cooccur(int argc, char **argv) {
   memset(&pcfg, 0, sizeof pcfg);
   pcfg.top = 10;
   bcfg.max_basket = 1000;
-  cli_keyed k;
+  cli_keyed k, bk;  /* bk: the private directory of the baskets, without a job directory */
   memset(&k, 0, sizeof k);
+  memset(&bk, 0, sizeof bk);
   cli_job o;
   cli_follow fl;
   memset(&fl, 0, sizeof fl);
@@ -484,16 +485,17 @@ int cmd_cooccur(int argc, char **argv) {
       cli_stage_init(&ps, &j, &o, "pairs", &op_pairs, &pcfg, sizeof pcfg, NULL);
       co_render rx = {co, &j, &ps, &bcfg, &schema, ""};
       if (j.job_dir) snprintf(rx.bpath, sizeof rx.bpath, "%s/baskets.tsv", j.job_dir);
-      else snprintf(rx.bpath, sizeof rx.bpath, "%s/dbatch-baskets-%d.tsv", getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp", (int)getpid());
+      else if (!(rc = cli_keyed_private_tmp(&bk, NULL, &err))) snprintf(rx.bpath, sizeof rx.bpath, "%s/baskets.tsv", bk.dir);
       fl.header = rs.fmt != REC_JSONL;
       fl.schema = &schema;
       fl.render = cooccur_render;
       fl.render_ctx = &rx;
-      rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
-      if (!j.job_dir) unlink(rx.bpath);
+      if (!rc) rc = cli_follow_run(co, &j, &o, &fl, &s, argv + optind, (size_t)(argc - optind), &err);
+      if (!j.job_dir && rx.bpath[0]) unlink(rx.bpath);
     }
     rc = cli_job_end("cooccur", &o, &j, co, NULL, rc, &err);
     cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
+    cli_keyed_done(&bk, 0);
     return rc;
   }
   /* The baskets between the stages: in the job directory (a resume finds them there), or a
@@ -501,14 +503,15 @@ int cmd_cooccur(int argc, char **argv) {
   if (!rc) {
     if (j.job_dir) {
       snprintf(bpath, sizeof bpath, "%s/baskets.tsv", j.job_dir);
-    } else {
-      const char *tmp = getenv("TMPDIR");
-      snprintf(bpath, sizeof bpath, "%s/dbatch-baskets-%d.tsv", tmp && tmp[0] ? tmp : "/tmp", (int)getpid());
+    } else if (!(rc = cli_keyed_private_tmp(&bk, NULL, &err))) {
+      /* In a private directory held while the job runs: a later job removes it if this one
+       * is killed (cli_keyed_private_tmp). */
+      snprintf(bpath, sizeof bpath, "%s/baskets.tsv", bk.dir);
       tmpfile_made = 1;
     }
     char npath[1100];
     snprintf(npath, sizeof npath, "%s.new", bpath);
-    rc = sink_raw_open(npath, 0, &bout, &err);
+    if (!rc) rc = sink_raw_open(npath, 0, &bout, &err);
   }
   if (!rc) {
     stage s;
@@ -563,5 +566,6 @@ int cmd_cooccur(int argc, char **argv) {
     unlink(npath);
   }
   cli_keyed_done(&k, rc != 0 && o.job_dir != NULL);
+  cli_keyed_done(&bk, 0);
   return rc;
 }

@@ -35,10 +35,10 @@ int cli_keyed_option(cli_keyed *k, int c, const char *arg) {
   }
 }
 
-/* Is name a spill file of ours (s<N>-*.kv, s<N>-*.spilled, .tmp-*)? */
+/* Is name a spill file of ours (s<N>-*.kv, s<N>-*.spilled, .tmp-*, cooccur's baskets.tsv)? */
 static int spill_file_name(const char *name) {
   size_t n = strlen(name);
-  return !strncmp(name, ".tmp-", 5) ||
+  return !strncmp(name, ".tmp-", 5) || !strcmp(name, "baskets.tsv") || !strcmp(name, "baskets.tsv.new") ||
          (name[0] == 's' && strchr(name, '-') &&
           ((n > 3 && !strcmp(name + n - 3, ".kv")) || (n > 8 && !strcmp(name + n - 8, ".spilled"))));
 }
@@ -100,6 +100,40 @@ static int lock_private(cli_keyed *k, const char *dir, dbx_err *err) {
   return 0;
 }
 
+/* k->dir = the real path of want. */
+static int set_dir(cli_keyed *k, const char *want, dbx_err *err) {
+  char *real = realpath(want, NULL);
+  struct stat sb;
+  if (!real || stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+    free(real);
+    return dbx_seterr(err, DBX_EUSAGE, "--spill-dir %s: not a directory", want);
+  }
+  if (strlen(real) >= sizeof k->dir) {
+    free(real);
+    return dbx_seterr(err, DBX_EUSAGE, "spill directory %s: the path is too long", want);
+  }
+  snprintf(k->dir, sizeof k->dir, "%s", real);
+  free(real);
+  return 0;
+}
+
+int cli_keyed_private_tmp(cli_keyed *k, kv_part_cfg *pc, dbx_err *err) {
+  char want[PATH_MAX];
+  const char *tmp = getenv("TMPDIR");
+  if (!tmp || !tmp[0]) tmp = "/tmp";
+  sweep_private(tmp, "dbatch-spill-", strlen("dbatch-spill-XXXXXX"));
+  snprintf(want, sizeof want, "%s/dbatch-spill-XXXXXX", tmp);
+  if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "cannot create a spill directory %s: %s", want, strerror(errno));
+  k->made_tmp = 1;
+  int rc = lock_private(k, want, err);
+  if (!rc) rc = set_dir(k, want, err);
+  if (!rc && pc) {
+    snprintf(pc->dir, sizeof pc->dir, "%s", k->dir);
+    pc->shared = k->spill_dir != NULL;
+  }
+  return rc;
+}
+
 int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg *pc, dbx_err *err) {
   memset(pc, 0, sizeof *pc);
   pc->stage = 0;  /* the stages begun before this one (stages listed ahead of time do not count) */
@@ -150,27 +184,10 @@ int cli_keyed_prepare(cli_keyed *k, const job *j, const cli_job *o, kv_part_cfg 
       snprintf(want, sizeof want, "%s/spill", j->job_dir);
       if (mkdir(want, 0700) != 0 && errno != EEXIST) return dbx_seterr(err, DBX_EIO, "%s: %s", want, strerror(errno));
     } else {
-      const char *tmp = getenv("TMPDIR");
-      if (!tmp || !tmp[0]) tmp = "/tmp";
-      sweep_private(tmp, "dbatch-spill-", strlen("dbatch-spill-XXXXXX"));
-      snprintf(want, sizeof want, "%s/dbatch-spill-XXXXXX", tmp);
-      if (!mkdtemp(want)) return dbx_seterr(err, DBX_EIO, "cannot create a spill directory %s: %s", want, strerror(errno));
-      k->made_tmp = 1;
-      int rc = lock_private(k, want, err);
-      if (rc) return rc;
+      return cli_keyed_private_tmp(k, pc, err);
     }
-    char *real = realpath(want, NULL);
-    struct stat sb;
-    if (!real || stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-      free(real);
-      return dbx_seterr(err, DBX_EUSAGE, "--spill-dir %s: not a directory", want);
-    }
-    if (strlen(real) >= sizeof k->dir) {
-      free(real);
-      return dbx_seterr(err, DBX_EUSAGE, "spill directory %s: the path is too long", want);
-    }
-    snprintf(k->dir, sizeof k->dir, "%s", real);
-    free(real);
+    int rc = set_dir(k, want, err);
+    if (rc) return rc;
   }
   snprintf(pc->dir, sizeof pc->dir, "%s", k->dir);
   pc->shared = k->spill_dir != NULL;

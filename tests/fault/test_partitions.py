@@ -489,6 +489,33 @@ class OrphanedPrivateSpillDirs(TmpTest):
             env=dict(os.environ, TMPDIR=parent))
         self.assertEqual(os.listdir(parent), [])
 
+    def test_a_killed_cooccurs_baskets_are_removed(self):
+        # Was a bug: cooccur without a job directory writes its baskets (a copy the size of the
+        # orders' user-item pairs) to $TMPDIR/dbatch-baskets-PID.tsv; a cooccur killed with
+        # kill -9 left it there for good, no later job removing it (only dbatch-spill-* were
+        # swept). The baskets are now in a private directory held like a spill directory.
+        parent = self.path("tmpdir")
+        os.mkdir(parent)
+        p = self.path("orders.csv")
+        gen_keyed.orders(p, 20000, 3000, 400, seed=2)
+        env = fault_env("delay_ms=300", TMPDIR=parent)
+        dead = start("cooccur", p, "--user", "user", "--item", "item", "--workers", "2", "--batch-bytes", "16K",
+                     "--no-job-dir", "-q", env=env)
+        baskets = lambda: glob.glob(os.path.join(parent, "dbatch-baskets-*")) + glob.glob(
+            os.path.join(parent, "dbatch-spill-*", "baskets*"))
+        wait_until(lambda: baskets() or dead.poll() is not None, "the baskets file")
+        dead.kill()
+        dead.communicate()
+        time.sleep(0.5)  # its workers die with it
+        self.assertTrue(baskets(), "the killed cooccur wrote no baskets")
+        old = time.time() - 3600
+        for f in glob.glob(os.path.join(parent, "*")) + glob.glob(os.path.join(parent, "*", ".lock")):
+            os.utime(f, (old, old))
+        q = self.write("in.csv", "product,qty\na,1\n")
+        self.assertEqual(run("groupby", q, "--key", "product", "--agg", "count", "--workers", "2", "--no-job-dir", "-q",
+                             env=dict(os.environ, TMPDIR=parent)).stdout, b"a\t1\n")
+        self.assertEqual(os.listdir(parent), [])
+
 
 class Usage(TmpTest):
     """5. Options refused, and what --listen does by default."""
