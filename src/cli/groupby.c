@@ -508,6 +508,9 @@ int cmd_cooccur(int argc, char **argv) {
        * is killed (cli_keyed_private_tmp). */
       snprintf(bpath, sizeof bpath, "%s/baskets.tsv", bk.dir);
       tmpfile_made = 1;
+      /* The pairs stage's partitions go there too, unless --spill-dir says where (k does not
+       * own it: bk removes it, after k has removed its files). */
+      if (!k.spill_dir) snprintf(k.dir, sizeof k.dir, "%s", bk.dir);
     }
     char npath[1100];
     snprintf(npath, sizeof npath, "%s.new", bpath);
