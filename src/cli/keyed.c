@@ -72,7 +72,8 @@ static void sweep_private(const char *parent, const char *prefix, size_t name_le
         (size_t)snprintf(lock, sizeof lock, "%s/.lock", dir) >= sizeof lock || lstat(dir, &sd) != 0 ||
         !S_ISDIR(sd.st_mode) || sd.st_uid != getuid())
       continue;
-    int fd = open(lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: a FIFO by that name (not our lock) must not hang the job. */
+    int fd = open(lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) continue;
     if (fstat(fd, &sl) == 0 && S_ISREG(sl.st_mode) && now - sl.st_mtime > 60 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
       log_info("removing the spill directory %s of a job that is gone", dir);

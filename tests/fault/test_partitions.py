@@ -489,6 +489,36 @@ class OrphanedPrivateSpillDirs(TmpTest):
             env=dict(os.environ, TMPDIR=parent))
         self.assertEqual(os.listdir(parent), [])
 
+    def test_what_is_not_ours_is_left_alone(self):
+        # Was a bug: the sweep opened each dbatch-spill-*/.lock for reading without O_NONBLOCK,
+        # so a FIFO by that name (anything but our lock file) hung every later keyed job in
+        # that $TMPDIR before it started. Also kept: a directory without a .lock, a symlink to
+        # a directory with an old .lock, and files not named like ours.
+        parent = self.path("tmpdir")
+        os.mkdir(parent)
+        old = time.time() - 3600
+        fifo = os.path.join(parent, "dbatch-spill-fifo00")
+        os.mkdir(fifo)
+        os.mkfifo(os.path.join(fifo, ".lock"))
+        nolock = os.path.join(parent, "dbatch-spill-nolock")
+        os.mkdir(nolock)
+        with open(os.path.join(nolock, "s0-m0-p0.kv"), "w"):
+            pass
+        target = self.path("elsewhere")
+        os.mkdir(target)
+        for name in (".lock", "s0-m0-p0.kv"):
+            with open(os.path.join(target, name), "w"):
+                pass
+            os.utime(os.path.join(target, name), (old, old))
+        os.symlink(target, os.path.join(parent, "dbatch-spill-symlnk"))
+        p = self.write("in.csv", "product,qty\na,1\n")
+        res = run("groupby", p, "--key", "product", "--agg", "count", "--workers", "2", "--no-job-dir", "-q",
+                  env=dict(os.environ, TMPDIR=parent), timeout=60)
+        self.assertEqual(res.stdout, b"a\t1\n")
+        self.assertEqual(sorted(os.listdir(parent)), ["dbatch-spill-fifo00", "dbatch-spill-nolock", "dbatch-spill-symlnk"])
+        self.assertEqual(os.listdir(nolock), ["s0-m0-p0.kv"])
+        self.assertEqual(sorted(os.listdir(target)), [".lock", "s0-m0-p0.kv"])
+
     def test_a_killed_cooccurs_baskets_are_removed(self):
         # Was a bug: cooccur without a job directory writes its baskets (a copy the size of the
         # orders' user-item pairs) to $TMPDIR/dbatch-baskets-PID.tsv; a cooccur killed with
