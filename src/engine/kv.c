@@ -1451,6 +1451,10 @@ int kv_cursor_next(kv_cursor *c, kv_entry *e) {
     e->npairs++;
     if (c->mapped && c->q > dropped + (16u << 10)) dropped = drop_pages(dropped, c->q);
   }
+  /* A long run of pairs: all of its pages, not all but the last 16 KB (a merge holds a cursor
+   * on every level of a task, thousands for a key with millions of values; each reads its
+   * pairs again as it goes). */
+  if (c->mapped && dropped != e->pairs) drop_pages(dropped, c->q);
   c->m += main_len(s, c->m);
   return 1;
 }
@@ -1852,8 +1856,9 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
     nmain++;
     if (!rc && has_pairs) {
       if (k == 1) {
-        const char *q = g[0]->e.pairs;
-        for (uint64_t j = 0; j < g[0]->e.npairs; j++) q += pair_len(q);
+        /* Where the cursor stopped: the end of the key's pairs (walking them again here to
+         * find it would bring every page of a long run back, none given back). */
+        const char *q = g[0]->c.q;
         /* In pieces, the pages behind each given back: one key may hold millions of pairs. */
         for (const char *at = g[0]->e.pairs; !rc && at < q;) {
           size_t piece = (size_t)(q - at) < (16u << 20) ? (size_t)(q - at) : 16u << 20;
