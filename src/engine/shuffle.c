@@ -286,6 +286,33 @@ int shuffle_write_map_counts(const kv_part_cfg *pc, const kv_spec *spec, const s
 
 /* Unless rc, merge each partition's runs of levels 0..levels-1 (named after lvl) into the
  * task's partition file, then note the bytes spilled; the level files are removed either way. */
+/* A task's levels are merged LEVEL_FANIN at a time: a key with millions of values makes
+ * thousands of levels (one a pair_flush), each costing its merge some 11 KB (its partial, the
+ * page under each of its cursors). */
+#define LEVEL_FANIN 64
+
+/* Merge the level files paths[0..n) of partition r into out, in passes of at most LEVEL_FANIN
+ * files; the intermediate files are named after lvl and removed, paths[] is overwritten. */
+static int merge_level_files(const kv_part_cfg *pc, const kv_spec *spec, const char *lvl, uint32_t r,
+                             char (*paths)[SHUFFLE_DIR_MAX + 96], uint32_t n, const char *out, dbx_err *err) {
+  int rc = 0;
+  for (uint32_t pass = 0; !rc && n > LEVEL_FANIN; pass++) {
+    uint32_t m = 0;
+    for (uint32_t g = 0; g < n; g += LEVEL_FANIN, m++) {
+      uint32_t k = n - g < LEVEL_FANIN ? n - g : LEVEL_FANIN;
+      char merged[SHUFFLE_DIR_MAX + 96];
+      snprintf(merged, sizeof merged, "%s-p%u.m%u-%u", lvl, r, pass, m);
+      if (!rc) rc = merge_files(pc, spec, "spilled run", paths + g, k, 1, merged, err);
+      for (uint32_t j = g; j < g + k; j++) unlink(paths[j]);
+      snprintf(paths[m], sizeof paths[m], "%s", merged);  /* m <= g: its group is merged */
+    }
+    n = m;
+  }
+  if (!rc) rc = merge_files(pc, spec, "spilled run", paths, n, 1, out, err);
+  for (uint32_t j = 0; j < n; j++) unlink(paths[j]);
+  return rc;
+}
+
 static int merge_levels(const kv_part_cfg *pc, const kv_spec *spec, uint32_t index, const char *lvl, int levels,
                         uint64_t total, int rc, dbx_err *err) {
   char (*paths)[SHUFFLE_DIR_MAX + 96] = calloc((size_t)levels ? (size_t)levels : 1, sizeof *paths);
@@ -295,9 +322,10 @@ static int merge_levels(const kv_part_cfg *pc, const kv_spec *spec, uint32_t ind
     if (!rc) {
       char path[SHUFFLE_DIR_MAX + 64];
       map_path(path, sizeof path, pc, index, r);
-      rc = merge_files(pc, spec, "spilled run", paths, (uint32_t)levels, 1, path, err);
+      rc = merge_level_files(pc, spec, lvl, r, paths, (uint32_t)levels, path, err);
+    } else {
+      for (int l = 0; l < levels; l++) unlink(paths[l]);
     }
-    for (int l = 0; l < levels; l++) unlink(paths[l]);
   }
   free(paths);
   if (!rc) {
