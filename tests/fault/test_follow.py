@@ -236,7 +236,8 @@ class FollowFiles(TmpTest):
         p = start("wordcount", self.path("logs"), "--follow", "--interval", "3600", "--workers", "1", "--job-dir", job,
                   "-o", out, "--summary-json", summ, "-q")
         try:
-            wait_until(lambda: epoch(job) >= 1, "the first commit", proc=p)
+            # (the state is written before the output: the output is in place once it exists)
+            wait_until(lambda: epoch(job) >= 1 and os.path.exists(out), "the first commit", proc=p)
             self.assertEqual(slurp(out), b"one\t1\ntwo\t1\n")
             self.append("a.log", "two three\nthree four")  # the last line is not whole: it waits
             p.send_signal(signal.SIGTERM)
