@@ -21,6 +21,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -653,7 +654,15 @@ static int send_failed(srun *r, size_t wi, dbx_err *err) {
   const char *end = "lost";
   int st;
   pid_t child = w->child;
-  if (child && waitpid(child, &st, WNOHANG) == child) {
+  /* Its connection goes as it exits, a moment before it can be reaped: a local worker gets
+   * up to 100 ms to finish dying, so that it is reported killed (or exited), not lost. */
+  pid_t got = child ? waitpid(child, &st, WNOHANG) : 0;
+  for (int i = 0; child && got == 0 && i < 100; i++) {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+    got = waitpid(child, &st, WNOHANG);
+  }
+  if (child && got == child) {
     cworker *x = wt_reaped(&c->wt, child, st, why, sizeof why);
     end = x ? x->end : end;
     int rc = x ? worker_lost(r, wi, end, why, err) : 0;
