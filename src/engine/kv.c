@@ -1315,7 +1315,7 @@ int kv_encode(kvpart *p, dbx_buf *out, dbx_err *err) {
 
 /* Give back the whole pages of a read-only file mapping in [from, to): they are read again
  * from the file if touched again. The new release point. */
-static const char *drop_pages(const char *from, const char *to) {
+const char *kv_drop_pages(const char *from, const char *to) {
   uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)from + pg - 1) & ~(pg - 1),
             b = (uintptr_t)to & ~(pg - 1);
   if (b <= a) return from;
@@ -1372,7 +1372,7 @@ static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, 
     if (prev && cmp_main(prev, q) >= 0) BAD("keys out of order at entry %llu", (unsigned long long)k);
     prev = q;
     q += o;
-    if (mapped && prev > dropped + (1u << 20)) dropped = drop_pages(dropped, prev);
+    if (mapped && prev > dropped + (1u << 20)) dropped = kv_drop_pages(dropped, prev);
   }
   const char *pairs = q;
   const char *m = buf + hl, *mend = pairs, *dropped_m = m;
@@ -1397,8 +1397,8 @@ static int decode_impl(const kv_spec *s, const char *buf, size_t n, int borrow, 
     if (m >= mend || cmp_bytes(m + 4, get32(m), q + 4, kl)) BAD("a pair whose key has no entry");
     prev = q;
     q += pair_len(q);
-    if (mapped && prev > dropped + (1u << 20)) dropped = drop_pages(dropped, prev);
-    if (mapped && m > dropped_m + (1u << 20)) dropped_m = drop_pages(dropped_m, m);
+    if (mapped && prev > dropped + (1u << 20)) dropped = kv_drop_pages(dropped, prev);
+    if (mapped && m > dropped_m + (1u << 20)) dropped_m = kv_drop_pages(dropped_m, m);
   }
   if (q != end) BAD("%zu bytes after the last entry", (size_t)(end - q));
   if (!(p = kv_new(s))) return DBX_ENOMEM;
@@ -1449,12 +1449,12 @@ int kv_cursor_next(kv_cursor *c, kv_entry *e) {
   while (c->q < c->qend && !cmp_bytes(c->q + 4, get32(c->q), e->key, e->klen)) {
     c->q += pair_len(c->q);
     e->npairs++;
-    if (c->mapped && c->q > dropped + (16u << 10)) dropped = drop_pages(dropped, c->q);
+    if (c->mapped && c->q > dropped + (16u << 10)) dropped = kv_drop_pages(dropped, c->q);
   }
   /* A long run of pairs: all of its pages, not all but the last 16 KB (a merge holds a cursor
    * on every level of a task, thousands for a key with millions of values; each reads its
    * pairs again as it goes). */
-  if (c->mapped && dropped != e->pairs) drop_pages(dropped, c->q);
+  if (c->mapped && dropped != e->pairs) kv_drop_pages(dropped, c->q);
   c->m += main_len(s, c->m);
   return 1;
 }
@@ -1510,7 +1510,7 @@ int kv_value(const kv_spec *s, uint32_t i, const kv_entry *e, dbx_buf *scratch, 
      * with millions of values holds k of them, not all. */
     const char *dropped = e->pairs;
     for (uint64_t k = 0; k < e->npairs; k++, q += pair_len(q)) {
-      if (e->mapped && (k & 65535) == 65535 && q > dropped + (16u << 20)) dropped = drop_pages(dropped, q);
+      if (e->mapped && (k & 65535) == 65535 && q > dropped + (16u << 20)) dropped = kv_drop_pages(dropped, q);
       uint32_t kl = get32(q);
       if ((unsigned char)q[4 + kl] != slot) continue;
       nv++;
@@ -1747,9 +1747,9 @@ static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, i
     if (--h[0].left) {
       h[0].q = q + l;
       /* (cur may lie in a page given back: it is read again from the file) */
-      if (mapped && h[0].q > h[0].dropped + (16u << 10)) h[0].dropped = drop_pages(h[0].dropped, q);
+      if (mapped && h[0].q > h[0].dropped + (16u << 10)) h[0].dropped = kv_drop_pages(h[0].dropped, q);
     } else {
-      if (mapped) drop_pages(h[0].dropped, q + l);  /* done with this run's pairs of the key */
+      if (mapped) kv_drop_pages(h[0].dropped, q + l);  /* done with this run's pairs of the key */
       h[0] = h[--nh];
     }
     pheap_down(h, nh, 0);
@@ -1759,17 +1759,8 @@ static int fold_pairs(msrc **g, uint32_t n, pcur *h, wout *w, uint64_t *npair, i
 
 /* Give back the pages of a mapped run that are behind both of its cursors. */
 static void release_behind(msrc *x) {
-  long pg = sysconf(_SC_PAGESIZE);
-  uintptr_t mask = ~(uintptr_t)(pg - 1);
-  const char *ranges[2][2] = {{x->dropped_m, x->c.m}, {x->dropped_q, x->c.q}};
-  for (int i = 0; i < 2; i++) {
-    uintptr_t a = ((uintptr_t)ranges[i][0] + (uintptr_t)pg - 1) & mask, b = (uintptr_t)ranges[i][1] & mask;
-    if (b > a + (16u << 20)) {
-      madvise((void *)a, b - a, MADV_DONTNEED);
-      if (i == 0) x->dropped_m = (const char *)b;
-      else x->dropped_q = (const char *)b;
-    }
-  }
+  if (x->c.m > x->dropped_m + (16u << 20)) x->dropped_m = kv_drop_pages(x->dropped_m, x->c.m);
+  if (x->c.q > x->dropped_q + (16u << 20)) x->dropped_q = kv_drop_pages(x->dropped_q, x->c.q);
 }
 
 /* Are the states of main entry m all empty (a carrier of value pairs, or an entry as empty as one)? */
@@ -1864,7 +1855,7 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
           size_t piece = (size_t)(q - at) < (16u << 20) ? (size_t)(q - at) : 16u << 20;
           rc = wout_put(&pw, at, piece, err);
           at += piece;
-          if (mapped && at < q) drop_pages(g[0]->e.pairs, at);
+          if (mapped && at < q) kv_drop_pages(g[0]->e.pairs, at);
         }
         npair += g[0]->e.npairs;
       } else {

@@ -158,6 +158,9 @@ int kv_decode_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, db
 int kv_decode_level_view(const kv_spec *s, const char *buf, size_t n, kvpart **out, dbx_err *err);
 /* kv_decode_view (level 0) or kv_decode_level_view (level 1) of a read-only file mapping,
  * whose pages are given back as they are checked: a file bigger than memory is read through. */
+/* Give back the whole pages of a read-only file mapping in [from, to) (madvise DONTNEED:
+ * they are read again from the file if touched again). The new release point. */
+const char *kv_drop_pages(const char *from, const char *to);
 int kv_decode_file_view(const kv_spec *s, const char *map, size_t n, int level, kvpart **out, dbx_err *err);
 
 /* Bounded memory. Once p holds more than budget bytes (kv_bytes) its table is frozen: records

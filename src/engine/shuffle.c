@@ -52,10 +52,7 @@ static uint64_t get_u64(const char *p) {
 /* madvise(DONTNEED) the whole pages of map[from, to) of a read-only file mapping; the new
  * release point. */
 static size_t release_prefix(char *map, size_t from, size_t to) {
-  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-  size_t a = (from + pg - 1) / pg * pg, b = to / pg * pg;
-  if (b > a) madvise(map + a, b - a, MADV_DONTNEED);
-  return b > a ? b : from;
+  return (size_t)(kv_drop_pages(map + from, map + to) - map);
 }
 
 /* By-count file: "DBWC", then entries [u64 count][u32 klen][key], count descending, then key. */
