@@ -145,24 +145,46 @@ static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap
   return 0;
 }
 
+/* l += one entry s of r. */
+static int merge_slot(strmap *l, const strmap *r, const strmap_slot *s, dbx_err *err) {
+  size_t len = s->len;
+  const char *key = strmap_slot_key(r, s);
+  uint32_t id;
+  if (strmap_add_hashed(l, key, len, s->hash, 0, &id)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
+  uint64_t have = strmap_val(l, id);
+  if (have + s->val < have)
+    return dbx_seterr(err, DBX_ECORRUPT, "word count: the count of '%.*s' overflows when merged (a malformed partial result?)",
+                      (int)(len > 100 ? 100 : len), key);
+  strmap_setval(l, id, have + s->val);
+  return 0;
+}
+
+/* right's keys are taken in the order of its slots (one pass over its table), left's slots
+ * prefetched PIPE keys ahead so that the misses of a large left table overlap: the
+ * in-process merges of a word count took a tenth of its time, one miss after another. */
 static int wc_merge(const void *cfg, void *left, const void *right, dbx_err *err) {
   strmap *l = left;
   const strmap *r = right;
   size_t n = strmap_count(r);
   /* The union has at least as many keys as the larger side: grow once, not step by step. */
   if (strmap_reserve(l, n > strmap_count(l) ? n : strmap_count(l))) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
-  for (uint32_t i = 0; i < n; i++) {
-    size_t len;
-    const char *k = strmap_key(r, i, &len);
-    uint32_t id;
-    if (strmap_add_hashed(l, k, len, strmap_hash_of(r, i), 0, &id)) return dbx_seterr(err, DBX_ENOMEM, "merge: out of memory");
-    uint64_t have = strmap_val(l, id), add = strmap_val(r, i);
-    if (have + add < have)
-      return dbx_seterr(err, DBX_ECORRUPT, "word count: the count of '%.*s' overflows when merged (a malformed partial result?)",
-                        (int)(len > 100 ? 100 : len), k);
-    strmap_setval(l, id, have + add);
+  const strmap_slot *ring[PIPE];
+  size_t k = 0, head = 0;
+  int rc = 0;
+  for (size_t j = 0; j <= r->mask && !rc; j++) {
+    const strmap_slot *s = &r->t[j];
+    if (!s->len) continue;
+    strmap_prefetch(l, s->hash);
+    if (k < PIPE) {
+      ring[k++] = s;
+      continue;
+    }
+    rc = merge_slot(l, r, ring[head], err);
+    ring[head] = s;
+    head = (head + 1) % PIPE;
   }
-  return 0;
+  for (; k && !rc; k--, head = (head + 1) % PIPE) rc = merge_slot(l, r, ring[head], err);
+  return rc;
 }
 
 /* Encoding: a msgpack array [word, count, word, count, ...]. */

@@ -106,6 +106,11 @@ static inline int strmap_same_key(const strmap *m, const strmap_slot *s, const c
   return memcmp(m->arena.data + s->key, key, len) == 0;
 }
 
+/* The key bytes of an occupied slot of m. */
+static inline const char *strmap_slot_key(const strmap *m, const strmap_slot *s) {
+  return s->len <= STRMAP_INLINE_MAX ? (const char *)&s->key : m->arena.data + s->key;
+}
+
 static inline void strmap_prefetch(const strmap *m, uint64_t hash) { __builtin_prefetch(&m->t[(size_t)hash & m->mask]); }
 
 static inline int strmap_add_hashed(strmap *m, const char *key, size_t len, uint64_t h, uint64_t delta,
