@@ -1036,6 +1036,81 @@ static void test_relay_check_contents(void **state) {
   kv_free(p);
 }
 
+/* The by-count merge orders keys as memcmp does, whatever their bytes: it compares their first
+ * 8 bytes as numbers (zero-padded), so keys that hold zero bytes, share 8 bytes, or are
+ * prefixes of each other are the cases. Three files, entries dealt round-robin; the stream must
+ * give the sorted union, and a file out of order is refused. */
+typedef struct cnt_ref { uint64_t c; const char *k; size_t n; } cnt_ref;
+static int cnt_ref_cmp(const void *a, const void *b) {
+  const cnt_ref *x = a, *y = b;
+  if (x->c != y->c) return x->c > y->c ? -1 : 1;
+  int m = memcmp(x->k, y->k, x->n < y->n ? x->n : y->n);
+  return m ? m : (x->n > y->n) - (x->n < y->n);
+}
+static void put_entry(FILE *f, uint64_t c, const char *k, size_t n) {
+  unsigned char h[12];
+  for (int i = 0; i < 8; i++) h[i] = (unsigned char)(c >> (8 * i));
+  for (int i = 0; i < 4; i++) h[8 + i] = (unsigned char)(n >> (8 * i));
+  assert_int_equal(fwrite(h, 1, 12, f), 12);
+  assert_int_equal(fwrite(k, 1, n, f), n);
+}
+static void test_count_stream_order(void **state) {
+  (void)state;
+  static const struct { const char *k; size_t n; } keys[] = {
+      {"a", 1}, {"a\0", 2}, {"a\0\0\0\0\0\0\0", 8}, {"a\0\0\0\0\0\0\0\0", 9}, {"a\0\0\0\0\0\0\0x", 9},
+      {"abcdefgh", 8}, {"abcdefghi", 9}, {"abcdefgha", 9}, {"abcdefgh\xff", 9}, {"abcdefgh\0", 9},
+      {"abcdefghij", 10}, {"abcdefgg\xff\xff", 10}, {"\xff", 1}, {"\xff\xff\xff\xff\xff\xff\xff\xff\xff", 9},
+      {"b", 1}, {"ab", 2}, {"\x01", 1}, {"zz", 2}, {"abcdefgh\xff\x01", 10}, {"abcdefgh\xfe\xff", 10},
+  };
+  size_t nk = sizeof keys / sizeof keys[0], n = 0;
+  cnt_ref all[3 * sizeof keys / sizeof keys[0]];
+  for (uint64_t c = 1; c <= 3; c++)
+    for (size_t i = 0; i < nk; i++) all[n++] = (cnt_ref){c, keys[i].k, keys[i].n};
+  qsort(all, n, sizeof all[0], cnt_ref_cmp);
+  kv_part_cfg pc = {.r = 3, .stage = 2};
+  char tmpl[] = "/tmp/test_kv-XXXXXX";
+  assert_non_null(mkdtemp(tmpl));
+  snprintf(pc.dir, sizeof pc.dir, "%s", tmpl);
+  char path[3][600];
+  FILE *f[3];
+  for (int r = 0; r < 3; r++) {
+    snprintf(path[r], sizeof path[r], "%s/s2-c%d.kv", tmpl, r);
+    assert_non_null(f[r] = fopen(path[r], "wb"));
+    assert_int_equal(fwrite("DBWC", 1, 4, f[r]), 4);
+  }
+  for (size_t i = 0; i < n; i++) put_entry(f[(i * 7 / 3) % 3], all[i].c, all[i].k, all[i].n);
+  for (int r = 0; r < 3; r++) fclose(f[r]);
+  dbx_err err = {0, ""};
+  count_stream *cs = NULL;
+  assert_int_equal(count_stream_open(&pc, &cs, &err), 0);
+  for (size_t i = 0; i < n; i++) {
+    const char *k;
+    size_t kn;
+    uint64_t c;
+    assert_int_equal(count_stream_next(cs, &k, &kn, &c, &err), 1);
+    if (c != all[i].c || kn != all[i].n || memcmp(k, all[i].k, kn)) fail_msg("row %zu is not the sorted one", i);
+  }
+  const char *k;
+  size_t kn;
+  uint64_t c;
+  assert_int_equal(count_stream_next(cs, &k, &kn, &c, &err), 0);
+  count_stream_close(cs);
+  /* "ab" before "a" at the same count: out of order. */
+  assert_non_null(f[0] = fopen(path[0], "wb"));
+  assert_int_equal(fwrite("DBWC", 1, 4, f[0]), 4);
+  put_entry(f[0], 5, "a\0b", 3);
+  put_entry(f[0], 5, "a\0", 2);
+  fclose(f[0]);
+  cs = NULL;
+  int rc = count_stream_open(&pc, &cs, &err);
+  while (!rc && (rc = count_stream_next(cs, &k, &kn, &c, &err)) == 1) rc = 0;
+  assert_int_equal(rc, DBX_ECORRUPT);
+  assert_non_null(strstr(err.msg, "out of order"));
+  count_stream_close(cs);
+  for (int r = 0; r < 3; r++) unlink(path[r]);
+  rmdir(tmpl);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_relay_check_contents),
@@ -1057,6 +1132,7 @@ int main(void) {
       cmocka_unit_test(test_last_values_do_not_pile_up),
       cmocka_unit_test(test_merged_counts_decode),
       cmocka_unit_test(test_random_streams),
+      cmocka_unit_test(test_count_stream_order),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
