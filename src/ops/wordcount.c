@@ -23,20 +23,32 @@ static uint64_t count_lines(const char *p, size_t n) {
  * the cache misses of a large vocabulary overlap instead of queueing (about 2x here). */
 #define PIPE 16
 
-static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap *m, dbx_err *err);
-
 /* The table a map fills, drained (wc_map_draining) or not. */
 typedef struct wc_sink {
   strmap *m;
   size_t max;
   int (*drain)(void *ctx, strmap *m, dbx_err *err);
   void *ctx;
+  size_t peak;     /* the most keys the table held when drained */
 } wc_sink;
 
-/* A range of whole lines into x->m; with a drain, in pieces of about 4 MB cut after a
- * newline, the table drained whenever it holds more than x->max bytes. */
+/* A map task's table is made with room for the keys the last one held in this thread (the
+ * batches of a job are alike): a table of text with many distinct words grew from small in
+ * every task, rehashing its keys at each step and zeroing fresh pages, a seventh of a map. */
+static _Thread_local size_t last_keys;
+
+static int wc_drain(wc_sink *x, dbx_err *err) {
+  if (strmap_count(x->m) > x->peak) x->peak = strmap_count(x->m);
+  return x->drain(x->ctx, x->m, err);
+}
+
+static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, wc_sink *x, dbx_err *err);
+
+/* A range of whole lines into x->m; with a drain, the table is drained when its slots are
+ * full (its limit: x->max) and, in pieces of about 4 MB cut after a newline, when its keys
+ * and ids hold more than x->max / 2 bytes besides (long words). */
 static int wc_sink_range(const wc_cfg *cfg, const char *data, size_t size, wc_sink *x, dbx_err *err) {
-  if (!x->drain) return wc_map_range(cfg, data, size, x->m, err);
+  if (!x->drain) return wc_map_range(cfg, data, size, x, err);
   const char *p = data, *end = data + size;
   while (p < end) {
     const char *cut = end;
@@ -44,8 +56,8 @@ static int wc_sink_range(const wc_cfg *cfg, const char *data, size_t size, wc_si
       const char *nl = memchr(p + (4u << 20), '\n', (size_t)(end - p - (4u << 20)));
       cut = nl ? nl + 1 : end;
     }
-    int rc = wc_map_range(cfg, p, (size_t)(cut - p), x->m, err);
-    if (!rc && strmap_bytes(x->m) > x->max) rc = x->drain(x->ctx, x->m, err);
+    int rc = wc_map_range(cfg, p, (size_t)(cut - p), x, err);
+    if (!rc && strmap_aux_bytes(x->m) > x->max / 2) rc = wc_drain(x, err);
     if (rc) return rc;
     p = cut;
   }
@@ -61,14 +73,19 @@ static int wc_map(const void *cfgv, const void *bcast, const dbx_batch *b, void 
    * batch of e-mail or prose), so the table does not rehash as it fills. */
   if (!strmap_count(partial) && strmap_reserve(partial, b->size / 256))
     return dbx_seterr(err, DBX_ENOMEM, "word count: out of memory");
-  wc_sink x = {partial, 0, NULL, NULL};
+  wc_sink x = {partial, 0, NULL, NULL, 0};
   return wc_map_sink(cfgv, b, &x, st, err);
 }
 
 int wc_map_draining(const wc_cfg *cfg, const dbx_batch *b, strmap *m, size_t max,
                     int (*drain)(void *ctx, strmap *m, dbx_err *err), void *ctx, dbx_stats *st, dbx_err *err) {
-  wc_sink x = {m, max, drain, ctx};
-  return wc_map_sink(cfg, b, &x, st, err);
+  wc_sink x = {m, max, drain, ctx, 0};
+  size_t cap = max != SIZE_MAX ? strmap_limit(m, max) : SIZE_MAX;
+  if (last_keys && strmap_reserve(m, last_keys < cap ? last_keys : cap))
+    return dbx_seterr(err, DBX_ENOMEM, "word count: out of memory");
+  int rc = wc_map_sink(cfg, b, &x, st, err);
+  last_keys = strmap_count(m) > x.peak ? strmap_count(m) : x.peak;
+  return rc;
 }
 
 /* With --max-record, lines longer than the limit are bad records: skipped and counted (the
@@ -105,13 +122,14 @@ static int wc_map_sink(const wc_cfg *cfg, const dbx_batch *b, wc_sink *x, dbx_st
   return wc_sink_range(cfg, run, (size_t)(end - run), x, err);
 }
 
-static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap *m, dbx_err *err) {
+static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, wc_sink *x, dbx_err *err) {
+  strmap *m = x->m;
   tok t;
   dbx_buf pend = {0};      /* lowercased words, which live in the tokenizer's scratch */
   const char *ptr[PIPE];   /* a word in place in data (stable), or NULL: at pend + off */
   size_t off[PIPE], len[PIPE];
   uint64_t hash[PIPE];
-  int k = 0, rc, done = 0;
+  int k = 0, rc, done = 0, drain_rc = 0;
   tok_init(&t, data, size, !cfg->case_sensitive, 1);
   for (;;) {
     const char *w;
@@ -133,14 +151,18 @@ static int wc_map_range(const wc_cfg *cfg, const char *data, size_t size, strmap
     }
     if (rc < 0) break;
     rc = 0;
-    for (int i = 0; i < k && !rc; i++)
+    for (int i = 0; i < k && !rc; i++) {
       rc = strmap_add_hashed(m, ptr[i] ? ptr[i] : pend.data + off[i], len[i], hash[i], 1, NULL);
+      /* Full (a limited table, drained): written out and emptied, keeping its slots. */
+      if (rc == STRMAP_FULL) rc = x->drain ? (drain_rc = wc_drain(x, err)) : 0;
+    }
     k = 0;
     pend.len = 0;
     if (rc || done) break;
   }
   tok_free(&t);
   dbx_buf_free(&pend);
+  if (drain_rc) return drain_rc;  /* err says why (a full spill directory) */
   if (rc < 0) return dbx_seterr(err, rc, "word count: out of memory");
   return 0;
 }

@@ -41,18 +41,14 @@ void strmap_clear(strmap *m) {
   m->arena.len = 0;
 }
 
-int strmap_reset(strmap *m) {
-  strmap_slot *t = calloc(1024, sizeof *t);
-  if (!t) return DBX_ENOMEM;
-  free_table(m->t, m->mask + 1);
-  m->t = t;
-  m->mask = 1023;
-  free(m->order);
-  m->order = NULL;
-  m->n = m->ocap = 0;
-  dbx_buf_free(&m->arena);
-  return 0;
+size_t strmap_limit(strmap *m, size_t bytes) {
+  size_t slots = 1024;
+  while (slots * 2 * sizeof(strmap_slot) <= bytes) slots *= 2;
+  m->limit = slots;
+  return slots / 2 - 1;
 }
+
+size_t strmap_aux_bytes(const strmap *m) { return m->n * sizeof *m->order + m->arena.len; }
 
 /* Tables from 2 MB up are mapped apart, 2 MB aligned and advised into huge pages: the lookups
  * of a large vocabulary touch their pages at random, and a TLB miss costs about as much as
@@ -149,7 +145,12 @@ int strmap_insert_at(strmap *m, size_t j, const char *key, size_t len, uint64_t 
   if (id) *id = (uint32_t)m->n;
   m->n++;
   /* Keep the load factor under 1/2: probes stay short for the skewed key sets of text. */
-  if (m->n * 2 > m->mask) return grow(m);
+  if (m->n * 2 > m->mask) {
+    /* At the limit: full, until 7/8 of the slots hold keys (then it grows anyway, so a caller
+     * that does not empty the map slows down instead of probing a full table for ever). */
+    if (m->limit && m->mask + 1 >= m->limit && m->n * 8 < m->mask * 7) return STRMAP_FULL;
+    return grow(m);
+  }
   return 0;
 }
 

@@ -17,12 +17,19 @@ int strmap_reserve(strmap *m, size_t n);
 void strmap_free(strmap *m);
 /* Remove every key; the memory held stays (for the next keys). */
 void strmap_clear(strmap *m);
-/* Remove every key and give the memory back: the map is as strmap_new made it (its size,
- * strmap_bytes, small again). 0 or DBX_ENOMEM (then the map is unchanged). */
-int strmap_reset(strmap *m);
+/* Keep the slot array within bytes: an insertion that would grow it past that inserts the key
+ * without growing and returns STRMAP_FULL, and every insertion does until the caller empties
+ * the map (strmap_clear, which keeps the array: no rehash and no fresh pages the next time).
+ * Without a limit (the default) the map grows as it needs. */
+#define STRMAP_FULL 1
+/* Returns the most keys the limited map holds without being full. */
+size_t strmap_limit(strmap *m, size_t bytes);
+/* The bytes of keys and ids held besides the slot array (what a limit does not bound). */
+size_t strmap_aux_bytes(const strmap *m);
 
 /* Find key, inserting it with value 0 if absent, then add delta to its value.
- * OUT *id: the key's dense id (ids are 0..count-1 in insertion order). 0 or DBX_ENOMEM. */
+ * OUT *id: the key's dense id (ids are 0..count-1 in insertion order). 0, DBX_ENOMEM, or
+ * STRMAP_FULL (done; see strmap_limit). */
 int strmap_add(strmap *m, const char *key, size_t len, uint64_t delta, uint32_t *id);
 /* The same with the key's hash already computed by strmap_hash(): callers that look up many
  * keys hash them ahead and strmap_prefetch() their slots, so cache misses overlap. */
@@ -92,6 +99,7 @@ typedef struct strmap_slot {
 struct strmap {
   strmap_slot *t;
   size_t mask;
+  size_t limit;    /* the most slots, a power of two (0: no limit) */
   uint32_t *order; /* id -> slot index */
   size_t n, ocap;
   dbx_buf arena;

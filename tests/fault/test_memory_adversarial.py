@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, run  # noqa: E402
+from dbx import DBATCH, TmpTest, reference_wordcount, run  # noqa: E402
 import keyed_ref  # noqa: E402
 
 
@@ -54,6 +54,28 @@ class BoundHolds(TmpTest):
         # generous: the batch itself (17 MB) is in memory, and count alone needs `base`
         self.assertLess(peak, base + 48, "count alone %.0f MB, with distinct:v %.0f MB under --memory 1M" % (base, peak))
 
+
+
+class WordCountTableBound(TmpTest):
+    # Word count's own table, past its share of --memory, is written out as a level and
+    # emptied as soon as its slots are full (strmap_limit), and keeps those slots for the next
+    # level. Were it drained only between pieces of 4 MB of text, a piece of distinct words
+    # would grow it past the bound (to ~32 MB here) first.
+    def test_one_batch_of_distinct_words_stays_within_the_bound(self):
+        rnd = random.Random(5)
+        p = self.path("distinct.txt")
+        with open(p, "w") as f:
+            for _ in range(300000):
+                f.write(" ".join("w%07d" % rnd.randrange(10 ** 7) for _ in range(10)) + "\n")
+        args = ["wordcount", p, "--workers", "0", "--partitions", "2", "--memory", "8M", "--no-job-dir", "-q"]
+        # the same job in batches of 1 MB (tables that never fill): what the rest of the job costs
+        rc, small, base = peak_rss_mb(args + ["--batch-bytes", "1M"])
+        self.assertEqual(rc, 0)
+        rc, out, peak = peak_rss_mb(args + ["--batch-bytes", "64M"])
+        self.assertEqual(rc, 0)
+        self.assertEqual(out, small)
+        self.assertEqual(out, reference_wordcount([p]))
+        self.assertLess(peak, base + 12, "in batches of 1 MB %.0f MB, in one batch of 27 MB %.0f MB" % (base, peak))
 
 class ManyMillionValues(TmpTest):
     """One key with 1.5M and 6M distinct values, one batch, --memory 1M, in-process: what the

@@ -40,33 +40,56 @@ static void test_prefix_keys_differ(void **state) {
   strmap_free(NULL);
 }
 
-/* strmap_reset gives the memory back (a drained word count table must not stay over its
- * budget, or every later piece of the batch makes a level of its own), and the map works on. */
-static void test_reset_gives_memory_back(void **state) {
-  strmap *fresh = strmap_new(), *m = strmap_new();
+/* A limited map holds its keys within its slots: past the limit an insertion is done but
+ * says STRMAP_FULL; strmap_clear empties it keeping the slots (no growth the next time); a
+ * caller that goes on inserting past full gets a grown map, not an endless probe. */
+static void test_limit_fills_then_clears(void **state) {
+  (void)state;
+  strmap *m = strmap_new();
+  size_t cap = strmap_limit(m, 64 * 1024);
+  assert_int_equal(cap, 1023);  /* 2048 slots of 32 bytes, at most half of them used */
   char k[64];
-  for (int i = 0; i < 200000; i++) {
-    int n = snprintf(k, sizeof k, "key-number-%d", i);
+  size_t full_at = 0;
+  for (size_t i = 0; i < 4 * cap && !full_at; i++) {
+    int n = snprintf(k, sizeof k, "key-number-%zu", i);
+    int rc = strmap_add(m, k, (size_t)n, 1, NULL);
+    assert_true(rc == 0 || rc == STRMAP_FULL);
+    if (rc == STRMAP_FULL) full_at = i + 1;
+  }
+  assert_int_equal(full_at, cap + 1);
+  assert_int_equal(strmap_count(m), cap + 1);
+  assert_int_equal(strmap_find(m, "key-number-1023", 15), 1023);  /* the key that filled it is in */
+  size_t held = strmap_bytes(m);
+  strmap_clear(m);
+  assert_int_equal(strmap_count(m), 0);
+  assert_int_equal(strmap_aux_bytes(m), 0);
+  assert_int_equal(strmap_find(m, "key-number-7", 12), -1);
+  for (size_t i = 0; i < cap; i++) {
+    int n = snprintf(k, sizeof k, "other-%zu", i);
     assert_int_equal(strmap_add(m, k, (size_t)n, 1, NULL), 0);
   }
-  assert_true(strmap_bytes(m) > 4 * strmap_bytes(fresh));
-  assert_int_equal(strmap_reset(m), 0);
-  assert_int_equal(strmap_count(m), 0);
-  assert_int_equal(strmap_bytes(m), strmap_bytes(fresh));
-  assert_int_equal(strmap_find(m, "key-number-7", 12), -1);
-  uint32_t id;
-  assert_int_equal(strmap_add(m, "key-number-7", 12, 5, &id), 0);
-  assert_int_equal(id, 0);
-  assert_int_equal(strmap_val(m, 0), 5);
+  assert_int_equal(strmap_bytes(m), held);  /* the same slots, not grown */
+  /* Inserting on regardless: full until 7/8 of the slots are used, then it grows. */
+  int rc = 0;
+  for (size_t i = 0; i < 2 * cap; i++) {
+    int n = snprintf(k, sizeof k, "more-%zu", i);
+    rc = strmap_add(m, k, (size_t)n, 1, NULL);
+    assert_true(rc == 0 || rc == STRMAP_FULL);
+  }
+  assert_int_equal(strmap_count(m), 3 * cap);
+  assert_true(strmap_bytes(m) > held);
+  for (size_t i = 0; i < 2 * cap; i++) {
+    int n = snprintf(k, sizeof k, "more-%zu", i);
+    assert_true(strmap_find(m, k, (size_t)n) >= 0);
+  }
   strmap_free(m);
-  strmap_free(fresh);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_many_keys),
       cmocka_unit_test(test_prefix_keys_differ),
-      cmocka_unit_test(test_reset_gives_memory_back),
+      cmocka_unit_test(test_limit_fills_then_clears),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
