@@ -931,10 +931,14 @@ typedef struct sref {
   uint64_t off;
 } sref;
 
+/* The first 8 bytes of p[0..n) as a big-endian number, zero-padded: such prefixes compare
+ * as the keys do (memcmp, then the shorter first) unless equal. */
 static uint64_t prefix8(const char *p, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < 8; i++) v = (v << 8) | (i < n ? (unsigned char)p[i] : 0);
-  return v;
+  unsigned char b[8] = {0};
+  if (n) memcpy(b, p, n < 8 ? n : 8);
+  uint64_t v;
+  memcpy(&v, b, 8);
+  return __builtin_bswap64(v);
 }
 
 static int cmp_hent(const void *x, const void *y, void *arg) {
@@ -1599,6 +1603,7 @@ int kv_emit_rows(const kv_spec *s, kvpart *p, uint32_t nkeycol, dbx_emit_fn emit
 typedef struct msrc {
   kv_cursor c;
   kv_entry e;
+  uint64_t pfx;      /* prefix8 of e.key: most comparisons of the merge end there */
   uint32_t idx;
   int have;
   const char *dropped_m, *dropped_q;   /* mapped pages released up to here */
@@ -1641,9 +1646,23 @@ static int wout_put(wout *w, const void *p, size_t n, dbx_err *err) {
   return rc;
 }
 
+/* The next entry of a source into a->e (and its prefix); 0 at the end. */
+static int msrc_next(msrc *a) {
+  if (!kv_cursor_next(&a->c, &a->e)) return 0;
+  a->pfx = prefix8(a->e.key, a->e.klen);
+  return 1;
+}
+
+/* Key order of two sources' entries: the prefixes, then the bytes after them. */
+static int msrc_cmp(const msrc *a, const msrc *b) {
+  if (a->pfx != b->pfx) return a->pfx < b->pfx ? -1 : 1;
+  if (a->e.klen <= 8 || b->e.klen <= 8) return a->e.klen < b->e.klen ? -1 : a->e.klen > b->e.klen;
+  return cmp_bytes(a->e.key + 8, a->e.klen - 8, b->e.key + 8, b->e.klen - 8);
+}
+
 /* Heap order: key, then batch index. */
 static int msrc_less(const msrc *a, const msrc *b) {
-  int c = cmp_bytes(a->e.key, a->e.klen, b->e.key, b->e.klen);
+  int c = msrc_cmp(a, b);
   return c ? c < 0 : a->idx < b->idx;
 }
 
@@ -1805,7 +1824,7 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
     v[i].idx = idx[i];
     v[i].dropped_m = v[i].c.m;
     v[i].dropped_q = v[i].c.q;
-    if ((v[i].have = kv_cursor_next(&v[i].c, &v[i].e))) {
+    if ((v[i].have = msrc_next(&v[i]))) {
       h[nh] = &v[i];
       heap_up(h, nh++);
     }
@@ -1828,7 +1847,7 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
     g[k++] = h[0];
     h[0] = h[--nh];
     heap_down(h, nh, 0);
-    while (nh && !cmp_bytes(h[0]->e.key, h[0]->e.klen, g[0]->e.key, g[0]->e.klen)) {
+    while (nh && !msrc_cmp(h[0], g[0])) {
       g[k++] = h[0];
       h[0] = h[--nh];
       heap_down(h, nh, 0);
@@ -1863,7 +1882,7 @@ int kv_merge_to_fd(const kv_spec *s, kvpart **src, const uint32_t *idx, uint32_t
       }
     }
     for (uint32_t j = 0; j < k && !rc; j++) {
-      if ((g[j]->have = kv_cursor_next(&g[j]->c, &g[j]->e))) {
+      if ((g[j]->have = msrc_next(g[j]))) {
         h[nh] = g[j];
         heap_up(h, nh++);
       }
