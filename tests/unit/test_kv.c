@@ -478,6 +478,47 @@ static void test_keys_with_nul_and_empty(void **state) {
   kv_free(b);
 }
 
+/* The streaming merge of reduce tasks, which compares 8-byte prefixes first, gives the bytes of
+ * the in-memory merge when one run's key is another's with zero bytes after it ("a" and "a\0",
+ * 8 bytes and 8 bytes + "\0"): such keys stay apart. */
+static void test_streamed_merge_keeps_zero_suffixes_apart(void **state) {
+  (void)state;
+  kv_spec s = spec_of("count,first");
+  kvpart *a = kv_new(&s), *b = kv_new(&s);
+  dbx_err err = {0, ""};
+  kstr ka[] = {KS("a"), KS("\0"), KS("a\0a"), KS("ab"), KS("abcdefgh"), KS("abcdefgh\0\0")},
+       kb[] = {KS("a\0"), KS("\0\0"), KS("a\0b"), KS("ab\0"), KS("abcdefgh\0"), KS("abcdefg")};
+  for (size_t i = 0; i < 6; i++) assert_int_equal(add1(a, ka[i], "L", 1, &err), 0);
+  for (size_t i = 0; i < 6; i++) assert_int_equal(add1(b, kb[i], "R", 1, &err), 0);
+  a = roundtrip(&s, a);
+  b = roundtrip(&s, b);
+  char dir[] = "/tmp/test_kv-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char mpath[64];
+  snprintf(mpath, sizeof mpath, "%s/merged-XXXXXX", dir);
+  int mfd = mkstemp(mpath);
+  assert_true(mfd >= 0);
+  unlink(mpath);
+  kvpart *src[2] = {a, b};
+  uint32_t idx[2] = {0, 1};
+  assert_int_equal(kv_merge_to_fd(&s, src, idx, 2, 2, 0, 0, mfd, dir, &err), 0);
+  off_t mlen = lseek(mfd, 0, SEEK_END);
+  dbx_buf streamed = {0}, merged = {0};
+  assert_int_equal(dbx_buf_reserve(&streamed, (size_t)mlen + 1), 0);
+  assert_int_equal(pread(mfd, streamed.data, (size_t)mlen, 0), (ssize_t)mlen);
+  streamed.len = (size_t)mlen;
+  close(mfd);
+  rmdir(dir);
+  assert_int_equal(kv_merge(a, b, &err), 0);
+  assert_int_equal(kv_encode(a, &merged, &err), 0);
+  assert_int_equal(streamed.len, merged.len);
+  assert_memory_equal(streamed.data, merged.data, merged.len);
+  dbx_buf_free(&streamed);
+  dbx_buf_free(&merged);
+  kv_free(a);
+  kv_free(b);
+}
+
 static void test_empty_partials(void **state) {
   (void)state;
   kv_spec s = spec_of("count,sum,first,top:2");
@@ -1122,6 +1163,7 @@ int main(void) {
       cmocka_unit_test(test_sum_overflow_at_merge),
       cmocka_unit_test(test_real_sum_overflow),
       cmocka_unit_test(test_keys_with_nul_and_empty),
+      cmocka_unit_test(test_streamed_merge_keeps_zero_suffixes_apart),
       cmocka_unit_test(test_empty_partials),
       cmocka_unit_test(test_add_after_seal),
       cmocka_unit_test(test_huge_values),
