@@ -40,7 +40,8 @@ static int spill_file_name(const char *name) {
   size_t n = strlen(name);
   return !strncmp(name, ".tmp-", 5) || !strcmp(name, "baskets.tsv") || !strcmp(name, "baskets.tsv.new") ||
          (name[0] == 's' && strchr(name, '-') &&
-          ((n > 3 && !strcmp(name + n - 3, ".kv")) || (n > 8 && !strcmp(name + n - 8, ".spilled"))));
+          ((n > 3 && !strcmp(name + n - 3, ".kv")) || (n > 8 && !strcmp(name + n - 8, ".spilled")) ||
+           (n > 5 && !strcmp(name + n - 5, ".rows"))));
 }
 
 /* Remove our files from dir (and, with lock, its .lock). */

@@ -15,6 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ops/ops.h"
+#include "sink/sink.h"
+
 
 int shuffle_check(const kv_part_cfg *pc, dbx_err *err) {
   if (pc->r > SHUFFLE_R_MAX || !memchr(pc->dir, 0, sizeof pc->dir) || (pc->r && pc->dir[0] != '/'))
@@ -722,7 +725,8 @@ void shuffle_remove(const kv_part_cfg *pc, uint32_t nmap) {
 
 typedef struct cpart {
   char *map;
-  size_t len, pos;
+  size_t maplen;      /* bytes mapped (the file) */
+  size_t len, pos;    /* the entries read are [pos, len): the file's, or a task's range */
   size_t dropped;     /* pages before this offset were given back */
   int keep;           /* give nothing back: the bytes are a message's, not a mapped file's */
   const char *key;
@@ -776,7 +780,7 @@ static void cheap_down(count_stream *s, uint32_t i) { heap_down(s->heap, s->nhea
 void count_stream_close(count_stream *s) {
   if (!s) return;
   for (uint32_t i = 0; i < s->n; i++)
-    if (s->v[i].map && s->v[i].len) munmap(s->v[i].map, s->v[i].len);
+    if (s->v[i].map && s->v[i].maplen) munmap(s->v[i].map, s->v[i].maplen);
   free(s->v);
   free(s->heap);
   free(s);
@@ -805,6 +809,11 @@ static int cpart_next(cpart *x, dbx_err *err) {
 }
 
 int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
+  return count_stream_open_range(pc, NULL, NULL, out, err);
+}
+
+int count_stream_open_range(const kv_part_cfg *pc, const uint64_t *from, const uint64_t *to, count_stream **out,
+                            dbx_err *err) {
   count_stream *s = calloc(1, sizeof *s);
   if (!s || !(s->v = calloc(pc->r ? pc->r : 1, sizeof *s->v)) || !(s->heap = calloc(pc->r ? pc->r : 1, sizeof *s->heap))) {
     if (s) free(s->v);
@@ -824,12 +833,12 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
       if (fd >= 0) close(fd);
       break;
     }
-    x->len = (size_t)sb.st_size;
+    x->maplen = x->len = (size_t)sb.st_size;
     x->map = mmap(NULL, x->len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (x->map == MAP_FAILED) {
       x->map = NULL;
-      x->len = 0;
+      x->maplen = x->len = 0;
       rc = dbx_seterr(err, DBX_EIO, "by-count partition %s: %s", path, strerror(errno));
       break;
     }
@@ -838,6 +847,17 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err) {
       break;
     }
     x->pos = 4;
+    if (from) {
+      /* A task's range (count_split): where entries begin, or the end. */
+      if (from[r] < 4 || from[r] > to[r] || to[r] > x->len) {
+        rc = dbx_seterr(err, DBX_ECORRUPT, "by-count partition %s: a range [%llu, %llu) outside its %zu bytes", path,
+                        (unsigned long long)from[r], (unsigned long long)to[r], x->len);
+        break;
+      }
+      x->pos = (size_t)from[r];
+      x->len = (size_t)to[r];
+      x->dropped = x->pos & ~(size_t)4095;
+    }
     rc = cpart_next(x, err);
     if (!rc && x->have) s->heap[s->nheap++] = r;
   }
@@ -861,6 +881,167 @@ int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t 
   cheap_down(s, 0);
   return 1;
 }
+
+/* ---- the by-count rows formatted on the workers ---- */
+
+/* Does entry x come out before boundary b (an entry, or the end when !b->have)? */
+static int cpart_entry_before(const cpart *x, const cpart *b) {
+  if (!b->have) return 1;
+  if (x->count != b->count) return x->count > b->count;
+  return key_cmp(x->pfx, x->key, x->klen, b->pfx, b->key, b->klen) < 0;
+}
+
+static size_t cpart_at(const cpart *x) { return x->have ? (size_t)(x->key - x->map) - 12 : x->len; }
+
+int count_split(const kv_part_cfg *pc, uint32_t ntasks, uint64_t *off, uint64_t *rows, dbx_err *err) {
+  uint32_t R = pc->r, nb = ntasks - 1;
+  count_stream *b = NULL, *s = NULL;
+  cpart *bd = calloc(nb ? nb : 1, sizeof *bd);
+  if (!bd) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  int rc = count_stream_open(pc, &b, err);
+  if (!rc) rc = count_stream_open(pc, &s, err);
+  /* The boundaries: the entries of partition 0 at even steps of its bytes. Partitions are cut
+   * by a hash of the key, so each holds a like share of every part of the global order. (Their
+   * keys stay readable: a page given back is read again from the file.) */
+  cpart *x = rc ? NULL : &b->v[0];
+  for (uint32_t t = 0; t < nb && !rc; t++) {
+    size_t want = 4 + (x->len - 4) / ntasks * (t + 1);
+    while (!rc && x->have && cpart_at(x) < want) rc = cpart_next(x, err);
+    bd[t] = *x;
+  }
+  /* Every partition cut at them in one walk: task t + 1 starts at the first entry that does not
+   * come before boundary t. */
+  uint64_t total = 0;
+  for (uint32_t r = 0; r < R && !rc; r++) {
+    cpart *y = &s->v[r];
+    off[r] = 4;
+    uint32_t t = 0;
+    for (;;) {
+      while (t < nb && !(y->have && cpart_entry_before(y, &bd[t]))) off[(size_t)(++t) * R + r] = cpart_at(y);
+      if (!y->have) break;
+      total++;
+      if ((rc = cpart_next(y, err))) break;
+    }
+    off[(size_t)ntasks * R + r] = y->len;
+  }
+  count_stream_close(b);
+  count_stream_close(s);
+  free(bd);
+  if (!rc) *rows = total;
+  return rc;
+}
+
+void count_out_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t t) {
+  snprintf(out, cap, "%s/s%u-o%u.rows", pdir(pc), pc->stage, t);
+}
+
+/* The broadcast of the output stage: "DBCS", u32 tasks, u32 partitions, then count_split's
+ * (tasks + 1) x partitions offsets, all little-endian. */
+int count_split_encode(const kv_part_cfg *pc, uint32_t ntasks, const uint64_t *off, dbx_buf *out) {
+  char h[12];
+  memcpy(h, "DBCS", 4);
+  for (int i = 0; i < 4; i++) h[4 + i] = (char)(ntasks >> (8 * i)), h[8 + i] = (char)(pc->r >> (8 * i));
+  int rc = dbx_buf_append(out, h, sizeof h);
+  for (size_t i = 0; !rc && i < (size_t)(ntasks + 1) * pc->r; i++) {
+    char v[8];
+    put_u64(v, off[i]);
+    rc = dbx_buf_append(out, v, 8);
+  }
+  return rc;
+}
+
+static int co_check(const count_out_cfg *c, dbx_err *err) {
+  int rc = shuffle_check(&c->pc, err);
+  if (!rc && (!c->pc.r || !c->ntasks || c->ntasks > COUNT_OUT_MAX || c->fmt < 0 || c->fmt > 2))
+    rc = dbx_seterr(err, DBX_EPROTO, "malformed output configuration");
+  return rc;
+}
+
+static void *co_new(const void *cfg) {
+  (void)cfg;
+  return calloc(1, 1);  /* the rows go to a file; the partial is nothing */
+}
+static void co_free(void *p) { free(p); }
+static int co_merge(const void *cfg, void *l, const void *r, dbx_err *err) {
+  (void)cfg; (void)l; (void)r; (void)err;
+  return 0;
+}
+static int co_encode(const void *cfg, const void *p, dbx_buf *out, dbx_err *err) {
+  (void)cfg; (void)p; (void)out; (void)err;
+  return 0;
+}
+static int co_decode(const void *cfg, const char *p, size_t n, void **out, dbx_err *err) {
+  (void)cfg; (void)p;
+  if (n) return dbx_seterr(err, DBX_ECORRUPT, "an output task's partial holds %zu bytes, not none", n);
+  return (*out = calloc(1, 1)) ? 0 : DBX_ENOMEM;
+}
+static int co_finish(const void *cfg, const void *bc, void *p, dbx_emit_fn emit, void *ctx, dbx_buf *bcast, dbx_err *err) {
+  (void)cfg; (void)bc; (void)p; (void)emit; (void)ctx; (void)bcast; (void)err;
+  return 0;  /* the coordinator copies the tasks' files into the output */
+}
+
+static int co_bcast_load(const void *cfgp, const char *p, size_t n, void **out, dbx_err *err) {
+  const count_out_cfg *c = cfgp;
+  int rc = co_check(c, err);
+  if (rc) return rc;
+  size_t k = (size_t)(c->ntasks + 1) * c->pc.r;
+  uint32_t t = 0, r = 0;
+  for (int i = 3; n >= 12 && i >= 0; i--) t = t << 8 | (unsigned char)p[4 + i], r = r << 8 | (unsigned char)p[8 + i];
+  if (n < 12 || memcmp(p, "DBCS", 4) || t != c->ntasks || r != c->pc.r || (n - 12) / 8 != k || (n - 12) % 8)
+    return dbx_seterr(err, DBX_ECORRUPT, "malformed output ranges");
+  uint64_t *off = malloc(k * sizeof *off);
+  if (!off) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  for (size_t i = 0; i < k; i++) off[i] = get_u64(p + 12 + 8 * i);
+  *out = off;
+  return 0;
+}
+
+/* Output task t: the rows of its range of every partition, merged and formatted as the sink
+ * would, into DIR/s<stage>-o<t>.rows (atomically: a retry writes the same bytes). */
+static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void *partial, dbx_stats *st, dbx_err *err) {
+  (void)partial; (void)st;
+  const count_out_cfg *c = cfgp;
+  const uint64_t *off = bcast;
+  int rc = co_check(c, err);
+  if (rc) return rc;
+  uint32_t t = b->index, R = c->pc.r;
+  if (!off || t >= c->ntasks) return dbx_seterr(err, DBX_EPROTO, "output task %u of %u", t, c->ntasks);
+  count_stream *cs = NULL;
+  char tmp[SHUFFLE_DIR_MAX + 128], path[SHUFFLE_DIR_MAX + 64];
+  int fd = -1;
+  dbx_buf out = {0};
+  rc = count_stream_open_range(&c->pc, off + (size_t)t * R, off + (size_t)(t + 1) * R, &cs, err);
+  if (!rc) rc = open_tmp(&c->pc, tmp, sizeof tmp, &fd, err);
+  while (!rc) {
+    dbx_value row[2];
+    memset(row, 0, sizeof row);
+    uint64_t n;
+    int r = count_stream_next(cs, &row[0].s, &row[0].n, &n, err);
+    if (r <= 0) {
+      rc = r;
+      break;
+    }
+    row[1].i = (int64_t)n;
+    if (sink_format_row(c->fmt, op_wordcount.schema, row, &out)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (!rc && out.len >= (1u << 20)) {
+      rc = put_all(&c->pc, fd, out.data, out.len, err);
+      out.len = 0;
+    }
+  }
+  if (!rc && out.len) rc = put_all(&c->pc, fd, out.data, out.len, err);
+  count_stream_close(cs);
+  dbx_buf_free(&out);
+  if (fd >= 0) {
+    count_out_path(path, sizeof path, &c->pc, t);
+    rc = commit_tmp(&c->pc, fd, tmp, path, rc, err);
+  }
+  return rc;
+}
+
+const dbx_op op_count_output = {
+    "count-output", co_new, co_free, co_map, co_merge, co_encode, co_decode, co_finish,
+    co_bcast_load, free, NULL, sizeof(count_out_cfg), NULL,
+};
 
 int shuffle_check_reduced(const kv_part_cfg *pc, int by_count, dbx_err *err) {
   char path[SHUFFLE_DIR_MAX + 64];

@@ -92,6 +92,28 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err);
 int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err);
 void count_stream_close(count_stream *s);
 
+/* The by-count rows formatted on the workers (word count into a file): T output tasks, task t
+ * taking the rows between boundary entries t - 1 and t of the global order from every
+ * partition, merged and formatted as the sink would (sink_format_row) into
+ * DIR/s<stage>-o<t>.rows; the coordinator then copies the files into the sink in task order.
+ * count_split walks the by-count files (headers; keys only at the cuts) and fills
+ * off[(T + 1) x R]: off[t * R + r] = where task t starts in partition r (t = T: the ends);
+ * *rows = the entries of all. */
+#define COUNT_OUT_MAX 256
+typedef struct count_out_cfg {
+  kv_part_cfg pc;
+  uint32_t ntasks;
+  int32_t fmt;          /* sink_row_format */
+} count_out_cfg;
+extern const dbx_op op_count_output;
+int count_split(const kv_part_cfg *pc, uint32_t ntasks, uint64_t *off, uint64_t *rows, dbx_err *err);
+/* The broadcast the output tasks get: the offsets, checked by the operator's bcast_load. */
+int count_split_encode(const kv_part_cfg *pc, uint32_t ntasks, const uint64_t *off, dbx_buf *out);
+void count_out_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t t);
+/* The entries of [from[r], to[r]) of each partition r (offsets of count_split), merged. */
+int count_stream_open_range(const kv_part_cfg *pc, const uint64_t *from, const uint64_t *to, count_stream **out,
+                            dbx_err *err);
+
 /* 0 when every reduce task's files are there (with by_count, its by-count file too), else
  * DBX_ELOST naming the first one missing: a stage whose reduce tasks are all in the journal
  * may have lost them since (a spill directory cleared, a resume on another machine). */

@@ -25,6 +25,7 @@ static const op_entry builtin[] = {
     {&op_pairs, NULL, 0},
     {&op_shuffle_reduce, NULL, 0},
     {&op_wordcount_part, NULL, 0},
+    {&op_count_output, NULL, 0},
 };
 
 /* Built-ins only: operators of C plugins are found in their library (ops/plugin.c), which

@@ -223,6 +223,15 @@ int sink_row(sink *s, const dbx_value *row, dbx_err *err) {
 
 int sink_emit(void *ctx, const dbx_value *row, dbx_err *err) { return sink_row(ctx, row, err); }
 
+int sink_row_format(const sink *s) { return s->put_rows ? s->fmt : -1; }
+
+int sink_put_rows(sink *s, const char *p, size_t n, uint64_t rows, dbx_err *err) {
+  if (!s->put_rows) return dbx_seterr(err, DBX_EINVAL, "internal error: this output takes rows one by one");
+  int rc = n ? s->put_rows(s, p, n, err) : 0;
+  if (!rc) s->rows += rows;
+  return rc;
+}
+
 typedef struct cb_sink {
   sink base;
   dbx_emit_fn fn;

@@ -70,6 +70,14 @@ int sink_callback_open(dbx_emit_fn fn, void *ctx, const dbx_schema *schema, sink
 void sink_abort(sink *s);
 /* Rows written so far. */
 uint64_t sink_rows(const sink *s);
+/* Rows formatted away from the sink (by workers), as its own row() would: the format to give
+ * sink_format_row, or -1 when the sink takes only rows (a database). */
+int sink_row_format(const sink *s);
+/* Append row (in schema) to b as a line of format fmt (0 TSV, 1 CSV, 2 JSONL): the bytes a
+ * file sink writes for it. 0 or DBX_ENOMEM (b unchanged). */
+int sink_format_row(int fmt, const dbx_schema *schema, const dbx_value *row, dbx_buf *b);
+/* Write n bytes of rows formatted by sink_format_row(sink_row_format(s), ...), counted as rows. */
+int sink_put_rows(sink *s, const char *p, size_t n, uint64_t rows, dbx_err *err);
 /* Check a destination before any work is done (bad format, bad table name). */
 int sink_check(const sink_opts *o, dbx_err *err);
 #endif

@@ -81,40 +81,53 @@ static int put_line(file_sink *s, dbx_err *err) {
                     strerror(e));
 }
 
-static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
-  file_sink *s = (file_sink *)sb;
-  const dbx_schema *sc = sb->schema;
-  dbx_buf *b = &s->line;
+int sink_format_row(int fmt, const dbx_schema *sc, const dbx_value *row, dbx_buf *b) {
   int rc = 0;
   size_t start = b->len;
-  if (s->fmt == 2) rc = put(b, "{", 1);
+  if (fmt == 2) rc = put(b, "{", 1);
   for (uint32_t c = 0; c < sc->ncol && !rc; c++) {
-    if (s->fmt == 2) rc = json_key(b, sc->names[c], c == 0);
-    else if (c) rc = put(b, s->fmt == 0 ? "\t" : ",", 1);
+    if (fmt == 2) rc = json_key(b, sc->names[c], c == 0);
+    else if (c) rc = put(b, fmt == 0 ? "\t" : ",", 1);
     if (rc) break;
     const dbx_value *v = &row[c];
     switch (sc->types[c]) {
     case DBX_COL_TEXT:
       /* No value: an empty field, null in JSON. */
-      if (!v->s) rc = s->fmt == 2 ? put(b, "null", 4) : 0;
-      else rc = s->fmt == 0 ? put_tsv_text(b, v->s, v->n)
-              : s->fmt == 1 ? put_csv_text(b, v->s, v->n) : json_str(b, v->s, v->n);
+      if (!v->s) rc = fmt == 2 ? put(b, "null", 4) : 0;
+      else rc = fmt == 0 ? put_tsv_text(b, v->s, v->n) : fmt == 1 ? put_csv_text(b, v->s, v->n) : json_str(b, v->s, v->n);
       break;
     case DBX_COL_INT: rc = json_int(b, v->i); break;
     case DBX_COL_REAL: rc = put_real(b, v->d); break;
     case DBX_COL_NUM:
       rc = v->n == DBX_NUM_INT ? json_int(b, v->i) : v->n == DBX_NUM_REAL ? json_repr(b, v->d)
-         : s->fmt == 2 ? put(b, "null", 4) : 0;
+         : fmt == 2 ? put(b, "null", 4) : 0;
       break;
     }
   }
-  if (!rc && s->fmt == 2) rc = put(b, "}", 1);
+  if (!rc && fmt == 2) rc = put(b, "}", 1);
   if (!rc) rc = put(b, "\n", 1);
-  if (rc) {
-    b->len = start;
-    return dbx_seterr(err, rc, "out of memory formatting a row");
+  if (rc) b->len = start;
+  return rc;
+}
+
+static int file_row(sink *sb, const dbx_value *row, dbx_err *err) {
+  file_sink *s = (file_sink *)sb;
+  if (sink_format_row(s->fmt, sb->schema, row, &s->line)) return dbx_seterr(err, DBX_ENOMEM, "out of memory formatting a row");
+  return s->line.len >= LINE_FLUSH ? put_line(s, err) : 0;
+}
+
+/* Rows formatted elsewhere (sink_format_row with this sink's format), n bytes of them. */
+static int file_put_rows(sink *sb, const char *p, size_t n, dbx_err *err) {
+  file_sink *s = (file_sink *)sb;
+  if (s->line.len) {
+    int rc = put_line(s, err);
+    if (rc) return rc;
   }
-  return b->len >= LINE_FLUSH ? put_line(s, err) : 0;
+  errno = 0;
+  if (fwrite_unlocked(p, 1, n, s->f.fp) == n) return 0;
+  int e = errno ? errno : EIO;
+  return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "%s: write failed: %s; no output was written", s->f.path,
+                    strerror(e));
 }
 
 static void file_free(file_sink *s) {
@@ -159,6 +172,8 @@ int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, cons
   int rc = afile_open_ex(&s->f, o->dest, flags, err);
   if (rc) { free(s); return rc; }
   s->base.row = file_row;
+  s->base.put_rows = file_put_rows;
+  s->base.fmt = s->fmt;
   s->base.prepare = file_prepare;
   s->base.commit = file_commit;
   s->base.abort = file_abort;

@@ -12,6 +12,9 @@ struct sink {
   afile *file;  /* the file under a file sink (for sink_append_token), else NULL */
   const dbx_schema *schema;
   uint64_t rows;
+  /* Optional (file sinks): n bytes of rows formatted by sink_format_row in format fmt. */
+  int (*put_rows)(sink *s, const char *p, size_t n, dbx_err *err);
+  int fmt;
 };
 
 int sink_file_open(const sink_opts *o, const char *format, unsigned zflags, const dbx_schema *schema,

@@ -547,6 +547,110 @@ class OrphanedPrivateSpillDirs(TmpTest):
         self.assertEqual(os.listdir(parent), [])
 
 
+
+class ParallelOutput(TmpTest):
+    """A partitioned word count of at least 100,000 distinct words into a file: output tasks on
+    the workers format ranges of the global order (count descending, then word), and the
+    coordinator copies their files in order. The bytes are those of the merge on the
+    coordinator, in every format; a worker or the coordinator killed in that stage changes
+    nothing."""
+
+    def setUp(self):
+        super().setUp()
+        self.procs = []
+        rnd = random.Random(29)
+        pool = ["w%06d" % i for i in range(170000)] + ["Ünï", "日本", "ÉTÉ", "été", "a_b"]
+        words = [rnd.choice(pool) for _ in range(330000)] + pool[::7]
+        rnd.shuffle(words)
+        self.input = self.write("words.txt", "\n".join(" ".join(words[i:i + 11]) for i in range(0, len(words), 11)))
+        self.want = reference_wordcount([self.input])
+        self.assertGreater(self.want.count(b"\n"), 100000)
+
+    def tearDown(self):
+        for p in self.procs:
+            stop(p)
+        super().tearDown()
+
+    def job(self, out, *more, **kw):
+        return run("wordcount", self.input, "--batch-bytes", "256K", "-o", out, "-q", *more, **kw)
+
+    def stages(self, summary):
+        return [x["name"] for x in json.loads(slurp(summary, True))["stages"]]
+
+    def test_every_format_is_the_merge_here(self):
+        for ext in ("tsv", "csv", "jsonl", "tsv.gz", "csv.zst"):
+            here, there, s = self.path("here." + ext), self.path("there." + ext), self.path("s.json")
+            self.job(here, "--workers", "2", "--partitions", "0", "--no-job-dir")
+            self.job(there, "--workers", "2", "--partitions", "5", "--no-job-dir", "--summary-json", s)
+            self.assertEqual(self.stages(s), ["wordcount", "reduce", "output"], ext)
+            self.assertEqual(json.loads(slurp(s, True))["rows_out"], self.want.count(b"\n"), ext)
+            self.assertEqual(slurp(there), slurp(here), ext)
+        self.assertEqual(slurp(self.path("there.tsv")), self.want)
+        # --append, the header kept: the rows follow it once
+        there = self.path("there.csv")
+        self.job(there, "--workers", "2", "--no-job-dir", "--append")
+        lines = slurp(there).splitlines(True)
+        self.assertEqual(lines[0], b"word,count\n")
+        self.assertEqual(b"".join(lines[1:]), 2 * b"".join(slurp(self.path("here.csv")).splitlines(True)[1:]))
+
+    def test_standard_output_and_top_and_one_worker(self):
+        got = run("wordcount", self.input, "--batch-bytes", "256K", "--workers", "1", "--no-job-dir", "-q").stdout
+        self.assertEqual(got, self.want)
+        top = run("wordcount", self.input, "--batch-bytes", "256K", "--workers", "2", "--top", "150000",
+                  "--no-job-dir", "-q").stdout
+        self.assertEqual(top, b"".join(self.want.splitlines(True)[:150000]))
+
+    def rows_files(self, spill):
+        return in_spill(spill, "s0-o*.rows")
+
+    def test_kill_9_of_a_worker_during_the_output_stage(self):
+        spill, out, s = self.path("spill"), self.path("out.tsv"), self.path("s.json")
+        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--workers", "2", "--spill-dir", spill,
+                      "--max-attempts", "10", "-o", out, "--summary-json", s, "-q",
+                      env=fault_env("delay_ms=400"))
+        self.procs.append(coord)
+        wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
+        self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
+        self.assertLess(len(self.rows_files(spill)), 4)
+        os.kill(children(coord.pid)[0], signal.SIGKILL)
+        _, err = coord.communicate(timeout=180)
+        self.assertEqual(coord.returncode, 0, err.decode(errors="replace"))
+        self.assertEqual(slurp(out), self.want)
+        j = json.loads(slurp(s, True))
+        self.assertTrue([f for f in j["failures"] if f["stage"] == "output"], j["failures"])
+        self.assertEqual(spill_files(spill), [])
+
+    def resume_killed_in_the_output_stage(self, lose_rows):
+        jd, out = self.path("job"), self.path("out.tsv")
+        spill = os.path.join(jd, "spill")
+        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--workers", "2", "--job-dir", jd, "-o", out,
+                      "-q", env=fault_env("delay_ms=400"))
+        self.procs.append(coord)
+        wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
+        self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
+        kids = children(coord.pid)
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(timeout=30)
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.assertFalse(os.path.exists(out))
+        if lose_rows:  # a task journaled as done whose file is gone: the rows are merged here
+            for f in self.rows_files(spill):
+                os.unlink(f)
+        r = run("resume", jd, timeout=180)
+        self.assertEqual(slurp(out), self.want, r.stderr.decode(errors="replace"))
+        self.assertEqual(spill_files(spill), [])
+
+    def test_resume_of_a_coordinator_killed_during_the_output_stage(self):
+        self.resume_killed_in_the_output_stage(False)
+
+    def test_resume_when_the_output_tasks_files_are_gone(self):
+        self.resume_killed_in_the_output_stage(True)
+
+
 class Usage(TmpTest):
     """5. Options refused, and what --listen does by default."""
 
