@@ -47,8 +47,9 @@ static int wc_rows_parallel(const wc_rows_ctx *x, sink *out, dbx_err *err) {
   int fmt = sink_row_format(out);
   if (x->top || fmt < 0 || x->o->co.workers <= 0 || x->o->co.listen || !x->co) return 0;
   const kv_part_cfg *pc = x->pc;
-  uint32_t T = (uint32_t)x->o->co.workers * 2;
-  if (T > COUNT_OUT_MAX) T = COUNT_OUT_MAX;
+  /* As many ranges as partitions: a number of the job's plan, not of this machine, so a
+   * journaled job resumes with the same output tasks wherever it runs. */
+  uint32_t T = pc->r < COUNT_OUT_MAX ? pc->r : COUNT_OUT_MAX;
   uint64_t rows = 0, *off = calloc((size_t)(T + 1) * pc->r, sizeof *off);
   if (!off) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
   int rc = count_split(pc, T, off, &rows, err);

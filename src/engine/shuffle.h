@@ -92,7 +92,8 @@ int count_stream_open(const kv_part_cfg *pc, count_stream **out, dbx_err *err);
 int count_stream_next(count_stream *s, const char **key, size_t *klen, uint64_t *count, dbx_err *err);
 void count_stream_close(count_stream *s);
 
-/* The by-count rows formatted on the workers (word count into a file): T output tasks, task t
+/* The by-count rows formatted on the workers (word count into a file): T output tasks (T = R
+ * up to COUNT_OUT_MAX), task t
  * taking the rows between boundary entries t - 1 and t of the global order from every
  * partition, merged and formatted as the sink would (sink_format_row) into
  * DIR/s<stage>-o<t>.rows; the coordinator then copies the files into the sink in task order.

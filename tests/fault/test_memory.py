@@ -64,7 +64,9 @@ class SpillEqualsNoSpill(TmpTest):
         # --memory alone partitions word count (its default is the in-memory merge)
         got, s = self.summary("wordcount", p, "--batch-bytes", "1M", "--workers", "2", "--memory", "1M")
         self.assertEqual(got, want)
-        self.assertEqual([x["name"] for x in s["stages"]], ["wordcount", "reduce"])
+        # (and, from 100,000 distinct words into a file, its rows are formatted by output tasks)
+        stages = ["wordcount", "reduce"] + (["output"] if want.count(b"\n") >= 100000 else [])
+        self.assertEqual([x["name"] for x in s["stages"]], stages)
         top = run("wordcount", p, "--batch-bytes", "1M", "--workers", "2", "--memory", "1M", "--top", "7",
                   "--no-job-dir", "-q").stdout
         self.assertEqual(top, b"".join(want.splitlines(True)[:7]))
