@@ -84,27 +84,41 @@ static int wc_rows_parallel(const wc_rows_ctx *x, sink *out, dbx_err *err) {
    * spill directory) or short is merged here instead, from the by-count files. */
   char path[SHUFFLE_DIR_MAX + 64];
   int fds[COUNT_OUT_MAX];
-  uint32_t opened = 0;
+  uint64_t fbytes[COUNT_OUT_MAX], frows = 0;
+  uint32_t opened = 0, ran = !rc;
   for (; !rc && opened < T; opened++) {
     count_out_path(path, sizeof path, pc, opened);
     if ((fds[opened] = open(path, O_RDONLY | O_CLOEXEC)) < 0) break;
+    uint64_t fr;
+    if (count_out_check(fds[opened], &fr, &fbytes[opened])) {
+      opened++;  /* closed and removed below */
+      break;
+    }
+    frows += fr;
   }
-  int whole = !rc && opened == T;
+  /* Every file whole, and together every row: else the merge here. */
+  int whole = !rc && opened == T && frows == rows;
   char *buf = whole ? malloc(1u << 20) : NULL;
   if (whole && !buf) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   for (uint32_t t = 0; whole && !rc && t < T; t++) {
-    for (;;) {
-      ssize_t n = read(fds[t], buf, 1u << 20);
+    for (uint64_t left = fbytes[t]; left && !rc;) {
+      ssize_t n = read(fds[t], buf, left < (1u << 20) ? (size_t)left : (1u << 20));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) rc = dbx_seterr(err, DBX_EIO, "output task %u's rows: %s", t, strerror(errno));
-      if (n <= 0) break;
-      if ((rc = sink_put_rows(out, buf, (size_t)n, 0, err))) break;
+      if (n <= 0) {
+        rc = dbx_seterr(err, DBX_EIO, "output task %u's rows: %s", t, n < 0 ? strerror(errno) : "the file was cut short");
+        break;
+      }
+      left -= (uint64_t)n;
+      rc = sink_put_rows(out, buf, (size_t)n, 0, err);
     }
   }
   if (whole && !rc) rc = sink_put_rows(out, NULL, 0, rows, err);
   free(buf);
-  for (uint32_t t = 0; t < opened; t++) {
+  for (uint32_t t = 0; t < opened; t++)
     if (fds[t] >= 0) close(fds[t]);
+  /* The stage's files, also those after one missing or cut short (the merge here replaces
+   * them all). */
+  for (uint32_t t = 0; t < (ran ? T : opened); t++) {
     count_out_path(path, sizeof path, pc, t);
     unlink(path);
   }

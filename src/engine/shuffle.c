@@ -1010,6 +1010,7 @@ static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
   char tmp[SHUFFLE_DIR_MAX + 128], path[SHUFFLE_DIR_MAX + 64];
   int fd = -1;
   dbx_buf out = {0};
+  uint64_t nrows = 0, nbytes = 0;
   rc = count_stream_open_range(&c->pc, off + (size_t)t * R, off + (size_t)(t + 1) * R, &cs, err);
   if (!rc) rc = open_tmp(&c->pc, tmp, sizeof tmp, &fd, err);
   while (!rc) {
@@ -1023,12 +1024,23 @@ static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     }
     row[1].i = (int64_t)n;
     if (sink_format_row(c->fmt, op_wordcount.schema, row, &out)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    nrows++;
     if (!rc && out.len >= (1u << 20)) {
       rc = put_all(&c->pc, fd, out.data, out.len, err);
+      nbytes += out.len;
       out.len = 0;
     }
   }
   if (!rc && out.len) rc = put_all(&c->pc, fd, out.data, out.len, err);
+  nbytes += out.len;
+  if (!rc) {
+    /* The trailer: a file cut short (or damaged) is told from a whole one. */
+    char tr[COUNT_OUT_TRAILER];
+    memcpy(tr, "DBXROWS1", 8);
+    put_u64(tr + 8, nrows);
+    put_u64(tr + 16, nbytes);
+    rc = put_all(&c->pc, fd, tr, sizeof tr, err);
+  }
   count_stream_close(cs);
   dbx_buf_free(&out);
   if (fd >= 0) {
@@ -1036,6 +1048,17 @@ static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     rc = commit_tmp(&c->pc, fd, tmp, path, rc, err);
   }
   return rc;
+}
+
+int count_out_check(int fd, uint64_t *rows, uint64_t *bytes) {
+  struct stat sb;
+  char tr[COUNT_OUT_TRAILER];
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < COUNT_OUT_TRAILER) return -1;
+  off_t at = sb.st_size - COUNT_OUT_TRAILER;
+  if (pread(fd, tr, sizeof tr, at) != (ssize_t)sizeof tr || memcmp(tr, "DBXROWS1", 8)) return -1;
+  *rows = get_u64(tr + 8);
+  *bytes = get_u64(tr + 16);
+  return *bytes == (uint64_t)at ? 0 : -1;
 }
 
 const dbx_op op_count_output = {

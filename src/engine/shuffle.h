@@ -111,6 +111,10 @@ int count_split(const kv_part_cfg *pc, uint32_t ntasks, uint64_t *off, uint64_t 
 /* The broadcast the output tasks get: the offsets, checked by the operator's bcast_load. */
 int count_split_encode(const kv_part_cfg *pc, uint32_t ntasks, const uint64_t *off, dbx_buf *out);
 void count_out_path(char *out, size_t cap, const kv_part_cfg *pc, uint32_t t);
+/* A task's file ends in a trailer: "DBXROWS1", u64 rows, u64 bytes of rows before it. 0 with
+ * them when the file at fd is whole, else -1 (cut short, damaged: not to be copied). */
+#define COUNT_OUT_TRAILER 24
+int count_out_check(int fd, uint64_t *rows, uint64_t *bytes);
 /* The entries of [from[r], to[r]) of each partition r (offsets of count_split), merged. */
 int count_stream_open_range(const kv_part_cfg *pc, const uint64_t *from, const uint64_t *to, count_stream **out,
                             dbx_err *err);

@@ -548,6 +548,14 @@ class OrphanedPrivateSpillDirs(TmpTest):
 
 
 
+def _unshare_mount_works():
+    try:
+        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 class ParallelOutput(TmpTest):
     """A partitioned word count of at least 100,000 distinct words into a file: output tasks on
     the workers format ranges of the global order (count descending, then word), and the
@@ -652,6 +660,55 @@ class ParallelOutput(TmpTest):
 
     def test_resume_when_the_output_tasks_files_are_gone(self):
         self.resume_killed_in_the_output_stage(True)
+
+    def test_a_rows_file_cut_short_is_merged_here(self):
+        # Was a bug: the coordinator copied whatever an output task's file held, so a file cut
+        # short (here by hand, while the other tasks ran) lost its rows: exit 0, rows_out the
+        # full count, the output short. A file now ends in a trailer (its rows and bytes); one
+        # that does not check out is merged on the coordinator like a missing one.
+        spill, out, s = self.path("spill"), self.path("out.tsv"), self.path("s.json")
+        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--workers", "2", "--spill-dir", spill,
+                      "-o", out, "--summary-json", s, "-q", env=fault_env("delay_ms=400"))
+        self.procs.append(coord)
+        wait_until(lambda: in_spill(spill, "s0-o0.rows") or coord.poll() is not None, "the output stage", timeout=180)
+        self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
+        f = in_spill(spill, "s0-o0.rows")[0]
+        os.truncate(f, os.path.getsize(f) // 2)
+        _, err = coord.communicate(timeout=180)
+        self.assertEqual(coord.returncode, 0, err.decode(errors="replace"))
+        self.assertEqual(slurp(out), self.want)
+        self.assertEqual(json.loads(slurp(s, True))["rows_out"], self.want.count(b"\n"))
+        self.assertEqual(spill_files(spill), [])
+
+    @unittest.skipUnless(_unshare_mount_works(), "needs unshare -m and mount (root)")
+    def test_resume_on_a_machine_with_other_cores(self):
+        # Was a bug: the output stage's task count was 2 x workers, recorded in the journal's
+        # plan, and the default --workers is the machine's cores: a job resumed where the
+        # cores differ (here /sys/devices/system/cpu/online bound over in a mount namespace)
+        # was refused ("the journal's plan cannot be reproduced; run the job afresh"), where
+        # every other stage resumes anywhere. Output tasks are now one per partition, a number of the
+        # plan.
+        jd, out = self.path("job"), self.path("out.tsv")
+        spill = os.path.join(jd, "spill")
+        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--job-dir", jd, "-o", out, "-q",
+                      env=fault_env("delay_ms=400"))
+        self.procs.append(coord)
+        wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
+        self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
+        kids = children(coord.pid)
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(timeout=30)
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cores = self.write("online", "0-1\n" if os.cpu_count() == 1 else "0\n")
+        r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /sys/devices/system/cpu/online && '
+                            'exec "$2" resume "$3"', "sh", cores, DBATCH, jd], capture_output=True, timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        self.assertEqual(slurp(out), self.want)
+        self.assertEqual(spill_files(spill), [])
 
 
 class Usage(TmpTest):
@@ -821,14 +878,6 @@ class WorkersWithTheSamePid(TmpTest):
                 self.assertEqual(coord.returncode, 0, err)
                 self.assertEqual(out, want)
                 self.assertEqual(os.listdir(spill), [])
-
-
-def _unshare_mount_works():
-    try:
-        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 @unittest.skipUnless(_unshare_mount_works(), "needs unshare -m and mount (root)")
