@@ -76,20 +76,24 @@ static int open_tmp(const kv_part_cfg *pc, char *tmp, size_t cap, int *fd, dbx_e
   return 0;
 }
 
-/* Write all of data[0..n) to fd. */
-static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, dbx_err *err) {
+/* Write all of data[0..n) to fd, a file of kind what ("a partition file"). */
+static int put_file(const kv_part_cfg *pc, int fd, const char *data, size_t n, const char *what, dbx_err *err) {
   size_t done = 0;
   while (done < n) {
     ssize_t k = write(fd, data + done, n - done);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) {
       int e = k < 0 ? errno : ENOSPC;
-      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: writing a partition file: %s",
-                        pdir(pc), strerror(e));
+      return dbx_seterr(err, e == ENOSPC ? DBX_ENOSPC : DBX_EIO, "spill directory %s: writing %s: %s", pdir(pc), what,
+                        strerror(e));
     }
     done += (size_t)k;
   }
   return 0;
+}
+
+static int put_all(const kv_part_cfg *pc, int fd, const char *data, size_t n, dbx_err *err) {
+  return put_file(pc, fd, data, n, "a partition file", err);
 }
 
 /* Close fd (made by open_tmp as tmp) and rename it to path, unless rc (the writing's status)
@@ -1026,12 +1030,12 @@ static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     if (sink_format_row(c->fmt, op_wordcount.schema, row, &out)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
     nrows++;
     if (!rc && out.len >= (1u << 20)) {
-      rc = put_all(&c->pc, fd, out.data, out.len, err);
+      rc = put_file(&c->pc, fd, out.data, out.len, "an output task's rows", err);
       nbytes += out.len;
       out.len = 0;
     }
   }
-  if (!rc && out.len) rc = put_all(&c->pc, fd, out.data, out.len, err);
+  if (!rc && out.len) rc = put_file(&c->pc, fd, out.data, out.len, "an output task's rows", err);
   nbytes += out.len;
   if (!rc) {
     /* The trailer: a file cut short (or damaged) is told from a whole one. */
@@ -1039,7 +1043,7 @@ static int co_map(const void *cfgp, const void *bcast, const dbx_batch *b, void 
     memcpy(tr, "DBXROWS1", 8);
     put_u64(tr + 8, nrows);
     put_u64(tr + 16, nbytes);
-    rc = put_all(&c->pc, fd, tr, sizeof tr, err);
+    rc = put_file(&c->pc, fd, tr, sizeof tr, "an output task's rows", err);
   }
   count_stream_close(cs);
   dbx_buf_free(&out);
