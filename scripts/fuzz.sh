@@ -26,7 +26,7 @@ build=${FUZZ_BUILD:-build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 replay=${FUZZ_REPLAY:-1}
 jobs=$(nproc 2>/dev/null || echo 2)
-TARGETS="wire op_wordcount op_noop op_nb_vocab op_nb_fit op_nb_predict model_file corpus_tsv corpus_jsonl json reader_gz reader_zst rec_csv rec_tsv rec_jsonl kv op_reduce_cmd keys pg_copy tokenize follow_state"
+TARGETS="wire op_wordcount op_noop op_nb_vocab op_nb_fit op_nb_predict model_file corpus_tsv corpus_jsonl json reader_gz reader_zst rec_csv rec_tsv rec_jsonl kv op_reduce_cmd keys pg_copy tokenize follow_state count_out"
 
 # Findings must be readable in a CI log: symbolized stacks, UBSan stacks, no recovery.
 sym=/usr/lib/llvm-14/bin/llvm-symbolizer
