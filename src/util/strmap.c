@@ -86,8 +86,8 @@ static void free_table(strmap_slot *t, size_t n) {
   spare_bytes = bytes;
 }
 
-static int grow(strmap *m) {
-  size_t nmask = m->mask * 2 + 1;
+/* Rehash into a table of nmask + 1 slots (a power of two, larger). */
+static int grow_to(strmap *m, size_t nmask) {
   strmap_slot *nt = new_table(nmask + 1);
   if (!nt) return DBX_ENOMEM;
   for (size_t i = 0; i < m->n; i++) {
@@ -103,11 +103,16 @@ static int grow(strmap *m) {
   return 0;
 }
 
+static int grow(strmap *m) { return grow_to(m, m->mask * 2 + 1); }
+
 uint64_t strmap_hash_long(const char *key, size_t len) { return XXH3_64bits(key, len); }
 
 int strmap_reserve(strmap *m, size_t n) {
-  while (n * 2 > m->mask)
-    if (grow(m)) return DBX_ENOMEM;
+  /* One step to the size: each intermediate table would be fresh memory to zero (a task's
+   * table of 32 MB came through 2, 4, 8 and 16 MB ones), and its keys rehashed. */
+  size_t nmask = m->mask;
+  while (n * 2 > nmask) nmask = nmask * 2 + 1;
+  if (nmask != m->mask && grow_to(m, nmask)) return DBX_ENOMEM;
   if (n > m->ocap) {
     uint32_t *no = realloc(m->order, n * sizeof *no);
     if (!no) return DBX_ENOMEM;
