@@ -139,26 +139,13 @@ static int sort_by_count(cref *v, uint64_t n) {
   return 0;
 }
 
-/* The by-count file of partition r from its reduced result, written as it is made (the
- * index of entries, 24 bytes each, is what it holds in memory). */
-static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_err *err) {
-  kv_cursor c;
-  int rc = kv_cursor_init(&c, res, err);
-  if (rc) return rc;
-  uint64_t n = kv_count(res);
-  cref *v = malloc((n ? n : 1) * sizeof *v);
-  if (!v) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  kv_entry e;
-  uint64_t k = 0;
-  while (k < n && kv_cursor_next(&c, &e)) v[k++] = (cref){e.key, (uint32_t)e.klen, get_u64(e.state)};
-  if (sort_by_count(v, k)) {
-    free(v);
-    return dbx_seterr(err, DBX_ENOMEM, "out of memory");
-  }
+/* Write count-sorted entries v[0..k) as a by-count file into a temporary file and commit it
+ * to path (its "DBWC" header first). */
+static int put_by_count(const kv_part_cfg *pc, const cref *v, uint64_t k, const char *path, dbx_err *err) {
   char tmp[SHUFFLE_DIR_MAX + 128];
   int fd = -1;
   dbx_buf out = {0};
-  rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
+  int rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
   if (!rc && dbx_buf_append(&out, "DBWC", 4)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   for (uint64_t i = 0; i < k && !rc; i++) {
     char h[12];
@@ -166,18 +153,90 @@ static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_er
     for (int b = 0; b < 4; b++) h[8 + b] = (char)(v[i].n >> (8 * b));
     if (dbx_buf_append(&out, h, sizeof h) || (v[i].n && dbx_buf_append(&out, v[i].k, v[i].n)))
       rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
-    if (!rc && (out.len >= (1u << 20) || i + 1 == k)) {
+    if (!rc && out.len >= (1u << 20)) {
       rc = put_all(pc, fd, out.data, out.len, err);
       out.len = 0;
     }
   }
-  if (!rc && k == 0) rc = put_all(pc, fd, out.data, out.len, err);
-  free(v);
+  if (!rc && out.len) rc = put_all(pc, fd, out.data, out.len, err);
   dbx_buf_free(&out);
-  if (fd >= 0) {
-    char path[SHUFFLE_DIR_MAX + 64];
-    cnt_path(path, sizeof path, pc, r);
-    rc = commit_tmp(pc, fd, tmp, path, rc, err);
+  return fd >= 0 ? commit_tmp(pc, fd, tmp, path, rc, err) : rc;
+}
+
+/* The by-count file of partition r from its reduced result (in key order). In memory it takes
+ * 48 bytes per entry (an index and the sort's copy): past the task's memory, the entries are
+ * sorted in runs of what fits, written as by-count files of their own, and merged. */
+static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_err *err) {
+  kv_cursor c;
+  int rc = kv_cursor_init(&c, res, err);
+  if (rc) return rc;
+  uint64_t n = kv_count(res), chunk = n;
+  if (pc->memory && pc->memory / (2 * sizeof(cref)) < n) chunk = pc->memory / (2 * sizeof(cref));
+  if (chunk < 65536) chunk = n < 65536 ? n : 65536;
+  cref *v = malloc((chunk ? chunk : 1) * sizeof *v);
+  if (!v) return dbx_seterr(err, DBX_ENOMEM, "out of memory");
+  char path[SHUFFLE_DIR_MAX + 64];
+  cnt_path(path, sizeof path, pc, r);
+  /* Runs: by-count files under a stage number of their own (random: two attempts of this
+   * task may run at once), consecutive ranges of keys each, so stable in key order. */
+  kv_part_cfg runs = *pc;
+  runs.r = 0;
+  if (chunk < n && getrandom(&runs.stage, sizeof runs.stage, 0) != (ssize_t)sizeof runs.stage)
+    rc = dbx_seterr(err, DBX_EIO, "getrandom: %s", strerror(errno));
+  kv_entry e;
+  for (uint64_t done = 0; !rc && (done < n || done == 0);) {
+    uint64_t k = 0;
+    while (k < chunk && kv_cursor_next(&c, &e)) v[k++] = (cref){e.key, (uint32_t)e.klen, get_u64(e.state)};
+    if (sort_by_count(v, k)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (rc) break;
+    if (chunk >= n) {
+      rc = put_by_count(pc, v, k, path, err);
+      break;
+    }
+    char rp[SHUFFLE_DIR_MAX + 64];
+    cnt_path(rp, sizeof rp, &runs, runs.r);
+    if (!(rc = put_by_count(pc, v, k, rp, err))) runs.r++;
+    done += k;
+    if (!k) break;
+  }
+  free(v);
+  if (!rc && runs.r) {
+    /* The runs merged in count order, into the partition's by-count file. */
+    count_stream *cs = NULL;
+    char tmp[SHUFFLE_DIR_MAX + 128];
+    int fd = -1;
+    dbx_buf out = {0};
+    rc = count_stream_open(&runs, &cs, err);
+    if (!rc) rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
+    if (!rc && dbx_buf_append(&out, "DBWC", 4)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    while (!rc) {
+      const char *k;
+      size_t kn;
+      uint64_t cnt;
+      int got = count_stream_next(cs, &k, &kn, &cnt, err);
+      if (got <= 0) {
+        rc = got;
+        break;
+      }
+      char h[12];
+      put_u64(h, cnt);
+      for (int b = 0; b < 4; b++) h[8 + b] = (char)((uint32_t)kn >> (8 * b));
+      if (dbx_buf_append(&out, h, sizeof h) || (kn && dbx_buf_append(&out, k, kn)))
+        rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+      if (!rc && out.len >= (1u << 20)) {
+        rc = put_all(pc, fd, out.data, out.len, err);
+        out.len = 0;
+      }
+    }
+    if (!rc && out.len) rc = put_all(pc, fd, out.data, out.len, err);
+    count_stream_close(cs);
+    dbx_buf_free(&out);
+    if (fd >= 0) rc = commit_tmp(pc, fd, tmp, path, rc, err);
+  }
+  for (uint32_t i = 0; i < runs.r; i++) {
+    char rp[SHUFFLE_DIR_MAX + 64];
+    cnt_path(rp, sizeof rp, &runs, i);
+    unlink(rp);
   }
   return rc;
 }

@@ -602,7 +602,10 @@ class ParallelOutput(TmpTest):
         self.assertEqual(b"".join(lines[1:]), 2 * b"".join(slurp(self.path("here.csv")).splitlines(True)[1:]))
 
     def test_standard_output_and_top_and_one_worker(self):
-        for more in (["--workers", "1"], ["--workers", "2", "--partitions", "1"], ["--workers", "3", "--partitions", "64"]):
+        # --memory 1M --partitions 1: the one reduce task's by-count order is sorted in runs of
+        # 65,536 words (what its memory holds) and merged
+        for more in (["--workers", "1"], ["--workers", "2", "--partitions", "1"], ["--workers", "3", "--partitions", "64"],
+                     ["--workers", "2", "--partitions", "1", "--memory", "1M"]):
             s = self.path("s.json")
             got = run("wordcount", self.input, "--batch-bytes", "256K", *more, "--no-job-dir", "-q", "--summary-json", s).stdout
             self.assertEqual(got, self.want, more)
