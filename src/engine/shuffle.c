@@ -139,6 +139,14 @@ static int sort_by_count(cref *v, uint64_t n) {
   return 0;
 }
 
+/* Append a by-count entry: [u64 count][u32 klen][key]. */
+static int append_entry(dbx_buf *out, uint64_t count, const char *k, size_t n) {
+  char h[12];
+  put_u64(h, count);
+  for (int b = 0; b < 4; b++) h[8 + b] = (char)((uint32_t)n >> (8 * b));
+  return dbx_buf_append(out, h, sizeof h) || (n && dbx_buf_append(out, k, n));
+}
+
 /* Write count-sorted entries v[0..k) as a by-count file into a temporary file and commit it
  * to path (its "DBWC" header first). */
 static int put_by_count(const kv_part_cfg *pc, const cref *v, uint64_t k, const char *path, dbx_err *err) {
@@ -148,11 +156,7 @@ static int put_by_count(const kv_part_cfg *pc, const cref *v, uint64_t k, const 
   int rc = open_tmp(pc, tmp, sizeof tmp, &fd, err);
   if (!rc && dbx_buf_append(&out, "DBWC", 4)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
   for (uint64_t i = 0; i < k && !rc; i++) {
-    char h[12];
-    put_u64(h, v[i].c);
-    for (int b = 0; b < 4; b++) h[8 + b] = (char)(v[i].n >> (8 * b));
-    if (dbx_buf_append(&out, h, sizeof h) || (v[i].n && dbx_buf_append(&out, v[i].k, v[i].n)))
-      rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+    if (append_entry(&out, v[i].c, v[i].k, v[i].n)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
     if (!rc && out.len >= (1u << 20)) {
       rc = put_all(pc, fd, out.data, out.len, err);
       out.len = 0;
@@ -218,11 +222,7 @@ static int write_by_count(const kv_part_cfg *pc, uint32_t r, kvpart *res, dbx_er
         rc = got;
         break;
       }
-      char h[12];
-      put_u64(h, cnt);
-      for (int b = 0; b < 4; b++) h[8 + b] = (char)((uint32_t)kn >> (8 * b));
-      if (dbx_buf_append(&out, h, sizeof h) || (kn && dbx_buf_append(&out, k, kn)))
-        rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
+      if (append_entry(&out, cnt, k, kn)) rc = dbx_seterr(err, DBX_ENOMEM, "out of memory");
       if (!rc && out.len >= (1u << 20)) {
         rc = put_all(pc, fd, out.data, out.len, err);
         out.len = 0;

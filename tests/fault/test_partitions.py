@@ -634,11 +634,12 @@ class ParallelOutput(TmpTest):
         self.assertTrue([f for f in j["failures"] if f["stage"] == "output"], j["failures"])
         self.assertEqual(spill_files(spill), [])
 
-    def resume_killed_in_the_output_stage(self, lose_rows):
-        jd, out = self.path("job"), self.path("out.tsv")
+    def kill_in_the_output_stage(self, jd, out, *more):
+        """Start a journaled job in jd (every task slowed) and kill -9 it and its workers once
+        an output task has written its file."""
         spill = os.path.join(jd, "spill")
-        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--workers", "2", "--job-dir", jd, "-o", out,
-                      "-q", env=fault_env("delay_ms=400"))
+        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--job-dir", jd, "-o", out, "-q", *more,
+                      env=fault_env("delay_ms=400"))
         self.procs.append(coord)
         wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
         self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
@@ -651,6 +652,11 @@ class ParallelOutput(TmpTest):
             except ProcessLookupError:
                 pass
         self.assertFalse(os.path.exists(out))
+        return spill
+
+    def resume_killed_in_the_output_stage(self, lose_rows):
+        jd, out = self.path("job"), self.path("out.tsv")
+        spill = self.kill_in_the_output_stage(jd, out, "--workers", "2")
         if lose_rows:  # a task journaled as done whose file is gone: the rows are merged here
             for f in self.rows_files(spill):
                 os.unlink(f)
@@ -689,23 +695,10 @@ class ParallelOutput(TmpTest):
         # plan, and the default --workers is the machine's cores: a job resumed where the
         # cores differ (here /sys/devices/system/cpu/online bound over in a mount namespace)
         # was refused ("the journal's plan cannot be reproduced; run the job afresh"), where
-        # every other stage resumes anywhere. Output tasks are now one per partition, a number of the
-        # plan.
+        # every other stage resumes anywhere. Output tasks are now one per partition, a number
+        # of the plan.
         jd, out = self.path("job"), self.path("out.tsv")
-        spill = os.path.join(jd, "spill")
-        coord = start("wordcount", self.input, "--batch-bytes", "256K", "--job-dir", jd, "-o", out, "-q",
-                      env=fault_env("delay_ms=400"))
-        self.procs.append(coord)
-        wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
-        self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
-        kids = children(coord.pid)
-        coord.send_signal(signal.SIGKILL)
-        coord.wait(timeout=30)
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        spill = self.kill_in_the_output_stage(jd, out)
         cores = self.write("online", "0-1\n" if os.cpu_count() == 1 else "0\n")
         r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /sys/devices/system/cpu/online && '
                             'exec "$2" resume "$3"', "sh", cores, DBATCH, jd], capture_output=True, timeout=180)

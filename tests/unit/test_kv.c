@@ -478,6 +478,26 @@ static void test_keys_with_nul_and_empty(void **state) {
   kv_free(b);
 }
 
+/* kv_merge_to_fd of src[0..n) (batch indices 0..n-1, levels as given) into an unlinked file
+ * in dir, read back into out. */
+static void merge_to_buf(const kv_spec *s, kvpart **src, uint32_t n, int levels, const char *dir, dbx_buf *out) {
+  char mpath[700];
+  snprintf(mpath, sizeof mpath, "%s/merged-XXXXXX", dir);
+  int mfd = mkstemp(mpath);
+  assert_true(mfd >= 0);
+  unlink(mpath);
+  uint32_t idx[64];
+  assert_true(n <= 64);
+  for (uint32_t i = 0; i < n; i++) idx[i] = i;
+  dbx_err err = {0, ""};
+  assert_int_equal(kv_merge_to_fd(s, src, idx, n, n, 0, levels, mfd, dir, &err), 0);
+  off_t mlen = lseek(mfd, 0, SEEK_END);
+  assert_int_equal(dbx_buf_reserve(out, (size_t)mlen + 1), 0);
+  assert_int_equal(pread(mfd, out->data, (size_t)mlen, 0), (ssize_t)mlen);
+  out->len = (size_t)mlen;
+  close(mfd);
+}
+
 /* The streaming merge of reduce tasks, which compares 8-byte prefixes first, gives the bytes of
  * the in-memory merge when one run's key is another's with zero bytes after it ("a" and "a\0",
  * 8 bytes and 8 bytes + "\0"): such keys stay apart. */
@@ -494,20 +514,9 @@ static void test_streamed_merge_keeps_zero_suffixes_apart(void **state) {
   b = roundtrip(&s, b);
   char dir[] = "/tmp/test_kv-XXXXXX";
   assert_non_null(mkdtemp(dir));
-  char mpath[64];
-  snprintf(mpath, sizeof mpath, "%s/merged-XXXXXX", dir);
-  int mfd = mkstemp(mpath);
-  assert_true(mfd >= 0);
-  unlink(mpath);
   kvpart *src[2] = {a, b};
-  uint32_t idx[2] = {0, 1};
-  assert_int_equal(kv_merge_to_fd(&s, src, idx, 2, 2, 0, 0, mfd, dir, &err), 0);
-  off_t mlen = lseek(mfd, 0, SEEK_END);
   dbx_buf streamed = {0}, merged = {0};
-  assert_int_equal(dbx_buf_reserve(&streamed, (size_t)mlen + 1), 0);
-  assert_int_equal(pread(mfd, streamed.data, (size_t)mlen, 0), (ssize_t)mlen);
-  streamed.len = (size_t)mlen;
-  close(mfd);
+  merge_to_buf(&s, src, 2, 0, dir, &streamed);
   rmdir(dir);
   assert_int_equal(kv_merge(a, b, &err), 0);
   assert_int_equal(kv_encode(a, &merged, &err), 0);
@@ -699,7 +708,7 @@ static void test_spill_file_is_compressed_and_replays(void **state) {
   assert_int_equal(pread(pfd, pm, pbytes, 0), (ssize_t)pbytes);
   close(pfd);
   kvpart *lv[64];
-  uint32_t nl = 0, idx[64];
+  uint32_t nl = 0;
   lv[nl++] = a;
   for (uint64_t o = 0; o < pbytes; nl++) {
     assert_true(nl < 63 && pbytes - o >= 8);
@@ -713,21 +722,10 @@ static void test_spill_file_is_compressed_and_replays(void **state) {
     o += 8 + n;
   }
   lv[nl++] = b;
-  for (uint32_t i = 0; i < nl; i++) idx[i] = i;
   /* a holds the keys it froze with, b the others: disjoint; the pair runs add their values.
    * Merged as a task's levels, they are the reference. */
-  char mpath[64];
-  snprintf(mpath, sizeof mpath, "%s/merged-XXXXXX", dir);
-  int mfd = mkstemp(mpath);
-  assert_true(mfd >= 0);
-  unlink(mpath);
-  assert_int_equal(kv_merge_to_fd(&s, lv, idx, nl, nl, 0, 1, mfd, dir, &err), 0);
-  off_t mlen = lseek(mfd, 0, SEEK_END);
   dbx_buf ea = {0}, er = {0};
-  assert_int_equal(dbx_buf_reserve(&ea, (size_t)mlen + 1), 0);
-  assert_int_equal(pread(mfd, ea.data, (size_t)mlen, 0), (ssize_t)mlen);
-  ea.len = (size_t)mlen;
-  close(mfd);
+  merge_to_buf(&s, lv, nl, 1, dir, &ea);
   assert_int_equal(kv_encode(ref, &er, &err), 0);
   assert_int_equal(ea.len, er.len);
   assert_memory_equal(ea.data, er.data, ea.len);
