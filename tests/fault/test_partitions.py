@@ -22,7 +22,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import DBATCH, TmpTest, TmpfsTest, children, in_spill, spill_files, fault_env, free_port, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
+from dbx import DBATCH, TmpTest, TmpfsTest, children, in_spill, spill_files, fault_env, free_port, kill_job, reference_wordcount, run, slurp, start, stop, wait_until  # noqa: E402
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -224,14 +224,7 @@ class ReduceStageFaults(TmpTest):
         self.assertIsNone(coord.poll(), "the job ended before the reduce stage could be hit")
         nmap = self.nmap(spill)
         self.assertGreater(nmap, 4)
-        kids = children(coord.pid)
-        coord.send_signal(signal.SIGKILL)
-        coord.wait(timeout=30)
-        for k in kids:  # the orphaned workers notice the coordinator is gone; do not wait for it
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job(coord)
         self.assertFalse(os.path.exists(out))
         with sqlite3.connect(os.path.join(jd, "journal.db"), timeout=5) as c:
             done = c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
@@ -643,14 +636,7 @@ class ParallelOutput(TmpTest):
         self.procs.append(coord)
         wait_until(lambda: self.rows_files(spill) or coord.poll() is not None, "the output stage", timeout=180)
         self.assertIsNone(coord.poll(), "the job ended before the output stage could be hit")
-        kids = children(coord.pid)
-        coord.send_signal(signal.SIGKILL)
-        coord.wait(timeout=30)
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job(coord)
         self.assertFalse(os.path.exists(out))
         return spill
 

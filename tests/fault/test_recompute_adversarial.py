@@ -9,7 +9,6 @@ what happened)."""
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from dbx import (DBATCH, TmpTest, in_spill, spill_files, children, fault_env, reference_wordcount, run, slurp, start, stop,  # noqa: E402
-                 wait_for_line, wait_until)
+from dbx import (DBATCH, TmpTest, in_spill, spill_files, fault_env, kill_job, reference_wordcount, run, slurp,  # noqa: E402
+                 start, stop, wait_for_line, wait_until)
 import gen_keyed  # noqa: E402
 import keyed_ref  # noqa: E402
 
@@ -205,14 +204,7 @@ class HeldUp(Base):
             os.unlink(v)
         wait_for_line(coord.stderr, "run again", timeout=60)
         time.sleep(0.4)  # inside the recompute stage: some of its tasks done, some not
-        kids = children(coord.pid)
-        coord.send_signal(signal.SIGKILL)
-        coord.wait(timeout=30)
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job(coord)
         self.assertFalse(os.path.exists(self.out))
         with sqlite3.connect(os.path.join(jd, "journal.db"), timeout=5) as c:
             names = [n for (n,) in c.execute("SELECT name FROM stages ORDER BY stage")]
@@ -354,14 +346,7 @@ class Bugs(Base):
             except sqlite3.Error:
                 return False
         wait_until(recompute_journaled, "the recompute journaled", timeout=60, proc=coord)
-        kids = children(coord.pid)
-        coord.send_signal(signal.SIGKILL)
-        coord.wait(timeout=30)
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job(coord)
         if os.path.exists(os.path.join(spill, "s0-r%d.kv" % (R - 1))):
             self.skipTest("the last partition was reduced before the kill")
         os.unlink(victim)  # lost again before the resume

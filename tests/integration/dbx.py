@@ -4,6 +4,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -219,3 +220,16 @@ def children(pid):
     except FileNotFoundError:  # no procps
         return []
     return [int(x) for x in out.split()]
+
+
+def kill_job(coord):
+    """kill -9 a coordinator, then its workers (orphaned, they would notice it is gone; the
+    test does not wait for that)."""
+    kids = children(coord.pid)
+    coord.send_signal(signal.SIGKILL)
+    coord.wait(timeout=30)
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
