@@ -32,6 +32,32 @@ def unzip(path):
     return slurp(path)
 
 
+class Escapes(TmpTest):
+    """TSV escapes tab, newline, carriage return and backslash as \\t \\n \\r \\\\ (what
+    PostgreSQL's COPY text format reads back), and passes every other byte as it is; CSV quotes
+    what needs it. Keys from a CSV input hold each of them, in rows of many keys (the file
+    sink gathers rows before it writes)."""
+
+    def test_tsv_escapes_and_csv_quotes(self):
+        keys = ["back\\slash", "tab\there", "new\nline", "cr\rhere", "all\t\n\r\\", "plain", "quo\"te", "com,ma",
+                "\u00e9t\u00e9"] + ["k%05d" % i for i in range(3000)]
+        p = self.path("in.csv")
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["key"])
+            for k in keys:
+                w.writerow([k])
+        esc = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
+        want = "".join("".join(esc.get(c, c) for c in k) + "\t1\n" for k in sorted(keys, key=lambda k: k.encode()))
+        got = run("groupby", p, "--key", "key", "--agg", "count", "--workers", "0", "--no-job-dir", "-q").stdout
+        self.assertEqual(got.decode("utf-8"), want)
+        out = self.path("out.csv")
+        run("groupby", p, "--key", "key", "--agg", "count", "--workers", "0", "-o", out, "--no-job-dir", "-q")
+        with open(out, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        self.assertEqual(rows, [["key", "count"]] + [[k, "1"] for k in sorted(keys, key=lambda k: k.encode())])
+
+
 class Extensions(TmpTest):
     def setUp(self):
         super().setUp()
